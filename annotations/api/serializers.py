@@ -1,0 +1,230 @@
+"""Input parsing and output shapes. No business logic here: views call services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import reverse
+from rest_framework import serializers
+
+from annotations.models import (
+    AnnotationRevision,
+    ApiToken,
+    AuditEvent,
+    Bethesda,
+    CellClass,
+    Image,
+    Project,
+    ProjectMembership,
+    Role,
+    Split,
+)
+
+
+class LoginIn(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(max_length=256, trim_whitespace=False)
+
+
+class MembershipBrief(serializers.ModelSerializer):
+    class Meta:
+        model = ProjectMembership
+        fields = ["project", "role"]
+
+
+class MeOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+    is_superuser = serializers.BooleanField()
+    memberships = MembershipBrief(many=True)
+
+
+class TokenIn(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    project = serializers.IntegerField(required=False, allow_null=True)
+    expires_in_days = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=3650)
+
+
+class TokenOut(serializers.ModelSerializer):
+    class Meta:
+        model = ApiToken
+        fields = ["id", "name", "project", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at"]
+
+
+class TokenCreatedOut(TokenOut):
+    token = serializers.CharField(help_text="The secret; shown only in this response.")
+
+    class Meta(TokenOut.Meta):
+        fields = [*TokenOut.Meta.fields, "token"]
+
+
+class CellClassSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CellClass
+        fields = ["id", "name", "color", "model_label", "order"]
+
+
+class CellClassIn(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    color = serializers.CharField(max_length=7, required=False)
+    model_label = serializers.IntegerField(required=False)
+
+
+class ProjectOut(serializers.ModelSerializer):
+    classes = CellClassSerializer(many=True, read_only=True)
+    my_role = serializers.SerializerMethodField()
+    image_count = serializers.IntegerField(read_only=True, default=0)
+
+    class Meta:
+        model = Project
+        fields = [
+            "id", "name", "description", "classes", "experts_required", "quorum", "match_iou",
+            "auto_presegment", "pipeline", "my_role", "image_count", "created_at",
+        ]
+
+    def get_my_role(self, project: Project) -> str | None:
+        roles: dict[int, str] = self.context.get("roles", {})
+        return roles.get(project.pk)
+
+
+class ProjectIn(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    experts_required = serializers.IntegerField(required=False, default=2)
+    quorum = serializers.IntegerField(required=False, allow_null=True, default=None)
+    match_iou = serializers.FloatField(required=False, default=0.5)
+    auto_presegment = serializers.BooleanField(required=False, default=True)
+    pipeline = serializers.DictField(required=False, default=dict)
+
+
+class MembershipOut(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+
+    class Meta:
+        model = ProjectMembership
+        fields = ["id", "user", "username", "role", "created_at"]
+
+
+class MembershipIn(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class MembershipRoleIn(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+def _file_url(image: Image, variant: str) -> str:
+    return reverse("api:image-file", kwargs={"image_id": image.pk}) + f"?variant={variant}"
+
+
+class ImageOut(serializers.ModelSerializer):
+    cell_count = serializers.IntegerField(read_only=True, default=None)
+    thumbnail_url = serializers.SerializerMethodField()
+    display_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Image
+        fields = [
+            "id", "project", "file_name", "width", "height", "bethesda", "stain", "magnification",
+            "slide_code", "split", "status", "presegment_status", "presegment_error", "revision",
+            "cell_count", "original_format", "bit_depth", "size_bytes", "sha256",
+            "thumbnail_url", "display_url", "created_at", "updated_at",
+        ]
+
+    def get_thumbnail_url(self, image: Image) -> str:
+        return _file_url(image, "thumbnail")
+
+    def get_display_url(self, image: Image) -> str:
+        return _file_url(image, "display")
+
+
+class ImageUploadIn(serializers.Serializer):
+    files = serializers.ListField(child=serializers.FileField(), help_text="One or many image files.")
+    bethesda = serializers.ChoiceField(choices=Bethesda.choices, required=False)
+    stain = serializers.CharField(required=False)
+    magnification = serializers.CharField(required=False)
+    slide_code = serializers.CharField(required=False)
+    split = serializers.ChoiceField(choices=Split.choices, required=False)
+
+
+class ImagePatchIn(serializers.Serializer):
+    bethesda = serializers.ChoiceField(choices=Bethesda.choices, required=False, allow_blank=True)
+    stain = serializers.CharField(required=False, allow_blank=True)
+    magnification = serializers.CharField(required=False, allow_blank=True)
+    slide_code = serializers.CharField(required=False, allow_blank=True)
+    split = serializers.ChoiceField(choices=Split.choices, required=False)
+    confirm_split_change = serializers.BooleanField(required=False)
+
+
+class CellIn(serializers.Serializer):
+    id = serializers.IntegerField(required=False, allow_null=True)  # noqa: A003 - API field name
+    class_id = serializers.IntegerField()
+    polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
+
+
+class CellOut(serializers.Serializer):
+    id = serializers.IntegerField()  # noqa: A003 - API field name
+    class_id = serializers.IntegerField()
+    polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
+    layer = serializers.CharField()
+    source = serializers.CharField()
+    score = serializers.FloatField(allow_null=True)
+    model_version = serializers.IntegerField(allow_null=True)
+    author = serializers.IntegerField(allow_null=True)
+    bbox = serializers.ListField(child=serializers.FloatField())
+    area = serializers.FloatField()
+    provenance = serializers.DictField()
+    state = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class CellsReplaceIn(serializers.Serializer):
+    revision = serializers.IntegerField(required=False, help_text="Or send If-Match.")
+    cells = CellIn(many=True)
+
+
+class CellsOut(serializers.Serializer):
+    revision = serializers.IntegerField()
+    cells = CellOut(many=True)
+
+
+class RestoreIn(serializers.Serializer):
+    revision = serializers.IntegerField(required=False, help_text="Current revision (or If-Match).")
+
+
+def cell_out(row: dict[str, Any]) -> dict[str, Any]:
+    """The API shape of a cell row from selectors.cell_rows (built by hand: it is the hot path)."""
+    return {
+        "id": row["id"],
+        "class_id": row["cell_class_id"],
+        "polygon": row["polygon"],
+        "layer": row["layer"],
+        "source": row["source"],
+        "score": row["score"],
+        "model_version": row["model_version_id"],
+        "author": row["author_id"],
+        "bbox": [row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]],
+        "area": row["area"],
+        "provenance": row["provenance"],
+        "state": row["state"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+class HistoryOut(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.username", default=None, read_only=True)
+
+    class Meta:
+        model = AnnotationRevision
+        fields = ["revision", "author", "action", "summary", "created_at"]
+
+
+class AuditOut(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor.username", default=None, read_only=True)
+
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "project", "image", "actor", "action", "target", "before", "after", "created_at"]

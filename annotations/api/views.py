@@ -1,0 +1,410 @@
+"""API views: parse, authorise (selectors.*_get_for_user), call one service, serialise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model, login, logout
+from django.http import FileResponse, Http404
+from django.utils.decorators import method_decorator
+from django.views.decorators.csrf import ensure_csrf_cookie
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotations import selectors, services
+from annotations.api import serializers as s
+from annotations.api.pagination import Pagination
+from annotations.errors import ServiceValidationError
+from annotations.models import ApiToken, AuditEvent, Layer, ProjectMembership, Role
+
+
+def _client_ip(request: Request) -> str:
+    return str(request.META.get("REMOTE_ADDR", "unknown"))
+
+
+def _parse(serializer_class: type[s.serializers.Serializer], data: Any, **kwargs: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _base_revision(request: Request, body_revision: int | None) -> int:
+    header = request.headers.get("If-Match", "").strip()
+    if header:
+        value = header.removeprefix("W/").strip('"')
+        if not value.isdigit():
+            raise ServiceValidationError("Invalid If-Match.", {"If-Match": 'must be "<revision>"'})
+        return int(value)
+    if body_revision is None:
+        raise ServiceValidationError(
+            "The revision this write is based on is required.",
+            {"revision": "send the revision field or an If-Match header"},
+        )
+    return body_revision
+
+
+def _paginate(request: Request, view: APIView, queryset: Any, serializer: Any, **context: Any) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    data = serializer(page, many=True, context={"request": request, **context}).data
+    return paginator.get_paginated_response(data)
+
+
+# --- auth ----------------------------------------------------------------------------------
+
+
+class LoginView(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list[type] = []
+
+    @extend_schema(request=s.LoginIn, responses=s.MeOut, tags=["auth"])
+    @method_decorator(ensure_csrf_cookie)
+    def post(self, request: Request) -> Response:
+        data = _parse(s.LoginIn, request.data)
+        user = services.user_login_check(username=data["username"], password=data["password"], ip=_client_ip(request))
+        login(request._request, user)
+        return Response(_me(user))
+
+
+class LogoutView(APIView):
+    @extend_schema(request=None, responses={204: None}, tags=["auth"])
+    def post(self, request: Request) -> Response:
+        logout(request._request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _me(user: Any) -> dict[str, Any]:
+    return {
+        "id": user.pk,
+        "username": user.get_username(),
+        "is_superuser": user.is_superuser,
+        "memberships": list(ProjectMembership.objects.filter(user=user).values("project", "role")),
+    }
+
+
+class MeView(APIView):
+    @extend_schema(responses=s.MeOut, tags=["auth"])
+    @method_decorator(ensure_csrf_cookie)
+    def get(self, request: Request) -> Response:
+        return Response(_me(request.user))
+
+
+class TokenListView(APIView):
+    @extend_schema(responses=s.TokenOut(many=True), tags=["auth"])
+    def get(self, request: Request) -> Response:
+        tokens = ApiToken.objects.filter(user=request.user)
+        return Response(s.TokenOut(tokens, many=True).data)
+
+    @extend_schema(request=s.TokenIn, responses={201: s.TokenCreatedOut}, tags=["auth"])
+    def post(self, request: Request) -> Response:
+        data = _parse(s.TokenIn, request.data)
+        project = None
+        if data.get("project") is not None:
+            project = selectors.project_get_for_user(user=request.user, project_id=data["project"])
+        token, raw = services.api_token_create(
+            user=request.user, name=data["name"], project=project, expires_in_days=data.get("expires_in_days")
+        )
+        body = dict(s.TokenOut(token).data) | {"token": raw}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class TokenDetailView(APIView):
+    @extend_schema(responses={204: None}, tags=["auth"])
+    def delete(self, request: Request, token_id: int) -> Response:
+        token = ApiToken.objects.filter(pk=token_id, user=request.user).first()
+        if token is None:
+            raise Http404("No such token.")
+        services.api_token_revoke(token=token)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- projects ------------------------------------------------------------------------------
+
+
+def _roles(request: Request) -> dict[int, str]:
+    if request.user.is_superuser:
+        return {}
+    return dict(ProjectMembership.objects.filter(user=request.user).values_list("project_id", "role"))
+
+
+def _project_body(request: Request, project: Any) -> dict[str, Any]:
+    roles = _roles(request)
+    if request.user.is_superuser:
+        roles = {project.pk: Role.ADMIN}
+    if not hasattr(project, "image_count"):
+        project.image_count = project.images.count()
+    return dict(s.ProjectOut(project, context={"roles": roles}).data)
+
+
+class ProjectListView(APIView):
+    @extend_schema(responses=s.ProjectOut(many=True), tags=["projects"])
+    def get(self, request: Request) -> Response:
+        queryset = selectors.project_list_for_user(user=request.user)
+        roles = _roles(request)
+        if request.user.is_superuser:
+            roles = dict.fromkeys(queryset.values_list("pk", flat=True), Role.ADMIN)
+        return _paginate(request, self, queryset, s.ProjectOut, roles=roles)
+
+    @extend_schema(request=s.ProjectIn, responses={201: s.ProjectOut}, tags=["projects"])
+    def post(self, request: Request) -> Response:
+        if not (request.user.is_superuser or request.user.is_staff):
+            raise PermissionDenied("Only staff may create projects.")
+        data = _parse(s.ProjectIn, request.data)
+        project = services.project_create(created_by=request.user, **data)
+        return Response(_project_body(request, project), status=status.HTTP_201_CREATED)
+
+
+class ProjectDetailView(APIView):
+    @extend_schema(responses=s.ProjectOut, tags=["projects"])
+    def get(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
+        return Response(_project_body(request, project))
+
+    @extend_schema(request=s.ProjectIn(partial=True), responses=s.ProjectOut, tags=["projects"])
+    def patch(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        if not isinstance(request.data, dict):
+            raise ServiceValidationError("Expected a JSON object.")
+        before = {f: getattr(project, f) for f in request.data if f in services.PROJECT_EDITABLE}
+        project = services.project_update(project=project, data=dict(request.data))
+        services.audit_record(project=project, actor=request.user, action="project.update", before=before, after=dict(request.data))
+        return Response(_project_body(request, project))
+
+    @extend_schema(responses={204: None}, tags=["projects"])
+    def delete(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MemberListView(APIView):
+    @extend_schema(responses=s.MembershipOut(many=True), tags=["projects"])
+    def get(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
+        return Response(s.MembershipOut(selectors.membership_list(project=project), many=True).data)
+
+    @extend_schema(request=s.MembershipIn, responses={201: s.MembershipOut}, tags=["projects"])
+    def post(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        data = _parse(s.MembershipIn, request.data)
+        user = get_user_model().objects.filter(username=data["username"]).first()
+        if user is None:
+            raise ServiceValidationError("Unknown user.", {"username": f"no user named {data['username']!r}"})
+        membership = services.membership_set(project=project, user=user, role=data["role"])
+        services.audit_record(project=project, actor=request.user, action="membership.set", target=user.get_username(), after={"role": data["role"]})
+        return Response(s.MembershipOut(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailView(APIView):
+    def _membership(self, request: Request, project_id: int, membership_id: int) -> ProjectMembership:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        membership = project.memberships.select_related("user", "project").filter(pk=membership_id).first()
+        if membership is None:
+            raise Http404("No such member.")
+        return membership
+
+    @extend_schema(request=s.MembershipRoleIn, responses=s.MembershipOut, tags=["projects"])
+    def patch(self, request: Request, project_id: int, membership_id: int) -> Response:
+        membership = self._membership(request, project_id, membership_id)
+        data = _parse(s.MembershipRoleIn, request.data)
+        if membership.role == Role.ADMIN and data["role"] != Role.ADMIN:
+            if not membership.project.memberships.filter(role=Role.ADMIN).exclude(pk=membership.pk).exists():
+                raise services.ConflictError("A project must keep at least one admin.")
+        before = membership.role
+        membership = services.membership_set(project=membership.project, user=membership.user, role=data["role"])
+        services.audit_record(project=membership.project, actor=request.user, action="membership.set", target=membership.user.get_username(), before={"role": before}, after={"role": data["role"]})
+        return Response(s.MembershipOut(membership).data)
+
+    @extend_schema(responses={204: None}, tags=["projects"])
+    def delete(self, request: Request, project_id: int, membership_id: int) -> Response:
+        membership = self._membership(request, project_id, membership_id)
+        services.membership_remove(membership=membership)
+        services.audit_record(project=membership.project, actor=request.user, action="membership.remove", target=membership.user.get_username(), before={"role": membership.role})
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ClassListView(APIView):
+    @extend_schema(responses=s.CellClassSerializer(many=True), tags=["projects"])
+    def get(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
+        return Response(s.CellClassSerializer(project.classes.all(), many=True).data)
+
+    @extend_schema(request=s.CellClassIn, responses={201: s.CellClassSerializer}, tags=["projects"])
+    def post(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        data = _parse(s.CellClassIn, request.data)
+        cell_class = services.cell_class_create(project=project, **data)
+        return Response(s.CellClassSerializer(cell_class).data, status=status.HTTP_201_CREATED)
+
+
+class ClassDetailView(APIView):
+    def _cell_class(self, request: Request, project_id: int, class_id: int) -> Any:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        cell_class = project.classes.filter(pk=class_id).first()
+        if cell_class is None:
+            raise Http404("No such class.")
+        return cell_class
+
+    @extend_schema(request=s.CellClassIn(partial=True), responses=s.CellClassSerializer, tags=["projects"])
+    def patch(self, request: Request, project_id: int, class_id: int) -> Response:
+        cell_class = self._cell_class(request, project_id, class_id)
+        if not isinstance(request.data, dict):
+            raise ServiceValidationError("Expected a JSON object.")
+        cell_class = services.cell_class_update(cell_class=cell_class, data=dict(request.data))
+        return Response(s.CellClassSerializer(cell_class).data)
+
+    @extend_schema(responses={204: None}, tags=["projects"])
+    def delete(self, request: Request, project_id: int, class_id: int) -> Response:
+        services.cell_class_delete(cell_class=self._cell_class(request, project_id, class_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AuditListView(APIView):
+    @extend_schema(responses=s.AuditOut(many=True), tags=["projects"])
+    def get(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        queryset = AuditEvent.objects.filter(project=project).select_related("actor").order_by("-id")
+        return _paginate(request, self, queryset, s.AuditOut)
+
+
+# --- images --------------------------------------------------------------------------------
+
+IMAGE_FILTERS = [
+    OpenApiParameter(name, str, required=False)
+    for name in ("status", "split", "bethesda", "presegment_status", "cell_class", "search")
+]
+
+
+class ImageListView(APIView):
+    @extend_schema(parameters=IMAGE_FILTERS, responses=s.ImageOut(many=True), tags=["images"])
+    def get(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
+        filters = {k: request.query_params.get(k) for k in ("status", "split", "bethesda", "presegment_status", "cell_class", "search")}
+        if filters["cell_class"] and not str(filters["cell_class"]).isdigit():
+            raise ServiceValidationError("Invalid filter.", {"cell_class": "must be a class id"})
+        return _paginate(request, self, selectors.image_list(project=project, filters=filters), s.ImageOut)
+
+    @extend_schema(request={"multipart/form-data": s.ImageUploadIn}, responses={201: s.ImageOut(many=True)}, tags=["images"])
+    def post(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        files = request.FILES.getlist("files") or request.FILES.getlist("file")
+        metadata = {k: request.data.get(k) for k in services.METADATA_FIELDS if k in request.data}
+        images = services.image_upload_many(project=project, files=files, metadata=metadata, uploaded_by=request.user)
+        from inference.services import presegment_on_upload  # the inference app reacts to uploads
+
+        presegment_on_upload(images=images)
+        return Response(s.ImageOut(images, many=True).data, status=status.HTTP_201_CREATED)
+
+
+class ImageDetailView(APIView):
+    @extend_schema(responses=s.ImageOut, tags=["images"])
+    def get(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request.user, image_id=image_id)
+        image.cell_count = image.cells.filter(layer=Layer.ANNOTATION).count()
+        return Response(s.ImageOut(image).data)
+
+    @extend_schema(request=s.ImagePatchIn, responses=s.ImageOut, tags=["images"])
+    def patch(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        if not isinstance(request.data, dict):
+            raise ServiceValidationError("Expected a JSON object.")
+        can_manage = selectors.user_can(user=request.user, project=image.project, capability="manage")
+        image = services.image_update(image=image, data=dict(request.data), user=request.user, can_manage=can_manage)
+        return Response(s.ImageOut(image).data)
+
+    @extend_schema(responses={204: None}, tags=["images"])
+    def delete(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="manage")
+        services.audit_record(project=image.project, actor=request.user, action="image.delete", target=image.file_name, before={"sha256": image.sha256})
+        services.image_delete(image=image)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ImageFileView(APIView):
+    VARIANTS = {"display": ("display", "image/png"), "thumbnail": ("thumbnail", "image/jpeg"), "original": ("original", None)}
+
+    @extend_schema(parameters=[OpenApiParameter("variant", str, enum=["display", "thumbnail", "original"])], responses={(200, "image/*"): bytes}, tags=["images"])
+    def get(self, request: Request, image_id: int) -> FileResponse:
+        image = selectors.image_get_for_user(user=request.user, image_id=image_id)
+        variant = request.query_params.get("variant", "display")
+        if variant not in self.VARIANTS:
+            raise ServiceValidationError("Invalid variant.", {"variant": "must be display, thumbnail or original"})
+        field, content_type = self.VARIANTS[variant]
+        stored = getattr(image, field)
+        response = FileResponse(stored.open("rb"), content_type=content_type or "application/octet-stream")
+        if variant == "original":
+            response["Content-Disposition"] = f'attachment; filename="{image.file_name}"'
+        response["Cache-Control"] = "private, max-age=86400"
+        return response
+
+
+# --- cells ---------------------------------------------------------------------------------
+
+
+def _cells_response(revision: int, rows: list[dict[str, Any]], code: int = 200) -> Response:
+    body = {"revision": revision, "cells": [s.cell_out(r) for r in rows]}
+    return Response(body, status=code, headers={"ETag": f'"{revision}"'})
+
+
+class CellsView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("layer", str, enum=Layer.values), OpenApiParameter("model_version", int)],
+        responses=s.CellsOut,
+        tags=["cells"],
+    )
+    def get(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request.user, image_id=image_id)
+        layer = request.query_params.get("layer", Layer.ANNOTATION)
+        if layer not in Layer.values:
+            raise ServiceValidationError("Invalid layer.", {"layer": f"must be one of {', '.join(Layer.values)}"})
+        model_version = request.query_params.get("model_version")
+        if model_version is not None and not model_version.isdigit():
+            raise ServiceValidationError("Invalid filter.", {"model_version": "must be an id"})
+        rows = selectors.cell_rows(image=image, layer=layer, model_version_id=int(model_version) if model_version else None)
+        return _cells_response(image.revision, rows)
+
+    @extend_schema(request=s.CellsReplaceIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
+    def put(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        if not isinstance(request.data, dict):
+            raise ServiceValidationError("Expected a JSON object with revision and cells.")
+        body_revision = request.data.get("revision")
+        if body_revision is not None and (not isinstance(body_revision, int) or isinstance(body_revision, bool)):
+            raise ServiceValidationError("Invalid revision.", {"revision": "must be an integer"})
+        base = _base_revision(request, body_revision)
+        cells = request.data.get("cells")
+
+        def run() -> tuple[int, dict[str, Any]]:
+            result = services.cells_replace(image=image, user=request.user, base_revision=base, cells=cells)
+            return 200, {"revision": result.revision, "cells": [s.cell_out(r) for r in result.cells]}
+
+        code, body = services.idempotent_call(
+            user=request.user,
+            key=request.headers.get("Idempotency-Key"),
+            scope=f"cells_replace:{image.pk}",
+            payload={"revision": base, "cells": cells},
+            run=run,
+        )
+        return Response(body, status=code, headers={"ETag": f'"{body["revision"]}"'})
+
+
+class HistoryView(APIView):
+    @extend_schema(responses=s.HistoryOut(many=True), tags=["cells"])
+    def get(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request.user, image_id=image_id)
+        return _paginate(request, self, selectors.history_list(image=image), s.HistoryOut)
+
+
+class RestoreView(APIView):
+    @extend_schema(request=s.RestoreIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
+    def post(self, request: Request, image_id: int, revision: int) -> Response:
+        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        data = _parse(s.RestoreIn, request.data)
+        base = _base_revision(request, data.get("revision"))
+        result = services.revision_restore(image=image, user=request.user, target_revision=revision, base_revision=base)
+        return _cells_response(result.revision, result.cells)

@@ -1,0 +1,33 @@
+"""Service-level errors, mapped to HTTP by annotations.api.errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceValidationError(Exception):
+    """Bad input (HTTP 400). ``errors`` maps field names (or ``cells.3``) to messages."""
+
+    def __init__(self, detail: str, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or {}
+
+
+class ConflictError(Exception):
+    """The write was based on stale state or the object is in the wrong state (HTTP 409).
+    ``payload`` carries the current state so the client can resolve the conflict."""
+
+    def __init__(self, detail: str, payload: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.payload = payload or {}
+
+
+class RateLimitedError(Exception):
+    """Too many attempts (HTTP 429)."""
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after

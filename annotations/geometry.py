@@ -1,0 +1,95 @@
+"""Validation of cell polygons (Django-free).
+
+A stored cell is a simple, valid polygon in image pixel coordinates with at least 3 distinct
+vertices, inside the image. Self-intersections are repaired only when shapely's ``make_valid``
+yields exactly one polygon; the caller is told that a repair happened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import shapely
+from shapely.geometry import Polygon
+from shapely.validation import explain_validity
+
+
+class GeometryError(ValueError):
+    """The polygon cannot be stored; the message says why in words a user understands."""
+
+
+@dataclass(frozen=True)
+class CleanPolygon:
+    points: list[list[float]]
+    area: float
+    bbox: tuple[float, float, float, float]  # x, y, w, h
+    repaired: bool
+
+
+def _coerce_points(raw: object, max_vertices: int) -> list[tuple[float, float]]:
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        raise GeometryError("polygon must be a list of [x, y] points")
+    if len(raw) > max_vertices:
+        raise GeometryError(f"polygon has {len(raw)} vertices; the limit is {max_vertices}")
+    points: list[tuple[float, float]] = []
+    for index, point in enumerate(raw):
+        if (
+            not isinstance(point, Sequence)
+            or isinstance(point, (str, bytes))
+            or len(point) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
+        ):
+            raise GeometryError(f"point {index} must be a pair of numbers [x, y]")
+        x, y = float(point[0]), float(point[1])
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise GeometryError(f"point {index} has a non-finite coordinate")
+        points.append((x, y))
+    # A closing point equal to the first is allowed and dropped.
+    if len(points) > 1 and points[0] == points[-1]:
+        points.pop()
+    # Consecutive duplicates carry no shape.
+    deduped = [p for i, p in enumerate(points) if i == 0 or p != points[i - 1]]
+    if len(set(deduped)) < 3:
+        raise GeometryError("polygon needs at least 3 distinct vertices")
+    return deduped
+
+
+def polygon_clean(raw: object, *, width: int, height: int, max_vertices: int) -> CleanPolygon:
+    """Validate one polygon against an image of ``width`` x ``height`` pixels.
+
+    Raises GeometryError with the reason when the polygon cannot be stored.
+    """
+    points = _coerce_points(raw, max_vertices)
+    outside = [
+        (i, p) for i, p in enumerate(points) if not (0 <= p[0] <= width and 0 <= p[1] <= height)
+    ]
+    if outside:
+        index, (x, y) = outside[0]
+        raise GeometryError(
+            f"{len(outside)} point(s) lie outside the image ({width}x{height}); "
+            f"first is point {index} at ({x:g}, {y:g})"
+        )
+    polygon = Polygon(points)
+    if polygon.convex_hull.area <= 0:
+        raise GeometryError("polygon has zero area (all points on one line)")
+    repaired = False
+    if not polygon.is_valid:
+        reason = explain_validity(polygon)
+        fixed = shapely.make_valid(polygon)
+        polygons = [g for g in getattr(fixed, "geoms", [fixed]) if isinstance(g, Polygon) and g.area > 0]
+        if len(polygons) != 1:
+            raise GeometryError(f"polygon is not a valid simple polygon ({reason})")
+        polygon = Polygon(polygons[0].exterior.coords)
+        repaired = True
+    if polygon.area <= 0:
+        raise GeometryError("polygon has zero area")
+    coords = list(polygon.exterior.coords)[:-1] if repaired else points
+    x0, y0, x1, y1 = polygon.bounds
+    return CleanPolygon(
+        points=[[float(x), float(y)] for x, y in coords],
+        area=float(polygon.area),
+        bbox=(float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
+        repaired=repaired,
+    )

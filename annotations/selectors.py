@@ -1,0 +1,163 @@
+"""Reads, and the one place where project/image access is decided.
+
+Access rules: a user who is not a member of a project (and not a superuser) gets 404 for the
+project and everything in it, so that existence is not revealed; a member without the needed
+capability gets 403. A token scoped to a project reaches that project only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Count, Prefetch, Q, QuerySet
+from django.http import Http404
+from rest_framework.exceptions import PermissionDenied
+
+from annotations.models import (
+    AnnotationRevision,
+    Cell,
+    CellClass,
+    Image,
+    Layer,
+    Project,
+    ProjectMembership,
+    Role,
+)
+
+UserLike = AbstractBaseUser | AnonymousUser
+
+# What each role may do in its project. Admins manage the project; experts verify.
+CAPABILITIES: dict[str, set[str]] = {
+    Role.ANNOTATOR: {"view", "annotate"},
+    Role.EXPERT: {"view", "annotate", "review"},
+    Role.ADMIN: {"view", "annotate", "review", "adjudicate", "manage", "train"},
+}
+
+
+def _token_project_id(user: UserLike) -> int | None:
+    token = getattr(user, "api_token", None)
+    return getattr(token, "project_id", None)
+
+
+def membership_role(*, user: UserLike, project: Project) -> str | None:
+    if not user.is_authenticated:
+        return None
+    if getattr(user, "is_superuser", False):
+        return Role.ADMIN
+    return (
+        ProjectMembership.objects.filter(user_id=user.pk, project_id=project.pk)
+        .values_list("role", flat=True)
+        .first()
+    )
+
+
+def user_can(*, user: UserLike, project: Project, capability: str) -> bool:
+    role = membership_role(user=user, project=project)
+    return role is not None and capability in CAPABILITIES[role]
+
+
+def _check(*, user: UserLike, project: Project, capability: str) -> None:
+    token_project = _token_project_id(user)
+    if token_project is not None and token_project != project.pk:
+        raise Http404("No such project.")
+    role = membership_role(user=user, project=project)
+    if role is None:
+        raise Http404("No such project.")
+    if capability not in CAPABILITIES[role]:
+        raise PermissionDenied(f"Your role in this project ({role}) may not {capability}.")
+
+
+def project_get_for_user(*, user: UserLike, project_id: int, capability: str = "view") -> Project:
+    """The project, if ``user`` may ``capability`` in it (404 for non-members, 403 for roles)."""
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        raise Http404("No such project.")
+    _check(user=user, project=project, capability=capability)
+    return project
+
+
+def image_get_for_user(*, user: UserLike, image_id: int, capability: str = "view") -> Image:
+    """The image, if ``user`` may ``capability`` in its project (404/403 as for projects)."""
+    image = Image.objects.select_related("project").filter(pk=image_id).first()
+    if image is None:
+        raise Http404("No such image.")
+    _check(user=user, project=image.project, capability=capability)
+    return image
+
+
+def project_list_for_user(*, user: UserLike) -> QuerySet[Project]:
+    queryset = Project.objects.all()
+    if not getattr(user, "is_superuser", False):
+        queryset = queryset.filter(memberships__user_id=user.pk)
+    token_project = _token_project_id(user)
+    if token_project is not None:
+        queryset = queryset.filter(pk=token_project)
+    return (
+        queryset.annotate(image_count=Count("images", distinct=True))
+        .prefetch_related(Prefetch("classes", queryset=CellClass.objects.order_by("order", "id")))
+        .order_by("id")
+    )
+
+
+def image_list(*, project: Project, filters: dict[str, Any] | None = None) -> QuerySet[Image]:
+    """Images of a project with their annotation cell count, filtered by status, split,
+    Bethesda category, cell class (images having such an annotated cell) or file name."""
+    filters = filters or {}
+    queryset = project.images.all()
+    for field in ("status", "split", "bethesda", "presegment_status"):
+        value = filters.get(field)
+        if value:
+            queryset = queryset.filter(**{field: value})
+    cell_class = filters.get("cell_class")
+    if cell_class:
+        queryset = queryset.filter(
+            pk__in=Cell.objects.filter(
+                image__project=project, layer=Layer.ANNOTATION, cell_class_id=cell_class
+            ).values("image_id")
+        )
+    search = filters.get("search")
+    if search:
+        queryset = queryset.filter(Q(file_name__icontains=search) | Q(slide_code__icontains=search))
+    return queryset.annotate(
+        cell_count=Count("cells", filter=Q(cells__layer=Layer.ANNOTATION))
+    ).order_by("id")
+
+
+CELL_FIELDS = (
+    "id",
+    "cell_class_id",
+    "polygon",
+    "layer",
+    "source",
+    "score",
+    "model_version_id",
+    "author_id",
+    "bbox_x",
+    "bbox_y",
+    "bbox_w",
+    "bbox_h",
+    "area",
+    "provenance",
+    "state",
+    "created_at",
+    "updated_at",
+)
+
+
+def cell_rows(
+    *, image: Image, layer: str = Layer.ANNOTATION, model_version_id: int | None = None
+) -> list[dict[str, Any]]:
+    """All cells of one layer of an image as plain dicts in one query (the hot read path)."""
+    queryset = Cell.objects.filter(image_id=image.pk, layer=layer)
+    if model_version_id is not None:
+        queryset = queryset.filter(model_version_id=model_version_id)
+    return list(queryset.order_by("id").values(*CELL_FIELDS))
+
+
+def history_list(*, image: Image) -> QuerySet[AnnotationRevision]:
+    return image.history.select_related("author").defer("snapshot").order_by("-revision")
+
+
+def membership_list(*, project: Project) -> QuerySet[ProjectMembership]:
+    return project.memberships.select_related("user").order_by("id")

@@ -1,0 +1,491 @@
+"""Deterministic synthetic Diff-Quik thyroid cytology fields (Django-free).
+
+A field is rendered in optical-density space (Beer-Lambert): every stained object adds
+absorbance, so cells stacked on each other come out darker, as they do under the
+microscope, and pasted erythrocytes tint what lies beneath them instead of hiding it.
+
+Geometry follows a 20x, 1024x768 field: follicular cells of radius ~9-18 px with a
+dark blue-purple nucleus and paler cytoplasm, alone and in overlapping clusters, and
+smaller (~5-8 px) pink-red erythrocytes with a pale centre, some of them faint. Object
+sizes stay in pixels at any image size (same magnification: a 256x256 image is a crop
+of a field), while default counts scale with the image area, so small test images hold
+proportionally fewer cells of the usual size.
+
+Every instance keeps at least ``MIN_VISIBLE_FRACTION`` of its area visible; placements
+that would break that for any instance (itself included) are rejected and retried.
+All randomness comes from one ``numpy.random.Generator`` seeded by ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "CELL",
+    "ERYTHROCYTE",
+    "MIN_VISIBLE_FRACTION",
+    "REFERENCE_HEIGHT",
+    "REFERENCE_WIDTH",
+    "SyntheticCell",
+    "SyntheticField",
+    "generate_dataset",
+    "generate_field",
+]
+
+CELL = 1
+ERYTHROCYTE = 2
+REFERENCE_WIDTH = 1024
+REFERENCE_HEIGHT = 768
+MIN_VISIBLE_FRACTION = 0.6
+
+# Counts per reference field (1024x768); scaled by area for other sizes.
+CELL_COUNT_RANGE = (80, 270)
+ERYTHROCYTE_COUNT_RANGE = (50, 250)
+CELL_RADIUS_RANGE = (9.0, 18.0)
+ERYTHROCYTE_RADIUS_RANGE = (5.0, 8.0)
+CLUSTER_SIZE_RANGE = (3, 14)
+
+# A cell cut by the image border is kept only if this much of it lies inside, so that
+# no sliver of a few pixels becomes a ground-truth instance.
+_MIN_INSIDE_FRACTION = 0.5
+_MIN_AREA_PX = 12
+_ANGLE_SAMPLES = 128
+_PLACEMENT_TRIES = 12
+
+# Optical densities (R, G, B) per unit stain, chosen so that on a white background they
+# give roughly: cytoplasm (185, 170, 215) lilac-blue, cytoplasm + nucleus (70, 55, 135)
+# dark blue-purple, erythrocyte (225, 130, 150) pink-red.
+_CYTOPLASM_OD = np.array([0.139, 0.176, 0.074], dtype=np.float32)
+_NUCLEUS_OD = np.array([0.42, 0.49, 0.20], dtype=np.float32)
+_ERYTHROCYTE_OD = np.array([0.054, 0.293, 0.229], dtype=np.float32)
+_BACKGROUND_RGB = np.array([240.0, 230.0, 238.0], dtype=np.float32)
+_BACKGROUND_OD = np.array([0.015, 0.045, 0.02], dtype=np.float32)
+_COLLOID_OD = np.array([0.035, 0.05, 0.01], dtype=np.float32)
+
+
+@dataclass(eq=False)  # arrays make field-wise == ambiguous; compare by identity
+class SyntheticCell:
+    """One synthetic instance: its semantic label and its full (unoccluded) mask crop."""
+
+    label: int  # 1 cell, 2 erythrocyte
+    x0: int  # column of the crop's top-left corner
+    y0: int  # row of the crop's top-left corner
+    mask: np.ndarray  # bool, the cell's full (unoccluded) extent, cropped
+
+    @property
+    def area(self) -> int:
+        """Number of pixels of the full mask."""
+        return int(np.count_nonzero(self.mask))
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        """Crop extent ``(x0, y0, x1, y1)`` with exclusive ends."""
+        h, w = self.mask.shape
+        return (self.x0, self.y0, self.x0 + w, self.y0 + h)
+
+
+@dataclass(eq=False)
+class SyntheticField:
+    """A rendered field and its instances in paint order (later cells lie on top)."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    cells: list[SyntheticCell] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        """Image height in pixels."""
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Image width in pixels."""
+        return int(self.image.shape[1])
+
+    def label_map(self) -> np.ndarray:
+        """(H, W) int32 map of the visible instance: index + 1, 0 for background."""
+        out = np.zeros((self.height, self.width), dtype=np.int32)
+        for i, cell in enumerate(self.cells):
+            h, w = cell.mask.shape
+            out[cell.y0 : cell.y0 + h, cell.x0 : cell.x0 + w][cell.mask] = i + 1
+        return out
+
+    def semantic_map(self) -> np.ndarray:
+        """(H, W) uint8 map of the visible class: 0 background, 1 cell, 2 erythrocyte."""
+        lut = np.zeros(len(self.cells) + 1, dtype=np.uint8)
+        lut[1:] = [cell.label for cell in self.cells]
+        return lut[self.label_map()]
+
+    def full_mask(self, i: int) -> np.ndarray:
+        """(H, W) bool full extent of instance ``i``, including its hidden parts."""
+        cell = self.cells[i]
+        out = np.zeros((self.height, self.width), dtype=bool)
+        h, w = cell.mask.shape
+        out[cell.y0 : cell.y0 + h, cell.x0 : cell.x0 + w] = cell.mask
+        return out
+
+
+@dataclass
+class _Shape:
+    """A star-shaped blob rasterised on its (unclipped) crop."""
+
+    x0: int
+    y0: int
+    cx: float
+    cy: float
+    alpha: np.ndarray  # float32 coverage in 0..1, anti-aliased over ~1 px
+    dist: np.ndarray  # float32 distance of each pixel from the centre
+    radius: np.ndarray  # float32 boundary radius in each pixel's direction
+    mask: np.ndarray  # bool, alpha >= 0.5
+
+
+def _radius_table(
+    rng: np.random.Generator, radius: float, min_aspect: float, wobble: float
+) -> np.ndarray:
+    """Boundary radius at ``_ANGLE_SAMPLES + 1`` angles over [-pi, pi] (closed)."""
+    aspect = rng.uniform(min_aspect, 1.0)
+    # Equal-area ellipse, so ``radius`` keeps its meaning whatever the aspect.
+    a = radius / math.sqrt(aspect)
+    b = radius * math.sqrt(aspect)
+    rot = rng.uniform(0.0, math.pi)
+    theta = np.linspace(-math.pi, math.pi, _ANGLE_SAMPLES + 1, dtype=np.float64)
+    ct = np.cos(theta - rot)
+    st = np.sin(theta - rot)
+    r = a * b / np.sqrt((b * ct) ** 2 + (a * st) ** 2)
+    # Low harmonics turn the ellipse into an irregular blob that stays star-shaped.
+    for k in (2, 3, 4, 5):
+        amp = rng.uniform(0.0, wobble / (k - 1))
+        r *= 1.0 + amp * np.cos(k * theta + rng.uniform(0.0, 2.0 * math.pi))
+    return r.astype(np.float32)
+
+
+def _polar(
+    n: int, x0: int, y0: int, cx: float, cy: float, table: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distance, boundary radius and coverage on the n x n grid whose corner is (x0, y0)."""
+    # Pixel centres sit at integer coordinates.
+    dx = (np.arange(n, dtype=np.float32) + np.float32(x0 - cx))[None, :]
+    dy = (np.arange(n, dtype=np.float32) + np.float32(y0 - cy))[:, None]
+    dist = np.sqrt(dx * dx + dy * dy)
+    pos = (np.arctan2(dy, dx) + np.float32(math.pi)) * np.float32(_ANGLE_SAMPLES / (2 * math.pi))
+    i0 = np.clip(pos.astype(np.int32), 0, _ANGLE_SAMPLES - 1)
+    frac = pos - i0
+    radius = table[i0] * (1.0 - frac) + table[i0 + 1] * frac
+    alpha = np.clip(radius - dist + np.float32(0.5), 0.0, 1.0)
+    return dist, radius, alpha
+
+
+def _rasterise(cx: float, cy: float, table: np.ndarray) -> _Shape:
+    """Rasterise the blob with boundary ``table`` centred at ``(cx, cy)``."""
+    ext = math.ceil(float(table.max())) + 2
+    x0, y0 = math.floor(cx) - ext, math.floor(cy) - ext
+    n = 2 * ext + 1
+    dist, radius, alpha = _polar(n, x0, y0, cx, cy, table)
+    return _Shape(
+        x0=x0, y0=y0, cx=cx, cy=cy, alpha=alpha, dist=dist, radius=radius, mask=alpha >= 0.5
+    )
+
+
+def _smooth_field(
+    rng: np.random.Generator, height: int, width: int, cells_across: int
+) -> np.ndarray:
+    """Low-frequency random field in roughly [-1, 1], shape (H, W) float32."""
+    gw = max(2, cells_across)
+    gh = max(2, round(cells_across * height / max(width, 1)))
+    grid = rng.standard_normal((gh, gw)).astype(np.float32)
+    out = cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(out / 1.5, -1.0, 1.0)
+
+
+@dataclass
+class _Canvas:
+    """Occupancy bookkeeping and the accumulated optical density."""
+
+    height: int
+    width: int
+    visible_map: np.ndarray  # (H, W) int32, index + 1 of the visible instance
+    od: np.ndarray  # (H, W, 3) float32
+    visible: list[int] = field(default_factory=list)
+    full: list[int] = field(default_factory=list)
+    cells: list[SyntheticCell] = field(default_factory=list)
+    centres: list[tuple[float, float, float]] = field(default_factory=list)  # cells only
+
+    def try_place(self, shape: _Shape) -> tuple[slice, slice, np.ndarray] | None:
+        """Apply the placement rules; on success book the pixels the new instance hides.
+
+        Returns the image window and the mask clipped to it, or None when the instance
+        would lie mostly outside the image or leave some instance (itself included) less
+        than ``MIN_VISIBLE_FRACTION`` visible. ``commit`` must follow a success.
+        """
+        n = shape.mask.shape[0]
+        ys0, xs0 = max(shape.y0, 0), max(shape.x0, 0)
+        ys1, xs1 = min(shape.y0 + n, self.height), min(shape.x0 + n, self.width)
+        if ys1 <= ys0 or xs1 <= xs0:
+            return None
+        sub = shape.mask[ys0 - shape.y0 : ys1 - shape.y0, xs0 - shape.x0 : xs1 - shape.x0]
+        area = int(np.count_nonzero(sub))
+        total = int(np.count_nonzero(shape.mask))
+        if area < _MIN_AREA_PX or area < _MIN_INSIDE_FRACTION * total:
+            return None
+        rows, cols = slice(ys0, ys1), slice(xs0, xs1)
+        under = self.visible_map[rows, cols][sub]
+        under = under[under > 0]
+        if under.size:
+            ids, counts = np.unique(under, return_counts=True)
+            remaining = np.asarray(self.visible)[ids - 1] - counts
+            if np.any(remaining < MIN_VISIBLE_FRACTION * np.asarray(self.full)[ids - 1]):
+                return None
+            for k, c in zip(ids.tolist(), counts.tolist(), strict=True):
+                self.visible[k - 1] -= c
+        return rows, cols, sub
+
+    def commit(self, label: int, rows: slice, cols: slice, sub: np.ndarray) -> None:
+        """Record an accepted instance (tight crop) on top of the others."""
+        index = len(self.cells) + 1
+        self.visible_map[rows, cols][sub] = index
+        area = int(np.count_nonzero(sub))
+        self.visible.append(area)
+        self.full.append(area)
+        r_any = np.flatnonzero(sub.any(axis=1))
+        c_any = np.flatnonzero(sub.any(axis=0))
+        tight = sub[r_any[0] : r_any[-1] + 1, c_any[0] : c_any[-1] + 1].copy()
+        self.cells.append(
+            SyntheticCell(
+                label=label,
+                x0=int(cols.start + c_any[0]),
+                y0=int(rows.start + r_any[0]),
+                mask=tight,
+            )
+        )
+
+    def paint(self, shape: _Shape, od: np.ndarray) -> None:
+        """Add an (n, n, 3) optical-density crop, clipped at the image border."""
+        n = shape.mask.shape[0]
+        ys0, xs0 = max(shape.y0, 0), max(shape.x0, 0)
+        ys1, xs1 = min(shape.y0 + n, self.height), min(shape.x0 + n, self.width)
+        self.od[ys0:ys1, xs0:xs1] += od[
+            ys0 - shape.y0 : ys1 - shape.y0, xs0 - shape.x0 : xs1 - shape.x0
+        ]
+
+
+@dataclass
+class _Stain:
+    """Per-field stain colours (the hue and strength vary from slide to slide)."""
+
+    cytoplasm: np.ndarray
+    nucleus: np.ndarray
+    erythrocyte: np.ndarray
+
+
+def _field_stain(rng: np.random.Generator) -> _Stain:
+    def jitter(base: np.ndarray, spread: float) -> np.ndarray:
+        scale = rng.uniform(0.8, 1.25) * rng.uniform(1.0 - spread, 1.0 + spread, size=3)
+        return (base * scale).astype(np.float32)
+
+    return _Stain(
+        cytoplasm=jitter(_CYTOPLASM_OD, 0.15),
+        nucleus=jitter(_NUCLEUS_OD, 0.12),
+        erythrocyte=jitter(_ERYTHROCYTE_OD, 0.12),
+    )
+
+
+def _cell_od(rng: np.random.Generator, cell: _Shape, radius: float, stain: _Stain) -> np.ndarray:
+    """Optical density of a follicular cell: pale cytoplasm, rim, dark textured nucleus."""
+    n = cell.mask.shape[0]
+    cyto_strength = rng.uniform(0.65, 1.4)
+    texture = 1.0 + 0.12 * rng.standard_normal((n, n)).astype(np.float32)
+    # A slightly denser membrane makes the top cell's outline visible over a neighbour.
+    rim = np.exp(-(((cell.radius - cell.dist) / 1.3) ** 2))
+    density = cell.alpha * (cyto_strength * texture + 0.35 * rim)
+    od = density[..., None] * stain.cytoplasm
+
+    # Eccentric nucleus kept inside the cell (its coverage is multiplied by the cell's).
+    n_radius = radius * rng.uniform(0.36, 0.55)
+    offset = radius * rng.uniform(0.0, 0.28)
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    table = _radius_table(rng, n_radius, min_aspect=0.75, wobble=0.05)
+    ncx = cell.cx + offset * math.cos(angle)
+    ncy = cell.cy + offset * math.sin(angle)
+    _, _, n_cover = _polar(n, cell.x0, cell.y0, ncx, ncy, table)
+    n_alpha = n_cover * cell.alpha
+    # Coarse chromatin: per-pixel grain, softened later by the field blur.
+    chromatin = 1.0 + 0.18 * rng.standard_normal((n, n)).astype(np.float32)
+    n_strength = rng.uniform(0.75, 1.3)
+    od += (n_alpha * n_strength * chromatin)[..., None] * stain.nucleus
+    return od
+
+
+def _erythrocyte_od(
+    rng: np.random.Generator, rbc: _Shape, stain: _Stain, faint: bool
+) -> np.ndarray:
+    """Optical density of an erythrocyte: a disc, thinner (paler) in the centre."""
+    rel = np.clip(rbc.dist / np.maximum(rbc.radius, 1e-3), 0.0, 1.0)
+    pallor = rng.uniform(0.35, 0.6)
+    profile = pallor + (1.0 - pallor) * rel**2
+    strength = rng.uniform(0.25, 0.5) if faint else rng.uniform(0.8, 1.25)
+    hue = rng.uniform(0.92, 1.08, size=3).astype(np.float32)
+    return (rbc.alpha * profile * strength)[..., None] * (stain.erythrocyte * hue)
+
+
+def _default_count(rng: np.random.Generator, bounds: tuple[int, int], area_ratio: float) -> int:
+    return max(1, round(int(rng.integers(bounds[0], bounds[1] + 1)) * area_ratio))
+
+
+def _cluster_sizes(rng: np.random.Generator, n_clustered: int) -> list[int]:
+    sizes: list[int] = []
+    left = n_clustered
+    while left > 0:
+        size = int(rng.integers(CLUSTER_SIZE_RANGE[0], CLUSTER_SIZE_RANGE[1] + 1))
+        size = min(size, left)
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def generate_field(
+    *,
+    seed: int,
+    width: int = 1024,
+    height: int = 768,
+    n_cells: int | None = None,
+    n_erythrocytes: int | None = None,
+    cluster_fraction: float = 0.5,
+    faint_erythrocyte_fraction: float = 0.3,
+) -> SyntheticField:
+    """Render one synthetic Diff-Quik field.
+
+    ``n_cells`` / ``n_erythrocytes`` default to random counts (80-270 and 50-250 per
+    1024x768 field) scaled by the image area. ``cluster_fraction`` of the cells are
+    placed in overlapping groups of 3-14, the rest alone; ``faint_erythrocyte_fraction``
+    of the erythrocytes are weakly stained. The counts are met unless the field is too
+    crowded to place an instance without breaking the visibility rule, in which case
+    that instance is dropped. The same arguments always give the same field.
+    """
+    if width < 8 or height < 8:
+        raise ValueError("width and height must be at least 8 pixels")
+    if not 0.0 <= cluster_fraction <= 1.0:
+        raise ValueError("cluster_fraction must lie in [0, 1]")
+    if not 0.0 <= faint_erythrocyte_fraction <= 1.0:
+        raise ValueError("faint_erythrocyte_fraction must lie in [0, 1]")
+    if (n_cells is not None and n_cells < 0) or (n_erythrocytes is not None and n_erythrocytes < 0):
+        raise ValueError("counts must not be negative")
+
+    rng = np.random.default_rng(seed)
+    area_ratio = (width * height) / float(REFERENCE_WIDTH * REFERENCE_HEIGHT)
+    if n_cells is None:
+        n_cells = _default_count(rng, CELL_COUNT_RANGE, area_ratio)
+    if n_erythrocytes is None:
+        n_erythrocytes = _default_count(rng, ERYTHROCYTE_COUNT_RANGE, area_ratio)
+
+    stain = _field_stain(rng)
+    canvas = _Canvas(
+        height=height,
+        width=width,
+        visible_map=np.zeros((height, width), dtype=np.int32),
+        od=np.zeros((height, width, 3), dtype=np.float32),
+    )
+
+    # Jobs are shuffled so that erythrocytes lie sometimes under, sometimes over cells.
+    n_clustered = round(cluster_fraction * n_cells)
+    jobs: list[tuple[str, int]] = [("cluster", s) for s in _cluster_sizes(rng, n_clustered)]
+    jobs += [("cell", 1)] * (n_cells - n_clustered)
+    jobs += [("rbc", 1)] * n_erythrocytes
+    order = rng.permutation(len(jobs))
+
+    def uniform_centre() -> tuple[float, float]:
+        return float(rng.uniform(0.0, width)), float(rng.uniform(0.0, height))
+
+    def place_cell(anchors: list[tuple[float, float, float]] | None) -> None:
+        radius = float(rng.uniform(*CELL_RADIUS_RANGE))
+        table = _radius_table(rng, radius, min_aspect=0.6, wobble=0.1)
+        for attempt in range(_PLACEMENT_TRIES * 2):
+            if anchors and attempt < _PLACEMENT_TRIES:
+                ax, ay, ar = anchors[int(rng.integers(len(anchors)))]
+                # Centre distance 0.55-0.95 of the radii sum: from strong overlap to touching.
+                d = (ar + radius) * rng.uniform(0.55, 0.95)
+                ang = rng.uniform(0.0, 2.0 * math.pi)
+                cx, cy = ax + d * math.cos(ang), ay + d * math.sin(ang)
+            else:
+                cx, cy = uniform_centre()
+            shape = _rasterise(cx, cy, table)
+            placed = canvas.try_place(shape)
+            if placed is None:
+                continue
+            canvas.commit(CELL, *placed)
+            canvas.paint(shape, _cell_od(rng, shape, radius, stain))
+            canvas.centres.append((cx, cy, radius))
+            if anchors is not None:
+                anchors.append((cx, cy, radius))
+            return
+
+    def place_erythrocyte() -> None:
+        radius = float(rng.uniform(*ERYTHROCYTE_RADIUS_RANGE))
+        table = _radius_table(rng, radius, min_aspect=0.82, wobble=0.03)
+        faint = bool(rng.random() < faint_erythrocyte_fraction)
+        # About a third lean against a cell: the hard case for models.
+        near_cell = bool(canvas.centres) and rng.random() < 0.35
+        for attempt in range(_PLACEMENT_TRIES * 2):
+            if near_cell and attempt < _PLACEMENT_TRIES:
+                ax, ay, ar = canvas.centres[int(rng.integers(len(canvas.centres)))]
+                d = (ar + radius) * rng.uniform(0.6, 1.05)
+                ang = rng.uniform(0.0, 2.0 * math.pi)
+                cx, cy = ax + d * math.cos(ang), ay + d * math.sin(ang)
+            else:
+                cx, cy = uniform_centre()
+            shape = _rasterise(cx, cy, table)
+            placed = canvas.try_place(shape)
+            if placed is None:
+                continue
+            canvas.commit(ERYTHROCYTE, *placed)
+            canvas.paint(shape, _erythrocyte_od(rng, shape, stain, faint))
+            return
+
+    for j in order.tolist():
+        kind, size = jobs[j]
+        if kind == "rbc":
+            place_erythrocyte()
+        elif kind == "cell":
+            place_cell(None)
+        else:
+            # The first member lands anywhere; the others grow from placed members.
+            members: list[tuple[float, float, float]] = []
+            for _ in range(size):
+                place_cell(members)
+
+    image = _render(rng, canvas.od, height, width)
+    return SyntheticField(image=image, cells=canvas.cells)
+
+
+def _render(rng: np.random.Generator, od: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Background, illumination, stain variation, blur and noise -> uint8 RGB."""
+    across = max(2, round(6 * width / REFERENCE_WIDTH))
+    illumination = 1.0 + rng.uniform(0.03, 0.07) * _smooth_field(rng, height, width, across)
+    stain_strength = 1.0 + rng.uniform(0.08, 0.2) * _smooth_field(rng, height, width, across)
+    background_tint = 0.5 + 0.5 * _smooth_field(rng, height, width, across + 2)
+    # Watery colloid: soft lilac patches, a common thyroid aspirate background.
+    colloid = np.clip(_smooth_field(rng, height, width, across + 3) * 2.0 - 0.6, 0.0, 1.0)
+
+    base = _BACKGROUND_RGB * rng.uniform(0.97, 1.02, size=3).astype(np.float32)
+    total = od * stain_strength[..., None]
+    total += background_tint[..., None] * _BACKGROUND_OD
+    total += (colloid * rng.uniform(0.3, 1.0))[..., None] * _COLLOID_OD
+    rgb = base * illumination[..., None] * np.power(np.float32(10.0), -total)
+
+    sigma = float(rng.uniform(0.6, 1.0))
+    rgb = cv2.GaussianBlur(rgb.astype(np.float32), (0, 0), sigmaX=sigma, sigmaY=sigma)
+    noise_sigma = float(rng.uniform(1.5, 3.5))
+    rgb += noise_sigma * rng.standard_normal(rgb.shape, dtype=np.float32)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def generate_dataset(
+    *, seed: int, count: int, width: int = 1024, height: int = 768
+) -> list[SyntheticField]:
+    """``count`` independent fields; field ``i`` depends only on ``seed`` and ``i``."""
+    if count < 0:
+        raise ValueError("count must not be negative")
+    seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint32)
+    return [generate_field(seed=int(s), width=width, height=height) for s in seeds.tolist()]

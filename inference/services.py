@@ -1,0 +1,207 @@
+"""Pre-segmentation: run a backend on an image and store its cells as the proposal layer.
+
+Proposals are tagged with the model version that made them; re-running a version replaces
+that version's proposals in one transaction. The doctors' annotation layer is never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from annotations.imaging import read_rgb
+from annotations.models import Cell, CellSource, Image, ImageStatus, Layer, PresegmentStatus, Project
+from inference.backends import backend_get
+from inference.contours import instances_to_polygons
+from inference.device import device_default
+from training.models import ModelKind, ModelStatus, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+# Preference order of the kinds a project can pre-segment with.
+PRESEGMENT_KINDS = (ModelKind.TWO_STAGE, ModelKind.CELLPOSE, ModelKind.NNUNET, ModelKind.REGION_GROWING, ModelKind.WATERSHED)
+
+
+def model_version_baseline(*, project: Project) -> ModelVersion:
+    """The watershed baseline version of a project (needs no training; used until a model is)."""
+    version, _ = ModelVersion.objects.get_or_create(
+        project=project,
+        kind=ModelKind.WATERSHED,
+        number=1,
+        defaults={"name": "Watershed baseline (no training)", "status": ModelStatus.ACTIVE},
+    )
+    return version
+
+
+def model_version_for_project(*, project: Project) -> ModelVersion:
+    """The version pre-segmentation uses: the active model, else the watershed baseline."""
+    active = {
+        v.kind: v
+        for v in ModelVersion.objects.filter(project=project, status=ModelStatus.ACTIVE).order_by("id")
+    }
+    for kind in PRESEGMENT_KINDS:
+        if kind in active:
+            return active[kind]
+    return model_version_baseline(project=project)
+
+
+def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None = None) -> ModelVersion:
+    """Mark the image queued and enqueue the GPU task once the transaction commits."""
+    from inference.tasks import presegment_image  # tasks import services; avoid the cycle
+
+    version = model_version or model_version_for_project(project=image.project)
+    Image.objects.filter(pk=image.pk).update(
+        presegment_status=PresegmentStatus.QUEUED, presegment_error="", presegment_model=version
+    )
+    image.presegment_status = PresegmentStatus.QUEUED
+    image_id, version_id = image.pk, version.pk
+    transaction.on_commit(lambda: presegment_image.delay(image_id, version_id))
+    return version
+
+
+def project_presegment_enqueue(*, project: Project, model_version: ModelVersion | None = None) -> int:
+    version = model_version or model_version_for_project(project=project)
+    images = list(project.images.all())
+    for image in images:
+        image_presegment_enqueue(image=image, model_version=version)
+    return len(images)
+
+
+def presegment_on_upload(*, images: list[Image]) -> None:
+    """Pre-segment freshly uploaded images when their project asks for it."""
+    for image in images:
+        if image.project.auto_presegment:
+            image_presegment_enqueue(image=image)
+
+
+@dataclass
+class PresegmentResult:
+    image_id: int
+    model_version_id: int
+    cell_count: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _backend_settings(version: ModelVersion) -> dict[str, Any]:
+    project_settings = version.project.pipeline.get(version.kind, {})
+    return {**(project_settings if isinstance(project_settings, dict) else {}), **version.config}
+
+
+def _device() -> str:
+    return device_default() if settings.INFERENCE_DEVICE == "auto" else settings.INFERENCE_DEVICE
+
+
+def image_presegment_run(*, image_id: int, model_version_id: int) -> PresegmentResult:
+    """Pre-segment one image with one model version and store the proposals.
+
+    On failure the image is marked failed with the reason and earlier proposals stay intact;
+    the exception propagates so the task layer can retry transient errors.
+    """
+    image = Image.objects.select_related("project").get(pk=image_id)
+    version = ModelVersion.objects.select_related("project").get(pk=model_version_id)
+    if version.project_id != image.project_id:
+        raise ValueError("The model version belongs to another project.")
+    Image.objects.filter(pk=image_id).update(presegment_status=PresegmentStatus.RUNNING, presegment_error="")
+    timings: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        with image.display.open("rb") as handle:
+            rgb = read_rgb(handle.read())
+        timings["load_image"] = time.perf_counter() - started
+        backend = backend_get(
+            name=version.kind,
+            artifacts=Path(version.artifact_path) if version.artifact_path else None,
+            settings=_backend_settings(version),
+            device=_device(),
+        )
+        started = time.perf_counter()
+        prediction = backend.predict(rgb)
+        timings["predict"] = time.perf_counter() - started
+        timings.update({f"backend.{k}": v for k, v in prediction.timings.items()})
+        started = time.perf_counter()
+        contours = instances_to_polygons(prediction.instances, min_area=settings.PRESEGMENT_MIN_AREA)
+        timings["contours"] = time.perf_counter() - started
+        started = time.perf_counter()
+        count = proposals_store(image=image, model_version=version, contours=contours)
+        timings["db_write"] = time.perf_counter() - started
+    except Exception as exc:
+        Image.objects.filter(pk=image_id).update(
+            presegment_status=PresegmentStatus.FAILED, presegment_error=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+        logger.exception("Pre-segmentation of image %s failed", image_id)
+        raise
+    return PresegmentResult(image_id=image_id, model_version_id=version.pk, cell_count=count, timings=timings)
+
+
+def proposals_store(*, image: Image, model_version: ModelVersion, contours: list[Any]) -> int:
+    """Replace ``model_version``'s proposals of ``image`` with ``contours`` in one transaction."""
+    by_label: dict[int, int] = {}
+    for cell_class in image.project.classes.order_by("order", "id"):
+        by_label.setdefault(cell_class.model_label, cell_class.pk)
+    now = timezone.now()
+    cells = []
+    for contour in contours:
+        class_id = by_label.get(contour.label)
+        if class_id is None:
+            continue  # the project has no class for this label (e.g. no erythrocyte class)
+        x, y, w, h = contour.bbox
+        cells.append(
+            Cell(
+                image_id=image.pk,
+                layer=Layer.PROPOSAL,
+                cell_class_id=class_id,
+                polygon=[[float(px), float(py)] for px, py in contour.points],
+                bbox_x=x, bbox_y=y, bbox_w=w, bbox_h=h,
+                area=contour.area,
+                score=float(contour.score),
+                source=CellSource.MODEL,
+                model_version=model_version,
+                provenance={"model_kind": model_version.kind, "model_number": model_version.number},
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    with transaction.atomic():
+        Cell.objects.filter(image_id=image.pk, layer=Layer.PROPOSAL, model_version=model_version).delete()
+        Cell.objects.bulk_create(cells, batch_size=500)
+        updates: dict[str, Any] = {
+            "presegment_status": PresegmentStatus.DONE, "presegment_error": "", "presegment_model": model_version
+        }
+        Image.objects.filter(pk=image.pk).update(**updates)
+        Image.objects.filter(pk=image.pk, status=ImageStatus.NEW).update(status=ImageStatus.PRE_SEGMENTED)
+    return len(cells)
+
+
+def model_version_register(
+    *, project: Project, kind: str, artifact_path: str, name: str, user: AbstractBaseUser | None, activate: bool
+) -> ModelVersion:
+    """Register a model folder or file by hand (until training produces versions)."""
+    from annotations.errors import ServiceValidationError
+
+    errors: dict[str, str] = {}
+    if kind not in ModelKind.values:
+        errors["kind"] = f"must be one of {', '.join(ModelKind.values)}"
+    if kind not in (ModelKind.WATERSHED, ModelKind.REGION_GROWING) and not Path(artifact_path).exists():
+        errors["artifact_path"] = f"{artifact_path!r} does not exist on the server"
+    if errors:
+        raise ServiceValidationError("Invalid model version.", errors)
+    with transaction.atomic():
+        last = ModelVersion.objects.filter(project=project, kind=kind).order_by("-number").first()
+        version = ModelVersion.objects.create(
+            project=project, kind=kind, number=(last.number + 1 if last else 1), name=name,
+            artifact_path=artifact_path, created_by=user,
+            status=ModelStatus.ACTIVE if activate else ModelStatus.CANDIDATE,
+        )
+        if activate:
+            ModelVersion.objects.filter(project=project, status=ModelStatus.ACTIVE).exclude(pk=version.pk).update(
+                status=ModelStatus.RETIRED
+            )
+    return version

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from annotations.models import AuditEvent, Role
+from tests.api.conftest import client_for
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_staff_creates_project_with_default_classes_and_becomes_admin() -> None:
+    staff = UserFactory(is_staff=True)
+    response = client_for(staff).post("/api/v1/projects", {"name": "Thyroid B4-B6"}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert [c["name"] for c in body["classes"]] == ["thyroid cell", "erythrocyte"]
+    assert [c["model_label"] for c in body["classes"]] == [1, 2]
+    assert body["my_role"] == "admin" and body["experts_required"] == 2
+
+
+def test_non_staff_cannot_create_project(annotator: Any) -> None:
+    assert client_for(annotator).post("/api/v1/projects", {"name": "x"}, format="json").status_code == 403
+
+
+def test_project_validation_names_fields() -> None:
+    staff = UserFactory(is_staff=True)
+    response = client_for(staff).post(
+        "/api/v1/projects", {"name": "x", "experts_required": 2, "quorum": 3, "match_iou": 1.5}, format="json"
+    )
+    assert response.status_code == 400
+    assert {"quorum", "match_iou"} <= set(response.json()["errors"])
+
+
+def test_list_shows_only_member_projects(project: Any, annotator: Any, outsider: Any) -> None:
+    ids = [p["id"] for p in client_for(annotator).get("/api/v1/projects").json()["results"]]
+    assert ids == [project.pk]
+    assert client_for(outsider).get(f"/api/v1/projects/{project.pk}").status_code == 404
+
+
+def test_superuser_sees_everything(project: Any) -> None:
+    root = UserFactory(is_superuser=True, is_staff=True)
+    body = client_for(root).get(f"/api/v1/projects/{project.pk}").json()
+    assert body["my_role"] == "admin"
+
+
+@pytest.mark.parametrize("role,code", [(Role.ANNOTATOR, 403), (Role.EXPERT, 403), (Role.ADMIN, 200)])
+def test_only_admin_edits_project(project: Any, role: str, code: int) -> None:
+    from tests.factories import member
+
+    user = member(project, role)
+    response = client_for(user).patch(f"/api/v1/projects/{project.pk}", {"experts_required": 3}, format="json")
+    assert response.status_code == code
+    if code == 200:
+        assert response.json()["experts_required"] == 3
+        assert AuditEvent.objects.filter(project=project, action="project.update").exists()
+
+
+def test_patch_rejects_unknown_fields(project: Any, admin_user: Any) -> None:
+    response = client_for(admin_user).patch(f"/api/v1/projects/{project.pk}", {"id": 9, "created_by": 1}, format="json")
+    assert response.status_code == 400
+    assert set(response.json()["errors"]) == {"id", "created_by"}
+
+
+def test_members_add_change_remove(project: Any, admin_user: Any) -> None:
+    doctor = UserFactory(username="doctor")
+    client = client_for(admin_user)
+    added = client.post(f"/api/v1/projects/{project.pk}/members", {"username": "doctor", "role": "annotator"}, format="json")
+    assert added.status_code == 201
+    membership_id = added.json()["id"]
+    assert client.patch(f"/api/v1/projects/{project.pk}/members/{membership_id}", {"role": "expert"}, format="json").json()["role"] == "expert"
+    assert client_for(doctor).get(f"/api/v1/projects/{project.pk}").json()["my_role"] == "expert"
+    assert client.delete(f"/api/v1/projects/{project.pk}/members/{membership_id}").status_code == 204
+    assert client_for(doctor).get(f"/api/v1/projects/{project.pk}").status_code == 404
+
+
+def test_member_errors(project: Any, admin_user: Any) -> None:
+    client = client_for(admin_user)
+    response = client.post(f"/api/v1/projects/{project.pk}/members", {"username": "ghost", "role": "annotator"}, format="json")
+    assert response.status_code == 400 and "username" in response.json()["errors"]
+    response = client.post(f"/api/v1/projects/{project.pk}/members", {"username": admin_user.username, "role": "boss"}, format="json")
+    assert response.status_code == 400 and "role" in response.json()["errors"]
+    only_admin = project.memberships.get(user=admin_user)
+    assert client.delete(f"/api/v1/projects/{project.pk}/members/{only_admin.pk}").status_code == 409
+
+
+def test_classes_are_editable(project: Any, admin_user: Any, annotator: Any) -> None:
+    client = client_for(admin_user)
+    created = client.post(f"/api/v1/projects/{project.pk}/classes", {"name": "colloid", "color": "#aabbcc"}, format="json")
+    assert created.status_code == 201
+    class_id = created.json()["id"]
+    assert client.patch(f"/api/v1/projects/{project.pk}/classes/{class_id}", {"color": "#000000"}, format="json").json()["color"] == "#000000"
+    bad = client.post(f"/api/v1/projects/{project.pk}/classes", {"name": "colloid", "color": "red"}, format="json")
+    assert bad.status_code == 400 and {"name", "color"} <= set(bad.json()["errors"])
+    assert client_for(annotator).post(f"/api/v1/projects/{project.pk}/classes", {"name": "z"}, format="json").status_code == 403
+    assert client.delete(f"/api/v1/projects/{project.pk}/classes/{class_id}").status_code == 204
+
+
+def test_audit_log_visible_to_admin_only(project: Any, admin_user: Any, annotator: Any) -> None:
+    client_for(admin_user).patch(f"/api/v1/projects/{project.pk}", {"description": "d"}, format="json")
+    assert client_for(admin_user).get(f"/api/v1/projects/{project.pk}/audit").json()["count"] >= 1
+    assert client_for(annotator).get(f"/api/v1/projects/{project.pk}/audit").status_code == 403
+
+
+def test_openapi_schema_and_docs(annotator: Any) -> None:
+    client = client_for(annotator)
+    schema = client.get("/api/v1/schema", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert "/api/v1/images/{image_id}/cells" in paths
+    assert client.get("/api/v1/docs").status_code == 200
