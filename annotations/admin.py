@@ -42,7 +42,18 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 @admin.register(models.Image)
 class ImageAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "file_name", "width", "height", "bethesda", "split", "status", "presegment_status", "revision"]
+    list_display = [
+        "id",
+        "project",
+        "file_name",
+        "width",
+        "height",
+        "bethesda",
+        "split",
+        "status",
+        "presegment_status",
+        "revision",
+    ]
     list_filter = ["project", "status", "split", "bethesda", "presegment_status"]
     search_fields = ["file_name", "slide_code", "sha256"]
     readonly_fields = ["sha256", "revision", "original", "display", "thumbnail"]

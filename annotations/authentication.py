@@ -29,7 +29,7 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
         user = token.user
         # Selectors read this to confine a project-scoped token to its project.
-        user.api_token = token
+        user.api_token = token  # type: ignore[attr-defined]
         return user, token
 
     def authenticate_header(self, request: Request) -> str:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import shapely
 from shapely.geometry import Polygon
 from shapely.validation import explain_validity
@@ -56,11 +57,47 @@ def _coerce_points(raw: object, max_vertices: int) -> list[tuple[float, float]]:
     return deduped
 
 
+def _fast_points(raw: object, max_vertices: int) -> np.ndarray | None:
+    """Vectorised parse for the common, well-formed case; None sends the caller to the slow path
+    that explains exactly what is wrong."""
+    if not isinstance(raw, list) or not 3 <= len(raw) <= max_vertices:
+        return None
+    try:
+        array = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if array.ndim != 2 or array.shape[1] != 2 or not np.isfinite(array).all():
+        return None
+    if (array[0] == array[-1]).all():
+        array = array[:-1]
+    if len(array) > 1:
+        keep = np.ones(len(array), dtype=bool)
+        keep[1:] = (array[1:] != array[:-1]).any(axis=1)
+        array = array[keep]
+    if len(np.unique(array, axis=0)) < 3:
+        return None
+    return array
+
+
 def polygon_clean(raw: object, *, width: int, height: int, max_vertices: int) -> CleanPolygon:
     """Validate one polygon against an image of ``width`` x ``height`` pixels.
 
     Raises GeometryError with the reason when the polygon cannot be stored.
     """
+    array = _fast_points(raw, max_vertices)
+    if array is not None:
+        inside = (array[:, 0] >= 0) & (array[:, 0] <= width) & (array[:, 1] >= 0) & (array[:, 1] <= height)
+        if inside.all():
+            polygon = shapely.polygons(array)
+            if shapely.is_valid(polygon) and polygon.area > 0:
+                x0, y0 = array.min(axis=0)
+                x1, y1 = array.max(axis=0)
+                return CleanPolygon(
+                    points=array.tolist(),
+                    area=float(polygon.area),
+                    bbox=(float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
+                    repaired=False,
+                )
     points = _coerce_points(raw, max_vertices)
     outside = [
         (i, p) for i, p in enumerate(points) if not (0 <= p[0] <= width and 0 <= p[1] <= height)

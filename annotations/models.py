@@ -39,16 +39,12 @@ class Project(models.Model):
 
 class ProjectMembership(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["project", "user"], name="uniq_membership_per_project")
-        ]
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="uniq_membership_per_project")]
         ordering = ["id"]
 
     def __str__(self) -> str:
@@ -64,9 +60,7 @@ class CellClass(models.Model):
     order = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["project", "name"], name="uniq_class_name_per_project")
-        ]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="uniq_class_name_per_project")]
         ordering = ["order", "id"]
 
     def __str__(self) -> str:
@@ -78,7 +72,11 @@ class ApiToken(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     project = models.ForeignKey(
-        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens",
+        Project,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="api_tokens",
         help_text="When set, the token only reaches this project.",
     )
     name = models.CharField(max_length=100)
@@ -149,9 +147,7 @@ class Image(models.Model):
     slide_code = models.CharField(max_length=64, blank=True, help_text="Pseudonymous slide/patient code.")
     split = models.CharField(max_length=16, choices=Split.choices)
     status = models.CharField(max_length=16, choices=ImageStatus.choices, default=ImageStatus.NEW)
-    presegment_status = models.CharField(
-        max_length=16, choices=PresegmentStatus.choices, default=PresegmentStatus.NONE
-    )
+    presegment_status = models.CharField(max_length=16, choices=PresegmentStatus.choices, default=PresegmentStatus.NONE)
     presegment_error = models.TextField(blank=True)
     presegment_model = models.ForeignKey(
         "training.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -168,9 +164,7 @@ class Image(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["project", "sha256"], name="uniq_image_content_per_project")
-        ]
+        constraints = [models.UniqueConstraint(fields=["project", "sha256"], name="uniq_image_content_per_project")]
         indexes = [models.Index(fields=["project", "status"]), models.Index(fields=["project", "split"])]
         ordering = ["id"]
 
@@ -240,9 +234,7 @@ class AnnotationRevision(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["image", "revision"], name="uniq_revision_per_image")
-        ]
+        constraints = [models.UniqueConstraint(fields=["image", "revision"], name="uniq_revision_per_image")]
         ordering = ["-revision"]
 
 
@@ -258,20 +250,14 @@ class IdempotencyRecord(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["user", "key"], name="uniq_idempotency_key_per_user")
-        ]
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="uniq_idempotency_key_per_user")]
 
 
 class AuditEvent(models.Model):
     """Append-only audit log of actions (who, when, what, before/after), visible to admins."""
 
-    project = models.ForeignKey(
-        Project, null=True, blank=True, on_delete=models.CASCADE, related_name="audit_events"
-    )
-    image = models.ForeignKey(
-        Image, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
-    )
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="audit_events")
+    image = models.ForeignKey(Image, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events")
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

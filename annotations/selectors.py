@@ -7,7 +7,7 @@ capability gets 403. A token scoped to a project reaches that project only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, Prefetch, Q, QuerySet
@@ -46,9 +46,7 @@ def membership_role(*, user: UserLike, project: Project) -> str | None:
     if getattr(user, "is_superuser", False):
         return Role.ADMIN
     return (
-        ProjectMembership.objects.filter(user_id=user.pk, project_id=project.pk)
-        .values_list("role", flat=True)
-        .first()
+        ProjectMembership.objects.filter(user_id=user.pk, project_id=project.pk).values_list("role", flat=True).first()
     )
 
 
@@ -89,7 +87,7 @@ def image_get_for_user(*, user: UserLike, image_id: int, capability: str = "view
 def project_list_for_user(*, user: UserLike) -> QuerySet[Project]:
     queryset = Project.objects.all()
     if not getattr(user, "is_superuser", False):
-        queryset = queryset.filter(memberships__user_id=user.pk)
+        queryset = queryset.filter(memberships__user_id=cast(int, user.pk))
     token_project = _token_project_id(user)
     if token_project is not None:
         queryset = queryset.filter(pk=token_project)
@@ -112,16 +110,14 @@ def image_list(*, project: Project, filters: dict[str, Any] | None = None) -> Qu
     cell_class = filters.get("cell_class")
     if cell_class:
         queryset = queryset.filter(
-            pk__in=Cell.objects.filter(
-                image__project=project, layer=Layer.ANNOTATION, cell_class_id=cell_class
-            ).values("image_id")
+            pk__in=Cell.objects.filter(image__project=project, layer=Layer.ANNOTATION, cell_class_id=cell_class).values(
+                "image_id"
+            )
         )
     search = filters.get("search")
     if search:
         queryset = queryset.filter(Q(file_name__icontains=search) | Q(slide_code__icontains=search))
-    return queryset.annotate(
-        cell_count=Count("cells", filter=Q(cells__layer=Layer.ANNOTATION))
-    ).order_by("id")
+    return queryset.annotate(cell_count=Count("cells", filter=Q(cells__layer=Layer.ANNOTATION))).order_by("id")
 
 
 CELL_FIELDS = (

@@ -8,11 +8,11 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from django.conf import settings
 from django.contrib.auth import authenticate
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -53,7 +53,7 @@ DEFAULT_SPLIT_RATIOS = {"train": 120 / 272, "validation": 30 / 272, "test": 122 
 def audit_record(
     *,
     project: Project | None,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     image: Image | None = None,
     target: str = "",
@@ -99,7 +99,7 @@ def _validate_project_fields(data: dict[str, Any]) -> None:
 def project_create(
     *,
     name: str,
-    created_by: AbstractBaseUser,
+    created_by: User,
     description: str = "",
     experts_required: int = 2,
     quorum: int | None = None,
@@ -148,13 +148,11 @@ def project_update(*, project: Project, data: dict[str, Any]) -> Project:
     return project
 
 
-def membership_set(*, project: Project, user: AbstractBaseUser, role: str) -> ProjectMembership:
+def membership_set(*, project: Project, user: User, role: str) -> ProjectMembership:
     """Add ``user`` to ``project`` with ``role``, or change the role of an existing member."""
     if role not in Role.values:
         raise ServiceValidationError("Invalid role.", {"role": f"must be one of {', '.join(Role.values)}"})
-    membership, _ = ProjectMembership.objects.update_or_create(
-        project=project, user=user, defaults={"role": role}
-    )
+    membership, _ = ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
     return membership
 
 
@@ -226,7 +224,7 @@ def _token_hash(raw: str) -> str:
 
 
 def api_token_create(
-    *, user: AbstractBaseUser, name: str, project: Project | None = None, expires_in_days: int | None = None
+    *, user: User, name: str, project: Project | None = None, expires_in_days: int | None = None
 ) -> tuple[ApiToken, str]:
     """Create a token; returns it with its secret, which is never stored and shown only once."""
     errors: dict[str, str] = {}
@@ -272,7 +270,7 @@ def _login_keys(username: str, ip: str) -> tuple[str, str]:
     return f"login-fail:user:{user_key}", f"login-fail:ip:{ip}"
 
 
-def user_login_check(*, username: str, password: str, ip: str) -> AbstractBaseUser:
+def user_login_check(*, username: str, password: str, ip: str) -> User:
     """Authenticate, rate limited per user name and per client address.
 
     After LOGIN_MAX_FAILURES failures (per name, or 4x that per address) further attempts are
@@ -282,7 +280,7 @@ def user_login_check(*, username: str, password: str, ip: str) -> AbstractBaseUs
     user_key, ip_key = _login_keys(username, ip)
     if cache.get(user_key, 0) >= limit or cache.get(ip_key, 0) >= 4 * limit:
         raise RateLimitedError("Too many failed logins; try again later.", retry_after=lockout)
-    user = authenticate(username=username, password=password)
+    user = cast(User | None, authenticate(username=username, password=password))
     if user is None:
         for key in (user_key, ip_key):
             if not cache.add(key, 1, timeout=lockout):
@@ -299,8 +297,11 @@ def user_login_check(*, username: str, password: str, ip: str) -> AbstractBaseUs
 
 
 class UploadLike(Protocol):
-    name: str | None
-    size: int | None
+    @property
+    def name(self) -> str | None: ...
+
+    @property
+    def size(self) -> int | None: ...
 
     def read(self, size: int = -1) -> bytes: ...
 
@@ -342,7 +343,7 @@ class _Prepared:
 
 
 def image_upload_many(
-    *, project: Project, files: Sequence[UploadLike], metadata: dict[str, Any], uploaded_by: AbstractBaseUser
+    *, project: Project, files: Sequence[UploadLike], metadata: dict[str, Any], uploaded_by: User
 ) -> list[Image]:
     """Validate every file by decoding it, then store all of them or none.
 
@@ -390,7 +391,10 @@ def image_upload_many(
     written: list[str] = []
     try:
         with transaction.atomic():
-            images = [_image_store(project=project, item=p, metadata=metadata, user=uploaded_by, written=written) for p in prepared]
+            images = [
+                _image_store(project=project, item=p, metadata=metadata, user=uploaded_by, written=written)
+                for p in prepared
+            ]
     except IntegrityError as exc:
         _delete_files(written)
         raise ServiceValidationError(
@@ -408,7 +412,7 @@ def _delete_files(paths: list[str]) -> None:
 
 
 def _image_store(
-    *, project: Project, item: _Prepared, metadata: dict[str, Any], user: AbstractBaseUser, written: list[str]
+    *, project: Project, item: _Prepared, metadata: dict[str, Any], user: User, written: list[str]
 ) -> Image:
     decoded = item.decoded
     folder = f"projects/{project.pk}/images/{decoded.sha256[:2]}/{decoded.sha256}"
@@ -436,7 +440,7 @@ def _image_store(
         width=decoded.width,
         height=decoded.height,
         bethesda=metadata.get("bethesda") or "",
-        stain=metadata.get("stain") if metadata.get("stain") is not None else "Diff-Quik",
+        stain=str(metadata["stain"]) if metadata.get("stain") is not None else "Diff-Quik",
         magnification=metadata.get("magnification") or "",
         slide_code=metadata.get("slide_code") or "",
         split=metadata.get("split") or split_for(project=project, sha256=decoded.sha256),
@@ -444,7 +448,7 @@ def _image_store(
     )
 
 
-def image_update(*, image: Image, data: dict[str, Any], user: AbstractBaseUser, can_manage: bool) -> Image:
+def image_update(*, image: Image, data: dict[str, Any], user: User, can_manage: bool) -> Image:
     """Update an image's metadata. The data split is fixed once assigned: only a project admin
     may change it, and only by also sending ``confirm_split_change: true`` (recorded in history)."""
     confirm = bool(data.pop("confirm_split_change", False))
@@ -481,7 +485,7 @@ def image_update(*, image: Image, data: dict[str, Any], user: AbstractBaseUser, 
 
 
 def image_delete(*, image: Image) -> None:
-    paths = [image.original.name, image.display.name, image.thumbnail.name]
+    paths = [f.name for f in (image.original, image.display, image.thumbnail) if f.name]
     image.delete()
     transaction.on_commit(lambda: _delete_files(paths))
 
@@ -550,8 +554,7 @@ def _snapshot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _conflict(image: Image) -> ConflictError:
     rows = list(image.cells.filter(layer=Layer.ANNOTATION).order_by("id").values(*CELL_FIELDS))
     return ConflictError(
-        f"The annotations changed on the server (now revision {image.revision}); "
-        "reload or resolve the conflict.",
+        f"The annotations changed on the server (now revision {image.revision}); reload or resolve the conflict.",
         {"revision": image.revision, "cells": rows},
     )
 
@@ -567,7 +570,7 @@ class LayerWrite:
 def _apply_layer(
     *,
     image: Image,
-    user: AbstractBaseUser | None,
+    user: User | None,
     base_revision: int,
     desired: list[dict[str, Any]],
     action: str,
@@ -651,9 +654,7 @@ def _apply_layer(
     return LayerWrite(revision=revision, cells=[by_pk[c.pk] for c in order], layer=rows, summary=summary)
 
 
-def cells_replace(
-    *, image: Image, user: AbstractBaseUser, base_revision: int, cells: object
-) -> LayerWrite:
+def cells_replace(*, image: Image, user: User, base_revision: int, cells: object) -> LayerWrite:
     """Replace the whole annotation layer of ``image`` in one transaction.
 
     Cells that carry the id of a cell of this layer keep it; other cells are created; cells not
@@ -666,21 +667,19 @@ def cells_replace(
         raise ServiceValidationError("Some cells are invalid; nothing was saved.", errors)
     desired = [{"id": c["id"], "class_id": c["class_id"], "polygon": c["polygon"]} for c in clean]
     with transaction.atomic():
-        return _apply_layer(
-            image=image, user=user, base_revision=base_revision, desired=desired, action="replace"
-        )
+        return _apply_layer(image=image, user=user, base_revision=base_revision, desired=desired, action="replace")
 
 
-def revision_restore(
-    *, image: Image, user: AbstractBaseUser, target_revision: int, base_revision: int
-) -> LayerWrite:
+def revision_restore(*, image: Image, user: User, target_revision: int, base_revision: int) -> LayerWrite:
     """Make the annotation layer what it was at ``target_revision`` (a new revision; history kept)."""
     if target_revision == 0:
         snapshot: list[dict[str, Any]] = []
     else:
         entry = image.history.filter(revision=target_revision).first()
         if entry is None:
-            raise ServiceValidationError("No such revision.", {"revision": f"revision {target_revision} does not exist"})
+            raise ServiceValidationError(
+                "No such revision.", {"revision": f"revision {target_revision} does not exist"}
+            )
         snapshot = entry.snapshot
     existing_ids = set(Cell.objects.filter(image_id=image.pk).values_list("pk", flat=True))
     taken_elsewhere = set(
@@ -697,9 +696,13 @@ def revision_restore(
         desired.append(
             {
                 "id": cell["id"],
-                "restore_id": cell["id"] if cell["id"] not in existing_ids and cell["id"] not in taken_elsewhere else None,
+                "restore_id": cell["id"]
+                if cell["id"] not in existing_ids and cell["id"] not in taken_elsewhere
+                else None,
                 "class_id": cell["class_id"],
-                "polygon": CleanPolygon(points=points, area=shape.area, bbox=(x0, y0, x1 - x0, y1 - y0), repaired=False),
+                "polygon": CleanPolygon(
+                    points=points, area=shape.area, bbox=(x0, y0, x1 - x0, y1 - y0), repaired=False
+                ),
                 "source": cell["source"],
                 "score": cell["score"],
                 "model_version_id": cell["model_version_id"],
@@ -733,7 +736,7 @@ def _proposal_query(*, image: Image, ids: list[int] | None, select_all: bool) ->
 
 
 def proposals_accept(
-    *, image: Image, user: AbstractBaseUser, base_revision: int, ids: list[int] | None, select_all: bool = False
+    *, image: Image, user: User, base_revision: int, ids: list[int] | None, select_all: bool = False
 ) -> LayerWrite:
     """Copy open proposals into the annotation layer (a new revision, 409 rules as for saves),
     keeping their provenance (proposal id, model version, score); the proposals become accepted."""
@@ -754,20 +757,30 @@ def proposals_accept(
             for p in proposals
         ]
         result = _apply_layer(
-            image=image, user=user, base_revision=base_revision, desired=desired,
-            action="accept_proposals", keep_missing=True,
+            image=image,
+            user=user,
+            base_revision=base_revision,
+            desired=desired,
+            action="accept_proposals",
+            keep_missing=True,
         )
         Cell.objects.filter(pk__in=[p.pk for p in proposals]).update(state="accepted", updated_at=timezone.now())
     return result
 
 
-def proposals_reject(*, image: Image, user: AbstractBaseUser, ids: list[int] | None, select_all: bool = False) -> int:
+def proposals_reject(*, image: Image, user: User, ids: list[int] | None, select_all: bool = False) -> int:
     """Mark open proposals rejected (kept for correction analytics); returns how many."""
     with transaction.atomic():
         count = _proposal_query(image=image, ids=ids, select_all=select_all).update(
             state="rejected", updated_at=timezone.now()
         )
-        audit_record(project=image.project, image=image, actor=user, action="proposals.reject", after={"count": count, "ids": ids, "all": select_all})
+        audit_record(
+            project=image.project,
+            image=image,
+            actor=user,
+            action="proposals.reject",
+            after={"count": count, "ids": ids, "all": select_all},
+        )
     return count
 
 
@@ -776,7 +789,7 @@ def proposals_reject(*, image: Image, user: AbstractBaseUser, ids: list[int] | N
 
 def idempotent_call(
     *,
-    user: AbstractBaseUser,
+    user: User,
     key: str | None,
     scope: str,
     payload: Any,
@@ -791,9 +804,7 @@ def idempotent_call(
         return run()
     if len(key) > 128:
         raise ServiceValidationError("Invalid Idempotency-Key.", {"Idempotency-Key": "at most 128 characters"})
-    request_hash = hashlib.sha256(
-        json.dumps([scope, payload], sort_keys=True, default=str).encode()
-    ).hexdigest()
+    request_hash = hashlib.sha256(json.dumps([scope, payload], sort_keys=True, default=str).encode()).hexdigest()
 
     def replay(record: IdempotencyRecord) -> tuple[int, dict[str, Any]]:
         if record.request_hash != request_hash:

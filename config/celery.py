@@ -6,6 +6,10 @@ import os
 
 from celery import Celery
 from kombu import Queue
+from kombu.transport import TRANSPORT_ALIASES
+
+# The embedded broker: the filesystem transport, with atomic writes (see config.broker).
+TRANSPORT_ALIASES["filesystem"] = "config.broker:AtomicFilesystemTransport"
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 

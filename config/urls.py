@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
-from django.urls import include, path
+from django.urls import URLPattern, URLResolver, include, path
 from django.views.decorators.csrf import ensure_csrf_cookie
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -19,7 +19,7 @@ def spa_index(request: HttpRequest) -> HttpResponse:
     return HttpResponse(index.read_text(), content_type="text/html")
 
 
-api_v1 = [
+api_v1: list[URLPattern | URLResolver] = [
     path("", include(("annotations.api.urls", "api"))),
     path("", include(("inference.api.urls", "inference"))),
     path("schema", SpectacularAPIView.as_view(), name="schema"),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -27,7 +27,13 @@ from training.models import ModelKind, ModelStatus, ModelVersion
 logger = logging.getLogger(__name__)
 
 # Preference order of the kinds a project can pre-segment with.
-PRESEGMENT_KINDS = (ModelKind.TWO_STAGE, ModelKind.CELLPOSE, ModelKind.NNUNET, ModelKind.REGION_GROWING, ModelKind.WATERSHED)
+PRESEGMENT_KINDS = (
+    ModelKind.TWO_STAGE,
+    ModelKind.CELLPOSE,
+    ModelKind.NNUNET,
+    ModelKind.REGION_GROWING,
+    ModelKind.WATERSHED,
+)
 
 
 def model_version_baseline(*, project: Project) -> ModelVersion:
@@ -43,10 +49,7 @@ def model_version_baseline(*, project: Project) -> ModelVersion:
 
 def model_version_for_project(*, project: Project) -> ModelVersion:
     """The version pre-segmentation uses: the active model, else the watershed baseline."""
-    active = {
-        v.kind: v
-        for v in ModelVersion.objects.filter(project=project, status=ModelStatus.ACTIVE).order_by("id")
-    }
+    active = {v.kind: v for v in ModelVersion.objects.filter(project=project, status=ModelStatus.ACTIVE).order_by("id")}
     for kind in PRESEGMENT_KINDS:
         if kind in active:
             return active[kind]
@@ -159,7 +162,10 @@ def proposals_store(*, image: Image, model_version: ModelVersion, contours: list
                 layer=Layer.PROPOSAL,
                 cell_class_id=class_id,
                 polygon=[[float(px), float(py)] for px, py in contour.points],
-                bbox_x=x, bbox_y=y, bbox_w=w, bbox_h=h,
+                bbox_x=x,
+                bbox_y=y,
+                bbox_w=w,
+                bbox_h=h,
                 area=contour.area,
                 score=float(contour.score),
                 source=CellSource.MODEL,
@@ -173,7 +179,9 @@ def proposals_store(*, image: Image, model_version: ModelVersion, contours: list
         Cell.objects.filter(image_id=image.pk, layer=Layer.PROPOSAL, model_version=model_version).delete()
         Cell.objects.bulk_create(cells, batch_size=500)
         updates: dict[str, Any] = {
-            "presegment_status": PresegmentStatus.DONE, "presegment_error": "", "presegment_model": model_version
+            "presegment_status": PresegmentStatus.DONE,
+            "presegment_error": "",
+            "presegment_model": model_version,
         }
         Image.objects.filter(pk=image.pk).update(**updates)
         Image.objects.filter(pk=image.pk, status=ImageStatus.NEW).update(status=ImageStatus.PRE_SEGMENTED)
@@ -181,7 +189,7 @@ def proposals_store(*, image: Image, model_version: ModelVersion, contours: list
 
 
 def model_version_register(
-    *, project: Project, kind: str, artifact_path: str, name: str, user: AbstractBaseUser | None, activate: bool
+    *, project: Project, kind: str, artifact_path: str, name: str, user: User | None, activate: bool
 ) -> ModelVersion:
     """Register a model folder or file by hand (until training produces versions)."""
     from annotations.errors import ServiceValidationError
@@ -196,8 +204,12 @@ def model_version_register(
     with transaction.atomic():
         last = ModelVersion.objects.filter(project=project, kind=kind).order_by("-number").first()
         version = ModelVersion.objects.create(
-            project=project, kind=kind, number=(last.number + 1 if last else 1), name=name,
-            artifact_path=artifact_path, created_by=user,
+            project=project,
+            kind=kind,
+            number=(last.number + 1 if last else 1),
+            name=name,
+            artifact_path=artifact_path,
+            created_by=user,
             status=ModelStatus.ACTIVE if activate else ModelStatus.CANDIDATE,
         )
         if activate:

@@ -23,9 +23,7 @@ class ModelStatus(models.TextChoices):
 
 
 class ModelVersion(models.Model):
-    project = models.ForeignKey(
-        "annotations.Project", on_delete=models.CASCADE, related_name="model_versions"
-    )
+    project = models.ForeignKey("annotations.Project", on_delete=models.CASCADE, related_name="model_versions")
     kind = models.CharField(max_length=32, choices=ModelKind.choices)
     number = models.PositiveIntegerField()
     name = models.CharField(max_length=200, blank=True)
@@ -40,9 +38,7 @@ class ModelVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["project", "kind", "number"], name="uniq_model_number")
-        ]
+        constraints = [models.UniqueConstraint(fields=["project", "kind", "number"], name="uniq_model_number")]
         ordering = ["-id"]
 
     def __str__(self) -> str:

@@ -78,8 +78,18 @@ class ProjectOut(serializers.ModelSerializer):
     class Meta:
         model = Project
         fields = [
-            "id", "name", "description", "classes", "experts_required", "quorum", "match_iou",
-            "auto_presegment", "pipeline", "my_role", "image_count", "created_at",
+            "id",
+            "name",
+            "description",
+            "classes",
+            "experts_required",
+            "quorum",
+            "match_iou",
+            "auto_presegment",
+            "pipeline",
+            "my_role",
+            "image_count",
+            "created_at",
         ]
 
     def get_my_role(self, project: Project) -> str | None:
@@ -126,10 +136,29 @@ class ImageOut(serializers.ModelSerializer):
     class Meta:
         model = Image
         fields = [
-            "id", "project", "file_name", "width", "height", "bethesda", "stain", "magnification",
-            "slide_code", "split", "status", "presegment_status", "presegment_error", "revision",
-            "cell_count", "original_format", "bit_depth", "size_bytes", "sha256",
-            "thumbnail_url", "display_url", "created_at", "updated_at",
+            "id",
+            "project",
+            "file_name",
+            "width",
+            "height",
+            "bethesda",
+            "stain",
+            "magnification",
+            "slide_code",
+            "split",
+            "status",
+            "presegment_status",
+            "presegment_error",
+            "revision",
+            "cell_count",
+            "original_format",
+            "bit_depth",
+            "size_bytes",
+            "sha256",
+            "thumbnail_url",
+            "display_url",
+            "created_at",
+            "updated_at",
         ]
 
     def get_thumbnail_url(self, image: Image) -> str:
@@ -158,17 +187,17 @@ class ImagePatchIn(serializers.Serializer):
 
 
 class CellIn(serializers.Serializer):
-    id = serializers.IntegerField(required=False, allow_null=True)  # noqa: A003 - API field name
+    id = serializers.IntegerField(required=False, allow_null=True)
     class_id = serializers.IntegerField()
     polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
 
 
 class CellOut(serializers.Serializer):
-    id = serializers.IntegerField()  # noqa: A003 - API field name
+    id = serializers.IntegerField()
     class_id = serializers.IntegerField()
     polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
     layer = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]
     score = serializers.FloatField(allow_null=True)
     model_version = serializers.IntegerField(allow_null=True)
     author = serializers.IntegerField(allow_null=True)
@@ -215,7 +244,7 @@ def cell_out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class HistoryOut(serializers.ModelSerializer):
-    author = serializers.CharField(source="author.username", default=None, read_only=True)
+    author = serializers.CharField(source="author.username", default=None, read_only=True)  # type: ignore[assignment]
 
     class Meta:
         model = AnnotationRevision

@@ -11,7 +11,9 @@ urlpatterns = [
     path("projects", views.ProjectListView.as_view(), name="projects"),
     path("projects/<int:project_id>", views.ProjectDetailView.as_view(), name="project-detail"),
     path("projects/<int:project_id>/members", views.MemberListView.as_view(), name="members"),
-    path("projects/<int:project_id>/members/<int:membership_id>", views.MemberDetailView.as_view(), name="member-detail"),
+    path(
+        "projects/<int:project_id>/members/<int:membership_id>", views.MemberDetailView.as_view(), name="member-detail"
+    ),
     path("projects/<int:project_id>/classes", views.ClassListView.as_view(), name="classes"),
     path("projects/<int:project_id>/classes/<int:class_id>", views.ClassDetailView.as_view(), name="class-detail"),
     path("projects/<int:project_id>/audit", views.AuditListView.as_view(), name="audit"),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import get_user_model, login, logout
+from django.contrib.auth.models import User
 from django.http import FileResponse, Http404
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -21,6 +22,11 @@ from annotations.api import serializers as s
 from annotations.api.pagination import Pagination
 from annotations.errors import ServiceValidationError
 from annotations.models import ApiToken, AuditEvent, Layer, ProjectMembership, Role
+
+
+def _user(request: Request) -> User:
+    """The authenticated user (views run behind IsAuthenticated)."""
+    return cast(User, request.user)
 
 
 def _client_ip(request: Request) -> str:
@@ -50,7 +56,7 @@ def _base_revision(request: Request, body_revision: int | None) -> int:
 
 def _paginate(request: Request, view: APIView, queryset: Any, serializer: Any, **context: Any) -> Response:
     paginator = Pagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
+    page: Any = paginator.paginate_queryset(queryset, request, view=view)
     data = serializer(page, many=True, context={"request": request, **context}).data
     return paginator.get_paginated_response(data)
 
@@ -67,7 +73,7 @@ class LoginView(APIView):
     def post(self, request: Request) -> Response:
         data = _parse(s.LoginIn, request.data)
         user = services.user_login_check(username=data["username"], password=data["password"], ip=_client_ip(request))
-        login(request._request, user)
+        login(request._request, user)  # type: ignore[arg-type]
         return Response(_me(user))
 
 
@@ -91,13 +97,13 @@ class MeView(APIView):
     @extend_schema(responses=s.MeOut, tags=["auth"])
     @method_decorator(ensure_csrf_cookie)
     def get(self, request: Request) -> Response:
-        return Response(_me(request.user))
+        return Response(_me(_user(request)))
 
 
 class TokenListView(APIView):
     @extend_schema(responses=s.TokenOut(many=True), tags=["auth"])
     def get(self, request: Request) -> Response:
-        tokens = ApiToken.objects.filter(user=request.user)
+        tokens = ApiToken.objects.filter(user=_user(request))
         return Response(s.TokenOut(tokens, many=True).data)
 
     @extend_schema(request=s.TokenIn, responses={201: s.TokenCreatedOut}, tags=["auth"])
@@ -105,9 +111,9 @@ class TokenListView(APIView):
         data = _parse(s.TokenIn, request.data)
         project = None
         if data.get("project") is not None:
-            project = selectors.project_get_for_user(user=request.user, project_id=data["project"])
+            project = selectors.project_get_for_user(user=_user(request), project_id=data["project"])
         token, raw = services.api_token_create(
-            user=request.user, name=data["name"], project=project, expires_in_days=data.get("expires_in_days")
+            user=_user(request), name=data["name"], project=project, expires_in_days=data.get("expires_in_days")
         )
         body = dict(s.TokenOut(token).data) | {"token": raw}
         return Response(body, status=status.HTTP_201_CREATED)
@@ -116,7 +122,7 @@ class TokenListView(APIView):
 class TokenDetailView(APIView):
     @extend_schema(responses={204: None}, tags=["auth"])
     def delete(self, request: Request, token_id: int) -> Response:
-        token = ApiToken.objects.filter(pk=token_id, user=request.user).first()
+        token = ApiToken.objects.filter(pk=token_id, user=_user(request)).first()
         if token is None:
             raise Http404("No such token.")
         services.api_token_revoke(token=token)
@@ -129,7 +135,7 @@ class TokenDetailView(APIView):
 def _roles(request: Request) -> dict[int, str]:
     if request.user.is_superuser:
         return {}
-    return dict(ProjectMembership.objects.filter(user=request.user).values_list("project_id", "role"))
+    return dict(ProjectMembership.objects.filter(user=_user(request)).values_list("project_id", "role"))
 
 
 def _project_body(request: Request, project: Any) -> dict[str, Any]:
@@ -144,7 +150,7 @@ def _project_body(request: Request, project: Any) -> dict[str, Any]:
 class ProjectListView(APIView):
     @extend_schema(responses=s.ProjectOut(many=True), tags=["projects"])
     def get(self, request: Request) -> Response:
-        queryset = selectors.project_list_for_user(user=request.user)
+        queryset = selectors.project_list_for_user(user=_user(request))
         roles = _roles(request)
         if request.user.is_superuser:
             roles = dict.fromkeys(queryset.values_list("pk", flat=True), Role.ADMIN)
@@ -155,29 +161,31 @@ class ProjectListView(APIView):
         if not (request.user.is_superuser or request.user.is_staff):
             raise PermissionDenied("Only staff may create projects.")
         data = _parse(s.ProjectIn, request.data)
-        project = services.project_create(created_by=request.user, **data)
+        project = services.project_create(created_by=_user(request), **data)
         return Response(_project_body(request, project), status=status.HTTP_201_CREATED)
 
 
 class ProjectDetailView(APIView):
     @extend_schema(responses=s.ProjectOut, tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
         return Response(_project_body(request, project))
 
     @extend_schema(request=s.ProjectIn(partial=True), responses=s.ProjectOut, tags=["projects"])
     def patch(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Expected a JSON object.")
         before = {f: getattr(project, f) for f in request.data if f in services.PROJECT_EDITABLE}
         project = services.project_update(project=project, data=dict(request.data))
-        services.audit_record(project=project, actor=request.user, action="project.update", before=before, after=dict(request.data))
+        services.audit_record(
+            project=project, actor=_user(request), action="project.update", before=before, after=dict(request.data)
+        )
         return Response(_project_body(request, project))
 
     @extend_schema(responses={204: None}, tags=["projects"])
     def delete(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         project.delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -185,24 +193,30 @@ class ProjectDetailView(APIView):
 class MemberListView(APIView):
     @extend_schema(responses=s.MembershipOut(many=True), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
         return Response(s.MembershipOut(selectors.membership_list(project=project), many=True).data)
 
     @extend_schema(request=s.MembershipIn, responses={201: s.MembershipOut}, tags=["projects"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         data = _parse(s.MembershipIn, request.data)
         user = get_user_model().objects.filter(username=data["username"]).first()
         if user is None:
             raise ServiceValidationError("Unknown user.", {"username": f"no user named {data['username']!r}"})
         membership = services.membership_set(project=project, user=user, role=data["role"])
-        services.audit_record(project=project, actor=request.user, action="membership.set", target=user.get_username(), after={"role": data["role"]})
+        services.audit_record(
+            project=project,
+            actor=_user(request),
+            action="membership.set",
+            target=user.get_username(),
+            after={"role": data["role"]},
+        )
         return Response(s.MembershipOut(membership).data, status=status.HTTP_201_CREATED)
 
 
 class MemberDetailView(APIView):
     def _membership(self, request: Request, project_id: int, membership_id: int) -> ProjectMembership:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         membership = project.memberships.select_related("user", "project").filter(pk=membership_id).first()
         if membership is None:
             raise Http404("No such member.")
@@ -217,26 +231,39 @@ class MemberDetailView(APIView):
                 raise services.ConflictError("A project must keep at least one admin.")
         before = membership.role
         membership = services.membership_set(project=membership.project, user=membership.user, role=data["role"])
-        services.audit_record(project=membership.project, actor=request.user, action="membership.set", target=membership.user.get_username(), before={"role": before}, after={"role": data["role"]})
+        services.audit_record(
+            project=membership.project,
+            actor=_user(request),
+            action="membership.set",
+            target=membership.user.get_username(),
+            before={"role": before},
+            after={"role": data["role"]},
+        )
         return Response(s.MembershipOut(membership).data)
 
     @extend_schema(responses={204: None}, tags=["projects"])
     def delete(self, request: Request, project_id: int, membership_id: int) -> Response:
         membership = self._membership(request, project_id, membership_id)
         services.membership_remove(membership=membership)
-        services.audit_record(project=membership.project, actor=request.user, action="membership.remove", target=membership.user.get_username(), before={"role": membership.role})
+        services.audit_record(
+            project=membership.project,
+            actor=_user(request),
+            action="membership.remove",
+            target=membership.user.get_username(),
+            before={"role": membership.role},
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ClassListView(APIView):
     @extend_schema(responses=s.CellClassSerializer(many=True), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
         return Response(s.CellClassSerializer(project.classes.all(), many=True).data)
 
     @extend_schema(request=s.CellClassIn, responses={201: s.CellClassSerializer}, tags=["projects"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         data = _parse(s.CellClassIn, request.data)
         cell_class = services.cell_class_create(project=project, **data)
         return Response(s.CellClassSerializer(cell_class).data, status=status.HTTP_201_CREATED)
@@ -244,7 +271,7 @@ class ClassListView(APIView):
 
 class ClassDetailView(APIView):
     def _cell_class(self, request: Request, project_id: int, class_id: int) -> Any:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         cell_class = project.classes.filter(pk=class_id).first()
         if cell_class is None:
             raise Http404("No such class.")
@@ -267,7 +294,7 @@ class ClassDetailView(APIView):
 class AuditListView(APIView):
     @extend_schema(responses=s.AuditOut(many=True), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         queryset = AuditEvent.objects.filter(project=project).select_related("actor").order_by("-id")
         return _paginate(request, self, queryset, s.AuditOut)
 
@@ -283,18 +310,24 @@ IMAGE_FILTERS = [
 class ImageListView(APIView):
     @extend_schema(parameters=IMAGE_FILTERS, responses=s.ImageOut(many=True), tags=["images"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
-        filters = {k: request.query_params.get(k) for k in ("status", "split", "bethesda", "presegment_status", "cell_class", "search")}
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
+        filters = {
+            k: request.query_params.get(k)
+            for k in ("status", "split", "bethesda", "presegment_status", "cell_class", "search")
+        }
         if filters["cell_class"] and not str(filters["cell_class"]).isdigit():
             raise ServiceValidationError("Invalid filter.", {"cell_class": "must be a class id"})
         return _paginate(request, self, selectors.image_list(project=project, filters=filters), s.ImageOut)
 
-    @extend_schema(request={"multipart/form-data": s.ImageUploadIn}, responses={201: s.ImageOut(many=True)}, tags=["images"])
+    @extend_schema(
+        request={"multipart/form-data": s.ImageUploadIn}, responses={201: s.ImageOut(many=True)}, tags=["images"]
+    )
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         files = request.FILES.getlist("files") or request.FILES.getlist("file")
-        metadata = {k: request.data.get(k) for k in services.METADATA_FIELDS if k in request.data}
-        images = services.image_upload_many(project=project, files=files, metadata=metadata, uploaded_by=request.user)
+        form: Any = request.data
+        metadata = {k: form[k] for k in services.METADATA_FIELDS if k in form}
+        images = services.image_upload_many(project=project, files=files, metadata=metadata, uploaded_by=_user(request))
         from inference.services import presegment_on_upload  # the inference app reacts to uploads
 
         presegment_on_upload(images=images)
@@ -304,33 +337,47 @@ class ImageListView(APIView):
 class ImageDetailView(APIView):
     @extend_schema(responses=s.ImageOut, tags=["images"])
     def get(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id)
-        image.cell_count = image.cells.filter(layer=Layer.ANNOTATION).count()
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
+        image.cell_count = image.cells.filter(layer=Layer.ANNOTATION).count()  # type: ignore[attr-defined]
         return Response(s.ImageOut(image).data)
 
     @extend_schema(request=s.ImagePatchIn, responses=s.ImageOut, tags=["images"])
     def patch(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Expected a JSON object.")
-        can_manage = selectors.user_can(user=request.user, project=image.project, capability="manage")
-        image = services.image_update(image=image, data=dict(request.data), user=request.user, can_manage=can_manage)
+        can_manage = selectors.user_can(user=_user(request), project=image.project, capability="manage")
+        image = services.image_update(image=image, data=dict(request.data), user=_user(request), can_manage=can_manage)
         return Response(s.ImageOut(image).data)
 
     @extend_schema(responses={204: None}, tags=["images"])
     def delete(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="manage")
-        services.audit_record(project=image.project, actor=request.user, action="image.delete", target=image.file_name, before={"sha256": image.sha256})
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="manage")
+        services.audit_record(
+            project=image.project,
+            actor=_user(request),
+            action="image.delete",
+            target=image.file_name,
+            before={"sha256": image.sha256},
+        )
         services.image_delete(image=image)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ImageFileView(APIView):
-    VARIANTS = {"display": ("display", "image/png"), "thumbnail": ("thumbnail", "image/jpeg"), "original": ("original", None)}
+    VARIANTS = {
+        "display": ("display", "image/png"),
+        "thumbnail": ("thumbnail", "image/jpeg"),
+        "original": ("original", None),
+    }
 
-    @extend_schema(parameters=[OpenApiParameter("variant", str, enum=["display", "thumbnail", "original"])], responses={(200, "image/*"): bytes}, tags=["images"])
+    @extend_schema(
+        parameters=[OpenApiParameter("variant", str, enum=["display", "thumbnail", "original"])],
+        responses={(200, "image/*"): bytes},
+        tags=["images"],
+    )
     def get(self, request: Request, image_id: int) -> FileResponse:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id)
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
         variant = request.query_params.get("variant", "display")
         if variant not in self.VARIANTS:
             raise ServiceValidationError("Invalid variant.", {"variant": "must be display, thumbnail or original"})
@@ -358,19 +405,21 @@ class CellsView(APIView):
         tags=["cells"],
     )
     def get(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id)
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
         layer = request.query_params.get("layer", Layer.ANNOTATION)
         if layer not in Layer.values:
             raise ServiceValidationError("Invalid layer.", {"layer": f"must be one of {', '.join(Layer.values)}"})
         model_version = request.query_params.get("model_version")
         if model_version is not None and not model_version.isdigit():
             raise ServiceValidationError("Invalid filter.", {"model_version": "must be an id"})
-        rows = selectors.cell_rows(image=image, layer=layer, model_version_id=int(model_version) if model_version else None)
+        rows = selectors.cell_rows(
+            image=image, layer=layer, model_version_id=int(model_version) if model_version else None
+        )
         return _cells_response(image.revision, rows)
 
     @extend_schema(request=s.CellsReplaceIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
     def put(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Expected a JSON object with revision and cells.")
         body_revision = request.data.get("revision")
@@ -380,11 +429,11 @@ class CellsView(APIView):
         cells = request.data.get("cells")
 
         def run() -> tuple[int, dict[str, Any]]:
-            result = services.cells_replace(image=image, user=request.user, base_revision=base, cells=cells)
+            result = services.cells_replace(image=image, user=_user(request), base_revision=base, cells=cells)
             return 200, {"revision": result.revision, "cells": [s.cell_out(r) for r in result.cells]}
 
         code, body = services.idempotent_call(
-            user=request.user,
+            user=_user(request),
             key=request.headers.get("Idempotency-Key"),
             scope=f"cells_replace:{image.pk}",
             payload={"revision": base, "cells": cells},
@@ -396,15 +445,15 @@ class CellsView(APIView):
 class HistoryView(APIView):
     @extend_schema(responses=s.HistoryOut(many=True), tags=["cells"])
     def get(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id)
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
         return _paginate(request, self, selectors.history_list(image=image), s.HistoryOut)
 
 
 class RestoreView(APIView):
     @extend_schema(request=s.RestoreIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
     def post(self, request: Request, image_id: int, revision: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
         data = _parse(s.RestoreIn, request.data)
         base = _base_revision(request, data.get("revision"))
-        result = services.revision_restore(image=image, user=request.user, target_revision=revision, base_revision=base)
+        result = services.revision_restore(image=image, user=_user(request), target_revision=revision, base_revision=base)
         return _cells_response(result.revision, result.cells)

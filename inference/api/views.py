@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from annotations import selectors
 from annotations import services as annotation_services
 from annotations.api.serializers import CellsOut, cell_out
-from annotations.api.views import _base_revision, _parse
+from annotations.api.views import _base_revision, _parse, _user
 from annotations.errors import ServiceValidationError
 from inference import services
 from training.models import ModelKind, ModelVersion
@@ -26,7 +26,7 @@ class PresegmentIn(serializers.Serializer):
 class ProposalSelectionIn(serializers.Serializer):
     revision = serializers.IntegerField(required=False)
     ids = serializers.ListField(child=serializers.IntegerField(), required=False)
-    all = serializers.BooleanField(required=False, default=False)  # noqa: A003 - API field name
+    all = serializers.BooleanField(required=False, default=False)
 
 
 class ModelVersionIn(serializers.Serializer):
@@ -39,7 +39,18 @@ class ModelVersionIn(serializers.Serializer):
 class ModelVersionOut(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
-        fields = ["id", "project", "kind", "number", "name", "artifact_path", "config", "metrics", "status", "created_at"]
+        fields = [
+            "id",
+            "project",
+            "kind",
+            "number",
+            "name",
+            "artifact_path",
+            "config",
+            "metrics",
+            "status",
+            "created_at",
+        ]
 
 
 def _version(project_id: int, version_id: int | None) -> ModelVersion | None:
@@ -54,29 +65,35 @@ def _version(project_id: int, version_id: int | None) -> ModelVersion | None:
 class ImagePresegmentView(APIView):
     @extend_schema(request=PresegmentIn, responses={202: dict}, tags=["proposals"])
     def post(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
         data = _parse(PresegmentIn, request.data)
-        version = services.image_presegment_enqueue(image=image, model_version=_version(image.project_id, data.get("model_version")))
-        return Response({"presegment_status": image.presegment_status, "model_version": version.pk}, status=status.HTTP_202_ACCEPTED)
+        version = services.image_presegment_enqueue(
+            image=image, model_version=_version(image.project_id, data.get("model_version"))
+        )
+        return Response(
+            {"presegment_status": image.presegment_status, "model_version": version.pk}, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class ProjectPresegmentView(APIView):
     @extend_schema(request=PresegmentIn, responses={202: dict}, tags=["proposals"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         data = _parse(PresegmentIn, request.data)
-        count = services.project_presegment_enqueue(project=project, model_version=_version(project.pk, data.get("model_version")))
+        count = services.project_presegment_enqueue(
+            project=project, model_version=_version(project.pk, data.get("model_version"))
+        )
         return Response({"queued": count}, status=status.HTTP_202_ACCEPTED)
 
 
 class ProposalAcceptView(APIView):
     @extend_schema(request=ProposalSelectionIn, responses={200: CellsOut, 409: CellsOut}, tags=["proposals"])
     def post(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
         data = _parse(ProposalSelectionIn, request.data)
         base = _base_revision(request, data.get("revision"))
         result = annotation_services.proposals_accept(
-            image=image, user=request.user, base_revision=base, ids=data.get("ids"), select_all=data["all"]
+            image=image, user=_user(request), base_revision=base, ids=data.get("ids"), select_all=data["all"]
         )
         body: dict[str, Any] = {
             "revision": result.revision,
@@ -89,22 +106,30 @@ class ProposalAcceptView(APIView):
 class ProposalRejectView(APIView):
     @extend_schema(request=ProposalSelectionIn, responses={200: dict}, tags=["proposals"])
     def post(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=request.user, image_id=image_id, capability="annotate")
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
         data = _parse(ProposalSelectionIn, request.data)
-        count = annotation_services.proposals_reject(image=image, user=request.user, ids=data.get("ids"), select_all=data["all"])
+        count = annotation_services.proposals_reject(
+            image=image, user=_user(request), ids=data.get("ids"), select_all=data["all"]
+        )
         return Response({"rejected": count})
 
 
 class ModelVersionListView(APIView):
     @extend_schema(responses=ModelVersionOut(many=True), tags=["models"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id)
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
         return Response(ModelVersionOut(project.model_versions.order_by("-id"), many=True).data)
 
     @extend_schema(request=ModelVersionIn, responses={201: ModelVersionOut}, tags=["models"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request.user, project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         data = _parse(ModelVersionIn, request.data)
-        version = services.model_version_register(project=project, user=request.user, **data)
-        annotation_services.audit_record(project=project, actor=request.user, action="model.register", target=str(version), after={"artifact_path": version.artifact_path, "status": version.status})
+        version = services.model_version_register(project=project, user=_user(request), **data)
+        annotation_services.audit_record(
+            project=project,
+            actor=_user(request),
+            action="model.register",
+            target=str(version),
+            after={"artifact_path": version.artifact_path, "status": version.status},
+        )
         return Response(ModelVersionOut(version).data, status=status.HTTP_201_CREATED)

@@ -34,7 +34,9 @@ def test_wrong_password_is_400_then_rate_limited(annotator: Any, settings: Any) 
     settings.LOGIN_MAX_FAILURES = 3
     client = APIClient()
     for _ in range(3):
-        response = client.post("/api/v1/auth/login", {"username": annotator.username, "password": "nope"}, format="json")
+        response = client.post(
+            "/api/v1/auth/login", {"username": annotator.username, "password": "nope"}, format="json"
+        )
         assert response.status_code == 400
         assert "password" in response.json()["errors"]
     # Even the right password is refused while locked out.
@@ -77,7 +79,11 @@ def test_project_scoped_token_cannot_reach_other_projects(project: Any, annotato
     other = ProjectFactory()
     other.memberships.create(user=annotator, role="annotator")
     image = image_create(other)
-    raw = client_for(annotator).post("/api/v1/auth/tokens", {"name": "p1", "project": project.pk}, format="json").json()["token"]
+    raw = (
+        client_for(annotator)
+        .post("/api/v1/auth/tokens", {"name": "p1", "project": project.pk}, format="json")
+        .json()["token"]
+    )
     bearer = APIClient(HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert bearer.get(f"/api/v1/projects/{project.pk}").status_code == 200
     assert bearer.get(f"/api/v1/projects/{other.pk}").status_code == 404

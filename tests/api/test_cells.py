@@ -42,7 +42,12 @@ def test_replace_then_read_back(image: Any, annotator: Any, class_id: int) -> No
 
 def test_ids_kept_changed_and_deleted(image: Any, annotator: Any, class_id: int) -> None:
     client = client_for(annotator)
-    first = _put(client, image, [{"class_id": class_id, "polygon": square(0, 0)}, {"class_id": class_id, "polygon": square(50, 50)}], 0).json()
+    first = _put(
+        client,
+        image,
+        [{"class_id": class_id, "polygon": square(0, 0)}, {"class_id": class_id, "polygon": square(50, 50)}],
+        0,
+    ).json()
     keep, drop = first["cells"]
     moved = {"id": keep["id"], "class_id": class_id, "polygon": square(5, 5)}
     second = _put(client, image, [moved, {"class_id": class_id, "polygon": square(100, 20)}], 1).json()
@@ -53,7 +58,10 @@ def test_ids_kept_changed_and_deleted(image: Any, annotator: Any, class_id: int)
 
 
 def test_overlapping_cells_allowed(image: Any, annotator: Any, class_id: int) -> None:
-    cells = [{"class_id": class_id, "polygon": square(10, 10, 20)}, {"class_id": class_id, "polygon": square(15, 15, 20)}]
+    cells = [
+        {"class_id": class_id, "polygon": square(10, 10, 20)},
+        {"class_id": class_id, "polygon": square(15, 15, 20)},
+    ]
     assert _put(client_for(annotator), image, cells, 0).status_code == 200
 
 
@@ -70,13 +78,17 @@ def test_overlapping_cells_allowed(image: Any, annotator: Any, class_id: int) ->
         ("nope", "list of [x, y]"),
     ],
 )
-def test_invalid_polygons_named_by_index(image: Any, annotator: Any, class_id: int, polygon: Any, fragment: str) -> None:
+def test_invalid_polygons_named_by_index(
+    image: Any, annotator: Any, class_id: int, polygon: Any, fragment: str
+) -> None:
     cells = [{"class_id": class_id, "polygon": square(1, 1)}, {"class_id": class_id, "polygon": polygon}]
     if polygon == [[0, 0], [10, 0], [10, float("inf")]]:
         import json
 
         payload = json.dumps({"revision": 0, "cells": cells}).replace("Infinity", "1e999")
-        response = client_for(annotator).put(f"/api/v1/images/{image.pk}/cells", payload, content_type="application/json")
+        response = client_for(annotator).put(
+            f"/api/v1/images/{image.pk}/cells", payload, content_type="application/json"
+        )
     else:
         response = _put(client_for(annotator), image, cells, 0)
     assert response.status_code == 400, response.content
@@ -103,7 +115,11 @@ def test_foreign_class_and_duplicate_ids(image: Any, annotator: Any, class_id: i
     from tests.factories import ProjectFactory
 
     foreign = ProjectFactory().classes.first().pk
-    cells = [{"class_id": foreign, "polygon": square(1, 1)}, {"id": 5, "class_id": class_id, "polygon": square(1, 1)}, {"id": 5, "class_id": class_id, "polygon": square(1, 1)}]
+    cells = [
+        {"class_id": foreign, "polygon": square(1, 1)},
+        {"id": 5, "class_id": class_id, "polygon": square(1, 1)},
+        {"id": 5, "class_id": class_id, "polygon": square(1, 1)},
+    ]
     errors = _put(client_for(annotator), image, cells, 0).json()["errors"]
     assert "not a class of this project" in errors["cells.0"] and "twice" in errors["cells.2"]
 
@@ -168,7 +184,9 @@ def test_history_and_restore(image: Any, annotator: Any, class_id: int) -> None:
     assert missing.status_code == 400 and "revision" in missing.json()["errors"]
 
 
-def test_get_cells_query_count_is_constant(image: Any, annotator: Any, class_id: int, django_assert_max_num_queries: Any) -> None:
+def test_get_cells_query_count_is_constant(
+    image: Any, annotator: Any, class_id: int, django_assert_max_num_queries: Any
+) -> None:
     cells = [{"class_id": class_id, "polygon": square(1 + (i % 18) * 10, 1 + (i // 18) * 10, 8)} for i in range(150)]
     client = client_for(annotator)
     assert _put(client, image, cells, 0).status_code == 200
@@ -176,14 +194,27 @@ def test_get_cells_query_count_is_constant(image: Any, annotator: Any, class_id:
         assert len(client.get(f"/api/v1/images/{image.pk}/cells").json()["cells"]) == 150
 
 
-def test_replace_query_count_does_not_grow_with_cells(image: Any, annotator: Any, class_id: int, django_assert_max_num_queries: Any) -> None:
+def test_replace_query_count_does_not_grow_with_cells(
+    image: Any, annotator: Any, class_id: int, django_assert_max_num_queries: Any
+) -> None:
     cells = [{"class_id": class_id, "polygon": square(1 + (i % 18) * 10, 1 + (i // 18) * 10, 8)} for i in range(150)]
     with django_assert_max_num_queries(16):
         assert _put(client_for(annotator), image, cells, 0).status_code == 200
 
 
 def test_proposals_layer_is_separate(image: Any, annotator: Any, class_id: int) -> None:
-    Cell.objects.create(image=image, layer=Layer.PROPOSAL, cell_class_id=class_id, polygon=square(1, 1), bbox_x=1, bbox_y=1, bbox_w=10, bbox_h=10, area=100, score=0.9)
+    Cell.objects.create(
+        image=image,
+        layer=Layer.PROPOSAL,
+        cell_class_id=class_id,
+        polygon=square(1, 1),
+        bbox_x=1,
+        bbox_y=1,
+        bbox_w=10,
+        bbox_h=10,
+        area=100,
+        score=0.9,
+    )
     client = client_for(annotator)
     assert client.get(f"/api/v1/images/{image.pk}/cells").json()["cells"] == []
     assert len(client.get(f"/api/v1/images/{image.pk}/cells?layer=proposal").json()["cells"]) == 1

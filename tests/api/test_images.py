@@ -20,13 +20,20 @@ def _post(client: Any, project: Any, files: list[Any], **data: Any) -> Any:
 
 
 def _media_files(settings: Any) -> list[Path]:
-    return [p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file()] if Path(settings.MEDIA_ROOT).exists() else []
+    return (
+        [p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file()] if Path(settings.MEDIA_ROOT).exists() else []
+    )
 
 
 def test_upload_many_with_metadata(project: Any, admin_user: Any) -> None:
     response = _post(
-        client_for(admin_user), project, [upload("a.png", png_bytes(seed=1)), upload("b.png", png_bytes(seed=2))],
-        bethesda="IV", slide_code="S-17", split="train", magnification="20x",
+        client_for(admin_user),
+        project,
+        [upload("a.png", png_bytes(seed=1)), upload("b.png", png_bytes(seed=2))],
+        bethesda="IV",
+        slide_code="S-17",
+        split="train",
+        magnification="20x",
     )
     assert response.status_code == 201, response.content
     body = response.json()
@@ -76,7 +83,9 @@ def test_grey_png_becomes_rgb(project: Any, admin_user: Any) -> None:
         (b"", "empty"),
     ],
 )
-def test_bad_files_rejected_with_reason(project: Any, admin_user: Any, settings: Any, data: bytes, fragment: str) -> None:
+def test_bad_files_rejected_with_reason(
+    project: Any, admin_user: Any, settings: Any, data: bytes, fragment: str
+) -> None:
     response = _post(client_for(admin_user), project, [upload("bad.png", data)])
     assert response.status_code == 400
     message = response.json()["errors"]["files.0"]
@@ -169,14 +178,21 @@ def test_split_is_fixed_unless_admin_confirms(project: Any, admin_user: Any, ann
     assert response.status_code == 400 and "split" in response.json()["errors"]
     response = client_for(admin_user).patch(f"/api/v1/images/{image.pk}", {"split": "train"}, format="json")
     assert response.status_code == 400 and "confirm_split_change" in response.json()["errors"]["split"]
-    response = client_for(admin_user).patch(f"/api/v1/images/{image.pk}", {"split": "train", "confirm_split_change": True}, format="json")
+    response = client_for(admin_user).patch(
+        f"/api/v1/images/{image.pk}", {"split": "train", "confirm_split_change": True}, format="json"
+    )
     assert response.status_code == 200 and response.json()["split"] == "train"
     assert AuditEvent.objects.get(action="image.split_change").before == {"split": "test"}
     # Other metadata stays editable by annotators.
-    assert client_for(annotator).patch(f"/api/v1/images/{image.pk}", {"bethesda": "VI"}, format="json").json()["bethesda"] == "VI"
+    assert (
+        client_for(annotator).patch(f"/api/v1/images/{image.pk}", {"bethesda": "VI"}, format="json").json()["bethesda"]
+        == "VI"
+    )
 
 
-def test_delete_image_removes_files(project: Any, admin_user: Any, settings: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_delete_image_removes_files(
+    project: Any, admin_user: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
     image = image_create(project)
     with django_capture_on_commit_callbacks(execute=True):
         assert client_for(admin_user).delete(f"/api/v1/images/{image.pk}").status_code == 204

@@ -67,10 +67,17 @@ def test_patch_rejects_unknown_fields(project: Any, admin_user: Any) -> None:
 def test_members_add_change_remove(project: Any, admin_user: Any) -> None:
     doctor = UserFactory(username="doctor")
     client = client_for(admin_user)
-    added = client.post(f"/api/v1/projects/{project.pk}/members", {"username": "doctor", "role": "annotator"}, format="json")
+    added = client.post(
+        f"/api/v1/projects/{project.pk}/members", {"username": "doctor", "role": "annotator"}, format="json"
+    )
     assert added.status_code == 201
     membership_id = added.json()["id"]
-    assert client.patch(f"/api/v1/projects/{project.pk}/members/{membership_id}", {"role": "expert"}, format="json").json()["role"] == "expert"
+    assert (
+        client.patch(
+            f"/api/v1/projects/{project.pk}/members/{membership_id}", {"role": "expert"}, format="json"
+        ).json()["role"]
+        == "expert"
+    )
     assert client_for(doctor).get(f"/api/v1/projects/{project.pk}").json()["my_role"] == "expert"
     assert client.delete(f"/api/v1/projects/{project.pk}/members/{membership_id}").status_code == 204
     assert client_for(doctor).get(f"/api/v1/projects/{project.pk}").status_code == 404
@@ -78,9 +85,13 @@ def test_members_add_change_remove(project: Any, admin_user: Any) -> None:
 
 def test_member_errors(project: Any, admin_user: Any) -> None:
     client = client_for(admin_user)
-    response = client.post(f"/api/v1/projects/{project.pk}/members", {"username": "ghost", "role": "annotator"}, format="json")
+    response = client.post(
+        f"/api/v1/projects/{project.pk}/members", {"username": "ghost", "role": "annotator"}, format="json"
+    )
     assert response.status_code == 400 and "username" in response.json()["errors"]
-    response = client.post(f"/api/v1/projects/{project.pk}/members", {"username": admin_user.username, "role": "boss"}, format="json")
+    response = client.post(
+        f"/api/v1/projects/{project.pk}/members", {"username": admin_user.username, "role": "boss"}, format="json"
+    )
     assert response.status_code == 400 and "role" in response.json()["errors"]
     only_admin = project.memberships.get(user=admin_user)
     assert client.delete(f"/api/v1/projects/{project.pk}/members/{only_admin.pk}").status_code == 409
@@ -88,13 +99,23 @@ def test_member_errors(project: Any, admin_user: Any) -> None:
 
 def test_classes_are_editable(project: Any, admin_user: Any, annotator: Any) -> None:
     client = client_for(admin_user)
-    created = client.post(f"/api/v1/projects/{project.pk}/classes", {"name": "colloid", "color": "#aabbcc"}, format="json")
+    created = client.post(
+        f"/api/v1/projects/{project.pk}/classes", {"name": "colloid", "color": "#aabbcc"}, format="json"
+    )
     assert created.status_code == 201
     class_id = created.json()["id"]
-    assert client.patch(f"/api/v1/projects/{project.pk}/classes/{class_id}", {"color": "#000000"}, format="json").json()["color"] == "#000000"
+    assert (
+        client.patch(f"/api/v1/projects/{project.pk}/classes/{class_id}", {"color": "#000000"}, format="json").json()[
+            "color"
+        ]
+        == "#000000"
+    )
     bad = client.post(f"/api/v1/projects/{project.pk}/classes", {"name": "colloid", "color": "red"}, format="json")
     assert bad.status_code == 400 and {"name", "color"} <= set(bad.json()["errors"])
-    assert client_for(annotator).post(f"/api/v1/projects/{project.pk}/classes", {"name": "z"}, format="json").status_code == 403
+    assert (
+        client_for(annotator).post(f"/api/v1/projects/{project.pk}/classes", {"name": "z"}, format="json").status_code
+        == 403
+    )
     assert client.delete(f"/api/v1/projects/{project.pk}/classes/{class_id}").status_code == 204
 
 

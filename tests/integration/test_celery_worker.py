@@ -1,0 +1,169 @@
+"""End to end through a real Celery worker process (prefork pool, as in production) on the
+configured broker: Redis in CI, the filesystem transport otherwise."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+from PIL import Image as PILImage
+from rest_framework.test import APIClient
+
+from annotations.models import Cell, Image, Layer, PresegmentStatus
+from annotations.synthetic import generate_field
+from tests.factories import ProjectFactory, UserFactory
+from training.models import ModelKind
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    auth = f"{user}:{db['PASSWORD']}" if db.get("PASSWORD") else user
+    return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def worker(settings: Any, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    from config.celery import app
+
+    app.control.purge()  # stale messages from an earlier run must not reach this worker
+    env = os.environ | {
+        "DATABASE_URL": _database_url(),
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
+        "PLATFORM_VAR_DIR": str(django_settings.VAR_DIR),
+    }
+    log = (tmp_path / "worker.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default,gpu",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "-n",
+            f"test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+    print((tmp_path / "worker.log").read_text()[-3000:])
+
+
+def _wait_for(image_id: int, statuses: set[str], timeout: float = 120) -> Image:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        image = Image.objects.get(pk=image_id)
+        if image.presegment_status in statuses:
+            return image
+        time.sleep(0.5)
+    raise AssertionError(f"image {image_id} stayed {Image.objects.get(pk=image_id).presegment_status}")
+
+
+def _png(seed: int) -> bytes:
+    field = generate_field(seed=seed, width=256, height=192)
+    buffer = io.BytesIO()
+    PILImage.fromarray(field.image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_upload_presegments_on_worker_and_proposals_can_be_accepted(worker: Any) -> None:
+    admin = UserFactory()
+    project = ProjectFactory(created_by=admin, auto_presegment=True)
+    client = APIClient()
+    client.force_authenticate(admin)
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    response = client.post(
+        f"/api/v1/projects/{project.pk}/images",
+        {"files": [SimpleUploadedFile("field.png", _png(7), content_type="image/png")]},
+        format="multipart",
+    )
+    assert response.status_code == 201, response.content
+    image_id = response.json()[0]["id"]
+    image = _wait_for(image_id, {PresegmentStatus.DONE, PresegmentStatus.FAILED})
+    assert image.presegment_status == PresegmentStatus.DONE, image.presegment_error
+    assert image.status == "pre_segmented"
+    proposals = Cell.objects.filter(image_id=image_id, layer=Layer.PROPOSAL)
+    assert proposals.count() >= 5
+    assert {p.model_version.kind for p in proposals} == {ModelKind.WATERSHED}
+
+    # Re-running the same model version replaces its proposals instead of duplicating them.
+    count = proposals.count()
+    assert client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json").status_code == 202
+    _wait_for(image_id, {PresegmentStatus.DONE, PresegmentStatus.FAILED})
+    assert Cell.objects.filter(image_id=image_id, layer=Layer.PROPOSAL).count() == count
+
+    accepted = client.post(f"/api/v1/images/{image_id}/proposals/accept", {"revision": 0, "all": True}, format="json")
+    assert accepted.status_code == 200, accepted.content
+    assert len(accepted.json()["cells"]) == count and accepted.json()["revision"] == 1
+    assert all(c["provenance"]["proposal_id"] for c in accepted.json()["cells"])
+
+
+def test_backend_failure_marks_image_failed_and_keeps_earlier_proposals(worker: Any, tmp_path: Path) -> None:
+    admin = UserFactory()
+    project = ProjectFactory(created_by=admin)
+    client = APIClient()
+    client.force_authenticate(admin)
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    image_id = client.post(
+        f"/api/v1/projects/{project.pk}/images",
+        {"files": [SimpleUploadedFile("f.png", _png(8), content_type="image/png")]},
+        format="multipart",
+    ).json()[0]["id"]
+    assert client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json").status_code == 202
+    _wait_for(image_id, {PresegmentStatus.DONE})
+    before = set(Cell.objects.filter(image_id=image_id, layer=Layer.PROPOSAL).values_list("pk", flat=True))
+    assert before
+
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    version = client.post(
+        f"/api/v1/projects/{project.pk}/models", {"kind": "nnunet", "artifact_path": str(broken)}, format="json"
+    )
+    assert version.status_code == 201, version.content
+    response = client.post(
+        f"/api/v1/images/{image_id}/presegment", {"model_version": version.json()["id"]}, format="json"
+    )
+    assert response.status_code == 202
+    image = _wait_for(image_id, {PresegmentStatus.FAILED})
+    assert image.presegment_error
+    after = set(Cell.objects.filter(image_id=image_id, layer=Layer.PROPOSAL).values_list("pk", flat=True))
+    assert after == before
