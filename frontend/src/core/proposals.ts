@@ -1,0 +1,76 @@
+/**
+ * Model proposals of one image (`GET images/{id}/cells?layer=proposal`).
+ * Updates here never touch the undo history.
+ */
+import { Emitter } from './events';
+import { bbox, bboxIntersects, normalizeRing, type BBox } from './geometry';
+import type { ApiCell, Ring } from './types';
+
+export interface Proposal {
+  id: number;
+  classId: number | null;
+  polygon: Ring;
+  score: number | null;
+  label: string | null;
+  modelVersion: string | number | null;
+  bbox: BBox;
+}
+
+export class ProposalStore {
+  private readonly items = new Map<number, Proposal>();
+  readonly events = new Emitter<{ reset: null; removed: number[] }>();
+
+  load(cells: ApiCell[]): void {
+    this.items.clear();
+    for (const c of cells) {
+      const polygon = normalizeRing(c.polygon ?? []);
+      if (polygon.length < 3) continue;
+      this.items.set(c.id, {
+        id: c.id,
+        classId: c.class_id ?? null,
+        polygon,
+        score: c.score ?? null,
+        label: c.label ?? null,
+        modelVersion: c.model_version ?? null,
+        bbox: bbox(polygon),
+      });
+    }
+    this.events.emit('reset', null);
+  }
+
+  remove(ids: Iterable<number>): number[] {
+    const removed: number[] = [];
+    for (const id of ids) if (this.items.delete(id)) removed.push(id);
+    if (removed.length) this.events.emit('removed', removed);
+    return removed;
+  }
+
+  get(id: number): Proposal | undefined {
+    return this.items.get(id);
+  }
+  get size(): number {
+    return this.items.size;
+  }
+  all(): IterableIterator<Proposal> {
+    return this.items.values();
+  }
+  ids(): number[] {
+    return [...this.items.keys()];
+  }
+
+  /**
+   * Proposals "in view": the centre of their bounding box lies inside `extent`
+   * (API pixel coordinates), so cells cut by the viewport edge count when most
+   * of them shows.
+   */
+  idsInExtent(extent: BBox): number[] {
+    const out: number[] = [];
+    for (const p of this.items.values()) {
+      if (!bboxIntersects(p.bbox, extent)) continue;
+      const cx = (p.bbox[0] + p.bbox[2]) / 2;
+      const cy = (p.bbox[1] + p.bbox[3]) / 2;
+      if (cx >= extent[0] && cx <= extent[2] && cy >= extent[1] && cy <= extent[3]) out.push(p.id);
+    }
+    return out;
+  }
+}

@@ -1,0 +1,490 @@
+/**
+ * Annotation store: the user's annotation layer of one image.
+ *
+ * - cells are keyed by a stable client key: `s<id>` for cells loaded from the
+ *   server, `n<k>` (a local id) for cells drawn here; the key never changes, the
+ *   server id is attached once a save assigns it (so undo history stays valid
+ *   across saves);
+ * - every user edit is a {@link Command} in {@link History}; server loads,
+ *   conflict resolutions and accepted proposals write through
+ *   {@link AnnotationStore.applyServerUpdate}/{@link AnnotationStore.load} and never
+ *   enter the history;
+ * - dirty tracking: `version` counts user changes, `savedVersion` is the version
+ *   last acknowledged by the server; `dirtyKeys` the cells touched since.
+ */
+import { Emitter } from './events';
+import { normalizeRing } from './geometry';
+import { History, type Command } from './history';
+import type { ApiCell, CellPayload, CellsResponse, Point, Ring, SaveCellsBody } from './types';
+
+export interface Cell {
+  readonly key: string;
+  readonly classId: number | null;
+  readonly polygon: Ring;
+}
+
+export interface CellMeta {
+  source?: string | null;
+  score?: number | null;
+  model_version?: string | number | null;
+  author?: number | string | null;
+  updated_at?: string;
+}
+
+export type ChangeOrigin = 'user' | 'undo' | 'redo' | 'server';
+
+export interface StoreChange {
+  added: string[];
+  removed: string[];
+  updated: string[];
+  origin: ChangeOrigin;
+}
+
+export interface StoreEvents extends Record<string, unknown> {
+  /** Incremental change: keys added / removed / updated. */
+  change: StoreChange;
+  /** Everything was replaced (server load, "take theirs"). */
+  reset: { revision: number };
+  /** Dirty flag or revision changed. */
+  state: { dirty: boolean; revision: number; version: number };
+}
+
+/** What one save attempt sends; `keys[i]` is the store key of `body.cells[i]`. */
+export interface SaveSnapshot {
+  body: SaveCellsBody;
+  keys: string[];
+  version: number;
+}
+
+type Patch = [key: string, cell: Cell | null][];
+
+let localCounter = 0;
+/** Per page load, so local keys from an earlier session (backups) never collide. */
+const localPrefix = Math.floor(Math.random() * 36 ** 4).toString(36);
+
+export function serverKey(id: number): string {
+  return `s${id}`;
+}
+
+export class CellsCommand implements Command {
+  constructor(
+    private readonly store: AnnotationStore,
+    readonly label: string,
+    private readonly before: Patch,
+    private readonly after: Patch,
+  ) {}
+  do(): void {
+    this.store.writeCells(this.after, this.store.replaying ?? 'user');
+  }
+  undo(): void {
+    this.store.writeCells(this.before, 'undo');
+  }
+}
+
+export class AnnotationStore {
+  readonly events = new Emitter<StoreEvents>();
+  readonly history: History;
+  /** Base revision: the server revision our local state derives from. */
+  revision = 0;
+  version = 0;
+  savedVersion = 0;
+  /** @internal set while History.redo replays a command */
+  replaying: ChangeOrigin | null = null;
+
+  private cells = new Map<string, Cell>();
+  private readonly serverIdByKey = new Map<string, number>();
+  private readonly keyByServerId = new Map<number, string>();
+  /** Ids that exist in the server's annotation layer at `revision`. */
+  private serverIds = new Set<number>();
+  private readonly meta = new Map<string, CellMeta>();
+  /** key -> version of its last user change */
+  private readonly changedAt = new Map<string, number>();
+
+  constructor(history = new History()) {
+    this.history = history;
+  }
+
+  // ------------------------------------------------------------ reading
+  get size(): number {
+    return this.cells.size;
+  }
+  get(key: string): Cell | undefined {
+    return this.cells.get(key);
+  }
+  has(key: string): boolean {
+    return this.cells.has(key);
+  }
+  all(): IterableIterator<Cell> {
+    return this.cells.values();
+  }
+  keys(): string[] {
+    return [...this.cells.keys()];
+  }
+  getMeta(key: string): CellMeta | undefined {
+    return this.meta.get(key);
+  }
+  serverIdOf(key: string): number | undefined {
+    return this.serverIdByKey.get(key);
+  }
+  keyOfServerId(id: number): string | undefined {
+    return this.keyByServerId.get(id);
+  }
+  get isDirty(): boolean {
+    return this.version !== this.savedVersion;
+  }
+  get dirtyKeys(): string[] {
+    return [...this.changedAt.keys()];
+  }
+
+  newLocalKey(): string {
+    localCounter += 1;
+    return `n${localPrefix}_${localCounter}`;
+  }
+
+  // ------------------------------------------------------------ user edits (undoable)
+
+  addCell(polygon: Ring, classId: number | null, label = 'draw cell'): string {
+    const key = this.newLocalKey();
+    this.history.execute(new CellsCommand(this, label, [[key, null]], [[key, { key, classId, polygon: normalizeRing(polygon) }]]));
+    return key;
+  }
+
+  updatePolygon(key: string, polygon: Ring, label = 'edit contour'): boolean {
+    const old = this.cells.get(key);
+    if (!old) return false;
+    const next: Cell = { ...old, polygon: normalizeRing(polygon) };
+    this.history.execute(new CellsCommand(this, label, [[key, old]], [[key, next]]));
+    return true;
+  }
+
+  /** Several polygons in one undo step (e.g. a multi-feature modify). */
+  updatePolygons(updates: [key: string, polygon: Ring][], label = 'edit contour'): boolean {
+    const before: Patch = [];
+    const after: Patch = [];
+    for (const [key, polygon] of updates) {
+      const old = this.cells.get(key);
+      if (!old) continue;
+      before.push([key, old]);
+      after.push([key, { ...old, polygon: normalizeRing(polygon) }]);
+    }
+    if (!after.length) return false;
+    this.history.execute(new CellsCommand(this, label, before, after));
+    return true;
+  }
+
+  setClass(keys: Iterable<string>, classId: number | null, label = 'set class'): number {
+    const before: Patch = [];
+    const after: Patch = [];
+    for (const key of keys) {
+      const old = this.cells.get(key);
+      if (!old || old.classId === classId) continue;
+      before.push([key, old]);
+      after.push([key, { ...old, classId }]);
+    }
+    if (after.length) this.history.execute(new CellsCommand(this, label, before, after));
+    return after.length;
+  }
+
+  removeCells(keys: Iterable<string>, label = 'delete cell'): number {
+    const before: Patch = [];
+    const after: Patch = [];
+    for (const key of new Set(keys)) {
+      const old = this.cells.get(key);
+      if (!old) continue;
+      before.push([key, old]);
+      after.push([key, null]);
+    }
+    if (after.length) this.history.execute(new CellsCommand(this, before.length > 1 ? `delete ${before.length} cells` : label, before, after));
+    return after.length;
+  }
+
+  /** Replaces a cell by split pieces: the first (largest) keeps the cell's key. Returns the keys. */
+  splitCell(key: string, pieces: Ring[]): string[] {
+    const old = this.cells.get(key);
+    if (!old || pieces.length < 2) return [];
+    const keys = [key, ...pieces.slice(1).map(() => this.newLocalKey())];
+    const before: Patch = keys.map((k, i) => [k, i === 0 ? old : null]);
+    const after: Patch = keys.map((k, i) => [k, { key: k, classId: old.classId, polygon: normalizeRing(pieces[i]) }]);
+    this.history.execute(new CellsCommand(this, 'split cell', before, after));
+    return keys;
+  }
+
+  /** Merges `b` into `a` with the union ring. */
+  mergeCells(a: string, b: string, union: Ring): boolean {
+    const ca = this.cells.get(a);
+    const cb = this.cells.get(b);
+    if (!ca || !cb || a === b) return false;
+    this.history.execute(
+      new CellsCommand(
+        this,
+        'merge cells',
+        [
+          [a, ca],
+          [b, cb],
+        ],
+        [
+          [a, { ...ca, classId: ca.classId ?? cb.classId, polygon: normalizeRing(union) }],
+          [b, null],
+        ],
+      ),
+    );
+    return true;
+  }
+
+  /** Makes the layer equal to `cells` in one undoable step; returns the number of changed cells. */
+  replaceAll(cells: { key: string; classId: number | null; polygon: Ring }[], label: string): number {
+    const before: Patch = [];
+    const after: Patch = [];
+    const seen = new Set<string>();
+    for (const c of cells) {
+      const polygon = normalizeRing(c.polygon);
+      if (polygon.length < 3 || seen.has(c.key)) continue;
+      seen.add(c.key);
+      const old = this.cells.get(c.key);
+      if (old && old.classId === c.classId && sameRing(old.polygon, polygon)) continue;
+      before.push([c.key, old ?? null]);
+      after.push([c.key, { key: c.key, classId: c.classId, polygon }]);
+    }
+    for (const [key, old] of this.cells) {
+      if (seen.has(key)) continue;
+      before.push([key, old]);
+      after.push([key, null]);
+    }
+    if (after.length) this.history.execute(new CellsCommand(this, label, before, after));
+    return after.length;
+  }
+
+  undo(): Command | null {
+    return this.history.undo();
+  }
+
+  redo(): Command | null {
+    this.replaying = 'redo';
+    try {
+      return this.history.redo();
+    } finally {
+      this.replaying = null;
+    }
+  }
+
+  /** @internal used by commands. */
+  writeCells(patch: Patch, origin: ChangeOrigin): void {
+    const change: StoreChange = { added: [], removed: [], updated: [], origin };
+    for (const [key, cell] of patch) {
+      const had = this.cells.has(key);
+      if (cell) {
+        this.cells.set(key, cell);
+        (had ? change.updated : change.added).push(key);
+      } else if (had) {
+        this.cells.delete(key);
+        change.removed.push(key);
+      } else continue;
+      if (origin !== 'server') this.changedAt.set(key, this.version + 1);
+    }
+    if (origin !== 'server') this.version += 1;
+    this.events.emit('change', change);
+    this.emitState();
+  }
+
+  // ------------------------------------------------------------ server side (never in history)
+
+  /** Replaces everything with the server's layer and clears the history. */
+  load(resp: CellsResponse): void {
+    this.cells.clear();
+    this.serverIdByKey.clear();
+    this.keyByServerId.clear();
+    this.meta.clear();
+    this.changedAt.clear();
+    this.serverIds = new Set();
+    for (const c of resp.cells) {
+      const key = serverKey(c.id);
+      const cell = this.cellFromApi(key, c);
+      if (!cell) continue;
+      this.cells.set(key, cell);
+      this.linkServerId(key, c.id);
+      this.serverIds.add(c.id);
+      this.meta.set(key, metaOf(c));
+    }
+    this.revision = resp.revision;
+    this.version = 0;
+    this.savedVersion = 0;
+    this.history.clear();
+    this.events.emit('reset', { revision: this.revision });
+    this.emitState();
+  }
+
+  /**
+   * Applies a server state that is not a user edit (accepted proposals, a
+   * server-side change) without touching the history or the user's unsaved
+   * edits. `full`: `cells` is the whole annotation layer; otherwise they are
+   * upserted. When `full` is not given it is inferred: a response that contains
+   * every cell we know on the server is the whole layer.
+   */
+  applyServerUpdate(resp: CellsResponse, full?: boolean): StoreChange {
+    const ids = new Set(resp.cells.map((c) => c.id));
+    const isFull = full ?? [...this.serverIds].every((id) => ids.has(id));
+    const patch: Patch = [];
+    for (const c of resp.cells) {
+      let key = this.keyByServerId.get(c.id);
+      if (key && this.changedAt.has(key)) {
+        // the user changed it locally since: local edit wins, keep the link
+        this.meta.set(key, metaOf(c));
+        continue;
+      }
+      key ??= serverKey(c.id);
+      const cell = this.cellFromApi(key, c);
+      if (!cell) continue;
+      this.linkServerId(key, c.id);
+      this.meta.set(key, metaOf(c));
+      const old = this.cells.get(key);
+      if (!old || old.classId !== cell.classId || !sameRing(old.polygon, cell.polygon)) patch.push([key, cell]);
+    }
+    if (isFull) {
+      for (const id of this.serverIds) {
+        if (ids.has(id)) continue;
+        const key = this.keyByServerId.get(id);
+        if (key && this.cells.has(key) && !this.changedAt.has(key)) patch.push([key, null]);
+      }
+      this.serverIds = ids;
+    } else {
+      for (const id of ids) this.serverIds.add(id);
+    }
+    this.revision = resp.revision;
+    const change: StoreChange = { added: [], removed: [], updated: [], origin: 'server' };
+    if (patch.length) {
+      for (const [key, cell] of patch) {
+        const had = this.cells.has(key);
+        if (cell) {
+          this.cells.set(key, cell);
+          (had ? change.updated : change.added).push(key);
+        } else {
+          this.cells.delete(key);
+          change.removed.push(key);
+        }
+      }
+      this.events.emit('change', change);
+    }
+    this.emitState();
+    return change;
+  }
+
+  /**
+   * "Keep mine" after a 409: adopt the server's revision as our base and
+   * forget server ids that no longer exist there, leaving the local cells as
+   * they are; the store becomes dirty so the autosave re-sends them.
+   */
+  rebase(serverRevision: number, serverCells: ApiCell[]): void {
+    this.revision = serverRevision;
+    this.serverIds = new Set(serverCells.map((c) => c.id));
+    this.version += 1;
+    this.emitState();
+  }
+
+  // ------------------------------------------------------------ saving
+
+  /** The body of `PUT images/{id}/cells` for the current state. */
+  snapshot(): SaveSnapshot {
+    const cells: CellPayload[] = [];
+    const keys: string[] = [];
+    for (const cell of this.cells.values()) {
+      const id = this.serverIdByKey.get(cell.key);
+      const polygon = cell.polygon.map((p) => [p[0], p[1]] as Point);
+      cells.push(id !== undefined && this.serverIds.has(id) ? { id, class_id: cell.classId, polygon } : { class_id: cell.classId, polygon });
+      keys.push(cell.key);
+    }
+    return { body: { revision: this.revision, cells }, keys, version: this.version };
+  }
+
+  /**
+   * A save of `snap` succeeded with `resp`. New cells get their server ids (by
+   * position when the server kept the order, else by geometry); edits made
+   * while the request was in flight stay dirty.
+   */
+  markSaved(snap: SaveSnapshot, resp: CellsResponse): void {
+    const respIds = new Set(resp.cells.map((c) => c.id));
+    const sentIds = new Set(snap.body.cells.map((c) => c.id).filter((x): x is number => x !== undefined));
+    const sameOrder =
+      resp.cells.length === snap.body.cells.length &&
+      snap.body.cells.every((c, i) => c.id === undefined || c.id === resp.cells[i].id);
+    const newKeys: number[] = []; // indexes into snap of cells sent without id
+    snap.body.cells.forEach((c, i) => c.id === undefined && newKeys.push(i));
+    const fresh = resp.cells.filter((c) => !sentIds.has(c.id));
+    const assigned = new Map<number, ApiCell>(); // snap index -> response cell
+    if (sameOrder) {
+      for (const i of newKeys) assigned.set(i, resp.cells[i]);
+    } else {
+      // greedy nearest centroid match
+      const pool = fresh.slice();
+      for (const i of newKeys) {
+        const c = centerOf(snap.body.cells[i].polygon);
+        let best = -1;
+        let bestD = Infinity;
+        pool.forEach((r, j) => {
+          const d = Math.hypot(centerOf(r.polygon)[0] - c[0], centerOf(r.polygon)[1] - c[1]);
+          if (d < bestD) {
+            bestD = d;
+            best = j;
+          }
+        });
+        if (best >= 0) assigned.set(i, pool.splice(best, 1)[0]);
+      }
+    }
+    for (const [i, c] of assigned) {
+      const key = snap.keys[i];
+      this.linkServerId(key, c.id);
+      this.meta.set(key, metaOf(c));
+    }
+    for (const c of resp.cells) {
+      const key = this.keyByServerId.get(c.id);
+      if (key) this.meta.set(key, metaOf(c));
+    }
+    this.serverIds = respIds;
+    this.revision = resp.revision;
+    this.savedVersion = Math.max(this.savedVersion, snap.version);
+    for (const [key, v] of this.changedAt) if (v <= snap.version) this.changedAt.delete(key);
+    // cells the server added on its own (not expected from a PUT, but never drop data)
+    const assignedIds = new Set([...assigned.values()].map((c) => c.id));
+    const extra = resp.cells.filter((c) => !sentIds.has(c.id) && !assignedIds.has(c.id) && !this.keyByServerId.has(c.id));
+    if (extra.length) this.applyServerUpdate({ revision: resp.revision, cells: extra }, false);
+    this.emitState();
+  }
+
+  // ------------------------------------------------------------ helpers
+
+  private linkServerId(key: string, id: number): void {
+    const oldId = this.serverIdByKey.get(key);
+    if (oldId !== undefined && oldId !== id) this.keyByServerId.delete(oldId);
+    this.serverIdByKey.set(key, id);
+    this.keyByServerId.set(id, key);
+  }
+
+  private cellFromApi(key: string, c: ApiCell): Cell | null {
+    const polygon = normalizeRing(c.polygon ?? []);
+    if (polygon.length < 3) return null;
+    return { key, classId: c.class_id ?? null, polygon };
+  }
+
+  private emitState(): void {
+    this.events.emit('state', { dirty: this.isDirty, revision: this.revision, version: this.version });
+  }
+}
+
+function metaOf(c: ApiCell): CellMeta {
+  return { source: c.source, score: c.score, model_version: c.model_version, author: c.author, updated_at: c.updated_at };
+}
+
+function sameRing(a: Ring, b: Ring): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i][0] !== b[i][0] || a[i][1] !== b[i][1]) return false;
+  return true;
+}
+
+function centerOf(poly: readonly Point[]): Point {
+  let x = 0;
+  let y = 0;
+  for (const p of poly) {
+    x += p[0];
+    y += p[1];
+  }
+  return poly.length ? [x / poly.length, y / poly.length] : [0, 0];
+}

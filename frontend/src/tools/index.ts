@@ -1,0 +1,11 @@
+import { ClassifyTool, DeleteTool, MergeTool } from './clickTools';
+import { DrawPolygonTool } from './drawTool';
+import { SelectTool } from './selectTool';
+import { SplitTool } from './splitTool';
+import type { Tool } from './tool';
+
+export type { Tool, ToolContext, ToolId } from './tool';
+
+export function createTools(): Tool[] {
+  return [new SelectTool(), new DrawPolygonTool(), new SplitTool(), new MergeTool(), new DeleteTool(), new ClassifyTool()];
+}

@@ -1,0 +1,456 @@
+/**
+ * The OpenLayers view of the editor: image + proposals + cells, kept in sync
+ * with the core stores by key (features are built once, in one batch, and then
+ * patched by id on every store change — never rebuilt wholesale).
+ *
+ * Layers (bottom to top): image, proposals, cells, active (the selected
+ * cells, in their own small source so that dragging a vertex only re-renders
+ * that layer), sketch (tool previews).
+ */
+import Collection from 'ol/Collection';
+import Feature, { type FeatureLike } from 'ol/Feature';
+import type { Style } from 'ol/style';
+import OlMap from 'ol/Map';
+import View from 'ol/View';
+import { Polygon } from 'ol/geom';
+import type { Pixel } from 'ol/pixel';
+import { DragPan, defaults as defaultInteractions } from 'ol/interaction';
+import type MapBrowserEvent from 'ol/MapBrowserEvent';
+import ImageLayer from 'ol/layer/Image';
+import VectorLayer from 'ol/layer/Vector';
+import VectorImageLayer from 'ol/layer/VectorImage';
+import { Projection } from 'ol/proj';
+import ImageStatic from 'ol/source/ImageStatic';
+import VectorSource from 'ol/source/Vector';
+import { noModifierKeys, primaryAction } from 'ol/events/condition';
+import type { ClassPalette } from '../core/classes';
+import type { BBox } from '../core/geometry';
+import type { ProposalStore } from '../core/proposals';
+import { isProposalKey, proposalKey, type Selection } from '../core/selection';
+import type { AnnotationStore, Cell, StoreChange } from '../core/store';
+import type { Ring } from '../core/types';
+import { PixelFrame } from './coords';
+import { StyleCache } from './styles';
+
+export type LayerName = 'image' | 'proposals' | 'cells';
+export type CellFeature = Feature<Polygon>;
+
+export interface EditorMapOptions {
+  target: HTMLElement;
+  width: number;
+  height: number;
+  imageUrl: string;
+  palette: ClassPalette;
+  store: AnnotationStore;
+  proposals: ProposalStore;
+  selection: Selection;
+  /**
+   * How the (static) cells and proposals layers render: 'image' draws them into
+   * one bitmap that is only blitted while panning or dragging a vertex (fast
+   * with 1,000 cells even without a GPU); 'vector' replays every polygon per frame.
+   */
+  renderMode?: 'image' | 'vector';
+}
+
+type BigLayer = VectorLayer<VectorSource<CellFeature>> | VectorImageLayer<VectorSource<CellFeature>>;
+
+export class EditorMap {
+  readonly map: OlMap;
+  readonly view: View;
+  readonly frame: PixelFrame;
+  readonly projection: Projection;
+  readonly styles: StyleCache;
+  readonly imageSource: ImageStatic;
+  readonly imageLayer: ImageLayer<ImageStatic>;
+  readonly cellSource = new VectorSource<CellFeature>({ wrapX: false });
+  readonly activeSource = new VectorSource<CellFeature>({ wrapX: false });
+  readonly proposalSource = new VectorSource<CellFeature>({ wrapX: false });
+  readonly sketchSource = new VectorSource({ wrapX: false, useSpatialIndex: false });
+  readonly cellLayer: BigLayer;
+  readonly activeLayer: VectorLayer<VectorSource<CellFeature>>;
+  readonly proposalLayer: BigLayer;
+  readonly renderMode: 'image' | 'vector';
+  readonly sketchLayer: VectorLayer<VectorSource>;
+  /** Selected features (cells + proposals): the collection the Select interaction works on. */
+  readonly selectedFeatures = new Collection<CellFeature>();
+  /** Selected cells only: the collection the Modify interaction works on. */
+  readonly editableFeatures = new Collection<CellFeature>();
+
+  /** Tools turn this off so that a left-drag draws instead of panning. */
+  leftDragPans = true;
+  spaceDown = false;
+
+  private readonly features = new Map<string, CellFeature>();
+  private readonly store: AnnotationStore;
+  private readonly proposals: ProposalStore;
+  private readonly selection: Selection;
+  private readonly palette: ClassPalette;
+  private errorKeys = new Set<string>();
+  private readonly offs: (() => void)[] = [];
+  private imageState: 'loading' | 'loaded' | 'error' = 'loading';
+
+  constructor(opts: EditorMapOptions) {
+    this.store = opts.store;
+    this.proposals = opts.proposals;
+    this.selection = opts.selection;
+    this.palette = opts.palette;
+    this.frame = new PixelFrame(opts.width, opts.height);
+    this.projection = new Projection({ code: 'image-pixels', units: 'pixels', extent: this.frame.extent });
+    this.styles = new StyleCache(opts.palette);
+
+    this.imageSource = new ImageStatic({
+      url: opts.imageUrl,
+      imageExtent: this.frame.extent,
+      projection: this.projection,
+      interpolate: true,
+    });
+    this.imageSource.on('imageloadend', () => (this.imageState = 'loaded'));
+    this.imageSource.on('imageloaderror', () => (this.imageState = 'error'));
+    this.imageLayer = new ImageLayer({ source: this.imageSource, className: 'ol-layer-image' });
+
+    const s = this.styles;
+    this.renderMode = opts.renderMode ?? 'image';
+    const big = (source: VectorSource<CellFeature>, style: (f: FeatureLike) => Style | Style[], className: string): BigLayer =>
+      this.renderMode === 'image'
+        ? new VectorImageLayer({ source, style, imageRatio: 1.25, renderBuffer: 20, className })
+        : new VectorLayer({ source, style, updateWhileInteracting: false, updateWhileAnimating: false, renderBuffer: 20, className });
+    this.proposalLayer = big(this.proposalSource, (f) => s.proposal(f.get('c'), f.get('sel') === true), 'ol-layer-proposals');
+    this.cellLayer = big(this.cellSource, (f) => s.cell(f.get('c'), f.get('err') ? 'error' : 'normal'), 'ol-layer-cells');
+    this.activeLayer = new VectorLayer({
+      source: this.activeSource,
+      style: (f) => s.cell(f.get('c'), 'selected'),
+      updateWhileInteracting: true,
+      updateWhileAnimating: true,
+      renderBuffer: 20,
+      className: 'ol-layer-active',
+    });
+    this.sketchLayer = new VectorLayer({
+      source: this.sketchSource,
+      updateWhileInteracting: true,
+      updateWhileAnimating: true,
+      className: 'ol-layer-sketch',
+    });
+
+    this.view = new View({
+      projection: this.projection,
+      center: [opts.width / 2, opts.height / 2],
+      resolution: 1,
+      minResolution: 1 / 32,
+      maxResolution: 16,
+      constrainResolution: false,
+      smoothResolutionConstraint: true,
+      extent: [-opts.width, -opts.height, opts.width * 2, opts.height * 2],
+      constrainOnlyCenter: true,
+    });
+
+    const interactions = defaultInteractions({
+      altShiftDragRotate: false,
+      pinchRotate: false,
+      shiftDragZoom: false,
+      dragPan: false,
+      keyboard: false,
+      doubleClickZoom: true,
+    });
+    interactions.push(
+      new DragPan({
+        condition: (e: MapBrowserEvent) => {
+          const oe = e.originalEvent as PointerEvent;
+          if (oe.button === 1) return true; // middle button always pans
+          if (this.spaceDown && oe.button === 0) return true;
+          return this.leftDragPans && noModifierKeys(e) && primaryAction(e);
+        },
+      }),
+    );
+
+    this.map = new OlMap({
+      target: opts.target,
+      layers: [this.imageLayer, this.proposalLayer, this.cellLayer, this.activeLayer, this.sketchLayer],
+      view: this.view,
+      controls: [],
+      interactions,
+      pixelRatio: Math.min(2, globalThis.devicePixelRatio || 1),
+      moveTolerance: 2,
+    });
+
+    this.offs.push(
+      this.store.events.on('change', (c) => this.onStoreChange(c)),
+      this.store.events.on('reset', () => this.loadCells()),
+      this.proposals.events.on('reset', () => this.loadProposals()),
+      this.proposals.events.on('removed', (ids) => this.removeProposals(ids)),
+      this.selection.events.on('change', (c) => this.onSelectionChange(c.added, c.removed)),
+    );
+    this.loadCells();
+    this.loadProposals();
+  }
+
+  get imageLoadState(): 'loading' | 'loaded' | 'error' {
+    return this.imageState;
+  }
+
+  // ---------------------------------------------------------------- features
+
+  feature(key: string): CellFeature | undefined {
+    return this.features.get(key);
+  }
+
+  private buildCellFeature(cell: Cell): CellFeature {
+    const f = new Feature(new Polygon([this.frame.ringToMap(cell.polygon)]));
+    f.setId(cell.key);
+    f.setProperties({ c: cell.classId, kind: 'cell', poly: cell.polygon }, true);
+    if (this.errorKeys.has(cell.key)) f.set('err', true, true);
+    return f;
+  }
+
+  /** Builds every cell feature in one batch (server load / reset). */
+  loadCells(): void {
+    for (const [key] of this.features) if (!isProposalKey(key)) this.features.delete(key);
+    this.cellSource.clear(true);
+    this.activeSource.clear(true);
+    const normal: CellFeature[] = [];
+    const active: CellFeature[] = [];
+    for (const cell of this.store.all()) {
+      const f = this.buildCellFeature(cell);
+      this.features.set(cell.key, f);
+      (this.selection.has(cell.key) ? active : normal).push(f);
+    }
+    this.cellSource.addFeatures(normal);
+    this.activeSource.addFeatures(active);
+    this.syncCollections();
+  }
+
+  private onStoreChange(ch: StoreChange): void {
+    const dropSel: string[] = [];
+    for (const key of ch.removed) {
+      const f = this.features.get(key);
+      if (!f) continue;
+      this.sourceOf(f).removeFeature(f);
+      this.features.delete(key);
+      if (this.selection.has(key)) dropSel.push(key);
+    }
+    const add: CellFeature[] = [];
+    const addActive: CellFeature[] = [];
+    for (const key of ch.added) {
+      const cell = this.store.get(key);
+      if (!cell) continue;
+      const old = this.features.get(key);
+      if (old) this.sourceOf(old).removeFeature(old);
+      const f = this.buildCellFeature(cell);
+      this.features.set(key, f);
+      (this.selection.has(key) ? addActive : add).push(f);
+    }
+    if (add.length) this.cellSource.addFeatures(add);
+    if (addActive.length) this.activeSource.addFeatures(addActive);
+    for (const key of ch.updated) {
+      const cell = this.store.get(key);
+      const f = this.features.get(key);
+      if (!cell || !f) continue;
+      if (f.get('poly') !== cell.polygon) {
+        f.set('poly', cell.polygon, true);
+        const g = f.getGeometry();
+        const coords = this.frame.ringToMap(cell.polygon);
+        if (g) g.setCoordinates([coords]);
+        else f.setGeometry(new Polygon([coords]));
+      }
+      if (f.get('c') !== cell.classId) f.set('c', cell.classId);
+    }
+    if (dropSel.length) this.selection.remove(dropSel);
+    else if (ch.removed.length || ch.added.length) this.syncCollections();
+  }
+
+  /**
+   * A tool changed a feature's geometry itself (Modify): record which polygon
+   * it now shows so the store update that follows does not rewrite it.
+   */
+  markFeaturePolygon(key: string, polygon: Ring): void {
+    this.features.get(key)?.set('poly', polygon, true);
+  }
+
+  /** Restores a feature to the store's geometry (a rejected edit). */
+  resetFeature(key: string): void {
+    const cell = this.store.get(key);
+    const f = this.features.get(key);
+    if (!cell || !f) return;
+    f.set('poly', cell.polygon, true);
+    f.getGeometry()?.setCoordinates([this.frame.ringToMap(cell.polygon)]);
+  }
+
+  /** Polygon of a feature in API coordinates. */
+  featureRing(f: CellFeature): Ring {
+    const g = f.getGeometry();
+    return g ? this.frame.ringToApi(g.getCoordinates()[0]) : [];
+  }
+
+  private sourceOf(f: CellFeature): VectorSource<CellFeature> {
+    if (f.get('kind') === 'proposal') return this.proposalSource;
+    return this.activeSource.hasFeature(f) ? this.activeSource : this.cellSource;
+  }
+
+  loadProposals(): void {
+    for (const [key] of this.features) if (isProposalKey(key)) this.features.delete(key);
+    this.proposalSource.clear(true);
+    const list: CellFeature[] = [];
+    for (const p of this.proposals.all()) {
+      const f = new Feature(new Polygon([this.frame.ringToMap(p.polygon)]));
+      const key = proposalKey(p.id);
+      f.setId(key);
+      const classId = p.classId ?? this.palette.byLabel(p.label)?.id ?? null;
+      f.setProperties({ c: classId, kind: 'proposal', sel: this.selection.has(key) }, true);
+      this.features.set(key, f);
+      list.push(f);
+    }
+    this.proposalSource.addFeatures(list);
+    this.syncCollections();
+  }
+
+  private removeProposals(ids: number[]): void {
+    const keys = ids.map(proposalKey);
+    for (const key of keys) {
+      const f = this.features.get(key);
+      if (!f) continue;
+      this.proposalSource.removeFeature(f);
+      this.features.delete(key);
+    }
+    this.selection.remove(keys);
+  }
+
+  // ---------------------------------------------------------------- selection
+
+  private onSelectionChange(added: string[], removed: string[]): void {
+    for (const key of removed) {
+      const f = this.features.get(key);
+      if (!f) continue;
+      if (isProposalKey(key)) f.set('sel', false);
+      else if (this.activeSource.hasFeature(f)) {
+        this.activeSource.removeFeature(f);
+        this.cellSource.addFeature(f);
+      }
+    }
+    for (const key of added) {
+      const f = this.features.get(key);
+      if (!f) continue;
+      if (isProposalKey(key)) f.set('sel', true);
+      else if (!this.activeSource.hasFeature(f)) {
+        this.cellSource.removeFeature(f);
+        this.activeSource.addFeature(f);
+      }
+    }
+    this.syncCollections();
+  }
+
+  private syncCollections(): void {
+    const want = this.selection
+      .values()
+      .map((k) => this.features.get(k))
+      .filter((f): f is CellFeature => !!f);
+    syncCollection(this.selectedFeatures, want);
+    syncCollection(
+      this.editableFeatures,
+      want.filter((f) => f.get('kind') === 'cell'),
+    );
+  }
+
+  setErrorKeys(keys: string[]): void {
+    const next = new Set(keys);
+    for (const k of this.errorKeys) if (!next.has(k)) this.features.get(k)?.set('err', false);
+    for (const k of next) if (!this.errorKeys.has(k)) this.features.get(k)?.set('err', true);
+    this.errorKeys = next;
+  }
+
+  // ---------------------------------------------------------------- picking
+
+  /**
+   * Keys of the cells / proposals under a pixel, smallest first (for
+   * overlapping cells the smallest one is usually the one meant).
+   */
+  keysAtPixel(pixel: Pixel, what: { cells?: boolean; proposals?: boolean } = {}): string[] {
+    const wantCells = what.cells ?? true;
+    const wantProps = what.proposals ?? true;
+    const hits: { key: string; area: number }[] = [];
+    this.map.forEachFeatureAtPixel(
+      pixel,
+      (f) => {
+        const key = String(f.getId());
+        if (!hits.some((h) => h.key === key)) hits.push({ key, area: (f.getGeometry() as Polygon).getArea() });
+        return undefined;
+      },
+      {
+        hitTolerance: 2,
+        layerFilter: (l) =>
+          l.getVisible() &&
+          ((wantCells && (l === this.cellLayer || l === this.activeLayer)) || (wantProps && l === this.proposalLayer)),
+      },
+    );
+    hits.sort((a, b) => a.area - b.area);
+    return hits.map((h) => h.key);
+  }
+
+  // ---------------------------------------------------------------- navigation
+
+  fit(duration = 0): void {
+    const size = this.map.getSize();
+    if (!size) return;
+    this.view.fit(this.frame.extent, { padding: [24, 24, 24, 24], duration, size });
+  }
+
+  zoomBy(delta: number, duration = 150): void {
+    const res = this.view.getResolution();
+    if (!res) return;
+    this.view.animate({ resolution: this.view.getConstrainedResolution(res / 2 ** delta), duration });
+  }
+
+  /** Pan by a fraction of the viewport (arrow keys). */
+  panBy(fx: number, fy: number, duration = 120): void {
+    const size = this.map.getSize();
+    const res = this.view.getResolution();
+    const c = this.view.getCenter();
+    if (!size || !res || !c) return;
+    this.view.animate({ center: [c[0] + fx * size[0] * res, c[1] - fy * size[1] * res], duration });
+  }
+
+  /** Visible part of the image, API coordinates. */
+  viewExtentApi(): BBox {
+    const size = this.map.getSize() ?? [0, 0];
+    return this.frame.extentToApi(this.view.calculateExtent(size));
+  }
+
+  centerOn(keys: string[]): void {
+    const f = keys.map((k) => this.features.get(k)).find(Boolean);
+    const g = f?.getGeometry();
+    if (!g) return;
+    this.view.animate({ center: g.getInteriorPoint().getCoordinates().slice(0, 2), duration: 200 });
+  }
+
+  // ---------------------------------------------------------------- layers
+
+  setLayerVisible(name: LayerName, visible: boolean): void {
+    for (const l of this.layersOf(name)) l.setVisible(visible);
+  }
+  setLayerOpacity(name: LayerName, opacity: number): void {
+    for (const l of this.layersOf(name)) l.setOpacity(opacity);
+  }
+  private layersOf(name: LayerName) {
+    if (name === 'image') return [this.imageLayer];
+    if (name === 'proposals') return [this.proposalLayer];
+    return [this.cellLayer, this.activeLayer];
+  }
+
+  setCursor(cursor: string): void {
+    const vp = this.map.getViewport() as HTMLElement | undefined;
+    if (vp) vp.style.cursor = cursor;
+  }
+
+  destroy(): void {
+    for (const off of this.offs) off();
+    this.map.setTarget(undefined);
+    this.map.dispose();
+  }
+}
+
+function syncCollection<T>(col: Collection<T>, want: T[]): void {
+  const arr = col.getArray();
+  if (arr.length === want.length && arr.every((x, i) => x === want[i])) return;
+  const wantSet = new Set(want);
+  for (let i = arr.length - 1; i >= 0; i--) if (!wantSet.has(arr[i])) col.removeAt(i);
+  const have = new Set(col.getArray());
+  for (const x of want) if (!have.has(x)) col.push(x);
+}
