@@ -74,7 +74,7 @@ def _fast_points(raw: object, max_vertices: int) -> np.ndarray | None:
         keep = np.ones(len(array), dtype=bool)
         keep[1:] = (array[1:] != array[:-1]).any(axis=1)
         array = array[keep]
-    if len(np.unique(array, axis=0)) < 3:
+    if len(array) < 3:
         return None
     return array
 
@@ -130,3 +130,52 @@ def polygon_clean(raw: object, *, width: int, height: int, max_vertices: int) ->
         bbox=(float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
         repaired=repaired,
     )
+
+
+def polygons_clean(
+    raws: list[object], *, width: int, height: int, max_vertices: int
+) -> list[CleanPolygon | GeometryError]:
+    """Validate many polygons at once: one vectorised shapely pass for the well-formed ones,
+    and ``polygon_clean`` (which explains the problem or repairs) for the rest."""
+    results: list[CleanPolygon | GeometryError | None] = [None] * len(raws)
+    arrays: list[np.ndarray] = []
+    positions: list[int] = []
+    for position, raw in enumerate(raws):
+        array = _fast_points(raw, max_vertices)
+        if array is not None and (array >= 0).all() and (array[:, 0] <= width).all() and (array[:, 1] <= height).all():
+            arrays.append(array)
+            positions.append(position)
+    if arrays:
+        coords = np.concatenate(arrays)
+        sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+        # Close each ring by repeating its first point, as linearrings() expects per index group.
+        firsts = np.cumsum(sizes) - sizes
+        closed = np.insert(coords, np.cumsum(sizes), coords[firsts], axis=0)
+        indices = np.repeat(np.arange(len(arrays)), sizes + 1)
+        polygons = shapely.polygons(shapely.linearrings(closed, indices=indices))
+        valid = shapely.is_valid(polygons)
+        areas = shapely.area(polygons)
+        for k, position in enumerate(positions):
+            if valid[k] and areas[k] > 0:
+                array = arrays[k]
+                x0, y0 = array.min(axis=0)
+                x1, y1 = array.max(axis=0)
+                raw = raws[position]
+                # Reuse the client's list when parsing changed nothing (tolist() is the costliest
+                # step of a 270-cell save); it is a list of number pairs, as _fast_points checked.
+                unchanged = isinstance(raw, list) and len(raw) == len(array)
+                results[position] = CleanPolygon(
+                    points=raw if unchanged else array.tolist(),  # type: ignore[arg-type]
+                    area=float(areas[k]),
+                    bbox=(float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
+                    repaired=False,
+                )
+    out: list[CleanPolygon | GeometryError] = []
+    for position, result in enumerate(results):
+        if result is None:
+            try:
+                result = polygon_clean(raws[position], width=width, height=height, max_vertices=max_vertices)
+            except GeometryError as exc:
+                result = exc
+        out.append(result)
+    return out

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from django.contrib.auth import get_user_model, login, logout
 from django.contrib.auth.models import User
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -412,10 +412,11 @@ class CellsView(APIView):
         model_version = request.query_params.get("model_version")
         if model_version is not None and not model_version.isdigit():
             raise ServiceValidationError("Invalid filter.", {"model_version": "must be an id"})
-        rows = selectors.cell_rows(
+        cells = selectors.cells_json(
             image=image, layer=layer, model_version_id=int(model_version) if model_version else None
         )
-        return _cells_response(image.revision, rows)
+        body = f'{{"revision": {image.revision}, "cells": {cells}}}'
+        return HttpResponse(body, content_type="application/json", headers={"ETag": f'"{image.revision}"'})
 
     @extend_schema(request=s.CellsReplaceIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
     def put(self, request: Request, image_id: int) -> Response:
