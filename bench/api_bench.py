@@ -79,7 +79,9 @@ def main() -> None:
             # Move one cell each time so every save really writes.
             moved = body_cells[i % len(body_cells)]
             step = 0.5 if max(x for x, _ in moved["polygon"]) < 1000 else -0.5
-            moved["polygon"] = [[x + (step if (i // len(body_cells)) % 2 == 0 else -step), y] for x, y in moved["polygon"]]
+            moved["polygon"] = [
+                [x + (step if (i // len(body_cells)) % 2 == 0 else -step), y] for x, y in moved["polygon"]
+            ]
             # The body is encoded before timing: the number is the server's latency, not the client's.
             payload = json.dumps({"revision": revision, "cells": body_cells})
             started = time.perf_counter()
@@ -93,8 +95,12 @@ def main() -> None:
 
         engine = connection.vendor
         print(f"database: {engine}; cells: {len(saved)}; vertices: {vertices}; repeats: {args.repeats}")
-        print(f"GET cells     p50 {statistics.median(gets):6.1f} ms   p95 {pct(gets, 95):6.1f} ms   (target p95 <= 30 ms)")
-        print(f"replace-save  p50 {statistics.median(saves):6.1f} ms   p95 {pct(saves, 95):6.1f} ms   (target p95 <= 60 ms)")
+        print(
+            f"GET cells     p50 {statistics.median(gets):6.1f} ms   p95 {pct(gets, 95):6.1f} ms   (target p95 <= 30 ms)"
+        )
+        print(
+            f"replace-save  p50 {statistics.median(saves):6.1f} ms   p95 {pct(saves, 95):6.1f} ms   (target p95 <= 60 ms)"
+        )
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)
 
