@@ -301,17 +301,22 @@ def reviews_visible(
     """The submitted reviews of one round (default: the latest), if ``user`` may read them.
 
     Reviews are blind: an expert reads the others' reviews of a round only after submitting
-    their own in that round; adjudicators and admins always may. Drafts are never shown.
+    their own in that round; adjudicators and admins may, unless they have an open review of
+    that round themselves. Drafts are never shown.
     """
     rounds = image.verification_rounds.order_by("-number")
     chosen = rounds.filter(number=round_number).first() if round_number is not None else rounds.first()
     if chosen is None:
         raise Http404("This image has no review round.")
-    allowed = (
-        may_adjudicate(user=user, project=image.project)
-        or Review.objects.filter(round=chosen, reviewer_id=cast(int, user.pk), status=ReviewStatus.SUBMITTED).exists()
+    own = set(
+        Review.objects.filter(round=chosen, reviewer_id=cast(int, user.pk))
+        .exclude(status=ReviewStatus.CANCELLED)
+        .values_list("status", flat=True)
     )
-    if not allowed:
+    # An admin or adjudicator who reviews the image themselves is blind like any expert.
+    if ReviewStatus.ASSIGNED in own or not (
+        ReviewStatus.SUBMITTED in own or may_adjudicate(user=user, project=image.project)
+    ):
         raise PermissionDenied("Reviews are blind: you may read the other reviews after submitting your own.")
     reviews = list(
         Review.objects.filter(round=chosen, status=ReviewStatus.SUBMITTED)

@@ -34,6 +34,7 @@ from annotations.consensus import (
     ConsensusCell,
     ExpertCell,
     ExpertReview,
+    RasterCache,
     consensus_build,
     pair_agreement,
     proposal_relation,
@@ -1333,7 +1334,8 @@ def review_draft_save(*, image: Image, user: User, decisions: object, added: obj
             actor=user,
             action="review.draft",
             target=str(review.pk),
-            after=dict(Counter(r.decision for r in rows)) | {"comments": len(notes)},
+            # Sizes only: the audit log must not reveal a blind draft's decisions.
+            after={"items": len(rows), "comments": len(notes)},
         )
     return review
 
@@ -1501,12 +1503,14 @@ def _round_consensus(*, image: Image, verification_round: VerificationRound, act
     )
     annotation = _annotation_cells(image)
     expert_reviews, decisions = _expert_reviews(reviews, annotation)
+    cache: RasterCache = {}
     result = consensus_build(
         expert_reviews,
         quorum=verification_round.quorum,
         match_iou=verification_round.match_iou,
         height=image.height,
         width=image.width,
+        cache=cache,
     )
     reviewers = {r.pk: r.reviewer_id for r in reviews}
     positives = {e.key: [c.polygon for c in e.cells] for e in expert_reviews}
@@ -1514,7 +1518,9 @@ def _round_consensus(*, image: Image, verification_round: VerificationRound, act
     ordered = sorted(reviews, key=lambda r: r.reviewer_id)
     for i, a in enumerate(ordered):
         for b in ordered[i + 1 :]:
-            scores = pair_agreement(positives[a.pk], positives[b.pk], height=image.height, width=image.width)
+            scores = pair_agreement(
+                positives[a.pk], positives[b.pk], height=image.height, width=image.width, cache=cache
+            )
             pairs.append(
                 PairAgreement(
                     round=verification_round,
@@ -1585,7 +1591,7 @@ def _round_consensus(*, image: Image, verification_round: VerificationRound, act
         verification_round.save(update_fields=["status"])
         _status_set(image=image, to=ImageStatus.DISPUTED, actor=actor, action="consensus")
     else:
-        _image_verify(image=image, verification_round=verification_round, actor=actor)
+        _image_verify(image=image, verification_round=verification_round, actor=actor, cache=cache)
 
 
 def _polygon_stored(points: list[list[float]], image: Image) -> CleanPolygon:
@@ -1598,9 +1604,12 @@ def _polygon_stored(points: list[list[float]], image: Image) -> CleanPolygon:
         return CleanPolygon(points=points, area=shape.area, bbox=(x0, y0, x1 - x0, y1 - y0), repaired=False)
 
 
-def _image_verify(*, image: Image, verification_round: VerificationRound, actor: User | None) -> None:
+def _image_verify(
+    *, image: Image, verification_round: VerificationRound, actor: User | None, cache: RasterCache | None = None
+) -> None:
     """Write the verified (gold) layer from the agreed cells and the adjudicated disputes, with
     provenance; record correction analytics and each review's agreement with the result."""
+    cache = {} if cache is None else cache
     annotation = _annotation_cells(image)
     final: list[dict[str, Any]] = [dict(entry) for entry in verification_round.agreed]
     for dispute in verification_round.disputes.filter(status=DisputeStatus.RESOLVED).order_by("id"):
@@ -1635,7 +1644,11 @@ def _image_verify(*, image: Image, verification_round: VerificationRound, actor:
         origin_provenance = origin["provenance"] if origin else {}
         proposal = proposals.get(int(origin_provenance.get("proposal_id") or 0)) if origin else None
         kind, iou = proposal_relation(
-            entry["polygon"], proposal["polygon"] if proposal else None, height=image.height, width=image.width
+            entry["polygon"],
+            proposal["polygon"] if proposal else None,
+            height=image.height,
+            width=image.width,
+            cache=cache,
         )
         provenance = entry | {
             "round": verification_round.number,
@@ -1697,7 +1710,9 @@ def _image_verify(*, image: Image, verification_round: VerificationRound, actor:
     reviews = list(verification_round.reviews.filter(status=ReviewStatus.SUBMITTED).prefetch_related("decisions"))
     expert_reviews, _ = _expert_reviews(reviews, annotation)
     for review, expert in zip(reviews, expert_reviews, strict=True):
-        scores = pair_agreement([c.polygon for c in expert.cells], gold, height=image.height, width=image.width)
+        scores = pair_agreement(
+            [c.polygon for c in expert.cells], gold, height=image.height, width=image.width, cache=cache
+        )
         review.consensus_f1, review.consensus_mean_iou, review.consensus_dice = scores.f1, scores.mean_iou, scores.dice
     Review.objects.bulk_update(reviews, ["consensus_f1", "consensus_mean_iou", "consensus_dice"])
     verification_round.status = RoundStatus.CLOSED
