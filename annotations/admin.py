@@ -82,3 +82,17 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["id", "created_at", "project", "actor", "action", "target"]
     list_filter = ["action", "project"]
     readonly_fields = ["project", "image", "actor", "action", "target", "before", "after", "created_at"]
+
+
+for _model in (
+    models.ExportJob,
+    models.VerificationSettings,
+    models.VerificationRound,
+    models.Review,
+    models.ReviewDecision,
+    models.ReviewComment,
+    models.Dispute,
+    models.PairAgreement,
+    models.CorrectionRecord,
+):
+    admin.site.register(_model)

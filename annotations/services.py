@@ -824,6 +824,7 @@ def proposals_accept(
 def proposals_reject(*, image: Image, user: User, ids: list[int] | None, select_all: bool = False) -> int:
     """Mark open proposals rejected (kept for correction analytics); returns how many."""
     with transaction.atomic():
+        annotation_write_check(image=Image.objects.select_for_update().get(pk=image.pk))
         count = _proposal_query(image=image, ids=ids, select_all=select_all).update(
             state="rejected", updated_at=timezone.now()
         )

@@ -19,6 +19,8 @@ from django.utils import timezone
 
 from annotations.imaging import read_rgb
 from annotations.models import Cell, CellSource, Image, ImageStatus, Layer, PresegmentStatus, Project
+from annotations.selectors import REVIEW_LOCKED_STATUSES
+from annotations.services import annotation_write_check
 from inference.backends import backend_get
 from inference.contours import instances_to_polygons
 from inference.device import device_default
@@ -60,6 +62,9 @@ def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None
     """Mark the image queued and enqueue the GPU task once the transaction commits."""
     from inference.tasks import presegment_image  # tasks import services; avoid the cycle
 
+    # Proposals are what verified cells' provenance points back to: once an image is submitted
+    # they must stay as they were (correction analytics), so pre-segmenting again is refused.
+    annotation_write_check(image=image)
     version = model_version or model_version_for_project(project=image.project)
     Image.objects.filter(pk=image.pk).update(
         presegment_status=PresegmentStatus.QUEUED, presegment_error="", presegment_model=version
@@ -72,7 +77,7 @@ def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None
 
 def project_presegment_enqueue(*, project: Project, model_version: ModelVersion | None = None) -> int:
     version = model_version or model_version_for_project(project=project)
-    images = list(project.images.all())
+    images = list(project.images.exclude(status__in=REVIEW_LOCKED_STATUSES))
     for image in images:
         image_presegment_enqueue(image=image, model_version=version)
     return len(images)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from annotations.models import Cell, ImageStatus, Layer, PresegmentStatus
+from tests.api.conftest import client_for
+from tests.factories import image_create, square
+from training.models import ModelVersion
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def image(project: Any) -> Any:
+    return image_create(project, width=200, height=100)
+
+
+def _proposals(image: Any, project: Any, count: int = 3) -> list[Cell]:
+    from inference.services import model_version_baseline
+
+    version = model_version_baseline(project=project)
+    class_id = project.classes.get(model_label=1).pk
+    return [
+        Cell.objects.create(
+            image=image, layer=Layer.PROPOSAL, cell_class_id=class_id, polygon=square(10 + 30 * i, 10),
+            bbox_x=10 + 30 * i, bbox_y=10, bbox_w=10, bbox_h=10, area=100, score=0.8, model_version=version,
+        )
+        for i in range(count)
+    ]
+
+
+def test_presegment_enqueues_on_commit(image: Any, annotator: Any, django_capture_on_commit_callbacks: Any) -> None:
+    with mock.patch("inference.tasks.presegment_image.delay") as delay:
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client_for(annotator).post(f"/api/v1/images/{image.pk}/presegment", {}, format="json")
+    assert response.status_code == 202
+    image.refresh_from_db()
+    assert image.presegment_status == PresegmentStatus.QUEUED
+    version = ModelVersion.objects.get(project=image.project)
+    assert version.kind == "watershed" and version.status == "active"
+    delay.assert_called_once_with(image.pk, version.pk)
+
+
+def test_presegment_validates_model_version(image: Any, annotator: Any) -> None:
+    from tests.factories import ProjectFactory
+
+    foreign = ModelVersion.objects.create(project=ProjectFactory(), kind="watershed", number=1)
+    response = client_for(annotator).post(f"/api/v1/images/{image.pk}/presegment", {"model_version": foreign.pk}, format="json")
+    assert response.status_code == 400 and "model_version" in response.json()["errors"]
+
+
+def test_project_presegment_needs_admin(project: Any, annotator: Any, admin_user: Any) -> None:
+    image_create(project)
+    assert client_for(annotator).post(f"/api/v1/projects/{project.pk}/presegment", {}, format="json").status_code == 403
+    with mock.patch("inference.tasks.presegment_image.delay"):
+        response = client_for(admin_user).post(f"/api/v1/projects/{project.pk}/presegment", {}, format="json")
+    assert response.status_code == 202 and response.json()["queued"] == 1
+
+
+def test_accept_some_then_reject_rest(image: Any, project: Any, annotator: Any) -> None:
+    first, second, third = _proposals(image, project)
+    client = client_for(annotator)
+    accepted = client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "ids": [first.pk]}, format="json")
+    assert accepted.status_code == 200, accepted.content
+    body = accepted.json()
+    assert body["revision"] == 1 and len(body["cells"]) == 1
+    cell = body["cells"][0]
+    assert cell["source"] == "model" and cell["provenance"]["proposal_id"] == first.pk and cell["score"] == 0.8
+    # Accepting again is refused: it is no longer an open proposal.
+    again = client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 1, "ids": [first.pk]}, format="json")
+    assert again.status_code == 400 and "ids" in again.json()["errors"]
+    stale = client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "ids": [second.pk]}, format="json")
+    assert stale.status_code == 409
+    rejected = client.post(f"/api/v1/images/{image.pk}/proposals/reject", {"all": True}, format="json")
+    assert rejected.json() == {"rejected": 2}
+    states = dict(Cell.objects.filter(layer=Layer.PROPOSAL).values_list("pk", "state"))
+    assert states == {first.pk: "accepted", second.pk: "rejected", third.pk: "rejected"}
+
+
+def test_accept_needs_a_selection(image: Any, annotator: Any) -> None:
+    response = client_for(annotator).post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0}, format="json")
+    assert response.status_code == 400 and "ids" in response.json()["errors"]
+
+
+def test_locked_image_refuses_proposal_changes_and_presegmentation(image: Any, project: Any, annotator: Any) -> None:
+    _proposals(image, project)
+    image.status = ImageStatus.IN_REVIEW
+    image.save()
+    client = client_for(annotator)
+    assert client.post(f"/api/v1/images/{image.pk}/proposals/reject", {"all": True}, format="json").status_code == 409
+    assert client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "all": True}, format="json").status_code == 409
+    assert client.post(f"/api/v1/images/{image.pk}/presegment", {}, format="json").status_code == 409
+    assert Cell.objects.filter(layer=Layer.PROPOSAL, state="").count() == 3
+
+
+def test_register_model_version_validates(project: Any, admin_user: Any, annotator: Any, tmp_path: Any) -> None:
+    client = client_for(admin_user)
+    missing = client.post(f"/api/v1/projects/{project.pk}/models", {"kind": "cellpose", "artifact_path": "/nope"}, format="json")
+    assert missing.status_code == 400 and "artifact_path" in missing.json()["errors"]
+    bad_kind = client.post(f"/api/v1/projects/{project.pk}/models", {"kind": "yolo"}, format="json")
+    assert bad_kind.status_code == 400 and "kind" in bad_kind.json()["errors"]
+    assert client_for(annotator).post(f"/api/v1/projects/{project.pk}/models", {"kind": "watershed"}, format="json").status_code == 403
