@@ -39,7 +39,7 @@ from django.contrib.auth.models import User
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count, Q, QuerySet, TextField
+from django.db.models import Count, F, Max, Q, QuerySet, TextField
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast
 from django.http import Http404
@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 EXPORT_ASYNC_CELL_THRESHOLD = 200_000
 EXPORT_ASYNC_IMAGE_THRESHOLD = 1_000  # exports that carry image files (zip, nnU-Net, Cellpose)
 EXPORT_JOB_TTL_HOURS = 24
-COCO_IMPORT_MAX_BYTES = 200 * 1024 * 1024
+COCO_IMPORT_MAX_BYTES = 100 * 1024 * 1024
 COCO_IMPORT_MAX_ZIP_BYTES = 4 * 1024 * 1024 * 1024
 IMPORT_MAX_ERRORS = 100
 
@@ -471,6 +471,23 @@ _COCO_CELL_FIELDS = (
 )
 
 
+def verified_by_of(provenance: Mapping[str, Any]) -> Any:
+    """Who verified a cell of the verified layer: the provenance's ``verified_by`` if it has one,
+    else the experts whose reviews endorsed the cell (accepted, edited or added it) and the
+    adjudicator who resolved its dispute, as sorted user ids; None when nothing says."""
+    if "verified_by" in provenance:
+        return provenance["verified_by"]
+    ids: set[int] = set()
+    for key in ("accepted_by", "edited_by", "added_by"):
+        value = provenance.get(key)
+        if isinstance(value, list):
+            ids.update(i for i in value if isinstance(i, int))
+    adjudicator = provenance.get("adjudicated_by")
+    if isinstance(adjudicator, int):
+        ids.add(adjudicator)
+    return sorted(ids) or None
+
+
 def _coco_annotation_lines(
     rows: list[tuple[Any, ...]], *, height: int, width: int, rle: bool, sources: dict[str, str]
 ) -> list[str]:
@@ -484,6 +501,8 @@ def _coco_annotation_lines(
         cell_id, image_id, class_id, _, x, y, w, h, score, source, version, verified_by, layer, state = row
         if source not in sources:
             sources[source] = json.dumps(source)
+        if isinstance(verified_by, dict):  # the whole provenance of a verified cell
+            verified_by = verified_by_of(verified_by)
         segmentation = json.dumps(coco.rle_json(rle_value)) if rle else f"[[{flat}]]"
         # Proposals carry their review state: open, accepted or rejected.
         extra = f',"state":{json.dumps(state or "open")}' if layer == Layer.PROPOSAL else ""
@@ -495,6 +514,13 @@ def _coco_annotation_lines(
             f'"source":{sources[source]}{extra}}}'
         )
     return lines
+
+
+def _frozen(images: QuerySet[Image], upto_image_id: int | None = None) -> QuerySet[Image]:
+    """``images`` without those created after this call (or after ``upto_image_id``)."""
+    if upto_image_id is None:
+        upto_image_id = images.aggregate(newest=Max("pk"))["newest"] or 0
+    return images.filter(pk__lte=upto_image_id)
 
 
 def _grouped(rows: Iterable[tuple[Any, ...]], limit: int = 250) -> Iterator[list[tuple[Any, ...]]]:
@@ -516,6 +542,7 @@ def coco_export_stream(
     segmentation: str = "polygon",
     file_names: Mapping[int, str] | None = None,
     progress: ProgressFn | None = None,
+    upto_image_id: int | None = None,
 ) -> Iterator[bytes]:
     """The COCO JSON of a project's selected cells as chunks of bytes (bounded memory).
 
@@ -525,10 +552,11 @@ def coco_export_stream(
     pycocotools computes it; ``bbox`` [x, y, w, h]; ``iscrowd`` 0; extra keys ``score``,
     ``model_version``, ``verified_by``, ``source`` and, for proposals, ``state``). ``file_names``
     overrides image file names (the zip export makes them unique). ``progress`` gets the number
-    of cells written so far after each batch.
+    of cells written so far after each batch. The images are those that exist when the stream
+    starts (up to ``upto_image_id`` if given), so that both passes over them agree.
     """
     rle = segmentation == "rle"
-    images = export_images(project=project, filters=filters)
+    images = _frozen(export_images(project=project, filters=filters), upto_image_id)
     counts = export_cell_counts(project=project, filters=filters)
     categories = [
         {
@@ -569,7 +597,9 @@ def coco_export_stream(
     done = 0
     sources: dict[str, str] = {}
     polygon_text = Cast("polygon", TextField())
-    verified_by = KeyTransform("verified_by", "provenance")
+    # The verified layer's provenance says who verified a cell (verified_by_of); elsewhere only
+    # an explicit verified_by key does, fetched alone.
+    verified_by = F("provenance") if filters.layer == Layer.VERIFIED else KeyTransform("verified_by", "provenance")
     for batch in _image_batches(images, counts, ("width", "height")):
         sizes = {row["id"]: (row["height"], row["width"]) for row in batch if counts.get(row["id"])}
         if not sizes:
@@ -615,16 +645,19 @@ def coco_zip_stream(
     *, project: Project, filters: ExportFilters, segmentation: str = "polygon", progress: ProgressFn | None = None
 ) -> Iterator[bytes]:
     """A zip with ``annotations.json`` (COCO) and ``images/<file_name>`` (the original files)."""
-    images = export_images(project=project, filters=filters)
+    images = _frozen(export_images(project=project, filters=filters))
     names = _unique_names(images)
+    upto = max(names, default=0)
 
     def entries() -> Iterator[ZipEntry]:
         yield (
             "annotations.json",
-            coco_export_stream(project=project, filters=filters, segmentation=segmentation, file_names=names),
+            coco_export_stream(
+                project=project, filters=filters, segmentation=segmentation, file_names=names, upto_image_id=upto
+            ),
         )
         done = 0
-        for image in images.only("pk", "original").iterator(chunk_size=50):
+        for image in images.filter(pk__lte=upto).only("pk", "original").iterator(chunk_size=50):
             yield f"images/{names[image.pk]}", _read(image.original)
             done += 1
             if progress is not None:
@@ -689,12 +722,15 @@ def geojson_zip_stream(
 ) -> Iterator[bytes]:
     """A zip with one ``<image stem>.geojson`` per image, in the layout QuPath imports."""
     classes = {c.pk: c for c in project.classes.all()}
-    names = _unique_names(export_images(project=project, filters=filters))
 
     def entries() -> Iterator[ZipEntry]:
         done = 0
+        taken: set[str] = set()
         for image, cells in _image_cells(project, filters, ("file_name",)):
-            stem = PurePosixPath(names[image["id"]]).stem
+            stem = PurePosixPath(image["file_name"].replace("/", "_")).stem or "image"
+            if stem.lower() in taken:
+                stem = f"{stem}-{image['id']}"
+            taken.add(stem.lower())
             collection = geojson_feature_collection(cells, classes, object_type)
             yield f"{stem}.geojson", json.dumps(collection).encode()
             done += len(cells)

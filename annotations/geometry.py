@@ -7,6 +7,7 @@ yields exactly one polygon; the caller is told that a repair happened.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,13 @@ class CleanPolygon:
     area: float
     bbox: tuple[float, float, float, float]  # x, y, w, h
     repaired: bool
+    digest: str = ""
+
+
+def geometry_digest(points: object) -> str:
+    """A short digest of a polygon's coordinates (as float64), equal for equal polygons."""
+    array = np.ascontiguousarray(np.asarray(points, dtype=np.float64))
+    return hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()
 
 
 def _coerce_points(raw: object, max_vertices: int) -> list[tuple[float, float]]:
@@ -169,6 +177,7 @@ def polygons_clean(
                     area=float(areas[k]),
                     bbox=(float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
                     repaired=False,
+                    digest=hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest(),
                 )
     out: list[CleanPolygon | GeometryError] = []
     for position, result in enumerate(results):

@@ -203,6 +203,8 @@ class Cell(models.Model):
         "training.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="cells"
     )
     provenance = models.JSONField(default=dict, blank=True)
+    # Digest of the vertex coordinates: lets a full-layer save find unchanged cells cheaply.
+    geometry_digest = models.CharField(max_length=32, blank=True, default="")
     # Proposals only: "" open, "accepted" (copied into the annotation layer), "rejected".
     state = models.CharField(max_length=16, blank=True, default="")
     author = models.ForeignKey(
@@ -220,8 +222,10 @@ class Cell(models.Model):
 
 
 class AnnotationRevision(models.Model):
-    """History of an image's annotation layer: one row per accepted write, with a full snapshot
-    of the layer after the write, so any earlier revision can be restored exactly."""
+    """History of an image's annotation layer: one row per accepted write holding what that write
+    changed (``{"upserted": [cell, ...], "deleted": [id, ...]}``). Replaying the rows up to a
+    revision gives the layer exactly as it was then, so any earlier revision can be restored; a
+    delta per autosave keeps the history small where full copies would grow with every save."""
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="history")
     revision = models.PositiveIntegerField()
@@ -230,7 +234,7 @@ class AnnotationRevision(models.Model):
     )
     action = models.CharField(max_length=32)
     summary = models.JSONField(default=dict)
-    snapshot = models.JSONField()
+    changes = models.JSONField()
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

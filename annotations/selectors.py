@@ -151,6 +151,7 @@ CELL_FIELDS = (
     "area",
     "provenance",
     "state",
+    "geometry_digest",
     "created_at",
     "updated_at",
 )
@@ -213,8 +214,19 @@ def cells_json(*, image: Image, layer: str = Layer.ANNOTATION, model_version_id:
     return "[" + ", ".join(parts) + "]"
 
 
+def revision_state(*, image: Image, revision: int) -> list[dict[str, Any]]:
+    """The annotation layer as it was at ``revision``, replayed from the history's deltas."""
+    state: dict[int, dict[str, Any]] = {}
+    for changes in image.history.filter(revision__lte=revision).order_by("revision").values_list("changes", flat=True):
+        for cell in changes.get("upserted", []):
+            state[cell["id"]] = cell
+        for cell_id in changes.get("deleted", []):
+            state.pop(cell_id, None)
+    return [state[k] for k in sorted(state)]
+
+
 def history_list(*, image: Image) -> QuerySet[AnnotationRevision]:
-    return image.history.select_related("author").defer("snapshot").order_by("-revision")
+    return image.history.select_related("author").defer("changes").order_by("-revision")
 
 
 def membership_list(*, project: Project) -> QuerySet[ProjectMembership]:

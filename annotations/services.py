@@ -40,7 +40,7 @@ from annotations.consensus import (
     proposal_relation,
 )
 from annotations.errors import ConflictError, RateLimitedError, ServiceValidationError
-from annotations.geometry import CleanPolygon, GeometryError, polygon_clean, polygons_clean
+from annotations.geometry import CleanPolygon, GeometryError, geometry_digest, polygon_clean, polygons_clean
 from annotations.imaging import DecodedImage, ImageRejected, encode_png, encode_thumbnail, image_decode
 from annotations.models import (
     ActiveLearningOrder,
@@ -570,6 +570,7 @@ def _cell_payload_errors(
 
 
 def _snapshot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History form of cell rows: what a restore needs to re-create each cell exactly."""
     return [
         {
             "id": r["id"],
@@ -586,7 +587,7 @@ def _snapshot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _conflict(image: Image) -> ConflictError:
-    rows = list(image.cells.filter(layer=Layer.ANNOTATION).order_by("id").values(*CELL_FIELDS))
+    rows = json.loads(selectors.cells_json(image=image, layer=Layer.ANNOTATION))
     return ConflictError(
         f"The annotations changed on the server (now revision {image.revision}); reload or resolve the conflict.",
         {"revision": image.revision, "cells": rows},
@@ -638,20 +639,30 @@ def _apply_layer(
     order: list[dict[str, Any]] = []
     to_create: list[Cell] = []
     to_update: list[Cell] = []
-    update_fields = ["polygon", "cell_class_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "area", "updated_at"]
+    update_fields = [
+        "polygon", "cell_class_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "area", "geometry_digest", "updated_at"
+    ]
     for item in desired:
         polygon = item["polygon"]
         record = existing.get(item["id"]) if item.get("id") is not None else None
         if record is not None and record["id"] not in kept:
             kept.add(record["id"])
             record["polygon"] = polygon.points
-            if record["polygon_text"] != json.dumps(polygon.points) or record["cell_class_id"] != item["class_id"]:
+            digest = polygon.digest or geometry_digest(polygon.points)
+            # Cells written before digests existed (or by other paths) compare by their JSON text.
+            same_shape = (
+                record["geometry_digest"] == digest
+                if record["geometry_digest"]
+                else record["polygon_text"] == json.dumps(polygon.points)
+            )
+            if not same_shape or record["cell_class_id"] != item["class_id"]:
                 x, y, w, h = polygon.bbox
                 record.update(
                     cell_class_id=item["class_id"], bbox_x=x, bbox_y=y, bbox_w=w, bbox_h=h, area=polygon.area,
-                    updated_at=now,
+                    geometry_digest=digest, updated_at=now,
                 )
-                to_update.append(Cell(pk=record["id"], polygon=polygon.points, **{f: record[f] for f in update_fields[1:]}))
+                fields = {f: record[f] for f in update_fields[1:]}
+                to_update.append(Cell(pk=record["id"], polygon=polygon.points, **fields))
             order.append(record)
         else:
             cell = Cell(
@@ -665,6 +676,7 @@ def _apply_layer(
                 bbox_w=polygon.bbox[2],
                 bbox_h=polygon.bbox[3],
                 area=polygon.area,
+                geometry_digest=polygon.digest or geometry_digest(polygon.points),
                 score=item.get("score"),
                 source=item.get("source", CellSource.MANUAL),
                 model_version_id=item.get("model_version_id"),
@@ -694,13 +706,14 @@ def _apply_layer(
     Image.objects.filter(pk=image.pk).update(revision=revision, updated_at=now)
     annotation_write_started(image=locked, user=user)  # first write: annotator recorded, status annotating
     image.status, image.annotator_id = locked.status, locked.annotator_id
+    written = {c.pk for c in to_update} | {c.pk for c in to_create}
     AnnotationRevision.objects.create(
         image_id=image.pk,
         revision=revision,
         author=user,
         action=action,
         summary=summary,
-        snapshot=_snapshot(rows),
+        changes={"upserted": _snapshot([r for r in rows if r["id"] in written]), "deleted": deleted},
     )
     image.revision = revision
     by_pk = {r["id"]: r for r in rows}
@@ -725,15 +738,9 @@ def cells_replace(*, image: Image, user: User, base_revision: int, cells: object
 
 def revision_restore(*, image: Image, user: User, target_revision: int, base_revision: int) -> LayerWrite:
     """Make the annotation layer what it was at ``target_revision`` (a new revision; history kept)."""
-    if target_revision == 0:
-        snapshot: list[dict[str, Any]] = []
-    else:
-        entry = image.history.filter(revision=target_revision).first()
-        if entry is None:
-            raise ServiceValidationError(
-                "No such revision.", {"revision": f"revision {target_revision} does not exist"}
-            )
-        snapshot = entry.snapshot
+    if target_revision != 0 and not image.history.filter(revision=target_revision).exists():
+        raise ServiceValidationError("No such revision.", {"revision": f"revision {target_revision} does not exist"})
+    snapshot = selectors.revision_state(image=image, revision=target_revision)
     existing_ids = set(Cell.objects.filter(image_id=image.pk).values_list("pk", flat=True))
     taken_elsewhere = set(
         Cell.objects.filter(pk__in=[c["id"] for c in snapshot]).exclude(image_id=image.pk).values_list("pk", flat=True)

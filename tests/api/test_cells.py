@@ -221,3 +221,17 @@ def test_proposals_layer_is_separate(image: Any, annotator: Any, class_id: int) 
     assert _put(client, image, [], 0).status_code == 200
     assert Cell.objects.filter(image=image, layer=Layer.PROPOSAL).count() == 1
     assert client.get(f"/api/v1/images/{image.pk}/cells?layer=nope").status_code == 400
+
+
+def test_history_stores_deltas_and_restore_replays_them(image: Any, annotator: Any, class_id: int) -> None:
+    client = client_for(annotator)
+    a = _put(client, image, [{"class_id": class_id, "polygon": square(1, 1)}], 0).json()["cells"][0]
+    two = _put(client, image, [{"id": a["id"], "class_id": class_id, "polygon": square(1, 1)}, {"class_id": class_id, "polygon": square(40, 40)}], 1).json()
+    b = two["cells"][1]
+    _put(client, image, [{"id": a["id"], "class_id": class_id, "polygon": square(5, 5)}], 2)
+    # Revision 2 changed only B (A was sent unchanged), revision 3 moved A and deleted B.
+    changes = dict(AnnotationRevision.objects.filter(image=image).values_list("revision", "changes"))
+    assert [c["id"] for c in changes[2]["upserted"]] == [b["id"]] and changes[2]["deleted"] == []
+    assert [c["id"] for c in changes[3]["upserted"]] == [a["id"]] and changes[3]["deleted"] == [b["id"]]
+    restored = client.post(f"/api/v1/images/{image.pk}/history/2/restore", {"revision": 3}, format="json").json()
+    assert {c["id"]: c["polygon"][0] for c in restored["cells"]} == {a["id"]: [1, 1], b["id"]: [40, 40]}
