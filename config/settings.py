@@ -232,3 +232,30 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# Training (training/): job folders, worker liveness, promotion gate defaults, the watchdog.
+TRAINING_DIR = Path(env_str("TRAINING_DIR", str(VAR_DIR / "training")))
+TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")
+TRAINING_TASK_SOFT_TIME_LIMIT = env_int("TRAINING_TASK_SOFT_TIME_LIMIT", 48 * 3600, minimum=60)
+TRAINING_TASK_TIME_LIMIT = env_int("TRAINING_TASK_TIME_LIMIT", 48 * 3600 + 900, minimum=60)
+TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 30, minimum=1)
+TRAINING_HEARTBEAT_TIMEOUT = env_int("TRAINING_HEARTBEAT_TIMEOUT", 300, minimum=2)
+TRAINING_QUEUED_TIMEOUT = env_int("TRAINING_QUEUED_TIMEOUT", 7 * 24 * 3600, minimum=60)
+TRAINING_GATE_METRIC = env_str("TRAINING_GATE_METRIC", "dsb")
+TRAINING_GATE_MARGIN = env_float("TRAINING_GATE_MARGIN", 0.01)
+TRAINING_GATE_TOLERANCE = env_float("TRAINING_GATE_TOLERANCE", 0.02)
+CELERY_BEAT_SCHEDULE = {
+    "training-watchdog": {"task": "training.watchdog", "schedule": 300.0, "options": {"queue": "default"}},
+    "annotations-export-prune": {
+        "task": "annotations.export_jobs_prune",
+        "schedule": 3600.0,
+        "options": {"queue": "default"},
+    },
+}
+
+# Exports and imports (annotations/exports.py).
+EXPORT_ASYNC_CELL_THRESHOLD = env_int("EXPORT_ASYNC_CELL_THRESHOLD", 200_000, minimum=1)
+EXPORT_ASYNC_IMAGE_THRESHOLD = env_int("EXPORT_ASYNC_IMAGE_THRESHOLD", 1000, minimum=1)
+EXPORT_JOB_TTL_HOURS = env_int("EXPORT_JOB_TTL_HOURS", 24, minimum=1)
+COCO_IMPORT_MAX_BYTES = env_int("COCO_IMPORT_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
+COCO_IMPORT_MAX_ZIP_BYTES = env_int("COCO_IMPORT_MAX_ZIP_BYTES", 4 * 1024**3, minimum=1024)
