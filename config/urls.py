@@ -22,6 +22,7 @@ def spa_index(request: HttpRequest) -> HttpResponse:
 api_v1: list[URLPattern | URLResolver] = [
     path("", include(("annotations.api.urls", "api"))),
     path("", include(("inference.api.urls", "inference"))),
+    path("", include(("training.api.urls", "training"))),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
 ]

@@ -1,0 +1,176 @@
+"""nnU-Net v2 semantic backend (paper A, stage 1), Django-free.
+
+Loads a trained model folder once (``plans.json``, ``dataset.json``,
+``fold_<f>/checkpoint_final.pth``, as written by
+``training.trainers.nnunet.nnunet_train``) and predicts in-process with
+``nnUNetPredictor.predict_single_npy_array`` (no worker processes, so it runs in
+Celery prefork children). nnU-Net is a semantic model: its instances here are the
+connected components of each class, so touching cells merge into one instance;
+the ``two_stage`` backend separates them with Cellpose.
+
+Artifacts: the model folder itself, or a folder with an ``nnunet/`` subfolder
+holding it. Settings (all optional):
+
+- ``model_folder``: overrides the folder found from the artifacts;
+- ``checkpoint``: ``"checkpoint_final.pth"``;
+- ``folds``: list of folds to ensemble, default all ``fold_*`` present;
+- ``tile_step_size``: sliding-window step as a fraction of the patch, 0.5;
+- ``use_mirroring``: flip test-time augmentation, True (4 passes in 2D; set False
+  to predict about 4x faster);
+- ``use_gaussian``: Gaussian weighting of the sliding-window tiles, True;
+- ``perform_everything_on_device``: keep logits on the GPU, True (CUDA only);
+- ``instances``: ``"components"`` (default) or ``"none"`` (empty instance list);
+- ``min_instance_area``: components smaller than this many pixels are dropped, 15.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from inference.backends.base import (
+    BackendError,
+    Instance,
+    Prediction,
+    SegmentationBackend,
+    image_check,
+)
+
+__all__ = ["NnUNetBackend", "components_to_instances", "nnunet_model_folder_find"]
+
+# natural 2D images: nnU-Net's NaturalImage2DIO reports this spacing (a dummy z axis)
+_SPACING = {"spacing": (999.0, 1.0, 1.0)}
+
+
+def nnunet_model_folder_find(artifacts: Path | None, settings: Mapping[str, Any]) -> Path:
+    """The nnU-Net model folder named by settings or found in ``artifacts``."""
+    explicit = settings.get("model_folder")
+    candidates = [Path(explicit)] if explicit else []
+    if artifacts is not None:
+        candidates += [Path(artifacts), Path(artifacts) / "nnunet"]
+    for folder in candidates:
+        if (folder / "plans.json").is_file() and (folder / "dataset.json").is_file():
+            return folder
+    raise BackendError(
+        "nnunet: no model folder (plans.json + dataset.json) in "
+        + ", ".join(str(c) for c in candidates or ["<no artifacts>"])
+    )
+
+
+def components_to_instances(
+    semantic: np.ndarray,
+    probabilities: np.ndarray | None = None,
+    *,
+    min_area: int = 15,
+    labels: tuple[int, ...] = (1, 2),
+) -> list[Instance]:
+    """Connected components (4-connectivity) of each class of a semantic map.
+
+    The score of a component is the mean probability of its class over its pixels
+    (1.0 without ``probabilities``, a (C, H, W) softmax map).
+    """
+    out: list[Instance] = []
+    for label in labels:
+        comp, n = ndi.label(semantic == label)
+        if n == 0:
+            continue
+        for idx, sl in enumerate(ndi.find_objects(comp), start=1):
+            if sl is None:
+                continue
+            crop = comp[sl] == idx
+            area = int(crop.sum())
+            if area < min_area:
+                continue
+            score = 1.0
+            if probabilities is not None:
+                score = float(probabilities[label][sl][crop].mean())
+            out.append(
+                Instance(
+                    x0=int(sl[1].start), y0=int(sl[0].start), mask=crop, label=int(label),
+                    score=float(np.clip(score, 0.0, 1.0)),
+                )
+            )
+    return out
+
+
+class NnUNetBackend(SegmentationBackend):
+    """nnU-Net v2 2D model: semantic map 0/1/2 plus per-class connected components."""
+
+    name = "nnunet"
+
+    def __init__(
+        self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
+    ) -> None:
+        super().__init__(artifacts=artifacts, settings=settings, device=device)
+        # imported here: nnunetv2 is heavy and only workers that use the backend need it
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        s = self.settings
+        self.model_folder = nnunet_model_folder_find(self.artifacts, s)
+        torch_device = torch.device(device)
+        on_device = bool(s.get("perform_everything_on_device", True)) and (
+            torch_device.type == "cuda"
+        )
+        self.predictor = nnUNetPredictor(
+            tile_step_size=float(s.get("tile_step_size", 0.5)),
+            use_gaussian=bool(s.get("use_gaussian", True)),
+            use_mirroring=bool(s.get("use_mirroring", True)),
+            perform_everything_on_device=on_device,
+            device=torch_device,
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+        folds = s.get("folds")
+        try:
+            self.predictor.initialize_from_trained_model_folder(
+                str(self.model_folder),
+                use_folds=tuple(folds) if folds else None,
+                checkpoint_name=str(s.get("checkpoint", "checkpoint_final.pth")),
+            )
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise BackendError(f"nnunet: cannot load {self.model_folder}: {exc}") from exc
+        self.instances_mode = str(s.get("instances", "components"))
+        if self.instances_mode not in ("components", "none"):
+            raise BackendError(f"nnunet: instances must be 'components' or 'none', not "
+                               f"{self.instances_mode!r}")
+        self.min_instance_area = int(s.get("min_instance_area", 15))
+
+    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Softmax map (C, H, W) float32 of an (H, W, 3) uint8 RGB image (C = 3)."""
+        _, probs = self._run(image)
+        return probs
+
+    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        img = image_check(image)
+        # (C, 1, H, W): the layout NaturalImage2DIO gives nnU-Net for RGB PNGs
+        data = np.ascontiguousarray(img.transpose(2, 0, 1)[:, None].astype(np.float32))
+        seg, probs = self.predictor.predict_single_npy_array(
+            data, dict(_SPACING), None, None, True
+        )
+        semantic = np.asarray(seg)[0].astype(np.uint8)
+        return semantic, np.asarray(probs, dtype=np.float32)[:, 0]
+
+    def predict_with_probabilities(self, image: np.ndarray) -> tuple[Prediction, np.ndarray]:
+        """:meth:`predict` and the softmax map from a single network run."""
+        t0 = time.perf_counter()
+        semantic, probs = self._run(image)
+        t1 = time.perf_counter()
+        instances: list[Instance] = []
+        if self.instances_mode == "components":
+            instances = components_to_instances(
+                semantic, probs, min_area=self.min_instance_area
+            )
+        t2 = time.perf_counter()
+        timings = {"nnunet": t1 - t0, "components": t2 - t1}
+        return Prediction(instances=instances, semantic=semantic, timings=timings), probs
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Semantic map and connected-component instances of ``image``."""
+        return self.predict_with_probabilities(image)[0]

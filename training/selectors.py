@@ -1,0 +1,95 @@
+"""Reads of the training app. Access goes through ``annotations.selectors`` (404 for
+non-members, 403 for a missing capability): reading needs ``view``, everything that trains,
+promotes, schedules or downloads data sets needs ``train``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404
+
+from annotations.selectors import UserLike, project_get_for_user
+from training.evaluation import METRICS
+from training.models import DatasetSnapshot, Evaluation, ModelVersion, TrainingJob
+
+
+def training_job_get_for_user(*, user: UserLike, job_id: int, capability: str = "view") -> TrainingJob:
+    job = TrainingJob.objects.select_related("project", "snapshot", "created_by").filter(pk=job_id).first()
+    if job is None:
+        raise Http404("No such training job.")
+    project_get_for_user(user=user, project_id=job.project_id, capability=capability)
+    return job
+
+
+def model_version_get_for_user(*, user: UserLike, version_id: int, capability: str = "view") -> ModelVersion:
+    version = ModelVersion.objects.select_related("project", "job", "snapshot").filter(pk=version_id).first()
+    if version is None:
+        raise Http404("No such model version.")
+    project_get_for_user(user=user, project_id=version.project_id, capability=capability)
+    return version
+
+
+def snapshot_get_for_user(*, user: UserLike, snapshot_id: int, capability: str = "view") -> DatasetSnapshot:
+    snapshot = DatasetSnapshot.objects.select_related("project").filter(pk=snapshot_id).first()
+    if snapshot is None:
+        raise Http404("No such dataset snapshot.")
+    project_get_for_user(user=user, project_id=snapshot.project_id, capability=capability)
+    return snapshot
+
+
+def training_job_list(*, project_id: int, status: str | None = None, kind: str | None = None) -> QuerySet[TrainingJob]:
+    queryset = TrainingJob.objects.filter(project_id=project_id).select_related("snapshot", "created_by")
+    if status:
+        queryset = queryset.filter(status=status)
+    if kind:
+        queryset = queryset.filter(kind=kind)
+    return queryset.order_by("-id")
+
+
+def snapshot_list(*, project_id: int) -> QuerySet[DatasetSnapshot]:
+    return DatasetSnapshot.objects.filter(project_id=project_id).order_by("-id")
+
+
+def reference_snapshot(*, project_id: int) -> DatasetSnapshot | None:
+    """The snapshot models are compared on by default: the newest one anything was evaluated on."""
+    evaluation = Evaluation.objects.filter(snapshot__project_id=project_id).order_by("-snapshot_id").first()
+    return evaluation.snapshot if evaluation is not None else None
+
+
+def registry_table(
+    *, project_id: int, snapshot: DatasetSnapshot | None = None, kind: str | None = None
+) -> dict[str, Any]:
+    """Every model version of the project with its metrics on one snapshot's test split, side
+    by side (``metrics`` is None for a version not evaluated on it)."""
+    snapshot = snapshot or reference_snapshot(project_id=project_id)
+    versions = ModelVersion.objects.filter(project_id=project_id).select_related("job")
+    if kind:
+        versions = versions.filter(kind=kind)
+    evaluations: dict[int, Evaluation] = {}
+    if snapshot is not None:
+        evaluations = {
+            e.model_version_id: e
+            for e in Evaluation.objects.filter(snapshot=snapshot, model_version__project_id=project_id).only(
+                "model_version_id", "overall", "per_bethesda", "created_at"
+            )
+        }
+    rows = []
+    for version in versions.order_by("kind", "-number"):
+        evaluation = evaluations.get(version.pk)
+        rows.append(
+            {
+                "id": version.pk,
+                "kind": version.kind,
+                "number": version.number,
+                "name": version.name,
+                "status": version.status,
+                "job": version.job_id,
+                "snapshot": version.snapshot_id,
+                "promoted_at": version.promoted_at,
+                "created_at": version.created_at,
+                "metrics": {m: evaluation.overall.get(m) for m in METRICS} if evaluation else None,
+                "per_bethesda": evaluation.per_bethesda if evaluation else None,
+            }
+        )
+    return {"snapshot": snapshot.pk if snapshot else None, "metric_names": list(METRICS), "versions": rows}

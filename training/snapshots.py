@@ -1,0 +1,406 @@
+"""Dataset snapshots: which verified images and cells a training job uses, frozen.
+
+Sources (``DatasetSource``):
+
+* ``verified`` (default): images whose status is ``verified`` (the expert verification
+  workflow), with their cells of the ``verified`` layer;
+* ``annotation`` (fallback for projects without expert verification): images an admin marked
+  complete (``ImageCompletion``, ``POST projects/{id}/training/completion``), with their
+  annotation layer as it is when the snapshot is built.
+
+A snapshot stores one ``SnapshotItem`` per image with the split, the annotation revision and
+a copy of the cells (polygon, semantic label), so later edits never change what a job trained
+or was evaluated on.
+
+The frozen test split: the first time an image lands in a snapshot's test split it is added to
+``FrozenTestImage`` for good; from then on it is always test and never feeds training, whatever
+its ``split`` says later. The test split only grows, and never with an image that an earlier
+snapshot put into train or validation (such an image is left out and listed in ``excluded``).
+
+The files (nnU-Net v2 raw dataset, Cellpose folders) are written by ``training.datasets``; this
+module turns snapshots into its ``DatasetCase`` objects and into training arrays, adding the
+synthetic cluster images of ``training.augment`` when the snapshot asks for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Max, QuerySet
+
+from annotations.errors import ServiceValidationError
+from annotations.imaging import read_rgb
+from annotations.models import Cell, Image, ImageStatus, Layer, Project, Split
+from training.augment import AugmentConfig, SyntheticImage, cells_from_polygons, synthetic_images
+from training.datasets import (
+    DatasetCase,
+    cellpose_dataset_files,
+    instance_label_map,
+    nnunet_raw_dataset_files,
+    semantic_label_map,
+)
+from training.models import DatasetSnapshot, DatasetSource, FrozenTestImage, SnapshotItem
+
+__all__ = [
+    "LoadedCase",
+    "SnapshotData",
+    "dataset_snapshot_create",
+    "eligible_images",
+    "snapshot_cases",
+    "snapshot_load",
+    "snapshot_zip_stream",
+    "source_layer",
+]
+
+TRAINING_SPLITS = (Split.TRAIN, Split.VALIDATION)
+
+
+def source_layer(source: str) -> str:
+    """The cell layer a source takes its cells from."""
+    return Layer.VERIFIED if source == DatasetSource.VERIFIED else Layer.ANNOTATION
+
+
+def eligible_images(*, project: Project, source: str) -> QuerySet[Image]:
+    """Images of ``project`` that ``source`` takes into a snapshot."""
+    if source == DatasetSource.VERIFIED:
+        return project.images.filter(status=ImageStatus.VERIFIED)
+    return project.images.filter(training_completion__isnull=False)
+
+
+def _cells_sha(cells: list[dict[str, Any]]) -> str:
+    payload = [[c["label"], c["polygon"]] for c in cells]
+    return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+
+
+def dataset_snapshot_create(
+    *,
+    project: Project,
+    user: User | None,
+    source: str = DatasetSource.VERIFIED,
+    synthetic: dict[str, Any] | None = None,
+) -> DatasetSnapshot:
+    """Freeze the project's current training data into a new snapshot (see the module docstring).
+
+    ``synthetic`` is a ``training.augment.AugmentConfig`` as a dict (``count`` > 0 turns the
+    cluster augmentation on); the synthetic images are generated from the snapshot's training
+    images when a job loads it, deterministically for the config's seed.
+    """
+    errors: dict[str, str] = {}
+    if source not in DatasetSource.values:
+        errors["source"] = f"must be one of {', '.join(DatasetSource.values)}"
+    options: dict[str, Any] = {}
+    if synthetic:
+        if not isinstance(synthetic, dict):
+            errors["synthetic"] = "must be an object"
+        else:
+            try:
+                options["synthetic"] = AugmentConfig.from_dict(synthetic).to_dict()
+            except KeyError as exc:
+                for key in str(exc.args[0]).split(", "):
+                    errors[f"synthetic.{key}"] = "unknown option"
+            except (TypeError, ValueError) as exc:
+                errors["synthetic"] = str(exc)
+    if errors:
+        raise ServiceValidationError("Invalid dataset snapshot.", errors)
+
+    layer = source_layer(source)
+    with transaction.atomic():
+        # One snapshot at a time per project: numbering and the frozen test split.
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        images = list(eligible_images(project=project, source=source).order_by("id"))
+        frozen = set(FrozenTestImage.objects.filter(project=project).values_list("image_id", flat=True))
+        trained = set(
+            SnapshotItem.objects.filter(snapshot__project=project, split__in=TRAINING_SPLITS).values_list(
+                "image_id", flat=True
+            )
+        )
+        cells_by_image: dict[int, list[dict[str, Any]]] = {image.pk: [] for image in images}
+        rows = (
+            Cell.objects.filter(image__in=[i.pk for i in images], layer=layer)
+            .order_by("image_id", "id")
+            .values_list("id", "image_id", "polygon", "cell_class_id", "cell_class__model_label")
+        )
+        for cell_id, image_id, polygon, class_id, label in rows:
+            cells_by_image[image_id].append({"id": cell_id, "polygon": polygon, "label": label, "class_id": class_id})
+
+        last = DatasetSnapshot.objects.filter(project=project).aggregate(top=Max("number"))["top"] or 0
+        snapshot = DatasetSnapshot.objects.create(
+            project=project, number=last + 1, source=source, options=options, created_by=user
+        )
+        items: list[SnapshotItem] = []
+        excluded: list[dict[str, Any]] = []
+        newly_frozen: list[FrozenTestImage] = []
+        for image in images:
+            split: str
+            if image.pk in frozen:
+                split = Split.TEST
+            elif image.split == Split.TEST:
+                if image.pk in trained:
+                    excluded.append(
+                        {"image": image.pk, "reason": "moved to test after it was used for training; left out"}
+                    )
+                    continue
+                split = Split.TEST
+                newly_frozen.append(FrozenTestImage(project=project, image=image))
+            else:
+                split = image.split
+            cells = cells_by_image[image.pk]
+            items.append(
+                SnapshotItem(
+                    snapshot=snapshot,
+                    image=image,
+                    image_sha256=image.sha256,
+                    file_name=image.file_name,
+                    split=split,
+                    bethesda=image.bethesda,
+                    width=image.width,
+                    height=image.height,
+                    revision=image.revision,
+                    cells=cells,
+                    cells_sha256=_cells_sha(cells),
+                )
+            )
+        if not items:
+            what = "verified images" if source == DatasetSource.VERIFIED else "images marked complete"
+            raise ServiceValidationError("Nothing to snapshot.", {"source": f"the project has no {what}"})
+        SnapshotItem.objects.bulk_create(items, batch_size=200)
+        FrozenTestImage.objects.bulk_create(newly_frozen)
+        counts: dict[str, dict[str, int]] = {s: {"images": 0, "cells": 0} for s in Split.values}
+        digest = hashlib.sha256()
+        for item in items:
+            counts[item.split]["images"] += 1
+            counts[item.split]["cells"] += len(item.cells)
+            digest.update(f"{item.image_id}:{item.split}:{item.image_sha256}:{item.cells_sha256};".encode())
+        snapshot.counts = counts
+        snapshot.excluded = excluded
+        snapshot.sha256 = digest.hexdigest()
+        snapshot.save(update_fields=["counts", "excluded", "sha256"])
+    return snapshot
+
+
+# --- reading a snapshot back ---------------------------------------------------------------
+
+
+def _case_id(item: SnapshotItem) -> str:
+    return f"image_{item.image_id}"
+
+
+def _image_bytes(item: SnapshotItem) -> bytes:
+    if item.image is None:
+        raise ValueError(f"image {item.file_name!r} of snapshot {item.snapshot_id} was deleted")
+    with item.image.display.open("rb") as handle:
+        return handle.read()
+
+
+def _items(snapshot: DatasetSnapshot, splits: Iterable[str]) -> list[SnapshotItem]:
+    return list(snapshot.items.filter(split__in=list(splits)).select_related("image").order_by("id"))
+
+
+def _synthetic_config(snapshot: DatasetSnapshot) -> AugmentConfig | None:
+    raw = (snapshot.options or {}).get("synthetic")
+    if not raw:
+        return None
+    cfg = AugmentConfig.from_dict(raw)
+    return cfg if cfg.count > 0 else None
+
+
+def _synthetic(snapshot: DatasetSnapshot, train: list[tuple[np.ndarray, SnapshotItem]]) -> Iterator[SyntheticImage]:
+    cfg = _synthetic_config(snapshot)
+    if cfg is None or not train:
+        return iter(())
+    fields = []
+    for rgb, item in train:
+        polygons = [c["polygon"] for c in item.cells]
+        labels = [c["label"] for c in item.cells]
+        fields.append((rgb, cells_from_polygons(polygons, labels, height=item.height, width=item.width)))
+    return synthetic_images(fields, cfg)
+
+
+def snapshot_cases(
+    snapshot: DatasetSnapshot, *, splits: Iterable[str] = tuple(Split.values), synthetic: bool = True
+) -> Iterator[DatasetCase]:
+    """The snapshot as ``training.datasets.DatasetCase`` objects, one image at a time; the
+    synthetic images (split ``train``, ids ``synthetic_NNNN`` from 0001) come last when ``synthetic``."""
+    wanted = list(splits)
+    train_for_synthetic: list[tuple[np.ndarray, SnapshotItem]] = []
+    with_synthetic = synthetic and Split.TRAIN in wanted and _synthetic_config(snapshot) is not None
+    for item in _items(snapshot, wanted):
+        data = _image_bytes(item)
+        if with_synthetic and item.split == Split.TRAIN:
+            train_for_synthetic.append((read_rgb(data), item))
+        yield DatasetCase(
+            case_id=_case_id(item),
+            split=item.split,
+            image=data,
+            height=item.height,
+            width=item.width,
+            polygons=[c["polygon"] for c in item.cells],
+            labels=[c["label"] for c in item.cells],
+        )
+    if with_synthetic:
+        for k, synth in enumerate(_synthetic(snapshot, train_for_synthetic)):
+            polygons, labels = synth.polygons()
+            yield DatasetCase(
+                case_id=f"synthetic_{k + 1:04d}",
+                split=Split.TRAIN,
+                image=synth.image,
+                height=synth.height,
+                width=synth.width,
+                polygons=polygons,
+                labels=labels,
+            )
+
+
+@dataclass
+class LoadedCase:
+    """One image of a snapshot as training arrays; the label maps are rasterised from the
+    polygons on first use (a job needs some of them only)."""
+
+    key: str
+    split: str
+    group: str
+    image: np.ndarray  # (H, W, 3) uint8
+    polygons: list[Any]
+    labels: list[int]
+    _semantic: np.ndarray | None = None
+    _instances: np.ndarray | None = None
+    _cell_instances: np.ndarray | None = None
+
+    @property
+    def semantic(self) -> np.ndarray:
+        """(H, W) uint8: 0 background, 1 cell, 2 erythrocyte (the topmost cell)."""
+        if self._semantic is None:
+            height, width = self.image.shape[:2]
+            self._semantic = semantic_label_map(polygons=self.polygons, labels=self.labels, height=height, width=width)
+        return self._semantic
+
+    @property
+    def instances(self) -> np.ndarray:
+        """(H, W) int32 instance labels of cells and erythrocytes (paint order)."""
+        if self._instances is None:
+            height, width = self.image.shape[:2]
+            self._instances = instance_label_map(polygons=self.polygons, height=height, width=width)
+        return self._instances
+
+    @property
+    def cell_instances(self) -> np.ndarray:
+        """(H, W) int32 instance labels of the cells only (erythrocytes are background)."""
+        if self._cell_instances is None:
+            height, width = self.image.shape[:2]
+            cells = [p for p, label in zip(self.polygons, self.labels, strict=True) if label == 1]
+            self._cell_instances = instance_label_map(polygons=cells, height=height, width=width)
+        return self._cell_instances
+
+
+@dataclass
+class SnapshotData:
+    train: list[LoadedCase]
+    validation: list[LoadedCase]
+    test: list[LoadedCase]
+    synthetic: int  # how many of ``train`` are synthetic
+
+
+def snapshot_load(snapshot: DatasetSnapshot, *, splits: Iterable[str] = tuple(Split.values)) -> SnapshotData:
+    """Training arrays of the snapshot's images (plus its synthetic images in ``train``)."""
+    data = SnapshotData(train=[], validation=[], test=[], synthetic=0)
+    train_sources: list[tuple[np.ndarray, SnapshotItem]] = []
+    for item in _items(snapshot, splits):
+        rgb = read_rgb(_image_bytes(item))
+        if rgb.shape[:2] != (item.height, item.width):
+            raise ValueError(
+                f"image {item.file_name!r} is {rgb.shape[:2]}, the snapshot says {item.height}x{item.width}"
+            )
+        polygons = [c["polygon"] for c in item.cells]
+        labels = [int(c["label"]) for c in item.cells]
+        case = LoadedCase(
+            key=str(item.image_id), split=item.split, group=item.bethesda, image=rgb, polygons=polygons, labels=labels
+        )
+        getattr(data, item.split).append(case)
+        if item.split == Split.TRAIN:
+            train_sources.append((rgb, item))
+    for k, synth in enumerate(_synthetic(snapshot, train_sources)):
+        cells_only = SyntheticImage(image=synth.image, cells=[c for c in synth.cells if c.label == 1], pasted=0)
+        data.train.append(
+            LoadedCase(
+                key=f"synthetic_{k + 1:04d}",
+                split=Split.TRAIN,
+                group="",
+                image=synth.image,
+                polygons=[],
+                labels=[c.label for c in synth.cells],
+                _semantic=synth.semantic_map(),
+                _instances=synth.label_map(),
+                _cell_instances=cells_only.label_map(),
+            )
+        )
+        data.synthetic += 1
+    return data
+
+
+# --- downloads -----------------------------------------------------------------------------
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, unseekable stream whose bytes are taken out in pieces (streamed zips)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        return len(chunk)
+
+    def take(self) -> bytes:
+        out = b"".join(self._chunks)
+        self._chunks.clear()
+        return out
+
+
+def snapshot_zip_stream(snapshot: DatasetSnapshot, *, fmt: str, dataset_id: int = 501) -> Iterator[bytes]:
+    """The snapshot as a zip, produced file by file: ``fmt="nnunet"`` (an nnU-Net v2 raw dataset
+    ``DatasetNNN_ProjectPSnapshotS/``) or ``"cellpose"`` (``train/``, ``validation/``, ``test/``
+    with ``*_masks.png``). Synthetic images are included in ``train``, as a job trains on them."""
+    cases = snapshot_cases(snapshot)
+    if fmt == "nnunet":
+        name = f"Project{snapshot.project_id}Snapshot{snapshot.number}"
+        files = nnunet_raw_dataset_files(dataset_id=dataset_id, dataset_name=name, cases=cases)
+    elif fmt == "cellpose":
+        files = cellpose_dataset_files(cases=cases)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    sink = _Sink()
+    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for path, data in files:
+            info = zipfile.ZipInfo(path, date_time=snapshot.created_at.timetuple()[:6])
+            info.compress_type = zipfile.ZIP_STORED if path.endswith(".png") else zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+            yield sink.take()
+        manifest = {
+            "snapshot": snapshot.pk,
+            "number": snapshot.number,
+            "project": snapshot.project_id,
+            "source": snapshot.source,
+            "sha256": snapshot.sha256,
+            "counts": snapshot.counts,
+            "options": snapshot.options,
+            "items": list(snapshot.items.values("image_id", "file_name", "split", "revision", "cells_sha256")),
+        }
+        archive.writestr(
+            zipfile.ZipInfo("snapshot.json", date_time=snapshot.created_at.timetuple()[:6]),
+            json.dumps(manifest, indent=1, default=str),
+        )
+    yield sink.take()

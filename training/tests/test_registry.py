@@ -1,0 +1,332 @@
+"""Model registry: configuration schema, artifacts (sha256, safe loading), evaluation, the
+promotion gate, promote and roll back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from annotations.errors import ConflictError, ServiceValidationError
+from annotations.models import AuditEvent
+from inference.services import model_version_baseline, model_version_for_project
+from training import services
+from training.models import Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
+from training.tests.factories import synthetic_project
+
+pytestmark = pytest.mark.django_db
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def _schema_of(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_schema_mirrors_the_trainers_configs() -> None:
+    from training.trainers.cellpose import CellposeTrainConfig
+    from training.trainers.nnunet import NnUNetAugmentation, NnUNetPlansOverride, NnUNetTrainConfig
+    from training.trainers.refinement import RefinementTrainConfig
+
+    assert set(services.NNUNET_SCHEMA) == _schema_of(NnUNetTrainConfig)
+    assert set(services.NNUNET_SCHEMA["augmentation"]) == _schema_of(NnUNetAugmentation)
+    assert set(services.NNUNET_SCHEMA["plans"]) == _schema_of(NnUNetPlansOverride)
+    assert set(services.CELLPOSE_SCHEMA) == _schema_of(CellposeTrainConfig)
+    assert set(services.REFINEMENT_SCHEMA) == _schema_of(RefinementTrainConfig)
+    # every default passes the type check
+    for schema, config in (
+        (services.NNUNET_SCHEMA, NnUNetTrainConfig().to_dict()),
+        (services.NNUNET_SCHEMA, NnUNetTrainConfig.tiny().to_dict()),
+        (services.CELLPOSE_SCHEMA, CellposeTrainConfig().to_dict()),
+        (services.REFINEMENT_SCHEMA, RefinementTrainConfig.tiny().to_dict()),
+    ):
+        errors: dict[str, str] = {}
+        services._validate_section(json.loads(json.dumps(config)), schema, "config", errors)
+        assert errors == {}
+
+
+def test_config_validation_names_every_bad_key() -> None:
+    ok = {
+        "preset": "tiny",
+        "device": "cpu",
+        "nnunet": {"num_epochs": 2, "plans": {"patch_size": [64, 64]}},
+        "cellpose": {"n_epochs": 2, "channels": None},
+        "cellpose_erythrocytes": False,
+        "evaluate": True,
+        "synthetic": {"count": 4, "darken": [1.8, 2.5]},
+    }
+    assert services.training_config_validate(kind="two_stage", config=ok) == ok
+    bad = {
+        "presets": "tiny",
+        "device": "gpu",
+        "nnunet": {
+            "num_epochs": 0,
+            "initial_lr": "fast",
+            "augmentation": {"p_flip": 1.5, "p_flop": 0.1},
+            "plans": {"patch_size": [64]},
+        },
+        "cellpose": {"sgd": 1},
+        "synthetic": {"count": 2, "colour": 1},
+    }
+    with pytest.raises(ServiceValidationError) as err:
+        services.training_config_validate(kind="nnunet", config=bad)
+    assert err.value.errors == {
+        "config.presets": "unknown key",
+        "config.device": "must be auto, cpu, cuda or cuda:N",
+        "config.nnunet.num_epochs": "must be at least 1",
+        "config.nnunet.initial_lr": "must be a number",
+        "config.nnunet.augmentation.p_flip": "must be a probability in [0, 1]",
+        "config.nnunet.augmentation.p_flop": "unknown key",
+        "config.nnunet.plans.patch_size": "must be a list of two integers",
+        "config.cellpose": "not used by a nnunet job (it trains nnunet)",
+        "config.synthetic.colour": "unknown key",
+    }
+    with pytest.raises(ServiceValidationError) as err:
+        services.training_config_validate(kind="cellpose", config={"source": "verified"}, with_snapshot=True)
+    assert "config.source" in err.value.errors
+    with pytest.raises(ServiceValidationError) as err:
+        services.training_config_validate(kind="yolo", config={})
+    assert "kind" in err.value.errors
+
+
+# --- artifacts -----------------------------------------------------------------------------
+
+
+class Payload:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("unpickled!",))
+
+
+def test_checkpoint_sanitize_and_safe_check(tmp_path: Path) -> None:
+    checkpoint = {
+        "network_weights": {"w": torch.ones(2, 2)},
+        "optimizer_state": {"state": {}, "param_groups": [{"lr": np.float64(0.01)}]},
+        "logging": {"train_losses": [np.float32(0.5)]},
+        "_best_ema": np.float64(0.4),
+        "current_epoch": 3,
+        "init_args": {"configuration": "2d", "fold": 0, "device": torch.device("cpu")},
+        "trainer_name": "nnUNetTrainer",
+        "inference_allowed_mirroring_axes": (0, 1),
+    }
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match="weights_only"):
+        services.artifact_safe_check(path)
+    services.artifact_checkpoint_sanitize(path)
+    services.artifact_safe_check(path)
+    loaded = torch.load(path, weights_only=True)
+    assert set(loaded) == {
+        "network_weights",
+        "trainer_name",
+        "init_args",
+        "inference_allowed_mirroring_axes",
+        "current_epoch",
+    }
+    assert loaded["init_args"]["device"] == "cpu" and torch.equal(loaded["network_weights"]["w"], torch.ones(2, 2))
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Payload()}, evil)
+    with pytest.raises(ValueError):
+        services.artifact_safe_check(evil)
+    with pytest.raises(ValueError):  # sanitising never unpickles arbitrary objects either
+        services.artifact_checkpoint_sanitize(evil)
+
+
+def _version(project: Any, kind: str, root: Path, **kwargs: Any) -> ModelVersion:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "weights.bin").write_bytes(b"weights" + root.name.encode())
+    last = ModelVersion.objects.filter(project=project, kind=kind).count()
+    return ModelVersion.objects.create(
+        project=project,
+        kind=kind,
+        number=last + 1,
+        artifact_path=str(root),
+        artifacts=services.artifacts_inspect(root),
+        **kwargs,
+    )
+
+
+def test_promote_roll_back_and_tampered_artifacts(tmp_path: Path) -> None:
+    sp = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    project = sp.project
+    baseline = model_version_baseline(project=project)
+    v1 = _version(project, ModelKind.CELLPOSE, tmp_path / "v1")
+    v2 = _version(project, ModelKind.CELLPOSE, tmp_path / "v2")
+    v3 = _version(project, ModelKind.CELLPOSE, tmp_path / "v3")
+    assert v1.artifacts == [
+        {"path": "weights.bin", "sha256": services.file_sha256(tmp_path / "v1" / "weights.bin"), "size": 9}
+    ]
+    for version in (v1, v2, v3):
+        services.model_version_promote(version=version, user=sp.admin, reason="test")
+    statuses = dict(ModelVersion.objects.values_list("pk", "status"))
+    assert statuses == {baseline.pk: "active", v1.pk: "retired", v2.pk: "retired", v3.pk: "active"}
+    assert model_version_for_project(project=project) == v3
+    # roll back walks the chain of replaced versions
+    assert services.model_version_rollback(project=project, kind="cellpose", user=sp.admin) == v2
+    assert services.model_version_rollback(project=project, kind="cellpose", user=sp.admin) == v1
+    assert services.model_version_rollback(project=project, kind="cellpose", user=sp.admin) is None
+    assert model_version_for_project(project=project) == baseline
+    with pytest.raises(ConflictError):
+        services.model_version_rollback(project=project, kind="cellpose", user=sp.admin)
+    assert AuditEvent.objects.filter(action="model.rollback").count() == 3
+    # a changed artifact file is refused
+    (tmp_path / "v2" / "weights.bin").write_bytes(b"tampered")
+    with pytest.raises(ConflictError, match="sha256"):
+        services.model_version_promote(version=v2, user=sp.admin)
+    shutil.rmtree(tmp_path / "v1")
+    with pytest.raises(ConflictError, match="missing"):
+        services.model_version_promote(version=v1, user=sp.admin)
+    v3.status = ModelStatus.FAILED
+    v3.save()
+    with pytest.raises(ConflictError):
+        services.model_version_promote(version=v3, user=sp.admin)
+
+
+# --- evaluation and the gate ---------------------------------------------------------------
+
+
+def test_evaluate_baseline_on_the_frozen_test_split() -> None:
+    sp = synthetic_project(splits={"train": 1, "test": 3}, size=96, n_cells=8, n_erythrocytes=3)
+    snapshot = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    baseline = model_version_baseline(project=sp.project)
+    evaluation = services.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
+    overall = evaluation.overall
+    assert overall["n_images"] == 3 and 0 < overall["dice"] <= 1 and 0 <= overall["dsb"] <= 1
+    assert {
+        "f1_50",
+        "f1_70",
+        "best_match_precision_70",
+        "ap50",
+        "ap70",
+        "boundary_ap50",
+        "coco_AP",
+        "coco_AP50",
+        "coco_AP75",
+        "coco_AP_S",
+        "erythrocyte_fp",
+        "micro_f1_70",
+    } <= set(overall)
+    assert set(evaluation.per_bethesda) == {"IV", "V", "VI"}
+    assert [row["image"] for row in evaluation.per_image] == [str(i.pk) for i in sp.images["test"]]
+    baseline.refresh_from_db()
+    assert baseline.metrics["snapshot"] == snapshot.pk and baseline.metrics["overall"] == overall
+    # evaluating again replaces the row for that snapshot
+    services.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
+    assert Evaluation.objects.filter(model_version=baseline).count() == 1
+    train_only = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1, seed=70)
+    empty = services.dataset_snapshot_create(project=train_only.project, user=train_only.admin)
+    with pytest.raises(ServiceValidationError):
+        services.model_version_evaluate(version=model_version_baseline(project=train_only.project), snapshot=empty)
+
+
+def test_gate_compares_with_the_active_model_on_the_same_snapshot(tmp_path: Path) -> None:
+    sp = synthetic_project(splits={"train": 1, "test": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    snapshot = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    active = _version(sp.project, ModelKind.NNUNET, tmp_path / "a")
+    services.model_version_promote(version=active, user=None)
+    candidate = _version(sp.project, ModelKind.NNUNET, tmp_path / "b")
+    Evaluation.objects.create(model_version=active, snapshot=snapshot, overall={"dsb": 0.40, "dice": 0.8})
+    Evaluation.objects.create(model_version=candidate, snapshot=snapshot, overall={"dsb": 0.45, "dice": 0.79})
+    policy = services.training_policy_update(
+        project=sp.project, data={"gate_metric": "dsb", "gate_margin": 0.02, "gate_tolerance": 0.02}, user=sp.admin
+    )
+    assert services._baseline_for(candidate) == active
+    decision = services.promotion_gate(version=candidate, baseline=active, snapshot=snapshot, policy=policy)
+    assert decision.promote and decision.baseline == 0.40
+    policy = services.training_policy_update(project=sp.project, data={"gate_margin": 0.1}, user=sp.admin)
+    decision = services.promotion_gate(version=candidate, baseline=active, snapshot=snapshot, policy=policy)
+    assert not decision.promote and "margin" in decision.reason
+    # an active model that cannot be run on this snapshot blocks the promotion, with the reason
+    other = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    Evaluation.objects.create(model_version=candidate, snapshot=other, overall={"dsb": 0.9})
+    decision = services.promotion_gate(version=candidate, baseline=active, snapshot=other, policy=policy)
+    assert not decision.promote and "could not be evaluated" in decision.reason
+
+
+@pytest.mark.ml
+def test_refinement_job_refines_the_active_nnunet(nnunet_model: Any, settings: Any, tmp_path: Path) -> None:
+    """Paper B on paper A's stage 1: the job takes the active nnU-Net as its frozen first stage."""
+    settings.TRAINING_DIR = str(tmp_path / "training")
+    sp = synthetic_project(splits={"train": 2, "test": 1}, size=96, n_cells=8, n_erythrocytes=3)
+    folder = tmp_path / "nnunet"
+    shutil.copytree(nnunet_model.model_folder, folder)
+    for checkpoint in folder.glob("fold_*/checkpoint_*.pth"):
+        services.artifact_checkpoint_sanitize(checkpoint)
+    base = ModelVersion.objects.create(
+        project=sp.project,
+        kind=ModelKind.NNUNET,
+        number=1,
+        artifact_path=str(folder),
+        artifacts=services.artifacts_inspect(folder),
+        config={"use_mirroring": False},
+    )
+    with pytest.raises(ServiceValidationError):  # no active nnU-Net yet
+        services.training_job_start(project=sp.project, user=sp.admin, kind="refinement", config={})
+    services.model_version_promote(version=base, user=sp.admin)
+    with mock.patch("training.tasks.run_training_job.apply_async"):
+        job = services.training_job_start(
+            project=sp.project,
+            user=sp.admin,
+            kind="refinement",
+            config={
+                "preset": "tiny",
+                "device": "cpu",
+                "auto_promote": False,
+                "refinement": {"max_epochs": 2, "iterations_per_epoch": 2},
+            },
+        )
+    outcome = services.training_job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert outcome["status"] == JobStatus.SUCCEEDED, job.log
+    version = ModelVersion.objects.get(job=job)
+    assert version.kind == ModelKind.REFINEMENT and version.config == {"base": "nnunet"}
+    paths = {a["path"] for a in version.artifacts}
+    assert "refinement.pt" in paths and "base/plans.json" in paths
+    assert version.status == ModelStatus.CANDIDATE and version.metrics["overall"]["n_images"] == 1
+    assert job.result["promotion"][str(version.pk)]["baseline_version"] == base.pk
+    assert TrainingJob.objects.get(pk=job.pk).curves["refinement"]
+
+
+def test_django_admin_schedule_validates_and_keeps_beat_in_step(client: Any) -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from tests.factories import UserFactory
+
+    sp = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    policy = services.training_policy_get(project=sp.project)
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    url = f"/admin/training/trainingpolicy/{policy.pk}/change/"
+    assert client.get(url).status_code == 200
+    form = {
+        "project": sp.project.pk,
+        "schedule_enabled": "on",
+        "cron_minute": "15",
+        "cron_hour": "4",
+        "cron_day_of_week": "*",
+        "cron_day_of_month": "*",
+        "cron_month_of_year": "*",
+        "min_new_images": "7",
+        "job_kind": "cellpose",
+        "job_config": '{"preset": "tiny"}',
+        "auto_promote": "on",
+        "gate_metric": "dsb",
+        "gate_margin": "",
+        "gate_tolerance": "",
+        "gate_guarded": "[]",
+    }
+    bad = client.post(url, form | {"cron_hour": "99", "job_config": '{"cellpose": {"epochs": 1}}'})
+    assert bad.status_code == 200 and b"job_config.cellpose.epochs: unknown key" in bad.content
+    assert not PeriodicTask.objects.filter(name__contains="training").exists()
+    response = client.post(url, form)
+    assert response.status_code == 302, response.content[:2000]
+    policy.refresh_from_db()
+    task = PeriodicTask.objects.get(pk=policy.periodic_task_id)
+    assert task.enabled and (task.crontab.minute, task.crontab.hour) == ("15", "4")
+    assert task.task == "training.schedule_check"
