@@ -190,7 +190,9 @@ class Cell(models.Model):
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="cells")
     layer = models.CharField(max_length=16, choices=Layer.choices, default=Layer.ANNOTATION)
-    cell_class = models.ForeignKey(CellClass, on_delete=models.PROTECT, related_name="cells")
+    # RESTRICT: a class in use cannot be deleted on its own, but deleting the whole project
+    # (which deletes its cells too) works.
+    cell_class = models.ForeignKey(CellClass, on_delete=models.RESTRICT, related_name="cells")
     polygon = models.JSONField()
     bbox_x = models.FloatField()
     bbox_y = models.FloatField()

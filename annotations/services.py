@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, cast
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
@@ -501,6 +502,12 @@ def image_update(*, image: Image, data: dict[str, Any], user: User, can_manage: 
             raise ServiceValidationError(
                 "The split is fixed.",
                 {"split": "changing an assigned split needs confirm_split_change: true"},
+            )
+        frozen_tests = apps.get_model("training", "FrozenTestImage")
+        if frozen_tests.objects.filter(image_id=image.pk).exists():
+            raise ServiceValidationError(
+                "The split is fixed.",
+                {"split": "this image is in the project's frozen test split, which it never leaves"},
             )
     with transaction.atomic():
         old_split = image.split

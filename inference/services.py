@@ -17,6 +17,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from annotations.errors import ServiceValidationError
 from annotations.imaging import read_rgb
 from annotations.models import Cell, CellSource, Image, ImageStatus, Layer, PresegmentStatus, Project
 from annotations.selectors import REVIEW_LOCKED_STATUSES
@@ -25,6 +26,7 @@ from inference.backends import backend_get
 from inference.contours import instances_to_polygons
 from inference.device import device_default
 from training.models import ModelKind, ModelStatus, ModelVersion
+from training.services import artifact_safe_check, artifacts_inspect, artifacts_verify
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,9 @@ def image_presegment_run(*, image_id: int, model_version_id: int) -> PresegmentR
         with image.display.open("rb") as handle:
             rgb = read_rgb(handle.read())
         timings["load_image"] = time.perf_counter() - started
+        # Recorded artifacts must be the files that were registered (nnU-Net's own loader is not
+        # restricted to weights_only, so a swapped file must never reach it).
+        artifacts_verify(version)
         backend = backend_get(
             name=version.kind,
             artifacts=Path(version.artifact_path) if version.artifact_path else None,
@@ -193,17 +198,40 @@ def proposals_store(*, image: Image, model_version: ModelVersion, contours: list
     return len(cells)
 
 
+TORCH_SUFFIXES = {".pth", ".pt", ""}
+
+
 def model_version_register(
     *, project: Project, kind: str, artifact_path: str, name: str, user: User | None, activate: bool
 ) -> ModelVersion:
-    """Register a model folder or file by hand (until training produces versions)."""
-    from annotations.errors import ServiceValidationError
+    """Register a model folder or file by hand (until training produces versions).
 
+    Every torch file in it must load with ``torch.load(weights_only=True)``; pickles are refused.
+    The files' sha256 are recorded and checked again before every use.
+    """
     errors: dict[str, str] = {}
     if kind not in ModelKind.values:
         errors["kind"] = f"must be one of {', '.join(ModelKind.values)}"
-    if kind not in (ModelKind.WATERSHED, ModelKind.REGION_GROWING) and not Path(artifact_path).exists():
+    needs_files = kind not in (ModelKind.WATERSHED, ModelKind.REGION_GROWING)
+    root = Path(artifact_path)
+    if needs_files and not artifact_path:
+        errors["artifact_path"] = "is required for this kind"
+    elif needs_files and not root.exists():
         errors["artifact_path"] = f"{artifact_path!r} does not exist on the server"
+    artifacts: list[dict[str, Any]] = []
+    if not errors and needs_files:
+        artifacts = artifacts_inspect(root)
+        for entry in artifacts:
+            path = root if root.is_file() else root / entry["path"]
+            if path.suffix == ".pkl":
+                errors["artifact_path"] = f"{entry['path']}: pickle files are not accepted"
+                break
+            if path.suffix in TORCH_SUFFIXES:
+                try:
+                    artifact_safe_check(path)
+                except ValueError as exc:
+                    errors["artifact_path"] = f"{entry['path']}: {exc}"
+                    break
     if errors:
         raise ServiceValidationError("Invalid model version.", errors)
     with transaction.atomic():
@@ -214,11 +242,13 @@ def model_version_register(
             number=(last.number + 1 if last else 1),
             name=name,
             artifact_path=artifact_path,
+            artifacts=artifacts,
             created_by=user,
             status=ModelStatus.ACTIVE if activate else ModelStatus.CANDIDATE,
         )
         if activate:
-            ModelVersion.objects.filter(project=project, status=ModelStatus.ACTIVE).exclude(pk=version.pk).update(
-                status=ModelStatus.RETIRED
-            )
+            # One active version per kind: pre-segmentation picks among kinds by preference.
+            ModelVersion.objects.filter(project=project, kind=kind, status=ModelStatus.ACTIVE).exclude(
+                pk=version.pk
+            ).update(status=ModelStatus.RETIRED)
     return version

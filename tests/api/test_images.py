@@ -197,3 +197,14 @@ def test_delete_image_removes_files(
     with django_capture_on_commit_callbacks(execute=True):
         assert client_for(admin_user).delete(f"/api/v1/images/{image.pk}").status_code == 204
     assert _media_files(settings) == []
+
+
+def test_frozen_test_image_never_leaves_test(project: Any, admin_user: Any) -> None:
+    from training.models import FrozenTestImage
+
+    image = image_create(project, split="test")
+    FrozenTestImage.objects.create(project=project, image=image)
+    response = client_for(admin_user).patch(f"/api/v1/images/{image.pk}", {"split": "train", "confirm_split_change": True}, format="json")
+    assert response.status_code == 400 and "frozen test split" in response.json()["errors"]["split"]
+    image.refresh_from_db()
+    assert image.split == "test"

@@ -132,3 +132,17 @@ def test_openapi_schema_and_docs(annotator: Any) -> None:
     paths = schema.json()["paths"]
     assert "/api/v1/images/{image_id}/cells" in paths
     assert client.get("/api/v1/docs").status_code == 200
+
+
+def test_admin_deletes_project_with_cells(project: Any, admin_user: Any) -> None:
+    from annotations.models import Cell, Project
+    from tests.factories import image_create, square
+
+    image = image_create(project)
+    class_id = project.classes.first().pk
+    Cell.objects.create(image=image, cell_class_id=class_id, polygon=square(1, 1), bbox_x=1, bbox_y=1, bbox_w=10, bbox_h=10, area=100)
+    # A class in use cannot be deleted alone...
+    assert client_for(admin_user).delete(f"/api/v1/projects/{project.pk}/classes/{class_id}").status_code == 409
+    # ...but the whole project can.
+    assert client_for(admin_user).delete(f"/api/v1/projects/{project.pk}").status_code == 204
+    assert not Project.objects.filter(pk=project.pk).exists() and not Cell.objects.exists()
