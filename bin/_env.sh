@@ -43,3 +43,12 @@ ensure_frontend() {
   log "Building the frontend"
   (cd frontend && npm run --silent build >/dev/null)
 }
+
+ensure_chromium() {
+  # Browser tests drive Debian's Chromium (test tools cannot download their own browsers here).
+  [ -x /usr/bin/chromium ] && return 0
+  log "Installing Debian's chromium for the browser tests"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq chromium >/dev/null
+}

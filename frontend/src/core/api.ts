@@ -7,16 +7,33 @@
  *   (status 0 for network failures).
  */
 import type {
+  Adjudication,
+  AdjudicationDecisionIO,
+  Agreement,
   ApiCell,
+  Assignment,
   CellsResponse,
+  Corrections,
+  DatasetSnapshot,
   HistoryEntry,
   ImageFilters,
   ImageInfo,
   Layer,
+  Member,
   Paginated,
   Project,
+  Registry,
+  Review,
+  ReviewDraftBody,
+  ReviewsOfRound,
+  ReviewSubmitResult,
   SaveCellsBody,
+  TrainingJob,
+  TrainingPolicy,
+  TransitionState,
   User,
+  VerificationRound,
+  WorkQueue,
 } from './types';
 
 export type FieldErrors = Record<string, unknown>;
@@ -221,8 +238,94 @@ export class ApiClient {
   }
 
   // ---- workflow ----
-  transition(imageId: number, action: string): Promise<Partial<ImageInfo> | null> {
+  transition(imageId: number, action: string): Promise<(Partial<ImageInfo> & Partial<TransitionState>) | null> {
     return this.request('POST', `images/${imageId}/transition`, { body: { action } });
+  }
+  transitionState(imageId: number): Promise<TransitionState> {
+    return this.request('GET', `images/${imageId}/transition`);
+  }
+  queue(projectId: number, limit = 5): Promise<WorkQueue> {
+    return this.request('GET', 'me/queue', { query: { project: projectId, limit } });
+  }
+  assignments(imageId: number): Promise<{ round: VerificationRound | null; open_slots: number; assignments: Assignment[] }> {
+    return this.request('GET', `images/${imageId}/assignments`);
+  }
+  assignReviewer(imageId: number, reviewer: number): Promise<Assignment> {
+    return this.request('POST', `images/${imageId}/assignments`, { body: { reviewer } });
+  }
+  cancelAssignment(imageId: number, assignmentId: number): Promise<void> {
+    return this.request('DELETE', `images/${imageId}/assignments/${assignmentId}`);
+  }
+  members(projectId: number): Promise<Member[] | Paginated<Member>> {
+    return this.request('GET', `projects/${projectId}/members`);
+  }
+
+  // ---- reviews (blind: never ask for others' reviews before submitting one's own) ----
+  myReview(imageId: number): Promise<Review> {
+    return this.request('GET', `images/${imageId}/reviews/mine`);
+  }
+  saveMyReview(imageId: number, body: ReviewDraftBody): Promise<Review> {
+    return this.request('PUT', `images/${imageId}/reviews/mine`, { body });
+  }
+  submitMyReview(imageId: number, acceptUndecided = false): Promise<ReviewSubmitResult> {
+    return this.request('POST', `images/${imageId}/reviews/mine/submit`, { body: { accept_undecided: acceptUndecided } });
+  }
+  reviews(imageId: number, round?: number): Promise<ReviewsOfRound> {
+    return this.request('GET', `images/${imageId}/reviews`, { query: { round } });
+  }
+
+  // ---- adjudication ----
+  adjudication(imageId: number): Promise<Adjudication> {
+    return this.request('GET', `images/${imageId}/adjudication`);
+  }
+  adjudicate(imageId: number, decisions: AdjudicationDecisionIO[], idempotencyKey?: string): Promise<Adjudication> {
+    return this.request('POST', `images/${imageId}/adjudication`, {
+      body: { decisions },
+      headers: idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : undefined,
+    });
+  }
+
+  // ---- analytics ----
+  agreement(projectId: number, imageId?: number): Promise<Agreement> {
+    return this.request('GET', `projects/${projectId}/agreement`, { query: { image: imageId } });
+  }
+  corrections(projectId: number): Promise<Corrections> {
+    return this.request('GET', `projects/${projectId}/corrections`);
+  }
+
+  // ---- training (training/api) ----
+  trainingJobs(projectId: number, page = 1, pageSize = 20): Promise<Paginated<TrainingJob>> {
+    return this.request('GET', `projects/${projectId}/training/jobs`, { query: { page, page_size: pageSize } });
+  }
+  startTrainingJob(projectId: number, body: { kind: string; config: Record<string, unknown>; snapshot?: number | null }): Promise<TrainingJob> {
+    return this.request('POST', `projects/${projectId}/training/jobs`, { body });
+  }
+  trainingJob(jobId: number, signal?: AbortSignal): Promise<TrainingJob> {
+    return this.request('GET', `training/jobs/${jobId}`, { signal });
+  }
+  cancelTrainingJob(jobId: number): Promise<{ id: number; status: string; cancel_requested: boolean }> {
+    return this.request('POST', `training/jobs/${jobId}/cancel`);
+  }
+  snapshots(projectId: number): Promise<Paginated<DatasetSnapshot>> {
+    return this.request('GET', `projects/${projectId}/training/snapshots`, { query: { page_size: 100 } });
+  }
+  registry(projectId: number, snapshot?: number | null): Promise<Registry> {
+    return this.request('GET', `projects/${projectId}/training/models`, { query: { snapshot } });
+  }
+  promoteModel(versionId: number, reason: string): Promise<unknown> {
+    return this.request('POST', `training/models/${versionId}/promote`, { body: { reason } });
+  }
+  evaluateModel(versionId: number, snapshot?: number | null): Promise<unknown> {
+    return this.request('POST', `training/models/${versionId}/evaluate`, { body: snapshot ? { snapshot } : {} });
+  }
+  rollback(projectId: number, kind: string): Promise<{ rolled_back: number | null; active: number | null }> {
+    return this.request('POST', `projects/${projectId}/training/rollback`, { body: { kind } });
+  }
+  schedule(projectId: number): Promise<TrainingPolicy> {
+    return this.request('GET', `projects/${projectId}/training/schedule`);
+  }
+  saveSchedule(projectId: number, body: Partial<TrainingPolicy>): Promise<TrainingPolicy> {
+    return this.request('PUT', `projects/${projectId}/training/schedule`, { body });
   }
 }
 

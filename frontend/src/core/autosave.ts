@@ -316,6 +316,16 @@ export class AutosaveController {
     return this.save();
   }
 
+  /** Keep both: merge the server's cells into mine (see `AnnotationStore.mergeServer`) and save. */
+  keepBoth(): Promise<void> {
+    const c = this.conflict;
+    if (!c) return Promise.resolve();
+    this.conflict = null;
+    this.store.mergeServer(c.serverRevision, c.serverCells);
+    this.setStatus('unsaved');
+    return this.save();
+  }
+
   /** Take the server's cells: local edits are dropped (and the history cleared). */
   takeTheirs(): void {
     const c = this.conflict;

@@ -7,7 +7,7 @@ export interface ListApi {
 
 /** Statuses that mean "nothing left for the annotator" (matched loosely: unknown server vocabulary). */
 export function isFinishedStatus(status: string | null | undefined): boolean {
-  return /submit|review|verif|done|approv|complete|final/i.test(status ?? '');
+  return /submit|review|disput|adjudic|verif|done|approv|complete|final/i.test(status ?? '');
 }
 
 /**

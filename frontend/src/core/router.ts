@@ -1,11 +1,23 @@
 /** Hash routes (`#/projects/1/images/5`): parsing and building, framework free. */
 
+export type AdminTab = 'training' | 'models' | 'schedule' | 'agreement';
+export const ADMIN_TABS: AdminTab[] = ['training', 'models', 'schedule', 'agreement'];
+
 export type Route =
   | { name: 'login'; next?: string }
   | { name: 'projects' }
   | { name: 'images'; projectId: number }
   | { name: 'editor'; projectId: number; imageId: number }
+  | { name: 'review'; projectId: number; imageId: number }
+  | { name: 'adjudicate'; projectId: number; imageId: number }
+  | { name: 'admin'; projectId: number; tab: AdminTab }
+  | { name: 'job'; projectId: number; jobId: number }
   | { name: 'notfound'; path: string };
+
+function posInt(s: string | undefined): number | null {
+  const n = Number(s);
+  return Number.isInteger(n) && n > 0 ? n : null;
+}
 
 export function parseRoute(hash: string): Route {
   const raw = hash.replace(/^#/, '');
@@ -19,12 +31,24 @@ export function parseRoute(hash: string): Route {
   }
   if (parts[0] === 'projects') {
     if (parts.length === 1) return { name: 'projects' };
-    const projectId = Number(parts[1]);
-    if (!Number.isInteger(projectId) || projectId <= 0) return { name: 'notfound', path };
+    const projectId = posInt(parts[1]);
+    if (projectId === null) return { name: 'notfound', path };
     if (parts.length === 2 || (parts.length === 3 && parts[2] === 'images')) return { name: 'images', projectId };
-    if (parts.length === 4 && parts[2] === 'images') {
-      const imageId = Number(parts[3]);
-      if (Number.isInteger(imageId) && imageId > 0) return { name: 'editor', projectId, imageId };
+    if (parts[2] === 'images' && (parts.length === 4 || parts.length === 5)) {
+      const imageId = posInt(parts[3]);
+      if (imageId !== null) {
+        if (parts.length === 4) return { name: 'editor', projectId, imageId };
+        if (parts[4] === 'review') return { name: 'review', projectId, imageId };
+        if (parts[4] === 'adjudicate') return { name: 'adjudicate', projectId, imageId };
+      }
+    }
+    if (parts[2] === 'admin') {
+      if (parts.length === 3) return { name: 'admin', projectId, tab: 'training' };
+      if (parts.length === 4 && (ADMIN_TABS as string[]).includes(parts[3])) return { name: 'admin', projectId, tab: parts[3] as AdminTab };
+      if (parts.length === 5 && parts[3] === 'jobs') {
+        const jobId = posInt(parts[4]);
+        if (jobId !== null) return { name: 'job', projectId, jobId };
+      }
     }
   }
   return { name: 'notfound', path };
@@ -40,6 +64,14 @@ export function routeHash(r: Route): string {
       return `#/projects/${r.projectId}`;
     case 'editor':
       return `#/projects/${r.projectId}/images/${r.imageId}`;
+    case 'review':
+      return `#/projects/${r.projectId}/images/${r.imageId}/review`;
+    case 'adjudicate':
+      return `#/projects/${r.projectId}/images/${r.imageId}/adjudicate`;
+    case 'admin':
+      return `#/projects/${r.projectId}/admin/${r.tab}`;
+    case 'job':
+      return `#/projects/${r.projectId}/admin/jobs/${r.jobId}`;
     case 'notfound':
       return `#/${r.path}`;
   }

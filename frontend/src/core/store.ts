@@ -380,6 +380,60 @@ export class AnnotationStore {
     this.emitState();
   }
 
+  /**
+   * "Keep both" after a 409: merge the server's layer into ours so that neither
+   * side's work is lost, then rebase on the server's revision (the store becomes
+   * dirty and the autosave sends the merged layer).
+   *
+   * - a server cell we never saw (the other person drew it) is added;
+   * - a server cell we did not touch takes the server's geometry / class;
+   * - a cell we edited or deleted keeps our edit / stays deleted;
+   * - a cell the other person deleted goes, unless we edited it (then it is kept as new).
+   *
+   * Not an undoable user edit. Returns the keys added / updated / removed.
+   */
+  mergeServer(serverRevision: number, serverCells: ApiCell[]): StoreChange {
+    const patch: Patch = [];
+    const serverIdSet = new Set(serverCells.map((c) => c.id));
+    for (const c of serverCells) {
+      const key = this.keyByServerId.get(c.id);
+      if (key === undefined) {
+        const k = serverKey(c.id);
+        const cell = this.cellFromApi(k, c);
+        if (!cell) continue;
+        this.linkServerId(k, c.id);
+        this.meta.set(k, metaOf(c));
+        patch.push([k, cell]);
+        continue;
+      }
+      if (this.changedAt.has(key)) continue; // our edit (or deletion) wins
+      const cell = this.cellFromApi(key, c);
+      if (!cell) continue;
+      this.meta.set(key, metaOf(c));
+      const old = this.cells.get(key);
+      if (!old || old.classId !== cell.classId || !sameRing(old.polygon, cell.polygon)) patch.push([key, cell]);
+    }
+    for (const id of this.serverIds) {
+      if (serverIdSet.has(id)) continue;
+      const key = this.keyByServerId.get(id);
+      if (key && this.cells.has(key) && !this.changedAt.has(key)) patch.push([key, null]);
+    }
+    const change: StoreChange = { added: [], removed: [], updated: [], origin: 'server' };
+    for (const [key, cell] of patch) {
+      const had = this.cells.has(key);
+      if (cell) {
+        this.cells.set(key, cell);
+        (had ? change.updated : change.added).push(key);
+      } else {
+        this.cells.delete(key);
+        change.removed.push(key);
+      }
+    }
+    if (patch.length) this.events.emit('change', change);
+    this.rebase(serverRevision, serverCells);
+    return change;
+  }
+
   // ------------------------------------------------------------ saving
 
   /** The body of `PUT images/{id}/cells` for the current state. */

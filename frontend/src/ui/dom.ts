@@ -113,9 +113,11 @@ export function formatStatus(s: string | null | undefined): string {
 /** CSS modifier for an image workflow status. */
 export function statusTone(s: string | null | undefined): string {
   const v = (s ?? '').toLowerCase();
-  if (/verif|done|approv|complete|final/.test(v)) return 'good';
-  if (/submit|review/.test(v)) return 'review';
+  if (/verif|done|approv|complete|final|succeed|active/.test(v)) return 'good';
+  if (/disput|adjudic/.test(v)) return 'warn';
+  if (/submit|review|candidate/.test(v)) return 'review';
+  if (/running|queued/.test(v)) return 'active';
   if (/progress|annotat|draft|edit/.test(v)) return 'active';
-  if (/reject|change|fail|error/.test(v)) return 'warn';
+  if (/reject|change|fail|error|cancel/.test(v)) return 'bad';
   return 'neutral';
 }

@@ -9,6 +9,8 @@ import { LocalBackup, restoreBackup, type Backup } from '../core/backup';
 import { ClassPalette } from '../core/classes';
 import { area } from '../core/geometry';
 import { findNextImage, loadFilters } from '../core/navigation';
+import { nextFromQueue, queueRoute } from '../core/queue';
+import { routeHash } from '../core/router';
 import { ProposalStore } from '../core/proposals';
 import { Selection } from '../core/selection';
 import { AnnotationStore, type Cell } from '../core/store';
@@ -17,7 +19,7 @@ import { createTools, type Tool, type ToolContext, type ToolId } from '../tools'
 import type { NotifyKind } from '../tools/tool';
 import { EditorMap, type LayerName } from '../view/editorMap';
 import type { App, Screen } from './app';
-import { formatStatus, h, icon, kbd, rafThrottle, statusTone } from './dom';
+import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone } from './dom';
 import { confirmDialog, dialog, dialogOpen, toast, type DialogHandle } from './overlay';
 
 export interface EditorOptions {
@@ -534,6 +536,11 @@ export class EditorScreen implements Screen {
 
   private async nextImage(): Promise<void> {
     try {
+      const next = await nextFromQueue(this.app.api, this.projectId, ['annotate'], this.imageId).catch(() => null);
+      if (next) {
+        this.app.navigate(next.route);
+        return;
+      }
       const id = await findNextImage(this.app.api, this.projectId, loadFilters(this.projectId), this.imageId);
       if (id == null) toast('This is the last image of the list', 'info');
       else this.app.navigate(`#/projects/${this.projectId}/images/${id}`);
@@ -549,6 +556,11 @@ export class EditorScreen implements Screen {
     el.className = `save-status save-${s.status}`;
     let text = '';
     let title = '';
+    // the server moves a new image to "annotating" on its first accepted write
+    if (s.status === 'saved' && s.lastSavedAt && this.image && (this.image.status === 'new' || this.image.status === 'pre_segmented')) {
+      this.image = { ...this.image, status: 'annotating' };
+      this.renderImageStatus();
+    }
     switch (s.status) {
       case 'saved':
         text = 'All changes saved';
@@ -628,6 +640,15 @@ export class EditorScreen implements Screen {
       }
       await this.autosave?.keepMine();
     };
+    const both = async () => {
+      this.conflictDialog?.close();
+      if (this.pendingBackup) {
+        restoreBackup(this.store, this.pendingBackup);
+        this.pendingBackup = null;
+      }
+      await this.autosave?.keepBoth();
+      toast('Merged: your cells and the other changes are both kept', 'success', 4000);
+    };
     const take = () => {
       this.conflictDialog?.close();
       this.pendingBackup = null;
@@ -652,17 +673,18 @@ export class EditorScreen implements Screen {
         h(
           'ul',
           { class: 'conflict-diff' },
-          h('li', null, h('b', null, String(d.onlyMine)), ' of your cells are not on the server'),
-          h('li', null, h('b', null, String(d.onlyTheirs)), " server cells are not in your version (added by the other person, or deleted by you)"),
-          h('li', null, h('b', null, String(d.changed)), ' cells differ between the two'),
+          h('li', null, h('b', null, String(d.onlyMine)), d.onlyMine === 1 ? ' of your cells is not on the server' : ' of your cells are not on the server'),
+          h('li', null, h('b', null, String(d.onlyTheirs)), d.onlyTheirs === 1 ? ' server cell is not in your version (added by the other person, or deleted by you)' : ' server cells are not in your version (added by the other person, or deleted by you)'),
+          h('li', null, h('b', null, String(d.changed)), d.changed === 1 ? ' cell differs between the two' : ' cells differ between the two'),
         ),
-        h('p', { class: 'muted small' }, "Keeping yours overwrites the server's layer with your cells. Taking the server's discards your unsaved edits (download them first if unsure)."),
+        h('p', { class: 'muted small' }, "Keep both merges the two versions: cells drawn by the other person are added, your edits win where you both changed a cell. Keep only mine overwrites the server's layer with your cells; taking the server's discards your unsaved edits (download them first if unsure)."),
       ],
       actions: [
         h('button', { class: 'btn btn-ghost', onclick: download }, 'Download my version'),
         h('span', { class: 'grow' }),
-        h('button', { class: 'btn btn-danger-outline', onclick: take }, "Take the server's"),
-        h('button', { class: 'btn btn-primary', autofocus: true, onclick: () => void keep() }, 'Keep mine'),
+        h('button', { class: 'btn btn-danger-outline', dataset: { action: 'take-theirs' }, onclick: take }, "Take the server's"),
+        h('button', { class: 'btn', dataset: { action: 'keep-mine' }, onclick: () => void keep() }, 'Keep only mine'),
+        h('button', { class: 'btn btn-primary', dataset: { action: 'keep-both' }, autofocus: true, onclick: () => void both() }, 'Keep both'),
       ],
       onClose: () => (this.conflictDialog = null),
     });
@@ -848,6 +870,82 @@ export class EditorScreen implements Screen {
     this.statusPill.className = `pill pill-${statusTone(s)}`;
     this.statusPill.textContent = formatStatus(s);
     if (this.image?.bethesda) this.statusPill.title = `Bethesda ${this.image.bethesda}`;
+    // past annotation: point experts / admins to the screen that works on it now
+    const role = this.app.user?.is_superuser ? 'admin' : this.project?.my_role;
+    const canReview = s === 'in_review' && (role === 'expert' || role === 'admin');
+    if (canReview && this.myReviewStatus === undefined) {
+      this.myReviewStatus = null;
+      this.app.api
+        .myReview(this.imageId)
+        .then((r) => (this.myReviewStatus = r.status))
+        .catch(() => (this.myReviewStatus = 'none'))
+        .finally(() => this.alive && this.renderImageStatus());
+    }
+    const kind = canReview && (this.myReviewStatus === 'assigned' || this.myReviewStatus === 'submitted') ? 'review' : (s === 'disputed' || s === 'adjudication') && role === 'admin' ? 'adjudicate' : null;
+    for (const x of this.workLinks) x.remove();
+    this.workLinks = [];
+    if (kind)
+      this.workLinks.push(h('a', { class: 'btn btn-sm btn-accept', href: routeHash(queueRoute(this.projectId, kind, this.imageId)) }, icon(kind === 'review' ? 'check' : 'layers', 14), kind === 'review' ? 'Open my review' : 'Adjudicate'));
+    if (role === 'admin' && (s === 'submitted' || s === 'in_review'))
+      this.workLinks.push(h('button', { class: 'btn btn-sm', dataset: { action: 'reviewers' }, onclick: () => void this.showReviewers() }, icon('layers', 14), 'Reviewers'));
+    this.statusPill.after(...this.workLinks);
+    this.submitBtn.hidden = !!s && !['new', 'pre_segmented', 'annotating'].includes(s);
+  }
+  private workLinks: HTMLElement[] = [];
+  /** The caller's review of this image: undefined = not asked, null = asking, 'none' = not assigned. */
+  private myReviewStatus: string | null | undefined = undefined;
+
+  /** Admins: the reviewers of the current round; assign one by hand or cancel an open assignment. */
+  private async showReviewers(): Promise<void> {
+    const api = this.app.api;
+    const body = h('div', { class: 'reviewers' }, h('div', { class: 'loading-block' }, h('span', { class: 'spinner' }), 'Loading…'));
+    const d = dialog({ title: 'Reviewers of this image', body, actions: [h('button', { class: 'btn', onclick: () => d.close() }, 'Close')] });
+    const refresh = async (): Promise<void> => {
+      try {
+        const [a, m] = await Promise.all([api.assignments(this.imageId), api.members(this.projectId)]);
+        const members = Array.isArray(m) ? m : m.results;
+        const round = a.round;
+        const current = a.assignments.filter((x) => round && x.round === round.number && x.status !== 'cancelled');
+        const taken = new Set(current.map((x) => x.reviewer));
+        const eligible = members.filter((x) => (x.role === 'expert' || x.role === 'admin') && !taken.has(x.user));
+        const select = h('select', null, eligible.map((x) => h('option', { value: String(x.user) }, `${x.username} (${x.role})`)));
+        replaceChildren(
+          body,
+          h('p', { class: 'muted small' }, round ? `Round ${round.number}: ${round.experts_required} expert${round.experts_required === 1 ? '' : 's'} required, quorum ${round.quorum}. ${a.open_slots} open slot${a.open_slots === 1 ? '' : 's'}.` : 'No review round yet.'),
+          h(
+            'div',
+            { class: 'reviewer-list' },
+            current.length
+              ? current.map((x) =>
+                  h(
+                    'div',
+                    { class: 'reviewer-row' },
+                    h('span', { class: 'avatar sm' }, x.username.slice(0, 1).toUpperCase()),
+                    h('b', null, x.username),
+                    h('span', { class: `pill pill-${x.status === 'submitted' ? 'good' : 'review'}` }, x.status === 'submitted' ? 'Submitted' : 'Reviewing'),
+                    x.manual ? h('span', { class: 'muted small' }, 'assigned by hand') : null,
+                    h('span', { class: 'grow' }),
+                    x.status === 'assigned'
+                      ? h('button', { class: 'btn btn-sm btn-danger-outline', onclick: async () => { try { await api.cancelAssignment(this.imageId, x.id); toast(`${x.username} unassigned`); await refresh(); } catch (e) { toast(errText(e), 'error'); } } }, 'Unassign')
+                      : null,
+                  ),
+                )
+              : h('p', { class: 'muted small' }, 'Nobody is assigned.'),
+          ),
+          a.open_slots > 0 && eligible.length
+            ? h(
+                'div',
+                { class: 'form-row assign-row' },
+                h('label', { class: 'field compact' }, h('span', null, 'Assign'), select),
+                h('button', { class: 'btn btn-primary btn-sm', onclick: async () => { try { await api.assignReviewer(this.imageId, Number(select.value)); toast('Reviewer assigned', 'success'); await refresh(); } catch (e) { toast(`Not assigned: ${e instanceof ApiError ? (e.fieldMessages()[0] ?? e.detail) : errText(e)}`, 'error'); } } }, 'Assign'),
+              )
+            : null,
+        );
+      } catch (e) {
+        body.replaceChildren(h('p', { class: 'form-error' }, errText(e)));
+      }
+    };
+    await refresh();
   }
 
   private renderHistory(): void {

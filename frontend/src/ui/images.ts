@@ -1,14 +1,17 @@
 import { ApiError } from '../core/api';
-import { isFinishedStatus, loadFilters, saveFilters, type StoredFilters } from '../core/navigation';
-import type { ImageInfo, Project } from '../core/types';
+import { loadFilters, saveFilters, type StoredFilters } from '../core/navigation';
+import { nextFromQueue, preferredKinds, queueRoute, QUEUE_LABELS } from '../core/queue';
+import { routeHash } from '../core/router';
+import { BETHESDA, IMAGE_STATUSES, SPLITS, type ImageInfo, type Project, type QueueKind, type WorkQueue } from '../core/types';
 import type { App, Screen } from './app';
 import { append, formatStatus, h, icon, statusTone } from './dom';
 import { toast } from './overlay';
 
 const PAGE_SIZE = 48;
-const DEFAULT_STATUS = ['new', 'in_progress', 'submitted', 'in_review', 'verified'];
-const DEFAULT_SPLIT = ['train', 'val', 'test'];
-const DEFAULT_BETHESDA = ['I', 'II', 'III', 'IV', 'V', 'VI'];
+const DEFAULT_STATUS: string[] = IMAGE_STATUSES;
+const DEFAULT_SPLIT: string[] = [...SPLITS];
+const DEFAULT_BETHESDA: string[] = [...BETHESDA];
+const SPLIT_LABEL: Record<string, string> = { train: 'Train', validation: 'Validation', test: 'Test' };
 
 export class ImagesScreen implements Screen {
   private alive = true;
@@ -23,6 +26,9 @@ export class ImagesScreen implements Screen {
   private crumb!: HTMLElement;
   private searchTimer: ReturnType<typeof setTimeout> | null = null;
   private loadSeq = 0;
+  private queueEl!: HTMLElement;
+  private projectLoad: Promise<Project> | null = null;
+  private adminLink!: HTMLElement;
 
   constructor(
     private readonly app: App,
@@ -37,6 +43,8 @@ export class ImagesScreen implements Screen {
     this.grid = h('div', { class: 'image-grid' });
     this.pager = h('div', { class: 'pager' });
     this.filterBar = h('div', { class: 'filters' });
+    this.queueEl = h('div', { class: 'queue', hidden: true });
+    this.adminLink = h('a', { class: 'btn', hidden: true, href: routeHash({ name: 'admin', projectId: this.projectId, tab: 'training' }) }, icon('layers', 16), 'Administration');
     root.append(
       this.app.topbar([h('a', { class: 'crumb', href: '#/projects' }, 'Projects'), h('span', { class: 'crumb-sep' }, '/'), this.crumb]),
       h(
@@ -47,8 +55,10 @@ export class ImagesScreen implements Screen {
           { class: 'page-head' },
           this.title,
           h('span', { class: 'grow' }),
-          h('button', { class: 'btn btn-primary', onclick: () => void this.openNext(), title: 'Open the first unfinished image of this list' }, 'Next image', icon('next', 16)),
+          this.adminLink,
+          h('button', { class: 'btn btn-primary', dataset: { action: 'next-image' }, onclick: () => void this.openNext(), title: 'Open the next image of your work queue' }, 'Next image', icon('next', 16)),
         ),
+        this.queueEl,
         this.filterBar,
         this.grid,
         this.pager,
@@ -56,10 +66,13 @@ export class ImagesScreen implements Screen {
     );
     this.renderFilters();
     try {
-      this.project = await this.app.api.getProject(this.projectId);
+      this.projectLoad = this.app.api.getProject(this.projectId);
+      this.project = await this.projectLoad;
       if (!this.alive) return;
       this.crumb.textContent = this.project.name;
       this.title.textContent = this.project.name;
+      this.adminLink.hidden = !this.isAdmin();
+      void this.loadQueue();
     } catch (e) {
       if (!this.alive) return;
       this.grid.replaceChildren(this.errorBox(e));
@@ -162,8 +175,8 @@ export class ImagesScreen implements Screen {
         }),
       ),
       select('status', 'Status', DEFAULT_STATUS, formatStatus),
-      select('split', 'Split', DEFAULT_SPLIT),
-      select('bethesda', 'Bethesda', DEFAULT_BETHESDA),
+      select('split', 'Split', DEFAULT_SPLIT, (v) => SPLIT_LABEL[v] ?? v),
+      select('bethesda', 'Bethesda', DEFAULT_BETHESDA, (v) => `Bethesda ${v}`),
       this.hasFilters()
         ? h(
             'button',
@@ -197,10 +210,11 @@ export class ImagesScreen implements Screen {
           'div',
           { class: 'meta' },
           img.bethesda ? h('span', { class: 'tag', title: 'Bethesda category' }, `Bethesda ${img.bethesda}`) : null,
-          img.split ? h('span', { class: 'tag' }, img.split) : null,
+          img.split ? h('span', { class: 'tag' }, SPLIT_LABEL[img.split] ?? img.split) : null,
           h('span', { class: 'grow' }),
           h('span', { class: 'muted', title: 'Cells' }, `${img.cell_count} cells`),
         ),
+        this.cardAction(img),
         img.presegment_status && !/done|success|complete|none/i.test(img.presegment_status)
           ? h('div', { class: 'meta small muted' }, icon('sparkles', 14), `Model: ${formatStatus(img.presegment_status)}`)
           : null,
@@ -208,18 +222,63 @@ export class ImagesScreen implements Screen {
     );
   }
 
+  private role(): string | null {
+    return this.app.user?.is_superuser ? 'admin' : (this.project?.my_role ?? null);
+  }
+
+  private isAdmin(): boolean {
+    return this.role() === 'admin';
+  }
+
+  /** Review / adjudicate shortcut on a card (the card itself opens the editor). */
+  private cardAction(img: ImageInfo): HTMLElement | null {
+    const role = this.role();
+    let kind: QueueKind | null = null;
+    if (img.status === 'in_review' && (role === 'expert' || role === 'admin')) kind = 'review';
+    if ((img.status === 'disputed' || img.status === 'adjudication') && role === 'admin') kind = 'adjudicate';
+    if (!kind) return null;
+    const go = (e: Event) => {
+      e.preventDefault();
+      e.stopPropagation();
+      this.app.navigate(queueRoute(this.projectId, kind, img.id));
+    };
+    return h('span', { class: `card-action ${kind}`, role: 'link', tabindex: '0', onclick: go, onkeydown: (e: KeyboardEvent) => e.key === 'Enter' && go(e) }, icon(kind === 'review' ? 'check' : 'layers', 14), kind === 'review' ? 'Review' : 'Adjudicate');
+  }
+
+  private async loadQueue(): Promise<void> {
+    let q: WorkQueue;
+    try {
+      q = await this.app.api.queue(this.projectId, 5);
+    } catch {
+      return; // the queue is a convenience; the list still works
+    }
+    if (!this.alive) return;
+    const role = this.role();
+    const kinds: QueueKind[] = role === 'admin' ? ['annotate', 'review', 'adjudicate', 'assign'] : role === 'expert' ? ['annotate', 'review'] : ['annotate'];
+    this.queueEl.hidden = false;
+    this.queueEl.replaceChildren(
+      ...kinds.map((kind) => {
+        const sec = q[kind];
+        const first = sec.images[0];
+        const label = QUEUE_LABELS[kind];
+        const body = [
+          h('div', { class: 'queue-count' }, String(sec.count)),
+          h('div', { class: 'queue-text' }, h('b', null, label.title), h('span', { class: 'muted small' }, first ? `Next: ${first.file_name}` : label.empty)),
+          first ? h('span', { class: 'queue-go' }, icon('next', 16)) : null,
+        ];
+        return first
+          ? h('a', { class: 'queue-card card', href: routeHash(queueRoute(this.projectId, kind, first.id)), title: label.verb, dataset: { queue: kind } }, body)
+          : h('div', { class: 'queue-card card empty-q', dataset: { queue: kind } }, body);
+      }),
+    );
+  }
+
   private async openNext(): Promise<void> {
     try {
-      for (let page = 1; page <= 50; page++) {
-        const res = await this.app.api.listImages(this.projectId, { ...this.query(), page, page_size: 100 });
-        const img = res.results.find((i) => !isFinishedStatus(i.status));
-        if (img) {
-          this.app.navigate(`#/projects/${this.projectId}/images/${img.id}`);
-          return;
-        }
-        if (!res.next) break;
-      }
-      toast('Every image in this list is done', 'success');
+      if (!this.project && this.projectLoad) await this.projectLoad; // the role decides which queue comes first
+      const next = await nextFromQueue(this.app.api, this.projectId, preferredKinds(this.role() as never));
+      if (next) this.app.navigate(next.route);
+      else toast('Nothing is waiting for you in this project', 'success');
     } catch (e) {
       toast(e instanceof ApiError ? e.detail : String(e), 'error');
     }

@@ -30,7 +30,7 @@ import { isProposalKey, proposalKey, type Selection } from '../core/selection';
 import type { AnnotationStore, Cell, StoreChange } from '../core/store';
 import type { Ring } from '../core/types';
 import { PixelFrame } from './coords';
-import { StyleCache } from './styles';
+import { StyleCache, type CellState } from './styles';
 
 export type LayerName = 'image' | 'proposals' | 'cells';
 export type CellFeature = Feature<Polygon>;
@@ -50,6 +50,14 @@ export interface EditorMapOptions {
    * with 1,000 cells even without a GPU); 'vector' replays every polygon per frame.
    */
   renderMode?: 'image' | 'vector';
+  /**
+   * Style of the cells instead of the class colours (the review and
+   * adjudication screens colour by decision / by expert). `state` is 'selected'
+   * for the cells of the selection.
+   */
+  cellStyle?: (key: string, classId: number | null, state: CellState) => Style | Style[];
+  /** Which selected cells get vertex handles (default: all); see {@link EditorMap.syncEditable}. */
+  canEdit?: (key: string) => boolean;
 }
 
 type BigLayer = VectorLayer<VectorSource<CellFeature>> | VectorImageLayer<VectorSource<CellFeature>>;
@@ -88,8 +96,10 @@ export class EditorMap {
   private errorKeys = new Set<string>();
   private readonly offs: (() => void)[] = [];
   private imageState: 'loading' | 'loaded' | 'error' = 'loading';
+  private readonly canEdit: ((key: string) => boolean) | undefined;
 
   constructor(opts: EditorMapOptions) {
+    this.canEdit = opts.canEdit;
     this.store = opts.store;
     this.proposals = opts.proposals;
     this.selection = opts.selection;
@@ -115,10 +125,17 @@ export class EditorMap {
         ? new VectorImageLayer({ source, style, imageRatio: 1.25, renderBuffer: 20, className })
         : new VectorLayer({ source, style, updateWhileInteracting: false, updateWhileAnimating: false, renderBuffer: 20, className });
     this.proposalLayer = big(this.proposalSource, (f) => s.proposal(f.get('c'), f.get('sel') === true), 'ol-layer-proposals');
-    this.cellLayer = big(this.cellSource, (f) => s.cell(f.get('c'), f.get('err') ? 'error' : 'normal'), 'ol-layer-cells');
+    const custom = opts.cellStyle;
+    this.cellLayer = big(
+      this.cellSource,
+      custom
+        ? (f) => (f.get('err') ? s.cell(f.get('c'), 'error') : custom(String(f.getId()), f.get('c') ?? null, 'normal'))
+        : (f) => s.cell(f.get('c'), f.get('err') ? 'error' : 'normal'),
+      'ol-layer-cells',
+    );
     this.activeLayer = new VectorLayer({
       source: this.activeSource,
-      style: (f) => s.cell(f.get('c'), 'selected'),
+      style: custom ? (f) => custom(String(f.getId()), f.get('c') ?? null, 'selected') : (f) => s.cell(f.get('c'), 'selected'),
       updateWhileInteracting: true,
       updateWhileAnimating: true,
       renderBuffer: 20,
@@ -345,8 +362,13 @@ export class EditorMap {
     syncCollection(this.selectedFeatures, want);
     syncCollection(
       this.editableFeatures,
-      want.filter((f) => f.get('kind') === 'cell'),
+      want.filter((f) => f.get('kind') === 'cell' && (!this.canEdit || this.canEdit(String(f.getId())))),
     );
+  }
+
+  /** Re-evaluates `canEdit` for the selection (e.g. edit mode toggled). */
+  syncEditable(): void {
+    this.syncCollections();
   }
 
   setErrorKeys(keys: string[]): void {
@@ -411,6 +433,47 @@ export class EditorMap {
   viewExtentApi(): BBox {
     const size = this.map.getSize() ?? [0, 0];
     return this.frame.extentToApi(this.view.calculateExtent(size));
+  }
+
+  /** Re-renders cells whose style depends on state outside the store (review decisions). */
+  refreshCells(keys?: string[]): void {
+    if (!keys || !keys.length) {
+      this.cellLayer.changed();
+      this.activeLayer.changed();
+      for (const f of this.features.values()) if (f.get('kind') === 'cell') f.changed();
+      return;
+    }
+    for (const k of keys) this.features.get(k)?.changed();
+  }
+
+  /**
+   * Shows the cells: zooms so that they fill about a quarter of the view (never
+   * closer than 3×), or just pans when they are already comfortably visible.
+   */
+  zoomToKeys(keys: string[], duration = 220): void {
+    const size = this.map.getSize();
+    const fs = keys.map((k) => this.features.get(k)).filter((f): f is CellFeature => !!f);
+    if (!size || !fs.length) return;
+    let e = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const f of fs) {
+      const g = f.getGeometry()?.getExtent();
+      if (!g) continue;
+      e = [Math.min(e[0], g[0]), Math.min(e[1], g[1]), Math.max(e[2], g[2]), Math.max(e[3], g[3])];
+    }
+    if (!Number.isFinite(e[0])) return;
+    const w = Math.max(8, e[2] - e[0]);
+    const hgt = Math.max(8, e[3] - e[1]);
+    const padded = [e[0] - 1.5 * w, e[1] - 1.5 * hgt, e[2] + 1.5 * w, e[3] + 1.5 * hgt];
+    const res = this.view.getResolution() ?? 1;
+    const view = this.view.calculateExtent(size);
+    const fitsNow = e[0] >= view[0] && e[2] <= view[2] && e[1] >= view[1] && e[3] <= view[3];
+    const comfortable = w / res > 110 && hgt / res > 110 && w / res < size[0] * 0.6 && hgt / res < size[1] * 0.6;
+    if (fitsNow && comfortable) return;
+    if (comfortable) {
+      this.view.animate({ center: [(e[0] + e[2]) / 2, (e[1] + e[3]) / 2], duration });
+      return;
+    }
+    this.view.fit(padded, { size, duration, minResolution: 1 / 3, padding: [20, 20, 20, 20] });
   }
 
   centerOn(keys: string[]): void {

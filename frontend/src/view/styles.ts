@@ -83,6 +83,41 @@ export class StyleCache {
     return s;
   }
 
+  private readonly outlines = new Map<string, Style | Style[]>();
+
+  /**
+   * An outline in a given colour (review decisions, experts' versions):
+   * `dash` for dashed lines, `fill` the fill opacity, `selected` adds the white
+   * halo and the vertex handles of the selection.
+   */
+  outline(color: string, o: { width?: number; dash?: number[]; fill?: number; fillColor?: string; selected?: boolean; alpha?: number; zIndex?: number } = {}): Style | Style[] {
+    const k = `${color}|${o.width ?? 1.8}|${o.dash?.join(',') ?? ''}|${o.fill ?? 0.12}|${o.fillColor ?? ''}|${o.selected ? 1 : 0}|${o.alpha ?? 1}|${o.zIndex ?? 0}`;
+    let s = this.outlines.get(k);
+    if (!s) {
+      const rgb = parseColor(color);
+      const main = new Style({
+        fill: new Fill({ color: rgba(o.fillColor ? parseColor(o.fillColor) : rgb, o.selected ? Math.max(0.22, o.fill ?? 0.12) : (o.fill ?? 0.12)) }),
+        stroke: new Stroke({ color: rgba(rgb, o.alpha ?? 1), width: (o.width ?? 1.8) + (o.selected ? 0.6 : 0), lineDash: o.dash }),
+      });
+      if (o.zIndex) main.setZIndex(o.zIndex);
+      s = o.selected
+        ? [
+            new Style({ stroke: new Stroke({ color: 'rgba(255,255,255,0.95)', width: (o.width ?? 1.8) + 3.4 }), zIndex: o.zIndex }),
+            main,
+            new Style({
+              geometry: vertices,
+              image: new Circle({ radius: 3.5, fill: new Fill({ color: '#ffffff' }), stroke: new Stroke({ color: rgba(rgb, 1), width: 1.5 }) }),
+              zIndex: o.zIndex,
+            }),
+          ]
+        : o.dash
+          ? [new Style({ stroke: new Stroke({ color: `rgba(0,0,0,${0.55 * (o.alpha ?? 1)})`, width: (o.width ?? 1.8) + 1.6 }), zIndex: o.zIndex }), main]
+          : main;
+      this.outlines.set(k, s);
+    }
+    return s;
+  }
+
   /** Sketch (drawing in progress). */
   readonly sketchFill = new Style({ fill: new Fill({ color: 'rgba(34,211,238,0.14)' }) });
   readonly sketchLine = new Style({ stroke: new Stroke({ color: '#22d3ee', width: 2 }) });

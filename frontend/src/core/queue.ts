@@ -1,0 +1,61 @@
+/**
+ * Work-queue navigation (`GET me/queue`): which image is next, and which
+ * screen opens it. Framework free, unit tested.
+ */
+import type { Route } from './router';
+import type { QueueImage, QueueKind, Role, WorkQueue } from './types';
+
+export interface QueueApi {
+  queue(projectId: number, limit?: number): Promise<WorkQueue>;
+}
+
+export const QUEUE_LABELS: Record<QueueKind, { title: string; verb: string; empty: string }> = {
+  annotate: { title: 'To annotate', verb: 'Annotate next', empty: 'Nothing waiting for annotation' },
+  review: { title: 'To review', verb: 'Review next', empty: 'No review assigned to you' },
+  adjudicate: { title: 'To adjudicate', verb: 'Adjudicate next', empty: 'No disputed image' },
+  assign: { title: 'Need reviewers', verb: 'Assign reviewers', empty: 'Every image in review is staffed' },
+};
+
+/** The screen that works on an image of a queue section. */
+export function queueRoute(projectId: number, kind: QueueKind, imageId: number): Route {
+  if (kind === 'review') return { name: 'review', projectId, imageId };
+  if (kind === 'adjudicate') return { name: 'adjudicate', projectId, imageId };
+  return { name: 'editor', projectId, imageId };
+}
+
+/** The order in which a role's sections are offered by "Next image". */
+export function preferredKinds(role: Role | null | undefined): QueueKind[] {
+  if (role === 'admin') return ['adjudicate', 'review', 'annotate'];
+  if (role === 'expert') return ['review', 'annotate'];
+  return ['annotate'];
+}
+
+/** The first image of a section that is not `currentId`. */
+export function firstOther(section: { images: QueueImage[] } | undefined, currentId?: number | null): QueueImage | null {
+  if (!section) return null;
+  return section.images.find((i) => i.id !== currentId) ?? null;
+}
+
+export interface NextPick {
+  kind: QueueKind;
+  image: QueueImage;
+}
+
+/** The next image of the first non-empty section of `kinds` (skipping the current image). */
+export function pickNext(queue: WorkQueue, kinds: QueueKind[], currentId?: number | null): NextPick | null {
+  for (const kind of kinds) {
+    const image = firstOther(queue[kind], currentId);
+    if (image) return { kind, image };
+  }
+  return null;
+}
+
+/**
+ * Asks the server for the queue and picks the next image. The limit is large
+ * enough that skipping the current image still leaves one.
+ */
+export async function nextFromQueue(api: QueueApi, projectId: number, kinds: QueueKind[], currentId?: number | null): Promise<(NextPick & { route: Route }) | null> {
+  const queue = await api.queue(projectId, 5);
+  const pick = pickNext(queue, kinds, currentId);
+  return pick ? { ...pick, route: queueRoute(projectId, pick.kind, pick.image.id) } : null;
+}

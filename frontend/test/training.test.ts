@@ -1,0 +1,97 @@
+import { describe, expect, it } from 'vitest';
+import { bestByMetric, buildJobConfig, curveCharts, defaultJobForm, formatDuration, isLive, jobDuration, jobFraction, progressText, stageFraction } from '../src/core/training';
+import type { TrainingJob } from '../src/core/types';
+
+describe('job configuration', () => {
+  it('sends only what differs from the preset', () => {
+    expect(buildJobConfig(defaultJobForm())).toEqual({ config: {}, errors: {} });
+    const f = { ...defaultJobForm(), kind: 'cellpose', preset: 'tiny' as const, device: 'cpu' as const, epochs: { cellpose: 3 }, learningRate: { cellpose: 0.05 }, autoPromote: 'no' as const, synthetic: 20 };
+    expect(buildJobConfig(f)).toEqual({
+      config: { preset: 'tiny', device: 'cpu', auto_promote: false, synthetic: { count: 20 }, cellpose: { n_epochs: 3, learning_rate: 0.05 } },
+      errors: {},
+    });
+  });
+
+  it('uses each trainer’s own keys and ignores stages the kind does not train', () => {
+    const f = { ...defaultJobForm(), kind: 'two_stage', epochs: { nnunet: 5, cellpose: 7, refinement: 9 }, evaluate: false, source: 'annotation' as const };
+    expect(buildJobConfig(f).config).toEqual({ evaluate: false, source: 'annotation', nnunet: { num_epochs: 5 }, cellpose: { n_epochs: 7 } });
+  });
+
+  it('validates numbers and merges the advanced JSON', () => {
+    const bad = { ...defaultJobForm(), kind: 'nnunet', epochs: { nnunet: 0 }, learningRate: { nnunet: -1 }, extra: '{"nnunet": {"batch' };
+    const r = buildJobConfig(bad);
+    expect(Object.keys(r.errors).sort()).toEqual(['config.nnunet.initial_lr', 'config.nnunet.num_epochs', 'extra']);
+    const ok = { ...defaultJobForm(), kind: 'cellpose', epochs: { cellpose: 3 }, extra: '{"cellpose": {"bsize": 64}, "device": "cpu"}' };
+    expect(buildJobConfig(ok).config).toEqual({ cellpose: { n_epochs: 3, bsize: 64 }, device: 'cpu' });
+    expect(buildJobConfig({ ...ok, extra: '[1]' }).errors.extra).toMatch(/object/);
+    expect(buildJobConfig({ ...defaultJobForm(), kind: 'nope' }).errors.kind).toBeTruthy();
+  });
+});
+
+function job(over: Partial<TrainingJob>): TrainingJob {
+  return { id: 1, project: 1, kind: 'two_stage', status: 'running', trigger: 'manual', snapshot: 1, snapshot_number: 1, config: {}, created_by: 'ad', cancel_requested: false, cancelled_by: null, progress: {}, timings: {}, error: '', result: {}, model_versions: [], task_id: '', worker_host: '', worker_pid: null, heartbeat_at: null, artifact_dir: '', created_at: '2024-01-01T00:00:00Z', started_at: null, finished_at: null, ...over };
+}
+
+describe('job progress', () => {
+  it('weights data, each training stage and evaluation', () => {
+    expect(jobFraction(job({ status: 'queued' }))).toBeNull();
+    expect(jobFraction(job({ progress: { stage: 'data', phase: 'prepare' } }))).toBeCloseTo(0.01);
+    const half = jobFraction(job({ progress: { stage: 'nnunet', phase: 'train', epoch: 2, epochs: 4 } }))!;
+    expect(half).toBeCloseTo(0.03 + 0.425 * 0.5);
+    const second = jobFraction(job({ progress: { stage: 'cellpose', phase: 'train', epoch: 4, epochs: 4 } }))!;
+    expect(second).toBeCloseTo(0.88);
+    expect(jobFraction(job({ progress: { stage: 'evaluate' } }))).toBeCloseTo(0.94);
+    expect(jobFraction(job({ progress: { stage: 'done' } }))).toBe(1);
+    expect(jobFraction(job({ status: 'succeeded' }))).toBe(1);
+    expect(jobFraction(job({ kind: 'cellpose', config: { evaluate: false }, progress: { stage: 'cellpose', epoch: 1, epochs: 1 } }))).toBeCloseTo(1);
+    expect(jobFraction(job({ progress: { stage: 'mystery' } }))).toBeNull();
+  });
+
+  it('counts iterations inside the current epoch', () => {
+    expect(stageFraction({ epoch: 2, epochs: 4, iteration: 5, iterations: 10 })).toBeCloseTo(0.375);
+    expect(stageFraction({ epoch: 3, epochs: 4 })).toBeCloseTo(0.75);
+    expect(stageFraction({ phase: 'prepare', epoch: 3, epochs: 4 })).toBe(0);
+    expect(stageFraction({})).toBe(0);
+  });
+
+  it('describes the job in one line', () => {
+    expect(progressText(job({ status: 'queued' }))).toBe('Waiting for a worker');
+    expect(progressText(job({ progress: { stage: 'cellpose', phase: 'train', epoch: 2, epochs: 3, loss: 0.51234 } }))).toBe('Cellpose · epoch 2/3 · loss 0.5123');
+    expect(progressText(job({ progress: { stage: 'nnunet', phase: 'prepare', step: 'plan_and_preprocess' } }))).toBe('nnU-Net: preparing (plan and preprocess)');
+    expect(progressText(job({ status: 'failed' }))).toBe('Failed');
+    expect(isLive('queued') && isLive('running') && !isLive('failed')).toBe(true);
+  });
+
+  it('splits curves into loss, metric and learning-rate charts', () => {
+    const charts = curveCharts({ cellpose: [{ epoch: 0, epochs: 2, train_loss: 1, val_loss: 2, lr: 0.1 }, { epoch: 1, epochs: 2, train_loss: 0.5, val_loss: 1, lr: 0.05 }], nnunet: [{ epoch: 0, train_loss: 1, pseudo_dice: 0.3, epoch_time: 12 }], empty: [] });
+    expect(charts.map((c) => c.stage)).toEqual(['cellpose', 'nnunet']);
+    expect(charts[0].loss.map((s) => s.name)).toEqual(['train_loss', 'val_loss']);
+    expect(charts[0].lr.map((s) => s.name)).toEqual(['lr']);
+    expect(charts[1].metrics.map((s) => s.name)).toEqual(['pseudo_dice']);
+    expect(curveCharts(undefined)).toEqual([]);
+  });
+
+  it('formats durations', () => {
+    expect(formatDuration(42.4)).toBe('42 s');
+    expect(formatDuration(185)).toBe('3 min 05 s');
+    expect(formatDuration(3720)).toBe('1 h 02 min');
+    expect(formatDuration(null)).toBe('—');
+    expect(jobDuration(job({ started_at: '2024-01-01T00:00:00Z', finished_at: '2024-01-01T00:01:30Z' }))).toBe(90);
+    expect(jobDuration(job({}))).toBeNull();
+  });
+});
+
+describe('registry', () => {
+  it('finds the best version per metric (lower is better for false positives)', () => {
+    const rows = [
+      { id: 1, metrics: { dice: 0.8, erythrocyte_fp: 4 } },
+      { id: 2, metrics: { dice: 0.85, erythrocyte_fp: 2 } },
+      { id: 3, metrics: null },
+      { id: 4, metrics: { dice: 0.85, erythrocyte_fp: null } },
+    ];
+    const best = bestByMetric(rows, ['dice', 'erythrocyte_fp', 'iou']);
+    expect([...best.get('dice')!]).toEqual([2, 4]);
+    expect([...best.get('erythrocyte_fp')!]).toEqual([2]);
+    expect(best.has('iou')).toBe(false);
+  });
+});
