@@ -526,6 +526,11 @@ def agreement_summary(*, project: Project, image: Image | None = None) -> dict[s
         },
         "pairs": pair_rows,
         "experts": expert_rows,
+        "per_image": list(
+            pairs.values("image", "image__file_name", "image__status")
+            .annotate(pairs=Count("id"), f1=Avg("f1"), mean_iou=Avg("mean_iou"), dice=Avg("dice"))
+            .order_by("f1", "image")
+        ),
     }
 
 

@@ -86,6 +86,7 @@ def registry_table(
                 "status": version.status,
                 "job": version.job_id,
                 "snapshot": version.snapshot_id,
+                "replaced": version.replaced_id,
                 "promoted_at": version.promoted_at,
                 "created_at": version.created_at,
                 "metrics": {m: evaluation.overall.get(m) for m in METRICS} if evaluation else None,

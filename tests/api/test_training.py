@@ -83,7 +83,10 @@ def test_start_list_get_and_cancel_a_job(
     )
     detail = client.get(f"/api/v1/training/jobs/{body['id']}").json()
     assert detail["progress"]["iteration"] == 3 and detail["curves"]["nnunet"][0]["val_loss"] == 0.4
-    assert detail["log"] == "started\n"
+    assert detail["log"] == "started\n" and detail["log_length"] == 8
+    tail = client.get(f"/api/v1/training/jobs/{body['id']}?log_after=3").json()
+    assert tail["log"] == "rted\n" and tail["log_length"] == 8
+    assert client.get(f"/api/v1/training/jobs/{body['id']}?log_after=-1").status_code == 400
     cancelled = client.post(f"/api/v1/training/jobs/{body['id']}/cancel")
     assert cancelled.json() == {"id": body["id"], "status": "running", "cancel_requested": True}
     TrainingJob.objects.filter(pk=body["id"]).update(status=JobStatus.CANCELLED)
@@ -177,6 +180,8 @@ def test_registry_promote_rollback_and_evaluate(
     assert len(callbacks) == 1
     promoted = client.post(f"/api/v1/training/models/{version.pk}/promote", {"reason": "looks right"}, format="json")
     assert promoted.status_code == 200 and promoted.json()["status"] == "active"
+    rows = {row["id"]: row for row in client.get(f"/api/v1/projects/{project.pk}/training/models").json()["versions"]}
+    assert "replaced" in rows[version.pk]
     assert AuditEvent.objects.get(action="model.promote").after["reason"] == "looks right"
     rollback = client.post(f"/api/v1/projects/{project.pk}/training/rollback", {"kind": "cellpose"}, format="json")
     assert rollback.json() == {"rolled_back": version.pk, "active": None}

@@ -657,8 +657,10 @@ def test_agreement_hand_computed(
             {"cell_id": cells[1], "decision": "edit", "polygon": rect(60, 10, 20, 16)},
         ],
     )
-    with django_assert_max_num_queries(14):
+    with django_assert_max_num_queries(15):
         body = client_for(admin_user).get(f"/api/v1/projects/{project.pk}/agreement").json()
+    (row,) = body["per_image"]
+    assert row["image"] == image.pk and row["f1"] == 1.0 and row["dice"] == pytest.approx(1440 / 1520)
     (pair,) = body["pairs"]
     # Matched: both cells (IoU 1 and 320/400 = 0.8). Dice: 2 * 720 / (800 + 720).
     assert pair["f1"] == 1.0 and pair["mean_iou"] == pytest.approx(0.9)

@@ -188,6 +188,7 @@ class RegistryRowOut(serializers.Serializer):
     status = serializers.CharField()
     job = serializers.IntegerField(allow_null=True)
     snapshot = serializers.IntegerField(allow_null=True)
+    replaced = serializers.IntegerField(allow_null=True, help_text="The version a roll back returns to.")
     promoted_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
     metrics = serializers.DictField(allow_null=True)

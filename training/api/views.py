@@ -74,10 +74,22 @@ class ProjectJobsView(APIView):
 
 
 class JobDetailView(APIView):
-    @extend_schema(responses=s.JobOut, tags=["training"])
+    @extend_schema(
+        parameters=[OpenApiParameter("log_after", int, description="Return only the log after this many characters.")],
+        responses=s.JobOut,
+        tags=["training"],
+    )
     def get(self, request: Request, job_id: int) -> Response:
         job = selectors.training_job_get_for_user(user=_user(request), job_id=job_id)
-        return Response(s.JobOut(job).data)
+        body = dict(s.JobOut(job).data)
+        # Pollers pass the length they already have, so a long log is not re-sent every poll.
+        log_after = request.query_params.get("log_after")
+        if log_after is not None:
+            if not log_after.isdigit():
+                raise ServiceValidationError("Invalid parameter.", {"log_after": "must be a non-negative integer"})
+            body["log"] = job.log[int(log_after) :]
+        body["log_length"] = len(job.log)
+        return Response(body)
 
 
 class JobCancelView(APIView):
