@@ -651,8 +651,9 @@ def _apply_layer(
     ]
     for item in desired:
         polygon = item["polygon"]
-        record = existing.get(item["id"]) if item.get("id") is not None else None
-        if record is not None and record["id"] not in kept:
+        found: dict[str, Any] | None = existing.get(item["id"]) if item.get("id") is not None else None
+        if found is not None and found["id"] not in kept:
+            record = found
             kept.add(record["id"])
             record["polygon"] = polygon.points
             digest = polygon.digest or geometry_digest(polygon.points)

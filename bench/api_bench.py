@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,8 +50,8 @@ def main() -> None:
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         settings.MEDIA_ROOT = str(ROOT / "var" / "bench-media")
-        user = UserFactory()
-        project = ProjectFactory(created_by=user)
+        user: Any = UserFactory()
+        project: Any = ProjectFactory(created_by=user)
         field = generate_field(seed=3, n_cells=args.cells, n_erythrocytes=0)
         buffer = io.BytesIO()
         PILImage.fromarray(field.image).save(buffer, format="PNG")
@@ -99,7 +100,8 @@ def main() -> None:
             f"GET cells     p50 {statistics.median(gets):6.1f} ms   p95 {pct(gets, 95):6.1f} ms   (target p95 <= 30 ms)"
         )
         print(
-            f"replace-save  p50 {statistics.median(saves):6.1f} ms   p95 {pct(saves, 95):6.1f} ms   (target p95 <= 60 ms)"
+            f"replace-save  p50 {statistics.median(saves):6.1f} ms   p95 {pct(saves, 95):6.1f} ms"
+            "   (target p95 <= 60 ms)"
         )
     finally:
         connection.creation.destroy_test_db(old_name, verbosity=0)

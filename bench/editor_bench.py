@@ -70,7 +70,8 @@ def main() -> None:
     print(f"cells: {results[0]['cells_loaded']}  mode: {args.mode}  runs: {args.runs}  (median)")
     print(f"time to interactive  {tti:7.0f} ms   (target <= 1000 ms)")
     print(
-        f"pan                  {pan:7.1f} fps  (target >= 30; p95 frame {median([r['pan']['frame_ms_p95'] for r in results]):.1f} ms)"
+        f"pan                  {pan:7.1f} fps  (target >= 30;"
+        f" p95 frame {median([r['pan']['frame_ms_p95'] for r in results]):.1f} ms)"
     )
     print(f"vertex drag          {drag:7.1f} fps  (target >= 30; {results[0]['drag']['mode']})")
 

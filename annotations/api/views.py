@@ -404,7 +404,7 @@ class CellsView(APIView):
         responses=s.CellsOut,
         tags=["cells"],
     )
-    def get(self, request: Request, image_id: int) -> Response:
+    def get(self, request: Request, image_id: int) -> HttpResponse:
         image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
         layer = request.query_params.get("layer", Layer.ANNOTATION)
         if layer not in Layer.values:
@@ -456,5 +456,7 @@ class RestoreView(APIView):
         image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
         data = _parse(s.RestoreIn, request.data)
         base = _base_revision(request, data.get("revision"))
-        result = services.revision_restore(image=image, user=_user(request), target_revision=revision, base_revision=base)
+        result = services.revision_restore(
+            image=image, user=_user(request), target_revision=revision, base_revision=base
+        )
         return _cells_response(result.revision, result.cells)
