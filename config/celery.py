@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from celery import Celery
+from celery.signals import worker_process_init
 from kombu import Queue
 from kombu.transport import TRANSPORT_ALIASES
 
@@ -17,3 +19,12 @@ app = Celery("cytoplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("default"), Queue("gpu"))
 app.autodiscover_tasks()
+
+
+@worker_process_init.connect
+def _torch_after_fork(**_: object) -> None:
+    # A child forked from a parent that already ran multi-threaded torch code hangs in its first
+    # parallel region. The worker master never imports torch (backends load it lazily, in the
+    # children); if something did, fall back to one intra-op thread so the child cannot hang.
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)

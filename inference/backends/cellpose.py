@@ -67,16 +67,16 @@ def cellpose_model_file_find(artifacts: Path | None, settings: Mapping[str, Any]
         if path.is_file():
             return path
     raise BackendError(
-        "cellpose: no model file in " + ", ".join(str(c) for c in candidates or ["<none>"])
+        "cellpose: no model file in " + (", ".join(str(c) for c in candidates) or "<none>")
     )
 
 
 class CellposeOutputs:
     """Network outputs of one image: flows ``dP`` (2, H, W), ``cellprob`` logits (H, W)."""
 
-    __slots__ = ("dP", "cellprob", "rescale")
+    __slots__ = ("cellprob", "dP", "rescale")
 
-    def __init__(self, dP: np.ndarray, cellprob: np.ndarray, rescale: float) -> None:  # noqa: N803
+    def __init__(self, dP: np.ndarray, cellprob: np.ndarray, rescale: float) -> None:
         self.dP = dP
         self.cellprob = cellprob
         self.rescale = rescale
@@ -146,7 +146,9 @@ class CellposeBackend(SegmentationBackend):
             rescale,
         )
 
-    def masks(self, outputs: CellposeOutputs, *, foreground: np.ndarray | None = None) -> np.ndarray:
+    def masks(
+        self, outputs: CellposeOutputs, *, foreground: np.ndarray | None = None
+    ) -> np.ndarray:
         """Reconstruct the (H, W) instance label map from the network outputs.
 
         With ``foreground`` (bool (H, W)), pixels outside it are excluded from the
@@ -158,7 +160,7 @@ class CellposeBackend(SegmentationBackend):
         if foreground is not None:
             cellprob = np.where(foreground, cellprob, np.float32(self.cellprob_threshold - 10.0))
         # Cellpose's default: 200 iterations at the network's scale
-        niter = self.niter or int(round(200 / outputs.rescale))
+        niter = self.niter or round(200 / outputs.rescale)
         masks = dynamics.resize_and_compute_masks(
             outputs.dP, cellprob, niter=niter, cellprob_threshold=self.cellprob_threshold,
             flow_threshold=self.flow_threshold, interp=True, min_size=self.min_size,

@@ -13,7 +13,8 @@ holding it. Settings (all optional):
 
 - ``model_folder``: overrides the folder found from the artifacts;
 - ``checkpoint``: ``"checkpoint_final.pth"``;
-- ``folds``: list of folds to ensemble, default all ``fold_*`` present;
+- ``folds``: list of folds to ensemble, default every numbered ``fold_<k>`` with
+  the checkpoint, else ``fold_all``;
 - ``tile_step_size``: sliding-window step as a fraction of the patch, 0.5;
 - ``use_mirroring``: flip test-time augmentation, True (4 passes in 2D; set False
   to predict about 4x faster);
@@ -42,7 +43,12 @@ from inference.backends.base import (
     image_check,
 )
 
-__all__ = ["NnUNetBackend", "components_to_instances", "nnunet_model_folder_find"]
+__all__ = [
+    "NnUNetBackend",
+    "components_to_instances",
+    "folds_available",
+    "nnunet_model_folder_find",
+]
 
 # natural 2D images: nnU-Net's NaturalImage2DIO reports this spacing (a dummy z axis)
 _SPACING = {"spacing": (999.0, 1.0, 1.0)}
@@ -59,8 +65,24 @@ def nnunet_model_folder_find(artifacts: Path | None, settings: Mapping[str, Any]
             return folder
     raise BackendError(
         "nnunet: no model folder (plans.json + dataset.json) in "
-        + ", ".join(str(c) for c in candidates or ["<no artifacts>"])
+        + (", ".join(str(c) for c in candidates) or "<no artifacts>")
     )
+
+
+def folds_available(model_folder: Path, checkpoint: str) -> list[int | str]:
+    """Folds with a checkpoint: numbered ones, else ``"all"``.
+
+    nnUNetPredictor's own auto-detection skips ``fold_all``, the only fold of a
+    model trained without a validation split.
+    """
+    numbered: list[int | str] = []
+    for sub in sorted(Path(model_folder).glob("fold_*")):
+        suffix = sub.name[len("fold_"):]
+        if suffix.isdigit() and (sub / checkpoint).is_file():
+            numbered.append(int(suffix))
+    if numbered:
+        return numbered
+    return ["all"] if (Path(model_folder) / "fold_all" / checkpoint).is_file() else []
 
 
 def components_to_instances(
@@ -127,12 +149,13 @@ class NnUNetBackend(SegmentationBackend):
             verbose_preprocessing=False,
             allow_tqdm=False,
         )
-        folds = s.get("folds")
+        checkpoint = str(s.get("checkpoint", "checkpoint_final.pth"))
+        folds = s.get("folds") or folds_available(self.model_folder, checkpoint)
+        if not folds:
+            raise BackendError(f"nnunet: no fold_*/{checkpoint} in {self.model_folder}")
         try:
             self.predictor.initialize_from_trained_model_folder(
-                str(self.model_folder),
-                use_folds=tuple(folds) if folds else None,
-                checkpoint_name=str(s.get("checkpoint", "checkpoint_final.pth")),
+                str(self.model_folder), use_folds=tuple(folds), checkpoint_name=checkpoint
             )
         except (OSError, RuntimeError, KeyError) as exc:
             raise BackendError(f"nnunet: cannot load {self.model_folder}: {exc}") from exc

@@ -3,7 +3,10 @@
 Each model is trained once per pytest session: the builders below cache their
 result in this module, and ``inference/tests/test_two_stage.py`` imports them,
 so a run over both test folders trains nnU-Net and Cellpose once each. nnU-Net is
-trained inside a daemonic ``fork`` child, as a Celery prefork worker would run it.
+trained inside a daemonic child process (what a Celery prefork worker is: daemonic
+processes may not start children). The child is spawned, not forked: this pytest
+process may already have run multi-threaded torch code, and a forked child of such
+a process hangs in its first OpenMP parallel region.
 """
 
 from __future__ import annotations
@@ -98,8 +101,7 @@ def nnunet_trained(base: Path) -> NnUNetTrained:
     if "nnunet" not in _cache:
         workdir = base / "nnunet_job"
         out_file = base / "nnunet_result.json"
-        # fork + daemon is what a Celery prefork worker is
-        ctx = multiprocessing.get_context("fork")
+        ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(target=_nnunet_child, args=(str(workdir), str(out_file)), daemon=True)
         proc.start()
         proc.join(NNUNET_TIMEOUT_S)

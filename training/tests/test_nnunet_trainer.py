@@ -136,9 +136,8 @@ def test_training_ran_in_daemonic_process(nnunet_model: NnUNetTrained) -> None:
 
 
 def test_model_folder_predicts_held_out_image(nnunet_model: NnUNetTrained) -> None:
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
     import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(
         tile_step_size=0.5,
@@ -200,3 +199,18 @@ def test_cancellation_raises(tmp_path: Path) -> None:
     assert not any(i["phase"] == "epoch" for i in seen)
     # the job's environment does not leak into the caller's
     assert os.environ.get("nnUNet_preprocessed") != str(tmp_path / "nnUNet_preprocessed")
+
+
+def test_folds_available(tmp_path: Path) -> None:
+    from inference.backends.nnunet import folds_available
+
+    (tmp_path / "fold_all").mkdir()
+    (tmp_path / "fold_all" / "checkpoint_final.pth").write_bytes(b"")
+    # nnUNetPredictor's auto-detection would find nothing here
+    assert folds_available(tmp_path, "checkpoint_final.pth") == ["all"]
+    for k in (1, 0):
+        (tmp_path / f"fold_{k}").mkdir()
+        (tmp_path / f"fold_{k}" / "checkpoint_final.pth").write_bytes(b"")
+    (tmp_path / "fold_2").mkdir()  # no checkpoint
+    assert folds_available(tmp_path, "checkpoint_final.pth") == [0, 1]
+    assert folds_available(tmp_path, "checkpoint_best.pth") == []

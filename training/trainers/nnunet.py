@@ -30,6 +30,12 @@ job-specific folders under ``workdir`` only while a job runs (nnU-Net 2.8 reads
 them lazily), and restored afterwards. For GPU training outside a daemon,
 ``python -m training.trainers.nnunet`` runs a job in a child interpreter, where
 ``NnUNetTrainConfig.num_workers_da > 0`` may use worker processes.
+
+Fork caveat (measured with torch 2.13 CPU): a process forked from a parent that
+has already run multi-threaded torch code hangs in its first parallel torch
+operation (OpenMP). Celery's prefork master must therefore not run torch before
+forking its children; otherwise call ``torch.set_num_threads(1)`` first thing in
+the child (``worker_process_init``), or train in a child interpreter.
 """
 
 from __future__ import annotations
@@ -242,8 +248,9 @@ class NnUNetTrainResult:
     """What ``nnunet_train`` produced.
 
     ``model_folder`` is usable by ``nnUNetPredictor.initialize_from_trained_model_folder``
-    (it holds ``plans.json``, ``dataset.json`` and ``fold_<f>/checkpoint_final.pth``);
-    it is also the folder the ``nnunet`` inference backend loads. ``curves`` has one
+    (it holds ``plans.json``, ``dataset.json`` and ``fold_<fold>/checkpoint_final.pth``;
+    pass ``use_folds=(fold,)``: nnU-Net's auto-detection skips ``fold_all``); it is
+    also the folder the ``nnunet`` inference backend loads. ``curves`` has one
     dict per epoch: epoch, train_loss, val_loss, pseudo_dice (per foreground class),
     mean_pseudo_dice, lr, seconds.
     """
@@ -328,7 +335,7 @@ def raw_dataset_write(
         img = np.asarray(image)
         lab = np.asarray(label)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"{case}: expected an (H, W, 3) uint8 image, got {img.shape} {img.dtype}")
+            raise ValueError(f"{case}: expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
         if lab.shape != img.shape[:2]:
             raise ValueError(f"{case}: label shape {lab.shape} != image shape {img.shape[:2]}")
         if lab.min() < 0 or lab.max() > max(LABELS.values()):
@@ -571,7 +578,7 @@ class ConfigurableTrainer(nnUNetTrainer):
         self,
         plans: dict,
         configuration: str,
-        fold: int,
+        fold: int | str,  # nnU-Net passes "all" as well
         dataset_json: dict,
         device: torch.device = torch.device("cuda"),
     ) -> None:
@@ -706,7 +713,7 @@ class ConfigurableTrainer(nnUNetTrainer):
         t.append(RemoveLabelTansform(-1, 0))
         if regions is not None:
             t.append(ConvertSegmentationToRegionsTransform(
-                regions=list(regions) + [ignore_label] if ignore_label is not None else regions,
+                regions=[*regions, ignore_label] if ignore_label is not None else regions,
                 channel_in_seg=0,
             ))
         if deep_supervision_scales is not None:
@@ -826,7 +833,9 @@ def nnunet_train(
     cfg = config or NnUNetTrainConfig()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    raw, pre, res = workdir / "nnUNet_raw", workdir / "nnUNet_preprocessed", workdir / "nnUNet_results"
+    raw = workdir / "nnUNet_raw"
+    pre = workdir / "nnUNet_preprocessed"
+    res = workdir / "nnUNet_results"
     for folder in (raw, pre, res):
         if folder.exists():
             shutil.rmtree(folder)
