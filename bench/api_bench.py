@@ -47,6 +47,9 @@ def main() -> None:
     from tests.factories import ProjectFactory, UserFactory, upload
 
     setup_test_environment()
+    from config.runtime import gc_tune
+
+    gc_tune()  # as config/wsgi.py does for the real server
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
         settings.MEDIA_ROOT = str(ROOT / "var" / "bench-media")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 from django.contrib.auth import get_user_model, login, logout
@@ -15,6 +16,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
 from annotations import selectors, services
@@ -419,7 +421,7 @@ class CellsView(APIView):
         return HttpResponse(body, content_type="application/json", headers={"ETag": f'"{image.revision}"'})
 
     @extend_schema(request=s.CellsReplaceIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
-    def put(self, request: Request, image_id: int) -> Response:
+    def put(self, request: Request, image_id: int) -> HttpResponse:
         image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Expected a JSON object with revision and cells.")
@@ -440,7 +442,13 @@ class CellsView(APIView):
             payload={"revision": base, "cells": cells},
             run=run,
         )
-        return Response(body, status=code, headers={"ETag": f'"{body["revision"]}"'})
+        # Encoded directly (same encoder as DRF's renderer): this is the autosave hot path.
+        return HttpResponse(
+            json.dumps(body, cls=JSONEncoder),
+            status=code,
+            content_type="application/json",
+            headers={"ETag": f'"{body["revision"]}"'},
+        )
 
 
 class HistoryView(APIView):
