@@ -1,0 +1,590 @@
+"""Paper A's results table, reproduced on a synthetic Diff-Quik benchmark.
+
+Builds train / validation / test splits of synthetic fields (``annotations.synthetic``), trains
+nnU-Net v2 (semantic: background / cell / erythrocyte), Cellpose 3 (instances) and paper B's
+refinement net (on nnU-Net's foreground probability), and evaluates every row on the test
+split with ``training.evaluation`` (the platform's own metrics):
+
+* Watershed, Region growing: the classical backends on the stain foreground (no training);
+* nnU-Net: its connected components; nnU-Net + region growing (paper A's erosion-seed
+  baseline) and nnU-Net + watershed: instances cut from nnU-Net's semantic foreground;
+* Cellpose alone (every instance a cell, as Cellpose knows no classes);
+* nnU-Net + Cellpose (the two-stage pipeline, ``two_stage`` backend), then the same with
+  paper A's colour filter, and with nnU-Net's foreground refined by paper B's net (instances
+  filtered by and cropped to the refined foreground); nnU-Net + refinement alone as well.
+
+Columns: pixel Dice and IoU of the cell foreground, precision@0.7 (paper A's best match), AP50,
+the DSB score (paper D), seconds per image (the stages a row uses; stages shared by several
+rows are run once per image and counted in each), beside paper A's numbers (their private
+data, so only the ordering is comparable). Ground truth is the visible part of every
+synthetic instance; cell metrics use the instances labelled 1 (cell) on both sides.
+Targets checked: the two-stage row beats every single-model row on precision@0.7, and reaches
+Dice >= 0.92, IoU >= 0.86, precision@0.7 >= 0.87.
+
+Models and results are cached under ``var/bench/paper_table/<data>/`` (one folder per data set,
+one model folder per training configuration); ``--reuse`` skips training a model whose folder
+exists. The table is written next to them as ``table.csv`` and ``table.json``.
+
+    .venv/bin/python bench/paper_table.py --quick               # smoke run, under a minute
+    .venv/bin/python bench/paper_table.py                        # CPU default: 256x256, 24/6/12; ~45 min, 2 cores
+    .venv/bin/python bench/paper_table.py --reuse                # evaluate again without training
+    .venv/bin/python bench/paper_table.py --paper --device cuda  # paper A's 1024x768, 120/30/122, its schedule
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+BENCH_DIR = ROOT / "var" / "bench" / "paper_table"
+
+# Paper A (their data; time per image, hardware not stated).
+PAPER_A: dict[str, dict[str, float]] = {
+    "U-Net": {"dice": 0.76, "iou": 0.62, "seconds": 45},
+    "U-Net++": {"dice": 0.78, "iou": 0.62, "seconds": 60},
+    "nnU-Net v2": {"dice": 0.89, "iou": 0.82, "seconds": 43},
+    "Mask R-CNN": {"dice": 0.70, "p70": 0.51, "seconds": 198},
+    "NucleAIzer": {"dice": 0.75, "p70": 0.59, "seconds": 195},
+    "Cellpose": {"dice": 0.71, "p70": 0.59, "seconds": 10},
+    "nnU-Net v2 + Cellpose": {"dice": 0.92, "iou": 0.86, "p70": 0.87, "seconds": 60},
+}
+TARGETS = {"dice": 0.92, "iou": 0.86, "p70": 0.87}
+TWO_STAGE = "nnU-Net + Cellpose"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    stages: tuple[str, ...]  # timed stages whose sum is the row's time per image
+    paper: str | None  # the paper A row it corresponds to
+    single_model: bool  # one model at most (compared with the two-stage row)
+
+
+ROWS: tuple[Row, ...] = (
+    Row("Watershed (stain)", ("watershed",), "U-Net", True),
+    Row("Region growing (stain)", ("region_growing",), None, True),
+    Row("nnU-Net (components)", ("nnunet", "components"), "nnU-Net v2", True),
+    Row("nnU-Net + region growing", ("nnunet", "nn_region_growing"), "nnU-Net v2", True),
+    Row("nnU-Net + watershed", ("nnunet", "nn_watershed"), "nnU-Net v2", True),
+    Row("Cellpose", ("cellpose_net", "cellpose_masks"), "Cellpose", True),
+    Row(TWO_STAGE, ("nnunet", "cellpose_net", "cellpose_masks", "filter"), "nnU-Net v2 + Cellpose", False),
+    Row("  + colour filter", ("nnunet", "cellpose_net", "cellpose_masks", "filter_colour"), None, False),
+    Row("  + refinement (paper B)", ("nnunet", "refinement", "cellpose_net", "cellpose_masks", "filter_refined"),
+        None, False),
+    Row("nnU-Net + refinement", ("nnunet", "components", "refinement", "crop"), None, False),
+)
+
+
+# ------------------------------------------------------------------------- arguments
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS, got {text!r}") from None
+    return rows, cols
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("mode")
+    g.add_argument("--quick", action="store_true", help="smoke run: 128x128, 4/2/3 images, tiny models, 1 epoch")
+    g.add_argument("--paper", action="store_true",
+                   help="paper A's data size (1024x768, 120/30/122) and training schedule (needs a GPU)")
+    g.add_argument("--reuse", action="store_true", help="reuse trained models found in the cache")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    g.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: cores)")
+    g.add_argument("--cache", type=Path, default=BENCH_DIR, help=f"cache folder (default {BENCH_DIR})")
+    g = p.add_argument_group("data", "defaults: 256x256, 24/6/12; --paper: 1024x768, 120/30/122; "
+                             "--quick: 128x128, 4/2/3 with 10 cells")
+    g.add_argument("--width", type=int, default=None, help="image width")
+    g.add_argument("--height", type=int, default=None, help="image height")
+    g.add_argument("--train", type=int, default=None, help="training images")
+    g.add_argument("--val", type=int, default=None, help="validation images")
+    g.add_argument("--test", type=int, default=None, help="test images")
+    g.add_argument("--cells", type=int, default=None, help="thyroid cells per image (default: generator's, by area)")
+    g.add_argument("--seed", type=int, default=0, help="data seed")
+    g = p.add_argument_group(
+        "nnU-Net", "defaults: 20 epochs x 50 iterations (10 validation), the planner's plan with batch 4 and "
+        "16..256 features; --paper: 50 x 250 (50), the planner's plan as is; --quick: 1 x 4, tiny plan")
+    g.add_argument("--nnunet-epochs", type=int, default=None, help="epochs")
+    g.add_argument("--nnunet-iterations", type=int, default=None, help="iterations per epoch")
+    g.add_argument("--nnunet-val-iterations", type=int, default=None, help="validation iterations per epoch")
+    g.add_argument("--nnunet-lr", type=float, default=None, help="initial LR (default paper A's 7e-3)")
+    g.add_argument("--nnunet-batch", type=int, default=None, help="plan override: batch size")
+    g.add_argument("--nnunet-patch", type=_size, default=None, help="plan override: patch ROWSxCOLS")
+    g.add_argument("--nnunet-stages", type=int, default=None, help="plan override: number of stages")
+    g.add_argument("--nnunet-features", type=int, default=None, help="plan override: features of stage 1")
+    g.add_argument("--nnunet-max-features", type=int, default=None, help="plan override: feature cap")
+    g.add_argument("--nnunet-convs", type=int, default=None, help="plan override: convs per stage")
+    g.add_argument("--planner-plan", action="store_true", help="no plan override (nnU-Net's planner as is)")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="nnU-Net mirroring at test time (default: on with --paper, else off)")
+    g = p.add_argument_group(
+        "Cellpose", "defaults: 200 epochs over the training images, 128 px crops, batch 8, LR 0.005 (AdamW); "
+        "--paper: 500 epochs, 224 px crops; --quick: 1 epoch, 64 px crops")
+    g.add_argument("--cellpose-epochs", type=int, default=None, help="epochs")
+    g.add_argument("--cellpose-lr", type=float, default=None, help="learning rate")
+    g.add_argument("--cellpose-batch", type=int, default=None, help="batch size")
+    g.add_argument("--cellpose-bsize", type=int, default=None, help="training crop size")
+    g.add_argument("--cellpose-cells-only", action="store_true",
+                   help="train Cellpose on thyroid cells only (default: erythrocytes are instances too)")
+    g = p.add_argument_group(
+        "refinement (paper B)", "defaults: up to 20 epochs x 30 iterations, LR 1e-3, patience 5; --paper: "
+        "paper B's Adam 1e-4, up to 100 x 50, patience 10; --quick: 1 epoch")
+    g.add_argument("--refinement-epochs", type=int, default=None, help="maximum epochs (early stopping)")
+    g.add_argument("--refinement-iterations", type=int, default=None, help="iterations per epoch")
+    g.add_argument("--refinement-lr", type=float, default=None, help="learning rate")
+    args = p.parse_args(argv)
+    if args.quick and args.paper:
+        p.error("--quick and --paper exclude each other")
+    return args
+
+
+@dataclass
+class Setup:
+    width: int
+    height: int
+    n_train: int
+    n_val: int
+    n_test: int
+    cells: int | None
+    seed: int
+    tta: bool
+    nnunet: Any  # NnUNetTrainConfig
+    cellpose: Any  # CellposeTrainConfig
+    refinement: Any  # RefinementTrainConfig
+    cellpose_cells_only: bool
+
+    @property
+    def data_key(self) -> str:
+        cells = f"-c{self.cells}" if self.cells is not None else ""
+        return f"{self.width}x{self.height}-{self.n_train}-{self.n_val}-{self.n_test}-s{self.seed}{cells}"
+
+
+def pick(value: Any, quick: Any, default: Any, paper: Any, args: argparse.Namespace) -> Any:
+    if value is not None:
+        return value
+    return quick if args.quick else paper if args.paper else default
+
+
+def setup_build(args: argparse.Namespace) -> Setup:
+    from training.trainers.cellpose import CellposeTrainConfig
+    from training.trainers.nnunet import NnUNetPlansOverride, NnUNetTrainConfig
+    from training.trainers.refinement import RefinementTrainConfig
+
+    width = pick(args.width, 128, 256, 1024, args)
+    height = pick(args.height, 128, 256, 768, args)
+    # nnU-Net: paper A's LR, weight decay, oversampling and augmentation; the CPU default
+    # trains a slimmer plan (batch 4, 16..256 features) for fewer iterations.
+    if args.quick:
+        nn = NnUNetTrainConfig.tiny()
+        nn.num_epochs, nn.num_iterations_per_epoch, nn.num_val_iterations_per_epoch = 1, 4, 1
+    else:
+        nn = NnUNetTrainConfig(plot_progress=False, save_every=10**6)
+        if not args.paper:
+            nn.num_epochs, nn.num_iterations_per_epoch, nn.num_val_iterations_per_epoch = 20, 50, 10
+            nn.plans = NnUNetPlansOverride(batch_size=4, base_features=16, max_features=256)
+    nn.dataset_id, nn.dataset_name = 631, "PaperTable"
+    if args.planner_plan:
+        nn.plans = NnUNetPlansOverride()
+    for attr, value in (("num_epochs", args.nnunet_epochs), ("num_iterations_per_epoch", args.nnunet_iterations),
+                        ("num_val_iterations_per_epoch", args.nnunet_val_iterations),
+                        ("initial_lr", args.nnunet_lr)):
+        if value is not None:
+            setattr(nn, attr, value)
+    for attr, value in (("batch_size", args.nnunet_batch), ("patch_size", args.nnunet_patch),
+                        ("n_stages", args.nnunet_stages), ("base_features", args.nnunet_features),
+                        ("max_features", args.nnunet_max_features), ("n_conv_per_stage", args.nnunet_convs)):
+        if value is not None:
+            setattr(nn.plans, attr, tuple(value) if isinstance(value, tuple) else value)
+    # Cellpose: its own schedule (warm-up, AdamW, random rotate-and-resize crops); BatchNorm
+    # statistics re-estimated after training (short runs otherwise predict nothing).
+    if args.quick:
+        cp = CellposeTrainConfig.tiny()
+        cp.n_epochs, cp.warmup_epochs, cp.val_every, cp.bn_recalibrate_batches = 1, 0, 1, 2
+    elif args.paper:
+        cp = CellposeTrainConfig(n_epochs=500, val_every=10, bn_recalibrate_batches=20)
+    else:  # 128 px crops (cells are ~25 px across): more steps for the CPU time
+        cp = CellposeTrainConfig(n_epochs=200, bsize=128, val_every=20, bn_recalibrate_batches=10)
+    for attr, value in (("n_epochs", args.cellpose_epochs), ("learning_rate", args.cellpose_lr),
+                        ("batch_size", args.cellpose_batch), ("bsize", args.cellpose_bsize)):
+        if value is not None:
+            setattr(cp, attr, value)
+    cp.warmup_epochs = min(cp.warmup_epochs, max(cp.n_epochs - 1, 0))
+    # Refinement: paper B (Adam 1e-4, BCE, early stopping); the CPU default runs fewer, larger steps.
+    if args.quick:
+        rf = RefinementTrainConfig.tiny()
+        rf.max_epochs = 1
+    elif args.paper:
+        rf = RefinementTrainConfig()
+    else:
+        rf = RefinementTrainConfig(max_epochs=20, iterations_per_epoch=30, learning_rate=1e-3, patience=5)
+    for attr, value in (("max_epochs", args.refinement_epochs), ("iterations_per_epoch", args.refinement_iterations),
+                        ("learning_rate", args.refinement_lr)):
+        if value is not None:
+            setattr(rf, attr, value)
+    return Setup(
+        width=width, height=height, n_train=pick(args.train, 4, 24, 120, args), n_val=pick(args.val, 2, 6, 30, args),
+        n_test=pick(args.test, 3, 12, 122, args), cells=pick(args.cells, 10, None, None, args), seed=args.seed,
+        tta=args.tta if args.tta is not None else bool(args.paper), nnunet=nn, cellpose=cp, refinement=rf,
+        cellpose_cells_only=args.cellpose_cells_only,
+    )
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def config_hash(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+class Clock:
+    """Accumulates seconds per stage: ``with clock("nnunet"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
+@dataclass
+class Split:
+    images: list[Any] = field(default_factory=list)  # (H, W, 3) uint8
+    semantic: list[Any] = field(default_factory=list)  # (H, W) uint8 0/1/2
+    instances: list[Any] = field(default_factory=list)  # (H, W) int32 label maps
+    gt: list[list[Any]] = field(default_factory=list)  # Instance crops with labels
+
+
+def data_build(setup: Setup) -> dict[str, Split]:
+    from annotations.synthetic import generate_field
+    from inference.backends.base import instances_from_label_map
+
+    out: dict[str, Split] = {}
+    for name, count, base in (("train", setup.n_train, 10_000), ("val", setup.n_val, 20_000),
+                              ("test", setup.n_test, 30_000)):
+        split = Split()
+        for i in range(count):
+            f = generate_field(seed=setup.seed * 100_000 + base + i, width=setup.width, height=setup.height,
+                               n_cells=setup.cells)
+            label_map = f.label_map()
+            labels = {k + 1: c.label for k, c in enumerate(f.cells)}
+            split.images.append(f.image)
+            split.semantic.append(f.semantic_map())
+            if setup.cellpose_cells_only:
+                keep = [k + 1 for k, c in enumerate(f.cells) if c.label == 1]
+                import numpy as np
+
+                split.instances.append(np.where(np.isin(label_map, keep), label_map, 0).astype(np.int32))
+            else:
+                split.instances.append(label_map)
+            split.gt.append(instances_from_label_map(label_map, labels=labels))
+        out[name] = split
+    return out
+
+
+# ------------------------------------------------------------------------- training
+
+
+def cached(folder: Path, reuse: bool) -> bool:
+    done = folder / "DONE.json"
+    if reuse and done.is_file():
+        log(f"reusing {folder}")
+        return True
+    if folder.exists():
+        shutil.rmtree(folder)
+    return False
+
+
+def train_nnunet(setup: Setup, data: dict[str, Split], folder: Path, device: str) -> dict[str, Any]:
+    from training.trainers.nnunet import nnunet_train
+
+    log(f"training nnU-Net: {setup.nnunet.num_epochs} epochs x {setup.nnunet.num_iterations_per_epoch} iterations, "
+        f"plan override {setup.nnunet.plans}")
+    job = folder.with_name(folder.name + "-job")
+    result = nnunet_train(
+        images=data["train"].images, semantic_labels=data["train"].semantic, val_images=data["val"].images,
+        val_semantic_labels=data["val"].semantic, workdir=job, config=setup.nnunet, device=device,
+    )
+    shutil.copytree(result.model_folder, folder)
+    shutil.rmtree(job, ignore_errors=True)
+    epochs = [float(c["seconds"]) for c in result.curves if c.get("seconds") is not None]
+    info = {"seconds": result.seconds, "plans": result.plans_summary, "final_val_loss": result.final_val_loss,
+            "epoch_seconds": sum(epochs) / len(epochs) if epochs else None,
+            "final_pseudo_dice": result.final_pseudo_dice, "config": result.config}
+    (folder / "DONE.json").write_text(json.dumps(info, indent=1, default=str))
+    return info
+
+
+def train_cellpose(setup: Setup, data: dict[str, Split], folder: Path, device: str) -> dict[str, Any]:
+    from training.trainers.cellpose import cellpose_train
+
+    log(f"training Cellpose: {setup.cellpose.n_epochs} epochs, crops {setup.cellpose.bsize}, "
+        f"batch {setup.cellpose.batch_size}")
+    result = cellpose_train(
+        images=data["train"].images, instance_labels=data["train"].instances, val_images=data["val"].images,
+        val_instance_labels=data["val"].instances, workdir=folder, config=setup.cellpose, device=device,
+    )
+    epochs = [c["seconds"] for c in result.curves]
+    info = {"seconds": result.seconds, "diam_labels": result.diam_labels, "final_train_loss": result.train_losses[-1],
+            "epoch_seconds": sum(epochs) / len(epochs) if epochs else None,
+            "config": result.config}
+    (folder / "DONE.json").write_text(json.dumps(info, indent=1, default=str))
+    return info
+
+
+def train_refinement(setup: Setup, data: dict[str, Split], nnunet: Any, folder: Path,
+                     device: str) -> dict[str, Any]:
+    from training.trainers.refinement import refinement_train
+
+    log(f"training the refinement net: up to {setup.refinement.max_epochs} epochs x "
+        f"{setup.refinement.iterations_per_epoch} iterations (inputs: nnU-Net's foreground probability)")
+
+    def first_stage(split: Split) -> list[Any]:
+        return [1.0 - nnunet.predict_probabilities(img)[0] for img in split.images]
+
+    result = refinement_train(
+        images=data["train"].images, probabilities=first_stage(data["train"]),
+        targets=[s > 0 for s in data["train"].semantic], val_images=data["val"].images,
+        val_probabilities=first_stage(data["val"]), val_targets=[s > 0 for s in data["val"].semantic],
+        workdir=folder, config=setup.refinement, device=device,
+    )
+    info = {"seconds": result.seconds, "best_epoch": result.best_epoch, "best_loss": result.best_loss,
+            "stopped_early": result.stopped_early, "config": result.config}
+    (folder / "DONE.json").write_text(json.dumps(info, indent=1, default=str))
+    return info
+
+
+# ------------------------------------------------------------------------- evaluation
+
+
+def evaluate(setup: Setup, data: dict[str, Split], nn_folder: Path, cp_folder: Path, rf_folder: Path,
+             device: str) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Every row on the test split: (metrics per row, mean seconds per image per stage)."""
+    import numpy as np
+    import torch
+
+    from inference.backends.refinement import RefinementNet, instances_crop, refinement_predict
+    from inference.backends.region_growing import RegionGrowingBackend
+    from inference.backends.two_stage import TwoStageBackend
+    from inference.backends.watershed import WatershedBackend
+    from training.evaluation import EvalCase, evaluate_cases
+
+    two = TwoStageBackend(artifacts=None, device=device, settings={
+        "nnunet_model_folder": str(nn_folder), "cellpose_model_file": str(cp_folder / "cellpose.pth"),
+        "nnunet": {"use_mirroring": setup.tta, "instances": "components"},
+    })
+    two_colour = copy.copy(two)
+    two_colour.colour_filter = True
+    two_cropped = copy.copy(two)
+    two_cropped.crop_to_foreground = True
+    ws = WatershedBackend(artifacts=None, settings={}, device=device)
+    rg = RegionGrowingBackend(artifacts=None, settings={}, device=device)
+    net = RefinementNet()
+    net.load_state_dict(torch.load(rf_folder / "refinement.pt", map_location="cpu", weights_only=True))
+    net.to(device).eval()
+
+    preds: dict[str, list[Any]] = {row.name: [] for row in ROWS}
+    totals: dict[str, float] = {}
+    test = data["test"]
+    for i, img in enumerate(test.images):
+        clock = Clock()
+        with clock("watershed"):
+            preds["Watershed (stain)"].append(ws.predict(img).instances)
+        with clock("region_growing"):
+            preds["Region growing (stain)"].append(rg.predict(img).instances)
+        nn_pred, probs = two.nnunet.predict_with_probabilities(img)
+        clock.seconds["nnunet"] = nn_pred.timings["nnunet"]
+        clock.seconds["components"] = nn_pred.timings["components"]
+        semantic = nn_pred.semantic
+        assert semantic is not None
+        preds["nnU-Net (components)"].append(nn_pred.instances)
+        with clock("nn_region_growing"):
+            preds["nnU-Net + region growing"].append(rg.predict_from_mask(img, semantic).instances)
+        with clock("nn_watershed"):
+            preds["nnU-Net + watershed"].append(ws.predict_from_mask(img, semantic).instances)
+        with clock("cellpose_net"):
+            outputs = two.cellpose.network(img)
+        with clock("cellpose_masks"):
+            instances = two.cellpose.instances(two.cellpose.masks(outputs), outputs)
+        preds["Cellpose"].append(instances)
+        with clock("filter"):
+            preds[TWO_STAGE].append(two.combine(img, instances, semantic))
+        with clock("filter_colour"):
+            preds["  + colour filter"].append(two_colour.combine(img, instances, semantic))
+        with clock("refinement"):
+            refined = refinement_predict(net, img, 1.0 - probs[0], device=device) >= 0.5
+            fg_class = (1 + np.argmax(probs[1:], axis=0)).astype(np.uint8)
+            refined_semantic = np.where(refined, np.where(semantic > 0, semantic, fg_class), 0).astype(np.uint8)
+        with clock("filter_refined"):
+            preds["  + refinement (paper B)"].append(two_cropped.combine(img, instances, refined_semantic))
+        with clock("crop"):
+            preds["nnU-Net + refinement"].append(instances_crop(nn_pred.instances, refined, min_area=15))
+        for stage, seconds in clock.seconds.items():
+            totals[stage] = totals.get(stage, 0.0) + seconds
+        log(f"test image {i + 1}/{len(test.images)}: {len(test.gt[i])} instances; "
+            f"nnU-Net {clock.seconds['nnunet']:.2f} s, Cellpose {clock.seconds['cellpose_net']:.2f} + "
+            f"{clock.seconds['cellpose_masks']:.2f} s")
+    per_stage = {k: v / max(len(test.images), 1) for k, v in totals.items()}
+
+    results: dict[str, dict[str, Any]] = {}
+    for row in ROWS:
+        cases = []
+        for i, pred in enumerate(preds[row.name]):
+            h, w = test.images[i].shape[:2]
+            gt = test.gt[i]
+            cases.append(EvalCase(
+                key=f"test_{i:04d}", group="synthetic", height=h, width=w, gt=gt, gt_labels=[g.label for g in gt],
+                pred=list(pred), pred_labels=[int(p.label) for p in pred], pred_scores=[float(p.score) for p in pred],
+            ))
+        overall = evaluate_cases(cases).overall
+        results[row.name] = {
+            "dice": overall.get("dice"), "iou": overall.get("iou"), "p70": overall.get("best_match_precision_70"),
+            "ap50": overall.get("ap50"), "dsb": overall.get("dsb"), "f1_50": overall.get("f1_50"),
+            "coco_AP": overall.get("coco_AP"), "erythrocyte_fp": overall.get("erythrocyte_fp"),
+            "n_pred": overall.get("n_pred"), "n_gt": overall.get("n_gt"),
+            "seconds": sum(per_stage.get(s, 0.0) for s in row.stages),
+        }
+    return results, per_stage
+
+
+# ------------------------------------------------------------------------- report
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def report(results: dict[str, dict[str, Any]], setup: Setup) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    header = ["row", "Dice", "IoU", "P@0.7", "AP50", "DSB", "s/img", "| paper A row", "Dice", "IoU", "P@0.7", "s"]
+    rows: list[list[str]] = []
+    records: list[dict[str, Any]] = []
+    for row in ROWS:
+        r = results[row.name]
+        ref = PAPER_A.get(row.paper or "", {})
+        rows.append([row.name, fmt(r["dice"]), fmt(r["iou"]), fmt(r["p70"]), fmt(r["ap50"]), fmt(r["dsb"]),
+                     fmt(r["seconds"], 2), f"| {row.paper or ''}", fmt(ref.get("dice"), 2), fmt(ref.get("iou"), 2),
+                     fmt(ref.get("p70"), 2), fmt(ref.get("seconds"), 0)])
+        records.append({"row": row.name.strip(), **r, "paper_row": row.paper,
+                        **{f"paper_{k}": v for k, v in ref.items()}})
+    widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
+    print()
+    print(f"Synthetic benchmark {setup.width}x{setup.height}, {setup.n_train}/{setup.n_val}/{setup.n_test} images "
+          f"(train/val/test); nnU-Net TTA {'on' if setup.tta else 'off'}")
+    for line in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) if i in (0, 7) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths,
+                                                                                                  strict=True))))
+    others = [f"{row.name.strip()} ({fmt(results[row.name]['p70'])})" for row in ROWS if row.name != TWO_STAGE
+              and row.single_model]
+    print(f"\nPaper A's other rows: U-Net++ 0.78/0.62 (60 s), Mask R-CNN 0.70 / P@0.7 0.51 (198 s), "
+          f"NucleAIzer 0.75 / 0.59 (195 s). Single-model rows: {', '.join(others)}")
+    two = results[TWO_STAGE]
+    checks: list[dict[str, Any]] = []
+    best_single = max((results[row.name]["p70"] or 0.0, row.name) for row in ROWS if row.single_model)
+    checks.append({"target": f"two-stage P@0.7 > every single-model row (best: {best_single[1].strip()} "
+                             f"{fmt(best_single[0])})", "value": two["p70"],
+                   "pass": (two["p70"] or 0.0) > best_single[0]})
+    for key, title in (("dice", "Dice"), ("iou", "IoU"), ("p70", "P@0.7")):
+        checks.append({"target": f"two-stage {title} >= {TARGETS[key]}", "value": two[key],
+                       "pass": (two[key] or 0.0) >= TARGETS[key]})
+    print()
+    for c in checks:
+        print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {fmt(c['value'])}")
+    return records, checks
+
+
+# ------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from inference.device import device_default
+
+    device = device_default() if args.device == "auto" else args.device
+    setup = setup_build(args)
+    base = Path(args.cache).resolve() / setup.data_key
+    models = base / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    log(f"data {setup.data_key}, device {device}, torch threads {torch.get_num_threads()}, cache {base}")
+    data = data_build(setup)
+    log(f"data: {sum(len(g) for g in data['test'].gt)} test instances "
+        f"({sum(1 for g in data['test'].gt for c in g if c.label == 1)} cells) in {len(data['test'].images)} images")
+
+    nn_key = config_hash(setup.data_key, setup.nnunet.to_dict())
+    nn_folder = models / f"nnunet-{nn_key}"
+    cp_key = config_hash(setup.data_key, setup.cellpose.to_dict(), setup.cellpose_cells_only)
+    cp_folder = models / f"cellpose-{cp_key}"
+    rf_folder = models / f"refinement-{config_hash(nn_key, setup.tta, setup.refinement.to_dict())}"
+    training: dict[str, Any] = {}
+    if not cached(nn_folder, args.reuse):
+        training["nnunet"] = train_nnunet(setup, data, nn_folder, device)
+    if not cached(cp_folder, args.reuse):
+        training["cellpose"] = train_cellpose(setup, data, cp_folder, device)
+    if not cached(rf_folder, args.reuse):
+        from inference.backends.nnunet import NnUNetBackend
+
+        nnunet = NnUNetBackend(artifacts=nn_folder, settings={"use_mirroring": setup.tta}, device=device)
+        training["refinement"] = train_refinement(setup, data, nnunet, rf_folder, device)
+        del nnunet
+    for name, folder in (("nnunet", nn_folder), ("cellpose", cp_folder), ("refinement", rf_folder)):
+        info = json.loads((folder / "DONE.json").read_text())
+        training.setdefault(name, info)
+        per_epoch = f", {info['epoch_seconds']:.1f} s per epoch" if info.get("epoch_seconds") else ""
+        log(f"{name}: {folder.name}, trained in {info['seconds']:.0f} s{per_epoch}")
+
+    log("evaluating on the test split")
+    results, per_stage = evaluate(setup, data, nn_folder, cp_folder, rf_folder, device)
+    records, checks = report(results, setup)
+
+    csv_file, json_file = base / "table.csv", base / "table.json"
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    with csv_file.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(records)
+    json_file.write_text(json.dumps({
+        "data": setup.data_key, "device": device, "threads": args.threads, "tta": setup.tta, "rows": records,
+        "checks": checks, "seconds_per_stage": per_stage, "models": {"nnunet": str(nn_folder),
+                                                                     "cellpose": str(cp_folder),
+                                                                     "refinement": str(rf_folder)},
+        "training": training, "paper_a": PAPER_A, "wall_seconds": time.perf_counter() - started,
+    }, indent=1, default=str))
+    print(f"\ntable: {csv_file}\n       {json_file}\nwall time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
