@@ -147,71 +147,11 @@ def shot(page: Any, name: str, *, full: bool = False) -> Path:
     return path
 
 
-def _database_url() -> str:
-    from django.db import connection
-
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    auth = f"{user}:{db['PASSWORD']}" if db.get("PASSWORD") else user
-    return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-
 @pytest.fixture
 def celery_worker(settings: Any, tmp_path: Path) -> Iterator[Any]:
-    """A real Celery worker process (prefork, as in production) on the configured broker, on the
-    test database (as tests/integration/test_celery_worker.py)."""
-    import subprocess
-    import sys
-    import uuid
+    """A real Celery worker process (prefork, as in production) on the test database."""
+    from tests.worker import celery_worker as start_worker
 
-    from django.conf import settings as django_settings
-
-    from config.celery import app
-
-    app.control.purge()  # stale messages from an earlier run must not reach this worker
-    env = os.environ | {
-        "DATABASE_URL": _database_url(),
-        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "PLATFORM_VAR_DIR": str(django_settings.VAR_DIR),
-        "TRAINING_DIR": str(tmp_path / "training"),
-        "TRAINING_HEARTBEAT_SECONDS": "2",
-    }
-    log_path = tmp_path / "worker.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            "1",
-            "-n",
-            f"browser-{uuid.uuid4().hex[:8]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-    print(log_path.read_text()[-3000:])
+    env = {"TRAINING_DIR": str(tmp_path / "training"), "TRAINING_HEARTBEAT_SECONDS": "2"}
+    with start_worker(log_path=tmp_path / "worker.log", env=env, name="browser") as process:
+        yield process

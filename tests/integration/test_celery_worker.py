@@ -4,24 +4,20 @@ configured broker: Redis in CI, the filesystem transport otherwise."""
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
-from django.db import connection
 from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
 from annotations.synthetic import generate_field
 from tests.factories import ProjectFactory, UserFactory
+from tests.worker import celery_worker
 from training.models import ModelKind
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -29,61 +25,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    auth = f"{user}:{db['PASSWORD']}" if db.get("PASSWORD") else user
-    return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-
 @pytest.fixture
 def worker(settings: Any, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    from config.celery import app
-
-    app.control.purge()  # stale messages from an earlier run must not reach this worker
-    env = os.environ | {
-        "DATABASE_URL": _database_url(),
-        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "PLATFORM_VAR_DIR": str(django_settings.VAR_DIR),
-    }
-    log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            "1",
-            "-n",
-            f"test-{uuid.uuid4().hex[:8]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-    print((tmp_path / "worker.log").read_text()[-3000:])
+    with celery_worker(log_path=tmp_path / "worker.log") as process:
+        yield process
 
 
 def _wait_for(image_id: int, statuses: set[str], timeout: float = 120) -> Image:

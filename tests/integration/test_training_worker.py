@@ -9,22 +9,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
 from annotations.synthetic import generate_field
 from inference.services import model_version_for_project
-from tests.integration.test_celery_worker import _database_url
+from tests.worker import celery_worker
 from training.models import Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
 from training.tests.factories import synthetic_png, synthetic_project
 
@@ -41,56 +38,15 @@ def training_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def worker(settings: Any, tmp_path: Path, training_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    from config.celery import app
-
     settings.TRAINING_DIR = str(training_dir)
-    app.control.purge()  # stale messages from an earlier run must not reach this worker
-    env = os.environ | {
-        "DATABASE_URL": _database_url(),
-        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-        "PLATFORM_VAR_DIR": str(django_settings.VAR_DIR),
+    env = {
         "TRAINING_DIR": str(training_dir),
         "TRAINING_DEVICE": "cpu",
         "INFERENCE_DEVICE": "cpu",
         "TRAINING_HEARTBEAT_SECONDS": "1",
     }
-    log_path = tmp_path / "worker.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "default,gpu",
-            "--pool",
-            "prefork",
-            "--concurrency",
-            "1",
-            "-n",
-            f"test-{uuid.uuid4().hex[:8]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-    print(log_path.read_text()[-4000:])
+    with celery_worker(log_path=tmp_path / "worker.log", env=env) as process:
+        yield process
 
 
 def _wait_job(job_id: int, statuses: set[str], timeout: float = 900, what: Any = None) -> TrainingJob:
