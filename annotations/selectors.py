@@ -157,16 +157,6 @@ CELL_FIELDS = (
 )
 
 
-def cell_rows(
-    *, image: Image, layer: str = Layer.ANNOTATION, model_version_id: int | None = None
-) -> list[dict[str, Any]]:
-    """All cells of one layer of an image as plain dicts in one query (the hot read path)."""
-    queryset = Cell.objects.filter(image_id=image.pk, layer=layer)
-    if model_version_id is not None:
-        queryset = queryset.filter(model_version_id=model_version_id)
-    return list(queryset.order_by("id").values(*CELL_FIELDS))
-
-
 _CELL_META_FIELDS = [f for f in CELL_FIELDS if f != "polygon"]
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from annotations import exports
+from annotations import exports, services
 
 
 @shared_task(
@@ -26,3 +26,9 @@ def export_run(job_id: int) -> dict[str, Any]:
 def export_jobs_prune() -> int:
     """Delete the files of expired export jobs (schedule it, e.g. hourly, in Celery beat)."""
     return exports.export_jobs_prune()
+
+
+@shared_task(name="annotations.idempotency_prune", queue="default")
+def idempotency_prune() -> int:
+    """Forget Idempotency-Key responses older than IDEMPOTENCY_TTL_HOURS (scheduled daily)."""
+    return services.idempotency_prune()

@@ -246,6 +246,11 @@ TRAINING_GATE_MARGIN = env_float("TRAINING_GATE_MARGIN", 0.01)
 TRAINING_GATE_TOLERANCE = env_float("TRAINING_GATE_TOLERANCE", 0.02)
 CELERY_BEAT_SCHEDULE = {
     "training-watchdog": {"task": "training.watchdog", "schedule": 300.0, "options": {"queue": "default"}},
+    "annotations-idempotency-prune": {
+        "task": "annotations.idempotency_prune",
+        "schedule": 24 * 3600.0,
+        "options": {"queue": "default"},
+    },
     "annotations-export-prune": {
         "task": "annotations.export_jobs_prune",
         "schedule": 3600.0,

@@ -224,7 +224,7 @@ class RestoreIn(serializers.Serializer):
 
 
 def cell_out(row: dict[str, Any]) -> dict[str, Any]:
-    """The API shape of a cell row from selectors.cell_rows (built by hand: it is the hot path)."""
+    """The API shape of a cell row (``selectors.CELL_FIELDS``), built by hand: it is on the save path."""
     return {
         "id": row["id"],
         "class_id": row["cell_class_id"],

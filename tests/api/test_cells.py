@@ -235,3 +235,18 @@ def test_history_stores_deltas_and_restore_replays_them(image: Any, annotator: A
     assert [c["id"] for c in changes[3]["upserted"]] == [a["id"]] and changes[3]["deleted"] == [b["id"]]
     restored = client.post(f"/api/v1/images/{image.pk}/history/2/restore", {"revision": 3}, format="json").json()
     assert {c["id"]: c["polygon"][0] for c in restored["cells"]} == {a["id"]: [1, 1], b["id"]: [40, 40]}
+
+
+def test_old_idempotency_records_are_pruned(image: Any, annotator: Any, class_id: int) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotations.models import IdempotencyRecord
+    from annotations.tasks import idempotency_prune
+
+    _put(client_for(annotator), image, [{"class_id": class_id, "polygon": square(1, 1)}], 0, HTTP_IDEMPOTENCY_KEY="k1")
+    _put(client_for(annotator), image, [], 1, HTTP_IDEMPOTENCY_KEY="k2")
+    IdempotencyRecord.objects.filter(key="k1").update(created_at=timezone.now() - timedelta(days=3))
+    assert idempotency_prune() == 1
+    assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["k2"]
