@@ -18,7 +18,7 @@ import { createTools, type Tool, type ToolContext, type ToolId } from '../tools'
 import { EditorMap } from '../view/editorMap';
 import type { CellState } from '../view/styles';
 import type { App, Screen } from './app';
-import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone } from './dom';
+import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone, listen } from './dom';
 import { confirmDialog, dialog, dialogOpen, toast, type DialogHandle } from './overlay';
 import { buildShell, errText, helpRow, isTyping, overlayMessage, section, viewKey, wireReadouts, zoomButtons, type Shell } from './viewer';
 
@@ -249,14 +249,11 @@ export class AdjudicateScreen implements Screen {
       e.returnValue = '';
       return '';
     };
-    document.addEventListener('keydown', onKeyDown);
-    document.addEventListener('keyup', onKeyUp);
-    window.addEventListener('beforeunload', onUnload);
-    this.offs.push(() => {
-      document.removeEventListener('keydown', onKeyDown);
-      document.removeEventListener('keyup', onKeyUp);
-      window.removeEventListener('beforeunload', onUnload);
-    });
+    this.offs.push(
+      listen(document, 'keydown', onKeyDown),
+      listen(document, 'keyup', onKeyUp),
+      listen(window, 'beforeunload', onUnload),
+    );
   }
 
   private toolContext(): ToolContext {

@@ -121,3 +121,10 @@ export function statusTone(s: string | null | undefined): string {
   if (/reject|change|fail|error|cancel/.test(v)) return 'bad';
   return 'neutral';
 }
+
+/** Add an event listener and return the function that removes it (screens collect these). */
+export function listen<E extends Event>(target: EventTarget, type: string, handler: (e: E) => void): () => void {
+  const fn = handler as EventListener;
+  target.addEventListener(type, fn);
+  return () => target.removeEventListener(type, fn);
+}

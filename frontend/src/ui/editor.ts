@@ -19,7 +19,7 @@ import { createTools, type Tool, type ToolContext, type ToolId } from '../tools'
 import type { NotifyKind } from '../tools/tool';
 import { EditorMap, type LayerName } from '../view/editorMap';
 import type { App, Screen } from './app';
-import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone } from './dom';
+import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone, listen } from './dom';
 import { confirmDialog, dialog, dialogOpen, toast, type DialogHandle } from './overlay';
 
 export interface EditorOptions {
@@ -284,18 +284,13 @@ export class EditorScreen implements Screen {
       if (this.view) this.view.spaceDown = false;
       this.mapEl.classList.remove('panning');
     };
-    document.addEventListener('keydown', onKeyDown);
-    document.addEventListener('keyup', onKeyUp);
-    window.addEventListener('online', onOnline);
-    window.addEventListener('pagehide', onHide);
-    window.addEventListener('blur', onBlur);
-    this.offs.push(() => {
-      document.removeEventListener('keydown', onKeyDown);
-      document.removeEventListener('keyup', onKeyUp);
-      window.removeEventListener('online', onOnline);
-      window.removeEventListener('pagehide', onHide);
-      window.removeEventListener('blur', onBlur);
-    });
+    this.offs.push(
+      listen(document, 'keydown', onKeyDown),
+      listen(document, 'keyup', onKeyUp),
+      listen(window, 'online', onOnline),
+      listen(window, 'pagehide', onHide),
+      listen(window, 'blur', onBlur),
+    );
 
     const showCoord = rafThrottle(() => {
       if (!this.lastCoord) {

@@ -20,7 +20,7 @@ import { createTools, type Tool, type ToolContext, type ToolId } from '../tools'
 import type { CellState } from '../view/styles';
 import { EditorMap } from '../view/editorMap';
 import type { App, Screen } from './app';
-import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone } from './dom';
+import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone, listen } from './dom';
 import { confirmDialog, dialog, dialogOpen, toast, type DialogHandle } from './overlay';
 import { buildShell, errText, helpRow, isTyping, overlayMessage, relTime, section, viewKey, wireReadouts, zoomButtons, type Shell } from './viewer';
 
@@ -239,16 +239,12 @@ export class ReviewScreen implements Screen {
       return '';
     };
     const onOnline = () => void this.saver?.retryNow();
-    document.addEventListener('keydown', onKeyDown);
-    document.addEventListener('keyup', onKeyUp);
-    window.addEventListener('beforeunload', onUnload);
-    window.addEventListener('online', onOnline);
-    this.offs.push(() => {
-      document.removeEventListener('keydown', onKeyDown);
-      document.removeEventListener('keyup', onKeyUp);
-      window.removeEventListener('beforeunload', onUnload);
-      window.removeEventListener('online', onOnline);
-    });
+    this.offs.push(
+      listen(document, 'keydown', onKeyDown),
+      listen(document, 'keyup', onKeyUp),
+      listen(window, 'beforeunload', onUnload),
+      listen(window, 'online', onOnline),
+    );
   }
 
   private toolContext(): ToolContext {
