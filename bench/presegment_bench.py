@@ -63,6 +63,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key")
 
+from training.presets import FAST_CELLPOSE_SCALE, FAST_INFERENCE, FAST_PLAN  # noqa: E402  (Django-free)
+
 BENCH_DIR = ROOT / "var" / "bench" / "presegment"
 PAPER_SECONDS = 60.0  # paper A: nnU-Net v2 + Cellpose, seconds per image
 PAPER_GFLOP = 360.0  # paper A's nnU-Net pass, as the brief quotes it
@@ -119,21 +121,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="--train: iterations of the fast-plan nnU-Net (default 40)")
     g.add_argument("--train-cellpose-epochs", type=int, default=30,
                    help="--train: Cellpose epochs of 8 crops (default 30)")
-    g = p.add_argument_group("fast configuration")
-    g.add_argument("--fast-stages", type=int, default=5, help="nnU-Net stages (default 5)")
-    g.add_argument("--fast-features", type=int, default=16, help="nnU-Net features of the first stage (16)")
-    g.add_argument("--fast-max-features", type=int, default=128, help="nnU-Net feature cap (128)")
-    g.add_argument("--fast-convs", type=int, default=1, help="nnU-Net convs per stage (1)")
+    g = p.add_argument_group("fast configuration", "defaults: the fast training preset (training.presets)")
+    fast_cp = FAST_INFERENCE["cellpose"]
+    g.add_argument("--fast-stages", type=int, default=FAST_PLAN["n_stages"],
+                   help=f"nnU-Net stages ({FAST_PLAN['n_stages']})")
+    g.add_argument("--fast-features", type=int, default=FAST_PLAN["base_features"],
+                   help=f"nnU-Net features of the first stage ({FAST_PLAN['base_features']})")
+    g.add_argument("--fast-max-features", type=int, default=FAST_PLAN["max_features"],
+                   help=f"nnU-Net feature cap ({FAST_PLAN['max_features']})")
+    g.add_argument("--fast-convs", type=int, default=FAST_PLAN["n_conv_per_stage"],
+                   help=f"nnU-Net convs per stage ({FAST_PLAN['n_conv_per_stage']})")
     g.add_argument("--fast-patch", type=_size, default=None,
                    help="nnU-Net patch ROWSxCOLS (default: the image size rounded up, i.e. one tile)")
-    g.add_argument("--fast-tile-step", type=float, default=1.0, help="nnU-Net tile step (1.0: no overlap)")
-    g.add_argument("--fast-cellpose-scale", type=float, default=0.5,
-                   help="scale at which Cellpose's network sees the image (default 0.5: 4x fewer pixels)")
-    g.add_argument("--fast-cellpose-bsize", type=int, default=0,
+    g.add_argument("--fast-tile-step", type=float, default=FAST_INFERENCE["nnunet"]["tile_step_size"],
+                   help="nnU-Net tile step (1.0: no overlap)")
+    g.add_argument("--fast-cellpose-scale", type=float, default=FAST_CELLPOSE_SCALE,
+                   help=f"scale at which Cellpose's network sees the image ({FAST_CELLPOSE_SCALE}: 4x fewer pixels; "
+                   "the fast preset trains Cellpose at that scale, here the diameter setting gives the same input)")
+    g.add_argument("--fast-cellpose-bsize", type=int, default=fast_cp["bsize"],
                    help="Cellpose tile size (default 0: the scaled image in one tile)")
     g.add_argument("--fast-cellpose-batch", type=int, default=8, help="Cellpose tiles per batch (8)")
-    g.add_argument("--fast-niter", type=int, default=60, help="Cellpose dynamics iterations (default 60)")
-    g.add_argument("--fast-flow-threshold", type=float, default=0.0,
+    g.add_argument("--fast-niter", type=int, default=fast_cp["niter"],
+                   help=f"Cellpose dynamics iterations ({fast_cp['niter']})")
+    g.add_argument("--fast-flow-threshold", type=float, default=fast_cp["flow_threshold"],
                    help="Cellpose flow quality check threshold (default 0: check skipped)")
     args = p.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]

@@ -72,6 +72,7 @@ from training.models import (
     TrainingJob,
     TrainingPolicy,
 )
+from training.presets import PRESETS, preset_backend_settings, preset_base_config
 from training.snapshots import (
     LoadedCase,
     SnapshotData,
@@ -170,6 +171,7 @@ CELLPOSE_SCHEMA: dict[str, Any] = {
     "momentum": "float",
     "channels": "int[2]?",
     "diam_mean": "float?",
+    "network_scale": "float",
     "rescale": "bool",
     "scale_range": "float?",
     "bsize": "int",
@@ -200,7 +202,7 @@ KIND_STAGES: dict[str, tuple[str, ...]] = {
 _STAGE_SCHEMAS = {"nnunet": NNUNET_SCHEMA, "cellpose": CELLPOSE_SCHEMA, "refinement": REFINEMENT_SCHEMA}
 # Top-level job options besides the trainer sections.
 JOB_OPTIONS: dict[str, str] = {
-    "preset": "str",  # "default" (paper A's hyper-parameters) or "tiny" (the trainers' tiny())
+    "preset": "str",  # training.presets: "default" (paper A), "fast" (smaller models) or "tiny" (tests)
     "device": "str",  # "auto", "cpu", "cuda", "cuda:N"
     "evaluate": "bool",  # evaluate on the frozen test split (default true)
     "auto_promote": "bool?",  # null: the project's policy
@@ -209,7 +211,6 @@ JOB_OPTIONS: dict[str, str] = {
     "source": "str",  # dataset source when the job snapshots the data itself
     "synthetic": "dict",  # training.augment.AugmentConfig, idem
 }
-PRESETS = ("default", "tiny")
 _POSITIVE = {
     "num_epochs",
     "num_iterations_per_epoch",
@@ -269,7 +270,7 @@ def _validate_section(data: Any, schema: Mapping[str, Any], prefix: str, errors:
                 errors[path] = "must be at least 1"
             elif key.startswith("p_") and not 0 <= value <= 1:
                 errors[path] = "must be a probability in [0, 1]"
-            elif key in ("initial_lr", "learning_rate") and value <= 0:
+            elif key in ("initial_lr", "learning_rate", "network_scale") and value <= 0:
                 errors[path] = "must be positive"
 
 
@@ -835,26 +836,26 @@ class _JobRunner:
     # training ------------------------------------------------------------------------------
 
     def _stage_config(self, stage: str) -> Any:
-        preset = self.job.config.get("preset", "default")
-        overrides = self.job.config.get(stage) or {}
+        base = preset_base_config(preset=self._preset(), stage=stage)
+        merged = _merged(base, self.job.config.get(stage) or {})
         if stage == "nnunet":
             from training.trainers.nnunet import NnUNetTrainConfig
 
-            base = NnUNetTrainConfig.tiny() if preset == "tiny" else NnUNetTrainConfig()
-            return NnUNetTrainConfig.from_dict(_merged(base.to_dict(), overrides))
+            return NnUNetTrainConfig.from_dict(merged)
         if stage == "cellpose":
             from training.trainers.cellpose import CellposeTrainConfig
 
-            base_cp = CellposeTrainConfig.tiny() if preset == "tiny" else CellposeTrainConfig()
-            return CellposeTrainConfig.from_dict(_merged(base_cp.to_dict(), overrides))
+            return CellposeTrainConfig.from_dict(merged)
         from training.trainers.refinement import RefinementTrainConfig
 
-        base_rf = RefinementTrainConfig.tiny() if preset == "tiny" else RefinementTrainConfig()
-        return RefinementTrainConfig(**_merged(base_rf.to_dict(), overrides))
+        return RefinementTrainConfig(**merged)
+
+    def _preset(self) -> str:
+        return str(self.job.config.get("preset", "default"))
 
     def train(self, data: SnapshotData, device: str) -> list[ModelVersion]:
         kind = self.job.kind
-        resolved: dict[str, Any] = {"device": device, "preset": self.job.config.get("preset", "default")}
+        resolved: dict[str, Any] = {"device": device, "preset": self._preset()}
         configs = {stage: self._stage_config(stage) for stage in KIND_STAGES[kind]}
         resolved.update({stage: cfg.to_dict() for stage, cfg in configs.items()})
         TrainingJob.objects.filter(pk=self.job.pk).update(resolved_config=_json_floats(resolved))
@@ -873,7 +874,10 @@ class _JobRunner:
             target = self.root / "refinement"
             self.train_refinement(data, configs["refinement"], device, target)
             made.append((ModelKind.REFINEMENT, target, {"base": "nnunet"}))
-        return [self.register(model_kind, path, backend_config) for model_kind, path, backend_config in made]
+        return [
+            self.register(model_kind, path, {**preset_backend_settings(preset=self._preset(), kind=model_kind), **cfg})
+            for model_kind, path, cfg in made
+        ]
 
     def train_nnunet(self, data: SnapshotData, cfg: Any, device: str, target: Path) -> None:
         from training.trainers.nnunet import nnunet_train

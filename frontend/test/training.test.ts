@@ -12,6 +12,10 @@ describe('job configuration', () => {
     });
   });
 
+  it('passes the fast preset through', () => {
+    expect(buildJobConfig({ ...defaultJobForm(), preset: 'fast' as const }).config).toEqual({ preset: 'fast' });
+  });
+
   it('uses each trainer’s own keys and ignores stages the kind does not train', () => {
     const f = { ...defaultJobForm(), kind: 'two_stage', epochs: { nnunet: 5, cellpose: 7, refinement: 9 }, evaluate: false, source: 'annotation' as const };
     expect(buildJobConfig(f).config).toEqual({ evaluate: false, source: 'annotation', nnunet: { num_epochs: 5 }, cellpose: { n_epochs: 7 } });

@@ -164,3 +164,30 @@ def test_backend_restricted_masks_and_registry(two_stage_artifacts: Path) -> Non
                             device="cpu")
     finally:
         backend_cache_clear()
+
+
+@pytest.mark.ml
+def test_fast_preset_inference_settings(two_stage_artifacts: Path) -> None:
+    """The fast preset's settings (one tile, bsize 0, few iterations, restricted dynamics) run."""
+    from inference.backends import BackendError
+    from inference.backends.cellpose import CellposeBackend
+    from inference.backends.two_stage import TwoStageBackend
+    from training.presets import FAST_INFERENCE
+    from training.tests.conftest import held_out_fields
+
+    f = held_out_fields()[0]
+    tiled = CellposeBackend(artifacts=two_stage_artifacts / "cellpose", settings={"bsize": 32}, device="cpu")
+    whole = CellposeBackend(artifacts=two_stage_artifacts / "cellpose", settings={"bsize": 0}, device="cpu")
+    a, b = tiled.network(f.image), whole.network(f.image)
+    assert a.dP.shape == b.dP.shape == (2, *f.image.shape[:2])
+    assert b.cellprob.shape == f.image.shape[:2]
+    for bad in (-1, 8):
+        with pytest.raises(BackendError, match="bsize"):
+            CellposeBackend(artifacts=two_stage_artifacts / "cellpose", settings={"bsize": bad}, device="cpu")
+    fast = TwoStageBackend(artifacts=two_stage_artifacts, device="cpu", settings=FAST_INFERENCE["two_stage"])
+    assert fast.cellpose.bsize == 0 and fast.cellpose.niter == 60 and fast.restrict_masks
+    pred = fast.predict(f.image)
+    assert pred.semantic is not None and pred.instances
+    for inst in pred.instances:
+        h, w = inst.mask.shape
+        assert (pred.semantic[inst.y0:inst.y0 + h, inst.x0:inst.x0 + w][inst.mask] > 0).mean() >= 0.5

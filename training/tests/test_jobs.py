@@ -129,6 +129,32 @@ def test_cellpose_job_trains_registers_evaluates_and_promotes(enqueued: Any, var
     assert model_version_for_project(project=sp.project) == version  # pre-segmentation uses it now
 
 
+def test_fast_preset_trains_a_half_scale_cellpose_registered_with_fast_settings(
+    enqueued: Any, var_training: Path
+) -> None:
+    import json
+
+    from training.presets import FAST_INFERENCE
+
+    sp = synthetic_project(splits={"train": 3, "validation": 1, "test": 1}, size=96, n_cells=8, n_erythrocytes=3,
+                           seed=11)
+    config = {"preset": "fast", "device": "cpu", "cellpose": {
+        "n_epochs": 2, "warmup_epochs": 0, "batch_size": 4, "bsize": 64, "bn_recalibrate_batches": 1,
+    }}
+    job = _start(sp, config=config)
+    outcome = services.training_job_run(job_id=job.pk, task_id="task-fast")
+    job.refresh_from_db()
+    assert outcome["status"] == JobStatus.SUCCEEDED, job.log
+    assert job.resolved_config["preset"] == "fast" and job.resolved_config["cellpose"]["network_scale"] == 0.5
+    assert job.resolved_config["cellpose"]["n_epochs"] == 2
+    version = ModelVersion.objects.get(job=job)
+    assert version.config == FAST_INFERENCE["cellpose"]  # one tile, 60 iterations, no flow check
+    meta = json.loads((Path(version.artifact_path) / "cellpose.json").read_text())
+    assert meta["diam_mean"] == pytest.approx(0.5 * meta["diam_labels"])  # sees cells at half size
+    # evaluated with those settings (the whole rescaled image as one tile)
+    assert Evaluation.objects.get(model_version=version).overall["n_images"] == 1
+
+
 def test_running_job_stops_when_cancel_is_requested(enqueued: Any, var_training: Path) -> None:
     sp = synthetic_project(splits={"train": 2}, size=64, n_cells=5, n_erythrocytes=2)
     job = _start(sp)

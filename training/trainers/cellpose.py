@@ -59,6 +59,10 @@ class CellposeTrainConfig:
     rescaled by (its mean cell diameter / ``diam_mean``). ``None`` = the mean
     diameter of the training labels when training from scratch (no resizing at
     inference for typical fields), or the initial model's value when fine-tuning.
+    ``network_scale`` (used when ``diam_mean`` is None and training from scratch) sets
+    ``diam_mean`` to that fraction of the labels' mean diameter: 0.5 trains a network that
+    sees cells at half their size, so inference runs on a quarter of the pixels (the fast
+    pre-segmentation configuration; ``bench/fast_accuracy.py`` measures what it costs).
     ``rescale=False`` trains at native size (``scale_range`` then defaults to 1,
     i.e. no random zoom). ``val_every`` epochs a validation loss is computed (on a
     fixed random crop of each validation image, as Cellpose does).
@@ -74,6 +78,7 @@ class CellposeTrainConfig:
     momentum: float = 0.9
     channels: tuple[int, int] | None = None
     diam_mean: float | None = None
+    network_scale: float = 1.0
     rescale: bool = True
     scale_range: float | None = None
     bsize: int = 224
@@ -240,7 +245,7 @@ def cellpose_train(
             pretrained_model=str(initial_model), device=torch_device, nchan=nchan, mkldnn=False
         )
     else:
-        diam_mean = float(cfg.diam_mean or diam_train.mean())
+        diam_mean = float(cfg.diam_mean or cfg.network_scale * diam_train.mean())
         model = models.CellposeModel(
             pretrained_model=False, device=torch_device, nchan=nchan, diam_mean=diam_mean,
             mkldnn=False,

@@ -36,7 +36,7 @@ export const LR_KEY: Record<Stage, string> = { nnunet: 'initial_lr', cellpose: '
 
 export interface JobForm {
   kind: string;
-  preset: 'default' | 'tiny';
+  preset: 'default' | 'fast' | 'tiny';
   device: 'auto' | 'cpu' | 'cuda';
   /** per stage; null = the preset's */
   epochs: Partial<Record<Stage, number | null>>;

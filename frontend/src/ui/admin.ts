@@ -242,7 +242,7 @@ class TrainingPanel implements Panel {
     replaceChildren(
       this.formEl,
       h('div', { class: 'field' }, h('span', null, 'What to train'), h('div', { class: 'kind-grid' }, JOB_KINDS.map((k) => h('button', { type: 'button', class: `kind-card ${k.kind === f.kind ? 'on' : ''}`, dataset: { kind: k.kind }, onclick: () => this.set('kind', k.kind) }, h('b', null, k.label), h('span', { class: 'muted small' }, k.description))))),
-      h('div', { class: 'field' }, h('span', null, 'Hyper-parameters'), seg(f.preset, [['default', 'Full (paper settings)'], ['tiny', 'Tiny (smoke test)']], (v) => this.set('preset', v), 'preset')),
+      h('div', { class: 'field' }, h('span', null, 'Hyper-parameters'), seg(f.preset, [['default', 'Full (paper settings)'], ['fast', 'Fast (smaller models)'], ['tiny', 'Tiny (smoke test)']], (v) => this.set('preset', v), 'preset')),
       h('div', { class: 'stage-rows' }, stageRows),
       h(
         'div',
@@ -612,6 +612,7 @@ class SchedulePanel implements Panel {
               },
             },
             h('option', { value: 'default', selected: preset === 'default' }, 'Full (paper settings)'),
+            h('option', { value: 'fast', selected: preset === 'fast' }, 'Fast (smaller models)'),
             h('option', { value: 'tiny', selected: preset === 'tiny' }, 'Tiny (smoke test)'),
           ),
         ),

@@ -1,0 +1,230 @@
+"""Accuracy of the fast pre-segmentation configuration against the paper configuration.
+
+``bench/presegment_bench.py`` times two configurations of the two-stage pipeline (nnU-Net v2 +
+Cellpose 3); this script checks, on paper A's synthetic benchmark (``bench/paper_table.py``:
+same data, same training schedules, same metrics), that the fast one loses at most 0.01 Dice
+and 0.01 precision@0.7 against the paper one. It trains four models (two nnU-Net plans, two
+Cellpose scales) and evaluates the two configurations plus one row per change between them, so
+that a change that costs accuracy shows up by name:
+
+* ``paper``: the benchmark's nnU-Net plan (``paper_table``'s: the planner's stages and 2 convs
+  per stage; on the CPU default with its features halved to 16..256 for training time) with
+  tile step 0.5 + Gaussian weighting, no mirroring; Cellpose trained at the labels' size and run
+  with its defaults (224 px tiles, flow quality check 0.4, 200 dynamics iterations);
+* ``fast``: a 5-stage 16..128-feature plan with 1 conv per stage, the image as one tile without
+  Gaussian weighting; Cellpose trained to see cells at half their size
+  (``CellposeTrainConfig.network_scale=0.5``: a quarter of the pixels), the scaled image in one
+  tile, 60 dynamics iterations, no flow quality check, dynamics only on nnU-Net's foreground.
+
+Models are cached beside ``paper_table``'s (``var/bench/paper_table/<data>/models/``; the paper
+configuration's two models are the very ones ``paper_table`` trains, keyed by the same hash), so
+``--reuse`` after either script skips their training. Results go to ``fast_accuracy.json``
+there.
+
+    .venv/bin/python bench/fast_accuracy.py --quick          # smoke run, a few minutes
+    .venv/bin/python bench/fast_accuracy.py                  # CPU default (256x256, 24/6/12), ~50 min on 2 cores
+    .venv/bin/python bench/fast_accuracy.py --reuse          # evaluate again without training
+    .venv/bin/python bench/fast_accuracy.py --paper --device cuda   # paper A's sizes and schedules
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import paper_table as pt  # noqa: E402  (a sibling script, not a package)
+
+from training.presets import FAST_CELLPOSE_SCALE, FAST_INFERENCE, FAST_PLAN  # noqa: E402
+
+TOLERANCE = {"dice": 0.01, "p70": 0.01}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    nnunet: str  # "paper" or "fast": which trained plan
+    cellpose: str  # "full" or "half": which trained Cellpose
+    nn_fast_inference: bool  # one tile, no Gaussian
+    cp_fast_inference: bool  # one tile, fewer iterations, no flow check, dynamics on foreground
+    cp_scale: float = 1.0  # run the full-size Cellpose at this scale (diameter setting)
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("paper configuration", "paper", "full", False, False),
+    Variant("  fast nnU-Net plan + inference", "fast", "full", True, False),
+    Variant("  fast Cellpose inference", "paper", "full", False, True),
+    Variant("  Cellpose trained at half scale", "paper", "half", False, False),
+    Variant("  (full-size Cellpose run at 0.5)", "paper", "full", False, False, 0.5),
+    Variant("fast configuration", "fast", "half", True, True),
+)
+PAPER, FAST = VARIANTS[0].name, VARIANTS[-1].name
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run (paper_table's --quick sizes)")
+    p.add_argument("--paper", action="store_true", help="paper A's sizes and schedules (needs a GPU)")
+    p.add_argument("--reuse", action="store_true", help="reuse trained models found in the cache")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: cores)")
+    p.add_argument("--cache", type=Path, default=pt.BENCH_DIR, help=f"cache folder (default {pt.BENCH_DIR})")
+    g = p.add_argument_group("fast configuration", "defaults: the fast training preset (training.presets)")
+    cp = FAST_INFERENCE["cellpose"]
+    for flag, key, title in (("stages", "n_stages", "stages"), ("features", "base_features", "first-stage features"),
+                             ("max-features", "max_features", "feature cap"), ("convs", "n_conv_per_stage",
+                                                                               "convs per stage")):
+        g.add_argument(f"--fast-{flag}", type=int, default=FAST_PLAN[key],
+                       help=f"nnU-Net plan: {title} ({FAST_PLAN[key]})")
+    g.add_argument("--fast-scale", type=float, default=FAST_CELLPOSE_SCALE,
+                   help=f"Cellpose network scale ({FAST_CELLPOSE_SCALE})")
+    g.add_argument("--fast-niter", type=int, default=cp["niter"], help=f"Cellpose dynamics iterations ({cp['niter']})")
+    g.add_argument("--fast-flow-threshold", type=float, default=cp["flow_threshold"],
+                   help=f"Cellpose flow quality threshold ({cp['flow_threshold']}; 0 is off)")
+    return p.parse_args(argv)
+
+
+def settings_for(v: Variant, args: argparse.Namespace, setup: pt.Setup, diam_labels: float) -> dict[str, Any]:
+    nn: dict[str, Any] = {"use_mirroring": setup.tta}
+    if v.nn_fast_inference:
+        nn.update(FAST_INFERENCE["nnunet"])
+    cp: dict[str, Any] = {}
+    if v.cp_scale != 1.0:
+        cp["diameter"] = diam_labels / v.cp_scale
+    settings: dict[str, Any] = {"nnunet": nn, "cellpose": cp}
+    if v.cp_fast_inference:
+        cp.update(FAST_INFERENCE["cellpose"])
+        cp.update(niter=args.fast_niter, flow_threshold=args.fast_flow_threshold)
+        settings["restrict_masks"] = FAST_INFERENCE["two_stage"]["restrict_masks"]
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from inference.backends.two_stage import TwoStageBackend
+    from inference.device import device_default
+    from training.evaluation import EvalCase, evaluate_cases
+    from training.trainers.nnunet import NnUNetPlansOverride
+
+    device = device_default() if args.device == "auto" else args.device
+    pt_argv = [a for a, on in (("--quick", args.quick), ("--paper", args.paper)) if on]
+    setup = pt.setup_build(pt.parse_args(pt_argv))
+    fast_setup = copy.deepcopy(setup)
+    fast_setup.nnunet.dataset_id, fast_setup.nnunet.dataset_name = 632, "PaperTableFast"
+    fast_setup.nnunet.plans = NnUNetPlansOverride(
+        batch_size=setup.nnunet.plans.batch_size, n_stages=args.fast_stages, base_features=args.fast_features,
+        max_features=args.fast_max_features, n_conv_per_stage=args.fast_convs,
+    )
+    fast_setup.cellpose.network_scale = args.fast_scale
+
+    base = Path(args.cache).resolve() / setup.data_key
+    models = base / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    pt.log(f"data {setup.data_key}, device {device}, torch threads {torch.get_num_threads()}, cache {base}")
+    data = pt.data_build(setup)
+
+    folders: dict[str, Path] = {}
+    training: dict[str, Any] = {}
+    for key, s in (("paper", setup), ("fast", fast_setup)):
+        nn_folder = models / f"nnunet-{pt.config_hash(s.data_key, s.nnunet.to_dict())}"
+        if not pt.cached(nn_folder, args.reuse):
+            pt.train_nnunet(s, data, nn_folder, device)
+        folders[f"nnunet_{key}"] = nn_folder
+    for key, s in (("full", setup), ("half", fast_setup)):
+        cp_folder = models / f"cellpose-{pt.config_hash(s.data_key, s.cellpose.to_dict(), s.cellpose_cells_only)}"
+        if not pt.cached(cp_folder, args.reuse):
+            pt.train_cellpose(s, data, cp_folder, device)
+        folders[f"cellpose_{key}"] = cp_folder
+    for name, folder in folders.items():
+        info = json.loads((folder / "DONE.json").read_text())
+        training[name] = {"folder": str(folder), **info}
+        extra = f", plan {info['plans']}" if info.get("plans") else f", diam_labels {info.get('diam_labels')}"
+        pt.log(f"{name}: trained in {info['seconds']:.0f} s{extra}")
+    diam_labels = float(training["cellpose_full"]["diam_labels"])
+
+    test = data["test"]
+    results: dict[str, dict[str, Any]] = {}
+    for v in VARIANTS:
+        settings = settings_for(v, args, setup, diam_labels)
+        backend = TwoStageBackend(artifacts=None, device=device, settings={
+            **settings, "nnunet_model_folder": str(folders[f"nnunet_{v.nnunet}"]),
+            "cellpose_model_file": str(folders[f"cellpose_{v.cellpose}"] / "cellpose.pth"),
+        })
+        backend.predict(test.images[0])  # warm-up: first-call allocations are not the configuration's cost
+        cases: list[Any] = []
+        totals: dict[str, float] = {}
+        for i, img in enumerate(test.images):
+            pred = backend.predict(img)
+            for stage, seconds in pred.timings.items():
+                totals[stage] = totals.get(stage, 0.0) + seconds
+            gt = test.gt[i]
+            cases.append(EvalCase(
+                key=f"test_{i:04d}", group="synthetic", height=img.shape[0], width=img.shape[1], gt=gt,
+                gt_labels=[g.label for g in gt], pred=list(pred.instances),
+                pred_labels=[int(p.label) for p in pred.instances],
+                pred_scores=[float(p.score) for p in pred.instances],
+            ))
+        overall = evaluate_cases(cases).overall
+        per_stage = {k: t / len(test.images) for k, t in totals.items()}
+        results[v.name] = {
+            "dice": overall.get("dice"), "iou": overall.get("iou"), "p70": overall.get("best_match_precision_70"),
+            "ap50": overall.get("ap50"), "dsb": overall.get("dsb"), "n_pred": overall.get("n_pred"),
+            "n_gt": overall.get("n_gt"), "seconds": sum(per_stage.values()), "seconds_per_stage": per_stage,
+            "settings": settings, "nnunet": v.nnunet, "cellpose": v.cellpose,
+        }
+        r = results[v.name]
+        pt.log(f"{v.name.strip()}: Dice {pt.fmt(r['dice'])}, P@0.7 {pt.fmt(r['p70'])}, {r['seconds']:.2f} s/img")
+        del backend
+
+    header = ["configuration", "Dice", "IoU", "P@0.7", "AP50", "DSB", "pred/gt", "s/img", "nnU-Net", "CP net",
+              "CP masks"]
+    lines = [header]
+    for v in VARIANTS:
+        r = results[v.name]
+        st = r["seconds_per_stage"]
+        lines.append([v.name, pt.fmt(r["dice"]), pt.fmt(r["iou"]), pt.fmt(r["p70"]), pt.fmt(r["ap50"]),
+                      pt.fmt(r["dsb"]), f"{int(r['n_pred'] or 0)}/{int(r['n_gt'] or 0)}", pt.fmt(r["seconds"], 2),
+                      pt.fmt(st.get("nnunet"), 2), pt.fmt(st.get("cellpose_net"), 2),
+                      pt.fmt(st.get("cellpose_masks"), 2)])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    print(f"\nSynthetic benchmark {setup.width}x{setup.height}, {setup.n_train}/{setup.n_val}/{setup.n_test} images, "
+          f"device {device}, {args.threads} threads (times are this benchmark's image size, not 1024x768)")
+    for k, row in enumerate(lines):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
+                                                                                            strict=True))))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+    paper, fast = results[PAPER], results[FAST]
+    checks = []
+    for key, title in (("dice", "Dice"), ("p70", "P@0.7")):
+        delta = (fast[key] or 0.0) - (paper[key] or 0.0)
+        checks.append({"metric": key, "paper": paper[key], "fast": fast[key], "delta": delta,
+                       "tolerance": TOLERANCE[key], "pass": delta >= -TOLERANCE[key]})
+        print(f"{'PASS' if checks[-1]['pass'] else 'FAIL'}  fast {title} {pt.fmt(fast[key])} vs paper "
+              f"{pt.fmt(paper[key])}: {delta:+.3f} (allowed -{TOLERANCE[key]})")
+    out = base / "fast_accuracy.json"
+    out.write_text(json.dumps({
+        "data": setup.data_key, "device": device, "threads": args.threads, "results": results, "checks": checks,
+        "training": training, "wall_seconds": time.perf_counter() - started,
+    }, indent=1, default=str))
+    print(f"\nresults: {out}\nwall time {time.perf_counter() - started:.0f} s")
+    return 0 if all(c["pass"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
