@@ -7,10 +7,12 @@ One synthetic Diff-Quik field (default 1024x768 with 250 thyroid cells) is pre-s
   (for 1024x768: patch 768x1024, 8 stages, 32..512 features, 2 convs per stage), tile step 0.5
   with Gaussian weighting, and Cellpose's defaults (224 px tiles with 10 % overlap, flow
   quality check, 200 dynamics iterations);
-* ``fast``: a smaller nnU-Net plan (``NnUNetPlansOverride``: fewer stages and features, one
-  conv per stage, the whole image as one patch, no overlap, no Gaussian), Cellpose's network on
-  one tile at a reduced scale (``diameter`` setting), fewer dynamics iterations, no flow
-  quality check, and the dynamics run only where nnU-Net sees cells (``restrict_masks``).
+* ``fast``: the ``fast`` training preset (``training.presets``): a smaller nnU-Net plan
+  (``NnUNetPlansOverride``: 5 stages, 16..128 features, one conv per stage, the whole image as
+  one patch, no overlap, no Gaussian), Cellpose in 160 px tiles (faster per pixel on a CPU than
+  224) with fewer dynamics iterations run only where nnU-Net sees cells (``restrict_masks``).
+  The ``--fast-cellpose-*`` options try the speed-ups ``bench/fast_accuracy.py`` rejected (a
+  reduced scale, one tile, no flow quality check).
 
 Stages timed in this process (torch threads = ``--threads``): nnU-Net, Cellpose network,
 mask reconstruction (flow dynamics + instances), the two-stage filter, contours
@@ -136,15 +138,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--fast-tile-step", type=float, default=FAST_INFERENCE["nnunet"]["tile_step_size"],
                    help="nnU-Net tile step (1.0: no overlap)")
     g.add_argument("--fast-cellpose-scale", type=float, default=FAST_CELLPOSE_SCALE,
-                   help=f"scale at which Cellpose's network sees the image ({FAST_CELLPOSE_SCALE}: 4x fewer pixels; "
-                   "the fast preset trains Cellpose at that scale, here the diameter setting gives the same input)")
-    g.add_argument("--fast-cellpose-bsize", type=int, default=fast_cp["bsize"],
-                   help="Cellpose tile size (default 0: the scaled image in one tile)")
-    g.add_argument("--fast-cellpose-batch", type=int, default=8, help="Cellpose tiles per batch (8)")
-    g.add_argument("--fast-niter", type=int, default=fast_cp["niter"],
-                   help=f"Cellpose dynamics iterations ({fast_cp['niter']})")
-    g.add_argument("--fast-flow-threshold", type=float, default=fast_cp["flow_threshold"],
-                   help="Cellpose flow quality check threshold (default 0: check skipped)")
+                   help=f"scale at which Cellpose's network sees the image ({FAST_CELLPOSE_SCALE}; 0.5 is 4x fewer "
+                   "pixels, as a Cellpose trained with network_scale=0.5 sees it)")
+    g.add_argument("--fast-cellpose-bsize", type=int, default=fast_cp.get("bsize", 224),
+                   help=f"Cellpose tile size ({fast_cp.get('bsize', 224)}; 0: the scaled image in one tile)")
+    g.add_argument("--fast-cellpose-batch", type=int, default=fast_cp.get("batch_size", 8),
+                   help=f"Cellpose tiles per batch ({fast_cp.get('batch_size', 8)})")
+    g.add_argument("--fast-niter", type=int, default=fast_cp.get("niter", 200),
+                   help=f"Cellpose dynamics iterations ({fast_cp.get('niter', 200)})")
+    g.add_argument("--fast-flow-threshold", type=float, default=fast_cp.get("flow_threshold", 0.4),
+                   help=f"Cellpose flow quality check threshold ({fast_cp.get('flow_threshold', 0.4)}; 0 skips it)")
     args = p.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = sorted(set(args.configs) - set(CONFIGS))

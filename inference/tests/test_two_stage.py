@@ -168,7 +168,7 @@ def test_backend_restricted_masks_and_registry(two_stage_artifacts: Path) -> Non
 
 @pytest.mark.ml
 def test_fast_preset_inference_settings(two_stage_artifacts: Path) -> None:
-    """The fast preset's settings (one tile, bsize 0, few iterations, restricted dynamics) run."""
+    """Cellpose as one tile (bsize 0) and the fast preset's settings (few iterations, restricted dynamics)."""
     from inference.backends import BackendError
     from inference.backends.cellpose import CellposeBackend
     from inference.backends.two_stage import TwoStageBackend
@@ -185,7 +185,7 @@ def test_fast_preset_inference_settings(two_stage_artifacts: Path) -> None:
         with pytest.raises(BackendError, match="bsize"):
             CellposeBackend(artifacts=two_stage_artifacts / "cellpose", settings={"bsize": bad}, device="cpu")
     fast = TwoStageBackend(artifacts=two_stage_artifacts, device="cpu", settings=FAST_INFERENCE["two_stage"])
-    assert fast.cellpose.bsize == 0 and fast.cellpose.niter == 60 and fast.restrict_masks
+    assert fast.cellpose.niter == 60 and fast.restrict_masks and fast.nnunet.settings["tile_step_size"] == 1.0
     pred = fast.predict(f.image)
     assert pred.semantic is not None and pred.instances
     for inst in pred.instances:

@@ -129,7 +129,7 @@ def test_cellpose_job_trains_registers_evaluates_and_promotes(enqueued: Any, var
     assert model_version_for_project(project=sp.project) == version  # pre-segmentation uses it now
 
 
-def test_fast_preset_trains_a_half_scale_cellpose_registered_with_fast_settings(
+def test_fast_preset_and_network_scale_reach_the_trainer_and_the_registered_version(
     enqueued: Any, var_training: Path
 ) -> None:
     import json
@@ -140,6 +140,7 @@ def test_fast_preset_trains_a_half_scale_cellpose_registered_with_fast_settings(
                            seed=11)
     config = {"preset": "fast", "device": "cpu", "cellpose": {
         "n_epochs": 2, "warmup_epochs": 0, "batch_size": 4, "bsize": 64, "bn_recalibrate_batches": 1,
+        "network_scale": 0.5,
     }}
     job = _start(sp, config=config)
     outcome = services.training_job_run(job_id=job.pk, task_id="task-fast")
@@ -148,10 +149,10 @@ def test_fast_preset_trains_a_half_scale_cellpose_registered_with_fast_settings(
     assert job.resolved_config["preset"] == "fast" and job.resolved_config["cellpose"]["network_scale"] == 0.5
     assert job.resolved_config["cellpose"]["n_epochs"] == 2
     version = ModelVersion.objects.get(job=job)
-    assert version.config == FAST_INFERENCE["cellpose"]  # one tile, 60 iterations, no flow check
+    assert version.config == FAST_INFERENCE["cellpose"]  # the preset's inference settings
     meta = json.loads((Path(version.artifact_path) / "cellpose.json").read_text())
     assert meta["diam_mean"] == pytest.approx(0.5 * meta["diam_labels"])  # sees cells at half size
-    # evaluated with those settings (the whole rescaled image as one tile)
+    # evaluated with those settings
     assert Evaluation.objects.get(model_version=version).overall["n_images"] == 1
 
 

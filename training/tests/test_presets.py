@@ -33,10 +33,13 @@ def test_fast_preset_shrinks_the_models_and_keeps_the_schedules() -> None:
     )
     assert (nn.num_epochs, nn.num_iterations_per_epoch) == (50, 250)
     cp = CellposeTrainConfig.from_dict(preset_base_config(preset="fast", stage="cellpose"))
-    assert cp.network_scale == FAST_CELLPOSE_SCALE == 0.5 and cp.n_epochs == CellposeTrainConfig().n_epochs
+    assert cp.network_scale == FAST_CELLPOSE_SCALE == 1.0  # half scale cost precision@0.7 (fast_accuracy)
+    assert cp.n_epochs == CellposeTrainConfig().n_epochs
     two = preset_backend_settings(preset="fast", kind="two_stage")
-    assert two["restrict_masks"] is True and two["cellpose"]["bsize"] == 0 and two["cellpose"]["niter"] == 60
-    assert two["nnunet"] == {"tile_step_size": 1.0, "use_gaussian": False}
+    cellpose = {"niter": 60, "bsize": 160, "batch_size": 4}
+    assert two == {"nnunet": {"tile_step_size": 1.0, "use_gaussian": False}, "cellpose": cellpose,
+                   "restrict_masks": True}
+    assert preset_backend_settings(preset="fast", kind="cellpose") == cellpose
     two["cellpose"]["niter"] = 1  # a copy: registering a version cannot change the preset
     assert FAST_INFERENCE["two_stage"]["cellpose"]["niter"] == 60 and FAST_PLAN["n_stages"] == 5
     assert preset_backend_settings(preset="fast", kind="watershed") == {}
