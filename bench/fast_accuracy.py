@@ -13,8 +13,8 @@ that a change that costs accuracy shows up by name:
   with its defaults (224 px tiles with 10 % overlap, flow quality check 0.4, 200 dynamics
   iterations);
 * ``fast``: the ``fast`` training preset (``training.presets``): a 5-stage 16..128-feature plan
-  with 1 conv per stage, the image as one tile without Gaussian weighting; Cellpose with 60
-  dynamics iterations run only on nnU-Net's foreground.
+  with 1 conv per stage, the image as one tile without Gaussian weighting; Cellpose in 160 px
+  tiles (batches of 4) with 60 dynamics iterations run only on nnU-Net's foreground.
 
 Rows marked "(rejected)" are speed-ups that were measured and left out of the fast preset
 because they cost accuracy here: Cellpose's network on the whole image as one tile, no flow
