@@ -132,7 +132,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from inference.backends.two_stage import TwoStageBackend
     from inference.device import device_default
-    from training.evaluation import EvalCase, evaluate_cases
     from training.trainers.nnunet import NnUNetPlansOverride
 
     device = device_default() if args.device == "auto" else args.device
@@ -181,25 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cellpose_model_file": str(folders[f"cellpose_{v.scale}"] / "cellpose.pth"),
         })
         backend.predict(test.images[0])  # warm-up: first-call allocations are not the configuration's cost
-        cases: list[Any] = []
+        preds: list[Any] = []
         totals: dict[str, float] = {}
-        for i, img in enumerate(test.images):
+        for img in test.images:
             pred = backend.predict(img)
             for stage, seconds in pred.timings.items():
                 totals[stage] = totals.get(stage, 0.0) + seconds
-            gt = test.gt[i]
-            cases.append(EvalCase(
-                key=f"test_{i:04d}", group="synthetic", height=img.shape[0], width=img.shape[1], gt=gt,
-                gt_labels=[g.label for g in gt], pred=list(pred.instances),
-                pred_labels=[int(p.label) for p in pred.instances],
-                pred_scores=[float(p.score) for p in pred.instances],
-            ))
-        overall = evaluate_cases(cases).overall
+            preds.append(pred.instances)
         per_stage = {k: t / len(test.images) for k, t in totals.items()}
         results[v.name] = {
-            "dice": overall.get("dice"), "iou": overall.get("iou"), "p70": overall.get("best_match_precision_70"),
-            "ap50": overall.get("ap50"), "dsb": overall.get("dsb"), "n_pred": overall.get("n_pred"),
-            "n_gt": overall.get("n_gt"), "seconds": sum(per_stage.values()), "seconds_per_stage": per_stage,
+            **pt.split_score(test, preds), "seconds": sum(per_stage.values()), "seconds_per_stage": per_stage,
             "settings": settings, "nnunet": v.nnunet, "cellpose_scale": v.scale,
         }
         r = results[v.name]

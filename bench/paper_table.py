@@ -395,7 +395,6 @@ def evaluate(setup: Setup, data: dict[str, Split], nn_folder: Path, cp_folder: P
     from inference.backends.region_growing import RegionGrowingBackend
     from inference.backends.two_stage import TwoStageBackend
     from inference.backends.watershed import WatershedBackend
-    from training.evaluation import EvalCase, evaluate_cases
 
     two = TwoStageBackend(artifacts=None, device=device, settings={
         "nnunet_model_folder": str(nn_folder), "cellpose_model_file": str(cp_folder / "cellpose.pth"),
@@ -456,23 +455,30 @@ def evaluate(setup: Setup, data: dict[str, Split], nn_folder: Path, cp_folder: P
 
     results: dict[str, dict[str, Any]] = {}
     for row in ROWS:
-        cases = []
-        for i, pred in enumerate(preds[row.name]):
-            h, w = test.images[i].shape[:2]
-            gt = test.gt[i]
-            cases.append(EvalCase(
-                key=f"test_{i:04d}", group="synthetic", height=h, width=w, gt=gt, gt_labels=[g.label for g in gt],
-                pred=list(pred), pred_labels=[int(p.label) for p in pred], pred_scores=[float(p.score) for p in pred],
-            ))
-        overall = evaluate_cases(cases).overall
-        results[row.name] = {
-            "dice": overall.get("dice"), "iou": overall.get("iou"), "p70": overall.get("best_match_precision_70"),
-            "ap50": overall.get("ap50"), "dsb": overall.get("dsb"), "f1_50": overall.get("f1_50"),
-            "coco_AP": overall.get("coco_AP"), "erythrocyte_fp": overall.get("erythrocyte_fp"),
-            "n_pred": overall.get("n_pred"), "n_gt": overall.get("n_gt"),
-            "seconds": sum(per_stage.get(s, 0.0) for s in row.stages),
-        }
+        results[row.name] = {**split_score(test, preds[row.name]),
+                             "seconds": sum(per_stage.get(s, 0.0) for s in row.stages)}
     return results, per_stage
+
+
+def split_score(test: Split, preds: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """The table's metrics of one row: its predicted instances per test image against the truth."""
+    from training.evaluation import EvalCase, evaluate_cases
+
+    cases = []
+    for i, pred in enumerate(preds):
+        h, w = test.images[i].shape[:2]
+        gt = test.gt[i]
+        cases.append(EvalCase(
+            key=f"test_{i:04d}", group="synthetic", height=h, width=w, gt=gt, gt_labels=[g.label for g in gt],
+            pred=list(pred), pred_labels=[int(p.label) for p in pred], pred_scores=[float(p.score) for p in pred],
+        ))
+    overall = evaluate_cases(cases).overall
+    return {
+        "dice": overall.get("dice"), "iou": overall.get("iou"), "p70": overall.get("best_match_precision_70"),
+        "ap50": overall.get("ap50"), "dsb": overall.get("dsb"), "f1_50": overall.get("f1_50"),
+        "coco_AP": overall.get("coco_AP"), "erythrocyte_fp": overall.get("erythrocyte_fp"),
+        "n_pred": overall.get("n_pred"), "n_gt": overall.get("n_gt"),
+    }
 
 
 # ------------------------------------------------------------------------- report
