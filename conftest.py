@@ -30,8 +30,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(autouse=True)
 def _media_root(settings: object, tmp_path: Path) -> None:
-    # Each test writes images into its own folder; nothing leaks between tests.
+    # Each test writes images, trained and uploaded models into its own folders; nothing leaks
+    # between tests.
     settings.MEDIA_ROOT = str(tmp_path / "media")  # type: ignore[attr-defined]
+    settings.TRAINING_DIR = str(tmp_path / "training")  # type: ignore[attr-defined]
+    settings.MODEL_DIR = str(tmp_path / "models")  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

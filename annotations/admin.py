@@ -1,6 +1,10 @@
+from typing import Any
+
+from django import forms
 from django.contrib import admin
 
 from annotations import models
+from annotations.services import pipeline_errors
 
 
 class MembershipInline(admin.TabularInline):
@@ -14,8 +18,33 @@ class CellClassInline(admin.TabularInline):
     extra = 0
 
 
+class ProjectAdminForm(forms.ModelForm):
+    """The pipeline is checked here as in the API: no unknown keys, no server paths."""
+
+    class Meta:
+        model = models.Project
+        fields = [
+            "name",
+            "description",
+            "experts_required",
+            "quorum",
+            "match_iou",
+            "auto_presegment",
+            "pipeline",
+            "created_by",
+        ]
+
+    def clean_pipeline(self) -> Any:
+        pipeline = self.cleaned_data.get("pipeline")
+        errors = pipeline_errors(pipeline if pipeline is not None else {})
+        if errors:
+            raise forms.ValidationError([f"{key}: {message}" for key, message in sorted(errors.items())])
+        return pipeline
+
+
 @admin.register(models.Project)
 class ProjectAdmin(admin.ModelAdmin):
+    form = ProjectAdminForm
     list_display = ["id", "name", "experts_required", "auto_presegment", "created_at"]
     search_fields = ["name"]
     inlines = [CellClassInline, MembershipInline]

@@ -75,6 +75,7 @@ from annotations.models import (
     VerificationSettings,
 )
 from annotations.selectors import CELL_FIELDS
+from inference.backends import backend_names, backend_settings_errors
 
 DEFAULT_CLASSES: tuple[tuple[str, str, int], ...] = (
     ("thyroid cell", "#7b3fe4", 1),
@@ -109,6 +110,41 @@ def audit_record(
 # --- projects, memberships, classes -------------------------------------------------------
 
 
+def pipeline_errors(pipeline: Any) -> dict[str, str]:
+    """What is wrong with a project's ``pipeline`` settings, as ``{"pipeline.<path>": message}``.
+
+    Keys are ``split_ratios`` and backend names; each backend's settings are checked against
+    its schema (``inference.backends``) with server paths refused: a path here would let a
+    project admin make a worker load any file on the server.
+    """
+    if not isinstance(pipeline, dict):
+        return {"pipeline": "must be an object"}
+    errors: dict[str, str] = {}
+    for key, value in pipeline.items():
+        where = f"pipeline.{key}"
+        if key == "split_ratios":
+            problem = _split_ratios_problem(value)
+            if problem:
+                errors[where] = problem
+        elif key in backend_names():
+            for sub, message in backend_settings_errors(key, value, allow_paths=False).items():
+                errors[f"{where}.{sub}" if sub else where] = message
+        else:
+            errors[where] = f"unknown key; known: split_ratios, {', '.join(backend_names())}"
+    return errors
+
+
+def _split_ratios_problem(value: Any) -> str | None:
+    if not isinstance(value, dict) or set(value) - set(DEFAULT_SPLIT_RATIOS):
+        return "must be an object with train, validation and test fractions"
+    numbers = list(value.values())
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in numbers):
+        return "each fraction must be a number in [0, 1]"
+    if abs(sum(numbers) - 1.0) > 1e-6:
+        return "the fractions must add up to 1"
+    return None
+
+
 def _validate_project_fields(data: dict[str, Any]) -> None:
     errors: dict[str, str] = {}
     if "name" in data and not str(data["name"]).strip():
@@ -124,8 +160,8 @@ def _validate_project_fields(data: dict[str, Any]) -> None:
     iou = data.get("match_iou")
     if iou is not None and (not isinstance(iou, (int, float)) or isinstance(iou, bool) or not 0 < iou <= 1):
         errors["match_iou"] = "must be a number in (0, 1]"
-    if "pipeline" in data and not isinstance(data["pipeline"], dict):
-        errors["pipeline"] = "must be an object"
+    if "pipeline" in data:
+        errors.update(pipeline_errors(data["pipeline"]))
     if errors:
         raise ServiceValidationError("Invalid project settings.", errors)
 
@@ -143,7 +179,13 @@ def project_create(
 ) -> Project:
     """Create a project with the default cell classes; its creator becomes its admin."""
     _validate_project_fields(
-        {"name": name, "experts_required": experts_required, "quorum": quorum, "match_iou": match_iou}
+        {
+            "name": name,
+            "experts_required": experts_required,
+            "quorum": quorum,
+            "match_iou": match_iou,
+            "pipeline": pipeline or {},
+        }
     )
     with transaction.atomic():
         project = Project.objects.create(

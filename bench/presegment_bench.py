@@ -375,7 +375,7 @@ def config_settings(name: str, args: argparse.Namespace, diam_labels: float) -> 
 
 def bundle_make(target: Path, nnunet: Path, cellpose: Path) -> Path:
     """artifacts/{nnunet,cellpose} with the nnU-Net checkpoint made loadable with weights_only=True."""
-    from training.services import artifact_checkpoint_sanitize
+    from inference.backends.packages import nnunet_checkpoint_sanitize
 
     if target.exists():
         shutil.rmtree(target)
@@ -386,8 +386,13 @@ def bundle_make(target: Path, nnunet: Path, cellpose: Path) -> Path:
     if meta.is_file():
         shutil.copy(meta, target / "cellpose" / "cellpose.json")
     for checkpoint in (target / "nnunet").glob("fold_*/checkpoint_final.pth"):
-        artifact_checkpoint_sanitize(checkpoint)
+        nnunet_checkpoint_sanitize(checkpoint)
     return target
+
+
+def bundle_zip(folder: Path) -> Path:
+    """``folder`` as a zip archive beside it: models enter the platform only as uploads."""
+    return Path(shutil.make_archive(str(folder), "zip", root_dir=folder))
 
 
 # ------------------------------------------------------------------------- FLOPs
@@ -643,7 +648,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from inference.backends import backend_cache_clear, backend_get
     from inference.backends.base import instances_from_label_map
     from inference.contours import instances_to_polygons
-    from inference.services import model_version_register, proposals_store
+    from inference.services import proposals_store
+    from training.services import model_version_upload
 
     log(f"device {device}, torch threads {torch.get_num_threads()}, models {models}")
     diam_labels = cellpose_diam_labels(models.cellpose)
@@ -683,16 +689,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             project=project, files=[upload], metadata={}, uploaded_by=user
         )[0]
         versions = {}
+        from django.core.files import File
+
         for cfg in configs:
-            version = model_version_register(
-                project=project, kind="two_stage", artifact_path=str(cfg.bundle), name=f"bench {cfg.name}",
-                user=user, activate=False,
-            )
-            version.config = cfg.settings
-            version.save(update_fields=["config"])
-            versions[cfg.name] = version
-        reference = model_version_register(
-            project=project, kind="watershed", artifact_path="", name="ground truth", user=user, activate=False
+            with bundle_zip(cfg.bundle).open("rb") as handle:
+                versions[cfg.name] = model_version_upload(
+                    project=project, kind="two_stage", upload=File(handle, name="bundle.zip"),
+                    name=f"bench {cfg.name}", config=cfg.settings, user=user, activate=False,
+                )
+        reference = model_version_upload(
+            project=project, kind="watershed", upload=None, name="ground truth", user=user, activate=False
         )
         gt_contours, meta["gt_contours_s"] = timed(
             lambda: instances_to_polygons(gt_instances, min_area=settings.PRESEGMENT_MIN_AREA)

@@ -235,6 +235,9 @@ LOGGING = {
 
 # Training (training/): job folders, worker liveness, promotion gate defaults, the watchdog.
 TRAINING_DIR = Path(env_str("TRAINING_DIR", str(VAR_DIR / "training")))
+# Uploaded model packages (the only other place model files may lie; see training.services).
+MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
+MODEL_UPLOAD_MAX_BYTES = env_int("MODEL_UPLOAD_MAX_BYTES", 2 * 1024**3, minimum=1024)
 TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")
 TRAINING_TASK_SOFT_TIME_LIMIT = env_int("TRAINING_TASK_SOFT_TIME_LIMIT", 48 * 3600, minimum=60)
 TRAINING_TASK_TIME_LIMIT = env_int("TRAINING_TASK_TIME_LIMIT", 48 * 3600 + 900, minimum=60)

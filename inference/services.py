@@ -13,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from annotations.errors import ServiceValidationError
 from annotations.imaging import read_rgb
 from annotations.models import Cell, CellSource, Image, ImageStatus, Layer, PresegmentStatus, Project
 from annotations.selectors import REVIEW_LOCKED_STATUSES
@@ -26,7 +24,7 @@ from inference.backends import backend_get
 from inference.contours import instances_to_polygons
 from inference.device import device_default
 from training.models import ModelKind, ModelStatus, ModelVersion
-from training.services import artifact_safe_check, artifacts_inspect, artifacts_verify
+from training.services import artifacts_verify, model_version_settings
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +98,6 @@ class PresegmentResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _backend_settings(version: ModelVersion) -> dict[str, Any]:
-    project_settings = version.project.pipeline.get(version.kind, {})
-    return {**(project_settings if isinstance(project_settings, dict) else {}), **version.config}
-
-
 def _device() -> str:
     return device_default() if settings.INFERENCE_DEVICE == "auto" else settings.INFERENCE_DEVICE
 
@@ -126,13 +119,13 @@ def image_presegment_run(*, image_id: int, model_version_id: int) -> PresegmentR
         with image.display.open("rb") as handle:
             rgb = read_rgb(handle.read())
         timings["load_image"] = time.perf_counter() - started
-        # Recorded artifacts must be the files that were registered (nnU-Net's own loader is not
-        # restricted to weights_only, so a swapped file must never reach it).
+        # The files must be the ones registered and the settings must name no file: nothing
+        # but a checked package ever reaches a loader.
         artifacts_verify(version)
         backend = backend_get(
             name=version.kind,
             artifacts=Path(version.artifact_path) if version.artifact_path else None,
-            settings=_backend_settings(version),
+            settings=model_version_settings(version=version),
             device=_device(),
         )
         started = time.perf_counter()
@@ -196,59 +189,3 @@ def proposals_store(*, image: Image, model_version: ModelVersion, contours: list
         Image.objects.filter(pk=image.pk).update(**updates)
         Image.objects.filter(pk=image.pk, status=ImageStatus.NEW).update(status=ImageStatus.PRE_SEGMENTED)
     return len(cells)
-
-
-TORCH_SUFFIXES = {".pth", ".pt", ""}
-
-
-def model_version_register(
-    *, project: Project, kind: str, artifact_path: str, name: str, user: User | None, activate: bool
-) -> ModelVersion:
-    """Register a model folder or file by hand (until training produces versions).
-
-    Every torch file in it must load with ``torch.load(weights_only=True)``; pickles are refused.
-    The files' sha256 are recorded and checked again before every use.
-    """
-    errors: dict[str, str] = {}
-    if kind not in ModelKind.values:
-        errors["kind"] = f"must be one of {', '.join(ModelKind.values)}"
-    needs_files = kind not in (ModelKind.WATERSHED, ModelKind.REGION_GROWING)
-    root = Path(artifact_path)
-    if needs_files and not artifact_path:
-        errors["artifact_path"] = "is required for this kind"
-    elif needs_files and not root.exists():
-        errors["artifact_path"] = f"{artifact_path!r} does not exist on the server"
-    artifacts: list[dict[str, Any]] = []
-    if not errors and needs_files:
-        artifacts = artifacts_inspect(root)
-        for entry in artifacts:
-            path = root if root.is_file() else root / entry["path"]
-            if path.suffix == ".pkl":
-                errors["artifact_path"] = f"{entry['path']}: pickle files are not accepted"
-                break
-            if path.suffix in TORCH_SUFFIXES:
-                try:
-                    artifact_safe_check(path)
-                except ValueError as exc:
-                    errors["artifact_path"] = f"{entry['path']}: {exc}"
-                    break
-    if errors:
-        raise ServiceValidationError("Invalid model version.", errors)
-    with transaction.atomic():
-        last = ModelVersion.objects.filter(project=project, kind=kind).order_by("-number").first()
-        version = ModelVersion.objects.create(
-            project=project,
-            kind=kind,
-            number=(last.number + 1 if last else 1),
-            name=name,
-            artifact_path=artifact_path,
-            artifacts=artifacts,
-            created_by=user,
-            status=ModelStatus.ACTIVE if activate else ModelStatus.CANDIDATE,
-        )
-        if activate:
-            # One active version per kind: pre-segmentation picks among kinds by preference.
-            ModelVersion.objects.filter(project=project, kind=kind, status=ModelStatus.ACTIVE).exclude(
-                pk=version.pk
-            ).update(status=ModelStatus.RETIRED)
-    return version

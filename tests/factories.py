@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import uuid
+from pathlib import Path
 from typing import Any
 
 import factory
@@ -72,3 +74,46 @@ def image_create(project: Project, *, seed: int = 0, width: int = 64, height: in
 
 def square(x: float, y: float, size: float = 10) -> list[list[float]]:
     return [[x, y], [x + size, y], [x + size, y + size], [x, y + size]]
+
+
+def model_version_files(project: Project, kind: str, files: dict[str, bytes], **fields: Any) -> Any:
+    """A registered model version whose files lie in the model storage, as an upload leaves them.
+
+    The files are not checked (tests of the registry's bookkeeping use stand-in bytes); uploads
+    go through ``training.services.model_version_upload``, which checks them.
+    """
+    from django.conf import settings
+
+    from training.models import ModelVersion
+    from training.services import artifacts_inspect
+
+    folder = Path(settings.MODEL_DIR) / str(project.pk) / uuid.uuid4().hex
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    number = ModelVersion.objects.filter(project=project, kind=kind).count() + 1
+    return ModelVersion.objects.create(
+        project=project,
+        kind=kind,
+        number=number,
+        artifact_path=str(folder),
+        artifacts=artifacts_inspect(folder),
+        **fields,
+    )
+
+
+def model_zip(folder: Path, *, name: str = "model.zip") -> SimpleUploadedFile:
+    """A model folder as the .zip an admin uploads."""
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    return zip_upload(files, name=name)
+
+
+def zip_upload(files: dict[str, bytes], *, name: str = "model.zip") -> SimpleUploadedFile:
+    """A zip archive of ``files`` (member name -> bytes) as an uploaded file."""
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+    return SimpleUploadedFile(name, buffer.getvalue(), content_type="application/zip")

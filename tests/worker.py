@@ -41,6 +41,8 @@ def celery_worker(
         | {
             "DATABASE_URL": test_database_url(),
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "TRAINING_DIR": str(settings.TRAINING_DIR),
+            "MODEL_DIR": str(settings.MODEL_DIR),
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "PLATFORM_VAR_DIR": str(settings.VAR_DIR),
         }

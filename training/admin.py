@@ -13,7 +13,8 @@ from training import models, services
 class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ["id", "project", "kind", "number", "name", "status", "job", "snapshot", "promoted_at", "created_at"]
     list_filter = ["project", "kind", "status"]
-    readonly_fields = ["artifacts", "metrics", "job", "snapshot", "replaced", "promoted_at"]
+    # Files enter only as uploads or training outputs: their location is never edited by hand.
+    readonly_fields = ["artifact_path", "artifacts", "metrics", "job", "snapshot", "replaced", "promoted_at"]
     actions = ["promote"]
 
     @admin.action(description="Promote (make the active model of its kind)")

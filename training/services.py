@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -45,6 +46,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.files import File
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
@@ -53,6 +55,16 @@ from annotations.errors import ConflictError, ServiceValidationError
 from annotations.imaging import read_rgb
 from annotations.models import Project, Split
 from annotations.services import audit_record
+from inference.backends import backend_settings_errors
+from inference.backends.packages import (
+    PACKAGE_KINDS,
+    PackageError,
+    archive_unpack,
+    folder_remove,
+    package_files,
+    package_prepare,
+    package_single_file,
+)
 from training.augment import cells_from_polygons
 from training.evaluation import DEFAULT_GUARDED, METRICS, EvalImage, GateDecision, evaluate_backend, gate_decide
 from training.models import (
@@ -85,8 +97,7 @@ from training.snapshots import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "artifact_checkpoint_sanitize",
-    "artifact_safe_check",
+    "artifact_roots",
     "artifacts_inspect",
     "artifacts_verify",
     "dataset_snapshot_create",
@@ -95,6 +106,8 @@ __all__ = [
     "model_version_evaluate",
     "model_version_promote",
     "model_version_rollback",
+    "model_version_settings",
+    "model_version_upload",
     "new_image_count",
     "training_config_validate",
     "training_job_cancel",
@@ -227,6 +240,10 @@ _POSITIVE = {
 }
 
 
+# String options of the trainers, each from a fixed set.
+_CHOICES: dict[str, tuple[str, ...]] = {"configuration": ("2d",), "normalization": ("zscore", "rgb_to_0_1")}
+
+
 def _type_error(kind: str, value: Any) -> str | None:
     optional = kind.endswith("?")
     base = kind.rstrip("?")
@@ -272,6 +289,12 @@ def _validate_section(data: Any, schema: Mapping[str, Any], prefix: str, errors:
                 errors[path] = "must be a probability in [0, 1]"
             elif key in ("initial_lr", "learning_rate", "network_scale") and value <= 0:
                 errors[path] = "must be positive"
+            elif key in _CHOICES and value not in _CHOICES[key]:
+                errors[path] = f"must be one of {', '.join(_CHOICES[key])}"
+            elif key == "dataset_name" and not re.fullmatch(r"[A-Za-z0-9_]{1,50}", value):
+                errors[path] = "must be 1-50 letters, digits or underscores (it names a folder)"
+            elif key == "dataset_id" and not 1 <= value <= 999:
+                errors[path] = "must be from 1 to 999"
 
 
 def training_config_validate(*, kind: str, config: Any, with_snapshot: bool = False) -> dict[str, Any]:
@@ -352,105 +375,179 @@ def file_sha256(path: Path) -> str:
 def artifacts_inspect(root: Path) -> list[dict[str, Any]]:
     """``[{path, sha256, size}]`` of every file under ``root`` (paths relative to it, sorted)."""
     root = Path(root)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     out = []
-    for path in files:
-        relative = path.name if root.is_file() else str(path.relative_to(root))
+    for relative in package_files(root):
+        path = root if root.is_file() else root / relative
         out.append({"path": relative, "sha256": file_sha256(path), "size": path.stat().st_size})
     return out
 
 
+def artifact_roots() -> tuple[Path, ...]:
+    """Where model files may lie: training outputs and uploaded packages, nowhere else."""
+    return (Path(settings.TRAINING_DIR).resolve(), Path(settings.MODEL_DIR).resolve())
+
+
 def artifacts_verify(version: ModelVersion) -> None:
-    """Raise ConflictError unless every recorded artifact file exists with its recorded sha256."""
-    if not version.artifacts:
+    """Raise ConflictError unless ``version``'s files are exactly the ones registered.
+
+    They must lie in the platform's model storage (a version registered by path before uploads
+    existed may point anywhere and is refused), be the recorded files and no others (a loader
+    picks up any fold it finds), and each have its recorded sha256.
+    """
+    if version.kind not in PACKAGE_KINDS:
         return
-    root = Path(version.artifact_path)
+    if not version.artifact_path or not version.artifacts:
+        raise ConflictError(f"{version} has no recorded model files; upload the model again.")
+    root = Path(version.artifact_path).resolve()
+    if not any(root.is_relative_to(top) for top in artifact_roots()):
+        raise ConflictError(f"The files of {version} lie outside the platform's model storage; upload the model again.")
+    try:
+        present = set(package_files(root)) if root.exists() else set()
+    except PackageError as exc:
+        raise ConflictError(f"The files of {version} are refused: {exc}") from exc
+    recorded = {entry["path"] for entry in version.artifacts}
+    if present != recorded:
+        changed = sorted(present ^ recorded)
+        raise ConflictError(f"The files of {version} changed since it was registered: {', '.join(changed[:5])}.")
     for entry in version.artifacts:
         path = root if root.is_file() else root / entry["path"]
-        if not path.is_file():
-            raise ConflictError(f"Artifact {entry['path']} of {version} is missing.")
         if file_sha256(path) != entry["sha256"]:
             raise ConflictError(f"Artifact {entry['path']} of {version} does not match its recorded sha256.")
 
 
-TORCH_SUFFIXES = (".pth", ".pt")
+def model_version_settings(*, version: ModelVersion) -> dict[str, Any]:
+    """The backend settings ``version`` runs with: the project's settings for its kind,
+    overridden by the version's own.
 
-
-def artifact_safe_check(path: Path) -> None:
-    """Raise ValueError unless the torch file loads with ``weights_only=True`` (tensors and plain
-    containers only: nothing is unpickled that could run code)."""
-    import torch
-
-    try:
-        torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} does not load with torch.load(weights_only=True): {exc}") from exc
-
-
-def _plain(value: Any) -> Any:
-    import numpy as np
-    import torch
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, torch.device):
-        return str(value)
-    if isinstance(value, dict):
-        return type(value)((k, _plain(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    return value
-
-
-NNUNET_CHECKPOINT_KEYS = (
-    "network_weights",
-    "trainer_name",
-    "init_args",
-    "inference_allowed_mirroring_axes",
-    "current_epoch",
-)
-
-
-def artifact_checkpoint_sanitize(path: Path) -> None:
-    """Rewrite an nnU-Net checkpoint written by our own trainer so that it loads with
-    ``weights_only=True``: keep what inference needs (weights, trainer name, init args, mirroring
-    axes), drop the optimiser state and logs, turn numpy scalars into Python numbers.
-
-    The file is read with ``weights_only=True`` and only numpy's scalar and dtype reconstructors
-    allowed (torch's documented way to read numpy scalars without unpickling arbitrary objects).
+    Checked against the backend's schema with server paths refused, so that settings stored
+    before they were validated can never point a worker at a file.
     """
-    import numpy as np
-    import torch
+    project_settings = (version.project.pipeline or {}).get(version.kind) or {}
+    merged = {**(project_settings if isinstance(project_settings, dict) else {}), **(version.config or {})}
+    errors = backend_settings_errors(version.kind, merged, allow_paths=False)
+    if errors:
+        problems = "; ".join(f"{key or 'settings'}: {message}" for key, message in sorted(errors.items()))
+        raise ConflictError(f"The settings of {version} are invalid ({problems}); correct the project's pipeline.")
+    return merged
 
+
+def model_version_upload(
+    *,
+    project: Project,
+    kind: str,
+    upload: File | None,
+    name: str = "",
+    config: Any = None,
+    user: User | None,
+    activate: bool = False,
+) -> ModelVersion:
+    """Register a model the admin uploads: a .zip of the model folder, or a single torch file.
+
+    The package is unpacked into the platform's model storage (never read from a path anyone
+    names), every torch file must load weights-only, nnU-Net's plans may only name allowed
+    classes, and the files' sha256 are recorded and checked again before every use. ``config``
+    holds the version's inference settings, validated like a project's pipeline.
+    """
+    config = {} if config is None else config
+    errors: dict[str, str] = {}
+    if kind not in ModelKind.values:
+        errors["kind"] = f"must be one of {', '.join(ModelKind.values)}"
+    else:
+        settings_problems = backend_settings_errors(kind, config, allow_paths=False)
+        errors.update({f"config.{k}" if k else "config": v for k, v in settings_problems.items()})
+        if kind in PACKAGE_KINDS and upload is None:
+            errors["file"] = f"is required: a {kind} model is uploaded as a .zip of its folder" + (
+                " or a single .pth file" if kind in ("cellpose", "refinement") else ""
+            )
+        elif kind not in PACKAGE_KINDS and upload is not None:
+            errors["file"] = f"a {kind} model has no files"
+        elif upload is not None and (upload.size or 0) > settings.MODEL_UPLOAD_MAX_BYTES:
+            errors["file"] = f"is larger than {settings.MODEL_UPLOAD_MAX_BYTES} bytes"
+    if len(name) > 200:
+        errors["name"] = "must be at most 200 characters"
+    if errors:
+        raise ServiceValidationError("Invalid model version.", errors)
+    folder = _package_store(project=project, kind=kind, upload=upload, config=config) if upload is not None else None
     try:
-        from numpy._core.multiarray import scalar  # type: ignore[attr-defined]
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    allowed: list[Any] = [scalar, np.dtype, type(np.dtype(np.float32)), type(np.dtype(np.float64))]
+        return _model_version_create(
+            project=project,
+            kind=kind,
+            name=name,
+            folder=folder,
+            config=config,
+            user=user,
+            status=ModelStatus.ACTIVE if activate else ModelStatus.CANDIDATE,
+        )
+    except BaseException:
+        if folder is not None:
+            folder_remove(folder)
+        raise
+
+
+def _package_store(*, project: Project, kind: str, upload: File, config: Mapping[str, Any]) -> Path:
+    """Unpack (or copy) an upload into a fresh folder of the model storage, checked."""
+    key = uuid.uuid4().hex
+    staging = Path(settings.MODEL_DIR) / "staging" / key
+    staging.mkdir(parents=True)
+    file_name = Path(upload.name or "upload").name
     try:
-        with torch.serialization.safe_globals(allowed):
-            checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a plain nnU-Net checkpoint: {exc}") from exc
-    kept = {
-        k: _plain(checkpoint[k]) if k != "network_weights" else checkpoint[k]
-        for k in NNUNET_CHECKPOINT_KEYS
-        if k in checkpoint
-    }
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save(kept, tmp)
-    os.replace(tmp, path)
-    artifact_safe_check(path)
+        upload.seek(0)
+        # By name: a .pth file is itself a zip archive (torch's format), never to be unpacked.
+        if file_name.lower().endswith(".zip"):
+            archive_unpack(upload, staging, max_bytes=settings.MODEL_UPLOAD_MAX_BYTES)
+        else:
+            with (staging / package_single_file(kind, file_name)).open("xb") as out:
+                for chunk in upload.chunks():
+                    out.write(chunk)
+        package_prepare(kind, staging, config)
+        final = Path(settings.MODEL_DIR) / str(project.pk) / key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, final)
+        return final
+    except PackageError as exc:
+        folder_remove(staging)
+        raise ServiceValidationError("The model files were refused.", {"file": str(exc)}) from exc
+    except BaseException:
+        folder_remove(staging)
+        raise
 
 
-def _artifacts_register(root: Path) -> list[dict[str, Any]]:
-    """Check every torch file under ``root`` and return its artifact list."""
-    for path in [root] if root.is_file() else sorted(root.rglob("*")):
-        if path.is_file() and path.suffix in TORCH_SUFFIXES:
-            artifact_safe_check(path)
-    return artifacts_inspect(root)
+def _model_version_create(
+    *,
+    project: Project,
+    kind: str,
+    name: str,
+    folder: Path | None,
+    config: dict[str, Any],
+    user: User | None,
+    status: str,
+    job: TrainingJob | None = None,
+) -> ModelVersion:
+    """The registry row of a checked package (numbered per project and kind; one active per kind)."""
+    artifacts = artifacts_inspect(folder) if folder is not None else []
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        last = ModelVersion.objects.filter(project=project, kind=kind).aggregate(top=Max("number"))
+        version = ModelVersion.objects.create(
+            project=project,
+            kind=kind,
+            number=(last["top"] or 0) + 1,
+            name=name,
+            artifact_path=str(folder) if folder is not None else "",
+            artifacts=artifacts,
+            config=config,
+            status=status,
+            promoted_at=timezone.now() if status == ModelStatus.ACTIVE else None,
+            created_by=user,
+            job=job,
+            snapshot=job.snapshot if job is not None else None,
+        )
+        if status == ModelStatus.ACTIVE:
+            # One active version per kind: pre-segmentation picks among kinds by preference.
+            ModelVersion.objects.filter(project=project, kind=kind, status=ModelStatus.ACTIVE).exclude(
+                pk=version.pk
+            ).update(status=ModelStatus.RETIRED)
+    return version
 
 
 # --- marking images complete (the fallback source) -----------------------------------------
@@ -898,8 +995,6 @@ class _JobRunner:
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(result.model_folder), str(target))
-        for checkpoint in target.glob("fold_*/checkpoint_*.pth"):
-            artifact_checkpoint_sanitize(checkpoint)
         self.timings["nnunet"] = time.perf_counter() - started
         self.note(
             f"nnunet trained in {self.timings['nnunet']:.1f} s (fold {result.fold}, final val loss "
@@ -938,7 +1033,10 @@ class _JobRunner:
         base = _refinement_base(project=self.job.project, version_id=self.job.config.get("base_model_version"))
         artifacts_verify(base)
         backend: Any = backend_get(
-            name=base.kind, artifacts=Path(base.artifact_path), settings=_backend_settings(base), device=device
+            name=base.kind,
+            artifacts=Path(base.artifact_path),
+            settings=model_version_settings(version=base),
+            device=device,
         )
         started = time.perf_counter()
         self.progress = {"stage": "refinement", "phase": "prepare", "step": "first_stage"}
@@ -978,23 +1076,18 @@ class _JobRunner:
         )
 
     def register(self, kind: str, path: Path, backend_config: dict[str, Any]) -> ModelVersion:
-        artifacts = _artifacts_register(path)
-        with transaction.atomic():
-            Project.objects.select_for_update().filter(pk=self.job.project_id).first()
-            last = ModelVersion.objects.filter(project_id=self.job.project_id, kind=kind).aggregate(top=Max("number"))
-            version = ModelVersion.objects.create(
-                project_id=self.job.project_id,
-                kind=kind,
-                number=(last["top"] or 0) + 1,
-                name=f"{ModelKind(kind).label} from job {self.job.pk}",
-                artifact_path=str(path),
-                artifacts=artifacts,
-                config=backend_config,
-                status=ModelStatus.CANDIDATE,
-                created_by=self.job.created_by,
-                job=self.job,
-                snapshot=self.job.snapshot,
-            )
+        package_prepare(kind, path, backend_config)
+        version = _model_version_create(
+            project=self.job.project,
+            kind=kind,
+            name=f"{ModelKind(kind).label} from job {self.job.pk}",
+            folder=path,
+            config=backend_config,
+            user=self.job.created_by,
+            status=ModelStatus.CANDIDATE,
+            job=self.job,
+        )
+        artifacts = version.artifacts
         self.note(
             f"registered {version} (id {version.pk}, {len(artifacts)} files, "
             f"{sum(a['size'] for a in artifacts) / 1e6:.1f} MB)"
@@ -1098,12 +1191,6 @@ def training_job_run(*, job_id: int, task_id: str = "") -> dict[str, Any]:
 # --- evaluation ----------------------------------------------------------------------------
 
 
-def _backend_settings(version: ModelVersion) -> dict[str, Any]:
-    """The project's settings for the kind, overridden by the version's (as pre-segmentation)."""
-    project_settings = version.project.pipeline.get(version.kind, {})
-    return {**(project_settings if isinstance(project_settings, dict) else {}), **version.config}
-
-
 def _eval_images(items: list[SnapshotItem], should_cancel: Callable[[], bool] | None) -> Iterable[EvalImage]:
     for item in items:
         if should_cancel is not None and should_cancel():
@@ -1147,7 +1234,7 @@ def model_version_evaluate(
     backend = backend_get(
         name=version.kind,
         artifacts=Path(version.artifact_path) if version.artifact_path else None,
-        settings=_backend_settings(version),
+        settings=model_version_settings(version=version),
         device=device or _device({}),
     )
     result = evaluate_backend(backend, _eval_images(items, should_cancel))

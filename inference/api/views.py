@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -16,6 +17,7 @@ from annotations.api.serializers import CellsOut, cell_out
 from annotations.api.views import _base_revision, _parse, _user
 from annotations.errors import ServiceValidationError
 from inference import services
+from training import services as training_services
 from training.models import ModelKind, ModelVersion
 
 
@@ -29,11 +31,50 @@ class ProposalSelectionIn(serializers.Serializer):
     all = serializers.BooleanField(required=False, default=False)
 
 
+class JSONObjectField(serializers.Field):
+    """A JSON object, sent as an object (JSON body) or as JSON text (a multipart form field)."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, str):
+            try:
+                data = json.loads(data or "{}")
+            except ValueError as exc:
+                raise serializers.ValidationError(f"is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("must be a JSON object")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class ModelVersionIn(serializers.Serializer):
+    """A model upload (multipart): the package as ``file``, never a server path."""
+
     kind = serializers.ChoiceField(choices=ModelKind.choices)
-    artifact_path = serializers.CharField(required=False, allow_blank=True, default="")
-    name = serializers.CharField(required=False, allow_blank=True, default="")
+    name = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
     activate = serializers.BooleanField(required=False, default=False)
+    config = JSONObjectField(required=False, default=dict, help_text="Inference settings of this version.")
+    file = serializers.FileField(
+        required=False,
+        allow_empty_file=False,
+        help_text="A .zip of the model folder (nnU-Net, two-stage, refinement) or one .pth file (Cellpose).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {
+                    key: (
+                        "server paths are not accepted: upload the model's files as `file` (multipart)"
+                        if key == "artifact_path"
+                        else "unknown field"
+                    )
+                    for key in unknown
+                }
+            )
+        return attrs
 
 
 class ModelVersionOut(serializers.ModelSerializer):
@@ -45,7 +86,7 @@ class ModelVersionOut(serializers.ModelSerializer):
             "kind",
             "number",
             "name",
-            "artifact_path",
+            "artifacts",
             "config",
             "metrics",
             "status",
@@ -120,16 +161,22 @@ class ModelVersionListView(APIView):
         project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
         return Response(ModelVersionOut(project.model_versions.order_by("-id"), many=True).data)
 
-    @extend_schema(request=ModelVersionIn, responses={201: ModelVersionOut}, tags=["models"])
+    @extend_schema(
+        request={"multipart/form-data": ModelVersionIn, "application/json": ModelVersionIn},
+        responses={201: ModelVersionOut},
+        tags=["models"],
+    )
     def post(self, request: Request, project_id: int) -> Response:
         project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
         data = _parse(ModelVersionIn, request.data)
-        version = services.model_version_register(project=project, user=_user(request), **data)
+        version = training_services.model_version_upload(
+            project=project, user=_user(request), upload=data.pop("file", None), **data
+        )
         annotation_services.audit_record(
             project=project,
             actor=_user(request),
             action="model.register",
             target=str(version),
-            after={"artifact_path": version.artifact_path, "status": version.status},
+            after={"files": len(version.artifacts), "status": version.status, "config": version.config},
         )
         return Response(ModelVersionOut(version).data, status=status.HTTP_201_CREATED)

@@ -8,6 +8,7 @@ constructed backends so that a worker loads a model once, not once per image.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import threading
@@ -36,6 +37,8 @@ __all__ = [
     "backend_get",
     "backend_names",
     "backend_register",
+    "backend_settings_class",
+    "backend_settings_errors",
 ]
 
 # name -> "module:Class". The heavy backends live in modules that import torch
@@ -48,6 +51,20 @@ BACKEND_PATHS: dict[str, str] = {
     "two_stage": "inference.backends.two_stage:TwoStageBackend",
     "refinement": "inference.backends.refinement:RefinementBackend",
 }
+
+# name -> "module:Class" of the backend's settings dataclass. These modules import no torch,
+# so the web process validates settings without loading a model library.
+SETTINGS_PATHS: dict[str, str] = {
+    "watershed": "inference.backends.watershed:WatershedSettings",
+    "region_growing": "inference.backends.region_growing:RegionGrowingSettings",
+    "nnunet": "inference.backends.settings:NnUNetSettings",
+    "cellpose": "inference.backends.settings:CellposeSettings",
+    "two_stage": "inference.backends.settings:TwoStageSettings",
+    "refinement": "inference.backends.settings:RefinementSettings",
+}
+PATHS_REFUSED = (
+    "server paths are not accepted: a model's files are its uploaded or trained artifacts"
+)
 
 CACHE_SIZE = 4  # a worker rarely serves more than a few model versions at once
 
@@ -104,8 +121,18 @@ def backend_names() -> list[str]:
     return sorted(set(BACKEND_PATHS) | set(dict.keys(BACKENDS)))
 
 
-def backend_register(name: str, target: str | type[SegmentationBackend]) -> None:
-    """Register (or replace) a backend by import string or by class."""
+def backend_register(
+    name: str, target: str | type[SegmentationBackend], *, settings: str | None = None
+) -> None:
+    """Register (or replace) a backend by import string or by class.
+
+    ``settings`` is the ``"module:Class"`` of its settings dataclass (see
+    :func:`backend_settings_errors`); without one, the backend takes no settings.
+    """
+    if settings is not None:
+        SETTINGS_PATHS[name] = settings
+    else:
+        SETTINGS_PATHS.pop(name, None)
     if isinstance(target, str):
         BACKEND_PATHS[name] = target
         dict.pop(BACKENDS, name, None)  # re-import lazily from the new path
@@ -127,6 +154,74 @@ def backend_class(name: str) -> type[SegmentationBackend]:
         raise BackendError(
             f"unknown backend {name!r}; known: {', '.join(backend_names())}"
         ) from None
+
+
+def backend_settings_class(name: str) -> type[Any] | None:
+    """The settings dataclass of backend ``name`` (None: it takes no settings)."""
+    backend_class(name)  # unknown names are an error, not "no settings"
+    path = SETTINGS_PATHS.get(name)
+    if path is None:
+        return None
+    module_name, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise BackendError(f"backend {name!r}: cannot import its settings {path}: {exc}") from exc
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise BackendError(f"backend {name!r}: {path} is not a dataclass")
+    return cls
+
+
+def backend_settings_errors(
+    name: str, values: Any, *, allow_paths: bool = True
+) -> dict[str, str]:
+    """What is wrong with ``values`` as settings of backend ``name``: ``{key: message}``.
+
+    Every key is checked on its own, so each mistake is named (nested settings as
+    ``"nnunet.tile_step_size"``; the object itself as ``""``). Unknown keys are errors.
+    ``allow_paths=False`` refuses the settings that name files on this machine: the
+    platform never takes them from its users.
+    """
+    cls = backend_settings_class(name)
+    if not isinstance(values, Mapping):
+        return {"": "must be an object"}
+    if cls is None:
+        return {str(k): f"unknown setting ({name} takes none)" for k in values}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    errors: dict[str, str] = {}
+    for key, value in values.items():
+        spec = fields.get(key)
+        if spec is None:
+            errors[str(key)] = f"unknown setting; known: {', '.join(sorted(fields))}"
+            continue
+        if spec.metadata.get("path") and not allow_paths:
+            errors[key] = PATHS_REFUSED
+            continue
+        nested = spec.metadata.get("nested")
+        source = spec.metadata.get("nested_from")
+        if source is not None:
+            nested = values.get(source)
+            if nested is None:
+                errors[key] = f"set {source} first: these are the settings of that backend"
+                continue
+            if str(nested) not in BACKEND_PATHS and not dict.__contains__(BACKENDS, nested):
+                continue  # the source field's own check names the unknown backend
+        if nested is not None and isinstance(value, Mapping):
+            inner = backend_settings_errors(str(nested), value, allow_paths=allow_paths)
+            errors.update({f"{key}.{k}" if k else key: v for k, v in inner.items()})
+            continue
+        try:
+            cls(**{key: value})
+        except (TypeError, ValueError) as exc:
+            errors[key] = str(exc)
+    for spec in fields.values():
+        source = spec.metadata.get("nested_from")
+        if source is None:
+            continue
+        wrapped = values.get(source)
+        if wrapped is not None and source not in errors and wrapped not in BACKENDS:
+            errors[source] = f"unknown backend {wrapped!r}; known: {', '.join(backend_names())}"
+    return errors
 
 
 def _freeze(value: Any) -> Any:

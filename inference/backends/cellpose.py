@@ -9,20 +9,8 @@ foreground.
 
 Artifacts: a folder with ``cellpose.pth`` (and ``cellpose.json``, written by
 ``training.trainers.cellpose``), or one with a ``cellpose/`` subfolder holding
-them. Settings (all optional):
-
-- ``model_file``: explicit model file (overrides the artifacts);
-- ``channels``: Cellpose channels ``[c1, c2]`` or None for RGB; default from
-  ``cellpose.json``, else from the model's number of input channels;
-- ``diameter``: expected cell diameter in pixels; default the mean diameter of
-  the training labels (stored in the model), i.e. no rescaling beyond training's;
-- ``flow_threshold`` 0.4, ``cellprob_threshold`` 0.0, ``min_size`` 15,
-  ``max_size_fraction`` 0.4: Cellpose's mask-reconstruction settings;
-- ``niter``: dynamics iterations, default Cellpose's 200 x diameter / diam_mean;
-- ``batch_size`` 8, ``tile_overlap`` 0.1, ``bsize`` 224, ``augment`` False:
-  network tiling; ``bsize`` 0 runs the whole (rescaled) image as one tile, which is
-  faster where memory allows (the fast pre-segmentation configuration);
-- ``label``: class given to every instance, 1.
+them. Settings: :class:`inference.backends.settings.CellposeSettings`; ``bsize`` 0
+runs the whole (rescaled) image as one tile.
 
 Scores are the mean cell probability (sigmoid of Cellpose's logit) over each mask.
 """
@@ -46,7 +34,9 @@ from inference.backends.base import (
     SegmentationBackend,
     image_check,
     instances_from_label_map,
+    settings_build,
 )
+from inference.backends.settings import CellposeSettings
 
 __all__ = ["CellposeBackend", "CellposeOutputs", "cellpose_model_file_find"]
 
@@ -94,8 +84,8 @@ class CellposeBackend(SegmentationBackend):
         super().__init__(artifacts=artifacts, settings=settings, device=device)
         from cellpose import models  # heavy; imported when a worker needs the backend
 
-        s = self.settings
-        self.model_file = cellpose_model_file_find(self.artifacts, s)
+        cfg = settings_build(CellposeSettings, self.settings, backend=self.name)
+        self.model_file = cellpose_model_file_find(self.artifacts, {"model_file": cfg.model_file})
         meta_path = self.model_file.with_name(META_FILE)
         meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         try:
@@ -104,7 +94,9 @@ class CellposeBackend(SegmentationBackend):
         except Exception as exc:  # any unreadable file is a configuration error here
             raise BackendError(f"cellpose: {self.model_file} is not a Cellpose 3 model: "
                                f"{exc}") from exc
-        channels = s.get("channels", meta.get("channels", None if nchan == 3 else [0, 0]))
+        channels = cfg.channels if "channels" in self.settings else meta.get(
+            "channels", None if nchan == 3 else [0, 0]
+        )
         self.channels: list[int] | None = (
             [int(c) for c in channels] if channels is not None else None
         )
@@ -118,21 +110,17 @@ class CellposeBackend(SegmentationBackend):
         )
         self.diam_mean = float(self.model.diam_mean)
         self.diam_labels = float(self.model.diam_labels)
-        diameter = s.get("diameter")
-        self.diameter = float(diameter) if diameter else self.diam_labels
-        self.flow_threshold = float(s.get("flow_threshold", 0.4))
-        self.cellprob_threshold = float(s.get("cellprob_threshold", 0.0))
-        self.min_size = int(s.get("min_size", 15))
-        self.max_size_fraction = float(s.get("max_size_fraction", 0.4))
-        niter = s.get("niter")
-        self.niter = int(niter) if niter else None
-        self.batch_size = int(s.get("batch_size", 8))
-        self.tile_overlap = float(s.get("tile_overlap", 0.1))
-        self.bsize = int(s.get("bsize", 224))
-        if self.bsize < 0 or 0 < self.bsize < 16:
-            raise BackendError(f"cellpose: bsize must be 0 (one tile) or at least 16, not {self.bsize}")
-        self.augment = bool(s.get("augment", False))
-        self.label = int(s.get("label", 1))
+        self.diameter = cfg.diameter or self.diam_labels
+        self.flow_threshold = cfg.flow_threshold
+        self.cellprob_threshold = cfg.cellprob_threshold
+        self.min_size = cfg.min_size
+        self.max_size_fraction = cfg.max_size_fraction
+        self.niter = cfg.niter
+        self.batch_size = cfg.batch_size
+        self.tile_overlap = cfg.tile_overlap
+        self.bsize = cfg.bsize
+        self.augment = cfg.augment
+        self.label = cfg.label
 
     def network(self, image: np.ndarray) -> CellposeOutputs:
         """Run the network: flows and cell-probability logits at the image's size."""

@@ -9,23 +9,18 @@ connected components of each class, so touching cells merge into one instance;
 the ``two_stage`` backend separates them with Cellpose.
 
 Artifacts: the model folder itself, or a folder with an ``nnunet/`` subfolder
-holding it. Settings (all optional):
+holding it. Settings: :class:`inference.backends.settings.NnUNetSettings`.
 
-- ``model_folder``: overrides the folder found from the artifacts;
-- ``checkpoint``: ``"checkpoint_final.pth"``;
-- ``folds``: list of folds to ensemble, default every numbered ``fold_<k>`` with
-  the checkpoint, else ``fold_all``;
-- ``tile_step_size``: sliding-window step as a fraction of the patch, 0.5;
-- ``use_mirroring``: flip test-time augmentation, True (4 passes in 2D; set False
-  to predict about 4x faster);
-- ``use_gaussian``: Gaussian weighting of the sliding-window tiles, True;
-- ``perform_everything_on_device``: keep logits on the GPU, True (CUDA only);
-- ``instances``: ``"components"`` (default) or ``"none"`` (empty instance list);
-- ``min_instance_area``: components smaller than this many pixels are dropped, 15.
+Loading never hands a file to ``torch.load(weights_only=False)``: nnU-Net's own
+``initialize_from_trained_model_folder`` does, so this backend reads the checkpoints
+itself (:func:`inference.backends.packages.nnunet_checkpoint_load`, weights-only),
+checks the class names in ``plans.json`` against an allow-list, builds the network
+and hands both to ``nnUNetPredictor.manual_initialization``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,13 +36,17 @@ from inference.backends.base import (
     Prediction,
     SegmentationBackend,
     image_check,
+    settings_build,
 )
+from inference.backends.packages import PackageError, nnunet_checkpoint_load, nnunet_plans_check
+from inference.backends.settings import NnUNetSettings
 
 __all__ = [
     "NnUNetBackend",
     "components_to_instances",
     "folds_available",
     "nnunet_model_folder_find",
+    "nnunet_network_load",
 ]
 
 # natural 2D images: nnU-Net's NaturalImage2DIO reports this spacing (a dummy z axis)
@@ -67,6 +66,57 @@ def nnunet_model_folder_find(artifacts: Path | None, settings: Mapping[str, Any]
         "nnunet: no model folder (plans.json + dataset.json) in "
         + (", ".join(str(c) for c in candidates) or "<no artifacts>")
     )
+
+
+def nnunet_network_load(
+    model_folder: Path, folds: tuple[int | str, ...], checkpoint: str
+) -> dict[str, Any]:
+    """Read an nnU-Net model folder safely; the arguments of ``manual_initialization``.
+
+    ``plans.json`` and ``dataset.json`` are checked against the allow-lists of
+    :func:`~inference.backends.packages.nnunet_plans_check` before nnU-Net resolves any
+    name in them, and every fold's checkpoint is loaded weights-only. The network is
+    built as ``nnUNetTrainer`` builds it (every trainer accepted shares that
+    architecture; a checkpoint of another one fails to load its weights).
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(model_folder)
+    try:
+        plans = json.loads((folder / "plans.json").read_text())
+        dataset = json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"nnunet: cannot read {folder}: {exc}") from exc
+    nnunet_plans_check(plans, dataset)
+    loaded = [
+        nnunet_checkpoint_load(folder / f"fold_{f}" / checkpoint, plans=plans, relative=f"fold_{f}/{checkpoint}")
+        for f in folds
+    ]
+    first = loaded[0]
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(first["configuration"])
+    n_in = determine_num_input_channels(plans_manager, configuration_manager, dataset)
+    n_out = plans_manager.get_label_manager(dataset).num_segmentation_heads
+    network = nnUNetTrainer.build_network_architecture(
+        plans_manager, configuration_manager, n_in, n_out, enable_deep_supervision=False
+    )
+    parameters = [c["network_weights"] for c in loaded]
+    try:
+        network.load_state_dict(parameters[0])
+    except RuntimeError as exc:
+        raise PackageError(f"the weights do not fit the network of plans.json: {exc}",
+                           file=f"fold_{folds[0]}/{checkpoint}") from exc
+    return {
+        "network": network,
+        "plans_manager": plans_manager,
+        "configuration_manager": configuration_manager,
+        "parameters": parameters,
+        "dataset_json": dataset,
+        "trainer_name": first["trainer_name"],
+        "inference_allowed_mirroring_axes": first["inference_allowed_mirroring_axes"],
+    }
 
 
 def folds_available(model_folder: Path, checkpoint: str) -> list[int | str]:
@@ -133,37 +183,34 @@ class NnUNetBackend(SegmentationBackend):
         # imported here: nnunetv2 is heavy and only workers that use the backend need it
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        s = self.settings
-        self.model_folder = nnunet_model_folder_find(self.artifacts, s)
+        cfg = settings_build(NnUNetSettings, self.settings, backend=self.name)
+        self.config = cfg
+        self.model_folder = nnunet_model_folder_find(self.artifacts, {"model_folder": cfg.model_folder})
         torch_device = torch.device(device)
-        on_device = bool(s.get("perform_everything_on_device", True)) and (
-            torch_device.type == "cuda"
-        )
+        on_device = cfg.perform_everything_on_device and torch_device.type == "cuda"
         self.predictor = nnUNetPredictor(
-            tile_step_size=float(s.get("tile_step_size", 0.5)),
-            use_gaussian=bool(s.get("use_gaussian", True)),
-            use_mirroring=bool(s.get("use_mirroring", True)),
+            tile_step_size=cfg.tile_step_size,
+            use_gaussian=cfg.use_gaussian,
+            use_mirroring=cfg.use_mirroring,
             perform_everything_on_device=on_device,
             device=torch_device,
             verbose=False,
             verbose_preprocessing=False,
             allow_tqdm=False,
         )
-        checkpoint = str(s.get("checkpoint", "checkpoint_final.pth"))
-        folds = s.get("folds") or folds_available(self.model_folder, checkpoint)
+        folds = cfg.folds or tuple(folds_available(self.model_folder, cfg.checkpoint))
         if not folds:
-            raise BackendError(f"nnunet: no fold_*/{checkpoint} in {self.model_folder}")
+            raise BackendError(f"nnunet: no fold_*/{cfg.checkpoint} in {self.model_folder}")
         try:
-            self.predictor.initialize_from_trained_model_folder(
-                str(self.model_folder), use_folds=tuple(folds), checkpoint_name=checkpoint
+            self.predictor.manual_initialization(
+                **nnunet_network_load(self.model_folder, folds, cfg.checkpoint)
             )
+        except BackendError:
+            raise
         except (OSError, RuntimeError, KeyError) as exc:
             raise BackendError(f"nnunet: cannot load {self.model_folder}: {exc}") from exc
-        self.instances_mode = str(s.get("instances", "components"))
-        if self.instances_mode not in ("components", "none"):
-            raise BackendError(f"nnunet: instances must be 'components' or 'none', not "
-                               f"{self.instances_mode!r}")
-        self.min_instance_area = int(s.get("min_instance_area", 15))
+        self.instances_mode = cfg.instances
+        self.min_instance_area = cfg.min_instance_area
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """Softmax map (C, H, W) float32 of an (H, W, 3) uint8 RGB image (C = 3)."""

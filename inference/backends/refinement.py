@@ -9,14 +9,8 @@ foreground.
 
 Artifacts: a folder with ``refinement.pt`` (a ``state_dict`` written by
 ``training.trainers.refinement``; loaded with ``weights_only=True``) and the
-base model in ``base/`` unless ``base_artifacts`` says otherwise. Settings:
-
-- ``base``: name of the wrapped backend (required, e.g. ``"nnunet"``);
-- ``base_artifacts``: its artifacts (default ``<artifacts>/base``);
-- ``base_settings``: its settings, {};
-- ``weights``: explicit path of the state_dict file;
-- ``threshold``: foreground threshold on the refined probability, 0.5;
-- ``min_area``: instances smaller than this after cropping are dropped, 15.
+base model in ``base/``. Settings: :class:`inference.backends.settings.RefinementSettings`
+(``base``, the wrapped backend's name, is required).
 
 The first-stage probability is ``1 - P(background)`` when the base backend has
 ``predict_probabilities`` (nnU-Net), else its semantic map (or the union of its
@@ -42,7 +36,9 @@ from inference.backends.base import (
     SegmentationBackend,
     image_check,
     semantic_from_instances,
+    settings_build,
 )
+from inference.backends.settings import RefinementSettings
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -142,23 +138,19 @@ class RefinementBackend(SegmentationBackend):
         # while constructing this backend
         from inference.backends import backend_class
 
-        s = self.settings
-        base_name = s.get("base")
-        if not base_name:
+        cfg = settings_build(RefinementSettings, self.settings, backend=self.name)
+        if not cfg.base:
             raise BackendError("refinement: settings need 'base' (the wrapped backend)")
-        if base_name == self.name:
-            raise BackendError("refinement: cannot wrap itself")
-        weights = Path(s["weights"]) if s.get("weights") else (
+        weights = Path(cfg.weights) if cfg.weights else (
             self.artifacts / WEIGHTS_FILE if self.artifacts is not None else None
         )
         if weights is None or not weights.is_file():
             raise BackendError(f"refinement: no weights file ({weights})")
-        base_artifacts = s.get("base_artifacts")
-        base_art = Path(base_artifacts) if base_artifacts else (
+        base_art = Path(cfg.base_artifacts) if cfg.base_artifacts else (
             self.artifacts / "base" if self.artifacts is not None else None
         )
-        self.base = backend_class(str(base_name))(
-            artifacts=base_art, settings=dict(s.get("base_settings") or {}), device=device
+        self.base = backend_class(cfg.base)(
+            artifacts=base_art, settings=dict(cfg.base_settings), device=device
         )
         self.net = RefinementNet()
         try:
@@ -167,8 +159,8 @@ class RefinementBackend(SegmentationBackend):
         except Exception as exc:  # a bad file is a configuration error for the caller
             raise BackendError(f"refinement: cannot load {weights}: {exc}") from exc
         self.net.to(device).eval()
-        self.threshold = float(s.get("threshold", 0.5))
-        self.min_area = int(s.get("min_area", 15))
+        self.threshold = cfg.threshold
+        self.min_area = cfg.min_area
 
     def _first_stage(self, image: np.ndarray) -> tuple[Prediction, np.ndarray, np.ndarray | None]:
         """Base prediction, its foreground probability, and class probabilities if any."""

@@ -6,22 +6,10 @@ mostly on nnU-Net background are dropped, and each kept instance takes the
 majority nnU-Net class under it (see :func:`two_stage_filter`).
 
 Artifacts: a folder with ``nnunet/`` (an nnU-Net model folder) and ``cellpose/``
-(``cellpose.pth`` + ``cellpose.json``) subfolders. Settings (all optional):
-
-- ``nnunet_model_folder`` / ``cellpose_model_file``: explicit paths instead;
-- ``nnunet`` / ``cellpose``: settings dicts passed to the two backends
-  (see ``inference.backends.nnunet`` and ``inference.backends.cellpose``);
-- ``min_fg_fraction``: keep an instance when at least this fraction of its
-  pixels is nnU-Net foreground, 0.5;
-- ``erythrocytes``: ``"label"`` (keep them with label 2, default) or
-  ``"suppress"`` (drop them);
-- ``colour_filter``: also apply paper A's colour filter
-  (``inference.backends.colour_filter``): an instance becomes an erythrocyte when
-  nnU-Net's majority class or the colour filter says so; False;
-- ``crop_to_foreground``: cut each kept mask to nnU-Net's foreground, False;
-- ``restrict_masks``: run Cellpose's flow dynamics only on nnU-Net foreground
-  dilated by ``restrict_margin`` pixels (default 3) — less work on sparse
-  fields; False.
+(``cellpose.pth`` + ``cellpose.json``) subfolders. Settings:
+:class:`inference.backends.settings.TwoStageSettings` (``restrict_masks`` runs
+Cellpose's flow dynamics only on nnU-Net foreground dilated by ``restrict_margin``
+pixels: less work on sparse fields).
 
 Timings: ``nnunet``, ``cellpose_net``, ``cellpose_masks``, ``filter``.
 """
@@ -43,11 +31,11 @@ from inference.backends.base import (
     Prediction,
     SegmentationBackend,
     image_check,
+    settings_build,
 )
+from inference.backends.settings import ERYTHROCYTE_MODES, TwoStageSettings
 
 __all__ = ["TwoStageBackend", "two_stage_filter"]
-
-ERYTHROCYTE_MODES = ("label", "suppress")
 
 
 def two_stage_filter(
@@ -116,15 +104,15 @@ class TwoStageBackend(SegmentationBackend):
         from inference.backends.cellpose import CellposeBackend
         from inference.backends.nnunet import NnUNetBackend
 
-        s = self.settings
+        cfg = settings_build(TwoStageSettings, self.settings, backend=self.name)
         art = self.artifacts
-        nn_settings = dict(s.get("nnunet") or {})
+        nn_settings = dict(cfg.nnunet)
         nn_settings.setdefault("instances", "none")  # components are not needed here
-        if s.get("nnunet_model_folder"):
-            nn_settings["model_folder"] = s["nnunet_model_folder"]
-        cp_settings = dict(s.get("cellpose") or {})
-        if s.get("cellpose_model_file"):
-            cp_settings["model_file"] = s["cellpose_model_file"]
+        if cfg.nnunet_model_folder:
+            nn_settings["model_folder"] = cfg.nnunet_model_folder
+        cp_settings = dict(cfg.cellpose)
+        if cfg.cellpose_model_file:
+            cp_settings["model_file"] = cfg.cellpose_model_file
         if art is None and not (nn_settings.get("model_folder") and cp_settings.get("model_file")):
             raise BackendError("two_stage: needs artifacts or both model paths in settings")
         self.nnunet = NnUNetBackend(
@@ -135,14 +123,12 @@ class TwoStageBackend(SegmentationBackend):
             artifacts=art / "cellpose" if art is not None else None, settings=cp_settings,
             device=device,
         )
-        self.min_fg_fraction = float(s.get("min_fg_fraction", 0.5))
-        self.erythrocytes = str(s.get("erythrocytes", "label"))
-        if self.erythrocytes not in ERYTHROCYTE_MODES:
-            raise BackendError(f"two_stage: erythrocytes must be one of {ERYTHROCYTE_MODES}")
-        self.colour_filter = bool(s.get("colour_filter", False))
-        self.crop_to_foreground = bool(s.get("crop_to_foreground", False))
-        self.restrict_masks = bool(s.get("restrict_masks", False))
-        self.restrict_margin = int(s.get("restrict_margin", 3))
+        self.min_fg_fraction = cfg.min_fg_fraction
+        self.erythrocytes = cfg.erythrocytes
+        self.colour_filter = cfg.colour_filter
+        self.crop_to_foreground = cfg.crop_to_foreground
+        self.restrict_masks = cfg.restrict_masks
+        self.restrict_margin = cfg.restrict_margin
 
     def predict(self, image: np.ndarray) -> Prediction:
         """nnU-Net semantic map, Cellpose instances, the two-stage filter."""

@@ -94,38 +94,3 @@ def test_locked_image_refuses_proposal_changes_and_presegmentation(image: Any, p
     assert client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "all": True}, format="json").status_code == 409
     assert client.post(f"/api/v1/images/{image.pk}/presegment", {}, format="json").status_code == 409
     assert Cell.objects.filter(layer=Layer.PROPOSAL, state="").count() == 3
-
-
-def test_register_model_version_validates(project: Any, admin_user: Any, annotator: Any, tmp_path: Any) -> None:
-    client = client_for(admin_user)
-    missing = client.post(f"/api/v1/projects/{project.pk}/models", {"kind": "cellpose", "artifact_path": "/nope"}, format="json")
-    assert missing.status_code == 400 and "artifact_path" in missing.json()["errors"]
-    bad_kind = client.post(f"/api/v1/projects/{project.pk}/models", {"kind": "yolo"}, format="json")
-    assert bad_kind.status_code == 400 and "kind" in bad_kind.json()["errors"]
-    assert client_for(annotator).post(f"/api/v1/projects/{project.pk}/models", {"kind": "watershed"}, format="json").status_code == 403
-
-
-def test_register_refuses_pickles_and_unsafe_torch_files(project: Any, admin_user: Any, tmp_path: Any) -> None:
-    import pickle
-
-    import torch
-
-    client = client_for(admin_user)
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "evil.pkl").write_bytes(pickle.dumps({"a": 1}))
-    response = client.post(f"/api/v1/projects/{project.pk}/models", {"kind": "nnunet", "artifact_path": str(folder)}, format="json")
-    assert response.status_code == 400 and "pickle" in response.json()["errors"]["artifact_path"]
-    (folder / "evil.pkl").unlink()
-    torch.save({"weights": torch.zeros(2), "obj": _Opaque()}, folder / "checkpoint.pth")
-    response = client.post(f"/api/v1/projects/{project.pk}/models", {"kind": "nnunet", "artifact_path": str(folder)}, format="json")
-    assert response.status_code == 400 and "weights_only" in response.json()["errors"]["artifact_path"]
-    torch.save({"weights": torch.zeros(2)}, folder / "checkpoint.pth")
-    response = client.post(f"/api/v1/projects/{project.pk}/models", {"kind": "nnunet", "artifact_path": str(folder), "activate": True}, format="json")
-    assert response.status_code == 201, response.content
-    version = ModelVersion.objects.get(pk=response.json()["id"])
-    assert [a["path"] for a in version.artifacts] == ["checkpoint.pth"] and len(version.artifacts[0]["sha256"]) == 64
-
-
-class _Opaque:
-    pass

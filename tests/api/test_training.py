@@ -12,8 +12,9 @@ import pytest
 from annotations.models import AuditEvent
 from inference.services import model_version_baseline
 from tests.api.conftest import client_for
+from tests.factories import model_version_files
 from training import services
-from training.models import JobStatus, ModelKind, ModelVersion, TrainingJob
+from training.models import JobStatus, ModelKind, TrainingJob
 from training.tests.factories import synthetic_project
 
 pytestmark = pytest.mark.django_db
@@ -156,16 +157,7 @@ def test_registry_promote_rollback_and_evaluate(
     snapshot = services.dataset_snapshot_create(project=project, user=admin_user)
     baseline = model_version_baseline(project=project)
     services.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
-    folder = tmp_path / "cp"
-    folder.mkdir()
-    (folder / "cellpose.pth").write_bytes(b"x")
-    version = ModelVersion.objects.create(
-        project=project,
-        kind=ModelKind.CELLPOSE,
-        number=1,
-        artifact_path=str(folder),
-        artifacts=services.artifacts_inspect(folder),
-    )
+    version = model_version_files(project, ModelKind.CELLPOSE, {"cellpose.pth": b"x"})
     table = client.get(f"/api/v1/projects/{project.pk}/training/models").json()
     assert table["snapshot"] == snapshot.pk and "dsb" in table["metric_names"]
     rows = {row["id"]: row for row in table["versions"]}

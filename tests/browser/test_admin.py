@@ -22,13 +22,13 @@ from tests.browser.helpers import (
     submit_for_review,
     synthetic_image,
 )
+from tests.factories import model_version_files
 from training import services as training_services
 from training.models import (
     DatasetSnapshot,
     Evaluation,
     JobStatus,
     ModelStatus,
-    ModelVersion,
     TrainingJob,
     TrainingPolicy,
 )
@@ -152,12 +152,8 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
     snapshot = DatasetSnapshot.objects.create(
         project=project, number=1, counts={"train": {"images": 40}, "test": {"images": 12}}
     )
-    v1 = ModelVersion.objects.create(
-        project=project, kind="cellpose", number=1, name="first fine-tune", snapshot=snapshot
-    )
-    v2 = ModelVersion.objects.create(
-        project=project, kind="cellpose", number=2, name="more clusters", snapshot=snapshot
-    )
+    v1 = model_version_files(project, "cellpose", {"cellpose.pth": b"1"}, name="first fine-tune", snapshot=snapshot)
+    v2 = model_version_files(project, "cellpose", {"cellpose.pth": b"2"}, name="more clusters", snapshot=snapshot)
     for version, base in ((baseline, 0.61), (v1, 0.72), (v2, 0.78)):
         per = {
             cat: {k: round(v - 0.02 * i, 3) for k, v in _metrics(base).items()}

@@ -16,9 +16,10 @@ from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
 from annotations.synthetic import generate_field
+from inference.tests.model_files import cellpose_weights
 from tests.factories import ProjectFactory, UserFactory
 from tests.worker import celery_worker
-from training.models import ModelKind
+from training.models import ModelKind, ModelVersion
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -98,17 +99,20 @@ def test_backend_failure_marks_image_failed_and_keeps_earlier_proposals(worker: 
     before = set(Cell.objects.filter(image_id=image_id, layer=Layer.PROPOSAL).values_list("pk", flat=True))
     assert before
 
-    broken = tmp_path / "not-a-model"
-    broken.mkdir()
     version = client.post(
-        f"/api/v1/projects/{project.pk}/models", {"kind": "nnunet", "artifact_path": str(broken)}, format="json"
+        f"/api/v1/projects/{project.pk}/models",
+        {"kind": "cellpose", "file": SimpleUploadedFile("cellpose.pth", cellpose_weights())},
+        format="multipart",
     )
     assert version.status_code == 201, version.content
+    # the stored file changes after registration: the worker must refuse it, not load it
+    stored = ModelVersion.objects.get(pk=version.json()["id"])
+    (Path(stored.artifact_path) / "cellpose.pth").write_bytes(cellpose_weights() + b"tampered")
     response = client.post(
         f"/api/v1/images/{image_id}/presegment", {"model_version": version.json()["id"]}, format="json"
     )
     assert response.status_code == 202
     image = _wait_for(image_id, {PresegmentStatus.FAILED})
-    assert image.presegment_error
+    assert "sha256" in image.presegment_error
     after = set(Cell.objects.filter(image_id=image_id, layer=Layer.PROPOSAL).values_list("pk", flat=True))
     assert after == before

@@ -154,7 +154,6 @@ class ModelVersionDetailOut(serializers.ModelSerializer):
             "number",
             "name",
             "status",
-            "artifact_path",
             "artifacts",
             "config",
             "metrics",

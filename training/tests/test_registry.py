@@ -16,7 +16,9 @@ import torch
 
 from annotations.errors import ConflictError, ServiceValidationError
 from annotations.models import AuditEvent
+from inference.backends.packages import PackageError, nnunet_checkpoint_sanitize, torch_weights_load
 from inference.services import model_version_baseline, model_version_for_project
+from tests.factories import model_version_files, model_zip
 from training import services
 from training.models import Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
 from training.tests.factories import synthetic_project
@@ -118,10 +120,10 @@ def test_checkpoint_sanitize_and_safe_check(tmp_path: Path) -> None:
     }
     path = tmp_path / "checkpoint_final.pth"
     torch.save(checkpoint, path)
-    with pytest.raises(ValueError, match="weights_only"):
-        services.artifact_safe_check(path)
-    services.artifact_checkpoint_sanitize(path)
-    services.artifact_safe_check(path)
+    with pytest.raises(PackageError, match="weights_only"):
+        torch_weights_load(path)
+    nnunet_checkpoint_sanitize(path)
+    torch_weights_load(path)
     loaded = torch.load(path, weights_only=True)
     assert set(loaded) == {
         "network_weights",
@@ -131,37 +133,30 @@ def test_checkpoint_sanitize_and_safe_check(tmp_path: Path) -> None:
         "current_epoch",
     }
     assert loaded["init_args"]["device"] == "cpu" and torch.equal(loaded["network_weights"]["w"], torch.ones(2, 2))
+    digest = services.file_sha256(path)
+    nnunet_checkpoint_sanitize(path)  # a sanitised file is left as it is (its sha256 may be recorded)
+    assert services.file_sha256(path) == digest
     evil = tmp_path / "evil.pt"
     torch.save({"x": Payload()}, evil)
-    with pytest.raises(ValueError):
-        services.artifact_safe_check(evil)
-    with pytest.raises(ValueError):  # sanitising never unpickles arbitrary objects either
-        services.artifact_checkpoint_sanitize(evil)
+    with pytest.raises(PackageError):
+        torch_weights_load(evil)
+    with pytest.raises(PackageError):  # sanitising never unpickles arbitrary objects either
+        nnunet_checkpoint_sanitize(evil)
 
 
-def _version(project: Any, kind: str, root: Path, **kwargs: Any) -> ModelVersion:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "weights.bin").write_bytes(b"weights" + root.name.encode())
-    last = ModelVersion.objects.filter(project=project, kind=kind).count()
-    return ModelVersion.objects.create(
-        project=project,
-        kind=kind,
-        number=last + 1,
-        artifact_path=str(root),
-        artifacts=services.artifacts_inspect(root),
-        **kwargs,
-    )
+def _version(project: Any, kind: str, name: str, **kwargs: Any) -> ModelVersion:
+    return model_version_files(project, kind, {"weights.bin": b"weights" + name.encode()}, **kwargs)
 
 
 def test_promote_roll_back_and_tampered_artifacts(tmp_path: Path) -> None:
     sp = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1)
     project = sp.project
     baseline = model_version_baseline(project=project)
-    v1 = _version(project, ModelKind.CELLPOSE, tmp_path / "v1")
-    v2 = _version(project, ModelKind.CELLPOSE, tmp_path / "v2")
-    v3 = _version(project, ModelKind.CELLPOSE, tmp_path / "v3")
+    v1 = _version(project, ModelKind.CELLPOSE, "v1")
+    v2 = _version(project, ModelKind.CELLPOSE, "v2")
+    v3 = _version(project, ModelKind.CELLPOSE, "v3")
     assert v1.artifacts == [
-        {"path": "weights.bin", "sha256": services.file_sha256(tmp_path / "v1" / "weights.bin"), "size": 9}
+        {"path": "weights.bin", "sha256": services.file_sha256(Path(v1.artifact_path) / "weights.bin"), "size": 9}
     ]
     for version in (v1, v2, v3):
         services.model_version_promote(version=version, user=sp.admin, reason="test")
@@ -177,11 +172,15 @@ def test_promote_roll_back_and_tampered_artifacts(tmp_path: Path) -> None:
         services.model_version_rollback(project=project, kind="cellpose", user=sp.admin)
     assert AuditEvent.objects.filter(action="model.rollback").count() == 3
     # a changed artifact file is refused
-    (tmp_path / "v2" / "weights.bin").write_bytes(b"tampered")
+    (Path(v2.artifact_path) / "weights.bin").write_bytes(b"tampered")
     with pytest.raises(ConflictError, match="sha256"):
         services.model_version_promote(version=v2, user=sp.admin)
-    shutil.rmtree(tmp_path / "v1")
-    with pytest.raises(ConflictError, match="missing"):
+    (Path(v3.artifact_path) / "fold_9").mkdir()
+    (Path(v3.artifact_path) / "fold_9" / "extra.pth").write_bytes(b"a file nobody registered")
+    with pytest.raises(ConflictError, match="changed since it was registered"):
+        services.artifacts_verify(v3)
+    shutil.rmtree(v1.artifact_path)
+    with pytest.raises(ConflictError, match="changed since it was registered"):
         services.model_version_promote(version=v1, user=sp.admin)
     v3.status = ModelStatus.FAILED
     v3.save()
@@ -229,9 +228,9 @@ def test_evaluate_baseline_on_the_frozen_test_split() -> None:
 def test_gate_compares_with_the_active_model_on_the_same_snapshot(tmp_path: Path) -> None:
     sp = synthetic_project(splits={"train": 1, "test": 1}, size=64, n_cells=3, n_erythrocytes=1)
     snapshot = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
-    active = _version(sp.project, ModelKind.NNUNET, tmp_path / "a")
+    active = _version(sp.project, ModelKind.NNUNET, "a")
     services.model_version_promote(version=active, user=None)
-    candidate = _version(sp.project, ModelKind.NNUNET, tmp_path / "b")
+    candidate = _version(sp.project, ModelKind.NNUNET, "b")
     Evaluation.objects.create(model_version=active, snapshot=snapshot, overall={"dsb": 0.40, "dice": 0.8})
     Evaluation.objects.create(model_version=candidate, snapshot=snapshot, overall={"dsb": 0.45, "dice": 0.79})
     policy = services.training_policy_update(
@@ -255,17 +254,12 @@ def test_refinement_job_refines_the_active_nnunet(nnunet_model: Any, settings: A
     """Paper B on paper A's stage 1: the job takes the active nnU-Net as its frozen first stage."""
     settings.TRAINING_DIR = str(tmp_path / "training")
     sp = synthetic_project(splits={"train": 2, "test": 1}, size=96, n_cells=8, n_erythrocytes=3)
-    folder = tmp_path / "nnunet"
-    shutil.copytree(nnunet_model.model_folder, folder)
-    for checkpoint in folder.glob("fold_*/checkpoint_*.pth"):
-        services.artifact_checkpoint_sanitize(checkpoint)
-    base = ModelVersion.objects.create(
+    base = services.model_version_upload(
         project=sp.project,
         kind=ModelKind.NNUNET,
-        number=1,
-        artifact_path=str(folder),
-        artifacts=services.artifacts_inspect(folder),
+        upload=model_zip(nnunet_model.model_folder),
         config={"use_mirroring": False},
+        user=sp.admin,
     )
     with pytest.raises(ServiceValidationError):  # no active nnU-Net yet
         services.training_job_start(project=sp.project, user=sp.admin, kind="refinement", config={})
