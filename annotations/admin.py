@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin
 
 from annotations import models
-from annotations.services import pipeline_errors
+from annotations.services.projects import pipeline_errors
 
 
 class MembershipInline(admin.TabularInline):
@@ -101,27 +101,8 @@ class AnnotationRevisionAdmin(admin.ModelAdmin):
     raw_id_fields = ["image", "author"]
 
 
-@admin.register(models.IdempotencyRecord)
-class IdempotencyRecordAdmin(admin.ModelAdmin):
-    list_display = ["id", "user", "key", "scope", "status_code", "created_at"]
-
-
 @admin.register(models.AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ["id", "created_at", "project", "actor", "action", "target"]
     list_filter = ["action", "project"]
     readonly_fields = ["project", "image", "actor", "action", "target", "before", "after", "created_at"]
-
-
-for _model in (
-    models.ExportJob,
-    models.VerificationSettings,
-    models.VerificationRound,
-    models.Review,
-    models.ReviewDecision,
-    models.ReviewComment,
-    models.Dispute,
-    models.PairAgreement,
-    models.CorrectionRecord,
-):
-    admin.site.register(_model)

@@ -8,7 +8,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from annotations.services import api_token_authenticate
+from annotations.services.tokens import api_token_authenticate
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):

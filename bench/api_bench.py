@@ -40,10 +40,10 @@ def main() -> None:
     from PIL import Image as PILImage
     from rest_framework.test import APIClient
 
-    from annotations import services
-    from annotations.synthetic import generate_field
-    from inference.backends.base import Instance
-    from inference.contours import instances_to_polygons
+    from annotations.services import images as image_services
+    from cytoseg.backends.base import Instance
+    from cytoseg.contours import instances_to_polygons
+    from cytoseg.synthetic import generate_field
     from tests.factories import ProjectFactory, UserFactory, upload
 
     setup_test_environment()
@@ -58,7 +58,7 @@ def main() -> None:
         field = generate_field(seed=3, n_cells=args.cells, n_erythrocytes=0)
         buffer = io.BytesIO()
         PILImage.fromarray(field.image).save(buffer, format="PNG")
-        image = services.image_upload_many(
+        image = image_services.image_upload_many(
             project=project, files=[upload("bench.png", buffer.getvalue())], metadata={}, uploaded_by=user
         )[0]
         instances = [Instance(x0=c.x0, y0=c.y0, mask=c.mask, label=1, score=1.0) for c in field.cells if c.label == 1]

@@ -88,8 +88,8 @@ def make_images(project: Any, count: int, prefix: str) -> list[Any]:
 def make_cells(images: list[Any], total: int, class_ids: list[int], seed: int) -> None:
     import numpy as np
 
-    from annotations.geometry import polygon_clean
     from annotations.models import Cell
+    from cytoseg.geometry import polygon_clean
 
     rng = np.random.default_rng(seed)
     per_image = np.bincount(rng.integers(0, len(images), total), minlength=len(images))
@@ -139,9 +139,9 @@ def copy_cells(template_image: Any, images: list[Any]) -> None:
 
 
 def stream(project: Any, *, trace: bool) -> dict[str, float]:
-    from annotations import exports
-
-    filters = exports.ExportFilters()
+    from interchange.services import coco as coco_export
+    from interchange.services import selection
+    filters = selection.ExportFilters()
     before = rss_bytes()
     peak_rss = before
     if trace:
@@ -149,7 +149,7 @@ def stream(project: Any, *, trace: bool) -> dict[str, float]:
         tracemalloc.reset_peak()
     started = time.perf_counter()
     chunks = size = 0
-    for chunk in exports.coco_export_stream(project=project, filters=filters):
+    for chunk in coco_export.coco_export_stream(project=project, filters=filters):
         chunks += 1
         size += len(chunk)
         if chunks % 8 == 0:

@@ -12,7 +12,7 @@ that a change that costs accuracy shows up by name:
   tile step 0.5 + Gaussian weighting, no mirroring; Cellpose trained at the labels' size and run
   with its defaults (224 px tiles with 10 % overlap, flow quality check 0.4, 200 dynamics
   iterations);
-* ``fast``: the ``fast`` training preset (``training.presets``): a 5-stage 16..128-feature plan
+* ``fast``: the ``fast`` training preset (``cytoseg.trainers.presets``): a 5-stage 16..128-feature plan
   with 1 conv per stage, the image as one tile without Gaussian weighting; Cellpose in 160 px
   tiles (batches of 4) with 60 dynamics iterations run only on nnU-Net's foreground.
 
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import paper_table as pt  # noqa: E402  (a sibling script, not a package)
 
-from training.presets import FAST_CELLPOSE_SCALE, FAST_INFERENCE, FAST_PLAN  # noqa: E402
+from cytoseg.trainers.presets import FAST_CELLPOSE_SCALE, FAST_INFERENCE, FAST_PLAN  # noqa: E402
 
 TOLERANCE = {"dice": 0.01, "p70": 0.01}
 
@@ -98,7 +98,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: cores)")
     p.add_argument("--cache", type=Path, default=pt.BENCH_DIR, help=f"cache folder (default {pt.BENCH_DIR})")
-    g = p.add_argument_group("fast configuration", "defaults: the fast training preset (training.presets)")
+    g = p.add_argument_group("fast configuration", "defaults: the fast training preset (cytoseg.trainers.presets)")
     cp = FAST_INFERENCE["cellpose"]
     for flag, key, title in (("stages", "n_stages", "stages"), ("features", "base_features", "first-stage features"),
                              ("max-features", "max_features", "feature cap"), ("convs", "n_conv_per_stage",
@@ -130,9 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from inference.backends.two_stage import TwoStageBackend
-    from inference.device import device_default
-    from training.trainers.nnunet import NnUNetPlansOverride
+    from cytoseg.backends.two_stage import TwoStageBackend
+    from cytoseg.device import device_default
+    from cytoseg.trainers.nnunet import NnUNetPlansOverride
 
     device = device_default() if args.device == "auto" else args.device
     pt_argv = [a for a, on in (("--quick", args.quick), ("--paper", args.paper)) if on]

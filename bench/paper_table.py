@@ -1,9 +1,9 @@
 """Paper A's results table, reproduced on a synthetic Diff-Quik benchmark.
 
-Builds train / validation / test splits of synthetic fields (``annotations.synthetic``), trains
+Builds train / validation / test splits of synthetic fields (``cytoseg.synthetic``), trains
 nnU-Net v2 (semantic: background / cell / erythrocyte), Cellpose 3 (instances) and paper B's
 refinement net (on nnU-Net's foreground probability), and evaluates every row on the test
-split with ``training.evaluation`` (the platform's own metrics):
+split with ``cytoseg.evaluation`` (the platform's own metrics):
 
 * Watershed, Region growing: the classical backends on the stain foreground (no training);
 * nnU-Net: its connected components; nnU-Net + region growing (paper A's erosion-seed
@@ -186,9 +186,9 @@ def pick(value: Any, quick: Any, default: Any, paper: Any, args: argparse.Namesp
 
 
 def setup_build(args: argparse.Namespace) -> Setup:
-    from training.trainers.cellpose import CellposeTrainConfig
-    from training.trainers.nnunet import NnUNetPlansOverride, NnUNetTrainConfig
-    from training.trainers.refinement import RefinementTrainConfig
+    from cytoseg.trainers.cellpose import CellposeTrainConfig
+    from cytoseg.trainers.nnunet import NnUNetPlansOverride, NnUNetTrainConfig
+    from cytoseg.trainers.refinement import RefinementTrainConfig
 
     width = pick(args.width, 128, 256, 1024, args)
     height = pick(args.height, 128, 256, 768, args)
@@ -284,8 +284,8 @@ class Split:
 
 
 def data_build(setup: Setup) -> dict[str, Split]:
-    from annotations.synthetic import generate_field
-    from inference.backends.base import instances_from_label_map
+    from cytoseg.backends.base import instances_from_label_map
+    from cytoseg.synthetic import generate_field
 
     out: dict[str, Split] = {}
     for name, count, base in (("train", setup.n_train, 10_000), ("val", setup.n_val, 20_000),
@@ -324,7 +324,7 @@ def cached(folder: Path, reuse: bool) -> bool:
 
 
 def train_nnunet(setup: Setup, data: dict[str, Split], folder: Path, device: str) -> dict[str, Any]:
-    from training.trainers.nnunet import nnunet_train
+    from cytoseg.trainers.nnunet import nnunet_train
 
     log(f"training nnU-Net: {setup.nnunet.num_epochs} epochs x {setup.nnunet.num_iterations_per_epoch} iterations, "
         f"plan override {setup.nnunet.plans}")
@@ -344,7 +344,7 @@ def train_nnunet(setup: Setup, data: dict[str, Split], folder: Path, device: str
 
 
 def train_cellpose(setup: Setup, data: dict[str, Split], folder: Path, device: str) -> dict[str, Any]:
-    from training.trainers.cellpose import cellpose_train
+    from cytoseg.trainers.cellpose import cellpose_train
 
     log(f"training Cellpose: {setup.cellpose.n_epochs} epochs, crops {setup.cellpose.bsize}, "
         f"batch {setup.cellpose.batch_size}")
@@ -362,7 +362,7 @@ def train_cellpose(setup: Setup, data: dict[str, Split], folder: Path, device: s
 
 def train_refinement(setup: Setup, data: dict[str, Split], nnunet: Any, folder: Path,
                      device: str) -> dict[str, Any]:
-    from training.trainers.refinement import refinement_train
+    from cytoseg.trainers.refinement import refinement_train
 
     log(f"training the refinement net: up to {setup.refinement.max_epochs} epochs x "
         f"{setup.refinement.iterations_per_epoch} iterations (inputs: nnU-Net's foreground probability)")
@@ -391,10 +391,10 @@ def evaluate(setup: Setup, data: dict[str, Split], nn_folder: Path, cp_folder: P
     import numpy as np
     import torch
 
-    from inference.backends.refinement import RefinementNet, instances_crop, refinement_predict
-    from inference.backends.region_growing import RegionGrowingBackend
-    from inference.backends.two_stage import TwoStageBackend
-    from inference.backends.watershed import WatershedBackend
+    from cytoseg.backends.refinement import RefinementNet, instances_crop, refinement_predict
+    from cytoseg.backends.region_growing import RegionGrowingBackend
+    from cytoseg.backends.two_stage import TwoStageBackend
+    from cytoseg.backends.watershed import WatershedBackend
 
     two = TwoStageBackend(artifacts=None, device=device, settings={
         "nnunet_model_folder": str(nn_folder), "cellpose_model_file": str(cp_folder / "cellpose.pth"),
@@ -462,7 +462,7 @@ def evaluate(setup: Setup, data: dict[str, Split], nn_folder: Path, cp_folder: P
 
 def split_score(test: Split, preds: Sequence[Sequence[Any]]) -> dict[str, Any]:
     """The table's metrics of one row: its predicted instances per test image against the truth."""
-    from training.evaluation import EvalCase, evaluate_cases
+    from cytoseg.evaluation import EvalCase, evaluate_cases
 
     cases = []
     for i, pred in enumerate(preds):
@@ -537,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from inference.device import device_default
+    from cytoseg.device import device_default
 
     device = device_default() if args.device == "auto" else args.device
     setup = setup_build(args)
@@ -560,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not cached(cp_folder, args.reuse):
         training["cellpose"] = train_cellpose(setup, data, cp_folder, device)
     if not cached(rf_folder, args.reuse):
-        from inference.backends.nnunet import NnUNetBackend
+        from cytoseg.backends.nnunet import NnUNetBackend
 
         nnunet = NnUNetBackend(artifacts=nn_folder, settings={"use_mirroring": setup.tta}, device=device)
         training["refinement"] = train_refinement(setup, data, nnunet, rf_folder, device)

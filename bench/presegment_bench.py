@@ -7,7 +7,7 @@ One synthetic Diff-Quik field (default 1024x768 with 250 thyroid cells) is pre-s
   (for 1024x768: patch 768x1024, 8 stages, 32..512 features, 2 convs per stage), tile step 0.5
   with Gaussian weighting, and Cellpose's defaults (224 px tiles with 10 % overlap, flow
   quality check, 200 dynamics iterations);
-* ``fast``: the ``fast`` training preset (``training.presets``): a smaller nnU-Net plan
+* ``fast``: the ``fast`` training preset (``cytoseg.trainers.presets``): a smaller nnU-Net plan
   (``NnUNetPlansOverride``: 5 stages, 16..128 features, one conv per stage, the whole image as
   one patch, no overlap, no Gaussian), Cellpose in 160 px tiles (faster per pixel on a CPU than
   224) with fewer dynamics iterations run only where nnU-Net sees cells (``restrict_masks``).
@@ -65,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key")
 
-from training.presets import FAST_CELLPOSE_SCALE, FAST_INFERENCE, FAST_PLAN  # noqa: E402  (Django-free)
+from cytoseg.trainers.presets import FAST_CELLPOSE_SCALE, FAST_INFERENCE, FAST_PLAN  # noqa: E402  (Django-free)
 
 BENCH_DIR = ROOT / "var" / "bench" / "presegment"
 PAPER_SECONDS = 60.0  # paper A: nnU-Net v2 + Cellpose, seconds per image
@@ -123,7 +123,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="--train: iterations of the fast-plan nnU-Net (default 40)")
     g.add_argument("--train-cellpose-epochs", type=int, default=30,
                    help="--train: Cellpose epochs of 8 crops (default 30)")
-    g = p.add_argument_group("fast configuration", "defaults: the fast training preset (training.presets)")
+    g = p.add_argument_group("fast configuration", "defaults: the fast training preset (cytoseg.trainers.presets)")
     fast_cp = FAST_INFERENCE["cellpose"]
     g.add_argument("--fast-stages", type=int, default=FAST_PLAN["n_stages"],
                    help=f"nnU-Net stages ({FAST_PLAN['n_stages']})")
@@ -172,7 +172,7 @@ def log(msg: str) -> None:
 def device_pick(name: str) -> str:
     if name != "auto":
         return name
-    from inference.device import device_default
+    from cytoseg.device import device_default
 
     return device_default()
 
@@ -228,9 +228,9 @@ def fast_patch(args: argparse.Namespace) -> tuple[int, int]:
 
 def train_models(args: argparse.Namespace, device: str, out: Path) -> Models:
     """Quick models on synthetic fields: speed does not depend on how well they are trained."""
-    from annotations.synthetic import generate_field
-    from training.trainers.cellpose import CellposeTrainConfig, cellpose_train
-    from training.trainers.nnunet import NnUNetPlansOverride, NnUNetTrainConfig, nnunet_train
+    from cytoseg.synthetic import generate_field
+    from cytoseg.trainers.cellpose import CellposeTrainConfig, cellpose_train
+    from cytoseg.trainers.nnunet import NnUNetPlansOverride, NnUNetTrainConfig, nnunet_train
 
     rows, cols = args.train_size or (args.height, args.width)
     n_cells = max(1, round(args.cells * rows * cols / (args.width * args.height)))
@@ -375,7 +375,7 @@ def config_settings(name: str, args: argparse.Namespace, diam_labels: float) -> 
 
 def bundle_make(target: Path, nnunet: Path, cellpose: Path) -> Path:
     """artifacts/{nnunet,cellpose} with the nnU-Net checkpoint made loadable with weights_only=True."""
-    from inference.backends.packages import nnunet_checkpoint_sanitize
+    from cytoseg.backends.packages import nnunet_checkpoint_sanitize
 
     if target.exists():
         shutil.rmtree(target)
@@ -642,12 +642,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from django.db import connection
     from django.test.utils import setup_test_environment
 
-    from annotations import services as annotation_services
     from annotations.models import Image, PresegmentStatus
-    from annotations.synthetic import generate_field
-    from inference.backends import backend_cache_clear, backend_get
-    from inference.backends.base import instances_from_label_map
-    from inference.contours import instances_to_polygons
+    from annotations.services import images, projects
+    from cytoseg.backends import backend_cache_clear, backend_get
+    from cytoseg.backends.base import instances_from_label_map
+    from cytoseg.contours import instances_to_polygons
+    from cytoseg.synthetic import generate_field
     from inference.services import proposals_store
     from training.services import model_version_upload
 
@@ -681,11 +681,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = None
     try:
         user = get_user_model().objects.create_user(username="bench")
-        project = annotation_services.project_create(name="Presegment bench", created_by=user, auto_presegment=False)
+        project = projects.project_create(name="Presegment bench", created_by=user, auto_presegment=False)
         from django.core.files.uploadedfile import SimpleUploadedFile
 
         upload = SimpleUploadedFile("field.png", png_bytes(image_rgb), content_type="image/png")
-        image = annotation_services.image_upload_many(
+        image = images.image_upload_many(
             project=project, files=[upload], metadata={}, uploaded_by=user
         )[0]
         versions = {}

@@ -52,9 +52,12 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "django_celery_beat",
+    "core",
     "annotations",
-    "inference",
     "training",
+    "review",
+    "interchange",
+    "inference",
 ]
 
 MIDDLEWARE = [
@@ -161,11 +164,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "annotations.api.pagination.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "core.api.pagination.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "annotations.api.errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -249,19 +252,19 @@ TRAINING_GATE_MARGIN = env_float("TRAINING_GATE_MARGIN", 0.01)
 TRAINING_GATE_TOLERANCE = env_float("TRAINING_GATE_TOLERANCE", 0.02)
 CELERY_BEAT_SCHEDULE = {
     "training-watchdog": {"task": "training.watchdog", "schedule": 300.0, "options": {"queue": "default"}},
-    "annotations-idempotency-prune": {
-        "task": "annotations.idempotency_prune",
+    "core-idempotency-prune": {
+        "task": "core.idempotency_prune",
         "schedule": 24 * 3600.0,
         "options": {"queue": "default"},
     },
-    "annotations-export-prune": {
-        "task": "annotations.export_jobs_prune",
+    "interchange-export-prune": {
+        "task": "interchange.export_jobs_prune",
         "schedule": 3600.0,
         "options": {"queue": "default"},
     },
 }
 
-# Exports and imports (annotations/exports.py).
+# Exports and imports (interchange/).
 EXPORT_ASYNC_CELL_THRESHOLD = env_int("EXPORT_ASYNC_CELL_THRESHOLD", 200_000, minimum=1)
 EXPORT_ASYNC_IMAGE_THRESHOLD = env_int("EXPORT_ASYNC_IMAGE_THRESHOLD", 1000, minimum=1)
 EXPORT_JOB_TTL_HOURS = env_int("EXPORT_JOB_TTL_HOURS", 24, minimum=1)

@@ -21,6 +21,8 @@ def spa_index(request: HttpRequest) -> HttpResponse:
 
 api_v1: list[URLPattern | URLResolver] = [
     path("", include(("annotations.api.urls", "api"))),
+    path("", include(("review.api.urls", "review"))),
+    path("", include(("interchange.api.urls", "interchange"))),
     path("", include(("inference.api.urls", "inference"))),
     path("", include(("training.api.urls", "training"))),
     path("schema", SpectacularAPIView.as_view(), name="schema"),

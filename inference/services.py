@@ -16,13 +16,13 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from annotations.imaging import read_rgb
-from annotations.models import Cell, CellSource, Image, ImageStatus, Layer, PresegmentStatus, Project
-from annotations.selectors import REVIEW_LOCKED_STATUSES
-from annotations.services import annotation_write_check
-from inference.backends import backend_get
-from inference.contours import instances_to_polygons
-from inference.device import device_default
+from annotations.models import LOCKED_STATUSES, Cell, CellSource, Image, Layer, PresegmentStatus, Project
+from annotations.services.workflow import annotation_write_check, image_presegmented
+from core.queue import task_enqueue
+from cytoseg.backends import backend_get
+from cytoseg.contours import instances_to_polygons
+from cytoseg.device import device_default
+from cytoseg.imaging import read_rgb
 from training.models import ModelKind, ModelStatus, ModelVersion
 from training.services import artifacts_verify, model_version_settings
 
@@ -60,8 +60,6 @@ def model_version_for_project(*, project: Project) -> ModelVersion:
 
 def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None = None) -> ModelVersion:
     """Mark the image queued and enqueue the GPU task once the transaction commits."""
-    from inference.tasks import presegment_image  # tasks import services; avoid the cycle
-
     # Proposals are what verified cells' provenance points back to: once an image is submitted
     # they must stay as they were (correction analytics), so pre-segmenting again is refused.
     annotation_write_check(image=image)
@@ -71,13 +69,13 @@ def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None
     )
     image.presegment_status = PresegmentStatus.QUEUED
     image_id, version_id = image.pk, version.pk
-    transaction.on_commit(lambda: presegment_image.delay(image_id, version_id))
+    task_enqueue("inference.presegment_image", args=[image_id, version_id], queue="gpu")
     return version
 
 
 def project_presegment_enqueue(*, project: Project, model_version: ModelVersion | None = None) -> int:
     version = model_version or model_version_for_project(project=project)
-    images = list(project.images.exclude(status__in=REVIEW_LOCKED_STATUSES))
+    images = list(project.images.exclude(status__in=LOCKED_STATUSES))
     for image in images:
         image_presegment_enqueue(image=image, model_version=version)
     return len(images)
@@ -187,5 +185,5 @@ def proposals_store(*, image: Image, model_version: ModelVersion, contours: list
             "presegment_model": model_version,
         }
         Image.objects.filter(pk=image.pk).update(**updates)
-        Image.objects.filter(pk=image.pk, status=ImageStatus.NEW).update(status=ImageStatus.PRE_SEGMENTED)
+        image_presegmented(image=image)
     return len(cells)

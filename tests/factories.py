@@ -13,8 +13,9 @@ from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from annotations import services
 from annotations.models import Image, Project, ProjectMembership, Role
+from annotations.services import images as image_services
+from annotations.services import projects
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -43,7 +44,7 @@ class ProjectFactory(factory.django.DjangoModelFactory):
     @classmethod
     def _create(cls, model_class: type[Project], *args: Any, **kwargs: Any) -> Project:
         creator = kwargs.pop("created_by", None) or UserFactory()
-        return services.project_create(created_by=creator, **kwargs)
+        return projects.project_create(created_by=creator, **kwargs)
 
 
 def member(project: Project, role: str = Role.ANNOTATOR, **user_kwargs: Any) -> Any:
@@ -69,7 +70,7 @@ def image_create(project: Project, *, seed: int = 0, width: int = 64, height: in
     creator = project.memberships.filter(role=Role.ADMIN).first()
     assert creator is not None
     files = [upload(f"img-{seed}.png", png_bytes(width, height, seed))]
-    return services.image_upload_many(project=project, files=files, metadata=metadata, uploaded_by=creator.user)[0]
+    return image_services.image_upload_many(project=project, files=files, metadata=metadata, uploaded_by=creator.user)[0]
 
 
 def square(x: float, y: float, size: float = 10) -> list[list[float]]:

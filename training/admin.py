@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from annotations.errors import ConflictError
+from core.errors import ConflictError
 from training import models, services
 
 

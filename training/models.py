@@ -105,7 +105,7 @@ class DatasetSnapshot(models.Model):
     project = models.ForeignKey("annotations.Project", on_delete=models.CASCADE, related_name="dataset_snapshots")
     number = models.PositiveIntegerField()
     source = models.CharField(max_length=16, choices=DatasetSource.choices, default=DatasetSource.VERIFIED)
-    # {"synthetic": {...training.augment.AugmentConfig...}} or {}
+    # {"synthetic": {...cytoseg.augment.AugmentConfig...}} or {}
     options = models.JSONField(default=dict, blank=True)
     counts = models.JSONField(default=dict, blank=True, help_text="{split: {images, cells}}")
     excluded = models.JSONField(default=list, blank=True, help_text="[{image, reason}]")
@@ -228,7 +228,7 @@ class Evaluation(models.Model):
     """Metrics of one model version on the test split of one snapshot.
 
     ``overall`` and ``per_bethesda`` are flat ``{metric: value}`` dicts, ``per_image`` a list
-    of ``{"image", "bethesda", metric: value}`` (see ``training.evaluation``).
+    of ``{"image", "bethesda", metric: value}`` (see ``cytoseg.evaluation``).
     """
 
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")

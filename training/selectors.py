@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from annotations.selectors import UserLike, project_get_for_user
-from training.evaluation import METRICS
+from cytoseg.evaluation import METRICS
 from training.models import DatasetSnapshot, Evaluation, ModelVersion, TrainingJob
 
 

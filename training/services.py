@@ -51,12 +51,13 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from annotations.errors import ConflictError, ServiceValidationError
-from annotations.imaging import read_rgb
 from annotations.models import Project, Split
-from annotations.services import audit_record
-from inference.backends import backend_settings_errors
-from inference.backends.packages import (
+from annotations.services.audit import audit_record
+from core.errors import ConflictError, ServiceValidationError
+from core.queue import task_enqueue
+from cytoseg.augment import cells_from_polygons
+from cytoseg.backends import backend_settings_errors
+from cytoseg.backends.packages import (
     PACKAGE_KINDS,
     PackageError,
     archive_unpack,
@@ -65,8 +66,9 @@ from inference.backends.packages import (
     package_prepare,
     package_single_file,
 )
-from training.augment import cells_from_polygons
-from training.evaluation import DEFAULT_GUARDED, METRICS, EvalImage, GateDecision, evaluate_backend, gate_decide
+from cytoseg.evaluation import DEFAULT_GUARDED, METRICS, EvalImage, GateDecision, evaluate_backend, gate_decide
+from cytoseg.imaging import read_rgb
+from cytoseg.trainers.presets import PRESETS, preset_backend_settings, preset_base_config
 from training.models import (
     LIVE_JOB_STATUSES,
     DatasetSnapshot,
@@ -84,7 +86,6 @@ from training.models import (
     TrainingJob,
     TrainingPolicy,
 )
-from training.presets import PRESETS, preset_backend_settings, preset_base_config
 from training.snapshots import (
     LoadedCase,
     SnapshotData,
@@ -215,14 +216,14 @@ KIND_STAGES: dict[str, tuple[str, ...]] = {
 _STAGE_SCHEMAS = {"nnunet": NNUNET_SCHEMA, "cellpose": CELLPOSE_SCHEMA, "refinement": REFINEMENT_SCHEMA}
 # Top-level job options besides the trainer sections.
 JOB_OPTIONS: dict[str, str] = {
-    "preset": "str",  # training.presets: "default" (paper A), "fast" (smaller models) or "tiny" (tests)
+    "preset": "str",  # cytoseg.trainers.presets: "default" (paper A), "fast" (smaller models) or "tiny" (tests)
     "device": "str",  # "auto", "cpu", "cuda", "cuda:N"
     "evaluate": "bool",  # evaluate on the frozen test split (default true)
     "auto_promote": "bool?",  # null: the project's policy
     "cellpose_erythrocytes": "bool",  # erythrocytes are Cellpose instances too (default true)
     "base_model_version": "int?",  # refinement: the nnU-Net version to refine (default: active)
     "source": "str",  # dataset source when the job snapshots the data itself
-    "synthetic": "dict",  # training.augment.AugmentConfig, idem
+    "synthetic": "dict",  # cytoseg.augment.AugmentConfig, idem
 }
 _POSITIVE = {
     "num_epochs",
@@ -340,7 +341,7 @@ def training_config_validate(*, kind: str, config: Any, with_snapshot: bool = Fa
             errors[path] = f"not used by a {kind} job"
     synthetic = config.get("synthetic")
     if isinstance(synthetic, dict) and "config.synthetic" not in errors:
-        from training.augment import AugmentConfig
+        from cytoseg.augment import AugmentConfig
 
         try:
             AugmentConfig.from_dict(synthetic)
@@ -609,7 +610,6 @@ def training_job_start(
         )
     if kind == JobKind.REFINEMENT:
         _refinement_base(project=project, version_id=config.get("base_model_version"))
-    from training.tasks import run_training_job  # tasks import services
 
     task_id = str(uuid.uuid4())
     try:
@@ -649,7 +649,7 @@ def training_job_start(
             "A training job of this project is already queued or running.", {"job": live.pk if live else None}
         ) from exc
     job_id = job.pk
-    transaction.on_commit(lambda: run_training_job.apply_async(args=[job_id], task_id=task_id))
+    task_enqueue("training.run_job", args=[job_id], queue="gpu", task_id=task_id)
     return job
 
 
@@ -755,7 +755,7 @@ def training_jobs_reap(*, now: Any = None) -> list[int]:
 def _device(config: Mapping[str, Any]) -> str:
     wanted = str(config.get("device") or settings.TRAINING_DEVICE)
     if wanted == "auto":
-        from inference.device import device_default
+        from cytoseg.device import device_default
 
         return device_default()
     return wanted
@@ -860,7 +860,7 @@ class _JobRunner:
     # the job -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from training.trainers import TrainingCancelled
+        from cytoseg.trainers import TrainingCancelled
 
         job = self.job
         self._beat = threading.Thread(target=self._heartbeat, name=f"training-heartbeat-{job.pk}", daemon=True)
@@ -936,14 +936,14 @@ class _JobRunner:
         base = preset_base_config(preset=self._preset(), stage=stage)
         merged = _merged(base, self.job.config.get(stage) or {})
         if stage == "nnunet":
-            from training.trainers.nnunet import NnUNetTrainConfig
+            from cytoseg.trainers.nnunet import NnUNetTrainConfig
 
             return NnUNetTrainConfig.from_dict(merged)
         if stage == "cellpose":
-            from training.trainers.cellpose import CellposeTrainConfig
+            from cytoseg.trainers.cellpose import CellposeTrainConfig
 
             return CellposeTrainConfig.from_dict(merged)
-        from training.trainers.refinement import RefinementTrainConfig
+        from cytoseg.trainers.refinement import RefinementTrainConfig
 
         return RefinementTrainConfig(**merged)
 
@@ -977,7 +977,7 @@ class _JobRunner:
         ]
 
     def train_nnunet(self, data: SnapshotData, cfg: Any, device: str, target: Path) -> None:
-        from training.trainers.nnunet import nnunet_train
+        from cytoseg.trainers.nnunet import nnunet_train
 
         started = time.perf_counter()
         result = nnunet_train(
@@ -1002,7 +1002,7 @@ class _JobRunner:
         )
 
     def train_cellpose(self, data: SnapshotData, cfg: Any, device: str, target: Path) -> None:
-        from training.trainers.cellpose import cellpose_train
+        from cytoseg.trainers.cellpose import cellpose_train
 
         with_ery = bool(self.job.config.get("cellpose_erythrocytes", True))
 
@@ -1027,8 +1027,8 @@ class _JobRunner:
         self.note(f"cellpose trained in {self.timings['cellpose']:.1f} s (diameter {result.diam_labels:.1f} px)")
 
     def train_refinement(self, data: SnapshotData, cfg: Any, device: str, target: Path) -> None:
-        from inference.backends import backend_get
-        from training.trainers.refinement import refinement_train
+        from cytoseg.backends import backend_get
+        from cytoseg.trainers.refinement import refinement_train
 
         base = _refinement_base(project=self.job.project, version_id=self.job.config.get("base_model_version"))
         artifacts_verify(base)
@@ -1049,7 +1049,7 @@ class _JobRunner:
             out = []
             for case in cases:
                 if self.should_cancel():
-                    from training.trainers import TrainingCancelled
+                    from cytoseg.trainers import TrainingCancelled
 
                     raise TrainingCancelled("cancelled while computing first-stage probabilities")
                 out.append(1.0 - backend.predict_probabilities(case.image)[0])
@@ -1147,7 +1147,7 @@ def _fmt(value: Any) -> str:
 
 
 def _json_floats(value: Any) -> Any:
-    from training.evaluation import json_safe
+    from cytoseg.evaluation import json_safe
 
     return json_safe(value)
 
@@ -1194,7 +1194,7 @@ def training_job_run(*, job_id: int, task_id: str = "") -> dict[str, Any]:
 def _eval_images(items: list[SnapshotItem], should_cancel: Callable[[], bool] | None) -> Iterable[EvalImage]:
     for item in items:
         if should_cancel is not None and should_cancel():
-            from training.trainers import TrainingCancelled
+            from cytoseg.trainers import TrainingCancelled
 
             raise TrainingCancelled("cancelled during evaluation")
         if item.image is None:
@@ -1223,7 +1223,7 @@ def model_version_evaluate(
 ) -> Evaluation:
     """Run ``version`` on the snapshot's test images (ground truth: the snapshot's cells) and
     store the metrics (``Evaluation``, mirrored into ``version.metrics``)."""
-    from inference.backends import backend_get
+    from cytoseg.backends import backend_get
 
     if snapshot.project_id != version.project_id:
         raise ServiceValidationError("Invalid evaluation.", {"snapshot": "not a snapshot of the model's project"})
@@ -1312,7 +1312,7 @@ def promotion_gate(
                     version=baseline, snapshot=snapshot, device=device, should_cancel=should_cancel
                 )
             except Exception as exc:
-                from training.trainers import TrainingCancelled
+                from cytoseg.trainers import TrainingCancelled
 
                 if isinstance(exc, TrainingCancelled):
                     raise

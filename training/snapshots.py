@@ -17,17 +17,15 @@ The frozen test split: the first time an image lands in a snapshot's test split 
 its ``split`` says later. The test split only grows, and never with an image that an earlier
 snapshot put into train or validation (such an image is left out and listed in ``excluded``).
 
-The files (nnU-Net v2 raw dataset, Cellpose folders) are written by ``training.datasets``; this
+The files (nnU-Net v2 raw dataset, Cellpose folders) are written by ``cytoseg.datasets``; this
 module turns snapshots into its ``DatasetCase`` objects and into training arrays, adding the
-synthetic cluster images of ``training.augment`` when the snapshot asks for them.
+synthetic cluster images of ``cytoseg.augment`` when the snapshot asks for them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,17 +35,18 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max, QuerySet
 
-from annotations.errors import ServiceValidationError
-from annotations.imaging import read_rgb
 from annotations.models import Cell, Image, ImageStatus, Layer, Project, Split
-from training.augment import AugmentConfig, SyntheticImage, cells_from_polygons, synthetic_images
-from training.datasets import (
+from core.errors import ServiceValidationError
+from core.streaming import ZipEntry, zip_stream
+from cytoseg.augment import AugmentConfig, SyntheticImage, cells_from_polygons, synthetic_images
+from cytoseg.datasets import (
     DatasetCase,
     cellpose_dataset_files,
     instance_label_map,
     nnunet_raw_dataset_files,
     semantic_label_map,
 )
+from cytoseg.imaging import read_rgb
 from training.models import DatasetSnapshot, DatasetSource, FrozenTestImage, SnapshotItem
 
 __all__ = [
@@ -90,7 +89,7 @@ def dataset_snapshot_create(
 ) -> DatasetSnapshot:
     """Freeze the project's current training data into a new snapshot (see the module docstring).
 
-    ``synthetic`` is a ``training.augment.AugmentConfig`` as a dict (``count`` > 0 turns the
+    ``synthetic`` is a ``cytoseg.augment.AugmentConfig`` as a dict (``count`` > 0 turns the
     cluster augmentation on); the synthetic images are generated from the snapshot's training
     images when a job loads it, deterministically for the config's seed.
     """
@@ -228,7 +227,7 @@ def _synthetic(snapshot: DatasetSnapshot, train: list[tuple[np.ndarray, Snapshot
 def snapshot_cases(
     snapshot: DatasetSnapshot, *, splits: Iterable[str] = tuple(Split.values), synthetic: bool = True
 ) -> Iterator[DatasetCase]:
-    """The snapshot as ``training.datasets.DatasetCase`` objects, one image at a time; the
+    """The snapshot as ``cytoseg.datasets.DatasetCase`` objects, one image at a time; the
     synthetic images (split ``train``, ids ``synthetic_NNNN`` from 0001) come last when ``synthetic``."""
     wanted = list(splits)
     train_for_synthetic: list[tuple[np.ndarray, SnapshotItem]] = []
@@ -349,27 +348,6 @@ def snapshot_load(snapshot: DatasetSnapshot, *, splits: Iterable[str] = tuple(Sp
 # --- downloads -----------------------------------------------------------------------------
 
 
-class _Sink(io.RawIOBase):
-    """A write-only, unseekable stream whose bytes are taken out in pieces (streamed zips)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._chunks: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._chunks.append(chunk)
-        return len(chunk)
-
-    def take(self) -> bytes:
-        out = b"".join(self._chunks)
-        self._chunks.clear()
-        return out
-
-
 def snapshot_zip_stream(snapshot: DatasetSnapshot, *, fmt: str, dataset_id: int = 501) -> Iterator[bytes]:
     """The snapshot as a zip, produced file by file: ``fmt="nnunet"`` (an nnU-Net v2 raw dataset
     ``DatasetNNN_ProjectPSnapshotS/``) or ``"cellpose"`` (``train/``, ``validation/``, ``test/``
@@ -382,13 +360,9 @@ def snapshot_zip_stream(snapshot: DatasetSnapshot, *, fmt: str, dataset_id: int 
         files = cellpose_dataset_files(cases=cases)
     else:
         raise ValueError(f"unknown format {fmt!r}")
-    sink = _Sink()
-    with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for path, data in files:
-            info = zipfile.ZipInfo(path, date_time=snapshot.created_at.timetuple()[:6])
-            info.compress_type = zipfile.ZIP_STORED if path.endswith(".png") else zipfile.ZIP_DEFLATED
-            archive.writestr(info, data)
-            yield sink.take()
+
+    def entries() -> Iterator[ZipEntry]:
+        yield from files
         manifest = {
             "snapshot": snapshot.pk,
             "number": snapshot.number,
@@ -399,8 +373,6 @@ def snapshot_zip_stream(snapshot: DatasetSnapshot, *, fmt: str, dataset_id: int 
             "options": snapshot.options,
             "items": list(snapshot.items.values("image_id", "file_name", "split", "revision", "cells_sha256")),
         }
-        archive.writestr(
-            zipfile.ZipInfo("snapshot.json", date_time=snapshot.created_at.timetuple()[:6]),
-            json.dumps(manifest, indent=1, default=str),
-        )
-    yield sink.take()
+        yield "snapshot.json", json.dumps(manifest, indent=1, default=str).encode()
+
+    return zip_stream(entries(), date_time=snapshot.created_at)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotations.api import export_views, verification_views, views
+from annotations.api import views
 
 urlpatterns = [
     path("auth/login", views.LoginView.as_view(), name="login"),
@@ -23,48 +23,4 @@ urlpatterns = [
     path("images/<int:image_id>/cells", views.CellsView.as_view(), name="cells"),
     path("images/<int:image_id>/history", views.HistoryView.as_view(), name="history"),
     path("images/<int:image_id>/history/<int:revision>/restore", views.RestoreView.as_view(), name="restore"),
-]
-
-# Exports and the COCO import (annotations.api.export_views).
-urlpatterns += [
-    path("projects/<int:project_id>/export/coco", export_views.CocoExportView.as_view(), name="export-coco"),
-    path("projects/<int:project_id>/export/coco-zip", export_views.CocoZipExportView.as_view(), name="export-coco-zip"),
-    path("projects/<int:project_id>/export/geojson", export_views.GeoJsonExportView.as_view(), name="export-geojson"),
-    path("projects/<int:project_id>/export/nnunet", export_views.NnUNetExportView.as_view(), name="export-nnunet"),
-    path(
-        "projects/<int:project_id>/export/cellpose", export_views.CellposeExportView.as_view(), name="export-cellpose"
-    ),
-    path("projects/<int:project_id>/export/jobs", export_views.ExportJobListView.as_view(), name="export-jobs"),
-    path(
-        "projects/<int:project_id>/export/jobs/<int:job_id>",
-        export_views.ExportJobDetailView.as_view(),
-        name="export-job",
-    ),
-    path(
-        "projects/<int:project_id>/export/jobs/<int:job_id>/download",
-        export_views.ExportJobDownloadView.as_view(),
-        name="export-job-download",
-    ),
-    path("projects/<int:project_id>/import/coco", export_views.CocoImportView.as_view(), name="import-coco"),
-]
-
-# Verification workflow (annotations.api.verification_views).
-v = verification_views
-urlpatterns += [
-    path("images/<int:image_id>/transition", v.TransitionView.as_view(), name="image-transition"),
-    path("images/<int:image_id>/assignments", v.AssignmentsView.as_view(), name="image-assignments"),
-    path(
-        "images/<int:image_id>/assignments/<int:review_id>",
-        v.AssignmentDetailView.as_view(),
-        name="image-assignment",
-    ),
-    path("images/<int:image_id>/reviews", v.ReviewsView.as_view(), name="image-reviews"),
-    path("images/<int:image_id>/reviews/mine", v.MyReviewView.as_view(), name="image-review-mine"),
-    path("images/<int:image_id>/reviews/mine/submit", v.MyReviewSubmitView.as_view(), name="image-review-submit"),
-    path("images/<int:image_id>/adjudication", v.AdjudicationView.as_view(), name="image-adjudication"),
-    path("images/<int:image_id>/agreement", v.ImageAgreementView.as_view(), name="image-agreement"),
-    path("me/queue", v.QueueView.as_view(), name="work-queue"),
-    path("projects/<int:project_id>/verification", v.VerificationSettingsView.as_view(), name="verification-settings"),
-    path("projects/<int:project_id>/agreement", v.ProjectAgreementView.as_view(), name="project-agreement"),
-    path("projects/<int:project_id>/corrections", v.CorrectionsView.as_view(), name="project-corrections"),
 ]

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from typing import Any
 
 from django.contrib.auth import get_user_model, login, logout
-from django.contrib.auth.models import User
 from django.http import FileResponse, Http404, HttpResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -19,49 +18,16 @@ from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
 from rest_framework.views import APIView
 
-from annotations import selectors, services
+from annotations import selectors
 from annotations.api import serializers as s
-from annotations.api.pagination import Pagination
-from annotations.errors import ServiceValidationError
 from annotations.models import ApiToken, AuditEvent, Layer, ProjectMembership, Role
-
-
-def _user(request: Request) -> User:
-    """The authenticated user (views run behind IsAuthenticated)."""
-    return cast(User, request.user)
-
-
-def _client_ip(request: Request) -> str:
-    return str(request.META.get("REMOTE_ADDR", "unknown"))
-
-
-def _parse(serializer_class: type[s.serializers.Serializer], data: Any, **kwargs: Any) -> dict[str, Any]:
-    serializer = serializer_class(data=data, **kwargs)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
-
-
-def _base_revision(request: Request, body_revision: int | None) -> int:
-    header = request.headers.get("If-Match", "").strip()
-    if header:
-        value = header.removeprefix("W/").strip('"')
-        if not value.isdigit():
-            raise ServiceValidationError("Invalid If-Match.", {"If-Match": 'must be "<revision>"'})
-        return int(value)
-    if body_revision is None:
-        raise ServiceValidationError(
-            "The revision this write is based on is required.",
-            {"revision": "send the revision field or an If-Match header"},
-        )
-    return body_revision
-
-
-def _paginate(request: Request, view: APIView, queryset: Any, serializer: Any, **context: Any) -> Response:
-    paginator = Pagination()
-    page: Any = paginator.paginate_queryset(queryset, request, view=view)
-    data = serializer(page, many=True, context={"request": request, **context}).data
-    return paginator.get_paginated_response(data)
-
+from annotations.services import audit, projects, tokens
+from annotations.services import cells as cell_services
+from annotations.services import images as image_services
+from core.api.parsing import base_revision, client_ip, paginate, parse, request_user
+from core.errors import ConflictError, ServiceValidationError
+from core.idempotency import idempotent_call
+from core.login import user_login_check
 
 # --- auth ----------------------------------------------------------------------------------
 
@@ -73,8 +39,8 @@ class LoginView(APIView):
     @extend_schema(request=s.LoginIn, responses=s.MeOut, tags=["auth"])
     @method_decorator(ensure_csrf_cookie)
     def post(self, request: Request) -> Response:
-        data = _parse(s.LoginIn, request.data)
-        user = services.user_login_check(username=data["username"], password=data["password"], ip=_client_ip(request))
+        data = parse(s.LoginIn, request.data)
+        user = user_login_check(username=data["username"], password=data["password"], ip=client_ip(request))
         login(request._request, user)  # type: ignore[arg-type]
         return Response(_me(user))
 
@@ -99,23 +65,23 @@ class MeView(APIView):
     @extend_schema(responses=s.MeOut, tags=["auth"])
     @method_decorator(ensure_csrf_cookie)
     def get(self, request: Request) -> Response:
-        return Response(_me(_user(request)))
+        return Response(_me(request_user(request)))
 
 
 class TokenListView(APIView):
     @extend_schema(responses=s.TokenOut(many=True), tags=["auth"])
     def get(self, request: Request) -> Response:
-        tokens = ApiToken.objects.filter(user=_user(request))
+        tokens = ApiToken.objects.filter(user=request_user(request))
         return Response(s.TokenOut(tokens, many=True).data)
 
     @extend_schema(request=s.TokenIn, responses={201: s.TokenCreatedOut}, tags=["auth"])
     def post(self, request: Request) -> Response:
-        data = _parse(s.TokenIn, request.data)
+        data = parse(s.TokenIn, request.data)
         project = None
         if data.get("project") is not None:
-            project = selectors.project_get_for_user(user=_user(request), project_id=data["project"])
-        token, raw = services.api_token_create(
-            user=_user(request), name=data["name"], project=project, expires_in_days=data.get("expires_in_days")
+            project = selectors.project_get_for_user(user=request_user(request), project_id=data["project"])
+        token, raw = tokens.api_token_create(
+            user=request_user(request), name=data["name"], project=project, expires_in_days=data.get("expires_in_days")
         )
         body = dict(s.TokenOut(token).data) | {"token": raw}
         return Response(body, status=status.HTTP_201_CREATED)
@@ -124,10 +90,10 @@ class TokenListView(APIView):
 class TokenDetailView(APIView):
     @extend_schema(responses={204: None}, tags=["auth"])
     def delete(self, request: Request, token_id: int) -> Response:
-        token = ApiToken.objects.filter(pk=token_id, user=_user(request)).first()
+        token = ApiToken.objects.filter(pk=token_id, user=request_user(request)).first()
         if token is None:
             raise Http404("No such token.")
-        services.api_token_revoke(token=token)
+        tokens.api_token_revoke(token=token)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -137,7 +103,7 @@ class TokenDetailView(APIView):
 def _roles(request: Request) -> dict[int, str]:
     if request.user.is_superuser:
         return {}
-    return dict(ProjectMembership.objects.filter(user=_user(request)).values_list("project_id", "role"))
+    return dict(ProjectMembership.objects.filter(user=request_user(request)).values_list("project_id", "role"))
 
 
 def _project_body(request: Request, project: Any) -> dict[str, Any]:
@@ -152,42 +118,46 @@ def _project_body(request: Request, project: Any) -> dict[str, Any]:
 class ProjectListView(APIView):
     @extend_schema(responses=s.ProjectOut(many=True), tags=["projects"])
     def get(self, request: Request) -> Response:
-        queryset = selectors.project_list_for_user(user=_user(request))
+        queryset = selectors.project_list_for_user(user=request_user(request))
         roles = _roles(request)
         if request.user.is_superuser:
             roles = dict.fromkeys(queryset.values_list("pk", flat=True), Role.ADMIN)
-        return _paginate(request, self, queryset, s.ProjectOut, roles=roles)
+        return paginate(request, self, queryset, s.ProjectOut, roles=roles)
 
     @extend_schema(request=s.ProjectIn, responses={201: s.ProjectOut}, tags=["projects"])
     def post(self, request: Request) -> Response:
         if not (request.user.is_superuser or request.user.is_staff):
             raise PermissionDenied("Only staff may create projects.")
-        data = _parse(s.ProjectIn, request.data)
-        project = services.project_create(created_by=_user(request), **data)
+        data = parse(s.ProjectIn, request.data)
+        project = projects.project_create(created_by=request_user(request), **data)
         return Response(_project_body(request, project), status=status.HTTP_201_CREATED)
 
 
 class ProjectDetailView(APIView):
     @extend_schema(responses=s.ProjectOut, tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
         return Response(_project_body(request, project))
 
     @extend_schema(request=s.ProjectIn(partial=True), responses=s.ProjectOut, tags=["projects"])
     def patch(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Expected a JSON object.")
-        before = {f: getattr(project, f) for f in request.data if f in services.PROJECT_EDITABLE}
-        project = services.project_update(project=project, data=dict(request.data))
-        services.audit_record(
-            project=project, actor=_user(request), action="project.update", before=before, after=dict(request.data)
+        before = {f: getattr(project, f) for f in request.data if f in projects.PROJECT_EDITABLE}
+        project = projects.project_update(project=project, data=dict(request.data))
+        audit.audit_record(
+            project=project,
+            actor=request_user(request),
+            action="project.update",
+            before=before,
+            after=dict(request.data),
         )
         return Response(_project_body(request, project))
 
     @extend_schema(responses={204: None}, tags=["projects"])
     def delete(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         project.delete()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -195,20 +165,20 @@ class ProjectDetailView(APIView):
 class MemberListView(APIView):
     @extend_schema(responses=s.MembershipOut(many=True), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
         return Response(s.MembershipOut(selectors.membership_list(project=project), many=True).data)
 
     @extend_schema(request=s.MembershipIn, responses={201: s.MembershipOut}, tags=["projects"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
-        data = _parse(s.MembershipIn, request.data)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
+        data = parse(s.MembershipIn, request.data)
         user = get_user_model().objects.filter(username=data["username"]).first()
         if user is None:
             raise ServiceValidationError("Unknown user.", {"username": f"no user named {data['username']!r}"})
-        membership = services.membership_set(project=project, user=user, role=data["role"])
-        services.audit_record(
+        membership = projects.membership_set(project=project, user=user, role=data["role"])
+        audit.audit_record(
             project=project,
-            actor=_user(request),
+            actor=request_user(request),
             action="membership.set",
             target=user.get_username(),
             after={"role": data["role"]},
@@ -218,7 +188,7 @@ class MemberListView(APIView):
 
 class MemberDetailView(APIView):
     def _membership(self, request: Request, project_id: int, membership_id: int) -> ProjectMembership:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         membership = project.memberships.select_related("user", "project").filter(pk=membership_id).first()
         if membership is None:
             raise Http404("No such member.")
@@ -227,15 +197,15 @@ class MemberDetailView(APIView):
     @extend_schema(request=s.MembershipRoleIn, responses=s.MembershipOut, tags=["projects"])
     def patch(self, request: Request, project_id: int, membership_id: int) -> Response:
         membership = self._membership(request, project_id, membership_id)
-        data = _parse(s.MembershipRoleIn, request.data)
+        data = parse(s.MembershipRoleIn, request.data)
         if membership.role == Role.ADMIN and data["role"] != Role.ADMIN:
             if not membership.project.memberships.filter(role=Role.ADMIN).exclude(pk=membership.pk).exists():
-                raise services.ConflictError("A project must keep at least one admin.")
+                raise ConflictError("A project must keep at least one admin.")
         before = membership.role
-        membership = services.membership_set(project=membership.project, user=membership.user, role=data["role"])
-        services.audit_record(
+        membership = projects.membership_set(project=membership.project, user=membership.user, role=data["role"])
+        audit.audit_record(
             project=membership.project,
-            actor=_user(request),
+            actor=request_user(request),
             action="membership.set",
             target=membership.user.get_username(),
             before={"role": before},
@@ -246,10 +216,10 @@ class MemberDetailView(APIView):
     @extend_schema(responses={204: None}, tags=["projects"])
     def delete(self, request: Request, project_id: int, membership_id: int) -> Response:
         membership = self._membership(request, project_id, membership_id)
-        services.membership_remove(membership=membership)
-        services.audit_record(
+        projects.membership_remove(membership=membership)
+        audit.audit_record(
             project=membership.project,
-            actor=_user(request),
+            actor=request_user(request),
             action="membership.remove",
             target=membership.user.get_username(),
             before={"role": membership.role},
@@ -260,20 +230,20 @@ class MemberDetailView(APIView):
 class ClassListView(APIView):
     @extend_schema(responses=s.CellClassSerializer(many=True), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
         return Response(s.CellClassSerializer(project.classes.all(), many=True).data)
 
     @extend_schema(request=s.CellClassIn, responses={201: s.CellClassSerializer}, tags=["projects"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
-        data = _parse(s.CellClassIn, request.data)
-        cell_class = services.cell_class_create(project=project, **data)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
+        data = parse(s.CellClassIn, request.data)
+        cell_class = projects.cell_class_create(project=project, **data)
         return Response(s.CellClassSerializer(cell_class).data, status=status.HTTP_201_CREATED)
 
 
 class ClassDetailView(APIView):
     def _cell_class(self, request: Request, project_id: int, class_id: int) -> Any:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         cell_class = project.classes.filter(pk=class_id).first()
         if cell_class is None:
             raise Http404("No such class.")
@@ -284,21 +254,21 @@ class ClassDetailView(APIView):
         cell_class = self._cell_class(request, project_id, class_id)
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Expected a JSON object.")
-        cell_class = services.cell_class_update(cell_class=cell_class, data=dict(request.data))
+        cell_class = projects.cell_class_update(cell_class=cell_class, data=dict(request.data))
         return Response(s.CellClassSerializer(cell_class).data)
 
     @extend_schema(responses={204: None}, tags=["projects"])
     def delete(self, request: Request, project_id: int, class_id: int) -> Response:
-        services.cell_class_delete(cell_class=self._cell_class(request, project_id, class_id))
+        projects.cell_class_delete(cell_class=self._cell_class(request, project_id, class_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class AuditListView(APIView):
     @extend_schema(responses=s.AuditOut(many=True), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         queryset = AuditEvent.objects.filter(project=project).select_related("actor").order_by("-id")
-        return _paginate(request, self, queryset, s.AuditOut)
+        return paginate(request, self, queryset, s.AuditOut)
 
 
 # --- images --------------------------------------------------------------------------------
@@ -312,57 +282,58 @@ IMAGE_FILTERS = [
 class ImageListView(APIView):
     @extend_schema(parameters=IMAGE_FILTERS, responses=s.ImageOut(many=True), tags=["images"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
         filters = {
             k: request.query_params.get(k)
             for k in ("status", "split", "bethesda", "presegment_status", "cell_class", "search")
         }
         if filters["cell_class"] and not str(filters["cell_class"]).isdigit():
             raise ServiceValidationError("Invalid filter.", {"cell_class": "must be a class id"})
-        return _paginate(request, self, selectors.image_list(project=project, filters=filters), s.ImageOut)
+        return paginate(request, self, selectors.image_list(project=project, filters=filters), s.ImageOut)
 
     @extend_schema(
         request={"multipart/form-data": s.ImageUploadIn}, responses={201: s.ImageOut(many=True)}, tags=["images"]
     )
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         files = request.FILES.getlist("files") or request.FILES.getlist("file")
         form: Any = request.data
-        metadata = {k: form[k] for k in services.METADATA_FIELDS if k in form}
-        images = services.image_upload_many(project=project, files=files, metadata=metadata, uploaded_by=_user(request))
-        from inference.services import presegment_on_upload  # the inference app reacts to uploads
-
-        presegment_on_upload(images=images)
+        metadata = {k: form[k] for k in image_services.METADATA_FIELDS if k in form}
+        images = image_services.image_upload_many(
+            project=project, files=files, metadata=metadata, uploaded_by=request_user(request)
+        )
         return Response(s.ImageOut(images, many=True).data, status=status.HTTP_201_CREATED)
 
 
 class ImageDetailView(APIView):
     @extend_schema(responses=s.ImageOut, tags=["images"])
     def get(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
         image.cell_count = image.cells.filter(layer=Layer.ANNOTATION).count()  # type: ignore[attr-defined]
         return Response(s.ImageOut(image).data)
 
     @extend_schema(request=s.ImagePatchIn, responses=s.ImageOut, tags=["images"])
     def patch(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Expected a JSON object.")
-        can_manage = selectors.user_can(user=_user(request), project=image.project, capability="manage")
-        image = services.image_update(image=image, data=dict(request.data), user=_user(request), can_manage=can_manage)
+        can_manage = selectors.user_can(user=request_user(request), project=image.project, capability="manage")
+        image = image_services.image_update(
+            image=image, data=dict(request.data), user=request_user(request), can_manage=can_manage
+        )
         return Response(s.ImageOut(image).data)
 
     @extend_schema(responses={204: None}, tags=["images"])
     def delete(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="manage")
-        services.audit_record(
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="manage")
+        audit.audit_record(
             project=image.project,
-            actor=_user(request),
+            actor=request_user(request),
             action="image.delete",
             target=image.file_name,
             before={"sha256": image.sha256},
         )
-        services.image_delete(image=image)
+        image_services.image_delete(image=image)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -379,7 +350,7 @@ class ImageFileView(APIView):
         tags=["images"],
     )
     def get(self, request: Request, image_id: int) -> FileResponse:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
         variant = request.query_params.get("variant", "display")
         if variant not in self.VARIANTS:
             raise ServiceValidationError("Invalid variant.", {"variant": "must be display, thumbnail or original"})
@@ -407,7 +378,7 @@ class CellsView(APIView):
         tags=["cells"],
     )
     def get(self, request: Request, image_id: int) -> HttpResponse:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
         layer = request.query_params.get("layer", Layer.ANNOTATION)
         if layer not in Layer.values:
             raise ServiceValidationError("Invalid layer.", {"layer": f"must be one of {', '.join(Layer.values)}"})
@@ -422,21 +393,23 @@ class CellsView(APIView):
 
     @extend_schema(request=s.CellsReplaceIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
     def put(self, request: Request, image_id: int) -> HttpResponse:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Expected a JSON object with revision and cells.")
         body_revision = request.data.get("revision")
         if body_revision is not None and (not isinstance(body_revision, int) or isinstance(body_revision, bool)):
             raise ServiceValidationError("Invalid revision.", {"revision": "must be an integer"})
-        base = _base_revision(request, body_revision)
+        base = base_revision(request, body_revision)
         cells = request.data.get("cells")
 
         def run() -> tuple[int, dict[str, Any]]:
-            result = services.cells_replace(image=image, user=_user(request), base_revision=base, cells=cells)
+            result = cell_services.cells_replace(
+                image=image, user=request_user(request), base_revision=base, cells=cells
+            )
             return 200, {"revision": result.revision, "cells": [s.cell_out(r) for r in result.cells]}
 
-        code, body = services.idempotent_call(
-            user=_user(request),
+        code, body = idempotent_call(
+            user=request_user(request),
             key=request.headers.get("Idempotency-Key"),
             scope=f"cells_replace:{image.pk}",
             payload={"revision": base, "cells": cells},
@@ -454,17 +427,17 @@ class CellsView(APIView):
 class HistoryView(APIView):
     @extend_schema(responses=s.HistoryOut(many=True), tags=["cells"])
     def get(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id)
-        return _paginate(request, self, selectors.history_list(image=image), s.HistoryOut)
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
+        return paginate(request, self, selectors.history_list(image=image), s.HistoryOut)
 
 
 class RestoreView(APIView):
     @extend_schema(request=s.RestoreIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
     def post(self, request: Request, image_id: int, revision: int) -> Response:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
-        data = _parse(s.RestoreIn, request.data)
-        base = _base_revision(request, data.get("revision"))
-        result = services.revision_restore(
-            image=image, user=_user(request), target_revision=revision, base_revision=base
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
+        data = parse(s.RestoreIn, request.data)
+        base = base_revision(request, data.get("revision"))
+        result = cell_services.revision_restore(
+            image=image, user=request_user(request), target_revision=revision, base_revision=base
         )
         return _cells_response(result.revision, result.cells)

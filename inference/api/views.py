@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -12,11 +11,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations import selectors
-from annotations import services as annotation_services
 from annotations.api.serializers import CellsOut, cell_out
-from annotations.api.views import _base_revision, _parse, _user
-from annotations.errors import ServiceValidationError
-from inference import services
+from annotations.services import audit
+from core.api.parsing import JSONObjectField, base_revision, parse, request_user
+from core.errors import ServiceValidationError
+from inference import proposals, services
 from training import services as training_services
 from training.models import ModelKind, ModelVersion
 
@@ -29,23 +28,6 @@ class ProposalSelectionIn(serializers.Serializer):
     revision = serializers.IntegerField(required=False)
     ids = serializers.ListField(child=serializers.IntegerField(), required=False)
     all = serializers.BooleanField(required=False, default=False)
-
-
-class JSONObjectField(serializers.Field):
-    """A JSON object, sent as an object (JSON body) or as JSON text (a multipart form field)."""
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, str):
-            try:
-                data = json.loads(data or "{}")
-            except ValueError as exc:
-                raise serializers.ValidationError(f"is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise serializers.ValidationError("must be a JSON object")
-        return data
-
-    def to_representation(self, value: Any) -> Any:
-        return value
 
 
 class ModelVersionIn(serializers.Serializer):
@@ -106,8 +88,8 @@ def _version(project_id: int, version_id: int | None) -> ModelVersion | None:
 class ImagePresegmentView(APIView):
     @extend_schema(request=PresegmentIn, responses={202: dict}, tags=["proposals"])
     def post(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
-        data = _parse(PresegmentIn, request.data)
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
+        data = parse(PresegmentIn, request.data)
         version = services.image_presegment_enqueue(
             image=image, model_version=_version(image.project_id, data.get("model_version"))
         )
@@ -119,8 +101,8 @@ class ImagePresegmentView(APIView):
 class ProjectPresegmentView(APIView):
     @extend_schema(request=PresegmentIn, responses={202: dict}, tags=["proposals"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
-        data = _parse(PresegmentIn, request.data)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
+        data = parse(PresegmentIn, request.data)
         count = services.project_presegment_enqueue(
             project=project, model_version=_version(project.pk, data.get("model_version"))
         )
@@ -130,11 +112,11 @@ class ProjectPresegmentView(APIView):
 class ProposalAcceptView(APIView):
     @extend_schema(request=ProposalSelectionIn, responses={200: CellsOut, 409: CellsOut}, tags=["proposals"])
     def post(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
-        data = _parse(ProposalSelectionIn, request.data)
-        base = _base_revision(request, data.get("revision"))
-        result = annotation_services.proposals_accept(
-            image=image, user=_user(request), base_revision=base, ids=data.get("ids"), select_all=data["all"]
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
+        data = parse(ProposalSelectionIn, request.data)
+        base = base_revision(request, data.get("revision"))
+        result = proposals.proposals_accept(
+            image=image, user=request_user(request), base_revision=base, ids=data.get("ids"), select_all=data["all"]
         )
         body: dict[str, Any] = {
             "revision": result.revision,
@@ -147,10 +129,10 @@ class ProposalAcceptView(APIView):
 class ProposalRejectView(APIView):
     @extend_schema(request=ProposalSelectionIn, responses={200: dict}, tags=["proposals"])
     def post(self, request: Request, image_id: int) -> Response:
-        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
-        data = _parse(ProposalSelectionIn, request.data)
-        count = annotation_services.proposals_reject(
-            image=image, user=_user(request), ids=data.get("ids"), select_all=data["all"]
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
+        data = parse(ProposalSelectionIn, request.data)
+        count = proposals.proposals_reject(
+            image=image, user=request_user(request), ids=data.get("ids"), select_all=data["all"]
         )
         return Response({"rejected": count})
 
@@ -158,7 +140,7 @@ class ProposalRejectView(APIView):
 class ModelVersionListView(APIView):
     @extend_schema(responses=ModelVersionOut(many=True), tags=["models"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
         return Response(ModelVersionOut(project.model_versions.order_by("-id"), many=True).data)
 
     @extend_schema(
@@ -167,14 +149,14 @@ class ModelVersionListView(APIView):
         tags=["models"],
     )
     def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=_user(request), project_id=project_id, capability="manage")
-        data = _parse(ModelVersionIn, request.data)
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
+        data = parse(ModelVersionIn, request.data)
         version = training_services.model_version_upload(
-            project=project, user=_user(request), upload=data.pop("file", None), **data
+            project=project, user=request_user(request), upload=data.pop("file", None), **data
         )
-        annotation_services.audit_record(
+        audit.audit_record(
             project=project,
-            actor=_user(request),
+            actor=request_user(request),
             action="model.register",
             target=str(version),
             after={"files": len(version.artifacts), "status": version.status, "config": version.config},

@@ -242,8 +242,8 @@ def test_old_idempotency_records_are_pruned(image: Any, annotator: Any, class_id
 
     from django.utils import timezone
 
-    from annotations.models import IdempotencyRecord
-    from annotations.tasks import idempotency_prune
+    from core.models import IdempotencyRecord
+    from core.tasks import idempotency_prune
 
     _put(client_for(annotator), image, [{"class_id": class_id, "polygon": square(1, 1)}], 0, HTTP_IDEMPOTENCY_KEY="k1")
     _put(client_for(annotator), image, [], 1, HTTP_IDEMPOTENCY_KEY="k2")

@@ -22,13 +22,17 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from rest_framework.test import APIClient
 
-from annotations import exports, services
-from annotations.geometry import polygon_clean
-from annotations.models import AnnotationRevision, Cell, CellSource, ExportJob, Image, Layer, Role
-from inference.contours import polygon_rasterize
+from annotations.models import AnnotationRevision, Cell, CellSource, Image, Layer, Role
+from annotations.services import cells as cell_services
+from annotations.services import projects
+from core import streaming
+from cytoseg.contours import polygon_rasterize
+from cytoseg.datasets import semantic_label_map
+from cytoseg.geometry import polygon_clean
+from interchange.models import ExportJob
+from interchange.services import jobs, selection
 from tests.api.conftest import client_for
 from tests.factories import PASSWORD, ProjectFactory, UserFactory, image_create, member, png_bytes
-from training.datasets import semantic_label_map
 from training.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
@@ -79,7 +83,7 @@ def images(project: Any, admin_user: Any, classes: tuple[Any, Any]) -> list[Imag
             {"class_id": cell.pk, "polygon": blob(90, 40 + 5 * seed, 15, n=20)},
             {"class_id": erythrocyte.pk, "polygon": blob(60, 90, 9, n=10)},
         ]
-        services.cells_replace(image=image, user=admin_user, base_revision=0, cells=cells)
+        cell_services.cells_replace(image=image, user=admin_user, base_revision=0, cells=cells)
         made.append(image)
     return made
 
@@ -306,7 +310,7 @@ def test_project_scoped_tokens(project: Any, images: list[Image]) -> None:
     other = ProjectFactory(created_by=user)
     member(project, Role.ANNOTATOR, username="both")
     both = type(user).objects.get(username="both")
-    services.membership_set(project=other, user=both, role=Role.ANNOTATOR)
+    projects.membership_set(project=other, user=both, role=Role.ANNOTATOR)
     session = APIClient()
     assert session.post("/api/v1/auth/login", {"username": "both", "password": PASSWORD}, format="json").status_code == 200
 
@@ -374,9 +378,9 @@ def test_gzip(project: Any, images: list[Image], admin_user: Any) -> None:
 def test_export_streams_in_many_chunks(
     project: Any, admin_user: Any, classes: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(exports, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(exports, "CELL_BATCH", 300)
-    monkeypatch.setattr(exports, "CELL_CHUNK", 100)
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(selection, "CELL_BATCH", 300)
+    monkeypatch.setattr(selection, "CELL_CHUNK", 100)
     cell_class = classes[0]
     rows = []
     for seed in range(3):
@@ -438,7 +442,7 @@ def test_large_export_runs_as_a_job(
     assert client.get(status["download_url"]).status_code == 410
     expired = client.get(job["url"]).json()
     assert expired["status"] == "expired" and expired["download_url"] is None
-    assert exports.export_jobs_prune() == 1
+    assert jobs.export_jobs_prune() == 1
     assert not (Path(settings.MEDIA_ROOT) / stored.file).exists()
 
 
@@ -453,7 +457,7 @@ def test_async_on_request_and_pending_job(project: Any, images: list[Image], adm
     other = ProjectFactory(created_by=admin_user)
     assert client.get(f"/api/v1/projects/{other.pk}/export/jobs/{job['id']}").status_code == 404
     # The worker's side, called directly.
-    finished = exports.export_job_run(job_id=job["id"])
+    finished = jobs.export_job_run(job_id=job["id"])
     assert finished.status == "done" and finished.file_name.endswith("-geojson.zip")
     assert zipfile.ZipFile(io.BytesIO(b"".join(client.get(f"{job['url']}/download").streaming_content)))  # type: ignore[arg-type]
 
@@ -589,7 +593,7 @@ def image(project: Any) -> Image:
 def test_import_appends_to_the_annotation_layer(project: Any, image: Image, admin_user: Any) -> None:
     client = client_for(admin_user)
     cell_class = project.classes.get(name="thyroid cell")
-    services.cells_replace(image=image, user=admin_user, base_revision=0,
+    cell_services.cells_replace(image=image, user=admin_user, base_revision=0,
                            cells=[{"class_id": cell_class.pk, "polygon": blob(20, 20, 8)}])
     data = coco_for(image, [ann(1, blob(60, 60, 10)), ann(2, blob(100, 60, 10), category_id=8)])
     dry = import_coco(client, project, data, dry_run="true")

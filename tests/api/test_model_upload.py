@@ -17,9 +17,9 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from annotations.models import AuditEvent, Cell, Layer, PresegmentStatus, Project
-from inference.backends import PATHS_REFUSED
+from cytoseg.backends import PATHS_REFUSED
+from cytoseg.tests.model_files import cellpose_weights, nnunet_checkpoint, nnunet_package, nnunet_plans
 from inference.services import image_presegment_run
-from inference.tests.model_files import cellpose_weights, nnunet_checkpoint, nnunet_package, nnunet_plans
 from tests.api.conftest import client_for
 from tests.factories import image_create, zip_upload
 from training import services as training_services
@@ -124,7 +124,7 @@ def test_unsafe_or_broken_packages_are_refused_and_nothing_is_kept(
 
 
 def test_a_pickled_object_in_an_upload_never_runs(project: Any, admin_user: Any, tmp_path: Path) -> None:
-    from inference.tests.test_packages import Marker
+    from cytoseg.tests.test_packages import Marker
 
     buffer = io.BytesIO()
     torch.save({"x": Marker(tmp_path / "ran")}, buffer)
@@ -217,7 +217,7 @@ def test_migration_removes_stored_paths(project: Any) -> None:
 def test_uploaded_two_stage_model_presegments(
     project: Any, admin_user: Any, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    from training.tests.conftest import cellpose_trained, models_base_get, nnunet_trained
+    from cytoseg.tests.tiny_models import cellpose_trained, models_base_get, nnunet_trained
 
     base = models_base_get(tmp_path_factory)
     bundle = tmp_path / "bundle"

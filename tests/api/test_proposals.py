@@ -33,7 +33,7 @@ def _proposals(image: Any, project: Any, count: int = 3) -> list[Cell]:
 
 
 def test_presegment_enqueues_on_commit(image: Any, annotator: Any, django_capture_on_commit_callbacks: Any) -> None:
-    with mock.patch("inference.tasks.presegment_image.delay") as delay:
+    with mock.patch("core.queue.task_send") as delay:
         with django_capture_on_commit_callbacks(execute=True):
             response = client_for(annotator).post(f"/api/v1/images/{image.pk}/presegment", {}, format="json")
     assert response.status_code == 202
@@ -41,7 +41,7 @@ def test_presegment_enqueues_on_commit(image: Any, annotator: Any, django_captur
     assert image.presegment_status == PresegmentStatus.QUEUED
     version = ModelVersion.objects.get(project=image.project)
     assert version.kind == "watershed" and version.status == "active"
-    delay.assert_called_once_with(image.pk, version.pk)
+    delay.assert_called_once_with("inference.presegment_image", args=[image.pk, version.pk], queue="gpu", task_id=None)
 
 
 def test_presegment_validates_model_version(image: Any, annotator: Any) -> None:
@@ -55,7 +55,7 @@ def test_presegment_validates_model_version(image: Any, annotator: Any) -> None:
 def test_project_presegment_needs_admin(project: Any, annotator: Any, admin_user: Any) -> None:
     image_create(project)
     assert client_for(annotator).post(f"/api/v1/projects/{project.pk}/presegment", {}, format="json").status_code == 403
-    with mock.patch("inference.tasks.presegment_image.delay"):
+    with mock.patch("core.queue.task_send"):
         response = client_for(admin_user).post(f"/api/v1/projects/{project.pk}/presegment", {}, format="json")
     assert response.status_code == 202 and response.json()["queued"] == 1
 

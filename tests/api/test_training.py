@@ -31,8 +31,8 @@ def data(project: Any) -> Any:
 
 @pytest.fixture(autouse=True)
 def enqueued() -> Any:
-    with mock.patch("training.tasks.run_training_job.apply_async") as apply_async:
-        yield apply_async
+    with mock.patch("core.queue.task_send") as send:
+        yield send
 
 
 def _jobs(project: Any) -> str:
@@ -71,7 +71,7 @@ def test_start_list_get_and_cancel_a_job(
     body = response.json()
     assert body["status"] == "queued" and body["kind"] == "two_stage" and body["created_by"] == admin_user.username
     assert body["snapshot_number"] == 1 and body["config"]["nnunet"] == {"num_epochs": 1}
-    enqueued.assert_called_once_with(args=[body["id"]], task_id=body["task_id"])
+    enqueued.assert_called_once_with("training.run_job", args=[body["id"]], queue="gpu", task_id=body["task_id"])
     conflict = client.post(_jobs(project), {"kind": "cellpose"}, format="json")
     assert conflict.status_code == 409 and conflict.json()["job"] == body["id"]
     listing = client.get(_jobs(project) + "?status=queued").json()

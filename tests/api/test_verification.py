@@ -8,17 +8,8 @@ from typing import Any
 
 import pytest
 
-from annotations.models import (
-    AuditEvent,
-    Cell,
-    CorrectionRecord,
-    Image,
-    Layer,
-    PairAgreement,
-    Review,
-    ReviewDecision,
-    Role,
-)
+from annotations.models import AuditEvent, Cell, Image, Layer, Role
+from review.models import CorrectionRecord, PairAgreement, Review, ReviewDecision
 from tests.api.conftest import client_for
 from tests.factories import image_create, member, square
 

@@ -9,10 +9,12 @@ from typing import Any
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from annotations import services
 from annotations.models import Cell, Image, Layer, Role
-from annotations.synthetic import generate_field
-from inference.contours import mask_to_polygon
+from annotations.services import cells as cell_services
+from annotations.services import images as image_services
+from cytoseg.contours import mask_to_polygon
+from cytoseg.synthetic import generate_field
+from review.services import workflow as review_workflow
 from tests.factories import PASSWORD, ProjectFactory, UserFactory, member
 
 __all__ = ["PASSWORD", "ProjectFactory", "UserFactory", "member"]
@@ -27,7 +29,7 @@ def synthetic_image(
     PILImage.fromarray(field.image).save(buffer, format="PNG")
     admin = project.memberships.filter(role=Role.ADMIN).first().user
     upload = SimpleUploadedFile(f"field-{seed:03d}.png", buffer.getvalue(), content_type="image/png")
-    image = services.image_upload_many(project=project, files=[upload], metadata=metadata, uploaded_by=admin)[0]
+    image = image_services.image_upload_many(project=project, files=[upload], metadata=metadata, uploaded_by=admin)[0]
     outlines = []
     for cell in field.cells:
         if cell.label != 1:
@@ -43,7 +45,7 @@ def annotate(image: Image, user: Any, polygons: list[list[list[float]]], class_i
     image.refresh_from_db()
     class_id = class_id or image.project.classes.get(model_label=1).pk
     cells = [{"class_id": class_id, "polygon": p} for p in polygons]
-    services.cells_replace(image=image, user=user, base_revision=image.revision, cells=cells)
+    cell_services.cells_replace(image=image, user=user, base_revision=image.revision, cells=cells)
     image.refresh_from_db()
     return list(Cell.objects.filter(image=image, layer=Layer.ANNOTATION).order_by("id").values_list("pk", flat=True))
 
@@ -117,5 +119,5 @@ class ScreenMap:
 
 
 def submit_for_review(image: Image, annotator: Any) -> None:
-    services.image_transition(image=image, user=annotator, action="submit")
+    review_workflow.image_transition(image=image, user=annotator, action="submit")
     image.refresh_from_db()

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from annotations import services
-from annotations.models import Image, Review, Role
+from annotations.models import Image, Role
 from inference.services import model_version_baseline
+from review.models import Review
+from review.services import reviews
 from tests.browser.conftest import shot
 from tests.browser.helpers import (
     ProjectFactory,
@@ -128,14 +129,14 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
         ids = annotate(image, annotator, outlines[:4])
         submit_for_review(image, annotator)
         first, second = _reviewers(image)
-        services.review_draft_save(
+        reviews.review_draft_save(
             image=image,
             user=first,
             comments=[],
             added=[],
             decisions=[{"cell_id": c, "decision": "accept"} for c in ids],
         )
-        services.review_submit(image=image, user=first)
+        reviews.review_submit(image=image, user=first)
         decisions: list[dict[str, Any]] = [{"cell_id": c, "decision": "accept"} for c in ids]
         added: list[dict[str, Any]] = []
         if mode == "edit":
@@ -144,8 +145,8 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
             decisions[1] = {"cell_id": ids[1], "decision": "reject"}
             decisions[2] = {"cell_id": ids[2], "decision": "reject"}
             added = [{"class_id": thyroid, "polygon": outlines[6]}]
-        services.review_draft_save(image=image, user=second, comments=[], added=added, decisions=decisions)
-        services.review_submit(image=image, user=second)
+        reviews.review_draft_save(image=image, user=second, comments=[], added=added, decisions=decisions)
+        reviews.review_submit(image=image, user=second)
 
     # the registry: a baseline and two Cellpose versions evaluated on one snapshot
     baseline = model_version_baseline(project=project)

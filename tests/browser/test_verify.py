@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from annotations import services
-from annotations.models import Cell, Image, Layer, Review, Role
+from annotations.models import Cell, Image, Layer, Role
+from review.models import Review
+from review.services import reviews
 from tests.browser.conftest import shot
 from tests.browser.helpers import (
     ProjectFactory,
@@ -182,7 +183,7 @@ def test_admin_adjudicates_a_disputed_image(live_server: Any, page: Any) -> None
     ery = project.classes.get(model_label=2).pk
     thyroid = project.classes.get(model_label=1).pk
     shifted = [[x + 4, y + 3] for x, y in outlines[1]]
-    services.review_draft_save(
+    reviews.review_draft_save(
         image=image,
         user=kim,
         comments=[],
@@ -194,15 +195,15 @@ def test_admin_adjudicates_a_disputed_image(live_server: Any, page: Any) -> None
         ],
         added=[{"class_id": thyroid, "polygon": outlines[5]}],
     )
-    services.review_submit(image=image, user=kim)
-    services.review_draft_save(
+    reviews.review_submit(image=image, user=kim)
+    reviews.review_draft_save(
         image=image,
         user=osei,
         comments=[],
         added=[],
         decisions=[{"cell_id": c, "decision": "accept"} for c in (c1, c2, c3, c4)],
     )
-    services.review_submit(image=image, user=osei)
+    reviews.review_submit(image=image, user=osei)
     image.refresh_from_db()
     assert image.status == "disputed"
 

@@ -15,8 +15,8 @@ from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
-from annotations.synthetic import generate_field
-from inference.tests.model_files import cellpose_weights
+from cytoseg.synthetic import generate_field
+from cytoseg.tests.model_files import cellpose_weights
 from tests.factories import ProjectFactory, UserFactory
 from tests.worker import celery_worker
 from training.models import ModelKind, ModelVersion

@@ -19,7 +19,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
-from annotations.synthetic import generate_field
+from cytoseg.synthetic import generate_field
 from inference.services import model_version_for_project
 from tests.worker import celery_worker
 from training.models import Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob

@@ -99,7 +99,7 @@ class SnapshotIn(serializers.Serializer):
         required=False,
         default=None,
         help_text=(
-            "Synthetic cluster augmentation (paper C), training.augment.AugmentConfig: count, seed, fill_fraction, "
+            "Synthetic cluster augmentation (paper C), cytoseg.augment.AugmentConfig: count, seed, fill_fraction, "
             "cluster_size, rotation_deg, colour_jitter, brightness, noise_sigma, darken, max_overlap, ..."
         ),
     )

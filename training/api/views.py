@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -13,9 +12,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotations.api.views import _paginate, _parse, _user
-from annotations.errors import ServiceValidationError
 from annotations.selectors import project_get_for_user
+from core.api.parsing import paginate, parse, request_user
+from core.errors import ServiceValidationError
+from core.queue import task_enqueue
 from training import selectors, services
 from training.api import serializers as s
 from training.models import DatasetSnapshot, JobKind, JobStatus, ModelKind
@@ -52,20 +52,20 @@ class ProjectJobsView(APIView):
         tags=["training"],
     )
     def get(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id)
+        project = project_get_for_user(user=request_user(request), project_id=project_id)
         jobs = selectors.training_job_list(
             project_id=project.pk, status=request.query_params.get("status"), kind=request.query_params.get("kind")
         ).prefetch_related("model_versions")
-        return _paginate(request, self, jobs, s.JobBriefOut)
+        return paginate(request, self, jobs, s.JobBriefOut)
 
     @extend_schema(request=s.JobIn, responses={201: s.JobOut, 409: dict}, tags=["training"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id, capability="train")
+        project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         _reject_unknown(request.data, {"kind", "config", "snapshot"})
-        data = _parse(s.JobIn, request.data)
+        data = parse(s.JobIn, request.data)
         job = services.training_job_start(
             project=project,
-            user=_user(request),
+            user=request_user(request),
             kind=data["kind"],
             config=data.get("config"),
             snapshot=_snapshot_of(project.pk, data.get("snapshot")),
@@ -80,7 +80,7 @@ class JobDetailView(APIView):
         tags=["training"],
     )
     def get(self, request: Request, job_id: int) -> Response:
-        job = selectors.training_job_get_for_user(user=_user(request), job_id=job_id)
+        job = selectors.training_job_get_for_user(user=request_user(request), job_id=job_id)
         body = dict(s.JobOut(job).data)
         # Pollers pass the length they already have, so a long log is not re-sent every poll.
         log_after = request.query_params.get("log_after")
@@ -95,8 +95,8 @@ class JobDetailView(APIView):
 class JobCancelView(APIView):
     @extend_schema(request=None, responses={200: s.CancelOut, 409: dict}, tags=["training"])
     def post(self, request: Request, job_id: int) -> Response:
-        job = selectors.training_job_get_for_user(user=_user(request), job_id=job_id, capability="train")
-        job = services.training_job_cancel(job=job, user=_user(request))
+        job = selectors.training_job_get_for_user(user=request_user(request), job_id=job_id, capability="train")
+        job = services.training_job_cancel(job=job, user=request_user(request))
         return Response({"id": job.pk, "status": job.status, "cancel_requested": job.cancel_requested})
 
 
@@ -106,16 +106,16 @@ class JobCancelView(APIView):
 class ProjectSnapshotsView(APIView):
     @extend_schema(responses=s.SnapshotOut(many=True), tags=["training"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id)
-        return _paginate(request, self, selectors.snapshot_list(project_id=project.pk), s.SnapshotOut)
+        project = project_get_for_user(user=request_user(request), project_id=project_id)
+        return paginate(request, self, selectors.snapshot_list(project_id=project.pk), s.SnapshotOut)
 
     @extend_schema(request=s.SnapshotIn, responses={201: s.SnapshotOut}, tags=["training"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id, capability="train")
+        project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         _reject_unknown(request.data, {"source", "synthetic"})
-        data = _parse(s.SnapshotIn, request.data)
+        data = parse(s.SnapshotIn, request.data)
         snapshot = services.dataset_snapshot_create(
-            project=project, user=_user(request), source=data["source"], synthetic=data.get("synthetic")
+            project=project, user=request_user(request), source=data["source"], synthetic=data.get("synthetic")
         )
         return Response(s.SnapshotOut(snapshot).data, status=status.HTTP_201_CREATED)
 
@@ -123,7 +123,7 @@ class ProjectSnapshotsView(APIView):
 class SnapshotDetailView(APIView):
     @extend_schema(responses=s.SnapshotDetailOut, tags=["training"])
     def get(self, request: Request, snapshot_id: int) -> Response:
-        snapshot = selectors.snapshot_get_for_user(user=_user(request), snapshot_id=snapshot_id)
+        snapshot = selectors.snapshot_get_for_user(user=request_user(request), snapshot_id=snapshot_id)
         return Response(s.SnapshotDetailOut(snapshot).data)
 
 
@@ -134,7 +134,9 @@ class SnapshotDownloadView(APIView):
         tags=["training"],
     )
     def get(self, request: Request, snapshot_id: int, layout: str) -> StreamingHttpResponse:
-        snapshot = selectors.snapshot_get_for_user(user=_user(request), snapshot_id=snapshot_id, capability="train")
+        snapshot = selectors.snapshot_get_for_user(
+            user=request_user(request), snapshot_id=snapshot_id, capability="train"
+        )
         if layout not in ("nnunet", "cellpose"):
             raise ServiceValidationError("Unknown layout.", {"layout": "must be nnunet or cellpose"})
         raw = request.query_params.get("dataset_id", "501")
@@ -151,11 +153,11 @@ class SnapshotDownloadView(APIView):
 class ProjectCompletionView(APIView):
     @extend_schema(request=s.CompletionIn, responses={200: dict}, tags=["training"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id, capability="train")
+        project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         _reject_unknown(request.data, {"images", "complete"})
-        data = _parse(s.CompletionIn, request.data)
+        data = parse(s.CompletionIn, request.data)
         count = services.image_completion_set(
-            project=project, image_ids=data["images"], complete=data["complete"], user=_user(request)
+            project=project, image_ids=data["images"], complete=data["complete"], user=request_user(request)
         )
         return Response({"images": count, "complete": data["complete"]})
 
@@ -170,7 +172,7 @@ class ProjectRegistryView(APIView):
         tags=["training"],
     )
     def get(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id)
+        project = project_get_for_user(user=request_user(request), project_id=project_id)
         raw = request.query_params.get("snapshot")
         if raw is not None and not raw.isdigit():
             raise ServiceValidationError("Invalid snapshot.", {"snapshot": "must be a snapshot id"})
@@ -184,18 +186,20 @@ class ProjectRegistryView(APIView):
 class ModelDetailView(APIView):
     @extend_schema(responses=s.ModelVersionDetailOut, tags=["training"])
     def get(self, request: Request, version_id: int) -> Response:
-        version = selectors.model_version_get_for_user(user=_user(request), version_id=version_id)
+        version = selectors.model_version_get_for_user(user=request_user(request), version_id=version_id)
         return Response(s.ModelVersionDetailOut(version).data)
 
 
 class ModelPromoteView(APIView):
     @extend_schema(request=s.PromoteIn, responses={200: s.ModelVersionDetailOut, 409: dict}, tags=["training"])
     def post(self, request: Request, version_id: int) -> Response:
-        version = selectors.model_version_get_for_user(user=_user(request), version_id=version_id, capability="train")
+        version = selectors.model_version_get_for_user(
+            user=request_user(request), version_id=version_id, capability="train"
+        )
         _reject_unknown(request.data, {"reason"})
-        data = _parse(s.PromoteIn, request.data)
+        data = parse(s.PromoteIn, request.data)
         version = services.model_version_promote(
-            version=version, user=_user(request), reason=data["reason"] or "promoted by an admin"
+            version=version, user=request_user(request), reason=data["reason"] or "promoted by an admin"
         )
         return Response(s.ModelVersionDetailOut(version).data)
 
@@ -203,11 +207,11 @@ class ModelPromoteView(APIView):
 class ModelEvaluateView(APIView):
     @extend_schema(request=s.EvaluateIn, responses={202: dict}, tags=["training"])
     def post(self, request: Request, version_id: int) -> Response:
-        from training.tasks import evaluate_version
-
-        version = selectors.model_version_get_for_user(user=_user(request), version_id=version_id, capability="train")
+        version = selectors.model_version_get_for_user(
+            user=request_user(request), version_id=version_id, capability="train"
+        )
         _reject_unknown(request.data, {"snapshot"})
-        data = _parse(s.EvaluateIn, request.data)
+        data = parse(s.EvaluateIn, request.data)
         # default: where the other models were compared, else the snapshot the version was trained with
         snapshot = (
             _snapshot_of(version.project_id, data.get("snapshot"))
@@ -217,18 +221,18 @@ class ModelEvaluateView(APIView):
         if snapshot is None or not snapshot.counts.get("test", {}).get("images"):
             raise ServiceValidationError("Nothing to evaluate on.", {"snapshot": "no snapshot with test images"})
         version_id_, snapshot_id = version.pk, snapshot.pk
-        transaction.on_commit(lambda: evaluate_version.delay(version_id_, snapshot_id))
+        task_enqueue("training.evaluate_version", args=[version_id_, snapshot_id], queue="gpu")
         return Response({"model_version": version.pk, "snapshot": snapshot.pk}, status=status.HTTP_202_ACCEPTED)
 
 
 class ProjectRollbackView(APIView):
     @extend_schema(request=s.RollbackIn, responses={200: s.RollbackOut, 409: dict}, tags=["training"])
     def post(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id, capability="train")
+        project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         _reject_unknown(request.data, {"kind"})
-        data = _parse(s.RollbackIn, request.data)
+        data = parse(s.RollbackIn, request.data)
         before = project.model_versions.filter(kind=data["kind"], status="active").order_by("-promoted_at").first()
-        target = services.model_version_rollback(project=project, kind=data["kind"], user=_user(request))
+        target = services.model_version_rollback(project=project, kind=data["kind"], user=request_user(request))
         return Response({"rolled_back": before.pk if before else None, "active": target.pk if target else None})
 
 
@@ -238,15 +242,15 @@ class ProjectRollbackView(APIView):
 class ProjectScheduleView(APIView):
     @extend_schema(responses=s.PolicyOut, tags=["training"])
     def get(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id)
+        project = project_get_for_user(user=request_user(request), project_id=project_id)
         return Response(s.PolicyOut(services.training_policy_get(project=project)).data)
 
     @extend_schema(request=s.PolicyOut, responses=s.PolicyOut, tags=["training"])
     def put(self, request: Request, project_id: int) -> Response:
-        project = project_get_for_user(user=_user(request), project_id=project_id, capability="train")
+        project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Invalid schedule.", {"non_field_errors": "must be an object"})
-        policy = services.training_policy_update(project=project, data=dict(request.data), user=_user(request))
+        policy = services.training_policy_update(project=project, data=dict(request.data), user=request_user(request))
         return Response(s.PolicyOut(policy).data)
 
     patch = put

@@ -1,4 +1,4 @@
-"""Synthetic projects for the training tests: images from ``annotations.synthetic`` with their exact
+"""Synthetic projects for the training tests: images from ``cytoseg.synthetic`` with their exact
 cells written as verified (or annotation) cells, the way the verification workflow leaves them."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image as PILImage
 
-from annotations import services as annotation_services
 from annotations.models import Cell, CellSource, Image, ImageStatus, Layer, Project, Role
-from annotations.synthetic import SyntheticField, generate_field
-from inference.contours import mask_to_polygon
+from annotations.services import images as image_services
+from cytoseg.contours import mask_to_polygon
+from cytoseg.synthetic import SyntheticField, generate_field
 from tests.factories import ProjectFactory, UserFactory
 
 BETHESDA = ("IV", "V", "VI")
@@ -83,7 +83,7 @@ def synthetic_project(
         for _ in range(count):
             fld = generate_field(seed=seed + k, width=size, height=size, n_cells=n_cells, n_erythrocytes=n_erythrocytes)
             upload = SimpleUploadedFile(f"field-{seed + k}.png", synthetic_png(fld), content_type="image/png")
-            image = annotation_services.image_upload_many(
+            image = image_services.image_upload_many(
                 project=project,
                 files=[upload],
                 metadata={"split": split, "bethesda": BETHESDA[k % 3]},

@@ -12,8 +12,8 @@ from unittest import mock
 import pytest
 from django.utils import timezone
 
-from annotations.errors import ConflictError, ServiceValidationError
 from annotations.models import AuditEvent, Cell
+from core.errors import ConflictError, ServiceValidationError
 from inference.services import model_version_for_project
 from training import services
 from training.models import DatasetSnapshot, Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
@@ -31,8 +31,8 @@ CELLPOSE_FAST = {
 
 @pytest.fixture
 def enqueued() -> Any:
-    with mock.patch("training.tasks.run_training_job.apply_async") as apply_async:
-        yield apply_async
+    with mock.patch("core.queue.task_send") as send:
+        yield send
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_start_snapshots_and_enqueues_once_committed(
         job = _start(sp)
     assert job.status == JobStatus.QUEUED and job.snapshot.number == 1 and job.created_by == sp.admin
     assert job.artifact_dir == str(var_training / str(job.pk))
-    enqueued.assert_called_once_with(args=[job.pk], task_id=job.task_id)
+    enqueued.assert_called_once_with("training.run_job", args=[job.pk], queue="gpu", task_id=job.task_id)
     assert AuditEvent.objects.filter(action="training.start", project=sp.project).exists()
     with pytest.raises(ConflictError):  # never two jobs of one project at once
         _start(sp)
@@ -134,7 +134,7 @@ def test_fast_preset_and_network_scale_reach_the_trainer_and_the_registered_vers
 ) -> None:
     import json
 
-    from training.presets import FAST_INFERENCE
+    from cytoseg.trainers.presets import FAST_INFERENCE
 
     sp = synthetic_project(splits={"train": 3, "validation": 1, "test": 1}, size=96, n_cells=8, n_erythrocytes=3,
                            seed=11)

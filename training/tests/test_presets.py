@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from annotations.errors import ServiceValidationError
-from training.presets import (
+from core.errors import ServiceValidationError
+from cytoseg.trainers.cellpose import CellposeTrainConfig
+from cytoseg.trainers.nnunet import NnUNetTrainConfig
+from cytoseg.trainers.presets import (
     FAST_CELLPOSE_SCALE,
     FAST_INFERENCE,
     FAST_PLAN,
@@ -13,8 +15,6 @@ from training.presets import (
     preset_base_config,
 )
 from training.services import training_config_validate
-from training.trainers.cellpose import CellposeTrainConfig
-from training.trainers.nnunet import NnUNetTrainConfig
 
 
 def test_default_preset_is_paper_a_and_the_planners_plan() -> None:

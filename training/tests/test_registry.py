@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from annotations.errors import ConflictError, ServiceValidationError
 from annotations.models import AuditEvent
-from inference.backends.packages import PackageError, nnunet_checkpoint_sanitize, torch_weights_load
+from core.errors import ConflictError, ServiceValidationError
+from cytoseg.backends.packages import PackageError, nnunet_checkpoint_sanitize, torch_weights_load
 from inference.services import model_version_baseline, model_version_for_project
 from tests.factories import model_version_files, model_zip
 from training import services
@@ -34,9 +34,9 @@ def _schema_of(cls: type) -> set[str]:
 
 
 def test_schema_mirrors_the_trainers_configs() -> None:
-    from training.trainers.cellpose import CellposeTrainConfig
-    from training.trainers.nnunet import NnUNetAugmentation, NnUNetPlansOverride, NnUNetTrainConfig
-    from training.trainers.refinement import RefinementTrainConfig
+    from cytoseg.trainers.cellpose import CellposeTrainConfig
+    from cytoseg.trainers.nnunet import NnUNetAugmentation, NnUNetPlansOverride, NnUNetTrainConfig
+    from cytoseg.trainers.refinement import RefinementTrainConfig
 
     assert set(services.NNUNET_SCHEMA) == _schema_of(NnUNetTrainConfig)
     assert set(services.NNUNET_SCHEMA["augmentation"]) == _schema_of(NnUNetAugmentation)
@@ -264,7 +264,7 @@ def test_refinement_job_refines_the_active_nnunet(nnunet_model: Any, settings: A
     with pytest.raises(ServiceValidationError):  # no active nnU-Net yet
         services.training_job_start(project=sp.project, user=sp.admin, kind="refinement", config={})
     services.model_version_promote(version=base, user=sp.admin)
-    with mock.patch("training.tasks.run_training_job.apply_async"):
+    with mock.patch("core.queue.task_send"):
         job = services.training_job_start(
             project=sp.project,
             user=sp.admin,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from annotations.errors import ServiceValidationError
 from annotations.models import Cell, Image, Layer
+from core.errors import ServiceValidationError
 from training import services
 from training.models import FrozenTestImage
 from training.snapshots import snapshot_load, snapshot_zip_stream

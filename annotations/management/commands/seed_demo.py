@@ -18,9 +18,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from PIL import Image as PILImage
 
-from annotations import services
 from annotations.models import Project, ProjectMembership, Role
-from annotations.synthetic import generate_field
+from annotations.services import images as image_services
+from annotations.services import projects
+from cytoseg.synthetic import generate_field
 
 DEMO_PROJECT = "Demo: Diff-Quik thyroid cytology"
 DEMO_USERS = (
@@ -67,7 +68,7 @@ class Command(BaseCommand):
             project = Project.objects.filter(name=DEMO_PROJECT).first()
             created = project is None
             if project is None:
-                project = services.project_create(
+                project = projects.project_create(
                     name=DEMO_PROJECT,
                     created_by=users["admin"],
                     description="Synthetic Diff-Quik-like fields and scikit-image's IHC sample image.",
@@ -86,12 +87,10 @@ class Command(BaseCommand):
     def _seed_images(self, project: Project, admin: Any, options: dict[str, Any]) -> None:
         from skimage import data as skdata
 
-        from inference.services import presegment_on_upload
-
         for index in range(options["images"]):
             field = generate_field(seed=1000 + index, width=options["width"], height=options["height"])
             with transaction.atomic():
-                images = services.image_upload_many(
+                image_services.image_upload_many(
                     project=project,
                     files=[_png(field.image, f"synthetic-{index + 1:02d}.png")],
                     metadata={
@@ -101,12 +100,10 @@ class Command(BaseCommand):
                     },
                     uploaded_by=admin,
                 )
-                presegment_on_upload(images=images)
         with transaction.atomic():
-            images = services.image_upload_many(
+            image_services.image_upload_many(
                 project=project,
                 files=[_png(skdata.immunohistochemistry(), "skimage-ihc.png")],
                 metadata={"stain": "IHC (scikit-image sample)", "slide_code": "SKIMAGE"},
                 uploaded_by=admin,
             )
-            presegment_on_upload(images=images)

@@ -1,0 +1,246 @@
+"""nnU-Net v2 semantic backend (paper A, stage 1), Django-free.
+
+Loads a trained model folder once (``plans.json``, ``dataset.json``,
+``fold_<f>/checkpoint_final.pth``, as written by
+``cytoseg.trainers.nnunet.nnunet_train``) and predicts in-process with
+``nnUNetPredictor.predict_single_npy_array`` (no worker processes, so it runs in
+Celery prefork children). nnU-Net is a semantic model: its instances here are the
+connected components of each class, so touching cells merge into one instance;
+the ``two_stage`` backend separates them with Cellpose.
+
+Artifacts: the model folder itself, or a folder with an ``nnunet/`` subfolder
+holding it. Settings: :class:`cytoseg.backends.settings.NnUNetSettings`.
+
+Loading never hands a file to ``torch.load(weights_only=False)``: nnU-Net's own
+``initialize_from_trained_model_folder`` does, so this backend reads the checkpoints
+itself (:func:`cytoseg.backends.packages.nnunet_checkpoint_load`, weights-only),
+checks the class names in ``plans.json`` against an allow-list, builds the network
+and hands both to ``nnUNetPredictor.manual_initialization``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from cytoseg.backends.base import (
+    BackendError,
+    Instance,
+    Prediction,
+    SegmentationBackend,
+    image_check,
+    settings_build,
+)
+from cytoseg.backends.packages import PackageError, nnunet_checkpoint_load, nnunet_plans_check
+from cytoseg.backends.settings import NnUNetSettings
+
+__all__ = [
+    "NnUNetBackend",
+    "components_to_instances",
+    "folds_available",
+    "nnunet_model_folder_find",
+    "nnunet_network_load",
+]
+
+# natural 2D images: nnU-Net's NaturalImage2DIO reports this spacing (a dummy z axis)
+_SPACING = {"spacing": (999.0, 1.0, 1.0)}
+
+
+def nnunet_model_folder_find(artifacts: Path | None, settings: Mapping[str, Any]) -> Path:
+    """The nnU-Net model folder named by settings or found in ``artifacts``."""
+    explicit = settings.get("model_folder")
+    candidates = [Path(explicit)] if explicit else []
+    if artifacts is not None:
+        candidates += [Path(artifacts), Path(artifacts) / "nnunet"]
+    for folder in candidates:
+        if (folder / "plans.json").is_file() and (folder / "dataset.json").is_file():
+            return folder
+    raise BackendError(
+        "nnunet: no model folder (plans.json + dataset.json) in "
+        + (", ".join(str(c) for c in candidates) or "<no artifacts>")
+    )
+
+
+def nnunet_network_load(
+    model_folder: Path, folds: tuple[int | str, ...], checkpoint: str
+) -> dict[str, Any]:
+    """Read an nnU-Net model folder safely; the arguments of ``manual_initialization``.
+
+    ``plans.json`` and ``dataset.json`` are checked against the allow-lists of
+    :func:`~cytoseg.backends.packages.nnunet_plans_check` before nnU-Net resolves any
+    name in them, and every fold's checkpoint is loaded weights-only. The network is
+    built as ``nnUNetTrainer`` builds it (every trainer accepted shares that
+    architecture; a checkpoint of another one fails to load its weights).
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(model_folder)
+    try:
+        plans = json.loads((folder / "plans.json").read_text())
+        dataset = json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"nnunet: cannot read {folder}: {exc}") from exc
+    nnunet_plans_check(plans, dataset)
+    loaded = [
+        nnunet_checkpoint_load(folder / f"fold_{f}" / checkpoint, plans=plans, relative=f"fold_{f}/{checkpoint}")
+        for f in folds
+    ]
+    first = loaded[0]
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(first["configuration"])
+    n_in = determine_num_input_channels(plans_manager, configuration_manager, dataset)
+    n_out = plans_manager.get_label_manager(dataset).num_segmentation_heads
+    network = nnUNetTrainer.build_network_architecture(
+        plans_manager, configuration_manager, n_in, n_out, enable_deep_supervision=False
+    )
+    parameters = [c["network_weights"] for c in loaded]
+    try:
+        network.load_state_dict(parameters[0])
+    except RuntimeError as exc:
+        raise PackageError(f"the weights do not fit the network of plans.json: {exc}",
+                           file=f"fold_{folds[0]}/{checkpoint}") from exc
+    return {
+        "network": network,
+        "plans_manager": plans_manager,
+        "configuration_manager": configuration_manager,
+        "parameters": parameters,
+        "dataset_json": dataset,
+        "trainer_name": first["trainer_name"],
+        "inference_allowed_mirroring_axes": first["inference_allowed_mirroring_axes"],
+    }
+
+
+def folds_available(model_folder: Path, checkpoint: str) -> list[int | str]:
+    """Folds with a checkpoint: numbered ones, else ``"all"``.
+
+    nnUNetPredictor's own auto-detection skips ``fold_all``, the only fold of a
+    model trained without a validation split.
+    """
+    numbered: list[int | str] = []
+    for sub in sorted(Path(model_folder).glob("fold_*")):
+        suffix = sub.name[len("fold_"):]
+        if suffix.isdigit() and (sub / checkpoint).is_file():
+            numbered.append(int(suffix))
+    if numbered:
+        return numbered
+    return ["all"] if (Path(model_folder) / "fold_all" / checkpoint).is_file() else []
+
+
+def components_to_instances(
+    semantic: np.ndarray,
+    probabilities: np.ndarray | None = None,
+    *,
+    min_area: int = 15,
+    labels: tuple[int, ...] = (1, 2),
+) -> list[Instance]:
+    """Connected components (4-connectivity) of each class of a semantic map.
+
+    The score of a component is the mean probability of its class over its pixels
+    (1.0 without ``probabilities``, a (C, H, W) softmax map).
+    """
+    out: list[Instance] = []
+    for label in labels:
+        comp, n = ndi.label(semantic == label)
+        if n == 0:
+            continue
+        for idx, sl in enumerate(ndi.find_objects(comp), start=1):
+            if sl is None:
+                continue
+            crop = comp[sl] == idx
+            area = int(crop.sum())
+            if area < min_area:
+                continue
+            score = 1.0
+            if probabilities is not None:
+                score = float(probabilities[label][sl][crop].mean())
+            out.append(
+                Instance(
+                    x0=int(sl[1].start), y0=int(sl[0].start), mask=crop, label=int(label),
+                    score=float(np.clip(score, 0.0, 1.0)),
+                )
+            )
+    return out
+
+
+class NnUNetBackend(SegmentationBackend):
+    """nnU-Net v2 2D model: semantic map 0/1/2 plus per-class connected components."""
+
+    name = "nnunet"
+
+    def __init__(
+        self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
+    ) -> None:
+        super().__init__(artifacts=artifacts, settings=settings, device=device)
+        # imported here: nnunetv2 is heavy and only workers that use the backend need it
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        cfg = settings_build(NnUNetSettings, self.settings, backend=self.name)
+        self.config = cfg
+        self.model_folder = nnunet_model_folder_find(self.artifacts, {"model_folder": cfg.model_folder})
+        torch_device = torch.device(device)
+        on_device = cfg.perform_everything_on_device and torch_device.type == "cuda"
+        self.predictor = nnUNetPredictor(
+            tile_step_size=cfg.tile_step_size,
+            use_gaussian=cfg.use_gaussian,
+            use_mirroring=cfg.use_mirroring,
+            perform_everything_on_device=on_device,
+            device=torch_device,
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+        folds = cfg.folds or tuple(folds_available(self.model_folder, cfg.checkpoint))
+        if not folds:
+            raise BackendError(f"nnunet: no fold_*/{cfg.checkpoint} in {self.model_folder}")
+        try:
+            self.predictor.manual_initialization(
+                **nnunet_network_load(self.model_folder, folds, cfg.checkpoint)
+            )
+        except BackendError:
+            raise
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise BackendError(f"nnunet: cannot load {self.model_folder}: {exc}") from exc
+        self.instances_mode = cfg.instances
+        self.min_instance_area = cfg.min_instance_area
+
+    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Softmax map (C, H, W) float32 of an (H, W, 3) uint8 RGB image (C = 3)."""
+        _, probs = self._run(image)
+        return probs
+
+    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        img = image_check(image)
+        # (C, 1, H, W): the layout NaturalImage2DIO gives nnU-Net for RGB PNGs
+        data = np.ascontiguousarray(img.transpose(2, 0, 1)[:, None].astype(np.float32))
+        seg, probs = self.predictor.predict_single_npy_array(
+            data, dict(_SPACING), None, None, True
+        )
+        semantic = np.asarray(seg)[0].astype(np.uint8)
+        return semantic, np.asarray(probs, dtype=np.float32)[:, 0]
+
+    def predict_with_probabilities(self, image: np.ndarray) -> tuple[Prediction, np.ndarray]:
+        """:meth:`predict` and the softmax map from a single network run."""
+        t0 = time.perf_counter()
+        semantic, probs = self._run(image)
+        t1 = time.perf_counter()
+        instances: list[Instance] = []
+        if self.instances_mode == "components":
+            instances = components_to_instances(
+                semantic, probs, min_area=self.min_instance_area
+            )
+        t2 = time.perf_counter()
+        timings = {"nnunet": t1 - t0, "components": t2 - t1}
+        return Prediction(instances=instances, semantic=semantic, timings=timings), probs
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Semantic map and connected-component instances of ``image``."""
+        return self.predict_with_probabilities(image)[0]

@@ -1,0 +1,179 @@
+"""Paper A's two-stage model: nnU-Net v2 foreground + Cellpose 3 instances.
+
+nnU-Net's semantic map (0 background / 1 cell / 2 erythrocyte) decides where
+cells are; Cellpose separates them into instances. Cellpose instances lying
+mostly on nnU-Net background are dropped, and each kept instance takes the
+majority nnU-Net class under it (see :func:`two_stage_filter`).
+
+Artifacts: a folder with ``nnunet/`` (an nnU-Net model folder) and ``cellpose/``
+(``cellpose.pth`` + ``cellpose.json``) subfolders. Settings:
+:class:`cytoseg.backends.settings.TwoStageSettings` (``restrict_masks`` runs
+Cellpose's flow dynamics only on nnU-Net foreground dilated by ``restrict_margin``
+pixels: less work on sparse fields).
+
+Timings: ``nnunet``, ``cellpose_net``, ``cellpose_masks``, ``filter``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from cytoseg.backends.base import (
+    BackendError,
+    Instance,
+    Prediction,
+    SegmentationBackend,
+    image_check,
+    settings_build,
+)
+from cytoseg.backends.settings import ERYTHROCYTE_MODES, TwoStageSettings
+
+__all__ = ["TwoStageBackend", "two_stage_filter"]
+
+
+def two_stage_filter(
+    instances: Sequence[Instance],
+    semantic: np.ndarray,
+    *,
+    min_fg_fraction: float = 0.5,
+    erythrocytes: str = "label",
+    crop_to_foreground: bool = False,
+) -> list[Instance]:
+    """Combine instances with a semantic map (0 background, 1 cell, 2 erythrocyte).
+
+    An instance is dropped when less than ``min_fg_fraction`` of its pixels (inside
+    the image) are foreground; otherwise it takes the majority foreground class
+    under it (ties go to 1, the cell). ``erythrocytes="suppress"`` then drops
+    class-2 instances, ``"label"`` keeps them with label 2.
+    ``crop_to_foreground`` cuts kept masks to the foreground pixels. Pure function.
+    """
+    if erythrocytes not in ERYTHROCYTE_MODES:
+        raise ValueError(f"erythrocytes must be one of {ERYTHROCYTE_MODES}, not {erythrocytes!r}")
+    sem = np.asarray(semantic)
+    height, width = sem.shape
+    out: list[Instance] = []
+    for inst in instances:
+        h, w = inst.mask.shape
+        ys0, xs0 = max(inst.y0, 0), max(inst.x0, 0)
+        ys1, xs1 = min(inst.y0 + h, height), min(inst.x0 + w, width)
+        if ys1 <= ys0 or xs1 <= xs0:
+            continue
+        mask = inst.mask[ys0 - inst.y0:ys1 - inst.y0, xs0 - inst.x0:xs1 - inst.x0]
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        under = sem[ys0:ys1, xs0:xs1][mask]
+        n_cell = int(np.count_nonzero(under == 1))
+        n_ery = int(np.count_nonzero(under == 2))
+        if (n_cell + n_ery) < min_fg_fraction * area:
+            continue
+        label = 2 if n_ery > n_cell else 1
+        if label == 2 and erythrocytes == "suppress":
+            continue
+        if crop_to_foreground:
+            fg = mask & (sem[ys0:ys1, xs0:xs1] > 0)
+            rows, cols = np.nonzero(fg)
+            if rows.size == 0:
+                continue
+            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            out.append(dataclasses.replace(
+                inst, x0=int(xs0 + c0), y0=int(ys0 + r0), mask=fg[r0:r1, c0:c1].copy(),
+                label=label,
+            ))
+        else:
+            out.append(dataclasses.replace(inst, label=label))
+    return out
+
+
+class TwoStageBackend(SegmentationBackend):
+    """nnU-Net v2 semantic stage, then Cellpose 3 instances filtered by it."""
+
+    name = "two_stage"
+
+    def __init__(
+        self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
+    ) -> None:
+        super().__init__(artifacts=artifacts, settings=settings, device=device)
+        from cytoseg.backends.cellpose import CellposeBackend
+        from cytoseg.backends.nnunet import NnUNetBackend
+
+        cfg = settings_build(TwoStageSettings, self.settings, backend=self.name)
+        art = self.artifacts
+        nn_settings = dict(cfg.nnunet)
+        nn_settings.setdefault("instances", "none")  # components are not needed here
+        if cfg.nnunet_model_folder:
+            nn_settings["model_folder"] = cfg.nnunet_model_folder
+        cp_settings = dict(cfg.cellpose)
+        if cfg.cellpose_model_file:
+            cp_settings["model_file"] = cfg.cellpose_model_file
+        if art is None and not (nn_settings.get("model_folder") and cp_settings.get("model_file")):
+            raise BackendError("two_stage: needs artifacts or both model paths in settings")
+        self.nnunet = NnUNetBackend(
+            artifacts=art / "nnunet" if art is not None else None, settings=nn_settings,
+            device=device,
+        )
+        self.cellpose = CellposeBackend(
+            artifacts=art / "cellpose" if art is not None else None, settings=cp_settings,
+            device=device,
+        )
+        self.min_fg_fraction = cfg.min_fg_fraction
+        self.erythrocytes = cfg.erythrocytes
+        self.colour_filter = cfg.colour_filter
+        self.crop_to_foreground = cfg.crop_to_foreground
+        self.restrict_masks = cfg.restrict_masks
+        self.restrict_margin = cfg.restrict_margin
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """nnU-Net semantic map, Cellpose instances, the two-stage filter."""
+        img = image_check(image)
+        t0 = time.perf_counter()
+        semantic = self.nnunet.predict(img).semantic
+        assert semantic is not None
+        t1 = time.perf_counter()
+        outputs = self.cellpose.network(img)
+        t2 = time.perf_counter()
+        region = None
+        if self.restrict_masks:
+            region = semantic > 0
+            if self.restrict_margin > 0:
+                region = ndi.binary_dilation(region, iterations=self.restrict_margin)
+        masks = self.cellpose.masks(outputs, foreground=region)
+        instances = self.cellpose.instances(masks, outputs)
+        t3 = time.perf_counter()
+        kept = self.combine(img, instances, semantic)
+        t4 = time.perf_counter()
+        return Prediction(
+            instances=kept, semantic=semantic,
+            timings={
+                "nnunet": t1 - t0, "cellpose_net": t2 - t1, "cellpose_masks": t3 - t2,
+                "filter": t4 - t3,
+            },
+        )
+
+    def combine(
+        self, image: np.ndarray, instances: Sequence[Instance], semantic: np.ndarray
+    ) -> list[Instance]:
+        """Apply the two-stage filter (and the optional colour filter) to instances."""
+        kept = two_stage_filter(
+            instances, semantic, min_fg_fraction=self.min_fg_fraction, erythrocytes="label",
+            crop_to_foreground=self.crop_to_foreground,
+        )
+        if self.colour_filter and kept:
+            # lazy: a module of another author, only needed when the option is on
+            from cytoseg.backends.colour_filter import colour_filter_labels
+
+            colour = colour_filter_labels(image, kept)
+            kept = [
+                dataclasses.replace(inst, label=2) if c == 2 else inst
+                for inst, c in zip(kept, colour, strict=True)
+            ]
+        if self.erythrocytes == "suppress":
+            kept = [inst for inst in kept if inst.label != 2]
+        return kept

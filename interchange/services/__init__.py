@@ -1,0 +1,1 @@
+"""Exports and the COCO import, one module per concern."""
