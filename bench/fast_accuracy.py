@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from cytoseg.backends.two_stage import TwoStageBackend
     from cytoseg.device import device_default
-    from cytoseg.trainers.nnunet import NnUNetPlansOverride
+    from cytoseg.trainers.configs import NnUNetPlansOverride
 
     device = device_default() if args.device == "auto" else args.device
     pt_argv = [a for a, on in (("--quick", args.quick), ("--paper", args.paper)) if on]

@@ -186,9 +186,12 @@ def pick(value: Any, quick: Any, default: Any, paper: Any, args: argparse.Namesp
 
 
 def setup_build(args: argparse.Namespace) -> Setup:
-    from cytoseg.trainers.cellpose import CellposeTrainConfig
-    from cytoseg.trainers.nnunet import NnUNetPlansOverride, NnUNetTrainConfig
-    from cytoseg.trainers.refinement import RefinementTrainConfig
+    from cytoseg.trainers.configs import (
+        CellposeTrainConfig,
+        NnUNetPlansOverride,
+        NnUNetTrainConfig,
+        RefinementTrainConfig,
+    )
 
     width = pick(args.width, 128, 256, 1024, args)
     height = pick(args.height, 128, 256, 768, args)

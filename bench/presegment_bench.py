@@ -229,8 +229,9 @@ def fast_patch(args: argparse.Namespace) -> tuple[int, int]:
 def train_models(args: argparse.Namespace, device: str, out: Path) -> Models:
     """Quick models on synthetic fields: speed does not depend on how well they are trained."""
     from cytoseg.synthetic import generate_field
-    from cytoseg.trainers.cellpose import CellposeTrainConfig, cellpose_train
-    from cytoseg.trainers.nnunet import NnUNetPlansOverride, NnUNetTrainConfig, nnunet_train
+    from cytoseg.trainers.cellpose import cellpose_train
+    from cytoseg.trainers.configs import CellposeTrainConfig, NnUNetPlansOverride, NnUNetTrainConfig
+    from cytoseg.trainers.nnunet import nnunet_train
 
     rows, cols = args.train_size or (args.height, args.width)
     n_cells = max(1, round(args.cells * rows * cols / (args.width * args.height)))
@@ -649,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cytoseg.contours import instances_to_polygons
     from cytoseg.synthetic import generate_field
     from inference.services import proposals_store
-    from training.services import model_version_upload
+    from training.services.registry import model_version_upload
 
     log(f"device {device}, torch threads {torch.get_num_threads()}, models {models}")
     diam_labels = cellpose_diam_labels(models.cellpose)

@@ -23,39 +23,15 @@ from cytoseg.backends import backend_get
 from cytoseg.contours import instances_to_polygons
 from cytoseg.device import device_default
 from cytoseg.imaging import read_rgb
-from training.models import ModelKind, ModelStatus, ModelVersion
-from training.services import artifacts_verify, model_version_settings
+from training.models import ModelVersion
+from training.services.registry import artifacts_verify, model_version_for_project, model_version_settings
 
 logger = logging.getLogger(__name__)
 
-# Preference order of the kinds a project can pre-segment with.
-PRESEGMENT_KINDS = (
-    ModelKind.TWO_STAGE,
-    ModelKind.CELLPOSE,
-    ModelKind.NNUNET,
-    ModelKind.REGION_GROWING,
-    ModelKind.WATERSHED,
-)
 
 
-def model_version_baseline(*, project: Project) -> ModelVersion:
-    """The watershed baseline version of a project (needs no training; used until a model is)."""
-    version, _ = ModelVersion.objects.get_or_create(
-        project=project,
-        kind=ModelKind.WATERSHED,
-        number=1,
-        defaults={"name": "Watershed baseline (no training)", "status": ModelStatus.ACTIVE},
-    )
-    return version
 
 
-def model_version_for_project(*, project: Project) -> ModelVersion:
-    """The version pre-segmentation uses: the active model, else the watershed baseline."""
-    active = {v.kind: v for v in ModelVersion.objects.filter(project=project, status=ModelStatus.ACTIVE).order_by("id")}
-    for kind in PRESEGMENT_KINDS:
-        if kind in active:
-            return active[kind]
-    return model_version_baseline(project=project)
 
 
 def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None = None) -> ModelVersion:

@@ -86,7 +86,7 @@ def model_version_files(project: Project, kind: str, files: dict[str, bytes], **
     from django.conf import settings
 
     from training.models import ModelVersion
-    from training.services import artifacts_inspect
+    from training.services.registry import artifacts_inspect
 
     folder = Path(settings.MODEL_DIR) / str(project.pk) / uuid.uuid4().hex
     for name, data in files.items():

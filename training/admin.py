@@ -6,7 +6,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from core.errors import ConflictError
-from training import models, services
+from training import models
+from training.services import jobs, registry, schedule
 
 
 @admin.register(models.ModelVersion)
@@ -21,7 +22,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def promote(self, request: HttpRequest, queryset: QuerySet[models.ModelVersion]) -> None:
         for version in queryset:
             try:
-                services.model_version_promote(
+                registry.model_version_promote(
                     version=version,
                     user=request.user,  # type: ignore[arg-type]
                     reason="promoted in the Django admin",
@@ -54,7 +55,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
     def cancel(self, request: HttpRequest, queryset: QuerySet[models.TrainingJob]) -> None:
         for job in queryset:
             try:
-                services.training_job_cancel(job=job, user=request.user)  # type: ignore[arg-type]
+                jobs.training_job_cancel(job=job, user=request.user)  # type: ignore[arg-type]
             except ConflictError as exc:
                 self.message_user(request, f"job {job.pk}: {exc.detail}", level=messages.WARNING)
 
@@ -90,14 +91,14 @@ class TrainingPolicyForm(forms.ModelForm):
 
     class Meta:
         model = models.TrainingPolicy
-        fields = ["project", *services.POLICY_FIELDS]
+        fields = ["project", *schedule.POLICY_FIELDS]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        values = {f: data[f] for f in services.POLICY_FIELDS if f in data}
+        values = {f: data[f] for f in schedule.POLICY_FIELDS if f in data}
         values["gate_guarded"] = values.get("gate_guarded") or []
-        merged = {f: getattr(self.instance, f) for f in services.POLICY_FIELDS} | values
-        for key, message in services.policy_errors(values, merged).items():
+        merged = {f: getattr(self.instance, f) for f in schedule.POLICY_FIELDS} | values
+        for key, message in schedule.policy_errors(values, merged).items():
             field = key.split(".", 1)[0]
             self.add_error(field if field in self.fields else None, f"{key}: {message}")
         return data
@@ -125,7 +126,7 @@ class TrainingPolicyAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: models.TrainingPolicy, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        services.periodic_task_sync(policy=obj)
+        schedule.periodic_task_sync(policy=obj)
 
 
 @admin.register(models.FrozenTestImage)

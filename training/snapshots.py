@@ -36,6 +36,7 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 
 from annotations.models import Cell, Image, ImageStatus, Layer, Project, Split
+from annotations.services.audit import audit_record
 from core.errors import ServiceValidationError
 from core.streaming import ZipEntry, zip_stream
 from cytoseg.augment import AugmentConfig, SyntheticImage, cells_from_polygons, synthetic_images
@@ -47,7 +48,7 @@ from cytoseg.datasets import (
     semantic_label_map,
 )
 from cytoseg.imaging import read_rgb
-from training.models import DatasetSnapshot, DatasetSource, FrozenTestImage, SnapshotItem
+from training.models import DatasetSnapshot, DatasetSource, FrozenTestImage, ImageCompletion, SnapshotItem
 
 __all__ = [
     "LoadedCase",
@@ -376,3 +377,32 @@ def snapshot_zip_stream(snapshot: DatasetSnapshot, *, fmt: str, dataset_id: int 
         yield "snapshot.json", json.dumps(manifest, indent=1, default=str).encode()
 
     return zip_stream(entries(), date_time=snapshot.created_at)
+
+
+# --- marking images complete (the fallback source) -----------------------------------------
+
+
+def image_completion_set(*, project: Project, image_ids: list[int], complete: bool, user: User) -> int:
+    """Mark (or unmark) images whose annotation layer an admin considers complete for training."""
+    images = list(project.images.filter(pk__in=image_ids))
+    missing = sorted(set(image_ids) - {i.pk for i in images})
+    if missing:
+        raise ServiceValidationError(
+            "Unknown images.", {"images": f"not images of this project: {', '.join(map(str, missing))}"}
+        )
+    with transaction.atomic():
+        if complete:
+            for image in images:
+                ImageCompletion.objects.update_or_create(
+                    image=image, defaults={"revision": image.revision, "marked_by": user}
+                )
+        else:
+            ImageCompletion.objects.filter(image__in=images).delete()
+        audit_record(
+            project=project,
+            actor=user,
+            action="training.images_complete" if complete else "training.images_incomplete",
+            target=f"{len(images)} images",
+            after={"images": [i.pk for i in images]},
+        )
+    return len(images)

@@ -18,8 +18,8 @@ from celery.signals import task_failure, worker_ready
 from django.conf import settings
 from django.db import close_old_connections
 
-from training import services
 from training.models import DatasetSnapshot, ModelVersion
+from training.services import jobs, registry, runner, schedule
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
     time_limit=settings.TRAINING_TASK_TIME_LIMIT,
 )
 def run_training_job(self: Any, job_id: int) -> dict[str, Any]:
-    return services.training_job_run(job_id=job_id, task_id=self.request.id or "")
+    return runner.training_job_run(job_id=job_id, task_id=self.request.id or "")
 
 
 @shared_task(
@@ -47,25 +47,25 @@ def run_training_job(self: Any, job_id: int) -> dict[str, Any]:
 def evaluate_version(model_version_id: int, snapshot_id: int) -> dict[str, Any]:
     version = ModelVersion.objects.select_related("project").get(pk=model_version_id)
     snapshot = DatasetSnapshot.objects.get(pk=snapshot_id)
-    evaluation = services.model_version_evaluate(version=version, snapshot=snapshot)
+    evaluation = registry.model_version_evaluate(version=version, snapshot=snapshot)
     return {"evaluation": evaluation.pk}
 
 
 @shared_task(name="training.schedule_check", queue="default", acks_late=True)
 def schedule_check(project_id: int) -> dict[str, Any]:
-    return services.training_schedule_check(project_id=project_id)
+    return schedule.training_schedule_check(project_id=project_id)
 
 
 @shared_task(name="training.watchdog", queue="default", acks_late=True)
 def watchdog() -> dict[str, Any]:
-    return {"failed": services.training_jobs_reap()}
+    return {"failed": jobs.training_jobs_reap()}
 
 
 @worker_ready.connect
 def _reap_at_worker_start(sender: Any = None, **kwargs: Any) -> None:
     """A worker that starts may be the restart of one that died mid-job: fail its orphans."""
     try:
-        failed = services.training_jobs_reap()
+        failed = jobs.training_jobs_reap()
         if failed:
             logger.warning("Training jobs left running by a dead worker were marked failed: %s", failed)
     except Exception:  # a database hiccup must not stop the worker from starting
@@ -84,4 +84,4 @@ def _job_task_failed(
     except (TypeError, ValueError):
         job_id = None
     if job_id is not None:
-        services.job_fail(job_id, f"the Celery task failed: {type(exception).__name__}: {exception}")
+        jobs.job_fail(job_id, f"the Celery task failed: {type(exception).__name__}: {exception}")

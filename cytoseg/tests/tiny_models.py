@@ -68,7 +68,8 @@ def _nnunet_child(workdir: str, out_file: str) -> None:
     """Body of the daemonic child: train the tiny nnU-Net, write a JSON summary."""
     out = Path(out_file)
     try:
-        from cytoseg.trainers.nnunet import NnUNetTrainConfig, nnunet_train
+        from cytoseg.trainers.configs import NnUNetTrainConfig
+        from cytoseg.trainers.nnunet import nnunet_train
 
         fields = [field(s) for s in TRAIN_SEEDS]
         vals = [field(s) for s in VAL_SEEDS]
@@ -125,7 +126,8 @@ def nnunet_trained(base: Path) -> NnUNetTrained:
 def cellpose_trained(base: Path) -> Any:
     """Train (once per session) the tiny Cellpose model in this process."""
     if "cellpose" not in _cache:
-        from cytoseg.trainers.cellpose import CellposeTrainConfig, cellpose_train
+        from cytoseg.trainers.cellpose import cellpose_train
+        from cytoseg.trainers.configs import CellposeTrainConfig
 
         fields = [field(s) for s in TRAIN_SEEDS]
         vals = [field(s) for s in VAL_SEEDS]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ import torch
 from cellpose import dynamics, models, transforms, utils
 from cellpose.train import _loss_fn_seg
 
-from cytoseg.trainers import CancelFn, ProgressFn, TrainingCancelled
+from cytoseg.trainers import CancelFn, ProgressFn, Trainer, TrainingCancelled, TrainOutcome, TrainRequest
+from cytoseg.trainers.configs import CellposeTrainConfig
 
 __all__ = [
     "CellposeTrainConfig",
@@ -51,67 +52,6 @@ META_FILE = "cellpose.json"
 _FIRST_NORM_KEY = "downsample.down.res_down_0.conv.conv_0.0.weight"
 
 
-@dataclass
-class CellposeTrainConfig:
-    """Hyper-parameters of a Cellpose training job.
-
-    ``diam_mean`` is the object diameter the network sees: each training image is
-    rescaled by (its mean cell diameter / ``diam_mean``). ``None`` = the mean
-    diameter of the training labels when training from scratch (no resizing at
-    inference for typical fields), or the initial model's value when fine-tuning.
-    ``network_scale`` (used when ``diam_mean`` is None and training from scratch) sets
-    ``diam_mean`` to that fraction of the labels' mean diameter: 0.5 trains a network that
-    sees cells at half their size, so inference runs on a quarter of the pixels (the fast
-    pre-segmentation configuration; ``bench/fast_accuracy.py`` measures what it costs).
-    ``rescale=False`` trains at native size (``scale_range`` then defaults to 1,
-    i.e. no random zoom). ``val_every`` epochs a validation loss is computed (on a
-    fixed random crop of each validation image, as Cellpose does).
-    """
-
-    n_epochs: int = 100
-    learning_rate: float = 0.005
-    # Cellpose ramps the learning rate up linearly from 0 over its first 10 epochs
-    warmup_epochs: int = 10
-    weight_decay: float = 1e-5
-    batch_size: int = 8
-    sgd: bool = False
-    momentum: float = 0.9
-    channels: tuple[int, int] | None = None
-    diam_mean: float | None = None
-    network_scale: float = 1.0
-    rescale: bool = True
-    scale_range: float | None = None
-    bsize: int = 224
-    nimg_per_epoch: int | None = None
-    min_train_masks: int = 1
-    val_every: int = 1
-    # Re-estimate BatchNorm running statistics over this many batches of training
-    # crops after the last epoch. Cellpose's BatchNorm momentum (0.05) needs hundreds
-    # of steps for usable running statistics; short runs without this predict nothing.
-    bn_recalibrate_batches: int = 0
-    seed: int = 0
-
-    @classmethod
-    def tiny(cls) -> CellposeTrainConfig:
-        """A configuration that trains in seconds on a CPU (tests, smoke runs)."""
-        return cls(
-            n_epochs=12, warmup_epochs=1, learning_rate=0.01, batch_size=4, bsize=64,
-            val_every=4, bn_recalibrate_batches=3,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        out = asdict(self)
-        out["channels"] = list(self.channels) if self.channels is not None else None
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CellposeTrainConfig:
-        """Inverse of :meth:`to_dict`."""
-        data = dict(data)
-        if data.get("channels") is not None:
-            data["channels"] = tuple(int(c) for c in data["channels"])
-        return cls(**data)
 
 
 @dataclass
@@ -472,3 +412,41 @@ def _val_loss(
     finally:
         np.random.set_state(state)
     return total / max(count, 1)
+
+
+class CellposeTrainer(Trainer):
+    """Cellpose 3 on the cases' instance maps, written to ``request.target``.
+
+    Option ``erythrocytes`` (default true): erythrocytes are instances too; false trains on
+    cells only. Cases without any instance are left out.
+    """
+
+    name = "cellpose"
+    config_class = CellposeTrainConfig
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        """Train (or fine-tune ``options["initial_model"]``) into the target folder."""
+        with_ery = bool(request.options.get("erythrocytes", True))
+
+        def labelled(cases: Sequence[Any]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            pairs = [(c.image, c.instances if with_ery else c.cell_instances) for c in cases]
+            kept = [(image, labels) for image, labels in pairs if labels.max() > 0]
+            return [p[0] for p in kept], [p[1] for p in kept]
+
+        images, labels = labelled(request.train)
+        val_images, val_labels = labelled(request.validation)
+        result = cellpose_train(
+            images=images,
+            instance_labels=labels,
+            val_images=val_images,
+            val_instance_labels=val_labels,
+            workdir=Path(request.target),
+            config=request.config,
+            device=request.device,
+            initial_model=request.options.get("initial_model"),
+            progress=request.progress,
+            should_cancel=request.should_cancel,
+        )
+        return TrainOutcome(
+            summary=f"diameter {result.diam_labels:.1f} px", details={"diam_labels": float(result.diam_labels)}
+        )

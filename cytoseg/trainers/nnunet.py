@@ -50,7 +50,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,8 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from PIL import Image
 from torch._dynamo import OptimizedModule
 
-from cytoseg.trainers import CancelFn, ProgressFn, TrainingCancelled
+from cytoseg.trainers import CancelFn, ProgressFn, Trainer, TrainingCancelled, TrainOutcome, TrainRequest
+from cytoseg.trainers.configs import NnUNetAugmentation, NnUNetPlansOverride, NnUNetTrainConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -119,128 +120,10 @@ CONFIG_ENV = "DIFFQUIK_NNUNET_TRAIN_CONFIG"
 CHECKPOINT_TRAINER_NAME = "nnUNetTrainer"
 
 
-# --------------------------------------------------------------------- config
 
 
-@dataclass
-class NnUNetAugmentation:
-    """Per-sample augmentation probabilities and ranges (paper A's values by default).
-
-    nnU-Net's own pipeline, with the probabilities made configurable. ``p_flip`` is
-    the probability of flipping along each image axis; ``rotation_deg`` is used for
-    every 2D patch (nnU-Net itself narrows it to +-15 deg for elongated patches).
-    ``p_gamma_inverted`` is nnU-Net's extra inverted-image gamma (0.1 in nnU-Net),
-    not in paper A's list, so it is off by default.
-    """
-
-    p_flip: float = 0.5
-    p_rotation: float = 0.2
-    rotation_deg: tuple[float, float] = (-180.0, 180.0)
-    p_scaling: float = 0.2
-    scaling: tuple[float, float] = (0.7, 1.4)
-    p_low_res: float = 0.25
-    low_res_scale: tuple[float, float] = (0.5, 1.0)
-    p_gamma: float = 0.3
-    gamma: tuple[float, float] = (0.7, 1.5)
-    p_gamma_inverted: float = 0.0
-    p_brightness: float = 0.15
-    brightness: tuple[float, float] = (0.75, 1.25)
-    p_contrast: float = 0.15
-    contrast: tuple[float, float] = (0.75, 1.25)
-    p_blur: float = 0.2
-    blur_sigma: tuple[float, float] = (0.5, 1.0)
-    p_noise: float = 0.1
-    noise_variance: tuple[float, float] = (0.0, 0.1)
 
 
-@dataclass
-class NnUNetPlansOverride:
-    """Changes applied to nnU-Net's plan of the trained configuration (None = keep).
-
-    ``patch_size`` is (rows, cols); each must be divisible by 2**(n_stages - 1).
-    When only ``patch_size`` is given, the number of stages is reduced so that the
-    deepest feature map keeps an edge of at least 4 pixels, as nnU-Net plans it.
-    """
-
-    patch_size: tuple[int, int] | None = None
-    batch_size: int | None = None
-    n_stages: int | None = None
-    base_features: int | None = None
-    max_features: int | None = None
-    n_conv_per_stage: int | None = None
-
-    def is_empty(self) -> bool:
-        """True when nothing is overridden."""
-        return all(getattr(self, f.name) is None for f in dataclasses.fields(self))
-
-
-@dataclass
-class NnUNetTrainConfig:
-    """Hyper-parameters of an nnU-Net v2 training job.
-
-    Defaults are paper A's: 50 epochs x 250 iterations, 50 validation iterations,
-    initial LR 7e-3 (polynomial decay, SGD with Nesterov momentum 0.99 as in nnU-Net),
-    weight decay 1e-4, foreground oversampling 0.33, and its augmentation list.
-    """
-
-    num_epochs: int = 50
-    num_iterations_per_epoch: int = 250
-    num_val_iterations_per_epoch: int = 50
-    initial_lr: float = 7e-3
-    weight_decay: float = 1e-4
-    oversample_foreground_percent: float = 0.33
-    augmentation: NnUNetAugmentation = field(default_factory=NnUNetAugmentation)
-    plans: NnUNetPlansOverride = field(default_factory=NnUNetPlansOverride)
-    configuration: str = "2d"
-    # "zscore" = nnU-Net's per-image z-score per channel (channels named R, G, B; paper A);
-    # "rgb_to_0_1" = divide by 255.
-    normalization: str = "zscore"
-    dataset_id: int = 501
-    dataset_name: str = "DiffQuik"
-    deep_supervision: bool = True
-    # Data-augmentation worker processes; 0 runs it in the training process (the only
-    # choice inside a daemonic process, forced there).
-    num_workers_da: int = 0
-    # torch.compile (nnU-Net's default on CUDA): off because compiling costs minutes and
-    # fails on some setups; turn on for long GPU trainings.
-    compile: bool = False
-    save_every: int = 50
-    plot_progress: bool = True
-    progress_every_iterations: int = 10
-    seed: int | None = 0
-
-    @classmethod
-    def tiny(cls) -> NnUNetTrainConfig:
-        """A configuration that trains in seconds on a CPU (tests, smoke runs)."""
-        return cls(
-            num_epochs=3,
-            num_iterations_per_epoch=8,
-            num_val_iterations_per_epoch=2,
-            initial_lr=1e-2,
-            plans=NnUNetPlansOverride(
-                patch_size=(64, 64), batch_size=4, n_stages=4, base_features=8, max_features=64,
-                n_conv_per_stage=1,
-            ),
-            plot_progress=False,
-            save_every=1000,
-            progress_every_iterations=1,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (tuples become lists)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NnUNetTrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise TypeError."""
-        data = dict(data)
-        aug = data.pop("augmentation", None) or {}
-        plans = data.pop("plans", None) or {}
-        aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
-        plans = {k: tuple(v) if isinstance(v, list) else v for k, v in plans.items()}
-        return cls(
-            augmentation=NnUNetAugmentation(**aug), plans=NnUNetPlansOverride(**plans), **data
-        )
 
 
 @dataclass
@@ -1013,3 +896,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # nnU-Net's spawn-based helpers re-import the main module
     sys.exit(main())
+
+
+class NnUNetTrainer(Trainer):
+    """nnU-Net v2 on the cases' semantic maps; the model folder is moved to ``request.target``."""
+
+    name = "nnunet"
+    config_class = NnUNetTrainConfig
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        """Train in ``request.workdir/nnunet``, then move the model folder to the target."""
+        result = nnunet_train(
+            images=[c.image for c in request.train],
+            semantic_labels=[c.semantic for c in request.train],
+            val_images=[c.image for c in request.validation],
+            val_semantic_labels=[c.semantic for c in request.validation],
+            workdir=Path(request.workdir) / "nnunet",
+            config=request.config,
+            device=request.device,
+            progress=request.progress,
+            should_cancel=request.should_cancel,
+        )
+        target = Path(request.target)
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(result.model_folder), str(target))
+        return TrainOutcome(
+            summary=(
+                f"fold {result.fold}, final val loss {_fmt(result.final_val_loss)}, "
+                f"pseudo Dice {_fmt(result.final_pseudo_dice)}"
+            ),
+            details={"fold": result.fold, "seconds": result.seconds},
+        )
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)

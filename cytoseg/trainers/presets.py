@@ -59,7 +59,7 @@ def preset_base_config(*, preset: str, stage: str) -> dict[str, Any]:
         raise ValueError(f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
     tiny = preset == "tiny"
     if stage == "nnunet":
-        from cytoseg.trainers.nnunet import NnUNetPlansOverride, NnUNetTrainConfig
+        from cytoseg.trainers.configs import NnUNetPlansOverride, NnUNetTrainConfig
 
         nn = NnUNetTrainConfig.tiny() if tiny else NnUNetTrainConfig()
         if preset == "fast":
@@ -69,14 +69,14 @@ def preset_base_config(*, preset: str, stage: str) -> dict[str, Any]:
             )
         return nn.to_dict()
     if stage == "cellpose":
-        from cytoseg.trainers.cellpose import CellposeTrainConfig
+        from cytoseg.trainers.configs import CellposeTrainConfig
 
         cp = CellposeTrainConfig.tiny() if tiny else CellposeTrainConfig()
         if preset == "fast":
             cp.network_scale = FAST_CELLPOSE_SCALE
         return cp.to_dict()
     if stage == "refinement":
-        from cytoseg.trainers.refinement import RefinementTrainConfig
+        from cytoseg.trainers.configs import RefinementTrainConfig
 
         return (RefinementTrainConfig.tiny() if tiny else RefinementTrainConfig()).to_dict()
     raise ValueError(f"unknown training stage {stage!r}")

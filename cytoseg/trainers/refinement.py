@@ -14,9 +14,10 @@ The result is a ``state_dict`` file (``refinement.pt``) that
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 
 from cytoseg.backends.refinement import WEIGHTS_FILE, RefinementNet, refinement_input
-from cytoseg.trainers import CancelFn, ProgressFn, TrainingCancelled
+from cytoseg.trainers import CancelFn, ProgressFn, Trainer, TrainingCancelled, TrainOutcome, TrainRequest
+from cytoseg.trainers.configs import RefinementTrainConfig
 
 __all__ = [
     "RefinementTrainConfig",
@@ -36,38 +38,6 @@ __all__ = [
 ]
 
 
-@dataclass
-class RefinementTrainConfig:
-    """Hyper-parameters (paper B: Adam, LR 1e-4, BCE, early stopping on val loss).
-
-    Each epoch draws ``iterations_per_epoch`` batches of random ``patch_size``
-    crops (with flips and 90-degree rotations); images smaller than the patch are
-    used whole. Training stops after ``patience`` epochs without a validation loss
-    improvement of at least ``min_delta``, or at ``max_epochs``; the best weights
-    are kept.
-    """
-
-    max_epochs: int = 100
-    iterations_per_epoch: int = 50
-    batch_size: int = 8
-    patch_size: int = 128
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    patience: int = 10
-    min_delta: float = 1e-4
-    seed: int = 0
-
-    @classmethod
-    def tiny(cls) -> RefinementTrainConfig:
-        """Seconds on a CPU (tests)."""
-        return cls(
-            max_epochs=6, iterations_per_epoch=6, batch_size=4, patch_size=48,
-            learning_rate=1e-3, patience=3,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
 
 
 @dataclass
@@ -231,3 +201,51 @@ def refinement_train(
         parameters=parameter_count(net), seconds=time.perf_counter() - t_start,
         config=cfg.to_dict(),
     )
+
+
+class RefinementTrainer(Trainer):
+    """Paper B's refinement net on top of a frozen first stage, written to ``request.target``.
+
+    Options: ``first_stage`` (required), a function from an RGB image to its first-stage
+    foreground probability (H, W) in 0..1; ``base_folder``, the first stage's model folder,
+    copied to ``<target>/base`` so the refined model carries its base.
+    """
+
+    name = "refinement"
+    config_class = RefinementTrainConfig
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        """Compute the first-stage probabilities, train, keep the best weights."""
+        first_stage = request.options.get("first_stage")
+        if not callable(first_stage):
+            raise ValueError("the refinement trainer needs options['first_stage'] (image -> probability)")
+
+        def probabilities(cases: Sequence[Any]) -> list[np.ndarray]:
+            out = []
+            for case in cases:
+                if request.should_cancel():
+                    raise TrainingCancelled("cancelled while computing first-stage probabilities")
+                out.append(first_stage(case.image))
+            return out
+
+        request.progress({"phase": "prepare", "step": "first_stage"})
+        result = refinement_train(
+            images=[c.image for c in request.train],
+            probabilities=probabilities(request.train),
+            targets=[c.semantic > 0 for c in request.train],
+            val_images=[c.image for c in request.validation],
+            val_probabilities=probabilities(request.validation),
+            val_targets=[c.semantic > 0 for c in request.validation],
+            workdir=Path(request.target),
+            config=request.config,
+            device=request.device,
+            progress=request.progress,
+            should_cancel=request.should_cancel,
+        )
+        base = request.options.get("base_folder")
+        if base is not None:
+            shutil.copytree(Path(base), Path(request.target) / "base")
+        return TrainOutcome(
+            summary=f"best epoch {result.best_epoch}, {result.parameters} weights",
+            details={"best_epoch": result.best_epoch},
+        )

@@ -12,12 +12,10 @@ from rest_framework.views import APIView
 
 from annotations import selectors
 from annotations.api.serializers import CellsOut, cell_out
-from annotations.services import audit
-from core.api.parsing import JSONObjectField, base_revision, parse, request_user
+from core.api.parsing import base_revision, parse, request_user
 from core.errors import ServiceValidationError
 from inference import proposals, services
-from training import services as training_services
-from training.models import ModelKind, ModelVersion
+from training.models import ModelVersion
 
 
 class PresegmentIn(serializers.Serializer):
@@ -30,50 +28,8 @@ class ProposalSelectionIn(serializers.Serializer):
     all = serializers.BooleanField(required=False, default=False)
 
 
-class ModelVersionIn(serializers.Serializer):
-    """A model upload (multipart): the package as ``file``, never a server path."""
-
-    kind = serializers.ChoiceField(choices=ModelKind.choices)
-    name = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
-    activate = serializers.BooleanField(required=False, default=False)
-    config = JSONObjectField(required=False, default=dict, help_text="Inference settings of this version.")
-    file = serializers.FileField(
-        required=False,
-        allow_empty_file=False,
-        help_text="A .zip of the model folder (nnU-Net, two-stage, refinement) or one .pth file (Cellpose).",
-    )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(self.initial_data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError(
-                {
-                    key: (
-                        "server paths are not accepted: upload the model's files as `file` (multipart)"
-                        if key == "artifact_path"
-                        else "unknown field"
-                    )
-                    for key in unknown
-                }
-            )
-        return attrs
 
 
-class ModelVersionOut(serializers.ModelSerializer):
-    class Meta:
-        model = ModelVersion
-        fields = [
-            "id",
-            "project",
-            "kind",
-            "number",
-            "name",
-            "artifacts",
-            "config",
-            "metrics",
-            "status",
-            "created_at",
-        ]
 
 
 def _version(project_id: int, version_id: int | None) -> ModelVersion | None:
@@ -137,28 +93,3 @@ class ProposalRejectView(APIView):
         return Response({"rejected": count})
 
 
-class ModelVersionListView(APIView):
-    @extend_schema(responses=ModelVersionOut(many=True), tags=["models"])
-    def get(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
-        return Response(ModelVersionOut(project.model_versions.order_by("-id"), many=True).data)
-
-    @extend_schema(
-        request={"multipart/form-data": ModelVersionIn, "application/json": ModelVersionIn},
-        responses={201: ModelVersionOut},
-        tags=["models"],
-    )
-    def post(self, request: Request, project_id: int) -> Response:
-        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
-        data = parse(ModelVersionIn, request.data)
-        version = training_services.model_version_upload(
-            project=project, user=request_user(request), upload=data.pop("file", None), **data
-        )
-        audit.audit_record(
-            project=project,
-            actor=request_user(request),
-            action="model.register",
-            target=str(version),
-            after={"files": len(version.artifacts), "status": version.status, "config": version.config},
-        )
-        return Response(ModelVersionOut(version).data, status=status.HTTP_201_CREATED)

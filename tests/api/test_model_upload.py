@@ -22,8 +22,8 @@ from cytoseg.tests.model_files import cellpose_weights, nnunet_checkpoint, nnune
 from inference.services import image_presegment_run
 from tests.api.conftest import client_for
 from tests.factories import image_create, zip_upload
-from training import services as training_services
 from training.models import ModelStatus, ModelVersion
+from training.services import registry
 
 pytestmark = pytest.mark.django_db
 
@@ -82,7 +82,7 @@ def test_cellpose_file_upload_is_stored_checked_and_hashed(project: Any, admin_u
     version = ModelVersion.objects.get(pk=body["id"])
     assert version.status == ModelStatus.ACTIVE and version.config == {"diameter": 17}
     assert Path(version.artifact_path).parent == Path(settings.MODEL_DIR) / str(project.pk)
-    training_services.artifacts_verify(version)
+    registry.artifacts_verify(version)
     audit = AuditEvent.objects.get(action="model.register")
     assert audit.after == {"files": 1, "status": "active", "config": {"diameter": 17}}
     detail = client.get(f"/api/v1/training/models/{version.pk}").json()
@@ -165,7 +165,7 @@ def test_pipeline_settings_are_validated(project: Any, admin_user: Any) -> None:
 
 def test_settings_stored_before_validation_never_reach_a_loader(project: Any, admin_user: Any) -> None:
     image = image_create(project)
-    version = training_services.model_version_upload(
+    version = registry.model_version_upload(
         project=project, kind="cellpose", upload=SimpleUploadedFile("c.pth", cellpose_weights()), user=admin_user
     )
     Project.objects.filter(pk=project.pk).update(pipeline={"cellpose": {"model_file": "/etc/passwd"}})
@@ -182,13 +182,13 @@ def test_versions_registered_by_path_are_refused(project: Any, tmp_path: Path) -
     (folder / "cellpose.pth").write_bytes(cellpose_weights())
     version = ModelVersion.objects.create(
         project=project, kind="cellpose", number=1, artifact_path=str(folder),
-        artifacts=training_services.artifacts_inspect(folder),
+        artifacts=registry.artifacts_inspect(folder),
     )
     with pytest.raises(Exception, match="outside the platform's model storage"):
-        training_services.artifacts_verify(version)
+        registry.artifacts_verify(version)
     no_files = ModelVersion.objects.create(project=project, kind="nnunet", number=1)
     with pytest.raises(Exception, match="no recorded model files"):
-        training_services.artifacts_verify(no_files)
+        registry.artifacts_verify(no_files)
 
 
 def test_migration_removes_stored_paths(project: Any) -> None:

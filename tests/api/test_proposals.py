@@ -19,7 +19,7 @@ def image(project: Any) -> Any:
 
 
 def _proposals(image: Any, project: Any, count: int = 3) -> list[Cell]:
-    from inference.services import model_version_baseline
+    from training.services.registry import model_version_baseline
 
     version = model_version_baseline(project=project)
     class_id = project.classes.get(model_label=1).pk

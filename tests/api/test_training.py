@@ -10,11 +10,12 @@ from unittest import mock
 import pytest
 
 from annotations.models import AuditEvent
-from inference.services import model_version_baseline
 from tests.api.conftest import client_for
 from tests.factories import model_version_files
-from training import services
+from training import snapshots
 from training.models import JobStatus, ModelKind, TrainingJob
+from training.services import registry
+from training.services.registry import model_version_baseline
 from training.tests.factories import synthetic_project
 
 pytestmark = pytest.mark.django_db
@@ -107,7 +108,7 @@ def test_start_validates_the_configuration(project: Any, data: Any, admin_user: 
     response = client.post(_jobs(project), {"kind": "yolo"}, format="json")
     assert response.status_code == 400 and "kind" in response.json()["errors"]
     other = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1, seed=30)
-    foreign = services.dataset_snapshot_create(project=other.project, user=other.admin)
+    foreign = snapshots.dataset_snapshot_create(project=other.project, user=other.admin)
     response = client.post(_jobs(project), {"kind": "cellpose", "snapshot": foreign.pk}, format="json")
     assert response.status_code == 400 and "snapshot" in response.json()["errors"]
     assert not TrainingJob.objects.filter(project=project).exists()
@@ -154,9 +155,9 @@ def test_registry_promote_rollback_and_evaluate(
     project: Any, data: Any, admin_user: Any, tmp_path: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     client = client_for(admin_user)
-    snapshot = services.dataset_snapshot_create(project=project, user=admin_user)
+    snapshot = snapshots.dataset_snapshot_create(project=project, user=admin_user)
     baseline = model_version_baseline(project=project)
-    services.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
+    registry.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
     version = model_version_files(project, ModelKind.CELLPOSE, {"cellpose.pth": b"x"})
     table = client.get(f"/api/v1/projects/{project.pk}/training/models").json()
     assert table["snapshot"] == snapshot.pk and "dsb" in table["metric_names"]

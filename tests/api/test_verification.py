@@ -578,7 +578,8 @@ def test_verification_settings_and_expert_adjudicator(
 def test_work_queue_follows_active_learning_order(
     project: Any, annotator: Any, experts: list[Any], admin_user: Any, class_id: int, django_assert_max_num_queries: Any
 ) -> None:
-    from inference.services import model_version_baseline, proposals_store
+    from inference.services import proposals_store
+    from training.services.registry import model_version_baseline
 
     version = model_version_baseline(project=project)
     images = [image_create(project, seed=s, width=W, height=H) for s in range(4)]
@@ -669,7 +670,8 @@ def test_agreement_hand_computed(
 def test_correction_analytics_per_model_version(
     project: Any, image: Image, annotator: Any, experts: list[Any], class_id: int
 ) -> None:
-    from inference.services import model_version_baseline, proposals_store
+    from inference.services import proposals_store
+    from training.services.registry import model_version_baseline
 
     version = model_version_baseline(project=project)
     shapes = [square(10, 10, 20), square(60, 10, 20), square(110, 10, 20), square(160, 10, 20)]

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from annotations.models import Image, Role
-from inference.services import model_version_baseline
 from review.models import Review
 from review.services import reviews
 from tests.browser.conftest import shot
@@ -24,7 +23,6 @@ from tests.browser.helpers import (
     synthetic_image,
 )
 from tests.factories import model_version_files
-from training import services as training_services
 from training.models import (
     DatasetSnapshot,
     Evaluation,
@@ -33,6 +31,8 @@ from training.models import (
     TrainingJob,
     TrainingPolicy,
 )
+from training.services import registry
+from training.services.registry import model_version_baseline
 from training.tests.factories import synthetic_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -161,7 +161,7 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
             for i, cat in enumerate(["II", "IV", "VI"])
         }
         Evaluation.objects.create(model_version=version, snapshot=snapshot, overall=_metrics(base), per_bethesda=per)
-    training_services.model_version_promote(version=v1, user=admin, reason="initial")
+    registry.model_version_promote(version=v1, user=admin, reason="initial")
 
     login(page, live_server.url, "dr.head")
     page.goto(f"{live_server.url}/#/projects/{project.pk}/admin/models")

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from annotations.models import Cell, Layer, Role
-from inference.services import model_version_baseline
 from tests.browser.conftest import shot
 from tests.browser.helpers import (
     ProjectFactory,
@@ -21,6 +20,7 @@ from tests.browser.helpers import (
     wait_editor_ready,
     wait_saved,
 )
+from training.services.registry import model_version_baseline
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -20,9 +20,9 @@ from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
 from cytoseg.synthetic import generate_field
-from inference.services import model_version_for_project
 from tests.worker import celery_worker
 from training.models import Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
+from training.services.registry import model_version_for_project
 from training.tests.factories import synthetic_png, synthetic_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.ml, pytest.mark.django_db(transaction=True)]

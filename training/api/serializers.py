@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from core.api.parsing import JSONObjectField
 from training.models import (
     DatasetSnapshot,
     DatasetSource,
@@ -248,7 +249,7 @@ class PolicyOut(serializers.ModelSerializer):
         ]
 
     def get_new_images(self, policy: TrainingPolicy) -> int:
-        from training.services import new_image_count
+        from training.services.schedule import new_image_count
 
         return new_image_count(project=policy.project, source=policy.job_config.get("source", DatasetSource.VERIFIED))
 
@@ -260,3 +261,49 @@ class PolicyOut(serializers.ModelSerializer):
 class CompletionIn(serializers.Serializer):
     images = serializers.ListField(child=serializers.IntegerField(), min_length=1, max_length=10_000)
     complete = serializers.BooleanField(default=True)
+
+
+class ModelVersionIn(serializers.Serializer):
+    """A model upload (multipart): the package as ``file``, never a server path."""
+
+    kind = serializers.ChoiceField(choices=ModelKind.choices)
+    name = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
+    activate = serializers.BooleanField(required=False, default=False)
+    config = JSONObjectField(required=False, default=dict, help_text="Inference settings of this version.")
+    file = serializers.FileField(
+        required=False,
+        allow_empty_file=False,
+        help_text="A .zip of the model folder (nnU-Net, two-stage, refinement) or one .pth file (Cellpose).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {
+                    key: (
+                        "server paths are not accepted: upload the model's files as `file` (multipart)"
+                        if key == "artifact_path"
+                        else "unknown field"
+                    )
+                    for key in unknown
+                }
+            )
+        return attrs
+
+
+class ModelVersionOut(serializers.ModelSerializer):
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "project",
+            "kind",
+            "number",
+            "name",
+            "artifacts",
+            "config",
+            "metrics",
+            "status",
+            "created_at",
+        ]

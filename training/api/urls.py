@@ -15,6 +15,7 @@ urlpatterns = [
     ),
     path("projects/<int:project_id>/training/completion", views.ProjectCompletionView.as_view(), name="completion"),
     path("projects/<int:project_id>/training/models", views.ProjectRegistryView.as_view(), name="registry"),
+    path("projects/<int:project_id>/models", views.ModelVersionListView.as_view(), name="model-versions"),
     path("training/models/<int:version_id>", views.ModelDetailView.as_view(), name="model-detail"),
     path("training/models/<int:version_id>/promote", views.ModelPromoteView.as_view(), name="model-promote"),
     path("training/models/<int:version_id>/evaluate", views.ModelEvaluateView.as_view(), name="model-evaluate"),

@@ -16,9 +16,10 @@ from annotations.selectors import project_get_for_user
 from core.api.parsing import paginate, parse, request_user
 from core.errors import ServiceValidationError
 from core.queue import task_enqueue
-from training import selectors, services
+from training import selectors, snapshots
 from training.api import serializers as s
 from training.models import DatasetSnapshot, JobKind, JobStatus, ModelKind
+from training.services import jobs, registry, schedule
 from training.snapshots import snapshot_zip_stream
 
 
@@ -63,7 +64,7 @@ class ProjectJobsView(APIView):
         project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         _reject_unknown(request.data, {"kind", "config", "snapshot"})
         data = parse(s.JobIn, request.data)
-        job = services.training_job_start(
+        job = jobs.training_job_start(
             project=project,
             user=request_user(request),
             kind=data["kind"],
@@ -96,7 +97,7 @@ class JobCancelView(APIView):
     @extend_schema(request=None, responses={200: s.CancelOut, 409: dict}, tags=["training"])
     def post(self, request: Request, job_id: int) -> Response:
         job = selectors.training_job_get_for_user(user=request_user(request), job_id=job_id, capability="train")
-        job = services.training_job_cancel(job=job, user=request_user(request))
+        job = jobs.training_job_cancel(job=job, user=request_user(request))
         return Response({"id": job.pk, "status": job.status, "cancel_requested": job.cancel_requested})
 
 
@@ -114,7 +115,7 @@ class ProjectSnapshotsView(APIView):
         project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         _reject_unknown(request.data, {"source", "synthetic"})
         data = parse(s.SnapshotIn, request.data)
-        snapshot = services.dataset_snapshot_create(
+        snapshot = snapshots.dataset_snapshot_create(
             project=project, user=request_user(request), source=data["source"], synthetic=data.get("synthetic")
         )
         return Response(s.SnapshotOut(snapshot).data, status=status.HTTP_201_CREATED)
@@ -156,7 +157,7 @@ class ProjectCompletionView(APIView):
         project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         _reject_unknown(request.data, {"images", "complete"})
         data = parse(s.CompletionIn, request.data)
-        count = services.image_completion_set(
+        count = snapshots.image_completion_set(
             project=project, image_ids=data["images"], complete=data["complete"], user=request_user(request)
         )
         return Response({"images": count, "complete": data["complete"]})
@@ -198,7 +199,7 @@ class ModelPromoteView(APIView):
         )
         _reject_unknown(request.data, {"reason"})
         data = parse(s.PromoteIn, request.data)
-        version = services.model_version_promote(
+        version = registry.model_version_promote(
             version=version, user=request_user(request), reason=data["reason"] or "promoted by an admin"
         )
         return Response(s.ModelVersionDetailOut(version).data)
@@ -232,7 +233,7 @@ class ProjectRollbackView(APIView):
         _reject_unknown(request.data, {"kind"})
         data = parse(s.RollbackIn, request.data)
         before = project.model_versions.filter(kind=data["kind"], status="active").order_by("-promoted_at").first()
-        target = services.model_version_rollback(project=project, kind=data["kind"], user=request_user(request))
+        target = registry.model_version_rollback(project=project, kind=data["kind"], user=request_user(request))
         return Response({"rolled_back": before.pk if before else None, "active": target.pk if target else None})
 
 
@@ -243,14 +244,34 @@ class ProjectScheduleView(APIView):
     @extend_schema(responses=s.PolicyOut, tags=["training"])
     def get(self, request: Request, project_id: int) -> Response:
         project = project_get_for_user(user=request_user(request), project_id=project_id)
-        return Response(s.PolicyOut(services.training_policy_get(project=project)).data)
+        return Response(s.PolicyOut(schedule.training_policy_get(project=project)).data)
 
     @extend_schema(request=s.PolicyOut, responses=s.PolicyOut, tags=["training"])
     def put(self, request: Request, project_id: int) -> Response:
         project = project_get_for_user(user=request_user(request), project_id=project_id, capability="train")
         if not isinstance(request.data, dict):
             raise ServiceValidationError("Invalid schedule.", {"non_field_errors": "must be an object"})
-        policy = services.training_policy_update(project=project, data=dict(request.data), user=request_user(request))
+        policy = schedule.training_policy_update(project=project, data=dict(request.data), user=request_user(request))
         return Response(s.PolicyOut(policy).data)
 
     patch = put
+
+
+class ModelVersionListView(APIView):
+    @extend_schema(responses=s.ModelVersionOut(many=True), tags=["models"])
+    def get(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
+        return Response(s.ModelVersionOut(project.model_versions.order_by("-id"), many=True).data)
+
+    @extend_schema(
+        request={"multipart/form-data": s.ModelVersionIn, "application/json": s.ModelVersionIn},
+        responses={201: s.ModelVersionOut},
+        tags=["models"],
+    )
+    def post(self, request: Request, project_id: int) -> Response:
+        project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
+        data = parse(s.ModelVersionIn, request.data)
+        version = registry.model_version_upload(
+            project=project, user=request_user(request), upload=data.pop("file", None), **data
+        )
+        return Response(s.ModelVersionOut(version).data, status=status.HTTP_201_CREATED)

@@ -14,9 +14,9 @@ from django.utils import timezone
 
 from annotations.models import AuditEvent, Cell
 from core.errors import ConflictError, ServiceValidationError
-from inference.services import model_version_for_project
-from training import services
 from training.models import DatasetSnapshot, Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
+from training.services import jobs, runner, schedule
+from training.services.registry import model_version_for_project
 from training.tests.factories import synthetic_project
 
 pytestmark = pytest.mark.django_db
@@ -42,7 +42,7 @@ def var_training(settings: Any, tmp_path: Path) -> Path:
 
 
 def _start(sp: Any, kind: str = "cellpose", config: dict[str, Any] | None = None, **kwargs: Any) -> TrainingJob:
-    return services.training_job_start(
+    return jobs.training_job_start(
         project=sp.project,
         user=sp.admin,
         kind=kind,
@@ -84,22 +84,22 @@ def test_start_needs_training_images_and_a_valid_config(enqueued: Any) -> None:
 def test_cancel_queued_job_and_the_task_then_skips_it(enqueued: Any) -> None:
     sp = synthetic_project(splits={"train": 1}, size=64, n_cells=4, n_erythrocytes=1)
     job = _start(sp)
-    services.training_job_cancel(job=job, user=sp.admin)
+    jobs.training_job_cancel(job=job, user=sp.admin)
     job.refresh_from_db()
     assert job.status == JobStatus.CANCELLED and job.finished_at is not None
-    assert services.training_job_run(job_id=job.pk) == {"job": job.pk, "skipped": "job is cancelled"}
+    assert runner.training_job_run(job_id=job.pk) == {"job": job.pk, "skipped": "job is cancelled"}
     with pytest.raises(ConflictError):
-        services.training_job_cancel(job=job, user=sp.admin)
+        jobs.training_job_cancel(job=job, user=sp.admin)
     assert _start(sp).status == JobStatus.QUEUED  # the project is free again
 
 
 def test_cellpose_job_trains_registers_evaluates_and_promotes(enqueued: Any, var_training: Path) -> None:
     sp = synthetic_project(splits={"train": 3, "validation": 1, "test": 2}, size=96, n_cells=8, n_erythrocytes=3)
-    services.training_policy_update(
+    schedule.training_policy_update(
         project=sp.project, data={"gate_margin": -1.0, "gate_tolerance": 1.0}, user=sp.admin
     )
     job = _start(sp)
-    outcome = services.training_job_run(job_id=job.pk, task_id="task-1")
+    outcome = runner.training_job_run(job_id=job.pk, task_id="task-1")
     job.refresh_from_db()
     assert outcome["status"] == JobStatus.SUCCEEDED, job.log
     assert job.status == JobStatus.SUCCEEDED and job.error == ""
@@ -143,7 +143,7 @@ def test_fast_preset_and_network_scale_reach_the_trainer_and_the_registered_vers
         "network_scale": 0.5,
     }}
     job = _start(sp, config=config)
-    outcome = services.training_job_run(job_id=job.pk, task_id="task-fast")
+    outcome = runner.training_job_run(job_id=job.pk, task_id="task-fast")
     job.refresh_from_db()
     assert outcome["status"] == JobStatus.SUCCEEDED, job.log
     assert job.resolved_config["preset"] == "fast" and job.resolved_config["cellpose"]["network_scale"] == 0.5
@@ -160,7 +160,7 @@ def test_running_job_stops_when_cancel_is_requested(enqueued: Any, var_training:
     sp = synthetic_project(splits={"train": 2}, size=64, n_cells=5, n_erythrocytes=2)
     job = _start(sp)
     seen: list[int] = []
-    original = services._JobRunner.progress_fn
+    original = runner.JobRunner.progress_fn
 
     def progress_fn(self: Any, stage: str) -> Any:
         report = original(self, stage)
@@ -169,13 +169,13 @@ def test_running_job_stops_when_cancel_is_requested(enqueued: Any, var_training:
             report(info)
             if info.get("phase") == "train" and not seen:
                 seen.append(1)
-                services.training_job_cancel(job=TrainingJob.objects.get(pk=job.pk), user=sp.admin)
+                jobs.training_job_cancel(job=TrainingJob.objects.get(pk=job.pk), user=sp.admin)
                 self._last_cancel_check = 0.0
 
         return wrapped
 
-    with mock.patch.object(services._JobRunner, "progress_fn", progress_fn):
-        outcome = services.training_job_run(job_id=job.pk)
+    with mock.patch.object(runner.JobRunner, "progress_fn", progress_fn):
+        outcome = runner.training_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert outcome["status"] == JobStatus.CANCELLED and job.status == JobStatus.CANCELLED
     assert job.cancelled_by == sp.admin and "cancelled" in job.log
@@ -197,7 +197,7 @@ def test_redelivered_task_of_a_killed_worker_fails_the_job(enqueued: Any) -> Non
     TrainingJob.objects.filter(pk=job.pk).update(
         status=JobStatus.RUNNING, worker_host=socket.gethostname(), worker_pid=_dead_pid(), heartbeat_at=timezone.now()
     )
-    outcome = services.training_job_run(job_id=job.pk)
+    outcome = runner.training_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert outcome["status"] == JobStatus.FAILED and job.status == JobStatus.FAILED
     assert "is gone" in job.error and "not rerun" in job.error
@@ -218,7 +218,7 @@ def test_reaper_fails_stale_running_and_lost_queued_jobs(enqueued: Any, settings
     TrainingJob.objects.filter(pk=lost.pk).update(
         created_at=timezone.now() - timedelta(seconds=settings.TRAINING_QUEUED_TIMEOUT + 5)
     )
-    assert sorted(services.training_jobs_reap()) == sorted([stale.pk, lost.pk])
+    assert sorted(jobs.training_jobs_reap()) == sorted([stale.pk, lost.pk])
     stale.refresh_from_db()
     assert stale.status == JobStatus.FAILED and "no heartbeat" in stale.error
     lost.refresh_from_db()
@@ -226,7 +226,7 @@ def test_reaper_fails_stale_running_and_lost_queued_jobs(enqueued: Any, settings
     alive.refresh_from_db()
     assert alive.status == JobStatus.RUNNING
     # a redelivered message of a job another worker still runs leaves it alone
-    assert services.training_job_run(job_id=alive.pk) == {"job": alive.pk, "skipped": "running in another worker"}
+    assert runner.training_job_run(job_id=alive.pk) == {"job": alive.pk, "skipped": "running in another worker"}
 
 
 def test_job_whose_image_file_is_gone_fails_with_the_reason(enqueued: Any, var_training: Path) -> None:
@@ -234,7 +234,7 @@ def test_job_whose_image_file_is_gone_fails_with_the_reason(enqueued: Any, var_t
     job = _start(sp)
     image = sp.images["train"][0]
     Path(image.display.path).unlink()
-    outcome = services.training_job_run(job_id=job.pk)
+    outcome = runner.training_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert outcome["status"] == JobStatus.FAILED and job.status == JobStatus.FAILED
     assert "FileNotFoundError" in job.error and "Traceback" in job.log
@@ -244,7 +244,7 @@ def test_schedule_starts_a_job_only_past_the_threshold(enqueued: Any) -> None:
     from django_celery_beat.models import PeriodicTask
 
     sp = synthetic_project(splits={"train": 2, "test": 1}, size=64, n_cells=4, n_erythrocytes=1)
-    policy = services.training_policy_update(
+    policy = schedule.training_policy_update(
         project=sp.project,
         data={
             "schedule_enabled": True,
@@ -259,23 +259,23 @@ def test_schedule_starts_a_job_only_past_the_threshold(enqueued: Any) -> None:
     task = PeriodicTask.objects.get(pk=policy.periodic_task_id)
     assert task.task == "training.schedule_check" and task.args == f"[{sp.project.pk}]" and task.enabled
     assert (task.crontab.minute, task.crontab.hour) == ("*/30", "*")
-    assert services.new_image_count(project=sp.project) == 2  # the test image never counts
-    outcome = services.training_schedule_check(project_id=sp.project.pk)
+    assert schedule.new_image_count(project=sp.project) == 2  # the test image never counts
+    outcome = schedule.training_schedule_check(project_id=sp.project.pk)
     assert outcome == {"started": False, "new_images": 2, "reason": "2 new images < threshold 3"}
-    services.training_policy_update(project=sp.project, data={"min_new_images": 2}, user=sp.admin)
-    outcome = services.training_schedule_check(project_id=sp.project.pk)
+    schedule.training_policy_update(project=sp.project, data={"min_new_images": 2}, user=sp.admin)
+    outcome = schedule.training_schedule_check(project_id=sp.project.pk)
     assert outcome["started"] is True
     job = TrainingJob.objects.get(pk=outcome["job"])
     assert job.trigger == "schedule" and job.created_by is None and job.kind == "cellpose"
-    assert services.training_schedule_check(project_id=sp.project.pk)["reason"] == f"job {job.pk} is queued"
+    assert schedule.training_schedule_check(project_id=sp.project.pk)["reason"] == f"job {job.pk} is queued"
     # after the job succeeded, only images new since its snapshot count
     TrainingJob.objects.filter(pk=job.pk).update(status=JobStatus.SUCCEEDED, finished_at=timezone.now())
-    assert services.new_image_count(project=sp.project) == 0
-    services.training_policy_update(project=sp.project, data={"schedule_enabled": False}, user=sp.admin)
+    assert schedule.new_image_count(project=sp.project) == 0
+    schedule.training_policy_update(project=sp.project, data={"schedule_enabled": False}, user=sp.admin)
     task.refresh_from_db()
     assert not task.enabled
     with pytest.raises(ServiceValidationError) as err:
-        services.training_policy_update(
+        schedule.training_policy_update(
             project=sp.project,
             data={"cron_hour": "25", "gate_metric": "accuracy", "job_config": {"cellpose": {"lr": 1}}},
             user=sp.admin,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import ServiceValidationError
-from cytoseg.trainers.cellpose import CellposeTrainConfig
-from cytoseg.trainers.nnunet import NnUNetTrainConfig
+from cytoseg.trainers.configs import CellposeTrainConfig, NnUNetTrainConfig
 from cytoseg.trainers.presets import (
     FAST_CELLPOSE_SCALE,
     FAST_INFERENCE,
@@ -14,7 +13,7 @@ from cytoseg.trainers.presets import (
     preset_backend_settings,
     preset_base_config,
 )
-from training.services import training_config_validate
+from training.services.config import training_config_validate
 
 
 def test_default_preset_is_paper_a_and_the_planners_plan() -> None:

@@ -3,7 +3,6 @@ promotion gate, promote and roll back."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,10 +16,12 @@ import torch
 from annotations.models import AuditEvent
 from core.errors import ConflictError, ServiceValidationError
 from cytoseg.backends.packages import PackageError, nnunet_checkpoint_sanitize, torch_weights_load
-from inference.services import model_version_baseline, model_version_for_project
 from tests.factories import model_version_files, model_zip
-from training import services
+from training import snapshots
 from training.models import Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
+from training.services import config as job_config
+from training.services import jobs, registry, runner, schedule
+from training.services.registry import model_version_baseline, model_version_for_project
 from training.tests.factories import synthetic_project
 
 pytestmark = pytest.mark.django_db
@@ -29,30 +30,28 @@ pytestmark = pytest.mark.django_db
 # --- configuration -------------------------------------------------------------------------
 
 
-def _schema_of(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+def test_job_sections_are_checked_against_the_trainers_configs() -> None:
+    """The schema is the configuration dataclasses: every default passes, every field is known."""
+    from cytoseg.trainers.configs import (
+        CellposeTrainConfig,
+        NnUNetTrainConfig,
+        RefinementTrainConfig,
+        config_errors,
+    )
 
-
-def test_schema_mirrors_the_trainers_configs() -> None:
-    from cytoseg.trainers.cellpose import CellposeTrainConfig
-    from cytoseg.trainers.nnunet import NnUNetAugmentation, NnUNetPlansOverride, NnUNetTrainConfig
-    from cytoseg.trainers.refinement import RefinementTrainConfig
-
-    assert set(services.NNUNET_SCHEMA) == _schema_of(NnUNetTrainConfig)
-    assert set(services.NNUNET_SCHEMA["augmentation"]) == _schema_of(NnUNetAugmentation)
-    assert set(services.NNUNET_SCHEMA["plans"]) == _schema_of(NnUNetPlansOverride)
-    assert set(services.CELLPOSE_SCHEMA) == _schema_of(CellposeTrainConfig)
-    assert set(services.REFINEMENT_SCHEMA) == _schema_of(RefinementTrainConfig)
-    # every default passes the type check
-    for schema, config in (
-        (services.NNUNET_SCHEMA, NnUNetTrainConfig().to_dict()),
-        (services.NNUNET_SCHEMA, NnUNetTrainConfig.tiny().to_dict()),
-        (services.CELLPOSE_SCHEMA, CellposeTrainConfig().to_dict()),
-        (services.REFINEMENT_SCHEMA, RefinementTrainConfig.tiny().to_dict()),
+    for cls, config in (
+        (NnUNetTrainConfig, NnUNetTrainConfig().to_dict()),
+        (NnUNetTrainConfig, NnUNetTrainConfig.tiny().to_dict()),
+        (CellposeTrainConfig, CellposeTrainConfig().to_dict()),
+        (CellposeTrainConfig, CellposeTrainConfig.tiny().to_dict()),
+        (RefinementTrainConfig, RefinementTrainConfig.tiny().to_dict()),
     ):
-        errors: dict[str, str] = {}
-        services._validate_section(json.loads(json.dumps(config)), schema, "config", errors)
-        assert errors == {}
+        assert config_errors(cls, json.loads(json.dumps(config)), "config") == {}
+        assert cls.from_dict(json.loads(json.dumps(config))) == cls.from_dict(config)  # type: ignore[attr-defined]
+    # a field added to a configuration is accepted without any copy to keep in step
+    assert job_config.training_config_validate(kind="cellpose", config={"cellpose": {"bn_recalibrate_batches": 2}})
+    errors = config_errors(NnUNetTrainConfig, {"dataset_name": "../x", "configuration": "3d", "dataset_id": 0}, "c")
+    assert set(errors) == {"c.dataset_name", "c.configuration", "c.dataset_id"}
 
 
 def test_config_validation_names_every_bad_key() -> None:
@@ -65,7 +64,7 @@ def test_config_validation_names_every_bad_key() -> None:
         "evaluate": True,
         "synthetic": {"count": 4, "darken": [1.8, 2.5]},
     }
-    assert services.training_config_validate(kind="two_stage", config=ok) == ok
+    assert job_config.training_config_validate(kind="two_stage", config=ok) == ok
     bad = {
         "presets": "tiny",
         "device": "gpu",
@@ -79,7 +78,7 @@ def test_config_validation_names_every_bad_key() -> None:
         "synthetic": {"count": 2, "colour": 1},
     }
     with pytest.raises(ServiceValidationError) as err:
-        services.training_config_validate(kind="nnunet", config=bad)
+        job_config.training_config_validate(kind="nnunet", config=bad)
     assert err.value.errors == {
         "config.presets": "unknown key",
         "config.device": "must be auto, cpu, cuda or cuda:N",
@@ -92,10 +91,10 @@ def test_config_validation_names_every_bad_key() -> None:
         "config.synthetic.colour": "unknown key",
     }
     with pytest.raises(ServiceValidationError) as err:
-        services.training_config_validate(kind="cellpose", config={"source": "verified"}, with_snapshot=True)
+        job_config.training_config_validate(kind="cellpose", config={"source": "verified"}, with_snapshot=True)
     assert "config.source" in err.value.errors
     with pytest.raises(ServiceValidationError) as err:
-        services.training_config_validate(kind="yolo", config={})
+        job_config.training_config_validate(kind="yolo", config={})
     assert "kind" in err.value.errors
 
 
@@ -133,9 +132,9 @@ def test_checkpoint_sanitize_and_safe_check(tmp_path: Path) -> None:
         "current_epoch",
     }
     assert loaded["init_args"]["device"] == "cpu" and torch.equal(loaded["network_weights"]["w"], torch.ones(2, 2))
-    digest = services.file_sha256(path)
+    digest = registry.file_sha256(path)
     nnunet_checkpoint_sanitize(path)  # a sanitised file is left as it is (its sha256 may be recorded)
-    assert services.file_sha256(path) == digest
+    assert registry.file_sha256(path) == digest
     evil = tmp_path / "evil.pt"
     torch.save({"x": Payload()}, evil)
     with pytest.raises(PackageError):
@@ -156,36 +155,36 @@ def test_promote_roll_back_and_tampered_artifacts(tmp_path: Path) -> None:
     v2 = _version(project, ModelKind.CELLPOSE, "v2")
     v3 = _version(project, ModelKind.CELLPOSE, "v3")
     assert v1.artifacts == [
-        {"path": "weights.bin", "sha256": services.file_sha256(Path(v1.artifact_path) / "weights.bin"), "size": 9}
+        {"path": "weights.bin", "sha256": registry.file_sha256(Path(v1.artifact_path) / "weights.bin"), "size": 9}
     ]
     for version in (v1, v2, v3):
-        services.model_version_promote(version=version, user=sp.admin, reason="test")
+        registry.model_version_promote(version=version, user=sp.admin, reason="test")
     statuses = dict(ModelVersion.objects.values_list("pk", "status"))
     assert statuses == {baseline.pk: "active", v1.pk: "retired", v2.pk: "retired", v3.pk: "active"}
     assert model_version_for_project(project=project) == v3
     # roll back walks the chain of replaced versions
-    assert services.model_version_rollback(project=project, kind="cellpose", user=sp.admin) == v2
-    assert services.model_version_rollback(project=project, kind="cellpose", user=sp.admin) == v1
-    assert services.model_version_rollback(project=project, kind="cellpose", user=sp.admin) is None
+    assert registry.model_version_rollback(project=project, kind="cellpose", user=sp.admin) == v2
+    assert registry.model_version_rollback(project=project, kind="cellpose", user=sp.admin) == v1
+    assert registry.model_version_rollback(project=project, kind="cellpose", user=sp.admin) is None
     assert model_version_for_project(project=project) == baseline
     with pytest.raises(ConflictError):
-        services.model_version_rollback(project=project, kind="cellpose", user=sp.admin)
+        registry.model_version_rollback(project=project, kind="cellpose", user=sp.admin)
     assert AuditEvent.objects.filter(action="model.rollback").count() == 3
     # a changed artifact file is refused
     (Path(v2.artifact_path) / "weights.bin").write_bytes(b"tampered")
     with pytest.raises(ConflictError, match="sha256"):
-        services.model_version_promote(version=v2, user=sp.admin)
+        registry.model_version_promote(version=v2, user=sp.admin)
     (Path(v3.artifact_path) / "fold_9").mkdir()
     (Path(v3.artifact_path) / "fold_9" / "extra.pth").write_bytes(b"a file nobody registered")
     with pytest.raises(ConflictError, match="changed since it was registered"):
-        services.artifacts_verify(v3)
+        registry.artifacts_verify(v3)
     shutil.rmtree(v1.artifact_path)
     with pytest.raises(ConflictError, match="changed since it was registered"):
-        services.model_version_promote(version=v1, user=sp.admin)
+        registry.model_version_promote(version=v1, user=sp.admin)
     v3.status = ModelStatus.FAILED
     v3.save()
     with pytest.raises(ConflictError):
-        services.model_version_promote(version=v3, user=sp.admin)
+        registry.model_version_promote(version=v3, user=sp.admin)
 
 
 # --- evaluation and the gate ---------------------------------------------------------------
@@ -193,9 +192,9 @@ def test_promote_roll_back_and_tampered_artifacts(tmp_path: Path) -> None:
 
 def test_evaluate_baseline_on_the_frozen_test_split() -> None:
     sp = synthetic_project(splits={"train": 1, "test": 3}, size=96, n_cells=8, n_erythrocytes=3)
-    snapshot = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    snapshot = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
     baseline = model_version_baseline(project=sp.project)
-    evaluation = services.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
+    evaluation = registry.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
     overall = evaluation.overall
     assert overall["n_images"] == 3 and 0 < overall["dice"] <= 1 and 0 <= overall["dsb"] <= 1
     assert {
@@ -217,35 +216,35 @@ def test_evaluate_baseline_on_the_frozen_test_split() -> None:
     baseline.refresh_from_db()
     assert baseline.metrics["snapshot"] == snapshot.pk and baseline.metrics["overall"] == overall
     # evaluating again replaces the row for that snapshot
-    services.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
+    registry.model_version_evaluate(version=baseline, snapshot=snapshot, device="cpu")
     assert Evaluation.objects.filter(model_version=baseline).count() == 1
     train_only = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1, seed=70)
-    empty = services.dataset_snapshot_create(project=train_only.project, user=train_only.admin)
+    empty = snapshots.dataset_snapshot_create(project=train_only.project, user=train_only.admin)
     with pytest.raises(ServiceValidationError):
-        services.model_version_evaluate(version=model_version_baseline(project=train_only.project), snapshot=empty)
+        registry.model_version_evaluate(version=model_version_baseline(project=train_only.project), snapshot=empty)
 
 
 def test_gate_compares_with_the_active_model_on_the_same_snapshot(tmp_path: Path) -> None:
     sp = synthetic_project(splits={"train": 1, "test": 1}, size=64, n_cells=3, n_erythrocytes=1)
-    snapshot = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    snapshot = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
     active = _version(sp.project, ModelKind.NNUNET, "a")
-    services.model_version_promote(version=active, user=None)
+    registry.model_version_promote(version=active, user=None)
     candidate = _version(sp.project, ModelKind.NNUNET, "b")
     Evaluation.objects.create(model_version=active, snapshot=snapshot, overall={"dsb": 0.40, "dice": 0.8})
     Evaluation.objects.create(model_version=candidate, snapshot=snapshot, overall={"dsb": 0.45, "dice": 0.79})
-    policy = services.training_policy_update(
+    policy = schedule.training_policy_update(
         project=sp.project, data={"gate_metric": "dsb", "gate_margin": 0.02, "gate_tolerance": 0.02}, user=sp.admin
     )
-    assert services._baseline_for(candidate) == active
-    decision = services.promotion_gate(version=candidate, baseline=active, snapshot=snapshot, policy=policy)
+    assert registry.baseline_for(candidate) == active
+    decision = registry.promotion_gate(version=candidate, baseline=active, snapshot=snapshot, policy=policy)
     assert decision.promote and decision.baseline == 0.40
-    policy = services.training_policy_update(project=sp.project, data={"gate_margin": 0.1}, user=sp.admin)
-    decision = services.promotion_gate(version=candidate, baseline=active, snapshot=snapshot, policy=policy)
+    policy = schedule.training_policy_update(project=sp.project, data={"gate_margin": 0.1}, user=sp.admin)
+    decision = registry.promotion_gate(version=candidate, baseline=active, snapshot=snapshot, policy=policy)
     assert not decision.promote and "margin" in decision.reason
     # an active model that cannot be run on this snapshot blocks the promotion, with the reason
-    other = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    other = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
     Evaluation.objects.create(model_version=candidate, snapshot=other, overall={"dsb": 0.9})
-    decision = services.promotion_gate(version=candidate, baseline=active, snapshot=other, policy=policy)
+    decision = registry.promotion_gate(version=candidate, baseline=active, snapshot=other, policy=policy)
     assert not decision.promote and "could not be evaluated" in decision.reason
 
 
@@ -254,7 +253,7 @@ def test_refinement_job_refines_the_active_nnunet(nnunet_model: Any, settings: A
     """Paper B on paper A's stage 1: the job takes the active nnU-Net as its frozen first stage."""
     settings.TRAINING_DIR = str(tmp_path / "training")
     sp = synthetic_project(splits={"train": 2, "test": 1}, size=96, n_cells=8, n_erythrocytes=3)
-    base = services.model_version_upload(
+    base = registry.model_version_upload(
         project=sp.project,
         kind=ModelKind.NNUNET,
         upload=model_zip(nnunet_model.model_folder),
@@ -262,10 +261,10 @@ def test_refinement_job_refines_the_active_nnunet(nnunet_model: Any, settings: A
         user=sp.admin,
     )
     with pytest.raises(ServiceValidationError):  # no active nnU-Net yet
-        services.training_job_start(project=sp.project, user=sp.admin, kind="refinement", config={})
-    services.model_version_promote(version=base, user=sp.admin)
+        jobs.training_job_start(project=sp.project, user=sp.admin, kind="refinement", config={})
+    registry.model_version_promote(version=base, user=sp.admin)
     with mock.patch("core.queue.task_send"):
-        job = services.training_job_start(
+        job = jobs.training_job_start(
             project=sp.project,
             user=sp.admin,
             kind="refinement",
@@ -276,7 +275,7 @@ def test_refinement_job_refines_the_active_nnunet(nnunet_model: Any, settings: A
                 "refinement": {"max_epochs": 2, "iterations_per_epoch": 2},
             },
         )
-    outcome = services.training_job_run(job_id=job.pk)
+    outcome = runner.training_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert outcome["status"] == JobStatus.SUCCEEDED, job.log
     version = ModelVersion.objects.get(job=job)
@@ -294,7 +293,7 @@ def test_django_admin_schedule_validates_and_keeps_beat_in_step(client: Any) -> 
     from tests.factories import UserFactory
 
     sp = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1)
-    policy = services.training_policy_get(project=sp.project)
+    policy = schedule.training_policy_get(project=sp.project)
     client.force_login(UserFactory(is_staff=True, is_superuser=True))
     url = f"/admin/training/trainingpolicy/{policy.pk}/change/"
     assert client.get(url).status_code == 200

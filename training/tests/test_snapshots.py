@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 
 from annotations.models import Cell, Image, Layer
 from core.errors import ServiceValidationError
-from training import services
+from training import snapshots
 from training.models import FrozenTestImage
 from training.snapshots import snapshot_load, snapshot_zip_stream
 from training.tests.factories import synthetic_project
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 
 def test_snapshot_records_images_revisions_and_cells() -> None:
     sp = synthetic_project(splits={"train": 2, "validation": 1, "test": 1}, size=64, n_cells=5, n_erythrocytes=2)
-    snapshot = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    snapshot = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
     assert snapshot.number == 1 and snapshot.source == "verified"
     assert {k: v["images"] for k, v in snapshot.counts.items()} == {"train": 2, "validation": 1, "test": 1}
     items = {item.image_id: item for item in snapshot.items.all()}
@@ -39,36 +39,36 @@ def test_snapshot_records_images_revisions_and_cells() -> None:
     Cell.objects.filter(image=image, layer=Layer.VERIFIED).delete()
     item.refresh_from_db()
     assert len(item.cells) == len(verified)
-    again = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    again = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
     assert again.number == 2 and again.sha256 != snapshot.sha256
 
 
 def test_unverified_images_stay_out_and_annotation_source_needs_completion() -> None:
     sp = synthetic_project(splits={"train": 2, "test": 1}, size=64, n_cells=4, n_erythrocytes=1, verified=False)
     with pytest.raises(ServiceValidationError) as err:
-        services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+        snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
     assert "source" in err.value.errors
     with pytest.raises(ServiceValidationError):
-        services.dataset_snapshot_create(project=sp.project, user=sp.admin, source="annotation")
+        snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin, source="annotation")
     marked = [sp.images["train"][0].pk, sp.images["test"][0].pk]
-    services.image_completion_set(project=sp.project, image_ids=marked, complete=True, user=sp.admin)
-    snapshot = services.dataset_snapshot_create(project=sp.project, user=sp.admin, source="annotation")
+    snapshots.image_completion_set(project=sp.project, image_ids=marked, complete=True, user=sp.admin)
+    snapshot = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin, source="annotation")
     assert sorted(snapshot.items.values_list("image_id", flat=True)) == sorted(marked)
     annotation = Cell.objects.filter(image_id=marked[0], layer=Layer.ANNOTATION).count()
     assert len(snapshot.items.get(image_id=marked[0]).cells) == annotation > 0
     with pytest.raises(ServiceValidationError) as err:
-        services.image_completion_set(project=sp.project, image_ids=[999999], complete=True, user=sp.admin)
+        snapshots.image_completion_set(project=sp.project, image_ids=[999999], complete=True, user=sp.admin)
     assert "images" in err.value.errors
 
 
 def test_test_split_is_frozen() -> None:
     sp = synthetic_project(splits={"train": 2, "test": 1}, size=64, n_cells=4, n_erythrocytes=1)
     test_image, train_image = sp.images["test"][0], sp.images["train"][0]
-    services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
     # someone moves the test image to train and a trained image to test
     Image.objects.filter(pk=test_image.pk).update(split="train")
     Image.objects.filter(pk=train_image.pk).update(split="test")
-    second = services.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    second = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
     splits = dict(second.items.values_list("image_id", "split"))
     assert splits[test_image.pk] == "test"  # frozen: never feeds training
     assert train_image.pk not in splits  # was trained on: cannot join the test split
@@ -79,16 +79,16 @@ def test_test_split_is_frozen() -> None:
 def test_synthetic_option_is_validated() -> None:
     sp = synthetic_project(splits={"train": 1}, size=64, n_cells=4, n_erythrocytes=1)
     with pytest.raises(ServiceValidationError) as err:
-        services.dataset_snapshot_create(project=sp.project, user=sp.admin, synthetic={"count": 2, "colour": 1})
+        snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin, synthetic={"count": 2, "colour": 1})
     assert err.value.errors == {"synthetic.colour": "unknown option"}
     with pytest.raises(ServiceValidationError) as err:
-        services.dataset_snapshot_create(project=sp.project, user=sp.admin, source="gold")
+        snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin, source="gold")
     assert "source" in err.value.errors
 
 
 def test_snapshot_load_gives_training_arrays_and_synthetic_clusters() -> None:
     sp = synthetic_project(splits={"train": 2, "test": 1}, size=96, n_cells=6, n_erythrocytes=3)
-    snapshot = services.dataset_snapshot_create(
+    snapshot = snapshots.dataset_snapshot_create(
         project=sp.project, user=sp.admin, synthetic={"count": 2, "seed": 1, "fill_fraction": 0.3}
     )
     data = snapshot_load(snapshot)
@@ -111,7 +111,7 @@ def _zip(snapshot, fmt: str) -> zipfile.ZipFile:
 
 def test_downloads_are_nnunet_and_cellpose_layouts() -> None:
     sp = synthetic_project(splits={"train": 2, "validation": 1, "test": 1}, size=96, n_cells=6, n_erythrocytes=3)
-    snapshot = services.dataset_snapshot_create(project=sp.project, user=sp.admin, synthetic={"count": 1})
+    snapshot = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin, synthetic={"count": 1})
     archive = _zip(snapshot, "nnunet")
     names = set(archive.namelist())
     root = f"Dataset042_Project{sp.project.pk}Snapshot1"

@@ -1,0 +1,506 @@
+"""The model registry, the one front door for model versions: register (uploads and training
+outputs), the files' checks, the settings a version runs with, the active version of a project,
+evaluation on a snapshot's frozen test split, the promotion gate, promote and roll back."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.files import File
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from annotations.models import Project, Split
+from annotations.services.audit import audit_record
+from core.errors import ConflictError, ServiceValidationError
+from cytoseg.augment import cells_from_polygons
+from cytoseg.backends import backend_settings_errors
+from cytoseg.backends.packages import (
+    PACKAGE_KINDS,
+    PackageError,
+    archive_unpack,
+    folder_remove,
+    package_files,
+    package_prepare,
+    package_single_file,
+)
+from cytoseg.evaluation import DEFAULT_GUARDED, EvalImage, GateDecision, evaluate_backend, gate_decide
+from cytoseg.imaging import read_rgb
+from training.models import (
+    DatasetSnapshot,
+    Evaluation,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+    SnapshotItem,
+    TrainingJob,
+    TrainingPolicy,
+)
+from training.services.config import device_for
+
+logger = logging.getLogger(__name__)
+
+
+# Preference order of the kinds a project can pre-segment with.
+PRESEGMENT_KINDS = (
+    ModelKind.TWO_STAGE,
+    ModelKind.CELLPOSE,
+    ModelKind.NNUNET,
+    ModelKind.REGION_GROWING,
+    ModelKind.WATERSHED,
+)
+
+
+def model_version_baseline(*, project: Project) -> ModelVersion:
+    """The watershed baseline version of a project (needs no training; used until a model is)."""
+    version, _ = ModelVersion.objects.get_or_create(
+        project=project,
+        kind=ModelKind.WATERSHED,
+        number=1,
+        defaults={"name": "Watershed baseline (no training)", "status": ModelStatus.ACTIVE},
+    )
+    return version
+
+
+def model_version_for_project(*, project: Project) -> ModelVersion:
+    """The version pre-segmentation uses: the active model, else the watershed baseline."""
+    active = {v.kind: v for v in ModelVersion.objects.filter(project=project, status=ModelStatus.ACTIVE).order_by("id")}
+    for kind in PRESEGMENT_KINDS:
+        if kind in active:
+            return active[kind]
+    return model_version_baseline(project=project)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artifacts_inspect(root: Path) -> list[dict[str, Any]]:
+    """``[{path, sha256, size}]`` of every file under ``root`` (paths relative to it, sorted)."""
+    root = Path(root)
+    out = []
+    for relative in package_files(root):
+        path = root if root.is_file() else root / relative
+        out.append({"path": relative, "sha256": file_sha256(path), "size": path.stat().st_size})
+    return out
+
+
+def artifact_roots() -> tuple[Path, ...]:
+    """Where model files may lie: training outputs and uploaded packages, nowhere else."""
+    return (Path(settings.TRAINING_DIR).resolve(), Path(settings.MODEL_DIR).resolve())
+
+
+def artifacts_verify(version: ModelVersion) -> None:
+    """Raise ConflictError unless ``version``'s files are exactly the ones registered.
+
+    They must lie in the platform's model storage (a version registered by path before uploads
+    existed may point anywhere and is refused), be the recorded files and no others (a loader
+    picks up any fold it finds), and each have its recorded sha256.
+    """
+    if version.kind not in PACKAGE_KINDS:
+        return
+    if not version.artifact_path or not version.artifacts:
+        raise ConflictError(f"{version} has no recorded model files; upload the model again.")
+    root = Path(version.artifact_path).resolve()
+    if not any(root.is_relative_to(top) for top in artifact_roots()):
+        raise ConflictError(f"The files of {version} lie outside the platform's model storage; upload the model again.")
+    try:
+        present = set(package_files(root)) if root.exists() else set()
+    except PackageError as exc:
+        raise ConflictError(f"The files of {version} are refused: {exc}") from exc
+    recorded = {entry["path"] for entry in version.artifacts}
+    if present != recorded:
+        changed = sorted(present ^ recorded)
+        raise ConflictError(f"The files of {version} changed since it was registered: {', '.join(changed[:5])}.")
+    for entry in version.artifacts:
+        path = root if root.is_file() else root / entry["path"]
+        if file_sha256(path) != entry["sha256"]:
+            raise ConflictError(f"Artifact {entry['path']} of {version} does not match its recorded sha256.")
+
+
+def model_version_settings(*, version: ModelVersion) -> dict[str, Any]:
+    """The backend settings ``version`` runs with: the project's settings for its kind,
+    overridden by the version's own.
+
+    Checked against the backend's schema with server paths refused, so that settings stored
+    before they were validated can never point a worker at a file.
+    """
+    project_settings = (version.project.pipeline or {}).get(version.kind) or {}
+    merged = {**(project_settings if isinstance(project_settings, dict) else {}), **(version.config or {})}
+    errors = backend_settings_errors(version.kind, merged, allow_paths=False)
+    if errors:
+        problems = "; ".join(f"{key or 'settings'}: {message}" for key, message in sorted(errors.items()))
+        raise ConflictError(f"The settings of {version} are invalid ({problems}); correct the project's pipeline.")
+    return merged
+
+
+def model_version_upload(
+    *,
+    project: Project,
+    kind: str,
+    upload: File | None,
+    name: str = "",
+    config: Any = None,
+    user: User | None,
+    activate: bool = False,
+) -> ModelVersion:
+    """Register a model the admin uploads: a .zip of the model folder, or a single torch file.
+
+    The package is unpacked into the platform's model storage (never read from a path anyone
+    names), every torch file must load weights-only, nnU-Net's plans may only name allowed
+    classes, and the files' sha256 are recorded and checked again before every use. ``config``
+    holds the version's inference settings, validated like a project's pipeline.
+    """
+    config = {} if config is None else config
+    errors: dict[str, str] = {}
+    if kind not in ModelKind.values:
+        errors["kind"] = f"must be one of {', '.join(ModelKind.values)}"
+    else:
+        settings_problems = backend_settings_errors(kind, config, allow_paths=False)
+        errors.update({f"config.{k}" if k else "config": v for k, v in settings_problems.items()})
+        if kind in PACKAGE_KINDS and upload is None:
+            errors["file"] = f"is required: a {kind} model is uploaded as a .zip of its folder" + (
+                " or a single .pth file" if kind in ("cellpose", "refinement") else ""
+            )
+        elif kind not in PACKAGE_KINDS and upload is not None:
+            errors["file"] = f"a {kind} model has no files"
+        elif upload is not None and (upload.size or 0) > settings.MODEL_UPLOAD_MAX_BYTES:
+            errors["file"] = f"is larger than {settings.MODEL_UPLOAD_MAX_BYTES} bytes"
+    if len(name) > 200:
+        errors["name"] = "must be at most 200 characters"
+    if errors:
+        raise ServiceValidationError("Invalid model version.", errors)
+    folder = _package_store(project=project, kind=kind, upload=upload, config=config) if upload is not None else None
+    try:
+        with transaction.atomic():
+            version = model_version_register(
+                project=project,
+                kind=kind,
+                name=name,
+                folder=folder,
+                config=config,
+                user=user,
+                status=ModelStatus.ACTIVE if activate else ModelStatus.CANDIDATE,
+            )
+            audit_record(
+                project=project,
+                actor=user,
+                action="model.register",
+                target=str(version),
+                after={"files": len(version.artifacts), "status": version.status, "config": version.config},
+            )
+            return version
+    except BaseException:
+        if folder is not None:
+            folder_remove(folder)
+        raise
+
+
+def _package_store(*, project: Project, kind: str, upload: File, config: Mapping[str, Any]) -> Path:
+    """Unpack (or copy) an upload into a fresh folder of the model storage, checked."""
+    key = uuid.uuid4().hex
+    staging = Path(settings.MODEL_DIR) / "staging" / key
+    staging.mkdir(parents=True)
+    file_name = Path(upload.name or "upload").name
+    try:
+        upload.seek(0)
+        # By name: a .pth file is itself a zip archive (torch's format), never to be unpacked.
+        if file_name.lower().endswith(".zip"):
+            archive_unpack(upload, staging, max_bytes=settings.MODEL_UPLOAD_MAX_BYTES)
+        else:
+            with (staging / package_single_file(kind, file_name)).open("xb") as out:
+                for chunk in upload.chunks():
+                    out.write(chunk)
+        package_prepare(kind, staging, config)
+        final = Path(settings.MODEL_DIR) / str(project.pk) / key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, final)
+        return final
+    except PackageError as exc:
+        folder_remove(staging)
+        raise ServiceValidationError("The model files were refused.", {"file": str(exc)}) from exc
+    except BaseException:
+        folder_remove(staging)
+        raise
+
+
+def model_version_register(
+    *,
+    project: Project,
+    kind: str,
+    name: str,
+    folder: Path | None,
+    config: dict[str, Any],
+    user: User | None,
+    status: str,
+    job: TrainingJob | None = None,
+) -> ModelVersion:
+    """The registry row of a checked package (numbered per project and kind; one active per kind)."""
+    artifacts = artifacts_inspect(folder) if folder is not None else []
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        last = ModelVersion.objects.filter(project=project, kind=kind).aggregate(top=Max("number"))
+        version = ModelVersion.objects.create(
+            project=project,
+            kind=kind,
+            number=(last["top"] or 0) + 1,
+            name=name,
+            artifact_path=str(folder) if folder is not None else "",
+            artifacts=artifacts,
+            config=config,
+            status=status,
+            promoted_at=timezone.now() if status == ModelStatus.ACTIVE else None,
+            created_by=user,
+            job=job,
+            snapshot=job.snapshot if job is not None else None,
+        )
+        if status == ModelStatus.ACTIVE:
+            # One active version per kind: pre-segmentation picks among kinds by preference.
+            ModelVersion.objects.filter(project=project, kind=kind, status=ModelStatus.ACTIVE).exclude(
+                pk=version.pk
+            ).update(status=ModelStatus.RETIRED)
+    return version
+
+
+def _eval_images(items: list[SnapshotItem], should_cancel: Callable[[], bool] | None) -> Iterable[EvalImage]:
+    for item in items:
+        if should_cancel is not None and should_cancel():
+            from cytoseg.trainers import TrainingCancelled
+
+            raise TrainingCancelled("cancelled during evaluation")
+        if item.image is None:
+            logger.warning("snapshot %s: image %s was deleted; not evaluated", item.snapshot_id, item.file_name)
+            continue
+        with item.image.display.open("rb") as handle:
+            rgb = read_rgb(handle.read())
+        gt = cells_from_polygons(
+            [c["polygon"] for c in item.cells], [c["label"] for c in item.cells], height=item.height, width=item.width
+        )
+        yield EvalImage(
+            key=str(item.image_id),
+            group=item.bethesda or "unassigned",
+            image=rgb,
+            gt=gt,
+            gt_labels=[c.label for c in gt],
+        )
+
+
+def model_version_evaluate(
+    *,
+    version: ModelVersion,
+    snapshot: DatasetSnapshot,
+    device: str | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Evaluation:
+    """Run ``version`` on the snapshot's test images (ground truth: the snapshot's cells) and
+    store the metrics (``Evaluation``, mirrored into ``version.metrics``)."""
+    from cytoseg.backends import backend_get
+
+    if snapshot.project_id != version.project_id:
+        raise ServiceValidationError("Invalid evaluation.", {"snapshot": "not a snapshot of the model's project"})
+    items = list(snapshot.items.filter(split=Split.TEST).select_related("image").order_by("id"))
+    if not items:
+        raise ServiceValidationError("Nothing to evaluate on.", {"snapshot": "the snapshot has no test images"})
+    artifacts_verify(version)
+    backend = backend_get(
+        name=version.kind,
+        artifacts=Path(version.artifact_path) if version.artifact_path else None,
+        settings=model_version_settings(version=version),
+        device=device or device_for({}),
+    )
+    result = evaluate_backend(backend, _eval_images(items, should_cancel))
+    seconds = float(result.timings.get("predict", 0.0) + result.timings.get("metrics", 0.0))
+    evaluation, _ = Evaluation.objects.update_or_create(
+        model_version=version,
+        snapshot=snapshot,
+        defaults={
+            "overall": result.overall,
+            "per_bethesda": result.per_group,
+            "per_image": result.per_image,
+            "seconds": seconds,
+        },
+    )
+    version.metrics = {
+        "snapshot": snapshot.pk,
+        "evaluation": evaluation.pk,
+        "overall": result.overall,
+        "per_bethesda": result.per_group,
+        "per_image": result.per_image,
+        "timings": result.timings,
+    }
+    version.save(update_fields=["metrics"])
+    return evaluation
+
+
+def baseline_for(version: ModelVersion) -> ModelVersion | None:
+    """What a candidate must beat: the active version of its kind, else the version that
+    pre-segmentation uses now (the watershed baseline in a fresh project)."""
+    active = (
+        ModelVersion.objects.filter(project_id=version.project_id, kind=version.kind, status=ModelStatus.ACTIVE)
+        .exclude(pk=version.pk)
+        .order_by("-promoted_at", "-id")
+        .first()
+    )
+    if active is not None:
+        return active
+    current = model_version_for_project(project=version.project)
+    return None if current.pk == version.pk else current
+
+
+def _gate_settings(policy: TrainingPolicy) -> tuple[str, float, float, tuple[str, ...]]:
+    metric = policy.gate_metric or settings.TRAINING_GATE_METRIC
+    margin = settings.TRAINING_GATE_MARGIN if policy.gate_margin is None else policy.gate_margin
+    tolerance = settings.TRAINING_GATE_TOLERANCE if policy.gate_tolerance is None else policy.gate_tolerance
+    guarded = tuple(policy.gate_guarded) if policy.gate_guarded else DEFAULT_GUARDED
+    return metric, float(margin), float(tolerance), guarded
+
+
+def promotion_gate(
+    *,
+    version: ModelVersion,
+    baseline: ModelVersion | None,
+    snapshot: DatasetSnapshot,
+    policy: TrainingPolicy,
+    device: str | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> GateDecision:
+    """The gate's decision for ``version`` against ``baseline``, both evaluated on ``snapshot``
+    (the baseline is evaluated now when it has not been on this snapshot yet)."""
+    metric, margin, tolerance, guarded = _gate_settings(policy)
+    candidate = Evaluation.objects.filter(model_version=version, snapshot=snapshot).first()
+    if candidate is None:
+        candidate = model_version_evaluate(
+            version=version, snapshot=snapshot, device=device, should_cancel=should_cancel
+        )
+    baseline_metrics: dict[str, Any] | None = None
+    if baseline is not None:
+        done = Evaluation.objects.filter(model_version=baseline, snapshot=snapshot).first()
+        if done is None:
+            try:
+                done = model_version_evaluate(
+                    version=baseline, snapshot=snapshot, device=device, should_cancel=should_cancel
+                )
+            except Exception as exc:
+                from cytoseg.trainers import TrainingCancelled
+
+                if isinstance(exc, TrainingCancelled):
+                    raise
+                logger.warning("Baseline %s could not be evaluated: %s", baseline, exc)
+                decision = gate_decide(
+                    candidate=candidate.overall,
+                    baseline=None,
+                    metric=metric,
+                    margin=margin,
+                    tolerance=tolerance,
+                    guarded=guarded,
+                )
+                decision.reason = f"the active model {baseline} could not be evaluated: {exc}"
+                return decision
+        baseline_metrics = done.overall
+    return gate_decide(
+        candidate=candidate.overall,
+        baseline=baseline_metrics,
+        metric=metric,
+        margin=margin,
+        tolerance=tolerance,
+        guarded=guarded,
+    )
+
+
+def model_version_promote(
+    *, version: ModelVersion, user: User | None, reason: str = "", decision: GateDecision | None = None
+) -> ModelVersion:
+    """Make ``version`` the active model of its kind (the previous one is retired and remembered
+    for a rollback). Artifacts are checked against their recorded sha256 first."""
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=version.project_id).first()
+        version.refresh_from_db()
+        if version.status == ModelStatus.FAILED:
+            raise ConflictError(f"{version} failed and cannot be promoted.", {"status": version.status})
+        if version.status == ModelStatus.ACTIVE:
+            return version
+        artifacts_verify(version)
+        previous = (
+            ModelVersion.objects.filter(project_id=version.project_id, kind=version.kind, status=ModelStatus.ACTIVE)
+            .exclude(pk=version.pk)
+            .order_by("-promoted_at", "-id")
+        )
+        replaced = previous.first()
+        previous.update(status=ModelStatus.RETIRED)
+        version.status = ModelStatus.ACTIVE
+        version.promoted_at = timezone.now()
+        version.replaced = replaced
+        version.save(update_fields=["status", "promoted_at", "replaced"])
+        audit_record(
+            project=version.project,
+            actor=user,
+            action="model.promote",
+            target=str(version),
+            before={"active": replaced.pk if replaced else None},
+            after={"active": version.pk, "reason": reason, "gate": decision.to_dict() if decision else None},
+        )
+    return version
+
+
+def model_version_rollback(*, project: Project, kind: str, user: User | None) -> ModelVersion | None:
+    """Retire the active ``kind`` model and reactivate the one it replaced (None when there was
+    none: pre-segmentation then falls back to the next kind or the baseline)."""
+    if kind not in ModelKind.values:
+        raise ServiceValidationError("Invalid rollback.", {"kind": f"must be one of {', '.join(ModelKind.values)}"})
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        current = (
+            ModelVersion.objects.filter(project=project, kind=kind, status=ModelStatus.ACTIVE)
+            .order_by("-promoted_at", "-id")
+            .first()
+        )
+        if current is None:
+            raise ConflictError(f"The project has no active {kind} model to roll back.")
+        target = current.replaced
+        if target is not None and target.status == ModelStatus.FAILED:
+            target = None
+        if target is not None:
+            artifacts_verify(target)
+        current.status = ModelStatus.RETIRED
+        current.save(update_fields=["status"])
+        if target is not None:
+            target.status = ModelStatus.ACTIVE
+            target.promoted_at = timezone.now()
+            target.save(update_fields=["status", "promoted_at"])
+        audit_record(
+            project=project,
+            actor=user,
+            action="model.rollback",
+            target=str(current),
+            before={"active": current.pk},
+            after={"active": target.pk if target else None},
+        )
+    return target
+
+
+def refinement_base(*, project: Project, version_id: int | None) -> ModelVersion:
+    queryset = ModelVersion.objects.filter(project=project, kind=ModelKind.NNUNET)
+    base = (
+        queryset.filter(pk=version_id).first()
+        if version_id is not None
+        else queryset.filter(status=ModelStatus.ACTIVE).order_by("-promoted_at", "-id").first()
+    )
+    if base is None or not base.artifact_path:
+        what = f"nnU-Net version {version_id}" if version_id is not None else "an active nnU-Net model"
+        raise ServiceValidationError(
+            "Refinement needs a first stage.", {"config.base_model_version": f"the project has no {what}"}
+        )
+    return base
