@@ -89,6 +89,7 @@ def make_cells(images: list[Any], total: int, class_ids: list[int], seed: int) -
     import numpy as np
 
     from annotations.models import Cell
+    from annotations.services.cells import cell_geometry
     from cytoseg.geometry import polygon_clean
 
     rng = np.random.default_rng(seed)
@@ -106,12 +107,7 @@ def make_cells(images: list[Any], total: int, class_ids: list[int], seed: int) -
                 Cell(
                     image=image,
                     cell_class_id=class_ids[int(rng.random() < 0.15)],
-                    polygon=clean.points,
-                    bbox_x=clean.bbox[0],
-                    bbox_y=clean.bbox[1],
-                    bbox_w=clean.bbox[2],
-                    bbox_h=clean.bbox[3],
-                    area=clean.area,
+                    **cell_geometry(clean),
                 )
             )
     Cell.objects.bulk_create(rows, batch_size=2000)

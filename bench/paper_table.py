@@ -51,6 +51,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import size_arg  # noqa: E402  (a sibling script, not a package)
 
 BENCH_DIR = ROOT / "var" / "bench" / "paper_table"
 
@@ -94,12 +97,6 @@ ROWS: tuple[Row, ...] = (
 # ------------------------------------------------------------------------- arguments
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS, got {text!r}") from None
-    return rows, cols
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -129,7 +126,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--nnunet-val-iterations", type=int, default=None, help="validation iterations per epoch")
     g.add_argument("--nnunet-lr", type=float, default=None, help="initial LR (default paper A's 7e-3)")
     g.add_argument("--nnunet-batch", type=int, default=None, help="plan override: batch size")
-    g.add_argument("--nnunet-patch", type=_size, default=None, help="plan override: patch ROWSxCOLS")
+    g.add_argument("--nnunet-patch", type=size_arg, default=None, help="plan override: patch ROWSxCOLS")
     g.add_argument("--nnunet-stages", type=int, default=None, help="plan override: number of stages")
     g.add_argument("--nnunet-features", type=int, default=None, help="plan override: features of stage 1")
     g.add_argument("--nnunet-max-features", type=int, default=None, help="plan override: feature cap")

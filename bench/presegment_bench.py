@@ -26,6 +26,9 @@ Speed does not depend on the weights, so quickly trained models do for the netwo
 post-processing stages do depend on how many cells the models find, which is printed next to
 the ground-truth count (and contours + database write of the ground-truth cells are timed too).
 
+One script of ~800 lines: training the quick models, each stage's timing and the end-to-end run
+through a real worker share its options and model cache, and a benchmark is read as one piece.
+
     # train quick models on synthetic data, then time both configurations (about 10-15 min on 2 CPU cores);
     # without --train or model paths it reuses the models of an earlier --train run of the same sizes
     .venv/bin/python bench/presegment_bench.py --train
@@ -62,6 +65,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_common import size_arg  # noqa: E402  (a sibling script, not a package)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key")
 
@@ -85,13 +92,6 @@ STAGE_TITLES = {
 # ------------------------------------------------------------------------- arguments
 
 
-def _size(text: str) -> tuple[int, int]:
-    """``"ROWSxCOLS"`` -> (rows, cols)."""
-    try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS, got {text!r}") from None
-    return rows, cols
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -115,7 +115,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--nnunet-fast", type=Path, help="nnU-Net model folder with the fast plan")
     g.add_argument("--cellpose", type=Path, help="Cellpose model folder (cellpose.pth + cellpose.json) or file")
     g.add_argument("--train-images", type=int, default=3, help="--train: training fields (default 3)")
-    g.add_argument("--train-size", type=_size, default=None, help="--train: ROWSxCOLS of the training fields "
+    g.add_argument("--train-size", type=size_arg, default=None, help="--train: ROWSxCOLS of the training fields "
                    "(default: the benchmark size; the paper plan is derived from it)")
     g.add_argument("--train-iterations", type=int, default=8,
                    help="--train: iterations of the paper-plan nnU-Net (default 8)")
@@ -133,7 +133,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"nnU-Net feature cap ({FAST_PLAN['max_features']})")
     g.add_argument("--fast-convs", type=int, default=FAST_PLAN["n_conv_per_stage"],
                    help=f"nnU-Net convs per stage ({FAST_PLAN['n_conv_per_stage']})")
-    g.add_argument("--fast-patch", type=_size, default=None,
+    g.add_argument("--fast-patch", type=size_arg, default=None,
                    help="nnU-Net patch ROWSxCOLS (default: the image size rounded up, i.e. one tile)")
     g.add_argument("--fast-tile-step", type=float, default=FAST_INFERENCE["nnunet"]["tile_step_size"],
                    help="nnU-Net tile step (1.0: no overlap)")

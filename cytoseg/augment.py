@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cytoseg.contours import mask_to_polygon, polygon_rasterize
+from cytoseg.crops import PaintedField
 
 __all__ = [
     "AugmentConfig",
@@ -68,34 +69,12 @@ class PlacedCell:
 
 
 @dataclass
-class SyntheticImage:
+class SyntheticImage(PaintedField):
     """A synthetic training image with its cells in paint order."""
 
     image: np.ndarray
     cells: list[PlacedCell]
     pasted: int  # how many of ``cells`` were pasted (the rest came with the background)
-
-    @property
-    def height(self) -> int:
-        return int(self.image.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.image.shape[1])
-
-    def label_map(self) -> np.ndarray:
-        """(H, W) int32: visible instance index + 1, 0 background."""
-        out = np.zeros((self.height, self.width), dtype=np.int32)
-        for i, cell in enumerate(self.cells):
-            h, w = cell.mask.shape
-            out[cell.y0 : cell.y0 + h, cell.x0 : cell.x0 + w][cell.mask] = i + 1
-        return out
-
-    def semantic_map(self) -> np.ndarray:
-        """(H, W) uint8: the visible class, 0 background."""
-        lut = np.zeros(len(self.cells) + 1, dtype=np.uint8)
-        lut[1:] = [c.label for c in self.cells]
-        return lut[self.label_map()]
 
     def polygons(self) -> tuple[list[list[list[float]]], list[int]]:
         """Polygons (pixel-edge outlines, exact under the pixel-centre rule) and labels of the
@@ -190,6 +169,18 @@ class AugmentConfig:
             raise KeyError(", ".join(unknown))
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
+
+    @classmethod
+    def from_dict_errors(cls, data: Mapping[str, Any], *, prefix: str, unknown: str = "unknown key") -> dict[str, str]:
+        """What is wrong with ``data`` as options: ``{prefix.key: unknown}`` per unknown key, else
+        ``{prefix: reason}`` for a bad value; ``{}`` when they are valid."""
+        try:
+            cls.from_dict(data)
+        except KeyError as exc:
+            return {f"{prefix}.{key}": unknown for key in str(exc.args[0]).split(", ")}
+        except (TypeError, ValueError) as exc:
+            return {prefix: str(exc)}
+        return {}
 
 
 def cells_from_polygons(

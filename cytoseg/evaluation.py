@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cytoseg.crops import Crop
 from cytoseg.metrics import aggregate, coco_mask_ap, evaluate_image, instance_prf
 
 __all__ = [
@@ -105,15 +106,6 @@ _RENAME_50 = {
 }
 
 
-class _Cropped(Protocol):
-    @property
-    def x0(self) -> int: ...
-
-    @property
-    def y0(self) -> int: ...
-
-    @property
-    def mask(self) -> np.ndarray: ...
 
 
 @dataclass
@@ -124,9 +116,9 @@ class EvalCase:
     group: str
     height: int
     width: int
-    gt: Sequence[_Cropped]
+    gt: Sequence[Crop]
     gt_labels: Sequence[int]
-    pred: Sequence[_Cropped]
+    pred: Sequence[Crop]
     pred_labels: Sequence[int]
     pred_scores: Sequence[float]
 
@@ -154,7 +146,7 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _cells(items: Sequence[_Cropped], labels: Sequence[int]) -> list[_Cropped]:
+def _cells(items: Sequence[Crop], labels: Sequence[int]) -> list[Crop]:
     return [item for item, label in zip(items, labels, strict=True) if int(label) == 1]
 
 

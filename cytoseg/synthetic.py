@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from cytoseg.crops import CropGeometry, PaintedField
+
 __all__ = [
     "CELL",
     "ERYTHROCYTE",
@@ -68,7 +70,7 @@ _COLLOID_OD = np.array([0.035, 0.05, 0.01], dtype=np.float32)
 
 
 @dataclass(eq=False)  # arrays make field-wise == ambiguous; compare by identity
-class SyntheticCell:
+class SyntheticCell(CropGeometry):
     """One synthetic instance: its semantic label and its full (unoccluded) mask crop."""
 
     label: int  # 1 cell, 2 erythrocyte
@@ -76,48 +78,13 @@ class SyntheticCell:
     y0: int  # row of the crop's top-left corner
     mask: np.ndarray  # bool, the cell's full (unoccluded) extent, cropped
 
-    @property
-    def area(self) -> int:
-        """Number of pixels of the full mask."""
-        return int(np.count_nonzero(self.mask))
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int]:
-        """Crop extent ``(x0, y0, x1, y1)`` with exclusive ends."""
-        h, w = self.mask.shape
-        return (self.x0, self.y0, self.x0 + w, self.y0 + h)
-
 
 @dataclass(eq=False)
-class SyntheticField:
+class SyntheticField(PaintedField):
     """A rendered field and its instances in paint order (later cells lie on top)."""
 
     image: np.ndarray  # (H, W, 3) uint8 RGB
     cells: list[SyntheticCell] = field(default_factory=list)
-
-    @property
-    def height(self) -> int:
-        """Image height in pixels."""
-        return int(self.image.shape[0])
-
-    @property
-    def width(self) -> int:
-        """Image width in pixels."""
-        return int(self.image.shape[1])
-
-    def label_map(self) -> np.ndarray:
-        """(H, W) int32 map of the visible instance: index + 1, 0 for background."""
-        out = np.zeros((self.height, self.width), dtype=np.int32)
-        for i, cell in enumerate(self.cells):
-            h, w = cell.mask.shape
-            out[cell.y0 : cell.y0 + h, cell.x0 : cell.x0 + w][cell.mask] = i + 1
-        return out
-
-    def semantic_map(self) -> np.ndarray:
-        """(H, W) uint8 map of the visible class: 0 background, 1 cell, 2 erythrocyte."""
-        lut = np.zeros(len(self.cells) + 1, dtype=np.uint8)
-        lut[1:] = [cell.label for cell in self.cells]
-        return lut[self.label_map()]
 
     def full_mask(self, i: int) -> np.ndarray:
         """(H, W) bool full extent of instance ``i``, including its hidden parts."""

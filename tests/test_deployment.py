@@ -1,5 +1,7 @@
 """The deployment files (docker-compose.yml, docker/) checked against the code they start.
 
+One file of ~600 lines: its parsers of the compose file and the Dockerfile serve every check.
+
 No Docker engine is needed (and none is assumed): the compose file is read with PyYAML, the
 Dockerfile as text, and every module, queue, management command, path and environment variable
 they name is looked up in the project. ``docker compose config`` is not used: it needs the compose

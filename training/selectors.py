@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import Http404
 
 from annotations.selectors import UserLike, project_get_for_user
+from core.errors import NotFoundError
 from cytoseg.evaluation import METRICS
 from training.models import DatasetSnapshot, Evaluation, ModelVersion, TrainingJob
 
@@ -17,7 +17,7 @@ from training.models import DatasetSnapshot, Evaluation, ModelVersion, TrainingJ
 def training_job_get_for_user(*, user: UserLike, job_id: int, capability: str = "view") -> TrainingJob:
     job = TrainingJob.objects.select_related("project", "snapshot", "created_by").filter(pk=job_id).first()
     if job is None:
-        raise Http404("No such training job.")
+        raise NotFoundError("No such training job.")
     project_get_for_user(user=user, project_id=job.project_id, capability=capability)
     return job
 
@@ -25,7 +25,7 @@ def training_job_get_for_user(*, user: UserLike, job_id: int, capability: str = 
 def model_version_get_for_user(*, user: UserLike, version_id: int, capability: str = "view") -> ModelVersion:
     version = ModelVersion.objects.select_related("project", "job", "snapshot").filter(pk=version_id).first()
     if version is None:
-        raise Http404("No such model version.")
+        raise NotFoundError("No such model version.")
     project_get_for_user(user=user, project_id=version.project_id, capability=capability)
     return version
 
@@ -33,7 +33,7 @@ def model_version_get_for_user(*, user: UserLike, version_id: int, capability: s
 def snapshot_get_for_user(*, user: UserLike, snapshot_id: int, capability: str = "view") -> DatasetSnapshot:
     snapshot = DatasetSnapshot.objects.select_related("project").filter(pk=snapshot_id).first()
     if snapshot is None:
-        raise Http404("No such dataset snapshot.")
+        raise NotFoundError("No such dataset snapshot.")
     project_get_for_user(user=user, project_id=snapshot.project_id, capability=capability)
     return snapshot
 

@@ -102,13 +102,10 @@ def dataset_snapshot_create(
         if not isinstance(synthetic, dict):
             errors["synthetic"] = "must be an object"
         else:
-            try:
+            problems = AugmentConfig.from_dict_errors(synthetic, prefix="synthetic", unknown="unknown option")
+            errors.update(problems)
+            if not problems:
                 options["synthetic"] = AugmentConfig.from_dict(synthetic).to_dict()
-            except KeyError as exc:
-                for key in str(exc.args[0]).split(", "):
-                    errors[f"synthetic.{key}"] = "unknown option"
-            except (TypeError, ValueError) as exc:
-                errors["synthetic"] = str(exc)
     if errors:
         raise ServiceValidationError("Invalid dataset snapshot.", errors)
 

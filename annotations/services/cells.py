@@ -96,6 +96,20 @@ def _conflict(image: Image) -> ConflictError:
     )
 
 
+def cell_geometry(polygon: CleanPolygon) -> dict[str, Any]:
+    """The stored geometry of a cell (polygon, bbox columns, area, digest) from a clean polygon."""
+    x, y, w, h = polygon.bbox
+    return {
+        "polygon": polygon.points,
+        "bbox_x": x,
+        "bbox_y": y,
+        "bbox_w": w,
+        "bbox_h": h,
+        "area": polygon.area,
+        "geometry_digest": polygon.digest or geometry_digest(polygon.points),
+    }
+
+
 @dataclass
 class LayerWrite:
     revision: int
@@ -167,17 +181,9 @@ def annotation_layer_write(
                 else record["polygon_text"] == json.dumps(polygon.points)
             )
             if not same_shape or record["cell_class_id"] != item["class_id"]:
-                x, y, w, h = polygon.bbox
-                record.update(
-                    cell_class_id=item["class_id"],
-                    bbox_x=x,
-                    bbox_y=y,
-                    bbox_w=w,
-                    bbox_h=h,
-                    area=polygon.area,
-                    geometry_digest=digest,
-                    updated_at=now,
-                )
+                geometry = cell_geometry(polygon)
+                del geometry["polygon"]
+                record.update(cell_class_id=item["class_id"], **geometry, updated_at=now)
                 fields = {f: record[f] for f in update_fields[1:]}
                 to_update.append(Cell(pk=record["id"], polygon=polygon.points, **fields))
             order.append(record)
@@ -187,13 +193,7 @@ def annotation_layer_write(
                 image_id=image.pk,
                 layer=Layer.ANNOTATION,
                 cell_class_id=item["class_id"],
-                polygon=polygon.points,
-                bbox_x=polygon.bbox[0],
-                bbox_y=polygon.bbox[1],
-                bbox_w=polygon.bbox[2],
-                bbox_h=polygon.bbox[3],
-                area=polygon.area,
-                geometry_digest=polygon.digest or geometry_digest(polygon.points),
+                **cell_geometry(polygon),
                 score=item.get("score"),
                 source=item.get("source", CellSource.MANUAL),
                 model_version_id=item.get("model_version_id"),

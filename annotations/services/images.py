@@ -126,19 +126,20 @@ def image_upload_many(
                 for p in prepared
             ]
     except IntegrityError as exc:
-        _delete_files(written)
+        stored_files_delete(written)
         raise ServiceValidationError(
             "Upload rejected; nothing was stored.", {"files": "an identical image was stored concurrently"}
         ) from exc
     except BaseException:
-        _delete_files(written)
+        stored_files_delete(written)
         raise
     # The apps above react (the inference app pre-segments when the project asks for it).
     images_uploaded.send(sender=Image, project=project, images=images)
     return images
 
 
-def _delete_files(paths: list[str]) -> None:
+def stored_files_delete(paths: list[str]) -> None:
+    """Remove stored files (of a write that did not commit, or of a deleted image)."""
     for path in paths:
         default_storage.delete(path)
 
@@ -225,4 +226,4 @@ def image_update(*, image: Image, data: dict[str, Any], user: User, can_manage: 
 def image_delete(*, image: Image) -> None:
     paths = [f.name for f in (image.original, image.display, image.thumbnail) if f.name]
     image.delete()
-    transaction.on_commit(lambda: _delete_files(paths))
+    transaction.on_commit(lambda: stored_files_delete(paths))

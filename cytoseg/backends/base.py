@@ -17,6 +17,8 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from scipy import ndimage as ndi
 
+from cytoseg.crops import CropGeometry, label_map_from_instances, semantic_from_instances
+
 __all__ = [
     "BackendError",
     "Instance",
@@ -41,7 +43,7 @@ class BackendError(Exception):
 
 
 @dataclass(frozen=True)
-class Instance:
+class Instance(CropGeometry):
     """One predicted cell.
 
     ``mask`` is a bool crop whose top-left pixel lies at column ``x0``, row ``y0``
@@ -54,40 +56,6 @@ class Instance:
     mask: np.ndarray
     label: int
     score: float
-
-    @property
-    def area(self) -> int:
-        """Number of mask pixels."""
-        return int(np.count_nonzero(self.mask))
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int]:
-        """Crop extent in image pixels as ``(x0, y0, x1, y1)`` with exclusive ends."""
-        h, w = self.mask.shape
-        return (self.x0, self.y0, self.x0 + w, self.y0 + h)
-
-    def full_mask(self, *, height: int, width: int) -> np.ndarray:
-        """The mask pasted into an image-sized bool array (clipped at the borders)."""
-        out = np.zeros((height, width), dtype=bool)
-        window = _crop_window(self, height=height, width=width)
-        if window is not None:
-            dst, src = window
-            out[dst] = self.mask[src]
-        return out
-
-
-def _crop_window(
-    inst: Instance, *, height: int, width: int
-) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
-    """Slices (image, crop) of the part of ``inst.mask`` that lies inside the image."""
-    h, w = inst.mask.shape
-    ys0, xs0 = max(inst.y0, 0), max(inst.x0, 0)
-    ys1, xs1 = min(inst.y0 + h, height), min(inst.x0 + w, width)
-    if ys1 <= ys0 or xs1 <= xs0:
-        return None
-    dst = (slice(ys0, ys1), slice(xs0, xs1))
-    src = (slice(ys0 - inst.y0, ys1 - inst.y0), slice(xs0 - inst.x0, xs1 - inst.x0))
-    return dst, src
 
 
 @dataclass
@@ -109,11 +77,17 @@ class SegmentationBackend(abc.ABC):
     """
 
     name: ClassVar[str]
+    # The settings dataclass (``cytoseg.backends.settings`` and the classical backends'); the
+    # constructor validates ``settings`` into ``self.config`` with it.
+    settings_class: ClassVar[type | None] = None
+    config: Any
 
     def __init__(self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str) -> None:
         self.artifacts = Path(artifacts) if artifacts is not None else None
         self.settings: Mapping[str, Any] = dict(settings)
         self.device = device
+        if self.settings_class is not None:
+            self.config = settings_build(self.settings_class, self.settings, backend=self.name)
 
     @abc.abstractmethod
     def predict(self, image: np.ndarray) -> Prediction:
@@ -188,35 +162,8 @@ def instances_from_label_map(
     return out
 
 
-def label_map_from_instances(
-    instances: Sequence[Instance], *, height: int, width: int
-) -> np.ndarray:
-    """Paint instances into an (H, W) int32 map, value ``i + 1`` for ``instances[i]``.
-
-    Later instances overwrite earlier ones where they overlap.
-    """
-    out = np.zeros((height, width), dtype=np.int32)
-    for i, inst in enumerate(instances):
-        # Paint through the crop window only: a full-size mask per instance
-        # would cost O(n * H * W).
-        window = _crop_window(inst, height=height, width=width)
-        if window is not None:
-            dst, src = window
-            out[dst][inst.mask[src]] = i + 1
-    return out
 
 
-def semantic_from_instances(
-    instances: Sequence[Instance], *, height: int, width: int
-) -> np.ndarray:
-    """Paint instance classes into an (H, W) uint8 semantic map (0/1/2)."""
-    out = np.zeros((height, width), dtype=np.uint8)
-    for inst in instances:
-        window = _crop_window(inst, height=height, width=width)
-        if window is not None:
-            dst, src = window
-            out[dst][inst.mask[src]] = np.uint8(inst.label)
-    return out
 
 
 def settings_build(cls: type[_S], settings: Mapping[str, Any] | None, *, backend: str) -> _S:

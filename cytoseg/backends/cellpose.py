@@ -34,7 +34,6 @@ from cytoseg.backends.base import (
     SegmentationBackend,
     image_check,
     instances_from_label_map,
-    settings_build,
 )
 from cytoseg.backends.settings import CellposeSettings
 
@@ -77,6 +76,8 @@ class CellposeBackend(SegmentationBackend):
     """Cellpose 3 model: instance masks from flow dynamics."""
 
     name = "cellpose"
+    settings_class = CellposeSettings
+    config: CellposeSettings
 
     def __init__(
         self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
@@ -84,7 +85,7 @@ class CellposeBackend(SegmentationBackend):
         super().__init__(artifacts=artifacts, settings=settings, device=device)
         from cellpose import models  # heavy; imported when a worker needs the backend
 
-        cfg = settings_build(CellposeSettings, self.settings, backend=self.name)
+        cfg = self.config
         self.model_file = cellpose_model_file_find(self.artifacts, {"model_file": cfg.model_file})
         meta_path = self.model_file.with_name(META_FILE)
         meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import cv2
@@ -37,7 +35,6 @@ from cytoseg.backends.base import (
     setting_choice,
     setting_float,
     setting_int,
-    settings_build,
 )
 from cytoseg.backends.colour_filter import colour_filter_labels
 
@@ -230,10 +227,6 @@ class ClassicalBackend(SegmentationBackend):
 
     settings_class: ClassVar[type[ClassicalSettings]] = ClassicalSettings
     config: ClassicalSettings
-
-    def __init__(self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str) -> None:
-        super().__init__(artifacts=artifacts, settings=settings, device=device)
-        self.config = settings_build(self.settings_class, settings, backend=self.name)
 
     @abc.abstractmethod
     def split(self, image: np.ndarray, fg: Foreground, timings: dict[str, float]) -> np.ndarray:

@@ -36,7 +36,6 @@ from cytoseg.backends.base import (
     Prediction,
     SegmentationBackend,
     image_check,
-    settings_build,
 )
 from cytoseg.backends.packages import PackageError, nnunet_checkpoint_load, nnunet_plans_check
 from cytoseg.backends.settings import NnUNetSettings
@@ -175,6 +174,8 @@ class NnUNetBackend(SegmentationBackend):
     """nnU-Net v2 2D model: semantic map 0/1/2 plus per-class connected components."""
 
     name = "nnunet"
+    settings_class = NnUNetSettings
+    config: NnUNetSettings
 
     def __init__(
         self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
@@ -183,8 +184,7 @@ class NnUNetBackend(SegmentationBackend):
         # imported here: nnunetv2 is heavy and only workers that use the backend need it
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        cfg = settings_build(NnUNetSettings, self.settings, backend=self.name)
-        self.config = cfg
+        cfg = self.config
         self.model_folder = nnunet_model_folder_find(self.artifacts, {"model_folder": cfg.model_folder})
         torch_device = torch.device(device)
         on_device = cfg.perform_everything_on_device and torch_device.type == "cuda"

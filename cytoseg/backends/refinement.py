@@ -36,7 +36,6 @@ from cytoseg.backends.base import (
     SegmentationBackend,
     image_check,
     semantic_from_instances,
-    settings_build,
 )
 from cytoseg.backends.settings import RefinementSettings
 
@@ -129,6 +128,8 @@ class RefinementBackend(SegmentationBackend):
     """Another backend's prediction with its foreground refined by paper B's net."""
 
     name = "refinement"
+    settings_class = RefinementSettings
+    config: RefinementSettings
 
     def __init__(
         self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
@@ -138,7 +139,7 @@ class RefinementBackend(SegmentationBackend):
         # while constructing this backend
         from cytoseg.backends import backend_class
 
-        cfg = settings_build(RefinementSettings, self.settings, backend=self.name)
+        cfg = self.config
         if not cfg.base:
             raise BackendError("refinement: settings need 'base' (the wrapped backend)")
         weights = Path(cfg.weights) if cfg.weights else (

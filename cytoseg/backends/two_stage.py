@@ -31,7 +31,6 @@ from cytoseg.backends.base import (
     Prediction,
     SegmentationBackend,
     image_check,
-    settings_build,
 )
 from cytoseg.backends.settings import ERYTHROCYTE_MODES, TwoStageSettings
 
@@ -96,6 +95,8 @@ class TwoStageBackend(SegmentationBackend):
     """nnU-Net v2 semantic stage, then Cellpose 3 instances filtered by it."""
 
     name = "two_stage"
+    settings_class = TwoStageSettings
+    config: TwoStageSettings
 
     def __init__(
         self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
@@ -104,7 +105,7 @@ class TwoStageBackend(SegmentationBackend):
         from cytoseg.backends.cellpose import CellposeBackend
         from cytoseg.backends.nnunet import NnUNetBackend
 
-        cfg = settings_build(TwoStageSettings, self.settings, backend=self.name)
+        cfg = self.config
         art = self.artifacts
         nn_settings = dict(cfg.nnunet)
         nn_settings.setdefault("instances", "none")  # components are not needed here

@@ -75,3 +75,11 @@ def test_settings_build_normalises_and_refuses() -> None:
         settings_build(TwoStageSettings, {"nnunet_folder": "/x"}, backend="two_stage")
     with pytest.raises(BackendError, match="bsize"):
         settings_build(TwoStageSettings, {"cellpose": {"bsize": 3}}, backend="two_stage")
+
+
+def test_the_light_registry_names_each_backends_own_settings() -> None:
+    """``SETTINGS_PATHS`` (read without importing torch) must agree with the backends' classes."""
+    from cytoseg.backends import backend_class
+
+    for name in backend_names():
+        assert backend_class(name).settings_class is backend_settings_class(name), name

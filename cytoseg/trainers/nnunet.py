@@ -31,6 +31,11 @@ them lazily), and restored afterwards. For GPU training outside a daemon,
 ``python -m cytoseg.trainers.nnunet`` runs a job in a child interpreter, where
 ``NnUNetTrainConfig.num_workers_da > 0`` may use worker processes.
 
+Why one module of ~900 lines: the in-process fingerprint extractor, preprocessor and
+``ConfigurableTrainer`` are small subclasses of nnU-Net classes that only make sense as the
+steps of ``nnunet_train``, which sets the nnU-Net path variables and ``CONFIG_ENV`` they read;
+splitting them would spread that shared process state over several files.
+
 Fork caveat (measured with torch 2.13 CPU): a process forked from a parent that
 has already run multi-threaded torch code hangs in its first parallel torch
 operation (OpenMP). Celery's prefork master must therefore not run torch before

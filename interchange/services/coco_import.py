@@ -14,14 +14,13 @@ from typing import IO, Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count
 
 from annotations.models import Cell, CellClass, CellSource, Image, Layer, Project
 from annotations.services.audit import audit_record
 from annotations.services.cells import annotation_layer_write
-from annotations.services.images import METADATA_FIELDS, UploadLike, image_upload_many
+from annotations.services.images import METADATA_FIELDS, UploadLike, image_upload_many, stored_files_delete
 from core.errors import ServiceValidationError
 from cytoseg import coco
 from cytoseg.geometry import GeometryError, polygon_clean
@@ -466,13 +465,13 @@ def coco_import(
     except _Rollback:
         pass
     except BaseException:
-        _delete_files(written)
+        stored_files_delete(written)
         raise
     finally:
         if archive is not None:
             archive.close()
     if dry_run:
-        _delete_files(written)
+        stored_files_delete(written)
         result.created_images = []
         for entry in result.per_image:
             if entry["action"] == "uploaded":
@@ -480,9 +479,6 @@ def coco_import(
     return result
 
 
-def _delete_files(paths: list[str]) -> None:
-    for path in paths:
-        default_storage.delete(path)
 
 
 def _import_write(

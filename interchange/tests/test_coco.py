@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from annotations.models import Cell, Image, Layer
+from annotations.services.cells import cell_geometry
 from core import streaming
 from cytoseg import coco
 from cytoseg.contours import polygon_rasterize
@@ -202,12 +203,7 @@ def _bulk_cells(image: Image, count: int, cell_class: Any) -> None:
             Cell(
                 image=image,
                 cell_class=cell_class,
-                polygon=polygon.points,
-                bbox_x=polygon.bbox[0],
-                bbox_y=polygon.bbox[1],
-                bbox_w=polygon.bbox[2],
-                bbox_h=polygon.bbox[3],
-                area=polygon.area,
+                **cell_geometry(polygon),
             )
         )
     Cell.objects.bulk_create(rows, batch_size=500)

@@ -19,6 +19,7 @@ from annotations.models import (
     Layer,
 )
 from annotations.services.audit import audit_record
+from annotations.services.cells import cell_geometry
 from annotations.services.workflow import image_status_set
 from cytoseg.geometry import CleanPolygon, GeometryError, polygon_clean
 from review.consensus import (
@@ -296,12 +297,7 @@ def image_verify(
             image=image,
             layer=Layer.VERIFIED,
             cell_class_id=entry["class_id"],
-            polygon=clean.points,
-            bbox_x=clean.bbox[0],
-            bbox_y=clean.bbox[1],
-            bbox_w=clean.bbox[2],
-            bbox_h=clean.bbox[3],
-            area=clean.area,
+            **cell_geometry(clean),
             score=origin["score"] if origin else None,
             source=CellSource.CONSENSUS,
             model_version_id=proposal["model_version_id"] if proposal else None,

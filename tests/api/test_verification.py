@@ -1,5 +1,8 @@
 """Multi-expert verification: workflow states, assignment, blind reviews, consensus, adjudication,
-the verified layer, agreement and correction analytics (two and three experts, synthetic images)."""
+the verified layer, agreement and correction analytics (two and three experts, synthetic images).
+
+One file over ~600 lines because it walks docs/api.md's verification section end to end through
+the API in order; the service-level rules are tested in review/tests/."""
 
 from __future__ import annotations
 

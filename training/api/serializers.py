@@ -16,6 +16,7 @@ from training.models import (
     TrainingJob,
     TrainingPolicy,
 )
+from training.services.schedule import POLICY_FIELDS
 
 
 class JobIn(serializers.Serializer):
@@ -226,20 +227,7 @@ class PolicyOut(serializers.ModelSerializer):
         model = TrainingPolicy
         fields = [
             "project",
-            "schedule_enabled",
-            "cron_minute",
-            "cron_hour",
-            "cron_day_of_week",
-            "cron_day_of_month",
-            "cron_month_of_year",
-            "min_new_images",
-            "job_kind",
-            "job_config",
-            "auto_promote",
-            "gate_metric",
-            "gate_margin",
-            "gate_tolerance",
-            "gate_guarded",
+            *POLICY_FIELDS,
             "periodic_task",
             "last_check_at",
             "last_check",

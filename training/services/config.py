@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 
 from core.errors import ServiceValidationError
+from cytoseg.augment import AugmentConfig
 from cytoseg.trainers import trainer_config_class, trainer_names
 from cytoseg.trainers.configs import config_build, config_errors
 from cytoseg.trainers.presets import PRESETS, preset_base_config
@@ -155,15 +156,7 @@ def training_config_validate(*, kind: str, config: Any, with_snapshot: bool = Fa
             errors[path] = f"not used by a {kind} job"
     synthetic = config.get("synthetic")
     if isinstance(synthetic, dict) and "config.synthetic" not in errors:
-        from cytoseg.augment import AugmentConfig
-
-        try:
-            AugmentConfig.from_dict(synthetic)
-        except KeyError as exc:
-            for key in str(exc.args[0]).split(", "):
-                errors[f"config.synthetic.{key}"] = "unknown key"
-        except (TypeError, ValueError) as exc:
-            errors["config.synthetic"] = str(exc)
+        errors.update(AugmentConfig.from_dict_errors(synthetic, prefix="config.synthetic"))
     if errors:
         raise ServiceValidationError("Invalid training configuration.", errors)
     return config
