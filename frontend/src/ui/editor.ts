@@ -381,7 +381,7 @@ export class EditorScreen extends MapScreen {
     await this.submitting(async () => {
       try {
         const res = await autosave.exclusive(() => this.app.api.transition(this.imageId, 'submit'));
-        if (res && typeof res === 'object' && 'status' in res && res.status && this.image) this.image = { ...this.image, status: String(res.status) };
+        if (res && typeof res === 'object' && 'status' in res && res.status && this.image) this.image = { ...this.image, status: res.status };
         else if (this.image) this.image = { ...this.image, status: 'submitted' };
         this.renderStatus();
         toast('Submitted for review', 'success');

@@ -125,8 +125,7 @@ export async function reviewersDialog(api: ApiClient, projectId: number, imageId
   const d = dialog({ title: 'Reviewers of this image', body, actions: [h('button', { class: 'btn', onclick: () => d.close() }, 'Close')] });
   const refresh = async (): Promise<void> => {
     try {
-      const [a, m] = await Promise.all([api.assignments(imageId), api.members(projectId)]);
-      const members = Array.isArray(m) ? m : m.results;
+      const [a, members] = await Promise.all([api.assignments(imageId), api.members(projectId)]);
       const round = a.round;
       const current = a.assignments.filter((x) => round && x.round === round.number && x.status !== 'cancelled');
       const taken = new Set(current.map((x) => x.reviewer));

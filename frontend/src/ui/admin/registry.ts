@@ -5,7 +5,7 @@
  */
 import { routeHash } from '../../core/router';
 import { bestByMetric, kindInfo, METRIC_LABELS } from '../../core/training';
-import type { DatasetSnapshot, Registry, RegistryRow } from '../../core/types';
+import type { DatasetSnapshot, ModelKind, Registry, RegistryRow } from '../../core/types';
 import { num } from '../charts';
 import { formatStatus, h, icon, statusTone } from '../dom';
 import { confirmDialog, dialog, toast } from '../overlay';
@@ -155,7 +155,7 @@ export class RegistryPanel extends AdminPanel {
     }
   }
 
-  private async rollback(kind: string): Promise<void> {
+  private async rollback(kind: ModelKind): Promise<void> {
     if (!(await confirmDialog('Roll back?', `The active ${kindInfo(kind).label} goes back to the version it replaced.`, 'Roll back', true))) return;
     try {
       const r = await this.app.api.rollback(this.project.id, kind);

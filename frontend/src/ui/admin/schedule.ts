@@ -111,7 +111,7 @@ export class SchedulePanel extends AdminPanel {
         'div',
         { class: 'form-row' },
         numField('min_new_images', 'Minimum new verified images', '10', '1'),
-        h('label', { class: 'field compact' }, h('span', null, 'Model'), h('select', { dataset: { field: 'job_kind' }, onchange: (e: Event) => this.set('job_kind', (e.target as HTMLSelectElement).value) }, JOB_KINDS.map((k) => h('option', { value: k.kind, selected: d.job_kind === k.kind }, k.label))), err('job_kind')),
+        h('label', { class: 'field compact' }, h('span', null, 'Model'), h('select', { dataset: { field: 'job_kind' }, onchange: (e: Event) => this.set('job_kind', (e.target as HTMLSelectElement).value as TrainingPolicy['job_kind']) }, JOB_KINDS.map((k) => h('option', { value: k.kind, selected: d.job_kind === k.kind }, k.label))), err('job_kind')),
         h(
           'label',
           { class: 'field compact' },

@@ -23,7 +23,7 @@ import {
   type JobForm,
   type Stage,
 } from '../../core/training';
-import type { TrainingJob } from '../../core/types';
+import type { JobKind, TrainingJob } from '../../core/types';
 import { h, icon, replaceChildren, statusTone } from '../dom';
 import { toast } from '../overlay';
 import { errText, relTime } from '../viewer';
@@ -176,7 +176,8 @@ export class TrainingPanel extends AdminPanel {
     this.serverErrors = {};
     this.renderForm();
     try {
-      const job = await this.app.api.startTrainingJob(this.project.id, { kind: this.form.kind, config });
+      // buildJobConfig accepted the kind: one of JOB_KINDS
+      const job = await this.app.api.startTrainingJob(this.project.id, { kind: this.form.kind as JobKind, config });
       toast(`Training job #${job.id} started`, 'success');
       this.app.navigate(routeHash({ name: 'job', projectId: this.project.id, jobId: job.id }));
     } catch (e) {
