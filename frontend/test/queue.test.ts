@@ -3,7 +3,7 @@ import { firstOther, nextFromQueue, pickNext, preferredKinds, queueRoute } from 
 import { parseRoute, routeHash } from '../src/core/router';
 import type { WorkQueue } from '../src/core/types';
 
-const img = (id: number, status = 'new') => ({ id, file_name: `f${id}.png`, status, thumbnail_url: null });
+const img = (id: number, status = 'new') => ({ id, file_name: `f${id}.png`, status, thumbnail_url: '' });
 const queue = (over: Partial<WorkQueue> = {}): WorkQueue => ({
   project: 1,
   order: 'none',

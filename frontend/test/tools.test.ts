@@ -36,9 +36,9 @@ function ctx(activeClass: number | null = 2) {
     selection: new Selection(),
     proposals: new ProposalStore(),
     palette: new ClassPalette([
-      { id: 1, name: 'A', color: '#ff0000', order: 1 },
-      { id: 2, name: 'B', color: '#00ff00', order: 2 },
-      { id: 3, name: 'C', color: '#0000ff', order: 3 },
+      { id: 1, name: 'A', color: '#ff0000', model_label: 1, order: 1 },
+      { id: 2, name: 'B', color: '#00ff00', model_label: 2, order: 2 },
+      { id: 3, name: 'C', color: '#0000ff', model_label: 3, order: 3 },
     ]),
     activeClassId: () => activeClass,
     snapEnabled: () => false,

@@ -73,11 +73,11 @@ function rng(seed: number): () => number {
 }
 
 const CLASSES: CellClass[] = [
-  { id: 1, name: 'Follicular cell', color: '#a78bfa', model_label: 'follicular', order: 1 },
-  { id: 2, name: 'Lymphocyte', color: '#38bdf8', model_label: 'lymphocyte', order: 2 },
-  { id: 3, name: 'Macrophage', color: '#fb923c', model_label: 'macrophage', order: 3 },
-  { id: 4, name: 'Hürthle cell', color: '#4ade80', model_label: 'hurthle', order: 4 },
-  { id: 5, name: 'Atypical', color: '#f472b6', model_label: 'atypical', order: 5 },
+  { id: 1, name: 'Follicular cell', color: '#a78bfa', model_label: 1, order: 1 },
+  { id: 2, name: 'Lymphocyte', color: '#38bdf8', model_label: 2, order: 2 },
+  { id: 3, name: 'Macrophage', color: '#fb923c', model_label: 3, order: 3 },
+  { id: 4, name: 'Hürthle cell', color: '#4ade80', model_label: 4, order: 4 },
+  { id: 5, name: 'Atypical', color: '#f472b6', model_label: 5, order: 5 },
 ];
 
 function makeCells(n: number, seed: number, idBase: number): ApiCell[] {
@@ -326,16 +326,20 @@ async function run(): Promise<void> {
   const cells = makeCells(N, 42, 1);
   const proposals = makeCells(Math.max(10, Math.round(N / 8)), 99, 500_000).map((c) => ({ ...c, layer: 'proposal' as const, score: 0.5 + (c.id % 50) / 100, source: 'model', label: null }));
   const imageUrl = makeImage(cells, proposals);
-  const project: Project = { id: 1, name: 'Benchmark', description: 'Synthetic data', classes: CLASSES, my_role: 'annotator', image_count: 1 };
+  const now = new Date().toISOString();
+  const project: Project = {
+    id: 1, name: 'Benchmark', description: 'Synthetic data', classes: CLASSES, experts_required: 2, quorum: null, match_iou: 0.5, auto_presegment: false, pipeline: {}, my_role: 'annotator', image_count: 1, created_at: now,
+  };
   const image: ImageInfo = {
     id: 1, project: 1, file_name: `synthetic_${N}_cells.png`, width: W, height: H, bethesda: 'II', stain: 'Diff-Quik', magnification: '40x', slide_code: 'BENCH',
-    split: 'test', status: 'in_progress', presegment_status: 'done', presegment_error: null, revision: 1, cell_count: N, thumbnail_url: null, display_url: imageUrl, created_at: new Date().toISOString(),
+    split: 'test', status: 'annotating', presegment_status: 'done', presegment_error: '', revision: 1, cell_count: N, original_format: 'png', bit_depth: 8, size_bytes: 0, sha256: '',
+    thumbnail_url: imageUrl, display_url: imageUrl, created_at: now, updated_at: now,
   };
   const state = { revision: 1, cells, proposals };
   window.__benchServer = state;
   const api = new ApiClient({ fetch: fakeFetch(state, image, project), getCookies: () => '' });
   const app = new App(root, {} as never, api);
-  app.user = { id: 1, username: 'bench', is_superuser: false };
+  app.user = { id: 1, username: 'bench', is_superuser: false, memberships: [{ project: 1, role: 'annotator' }] };
 
   let interactive: { dataArrivedAt: number; interactiveAt: number } | null = null;
   const interactiveP = new Promise<void>((resolve) => {

@@ -1,39 +1,62 @@
 /**
- * Typed fetch wrapper for REST API v1 (docs/api.md).
+ * Typed fetch wrapper for REST API v1 (docs/api.md), typed by the server's
+ * OpenAPI schema (types.ts, schema.gen.ts): every endpoint goes through
+ * {@link ApiClient.call} with the schema's route and method, so a path the
+ * schema does not have, a wrong parameter or body, or a response type that is
+ * not the schema's (or a narrowing of it, see types.ts) does not compile.
  *
  * - session credentials (`credentials: 'same-origin'`)
  * - `X-CSRFToken` from the `csrftoken` cookie on unsafe methods
  * - every failure becomes an {@link ApiError} carrying status / detail / field errors
  *   (status 0 for network failures).
  */
-import type {
-  Adjudication,
-  AdjudicationDecisionIO,
-  Agreement,
-  ApiCell,
-  Assignment,
-  CellsResponse,
-  Corrections,
-  DatasetSnapshot,
-  HistoryEntry,
-  ImageFilters,
-  ImageInfo,
-  Layer,
-  Member,
-  Paginated,
-  Project,
-  Registry,
-  Review,
-  ReviewDraftBody,
-  ReviewsOfRound,
-  ReviewSubmitResult,
-  SaveCellsBody,
-  TrainingJob,
-  TrainingPolicy,
-  TransitionState,
-  User,
-  VerificationRound,
-  WorkQueue,
+import {
+  API_PREFIX,
+  type Adjudication,
+  type AdjudicationDecisionIO,
+  type Agreement,
+  type ApiCell,
+  type ApiResponse,
+  type ApiRoute,
+  type Assignment,
+  type Assignments,
+  type BodyOf,
+  type CancelledJob,
+  type Corrections,
+  type DatasetSnapshot,
+  type EvaluationQueued,
+  type HistoryEntry,
+  type ImageFilters,
+  type ImageInfo,
+  type Layer,
+  type Member,
+  type MethodOf,
+  type ModelKind,
+  type ModelVersionDetail,
+  type PageQuery,
+  type Paginated,
+  type PathParamsOf,
+  type Project,
+  type ProposalsRejected,
+  type QueryOf,
+  type Registry,
+  type ResponseOf,
+  type Review,
+  type ReviewDraftBody,
+  type ReviewsOfRound,
+  type ReviewSubmitResult,
+  type Rollback,
+  type SaveCellsBody,
+  type ServerCells,
+  type TrainingJobBrief,
+  type TrainingJobDetail,
+  type TrainingPolicy,
+  type TrainingPolicyUpdate,
+  type TransitionAction,
+  type TransitionResult,
+  type TransitionState,
+  type User,
+  type WorkQueue,
 } from './types';
 
 export type FieldErrors = Record<string, unknown>;
@@ -99,6 +122,24 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+/** Options of {@link ApiClient.call}, typed by the route. */
+export interface CallOptions<R extends ApiRoute, M extends MethodOf<R>> {
+  query?: QueryOf<R, M>;
+  body?: BodyOf<R, M>;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+type Item<T> = T extends readonly (infer I)[] ? I : never;
+
+/** The URL path of a route with its parameters filled in (`images/5/cells`). */
+export function fillRoute(route: string, params: Record<string, string | number>): string {
+  return route.replace(/\{(\w+)\}/g, (_, name: string) => {
+    if (!(name in params)) throw new Error(`missing path parameter ${name} of ${route}`);
+    return encodeURIComponent(String(params[name]));
+  });
+}
+
 export function readCookie(cookies: string, name: string): string | null {
   for (const part of cookies.split(';')) {
     const i = part.indexOf('=');
@@ -118,7 +159,7 @@ export class ApiClient {
   onUnauthorized: ((err: ApiError) => void) | null = null;
 
   constructor(opts: ApiClientOptions = {}) {
-    this.baseUrl = opts.baseUrl ?? '/api/v1/';
+    this.baseUrl = opts.baseUrl ?? API_PREFIX;
     this.fetchImpl = opts.fetch ?? ((input, init) => globalThis.fetch(input, init));
     this.getCookies = opts.getCookies ?? (() => (typeof document !== 'undefined' ? document.cookie : ''));
   }
@@ -184,102 +225,119 @@ export class ApiClient {
     return data as T;
   }
 
+  /**
+   * One endpoint of the schema: `route` and `method` as the schema spells them, the path
+   * parameters, then query / body typed by the schema. The answer is the schema's response
+   * type (or its correction, types.ts ResponseCorrections), or the narrower type the caller
+   * declares as its return type: that one must be assignable to the schema's (types.ts,
+   * "where the schema is too loose").
+   */
+  call<R extends ApiRoute, M extends MethodOf<R>, T extends ApiResponse<R, M> = ApiResponse<R, M>>(method: M, route: R, params: PathParamsOf<R, M>, opts: CallOptions<R, M> = {}): Promise<T> {
+    return this.request<T>(method.toUpperCase(), fillRoute(route, params as Record<string, string | number>), opts as RequestOptions);
+  }
+
+  /** A list the server paginates although the schema declares a bare array (types.ts, Paginated). */
+  private page<R extends ApiRoute, M extends MethodOf<R>, T extends Item<ResponseOf<R, M>> = Item<ResponseOf<R, M>>>(method: M, route: R, params: PathParamsOf<R, M>, query: PageQuery & (QueryOf<R, M> extends Record<string, never> ? unknown : QueryOf<R, M>)): Promise<Paginated<T>> {
+    return this.request<Paginated<T>>(method.toUpperCase(), fillRoute(route, params as Record<string, string | number>), { query: query as RequestOptions['query'] });
+  }
+
   // ---- auth ----
   login(username: string, password: string): Promise<User> {
-    return this.request('POST', 'auth/login', { body: { username, password } });
+    return this.call('post', 'auth/login', {}, { body: { username, password } });
   }
   logout(): Promise<void> {
-    return this.request('POST', 'auth/logout');
+    return this.call('post', 'auth/logout', {});
   }
   me(): Promise<User> {
-    return this.request('GET', 'auth/me');
+    return this.call('get', 'auth/me', {});
   }
 
   // ---- projects ----
   listProjects(page = 1, pageSize = 100): Promise<Paginated<Project>> {
-    return this.request('GET', 'projects', { query: { page, page_size: pageSize } });
+    return this.page('get', 'projects', {}, { page, page_size: pageSize });
   }
   getProject(id: number): Promise<Project> {
-    return this.request('GET', `projects/${id}`);
+    return this.call('get', 'projects/{project_id}', { project_id: id });
   }
 
   // ---- images ----
   listImages(projectId: number, filters: ImageFilters = {}): Promise<Paginated<ImageInfo>> {
-    return this.request('GET', `projects/${projectId}/images`, { query: { ...filters } });
+    return this.page('get', 'projects/{project_id}/images', { project_id: projectId }, { ...filters });
   }
   getImage(id: number): Promise<ImageInfo> {
-    return this.request('GET', `images/${id}`);
+    return this.call('get', 'images/{image_id}', { image_id: id });
   }
-  imageFileUrl(id: number, variant: 'display' | 'thumbnail' | 'original' = 'display'): string {
-    return this.url(`images/${id}/file`, { variant });
+  imageFileUrl(id: number, variant: NonNullable<QueryOf<'images/{image_id}/file', 'get'>['variant']> = 'display'): string {
+    return this.url(fillRoute('images/{image_id}/file' satisfies ApiRoute, { image_id: id }), { variant });
   }
 
   // ---- cells ----
-  getCells(imageId: number, layer: Layer = 'annotation', signal?: AbortSignal): Promise<CellsResponse> {
-    return this.request('GET', `images/${imageId}/cells`, { query: { layer }, signal });
+  getCells(imageId: number, layer: Layer = 'annotation', signal?: AbortSignal): Promise<ServerCells> {
+    return this.call('get', 'images/{image_id}/cells', { image_id: imageId }, { query: { layer }, signal });
   }
   /** Replaces the whole annotation layer. 409 carries `{detail, revision, cells}` in `ApiError.body`. */
-  saveCells(imageId: number, body: SaveCellsBody, idempotencyKey?: string): Promise<CellsResponse> {
-    return this.request('PUT', `images/${imageId}/cells`, {
-      body,
+  saveCells(imageId: number, body: SaveCellsBody, idempotencyKey?: string): Promise<ServerCells> {
+    return this.call('put', 'images/{image_id}/cells', { image_id: imageId }, {
+      // unclassified cells go as they are (class_id null, see CellPayload): the server's 400 names them
+      body: body as BodyOf<'images/{image_id}/cells', 'put'>,
       headers: idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : undefined,
     });
   }
-  getHistory(imageId: number): Promise<HistoryEntry[] | Paginated<HistoryEntry>> {
-    return this.request('GET', `images/${imageId}/history`);
+  getHistory(imageId: number): Promise<HistoryEntry[]> {
+    return this.call('get', 'images/{image_id}/history', { image_id: imageId });
   }
 
   // ---- proposals ----
-  acceptProposals(imageId: number, body: { revision: number; ids?: number[]; all?: boolean }): Promise<CellsResponse> {
-    return this.request('POST', `images/${imageId}/proposals/accept`, { body });
+  acceptProposals(imageId: number, body: { revision: number; ids?: number[]; all?: boolean }): Promise<ServerCells> {
+    return this.call('post', 'images/{image_id}/proposals/accept', { image_id: imageId }, { body });
   }
-  rejectProposals(imageId: number, body: { ids?: number[]; all?: boolean }): Promise<unknown> {
-    return this.request('POST', `images/${imageId}/proposals/reject`, { body });
+  rejectProposals(imageId: number, body: { ids?: number[]; all?: boolean }): Promise<ProposalsRejected> {
+    return this.call('post', 'images/{image_id}/proposals/reject', { image_id: imageId }, { body });
   }
 
   // ---- workflow ----
-  transition(imageId: number, action: string): Promise<(Partial<ImageInfo> & Partial<TransitionState>) | null> {
-    return this.request('POST', `images/${imageId}/transition`, { body: { action } });
+  transition(imageId: number, action: TransitionAction): Promise<TransitionResult> {
+    return this.call('post', 'images/{image_id}/transition', { image_id: imageId }, { body: { action } });
   }
   transitionState(imageId: number): Promise<TransitionState> {
-    return this.request('GET', `images/${imageId}/transition`);
+    return this.call('get', 'images/{image_id}/transition', { image_id: imageId });
   }
   queue(projectId: number, limit = 5): Promise<WorkQueue> {
-    return this.request('GET', 'me/queue', { query: { project: projectId, limit } });
+    return this.call('get', 'me/queue', {}, { query: { project: projectId, limit } });
   }
-  assignments(imageId: number): Promise<{ round: VerificationRound | null; open_slots: number; assignments: Assignment[] }> {
-    return this.request('GET', `images/${imageId}/assignments`);
+  assignments(imageId: number): Promise<Assignments> {
+    return this.call('get', 'images/{image_id}/assignments', { image_id: imageId });
   }
   assignReviewer(imageId: number, reviewer: number): Promise<Assignment> {
-    return this.request('POST', `images/${imageId}/assignments`, { body: { reviewer } });
+    return this.call('post', 'images/{image_id}/assignments', { image_id: imageId }, { body: { reviewer } });
   }
   cancelAssignment(imageId: number, assignmentId: number): Promise<void> {
-    return this.request('DELETE', `images/${imageId}/assignments/${assignmentId}`);
+    return this.call('delete', 'images/{image_id}/assignments/{review_id}', { image_id: imageId, review_id: assignmentId });
   }
-  members(projectId: number): Promise<Member[] | Paginated<Member>> {
-    return this.request('GET', `projects/${projectId}/members`);
+  members(projectId: number): Promise<Member[]> {
+    return this.call('get', 'projects/{project_id}/members', { project_id: projectId });
   }
 
   // ---- reviews (blind: never ask for others' reviews before submitting one's own) ----
   myReview(imageId: number): Promise<Review> {
-    return this.request('GET', `images/${imageId}/reviews/mine`);
+    return this.call('get', 'images/{image_id}/reviews/mine', { image_id: imageId });
   }
   saveMyReview(imageId: number, body: ReviewDraftBody): Promise<Review> {
-    return this.request('PUT', `images/${imageId}/reviews/mine`, { body });
+    return this.call('put', 'images/{image_id}/reviews/mine', { image_id: imageId }, { body });
   }
   submitMyReview(imageId: number, acceptUndecided = false): Promise<ReviewSubmitResult> {
-    return this.request('POST', `images/${imageId}/reviews/mine/submit`, { body: { accept_undecided: acceptUndecided } });
+    return this.call('post', 'images/{image_id}/reviews/mine/submit', { image_id: imageId }, { body: { accept_undecided: acceptUndecided } });
   }
   reviews(imageId: number, round?: number): Promise<ReviewsOfRound> {
-    return this.request('GET', `images/${imageId}/reviews`, { query: { round } });
+    return this.call('get', 'images/{image_id}/reviews', { image_id: imageId }, { query: { round } });
   }
 
   // ---- adjudication ----
   adjudication(imageId: number): Promise<Adjudication> {
-    return this.request('GET', `images/${imageId}/adjudication`);
+    return this.call('get', 'images/{image_id}/adjudication', { image_id: imageId });
   }
   adjudicate(imageId: number, decisions: AdjudicationDecisionIO[], idempotencyKey?: string): Promise<Adjudication> {
-    return this.request('POST', `images/${imageId}/adjudication`, {
+    return this.call('post', 'images/{image_id}/adjudication', { image_id: imageId }, {
       body: { decisions },
       headers: idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : undefined,
     });
@@ -287,45 +345,48 @@ export class ApiClient {
 
   // ---- analytics ----
   agreement(projectId: number, imageId?: number): Promise<Agreement> {
-    return this.request('GET', `projects/${projectId}/agreement`, { query: { image: imageId } });
+    return this.call('get', 'projects/{project_id}/agreement', { project_id: projectId }, { query: { image: imageId } });
   }
   corrections(projectId: number): Promise<Corrections> {
-    return this.request('GET', `projects/${projectId}/corrections`);
+    return this.call('get', 'projects/{project_id}/corrections', { project_id: projectId });
   }
 
   // ---- training (training/api) ----
-  trainingJobs(projectId: number, page = 1, pageSize = 20): Promise<Paginated<TrainingJob>> {
-    return this.request('GET', `projects/${projectId}/training/jobs`, { query: { page, page_size: pageSize } });
+  trainingJobs(projectId: number, page = 1, pageSize = 20): Promise<Paginated<TrainingJobBrief>> {
+    return this.page('get', 'projects/{project_id}/training/jobs', { project_id: projectId }, { page, page_size: pageSize });
   }
-  startTrainingJob(projectId: number, body: { kind: string; config: Record<string, unknown>; snapshot?: number | null }): Promise<TrainingJob> {
-    return this.request('POST', `projects/${projectId}/training/jobs`, { body });
+  startTrainingJob(projectId: number, body: BodyOf<'projects/{project_id}/training/jobs', 'post'>): Promise<TrainingJobDetail> {
+    return this.call('post', 'projects/{project_id}/training/jobs', { project_id: projectId }, { body });
   }
-  trainingJob(jobId: number, signal?: AbortSignal): Promise<TrainingJob> {
-    return this.request('GET', `training/jobs/${jobId}`, { signal });
+  trainingJob(jobId: number, signal?: AbortSignal): Promise<TrainingJobDetail> {
+    return this.call('get', 'training/jobs/{job_id}', { job_id: jobId }, { signal });
   }
-  cancelTrainingJob(jobId: number): Promise<{ id: number; status: string; cancel_requested: boolean }> {
-    return this.request('POST', `training/jobs/${jobId}/cancel`);
+  cancelTrainingJob(jobId: number): Promise<CancelledJob> {
+    return this.call('post', 'training/jobs/{job_id}/cancel', { job_id: jobId });
   }
   snapshots(projectId: number): Promise<Paginated<DatasetSnapshot>> {
-    return this.request('GET', `projects/${projectId}/training/snapshots`, { query: { page_size: 100 } });
+    return this.page('get', 'projects/{project_id}/training/snapshots', { project_id: projectId }, { page_size: 100 });
   }
   registry(projectId: number, snapshot?: number | null): Promise<Registry> {
-    return this.request('GET', `projects/${projectId}/training/models`, { query: { snapshot } });
+    return this.call('get', 'projects/{project_id}/training/models', { project_id: projectId }, { query: { snapshot: snapshot ?? undefined } });
   }
-  promoteModel(versionId: number, reason: string): Promise<unknown> {
-    return this.request('POST', `training/models/${versionId}/promote`, { body: { reason } });
+  promoteModel(versionId: number, reason: string): Promise<ModelVersionDetail> {
+    return this.call('post', 'training/models/{version_id}/promote', { version_id: versionId }, { body: { reason } });
   }
-  evaluateModel(versionId: number, snapshot?: number | null): Promise<unknown> {
-    return this.request('POST', `training/models/${versionId}/evaluate`, { body: snapshot ? { snapshot } : {} });
+  evaluateModel(versionId: number, snapshot?: number | null): Promise<EvaluationQueued> {
+    return this.call('post', 'training/models/{version_id}/evaluate', { version_id: versionId }, { body: snapshot ? { snapshot } : {} });
   }
-  rollback(projectId: number, kind: string): Promise<{ rolled_back: number | null; active: number | null }> {
-    return this.request('POST', `projects/${projectId}/training/rollback`, { body: { kind } });
+  rollback(projectId: number, kind: ModelKind): Promise<Rollback> {
+    return this.call('post', 'projects/{project_id}/training/rollback', { project_id: projectId }, { body: { kind } });
   }
   schedule(projectId: number): Promise<TrainingPolicy> {
-    return this.request('GET', `projects/${projectId}/training/schedule`);
+    return this.call('get', 'projects/{project_id}/training/schedule', { project_id: projectId });
   }
-  saveSchedule(projectId: number, body: Partial<TrainingPolicy>): Promise<TrainingPolicy> {
-    return this.request('PUT', `projects/${projectId}/training/schedule`, { body });
+  saveSchedule(projectId: number, body: TrainingPolicyUpdate): Promise<TrainingPolicy> {
+    return this.call('put', 'projects/{project_id}/training/schedule', { project_id: projectId }, {
+      // PUT is a partial update on the server (types.ts, TrainingPolicyUpdate)
+      body: body as BodyOf<'projects/{project_id}/training/schedule', 'put'>,
+    });
   }
 }
 

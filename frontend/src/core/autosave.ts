@@ -308,20 +308,20 @@ export class AutosaveController {
 
   /** Keep my cells: re-save them on top of the server's revision. */
   keepMine(): Promise<void> {
-    const c = this.conflict;
-    if (!c) return Promise.resolve();
-    this.conflict = null;
-    this.store.rebase(c.serverRevision, c.serverCells);
-    this.setStatus('unsaved');
-    return this.save();
+    return this.resolveAndSave((c) => this.store.rebase(c.serverRevision, c.serverCells));
   }
 
   /** Keep both: merge the server's cells into mine (see `AnnotationStore.mergeServer`) and save. */
   keepBoth(): Promise<void> {
+    return this.resolveAndSave((c) => this.store.mergeServer(c.serverRevision, c.serverCells));
+  }
+
+  /** Ends the conflict by adopting the server's state into the store (`adopt`), then saves. */
+  private resolveAndSave(adopt: (c: Conflict) => void): Promise<void> {
     const c = this.conflict;
     if (!c) return Promise.resolve();
     this.conflict = null;
-    this.store.mergeServer(c.serverRevision, c.serverCells);
+    adopt(c);
     this.setStatus('unsaved');
     return this.save();
   }

@@ -66,7 +66,8 @@ export class ClassPalette {
   byLabel(label: string | null | undefined): CellClass | undefined {
     if (!label) return undefined;
     const l = label.toLowerCase();
-    const c = this.ordered.find((x) => (x.model_label ?? '').toLowerCase() === l) ?? this.ordered.find((x) => x.name.toLowerCase() === l);
+    // model_label is the model's output index (an integer): compared as text with the proposal's label
+    const c = this.ordered.find((x) => String(x.model_label ?? '').toLowerCase() === l) ?? this.ordered.find((x) => x.name.toLowerCase() === l);
     return c ? this.byId.get(c.id) : undefined;
   }
 }

@@ -17,14 +17,7 @@ export function round(v: number, decimals = 2): number {
 
 /** Drops the closing point, consecutive duplicates and non-finite points; rounds to 1/100 px. */
 export function normalizeRing(poly: readonly (readonly number[])[], decimals = 2): Ring {
-  const out: Ring = [];
-  for (const p of poly) {
-    if (!p || p.length < 2 || !Number.isFinite(p[0]) || !Number.isFinite(p[1])) continue;
-    const q: Point = [round(p[0], decimals), round(p[1], decimals)];
-    const last = out[out.length - 1];
-    if (last && last[0] === q[0] && last[1] === q[1]) continue;
-    out.push(q);
-  }
+  const out = normalizeLine(poly, decimals);
   while (out.length > 1 && out[0][0] === out[out.length - 1][0] && out[0][1] === out[out.length - 1][1]) out.pop();
   return out;
 }

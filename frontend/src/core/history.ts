@@ -40,19 +40,21 @@ export class History {
   }
 
   undo(): Command | null {
-    const cmd = this.undoStack.pop();
-    if (!cmd) return null;
-    cmd.undo();
-    this.redoStack.push(cmd);
-    this.emit();
-    return cmd;
+    return this.step('undo');
   }
 
   redo(): Command | null {
-    const cmd = this.redoStack.pop();
+    return this.step('redo');
+  }
+
+  /** Moves the top command to the other stack, undone or done again. */
+  private step(dir: 'undo' | 'redo'): Command | null {
+    const cmd = (dir === 'undo' ? this.undoStack : this.redoStack).pop();
     if (!cmd) return null;
-    cmd.do();
-    this.undoStack.push(cmd);
+    if (dir === 'undo') cmd.undo();
+    else cmd.do();
+    // the stacks are read again: the command may have run code that replaced them
+    (dir === 'undo' ? this.redoStack : this.undoStack).push(cmd);
     this.emit();
     return cmd;
   }

@@ -116,7 +116,7 @@ export class ReviewDraft implements DraftSource<ReviewDraftBody> {
   load(annotation: ApiCell[], review: Pick<Review, 'decisions' | 'added' | 'comments'> | null): void {
     this.originals = new Map();
     this.marks = new Map();
-    const edits = new Map<number, ReviewDecisionIO>();
+    const edits = new Map<number, Review["decisions"][number]>();
     for (const d of review?.decisions ?? []) {
       if (d.decision === 'edit') edits.set(d.cell_id, d);
       else this.marks.set(d.cell_id, d.decision);

@@ -350,20 +350,7 @@ export class AnnotationStore {
       for (const id of ids) this.serverIds.add(id);
     }
     this.revision = resp.revision;
-    const change: StoreChange = { added: [], removed: [], updated: [], origin: 'server' };
-    if (patch.length) {
-      for (const [key, cell] of patch) {
-        const had = this.cells.has(key);
-        if (cell) {
-          this.cells.set(key, cell);
-          (had ? change.updated : change.added).push(key);
-        } else {
-          this.cells.delete(key);
-          change.removed.push(key);
-        }
-      }
-      this.events.emit('change', change);
-    }
+    const change = this.writeServerCells(patch);
     this.emitState();
     return change;
   }
@@ -418,6 +405,13 @@ export class AnnotationStore {
       const key = this.keyByServerId.get(id);
       if (key && this.cells.has(key) && !this.changedAt.has(key)) patch.push([key, null]);
     }
+    const change = this.writeServerCells(patch);
+    this.rebase(serverRevision, serverCells);
+    return change;
+  }
+
+  /** Writes the server's cells (outside the history, not marked as changed) and announces them. */
+  private writeServerCells(patch: Patch): StoreChange {
     const change: StoreChange = { added: [], removed: [], updated: [], origin: 'server' };
     for (const [key, cell] of patch) {
       const had = this.cells.has(key);
@@ -430,7 +424,6 @@ export class AnnotationStore {
       }
     }
     if (patch.length) this.events.emit('change', change);
-    this.rebase(serverRevision, serverCells);
     return change;
   }
 

@@ -42,8 +42,12 @@ abstract class ClickTool implements Tool {
   protected onActivate(_ctx: ToolContext): void {}
   protected onDeactivate(): void {}
 
-  /** The user clicked cell `key` (null: empty space). */
-  abstract pick(key: string | null): void;
+  /** The user clicked cell `key` (null: empty space, which no click tool acts on). */
+  pick(key: string | null): void {
+    if (this.ctx && key) this.pickCell(this.ctx, key);
+  }
+
+  protected abstract pickCell(ctx: ToolContext, key: string): void;
 }
 
 export class MergeTool extends ClickTool {
@@ -69,9 +73,7 @@ export class MergeTool extends ClickTool {
     this.first = null;
   }
 
-  pick(key: string | null): void {
-    const ctx = this.ctx;
-    if (!ctx || !key) return;
+  protected pickCell(ctx: ToolContext, key: string): void {
     if (!this.first || !ctx.store.has(this.first)) {
       this.first = key;
       ctx.selection.set([key]);
@@ -121,9 +123,7 @@ export class DeleteTool extends ClickTool {
   readonly hint = 'Click a cell to delete it (Ctrl+Z brings it back)';
   protected override cursor = 'not-allowed';
 
-  pick(key: string | null): void {
-    const ctx = this.ctx;
-    if (!ctx || !key) return;
+  protected pickCell(ctx: ToolContext, key: string): void {
     if (ctx.store.removeCells([key])) ctx.selection.remove([key]);
   }
 }
@@ -135,9 +135,7 @@ export class ClassifyTool extends ClickTool {
   readonly hint = 'Click cells to give them the current class (choose it with 1–9)';
   protected override cursor = 'copy';
 
-  pick(key: string | null): void {
-    const ctx = this.ctx;
-    if (!ctx || !key) return;
+  protected pickCell(ctx: ToolContext, key: string): void {
     const classId = ctx.activeClassId();
     if (ctx.store.setClass([key], classId)) ctx.notify(`→ ${ctx.palette.name(classId)}`, 'info');
   }

@@ -5,12 +5,12 @@
 import Feature from 'ol/Feature';
 import { LineString, MultiPoint, Point as OlPoint, Polygon } from 'ol/geom';
 import type MapBrowserEvent from 'ol/MapBrowserEvent';
-import { Snap } from 'ol/interaction';
+import type { Snap } from 'ol/interaction';
 import PointerInteraction from 'ol/interaction/Pointer';
 import type { Point, Ring } from '../core/types';
 import { finalizeDrawnRing } from './finalize';
 import { PolygonDrawMachine, type PointerInput } from './polygonMachine';
-import type { Tool, ToolContext } from './tool';
+import { addSnap, type Tool, type ToolContext } from './tool';
 
 class DrawInteraction extends PointerInteraction {
   constructor(private readonly tool: DrawPolygonTool) {
@@ -75,10 +75,7 @@ export class DrawPolygonTool implements Tool {
     this.sketchFirst.setStyle(v.styles.sketchFirstVertex);
     this.interaction = new DrawInteraction(this);
     v.map.addInteraction(this.interaction);
-    if (ctx.snapEnabled()) {
-      this.snap = new Snap({ source: v.cellSource, pixelTolerance: 7 });
-      v.map.addInteraction(this.snap);
-    }
+    this.snap = addSnap(ctx, v);
   }
 
   deactivate(): void {

@@ -7,14 +7,14 @@
 import type MapBrowserEvent from 'ol/MapBrowserEvent';
 import type { EventsKey } from 'ol/events';
 import { altKeyOnly, click, shiftKeyOnly } from 'ol/events/condition';
-import { Modify, Select, Snap } from 'ol/interaction';
+import { Modify, Select, type Snap } from 'ol/interaction';
 import type { ModifyEvent } from 'ol/interaction/Modify';
 import { unByKey } from 'ol/Observable';
 import type { Polygon } from 'ol/geom';
 import { isValidRing, normalizeRing } from '../core/geometry';
 import type { Ring } from '../core/types';
 import type { CellFeature } from '../view/editorMap';
-import type { Tool, ToolContext } from './tool';
+import { addSnap, type Tool, type ToolContext } from './tool';
 
 export class SelectTool implements Tool {
   readonly id = 'select' as const;
@@ -59,10 +59,7 @@ export class SelectTool implements Tool {
     this.keys.push(v.map.on('click', (e) => this.choosePick(e)));
     v.map.addInteraction(this.select);
     v.map.addInteraction(this.modify);
-    if (ctx.snapEnabled()) {
-      this.snap = new Snap({ source: v.cellSource, pixelTolerance: 7 });
-      v.map.addInteraction(this.snap);
-    }
+    this.snap = addSnap(ctx, v);
   }
 
   deactivate(): void {

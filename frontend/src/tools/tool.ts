@@ -7,6 +7,7 @@ import type { ClassPalette } from '../core/classes';
 import type { ProposalStore } from '../core/proposals';
 import type { Selection } from '../core/selection';
 import type { AnnotationStore } from '../core/store';
+import { Snap } from 'ol/interaction';
 import type { EditorMap } from '../view/editorMap';
 
 export type ToolId = 'select' | 'draw' | 'split' | 'merge' | 'delete' | 'classify';
@@ -38,4 +39,15 @@ export interface Tool {
   activate(ctx: ToolContext): void;
   deactivate(): void;
   onKey?(e: KeyboardEvent): boolean;
+}
+
+/**
+ * Snapping to the neighbouring contours, added to the map when the user turned it on (S);
+ * the tool removes it on deactivation. Null when snapping is off.
+ */
+export function addSnap(ctx: ToolContext, view: EditorMap): Snap | null {
+  if (!ctx.snapEnabled()) return null;
+  const snap = new Snap({ source: view.cellSource, pixelTolerance: 7 });
+  view.map.addInteraction(snap);
+  return snap;
 }

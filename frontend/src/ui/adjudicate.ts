@@ -2,25 +2,21 @@
  * Adjudication screen: every expert's version of each disputed cell side by
  * side (one outline colour per expert, plus the annotator's cell and the fused
  * candidate), choose one, refine it or draw a new one, then submit the decisions.
+ * The map, shell and keyboard routing come from the map screen base (mapScreen.ts).
  */
 import { randomKey } from '../core/autosave';
 import { AdjudicationModel, OWN_COLOR, reasonText, type DisputeOption } from '../core/adjudication';
 import { ApiError } from '../core/api';
-import { ClassPalette } from '../core/classes';
 import { normalizeRing } from '../core/geometry';
-import { ProposalStore } from '../core/proposals';
-import { nextFromQueue } from '../core/queue';
 import { routeHash } from '../core/router';
-import { Selection } from '../core/selection';
-import { AnnotationStore, type Cell } from '../core/store';
-import type { ImageInfo } from '../core/types';
-import { createTools, type Tool, type ToolContext, type ToolId } from '../tools';
-import { EditorMap } from '../view/editorMap';
+import type { Cell } from '../core/store';
+import { createTools, type Tool, type ToolId } from '../tools';
 import type { CellState } from '../view/styles';
-import type { App, Screen } from './app';
-import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone, listen } from './dom';
-import { confirmDialog, dialog, dialogOpen, toast, type DialogHandle } from './overlay';
-import { buildShell, errText, helpRow, isTyping, overlayMessage, section, viewKey, wireReadouts, zoomButtons, type Shell } from './viewer';
+import type { App } from './app';
+import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren } from './dom';
+import { MapScreen, type HelpContent, type LoadFailure, type MapScreenLayout } from './mapScreen';
+import { confirmDialog, toast } from './overlay';
+import { errText, helpRow, section } from './viewer';
 
 const CONTEXT_COLOR = '#475569';
 const REJECT_COLOR = '#f87171';
@@ -33,65 +29,32 @@ function parseOptionKey(key: string): { disputeId: number; optionId: string } | 
   return m ? { disputeId: Number(m[1]), optionId: m[2] } : null;
 }
 
-export class AdjudicateScreen implements Screen {
+const TOOL_TITLES: Partial<Record<ToolId, string>> = { draw: 'Draw your own contour (D)', select: 'Select (V)' };
+
+export class AdjudicateScreen extends MapScreen {
   readonly model = new AdjudicationModel();
-  readonly store = new AnnotationStore();
-  readonly selection = new Selection();
-  private readonly proposals = new ProposalStore();
-  view: EditorMap | null = null;
-  private palette = new ClassPalette([]);
-  private image: ImageInfo | null = null;
   private currentId: number | null = null;
   /** dispute id -> store key of the adjudicator's own drawing */
   private ownKeys = new Map<number, string>();
   private refining: string | null = null;
-  private readOnly = false;
-  private tools: Tool[] = createTools().filter((t) => t.id === 'select' || t.id === 'draw');
-  private tool: Tool | null = null;
-  private alive = true;
-  private busy = false;
-  private offs: (() => void)[] = [];
-  private helpDialog: DialogHandle | null = null;
   private contextVisible = true;
   private idempotencyKey: string | null = null;
 
-  private shell!: Shell;
-  private statusPill!: HTMLElement;
-  private titleEl!: HTMLElement;
-  private crumbProject!: HTMLElement;
-  private submitBtn!: HTMLButtonElement;
   private summaryEl!: HTMLElement;
   private currentEl!: HTMLElement;
   private listEl!: HTMLElement;
 
-  constructor(
-    private readonly app: App,
-    readonly projectId: number,
-    readonly imageId: number,
-  ) {}
-
-  async mount(root: HTMLElement): Promise<void> {
-    root.append(this.buildLayout());
-    try {
-      await this.load();
-    } catch (e) {
-      if (!this.alive) return;
-      overlayMessage(
-        this.shell.overlay,
-        e instanceof ApiError && e.status === 403 ? 'Adjudicators only' : 'Could not open the adjudication',
-        e instanceof ApiError && e.status === 403 ? 'Only project admins and the experts named as adjudicators may decide disputed cells.' : errText(e),
-        [h('a', { class: 'btn', href: routeHash({ name: 'images', projectId: this.projectId }) }, 'Back to the images')],
-      );
-    }
+  constructor(app: App, projectId: number, imageId: number) {
+    super(app, projectId, imageId, createTools().filter((t) => t.id === 'select' || t.id === 'draw'), 'draw');
   }
 
-  unmount(): void {
-    this.alive = false;
-    for (const off of this.offs) off();
-    this.offs = [];
-    this.tool?.deactivate();
-    this.view?.destroy();
-    this.helpDialog?.close();
+  protected loadFailure(e: unknown): LoadFailure {
+    const forbidden = e instanceof ApiError && e.status === 403;
+    return {
+      title: forbidden ? 'Adjudicators only' : 'Could not open the adjudication',
+      message: forbidden ? 'Only project admins and the experts named as adjudicators may decide disputed cells.' : errText(e),
+      actions: [h('a', { class: 'btn', href: routeHash({ name: 'images', projectId: this.projectId }) }, 'Back to the images')],
+    };
   }
 
   async beforeLeave(): Promise<boolean> {
@@ -101,7 +64,7 @@ export class AdjudicateScreen implements Screen {
 
   // ================================================================ loading
 
-  private async load(): Promise<void> {
+  protected async load(): Promise<void> {
     const api = this.app.api;
     const [project, image, adj, cells] = await Promise.all([
       api.getProject(this.projectId),
@@ -111,9 +74,7 @@ export class AdjudicateScreen implements Screen {
     ]);
     if (!this.alive) return;
     this.image = { ...image, status: adj.status };
-    this.palette = new ClassPalette(project.classes);
-    this.crumbProject.textContent = project.name;
-    this.titleEl.textContent = image.file_name;
+    this.showHeader(project, image);
     this.model.load(adj);
     this.readOnly = !['disputed', 'adjudication'].includes(adj.status);
 
@@ -129,24 +90,12 @@ export class AdjudicateScreen implements Screen {
     if (ctx.length) this.store.writeCells(ctx, 'server');
     this.writeOptions();
 
-    this.view = new EditorMap({
-      target: this.shell.mapEl,
-      width: image.width,
-      height: image.height,
-      imageUrl: image.display_url ?? api.imageFileUrl(image.id, 'display'),
-      palette: this.palette,
-      store: this.store,
-      proposals: this.proposals,
-      selection: this.selection,
+    this.openMap(image, {
       cellStyle: (key, classId, state) => this.cellStyle(key, classId, state),
       canEdit: (key) => !this.readOnly && key === this.refining,
     });
-    this.view.fit();
-    this.shell.overlay.hidden = true;
-    this.wire();
-    this.setTool('select');
     this.currentId = this.model.next(null);
-    this.renderAll();
+    this.begin();
     if (this.currentId !== null) this.focusDispute(this.currentId);
   }
 
@@ -184,7 +133,7 @@ export class AdjudicateScreen implements Screen {
 
   // ================================================================ wiring
 
-  private wire(): void {
+  protected wire(): void {
     const v = this.view!;
     const refresh = rafThrottle(() => this.renderPanels());
     this.offs.push(
@@ -234,54 +183,26 @@ export class AdjudicateScreen implements Screen {
           this.model.refine(id, cell.polygon);
         }
       }),
-      wireReadouts(v, this.shell.mapEl, this.shell.coordEl, this.shell.zoomEl),
     );
-    const onKeyDown = (e: KeyboardEvent) => this.onKeyDown(e);
-    const onKeyUp = (e: KeyboardEvent) => {
-      if (e.key === ' ' && this.view?.spaceDown) {
-        this.view.spaceDown = false;
-        this.shell.mapEl.classList.remove('panning');
-      }
-    };
-    const onUnload = (e: BeforeUnloadEvent) => {
-      if (!this.model.hasPending || this.readOnly) return undefined;
-      e.preventDefault();
-      e.returnValue = '';
-      return '';
-    };
-    this.offs.push(
-      listen(document, 'keydown', onKeyDown),
-      listen(document, 'keyup', onKeyUp),
-      listen(window, 'beforeunload', onUnload),
-    );
+    this.warnBeforeUnload(() => this.model.hasPending && !this.readOnly);
   }
 
-  private toolContext(): ToolContext {
-    return {
-      store: this.store,
-      selection: this.selection,
-      proposals: this.proposals,
-      palette: this.palette,
-      view: this.view ?? undefined,
-      activeClassId: () => {
-        const d = this.currentId !== null ? this.model.get(this.currentId) : undefined;
-        return d ? (this.model.effective(d.id)?.classId ?? d.candidate_class_id ?? this.palette.ordered[0]?.id ?? null) : null;
-      },
-      snapEnabled: () => false,
-      notify: (m, k) => toast(m, k),
-      setTool: (id) => this.setTool(id),
-    };
+  /** Your own contour takes the class of the chosen version, else of the fused candidate. */
+  protected activeClassId(): number | null {
+    const d = this.currentId !== null ? this.model.get(this.currentId) : undefined;
+    return d ? (this.model.effective(d.id)?.classId ?? d.candidate_class_id ?? this.palette.ordered[0]?.id ?? null) : null;
   }
 
-  setTool(id: ToolId): void {
-    if (id === 'draw' && (this.readOnly || this.currentId === null)) return;
-    const next = this.tools.find((t) => t.id === id);
-    if (!next || !this.view) return;
-    this.tool?.deactivate();
-    this.tool = next;
-    next.activate(this.toolContext());
+  protected override mayUse(id: ToolId): boolean {
+    return id !== 'draw' || (!this.readOnly && this.currentId !== null);
+  }
+
+  protected toolChanged(): void {
     this.renderHint();
-    for (const b of this.shell.toolbar.querySelectorAll<HTMLElement>('[data-tool]')) b.classList.toggle('active', b.dataset.tool === id);
+  }
+
+  protected override toolTitle(t: Tool): string {
+    return TOOL_TITLES[t.id] ?? super.toolTitle(t);
   }
 
   // ================================================================ actions
@@ -374,7 +295,7 @@ export class AdjudicateScreen implements Screen {
     this.view?.syncEditable();
   }
 
-  async submit(): Promise<void> {
+  protected async submit(): Promise<void> {
     if (this.busy || this.readOnly) return;
     const { decisions, errors } = this.model.payload();
     const bad = Object.keys(errors);
@@ -386,77 +307,61 @@ export class AdjudicateScreen implements Screen {
     if (!decisions.length) return void toast('Choose a version for at least one disputed cell first', 'warn');
     const open = this.model.undecided().length;
     if (open && !(await confirmDialog('Submit some decisions?', `${open} disputed cell(s) still have no decision; the image is verified once every dispute is decided. Submit the ${decisions.length} decided now?`, 'Submit'))) return;
-    this.busy = true;
-    this.submitBtn.disabled = true;
     this.idempotencyKey ??= randomKey();
-    try {
-      const res = await this.app.api.adjudicate(this.imageId, decisions, this.idempotencyKey);
-      this.idempotencyKey = null;
-      this.model.load(res);
-      this.writeOptions();
-      this.image = this.image ? { ...this.image, status: res.status } : this.image;
-      this.readOnly = !['disputed', 'adjudication'].includes(res.status);
-      this.refining = null;
-      this.view?.syncEditable();
-      this.view?.refreshCells();
-      this.renderAll();
-      if (res.status === 'verified') toast('All disputes decided — the image is verified', 'success', 5000);
-      else toast(`${decisions.length} decision(s) saved`, 'success');
-      if (!this.readOnly) this.focusDispute(this.model.next(null));
-    } catch (e) {
-      if (!(e instanceof ApiError && e.isTransient)) this.idempotencyKey = null;
-      toast(`Could not submit: ${e instanceof ApiError && e.status === 400 ? (e.fieldMessages()[0] ?? e.detail) : errText(e)}`, 'error', 8000);
-    } finally {
-      this.busy = false;
-      this.submitBtn.disabled = this.readOnly;
-    }
+    const key = this.idempotencyKey;
+    await this.submitting(async () => {
+      try {
+        const res = await this.app.api.adjudicate(this.imageId, decisions, key);
+        this.idempotencyKey = null;
+        this.model.load(res);
+        this.writeOptions();
+        this.image = this.image ? { ...this.image, status: res.status } : this.image;
+        this.readOnly = !['disputed', 'adjudication'].includes(res.status);
+        this.refining = null;
+        this.view?.syncEditable();
+        this.view?.refreshCells();
+        this.renderAll();
+        if (res.status === 'verified') toast('All disputes decided — the image is verified', 'success', 5000);
+        else toast(`${decisions.length} decision(s) saved`, 'success');
+        if (!this.readOnly) this.focusDispute(this.model.next(null));
+      } catch (e) {
+        if (!(e instanceof ApiError && e.isTransient)) this.idempotencyKey = null;
+        toast(`Could not submit: ${e instanceof ApiError && e.status === 400 ? (e.fieldMessages()[0] ?? e.detail) : errText(e)}`, 'error', 8000);
+      }
+    });
   }
 
-  private async nextImage(): Promise<void> {
-    if (!(await this.beforeLeave())) return;
-    try {
-      const next = await nextFromQueue(this.app.api, this.projectId, ['adjudicate'], this.imageId);
-      if (next) this.app.navigate(next.route);
-      else toast('No other disputed image', 'success');
-    } catch (e) {
-      toast(errText(e), 'error');
-    }
+  protected async nextImage(): Promise<void> {
+    if (await this.beforeLeave()) await this.nextInQueue('adjudicate', 'No other disputed image');
   }
 
   // ================================================================ keyboard
 
-  private onKeyDown(e: KeyboardEvent): void {
-    if (!this.view || !this.alive || dialogOpen() || isTyping(e)) return;
-    const mod = e.ctrlKey || e.metaKey;
-    if (mod) {
-      const k = e.key.toLowerCase();
-      if (e.key === 'Enter') void this.submit();
-      else if (k === 'z' && !e.shiftKey) this.store.undo();
-      else if ((k === 'z' && e.shiftKey) || k === 'y') this.store.redo();
-      else return;
-      e.preventDefault();
-      return;
-    }
-    if (this.tool?.id === 'draw' && this.tool.onKey?.(e)) {
-      e.preventDefault();
-      return;
-    }
-    if (viewKey(e, this.view, this.shell.mapEl)) {
-      e.preventDefault();
-      return;
-    }
-    if (e.altKey) return;
+  /** Ctrl+Z undoes contour edits only (decisions are cleared with U): no "nothing to undo" toast. */
+  override undo(): void {
+    this.store.undo();
+  }
+
+  override redo(): void {
+    this.store.redo();
+  }
+
+  protected override onCommandKey(e: KeyboardEvent): boolean {
+    if (e.key !== 'Enter') return super.onCommandKey(e);
+    void this.submit();
+    return true;
+  }
+
+  protected override step(dir: 1 | -1): void {
+    this.next(dir);
+  }
+
+  protected onKey(e: KeyboardEvent): boolean {
     const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
-    let handled = true;
-    if (k === 'Tab' || k === 'n') this.next(e.shiftKey ? -1 : 1);
-    else if (k === 'p') this.next(-1);
-    else if (/^[1-9]$/.test(k)) this.chooseNth(Number(k));
+    if (/^[1-9]$/.test(k)) this.chooseNth(Number(k));
     else if (k === 'Enter') {
-      if (this.refining) {
-        this.refining = null;
-        this.view.syncEditable();
-        this.renderHint();
-      } else this.chooseSelected();
+      if (this.refining) this.stopRefining();
+      else this.chooseSelected();
     } else if (k === 'r') this.choose('reject');
     else if (k === 'd') this.setTool('draw');
     else if (k === 'v') this.setTool('select');
@@ -465,18 +370,20 @@ export class AdjudicateScreen implements Screen {
     else if (k === 'z') this.focusDispute(this.currentId);
     else if (k === 'h') {
       this.contextVisible = !this.contextVisible;
-      this.view.refreshCells();
+      this.view?.refreshCells();
       toast(this.contextVisible ? 'Agreed cells shown' : 'Agreed cells hidden');
-    } else if (k === '?') this.showHelp();
-    else if (k === 'Escape') {
-      if (this.refining) {
-        this.refining = null;
-        this.view.syncEditable();
-        this.renderHint();
-      } else if (this.tool?.id !== 'select') this.setTool('select');
-      else handled = false;
-    } else handled = false;
-    if (handled) e.preventDefault();
+    } else if (k === 'Escape') {
+      if (this.refining) this.stopRefining();
+      else if (this.tool?.id !== 'select') this.setTool('select');
+      else return false;
+    } else return false;
+    return true;
+  }
+
+  private stopRefining(): void {
+    this.refining = null;
+    this.view?.syncEditable();
+    this.renderHint();
   }
 
   // ================================================================ rendering
@@ -512,46 +419,22 @@ export class AdjudicateScreen implements Screen {
     return s.outline(color, { width: 1.2, dash, fill: 0, alpha: 0.6 });
   }
 
-  private buildLayout(): HTMLElement {
-    this.crumbProject = h('a', { class: 'crumb', href: routeHash({ name: 'images', projectId: this.projectId }) }, '…');
-    this.titleEl = h('span', { class: 'crumb current file' }, `Image ${this.imageId}`);
-    this.statusPill = h('span', { class: 'pill pill-neutral' }, '…');
-    this.submitBtn = h('button', { class: 'btn btn-primary btn-sm', dataset: { action: 'submit-adjudication' }, onclick: () => void this.submit(), title: 'Submit the decisions (Ctrl+Enter)' }, icon('send', 15), 'Submit decisions');
-    const top = this.app.topbar(
-      [
-        h('a', { class: 'crumb', href: '#/projects' }, 'Projects'),
-        h('span', { class: 'crumb-sep' }, '/'),
-        this.crumbProject,
-        h('span', { class: 'crumb-sep' }, '/'),
-        this.titleEl,
-        h('span', { class: 'badge role-admin' }, 'Adjudication'),
-        this.statusPill,
-      ],
-      [
-        h('button', { class: 'btn btn-sm', onclick: () => void this.nextImage(), title: 'Next disputed image' }, 'Next disputed', icon('next', 15)),
-        this.submitBtn,
-        h('button', { class: 'icon-btn', title: 'Keyboard shortcuts (?)', onclick: () => this.showHelp() }, icon('help')),
-      ],
-    );
-    this.shell = buildShell(top, 'adjudicate-screen');
-    this.shell.toolbar.append(
-      ...this.tools.map((t) =>
-        h('button', { class: 'tool-btn', dataset: { tool: t.id }, title: t.id === 'draw' ? 'Draw your own contour (D)' : 'Select (V)', onclick: () => this.setTool(t.id) }, icon(t.id === 'draw' ? 'draw' : 'select', 20), h('span', { class: 'tool-key' }, t.shortcut)),
-      ),
-      ...zoomButtons(() => this.view),
-    );
+  protected layout(): MapScreenLayout {
     this.summaryEl = h('div', { class: 'adj-summary' });
     this.currentEl = h('div', { class: 'current-dispute' });
     this.listEl = h('div', { class: 'dispute-list' });
-    this.shell.panel.classList.add('wide');
-    this.shell.panel.append(section('Disputed cells', this.summaryEl), section('Current dispute', this.currentEl), section('All disputes', this.listEl));
-    return this.shell.root;
+    return {
+      className: 'adjudicate-screen',
+      badge: h('span', { class: 'badge role-admin' }, 'Adjudication'),
+      actions: [this.nextButton('Next disputed', 'Next disputed image'), this.submitButton('Submit decisions', 'Submit the decisions (Ctrl+Enter)', 'submit-adjudication')],
+      panel: [section('Disputed cells', this.summaryEl), section('Current dispute', this.currentEl), section('All disputes', this.listEl)],
+      widePanel: true,
+    };
   }
 
-  private renderAll(): void {
+  protected renderAll(): void {
+    this.renderStatus();
     const s = this.image?.status;
-    this.statusPill.className = `pill pill-${statusTone(s)}`;
-    this.statusPill.textContent = formatStatus(s);
     this.submitBtn.disabled = this.readOnly;
     const b = this.shell.banner;
     b.hidden = !this.readOnly;
@@ -677,22 +560,14 @@ export class AdjudicateScreen implements Screen {
     );
   }
 
-  private showHelp(): void {
-    if (this.helpDialog) {
-      this.helpDialog.close();
-      return;
-    }
-    this.helpDialog = dialog({
+  protected help(): HelpContent {
+    return {
       title: 'Adjudication — keyboard shortcuts',
-      wide: true,
-      body: h(
-        'div',
-        { class: 'help-grid' },
+      sections: [
         h('section', null, h('h4', null, 'Disputes'), helpRow(['N', 'Tab'], 'Next undecided dispute'), helpRow(['Shift', 'Tab'], 'Previous (also P)'), helpRow(['1–9'], 'Choose a version'), helpRow(['Enter'], 'Choose the outline selected on the map'), helpRow(['R'], 'Not a cell (reject)'), helpRow(['U'], 'Clear the decision')),
         h('section', null, h('h4', null, 'Contours'), helpRow(['D'], 'Draw your own contour'), helpRow(['E'], 'Refine the chosen contour'), helpRow(['Ctrl', 'Z'], 'Undo a contour edit'), helpRow(['Ctrl', 'Enter'], 'Submit the decisions')),
         h('section', null, h('h4', null, 'View'), helpRow(['Z'], 'Zoom to the dispute'), helpRow(['H'], 'Hide / show the agreed cells'), helpRow(['F'], 'Fit the image'), helpRow(['+', '−'], 'Zoom'), helpRow(['?'], 'This help')),
-      ),
-      onClose: () => (this.helpDialog = null),
-    });
+      ],
+    };
   }
 }

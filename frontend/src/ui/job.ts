@@ -6,7 +6,7 @@ import { ApiError } from '../core/api';
 import { routeHash } from '../core/router';
 import { curveCharts, formatDuration, isLive, jobDuration, jobFraction, kindInfo, progressText, STAGE_LABELS, statusLabel } from '../core/training';
 import type { TrainingJob } from '../core/types';
-import { adminHeader, adminTabs, forbidden, progressBar } from './admin';
+import { adminPage, forbidden, loadingBlock, progressBar } from './admin/common';
 import type { App, Screen } from './app';
 import { lineChart } from './charts';
 import { h, icon, replaceChildren, statusTone } from './dom';
@@ -36,15 +36,13 @@ export class JobScreen implements Screen {
   ) {}
 
   async mount(root: HTMLElement): Promise<void> {
-    const name = h('span', null, '…');
-    this.content = h('div', { class: 'admin-content job-page' });
-    root.append(
-      adminHeader(this.app, this.projectId, name, 'job', h('span', { class: 'crumb current' }, `Job #${this.jobId}`)),
-      h('main', { class: 'page wide' }, h('div', { class: 'page-head' }, h('h1', null, 'Administration')), adminTabs(this.projectId, 'job'), this.content),
-    );
+    const page = adminPage(this.app, this.projectId, 'job', h('span', { class: 'crumb current' }, `Job #${this.jobId}`));
+    this.content = page.content;
+    this.content.classList.add('job-page');
+    root.append(...page.nodes);
     this.app.api
       .getProject(this.projectId)
-      .then((p) => (name.textContent = p.name))
+      .then((p) => (page.projectName.textContent = p.name))
       .catch(() => undefined);
     this.headEl = h('div', { class: 'job-head' });
     this.progressEl = h('div', { class: 'card pad job-progress' });
@@ -52,7 +50,7 @@ export class JobScreen implements Screen {
     this.resultEl = h('div', { class: 'job-result' });
     this.logEl = h('pre', { class: 'log', tabindex: '0', 'aria-label': 'Job log' });
     this.configEl = h('div', { class: 'job-config' });
-    this.content.append(h('div', { class: 'loading-block' }, h('span', { class: 'spinner' }), 'Loading the job…'));
+    this.content.append(loadingBlock('Loading the job…'));
     await this.poll(true);
   }
 

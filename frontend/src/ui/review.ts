@@ -3,116 +3,50 @@
  * per cell (accept / reject / edit), missed cells added, comments on cells or
  * the image; keyboard driven (N/Tab, A, R, E). The draft is autosaved with
  * `PUT images/{id}/reviews/mine`. Blind: other experts' reviews are only asked
- * for once this review is submitted.
+ * for once this review is submitted. The side panel is in reviewPanels.ts.
  */
 import { ApiError } from '../core/api';
-import { ClassPalette } from '../core/classes';
 import { DraftSaver, type DraftSaverState } from '../core/draftSaver';
-import { area } from '../core/geometry';
-import { ProposalStore } from '../core/proposals';
-import { nextFromQueue } from '../core/queue';
-import { nextKey, readingOrder, ReviewDraft, type CellReviewState } from '../core/review';
+import { nextKey, readingOrder, ReviewDraft } from '../core/review';
 import { routeHash } from '../core/router';
-import { Selection } from '../core/selection';
-import { AnnotationStore } from '../core/store';
-import type { ApiCell, ImageInfo, Review, ReviewDraftBody, ReviewsOfRound } from '../core/types';
-import { createTools, type Tool, type ToolContext, type ToolId } from '../tools';
+import type { ApiCell, Review, ReviewDraftBody, ReviewsOfRound } from '../core/types';
+import { createTools, type Tool, type ToolId } from '../tools';
 import type { CellState } from '../view/styles';
-import { EditorMap } from '../view/editorMap';
-import type { App, Screen } from './app';
-import { formatStatus, h, icon, kbd, rafThrottle, replaceChildren, statusTone, listen } from './dom';
-import { confirmDialog, dialog, dialogOpen, toast, type DialogHandle } from './overlay';
-import { buildShell, errText, helpRow, isTyping, overlayMessage, relTime, section, viewKey, wireReadouts, zoomButtons, type Shell } from './viewer';
+import type { App } from './app';
+import { formatStatus, h, icon, kbd, listen, rafThrottle, replaceChildren } from './dom';
+import { MapScreen, type HelpContent, type LoadFailure, type MapScreenLayout } from './mapScreen';
+import { confirmDialog, dialog, toast } from './overlay';
+import { REVIEW_COLORS, ReviewPanels } from './reviewPanels';
+import { errText, helpRow, relTime } from './viewer';
 
-export const REVIEW_COLORS: Record<CellReviewState, string> = {
-  undecided: '#fbbf24',
-  accepted: '#34d399',
-  rejected: '#f87171',
-  edited: '#38bdf8',
-  added: '#e879f9',
-};
-const STATE_LABEL: Record<CellReviewState, string> = { undecided: 'Undecided', accepted: 'Accepted', rejected: 'Rejected', edited: 'Edited', added: 'Added' };
+export { REVIEW_COLORS };
 
-export class ReviewScreen implements Screen {
-  readonly store = new AnnotationStore();
+const TOOL_TITLES: Partial<Record<ToolId, string>> = { draw: 'Add a missed cell (D)', select: 'Select & review (V)' };
+
+export class ReviewScreen extends MapScreen {
   readonly draft = new ReviewDraft(this.store);
-  readonly selection = new Selection();
-  private readonly proposals = new ProposalStore();
-  view: EditorMap | null = null;
   saver: DraftSaver<ReviewDraftBody> | null = null;
-  private palette = new ClassPalette([]);
-  private image: ImageInfo | null = null;
   private review: Review | null = null;
   private others: ReviewsOfRound | null = null;
   private annotation: ApiCell[] = [];
-  private readOnly = false;
   private readOnlyReason = '';
   private editingKey: string | null = null;
   private order: string[] = [];
-  private tools: Tool[] = createTools().filter((t) => t.id === 'select' || t.id === 'draw');
-  private tool: Tool | null = null;
   private activeClass: number | null = null;
-  private alive = true;
-  private busy = false;
-  private offs: (() => void)[] = [];
-  private helpDialog: DialogHandle | null = null;
   private toldAllDecided = false;
-
-  private shell!: Shell;
-  private statusPill!: HTMLElement;
-  private titleEl!: HTMLElement;
-  private crumbProject!: HTMLElement;
+  private cellsVisible = true;
   private saveEl!: HTMLButtonElement;
-  private undoBtn!: HTMLButtonElement;
-  private redoBtn!: HTMLButtonElement;
-  private submitBtn!: HTMLButtonElement;
-  private progressEl!: HTMLElement;
-  private currentEl!: HTMLElement;
-  private imageCommentsEl!: HTMLElement;
-  private othersEl!: HTMLElement;
-  private legendEl!: HTMLElement;
-  private cellComment: HTMLTextAreaElement | null = null;
+  private panels!: ReviewPanels;
 
-  constructor(
-    private readonly app: App,
-    readonly projectId: number,
-    readonly imageId: number,
-  ) {}
+  constructor(app: App, projectId: number, imageId: number) {
+    super(app, projectId, imageId, createTools().filter((t) => t.id === 'select' || t.id === 'draw'), 'draw');
+  }
 
   // ================================================================ lifecycle
 
-  async mount(root: HTMLElement): Promise<void> {
-    root.append(this.buildLayout());
-    try {
-      await this.load();
-    } catch (e) {
-      if (!this.alive) return;
-      const notAssigned = e instanceof ApiError && (e.status === 404 || e.status === 403) && this.image;
-      overlayMessage(
-        this.shell.overlay,
-        notAssigned ? 'No review of yours here' : 'Could not open the review',
-        notAssigned
-          ? 'You are not assigned to review this image (or its review round is over).'
-          : e instanceof ApiError && e.status === 404
-            ? 'This image does not exist or you are not a member of its project.'
-            : errText(e),
-        [
-          h('a', { class: 'btn', href: routeHash({ name: 'images', projectId: this.projectId }) }, 'Back to the images'),
-          h('button', { class: 'btn btn-primary', onclick: () => void this.nextImage() }, 'Next review', icon('next', 15)),
-        ],
-      );
-    }
-  }
-
-  unmount(): void {
-    this.alive = false;
-    for (const off of this.offs) off();
-    this.offs = [];
-    this.tool?.deactivate();
+  protected override stop(): void {
     this.saver?.stop();
     this.draft.dispose();
-    this.view?.destroy();
-    this.helpDialog?.close();
   }
 
   async beforeLeave(): Promise<boolean> {
@@ -121,21 +55,69 @@ export class ReviewScreen implements Screen {
     return confirmDialog('Leave with unsaved decisions?', 'Your latest review decisions could not be saved yet. Leaving now loses them.', 'Leave anyway', true);
   }
 
-  // ================================================================ loading
+  // ================================================================ layout and loading
 
-  private async load(): Promise<void> {
+  protected layout(): MapScreenLayout {
+    this.panels = new ReviewPanels({
+      store: this.store,
+      draft: this.draft,
+      palette: () => this.palette,
+      readOnly: () => this.readOnly,
+      current: () => this.current(),
+      order: () => this.order,
+      editingKey: () => this.editingKey,
+      drawing: () => this.tool?.id === 'draw',
+      review: () => this.review,
+      others: () => this.others,
+      goNext: (dir) => this.goNext(dir),
+      addMissedCell: () => this.setTool('draw'),
+      setActiveClass: (id) => this.setActiveClass(id),
+      accept: () => this.accept(),
+      reject: () => this.reject(),
+      edit: () => this.edit(),
+      resetCurrent: () => this.resetCurrent(),
+    });
+    this.saveEl = h('button', { class: 'save-status save-saved', onclick: () => void this.saver?.retryNow() }, h('span', { class: 'dot' }), h('span', null, 'Loading…'));
+    return {
+      className: 'review-screen',
+      badge: h('span', { class: 'badge role-expert' }, 'Review'),
+      actions: [...this.historyControls(this.saveEl), this.nextButton('Next review', 'Next image waiting for your review'), this.submitButton('Submit review', 'Submit your review (Ctrl+Enter)', 'submit-review')],
+      panel: this.panels.sections(),
+      widePanel: true,
+    };
+  }
+
+  protected override toolTitle(t: Tool): string {
+    return TOOL_TITLES[t.id] ?? super.toolTitle(t);
+  }
+
+  protected loadFailure(e: unknown): LoadFailure {
+    const notAssigned = e instanceof ApiError && (e.status === 404 || e.status === 403) && this.image;
+    return {
+      title: notAssigned ? 'No review of yours here' : 'Could not open the review',
+      message: notAssigned
+        ? 'You are not assigned to review this image (or its review round is over).'
+        : e instanceof ApiError && e.status === 404
+          ? 'This image does not exist or you are not a member of its project.'
+          : errText(e),
+      actions: [
+        h('a', { class: 'btn', href: routeHash({ name: 'images', projectId: this.projectId }) }, 'Back to the images'),
+        h('button', { class: 'btn btn-primary', onclick: () => void this.nextImage() }, 'Next review', icon('next', 15)),
+      ],
+    };
+  }
+
+  protected async load(): Promise<void> {
     const api = this.app.api;
     const [project, image] = await Promise.all([api.getProject(this.projectId), api.getImage(this.imageId)]);
     if (!this.alive) return;
     this.image = image;
-    this.crumbProject.textContent = project.name;
-    this.titleEl.textContent = image.file_name;
+    this.showHeader(project, image);
     this.renderStatus();
     const [cells, review] = await Promise.all([api.getCells(this.imageId, 'annotation'), api.myReview(this.imageId)]);
     if (!this.alive) return;
     this.annotation = cells.cells;
     this.review = review;
-    this.palette = new ClassPalette(project.classes);
     this.activeClass = this.palette.ordered[0]?.id ?? null;
     this.draft.defaultClassId = this.activeClass;
     this.draft.load(cells.cells, review);
@@ -146,27 +128,14 @@ export class ReviewScreen implements Screen {
       this.readOnlyReason = `The image is ${formatStatus(image.status).toLowerCase()}; reviews are written while it is in review`;
     }
 
-    this.view = new EditorMap({
-      target: this.shell.mapEl,
-      width: image.width,
-      height: image.height,
-      imageUrl: image.display_url ?? api.imageFileUrl(image.id, 'display'),
-      palette: this.palette,
-      store: this.store,
-      proposals: this.proposals,
-      selection: this.selection,
+    this.openMap(image, {
       cellStyle: (key, classId, state) => this.cellStyle(key, classId, state),
       canEdit: (key) => !this.readOnly && (key === this.editingKey || this.draft.isAdded(key)),
     });
-    this.view.fit();
-    this.shell.overlay.hidden = true;
     this.recomputeOrder();
-
     this.saver = new DraftSaver({ source: this.draft, save: (body) => api.saveMyReview(this.imageId, body) });
     if (this.readOnly) this.saver.lock();
-    this.wire();
-    this.setTool('select');
-    this.renderAll();
+    this.begin();
     if (this.review.status === 'submitted') void this.loadOthers();
   }
 
@@ -184,12 +153,12 @@ export class ReviewScreen implements Screen {
       this.others = null;
       if (!(e instanceof ApiError && e.status === 403)) toast(`Could not load the other reviews: ${errText(e)}`, 'warn');
     }
-    if (this.alive) this.renderOthers();
+    if (this.alive) this.panels.renderOthers();
   }
 
   // ================================================================ wiring
 
-  private wire(): void {
+  protected wire(): void {
     const v = this.view!;
     const saver = this.saver!;
     const refresh = rafThrottle(() => this.renderPanels());
@@ -215,61 +184,31 @@ export class ReviewScreen implements Screen {
           });
         }
       }),
-      this.store.history.events.on('change', () => this.renderHistory()),
       this.selection.events.on('change', () => {
         const cur = this.current();
         if (this.editingKey && cur !== this.editingKey) this.setEditing(null);
         refresh();
       }),
       saver.events.on('state', (s) => this.renderSave(s)),
-      wireReadouts(v, this.shell.mapEl, this.shell.coordEl, this.shell.zoomEl),
     );
-    const onKeyDown = (e: KeyboardEvent) => this.onKeyDown(e);
-    const onKeyUp = (e: KeyboardEvent) => {
-      if (e.key === ' ' && this.view?.spaceDown) {
-        this.view.spaceDown = false;
-        this.shell.mapEl.classList.remove('panning');
-      }
-    };
-    const onUnload = (e: BeforeUnloadEvent) => {
-      if (!this.saver?.hasUnsaved) return undefined;
+    this.warnBeforeUnload(() => {
+      if (!this.saver?.hasUnsaved) return false;
       void this.saver.save();
-      e.preventDefault();
-      e.returnValue = '';
-      return '';
-    };
-    const onOnline = () => void this.saver?.retryNow();
-    this.offs.push(
-      listen(document, 'keydown', onKeyDown),
-      listen(document, 'keyup', onKeyUp),
-      listen(window, 'beforeunload', onUnload),
-      listen(window, 'online', onOnline),
-    );
+      return true;
+    });
+    this.offs.push(listen(window, 'online', () => void this.saver?.retryNow()));
   }
 
-  private toolContext(): ToolContext {
-    return {
-      store: this.store,
-      selection: this.selection,
-      proposals: this.proposals,
-      palette: this.palette,
-      view: this.view ?? undefined,
-      activeClassId: () => this.activeClass,
-      snapEnabled: () => false,
-      notify: (m, k) => toast(m, k),
-      setTool: (id) => this.setTool(id),
-    };
+  protected override mayUse(id: ToolId): boolean {
+    return id !== 'draw' || !this.readOnly;
   }
 
-  setTool(id: ToolId): void {
-    if (id === 'draw' && this.readOnly) return;
-    const next = this.tools.find((t) => t.id === id);
-    if (!next || !this.view) return;
-    this.tool?.deactivate();
-    this.tool = next;
-    next.activate(this.toolContext());
+  protected toolChanged(): void {
     this.renderHint();
-    for (const b of this.shell.toolbar.querySelectorAll<HTMLElement>('[data-tool]')) b.classList.toggle('active', b.dataset.tool === id);
+  }
+
+  protected activeClassId(): number | null {
+    return this.activeClass;
   }
 
   // ================================================================ decisions
@@ -300,26 +239,43 @@ export class ReviewScreen implements Screen {
     return true;
   }
 
-  accept(): void {
+  /** The current cell when a decision may be taken on it (else says why). */
+  private decidable(): string | null {
     const key = this.current();
-    if (!key) return void toast('Select a cell first (N or Tab goes to the next one)', 'warn');
-    if (!this.guard()) return;
+    if (!key) {
+      toast('Select a cell first (N or Tab goes to the next one)', 'warn');
+      return null;
+    }
+    return this.guard() ? key : null;
+  }
+
+  accept(): void {
+    const key = this.decidable();
+    if (!key) return;
+    // an added cell is accepted by being there
     if (this.draft.isAdded(key)) return void this.goNext();
-    this.setEditing(null);
-    const wasEdited = this.draft.isEdited(key);
-    this.draft.accept([key]);
-    if (wasEdited) toast('Kept your edited contour for this cell (U restores the original)');
-    this.advance();
+    this.decide(() => {
+      const wasEdited = this.draft.isEdited(key);
+      this.draft.accept([key]);
+      return wasEdited ? 'Kept your edited contour for this cell (U restores the original)' : null;
+    });
   }
 
   reject(): void {
-    const key = this.current();
-    if (!key) return void toast('Select a cell first (N or Tab goes to the next one)', 'warn');
-    if (!this.guard()) return;
-    this.setEditing(null);
+    const key = this.decidable();
+    if (!key) return;
     const added = this.draft.isAdded(key);
-    this.draft.reject([key]);
-    if (added) toast('Removed the cell you added');
+    this.decide(() => {
+      this.draft.reject([key]);
+      return added ? 'Removed the cell you added' : null;
+    });
+  }
+
+  /** Ends an edit, applies the decision (which may return a note to show), then goes on to the next undecided cell. */
+  private decide(apply: () => string | null): void {
+    this.setEditing(null);
+    const note = apply();
+    if (note) toast(note);
     this.advance();
   }
 
@@ -331,9 +287,8 @@ export class ReviewScreen implements Screen {
   }
 
   edit(): void {
-    const key = this.current();
-    if (!key) return void toast('Select a cell first (N or Tab goes to the next one)', 'warn');
-    if (!this.guard()) return;
+    const key = this.decidable();
+    if (!key) return;
     if (this.editingKey === key) {
       this.setEditing(null);
       return;
@@ -376,62 +331,29 @@ export class ReviewScreen implements Screen {
     this.renderPanels();
   }
 
-  undo(): void {
-    if (this.readOnly) return;
-    if (!this.store.undo()) toast('Nothing to undo');
-    this.pruneSelection();
-  }
-
-  redo(): void {
-    if (this.readOnly) return;
-    if (!this.store.redo()) toast('Nothing to redo');
-    this.pruneSelection();
-  }
-
-  private pruneSelection(): void {
-    const gone = this.selection.cells().filter((k) => !this.store.has(k));
-    if (gone.length) this.selection.remove(gone);
-  }
-
   // ================================================================ keyboard
 
-  private onKeyDown(e: KeyboardEvent): void {
-    if (!this.view || !this.alive || dialogOpen()) return;
-    if (isTyping(e)) {
-      if (e.key === 'Escape') (e.target as HTMLElement).blur();
-      if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && e.target === this.cellComment) {
-        e.preventDefault();
-        this.addCellComment();
-      }
-      return;
-    }
-    const key = e.key;
-    const mod = e.ctrlKey || e.metaKey;
-    if (mod) {
-      const k = key.toLowerCase();
-      if (k === 'z' && !e.shiftKey) this.undo();
-      else if ((k === 'z' && e.shiftKey) || k === 'y') this.redo();
-      else if (k === 's') void this.saver?.retryNow();
-      else if (key === 'Enter') void this.submit();
-      else return;
+  protected override onTypingKey(e: KeyboardEvent): void {
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey) && e.target === this.panels.cellComment) {
       e.preventDefault();
-      return;
+      this.panels.addCellComment();
     }
-    // the draw tool first: Enter / Backspace / Esc while drawing
-    if (this.tool?.id === 'draw' && this.tool.onKey?.(e)) {
-      e.preventDefault();
-      return;
-    }
-    if (viewKey(e, this.view, this.shell.mapEl)) {
-      e.preventDefault();
-      return;
-    }
-    if (e.altKey) return;
-    let handled = true;
-    const k = key.length === 1 ? key.toLowerCase() : key;
-    if (k === 'Tab' || k === 'n') this.goNext(e.shiftKey ? -1 : 1);
-    else if (k === 'p') this.goNext(-1);
-    else if (k === 'a') this.accept();
+  }
+
+  protected override onCommandKey(e: KeyboardEvent): boolean {
+    if (e.key.toLowerCase() === 's') void this.saver?.retryNow();
+    else if (e.key === 'Enter') void this.submit();
+    else return super.onCommandKey(e);
+    return true;
+  }
+
+  protected override step(dir: 1 | -1): void {
+    this.goNext(dir);
+  }
+
+  protected onKey(e: KeyboardEvent): boolean {
+    const k = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    if (k === 'a') this.accept();
     else if (k === 'r' || k === 'Delete' || k === 'Backspace') this.reject();
     else if (k === 'e') this.edit();
     else if (k === 'u') this.resetCurrent();
@@ -439,25 +361,23 @@ export class ReviewScreen implements Screen {
     else if (k === 'c') this.focusComment();
     else if (k === 'z') {
       const cur = this.current();
-      if (cur) this.view.zoomToKeys([cur]);
+      if (cur) this.view?.zoomToKeys([cur]);
     } else if (k === 'd') this.setTool('draw');
     else if (k === 'v') this.setTool('select');
     else if (k === 'h') this.toggleCells();
     else if (/^[1-9]$/.test(k)) {
       const c = this.palette.byDigit(Number(k));
-      if (c) this.setActiveClass(c.id);
-      else handled = false;
-    } else if (k === '?') this.showHelp();
-    else if (k === 'Escape') {
+      if (!c) return false;
+      this.setActiveClass(c.id);
+    } else if (k === 'Escape') {
       if (this.editingKey) this.setEditing(null);
       else if (this.tool?.id !== 'select') this.setTool('select');
       else if (this.selection.size) this.selection.clear();
-      else handled = false;
-    } else handled = false;
-    if (handled) e.preventDefault();
+      else return false;
+    } else return false;
+    return true;
   }
 
-  private cellsVisible = true;
   private toggleCells(): void {
     this.cellsVisible = !this.cellsVisible;
     this.view?.setLayerVisible('cells', this.cellsVisible);
@@ -465,22 +385,12 @@ export class ReviewScreen implements Screen {
   }
 
   private focusComment(): void {
-    if (this.readOnly) return;
-    const el = this.current() && this.draft.cellIdOf(this.current()!) !== null ? this.cellComment : (this.imageCommentsEl.querySelector('textarea') as HTMLTextAreaElement | null);
-    el?.focus();
-  }
-
-  private addCellComment(): void {
-    const key = this.current();
-    const text = this.cellComment?.value ?? '';
-    if (!key || !text.trim()) return;
-    this.draft.addComment(key, text);
-    if (this.cellComment) this.cellComment.value = '';
+    if (!this.readOnly) this.panels.focusComment();
   }
 
   // ================================================================ submit / navigation
 
-  async submit(): Promise<void> {
+  protected async submit(): Promise<void> {
     if (!this.saver || this.busy) return;
     if (!this.guard()) return;
     const counts = this.draft.counts();
@@ -512,46 +422,37 @@ export class ReviewScreen implements Screen {
       );
       if (!ok) return;
     }
-    this.busy = true;
-    this.submitBtn.disabled = true;
-    try {
-      if (!(await this.saver.flush())) throw new ApiError(0, 'Your latest decisions could not be saved');
-      const res = await this.app.api.submitMyReview(this.imageId, acceptUndecided);
-      this.saver.lock();
-      this.review = res;
-      this.readOnly = true;
-      this.readOnlyReason = 'Submitted just now';
-      this.setEditing(null);
-      this.setTool('select');
-      if (this.image) this.image = { ...this.image, status: res.image_status };
-      this.draft.load(this.annotation, res);
-      this.renderStatus();
-      this.renderAll();
-      const what =
-        res.image_status === 'verified'
-          ? 'the image is verified'
-          : res.image_status === 'disputed'
-            ? 'the experts disagree on some cells: it goes to adjudication'
-            : 'waiting for the other experts';
-      toast(`Review submitted — ${what}`, 'success', 5000);
-      void this.loadOthers();
-    } catch (e) {
-      if (e instanceof ApiError && e.status === 400) toast(`Not submitted: ${e.fieldMessages()[0] ?? e.detail}`, 'error', 8000);
-      else toast(`Could not submit: ${errText(e)}`, 'error');
-    } finally {
-      this.busy = false;
-      this.submitBtn.disabled = this.readOnly;
-    }
+    const saver = this.saver;
+    await this.submitting(async () => {
+      try {
+        if (!(await saver.flush())) throw new ApiError(0, 'Your latest decisions could not be saved');
+        const res = await this.app.api.submitMyReview(this.imageId, acceptUndecided);
+        saver.lock();
+        this.review = res;
+        this.readOnly = true;
+        this.readOnlyReason = 'Submitted just now';
+        this.setEditing(null);
+        this.setTool('select');
+        if (this.image) this.image = { ...this.image, status: res.image_status };
+        this.draft.load(this.annotation, res);
+        this.renderAll();
+        const what =
+          res.image_status === 'verified'
+            ? 'the image is verified'
+            : res.image_status === 'disputed'
+              ? 'the experts disagree on some cells: it goes to adjudication'
+              : 'waiting for the other experts';
+        toast(`Review submitted — ${what}`, 'success', 5000);
+        void this.loadOthers();
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 400) toast(`Not submitted: ${e.fieldMessages()[0] ?? e.detail}`, 'error', 8000);
+        else toast(`Could not submit: ${errText(e)}`, 'error');
+      }
+    });
   }
 
-  private async nextImage(): Promise<void> {
-    try {
-      const next = await nextFromQueue(this.app.api, this.projectId, ['review'], this.imageId);
-      if (next) this.app.navigate(next.route);
-      else toast('No other image is waiting for your review', 'success');
-    } catch (e) {
-      toast(errText(e), 'error');
-    }
+  protected nextImage(): Promise<void> {
+    return this.nextInQueue('review', 'No other image is waiting for your review');
   }
 
   // ================================================================ rendering
@@ -576,75 +477,13 @@ export class ReviewScreen implements Screen {
     }
   }
 
-  private buildLayout(): HTMLElement {
-    this.crumbProject = h('a', { class: 'crumb', href: routeHash({ name: 'images', projectId: this.projectId }) }, '…');
-    this.titleEl = h('span', { class: 'crumb current file' }, `Image ${this.imageId}`);
-    this.statusPill = h('span', { class: 'pill pill-neutral' }, '…');
-    this.saveEl = h('button', { class: 'save-status save-saved', onclick: () => void this.saver?.retryNow() }, h('span', { class: 'dot' }), h('span', null, 'Loading…'));
-    this.undoBtn = h('button', { class: 'icon-btn', title: 'Undo (Ctrl+Z)', disabled: true, onclick: () => this.undo() }, icon('undo'));
-    this.redoBtn = h('button', { class: 'icon-btn', title: 'Redo (Ctrl+Shift+Z)', disabled: true, onclick: () => this.redo() }, icon('redo'));
-    this.submitBtn = h('button', { class: 'btn btn-primary btn-sm', dataset: { action: 'submit-review' }, onclick: () => void this.submit(), title: 'Submit your review (Ctrl+Enter)' }, icon('send', 15), 'Submit review');
-    const top = this.app.topbar(
-      [
-        h('a', { class: 'crumb', href: '#/projects' }, 'Projects'),
-        h('span', { class: 'crumb-sep' }, '/'),
-        this.crumbProject,
-        h('span', { class: 'crumb-sep' }, '/'),
-        this.titleEl,
-        h('span', { class: 'badge role-expert' }, 'Review'),
-        this.statusPill,
-      ],
-      [
-        this.saveEl,
-        h('span', { class: 'divider' }),
-        this.undoBtn,
-        this.redoBtn,
-        h('span', { class: 'divider' }),
-        h('button', { class: 'btn btn-sm', onclick: () => void this.nextImage(), title: 'Next image waiting for your review' }, 'Next review', icon('next', 15)),
-        this.submitBtn,
-        h('button', { class: 'icon-btn', title: 'Keyboard shortcuts (?)', onclick: () => this.showHelp() }, icon('help')),
-      ],
-    );
-    this.shell = buildShell(top, 'review-screen');
-    this.shell.panel.classList.add('wide');
-    const toolIcon: Record<string, string> = { select: 'select', draw: 'draw' };
-    this.shell.toolbar.append(
-      ...this.tools.map((t) =>
-        h(
-          'button',
-          { class: 'tool-btn', dataset: { tool: t.id }, title: t.id === 'draw' ? 'Add a missed cell (D)' : 'Select & review (V)', onclick: () => this.setTool(t.id) },
-          icon(toolIcon[t.id], 20),
-          h('span', { class: 'tool-key' }, t.shortcut),
-        ),
-      ),
-      ...zoomButtons(() => this.view),
-    );
-    this.progressEl = h('div', { class: 'review-progress' });
-    this.currentEl = h('div', { class: 'current-cell' });
-    this.imageCommentsEl = h('div', { class: 'comments' });
-    this.othersEl = h('div', { class: 'others' });
-    this.legendEl = h(
-      'div',
-      { class: 'legend' },
-      (Object.keys(REVIEW_COLORS) as CellReviewState[]).map((s) => h('span', { class: 'legend-item' }, h('i', { class: `legend-line ${s === 'undecided' || s === 'rejected' ? 'dashed' : ''}`, style: { borderColor: REVIEW_COLORS[s] } }), STATE_LABEL[s])),
-    );
-    this.shell.panel.append(
-      section('Progress', this.progressEl),
-      section('Current cell', this.currentEl),
-      section('Comments on the image', this.imageCommentsEl),
-      section('Other experts', this.othersEl),
-      section('Legend', this.legendEl),
-    );
-    return this.shell.root;
-  }
-
-  private renderAll(): void {
+  protected renderAll(): void {
     this.renderStatus();
     this.renderPanels();
     this.renderHistory();
     this.renderHint();
     if (this.saver) this.renderSave(this.saver.state);
-    this.renderOthers();
+    this.panels.renderOthers();
     this.renderBanner();
     this.submitBtn.disabled = this.readOnly;
     replaceChildren(this.submitBtn, icon(this.review?.status === 'submitted' ? 'check' : 'send', 15), this.review?.status === 'submitted' ? 'Submitted' : 'Submit review');
@@ -660,20 +499,6 @@ export class ReviewScreen implements Screen {
     b.hidden = false;
     replaceChildren(b, icon(this.review?.status === 'submitted' ? 'check' : 'alert', 16), h('span', null, this.review?.status === 'submitted' ? `Your review is submitted (${relTime(this.review.submitted_at)}) — read only` : this.readOnlyReason));
     b.className = `map-banner ${this.review?.status === 'submitted' ? 'good' : 'warn'}`;
-  }
-
-  private renderStatus(): void {
-    const s = this.image?.status;
-    this.statusPill.className = `pill pill-${statusTone(s)}`;
-    this.statusPill.textContent = formatStatus(s);
-  }
-
-  private renderHistory(): void {
-    const st = this.store.history.state();
-    this.undoBtn.disabled = this.readOnly || !st.canUndo;
-    this.redoBtn.disabled = this.readOnly || !st.canRedo;
-    this.undoBtn.title = st.undoLabel ? `Undo ${st.undoLabel} (Ctrl+Z)` : 'Undo (Ctrl+Z)';
-    this.redoBtn.title = st.redoLabel ? `Redo ${st.redoLabel} (Ctrl+Shift+Z)` : 'Redo (Ctrl+Shift+Z)';
   }
 
   private renderHint(): void {
@@ -725,178 +550,17 @@ export class ReviewScreen implements Screen {
   }
 
   private renderPanels(): void {
-    if (!this.view) return;
-    this.renderProgress();
-    this.renderCurrent();
-    this.renderImageComments();
+    if (this.view) this.panels.render();
   }
 
-  private renderProgress(): void {
-    const c = this.draft.counts();
-    const decided = c.total - c.undecided;
-    const pct = c.total ? Math.round((decided / c.total) * 100) : 100;
-    const chip = (state: CellReviewState, n: number) => h('span', { class: 'count-chip', dataset: { state } }, h('i', { class: 'dot', style: { background: REVIEW_COLORS[state] } }), h('b', null, String(n)), ` ${STATE_LABEL[state].toLowerCase()}`);
-    replaceChildren(this.progressEl, 
-      h('div', { class: 'progress-head' }, h('b', { dataset: { testid: 'decided' } }, `${decided} / ${c.total}`), h('span', { class: 'muted' }, ' cells decided'), h('span', { class: 'grow' }), h('span', { class: 'muted small' }, `${pct}%`)),
-      h('div', { class: 'progress-bar' }, h('div', { class: 'progress-fill', style: { width: `${pct}%` } })),
-      h('div', { class: 'chips' }, chip('accepted', c.accepted), chip('rejected', c.rejected), chip('edited', c.edited), chip('added', c.added), chip('undecided', c.undecided)),
-      this.readOnly
-        ? null
-        : h(
-            'div',
-            { class: 'btn-row' },
-            h('button', { class: 'btn btn-sm', onclick: () => this.goNext(1), disabled: !c.total }, 'Next undecided', kbd('N')),
-            h('button', { class: `btn btn-sm ${this.tool?.id === 'draw' ? 'active' : ''}`, onclick: () => this.setTool('draw') }, icon('draw', 14), 'Add missed cell', kbd('D')),
-          ),
-    );
-  }
-
-  private renderCurrent(): void {
-    const key = this.current();
-    const el = this.currentEl;
-    this.cellComment = null;
-    if (!key) {
-      replaceChildren(el, h('p', { class: 'muted small' }, 'Press ', kbd('N'), ' or ', kbd('Tab'), ' to go to the next undecided cell, or click a cell.'));
-      return;
-    }
-    const cell = this.store.get(key)!;
-    const st = this.draft.stateOf(key);
-    const orig = this.draft.original(key);
-    const idx = this.order.indexOf(key);
-    const title = orig ? `Cell ${idx + 1} of ${this.order.length}` : 'Cell you added';
-    const classSel = h(
-      'select',
-      {
-        disabled: this.readOnly,
-        onchange: (e: Event) => {
-          const v = (e.target as HTMLSelectElement).value;
-          if (v) this.setActiveClass(Number(v));
-        },
-      },
-      cell.classId === null ? h('option', { value: '', selected: true }, 'Unclassified') : null,
-      this.palette.ordered.map((c) => h('option', { value: String(c.id), selected: cell.classId === c.id }, c.name)),
-    );
-    const classNote = orig && orig.classId !== cell.classId ? h('div', { class: 'muted small' }, `Annotator: ${this.palette.name(orig.classId)}`) : null;
-    const comments = orig ? this.draft.commentsOf(key) : [];
-    const ta = orig && !this.readOnly ? h('textarea', { rows: 2, placeholder: 'Comment on this cell… (Ctrl+Enter adds)', maxlength: 2000 }) : null;
-    this.cellComment = ta;
-    replaceChildren(el, 
-      h('div', { class: 'cell-head' }, h('b', null, title), h('span', { class: 'state-pill', style: { color: REVIEW_COLORS[st], borderColor: REVIEW_COLORS[st] } }, STATE_LABEL[st])),
-      h('div', { class: 'muted small' }, `${Math.round(area(cell.polygon))} px² · ${cell.polygon.length} vertices${this.editingKey === key ? ' · editing' : ''}`),
-      h('label', { class: 'field inline' }, h('span', null, 'Class'), classSel),
-      classNote,
-      this.readOnly
-        ? null
-        : h(
-            'div',
-            { class: 'decision-row' },
-            h('button', { class: `btn btn-sm btn-accept ${st === 'accepted' ? 'on' : ''}`, dataset: { action: 'accept' }, onclick: () => this.accept(), disabled: st === 'added' }, icon('check', 15), 'Accept', kbd('A')),
-            h('button', { class: `btn btn-sm btn-reject ${st === 'rejected' ? 'on' : ''}`, dataset: { action: 'reject' }, onclick: () => this.reject() }, icon('x', 15), st === 'added' ? 'Remove' : 'Reject', kbd('R')),
-            h('button', { class: `btn btn-sm btn-edit ${this.editingKey === key ? 'on' : ''}`, dataset: { action: 'edit' }, onclick: () => this.edit() }, icon('draw', 15), this.editingKey === key ? 'Done' : 'Edit', kbd('E')),
-          ),
-      !this.readOnly && orig && st !== 'undecided' ? h('button', { class: 'btn btn-ghost btn-sm', onclick: () => this.resetCurrent() }, icon('undo', 14), 'Back to undecided', kbd('U')) : null,
-      orig
-        ? h(
-            'div',
-            { class: 'comments' },
-            comments.map((c) => this.commentItem(c)),
-            ta
-              ? h('div', { class: 'comment-form' }, ta, h('button', { class: 'btn btn-sm', onclick: () => this.addCellComment() }, 'Add comment'))
-              : null,
-          )
-        : null,
-    );
-  }
-
-  private commentItem(c: { cell_id: number | null; text: string; created_at?: string }): HTMLElement {
-    return h(
-      'div',
-      { class: 'comment' },
-      h('p', null, c.text),
-      h(
-        'div',
-        { class: 'comment-meta' },
-        h('span', { class: 'muted small' }, relTime(c.created_at) || 'draft'),
-        this.readOnly
-          ? null
-          : h(
-              'button',
-              {
-                class: 'link-btn',
-                onclick: () => {
-                  const found = this.draft.getComments().find((x) => x.text === c.text && x.cell_id === c.cell_id && x.created_at === c.created_at);
-                  if (found) this.draft.removeComment(found);
-                },
-              },
-              'Remove',
-            ),
-      ),
-    );
-  }
-
-  private renderImageComments(): void {
-    const list = this.draft.commentsOf(null);
-    const ta = h('textarea', { rows: 2, placeholder: 'A remark on the whole image (focus, stain, missing area…)', maxlength: 2000 });
-    const add = () => {
-      if (this.draft.addComment(null, ta.value)) ta.value = '';
-    };
-    ta.addEventListener('keydown', (e) => {
-      if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
-        e.preventDefault();
-        add();
-      }
-    });
-    replaceChildren(this.imageCommentsEl, 
-      ...list.map((c) => this.commentItem(c)),
-      !list.length && this.readOnly ? h('p', { class: 'muted small' }, 'No comment.') : null,
-      this.readOnly ? null : h('div', { class: 'comment-form' }, ta, h('button', { class: 'btn btn-sm', dataset: { action: 'add-image-comment' }, onclick: add }, 'Add comment')),
-    );
-  }
-
-  private renderOthers(): void {
-    const el = this.othersEl;
-    if (this.review?.status !== 'submitted') {
-      replaceChildren(el, h('p', { class: 'muted small blind-note' }, icon('eyeOff', 14), 'Hidden until you submit your review: each expert reviews independently.'));
-      return;
-    }
-    if (!this.others) {
-      replaceChildren(el, h('p', { class: 'muted small' }, 'Loading…'));
-      return;
-    }
-    const mine = this.review.id;
-    const others = this.others.reviews.filter((r) => r.id !== mine);
-    const waiting = this.others.assignments.filter((a) => a.status === 'assigned' && a.id !== mine);
-    replaceChildren(el, 
-      ...others.map((r) =>
-        h(
-          'div',
-          { class: 'other-review' },
-          h('div', { class: 'cell-head' }, h('span', { class: 'avatar sm' }, r.username.slice(0, 1).toUpperCase()), h('b', null, r.username), h('span', { class: 'grow' }), h('span', { class: 'muted small' }, relTime(r.submitted_at))),
-          h('div', { class: 'muted small' }, `${r.counts.accepted} accepted · ${r.counts.rejected} rejected · ${r.counts.edited} edited · ${r.counts.added} added`),
-          r.comments.map((c) => h('div', { class: 'comment' }, h('p', null, c.text), h('div', { class: 'muted small' }, c.cell_id ? `on cell ${this.order.indexOf(`s${c.cell_id}`) + 1 || c.cell_id}` : 'on the image'))),
-        ),
-      ),
-      waiting.length ? h('p', { class: 'muted small' }, `Waiting for ${waiting.map((a) => a.username).join(', ')}`) : null,
-      !others.length && !waiting.length ? h('p', { class: 'muted small' }, 'No other review in this round.') : null,
-    );
-  }
-
-  private showHelp(): void {
-    if (this.helpDialog) {
-      this.helpDialog.close();
-      return;
-    }
-    this.helpDialog = dialog({
+  protected help(): HelpContent {
+    return {
       title: 'Review — keyboard shortcuts',
-      wide: true,
-      body: h(
-        'div',
-        { class: 'help-grid' },
+      sections: [
         h('section', null, h('h4', null, 'Deciding'), helpRow(['N', 'Tab'], 'Next undecided cell'), helpRow(['Shift', 'Tab'], 'Previous cell (also P)'), helpRow(['A'], 'Accept the cell'), helpRow(['R'], 'Reject the cell (an added cell: remove it)'), helpRow(['E'], 'Edit the contour (E or Enter: done)'), helpRow(['U'], 'Back to undecided and the original contour'), helpRow(['1–9'], 'Correct the class')),
         h('section', null, h('h4', null, 'Adding & comments'), helpRow(['D'], 'Draw a missed cell'), helpRow(['V'], 'Back to selecting'), helpRow(['C'], 'Comment on the cell (or the image)'), helpRow(['Ctrl', 'Enter'], 'Add the comment / submit the review'), helpRow(['Ctrl', 'Z'], 'Undo (decisions too)'), helpRow(['Ctrl', 'S'], 'Save the draft now')),
         h('section', null, h('h4', null, 'View'), helpRow(['Z'], 'Zoom to the cell'), helpRow(['F'], 'Fit the image'), helpRow(['H'], 'Hide / show contours'), helpRow(['+', '−'], 'Zoom'), helpRow(['←', '↑', '→', '↓'], 'Pan'), helpRow(['Space', 'Drag'], 'Pan'), helpRow(['?'], 'This help')),
-      ),
-      onClose: () => (this.helpDialog = null),
-    });
+      ],
+    };
   }
 }

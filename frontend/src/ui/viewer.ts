@@ -1,6 +1,6 @@
 /**
- * Pieces shared by the map screens other than the editor (review,
- * adjudication): the layout shell, view keys, the status bar readouts.
+ * Pieces of the map screens (editor, review, adjudication; see mapScreen.ts):
+ * the layout shell, view keys, the status bar readouts, small panel helpers.
  */
 import { unByKey } from 'ol/Observable';
 import { ApiError } from '../core/api';
@@ -19,7 +19,7 @@ export interface Shell {
   banner: HTMLElement;
 }
 
-export function buildShell(top: HTMLElement, className: string): Shell {
+export function buildShell(top: HTMLElement, className?: string): Shell {
   const toolbar = h('aside', { class: 'toolbar', 'aria-label': 'Tools' });
   const mapEl = h('div', { class: 'map', tabindex: '0', 'aria-label': 'Image and cell contours' });
   const overlay = h('div', { class: 'map-overlay' }, h('div', { class: 'overlay-card' }, h('span', { class: 'spinner big' }), h('p', null, 'Loading image and cells…')));
@@ -30,7 +30,7 @@ export function buildShell(top: HTMLElement, className: string): Shell {
   const zoomEl = h('span', { class: 'zoom' }, '');
   const root = h(
     'div',
-    { class: `editor ${className}` },
+    { class: className ? `editor ${className}` : 'editor' },
     top,
     h('div', { class: 'editor-body' }, toolbar, h('div', { class: 'map-wrap' }, mapEl, banner, overlay), panel),
     h('footer', { class: 'statusbar' }, hintEl, h('span', { class: 'grow' }), coordEl, zoomEl),

@@ -1,0 +1,59 @@
+/**
+ * The administration screen of a project: the tabs (common.ts) and the panel of
+ * the current one — training jobs (training.ts), the model registry
+ * (registry.ts), the retraining schedule (schedule.ts), the expert-agreement
+ * dashboard (agreement.ts).
+ */
+import { ApiError } from '../../core/api';
+import type { AdminTab } from '../../core/router';
+import type { Project } from '../../core/types';
+import type { App, Screen } from '../app';
+import { AgreementPanel } from './agreement';
+import { adminPage, forbidden, type AdminPanel } from './common';
+import { RegistryPanel } from './registry';
+import { SchedulePanel } from './schedule';
+import { TrainingPanel } from './training';
+
+const PANELS: Record<AdminTab, new (app: App, project: Project) => AdminPanel> = {
+  training: TrainingPanel,
+  models: RegistryPanel,
+  schedule: SchedulePanel,
+  agreement: AgreementPanel,
+};
+
+export class AdminScreen implements Screen {
+  private panel: AdminPanel | null = null;
+  private alive = true;
+
+  constructor(
+    private readonly app: App,
+    private readonly projectId: number,
+    private readonly tab: AdminTab,
+  ) {}
+
+  async mount(root: HTMLElement): Promise<void> {
+    const page = adminPage(this.app, this.projectId, this.tab);
+    const content = page.content;
+    root.append(...page.nodes);
+    let project: Project;
+    try {
+      project = await this.app.api.getProject(this.projectId);
+    } catch (e) {
+      if (this.alive) content.replaceChildren(forbidden(e));
+      return;
+    }
+    if (!this.alive) return;
+    page.projectName.textContent = project.name;
+    if (project.my_role !== 'admin' && !this.app.user?.is_superuser) {
+      content.replaceChildren(forbidden(new ApiError(403, 'admins only')));
+      return;
+    }
+    this.panel = new PANELS[this.tab](this.app, project);
+    await this.panel.mount(content);
+  }
+
+  unmount(): void {
+    this.alive = false;
+    this.panel?.dispose();
+  }
+}

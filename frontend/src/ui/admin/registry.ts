@@ -1,0 +1,178 @@
+/**
+ * Administration, model registry tab: the active model per kind, every
+ * version's test metrics side by side (best in green, per Bethesda category on
+ * expand), promote (with a reason), roll back, evaluate; snapshot selector.
+ */
+import { routeHash } from '../../core/router';
+import { bestByMetric, kindInfo, METRIC_LABELS } from '../../core/training';
+import type { DatasetSnapshot, ModelKind, Registry, RegistryRow } from '../../core/types';
+import { num } from '../charts';
+import { formatStatus, h, icon, statusTone } from '../dom';
+import { confirmDialog, dialog, toast } from '../overlay';
+import { errText } from '../viewer';
+import { AdminPanel, fmtDate, forbidden, loadingBlock } from './common';
+
+const KEY_METRICS = ['dice', 'iou', 'f1_50', 'f1_70', 'ap50', 'dsb', 'coco_AP', 'erythrocyte_fp_rate'];
+
+export class RegistryPanel extends AdminPanel {
+  private snapshot: number | null = null;
+  private snapshots: DatasetSnapshot[] = [];
+  private allMetrics = false;
+  private el!: HTMLElement;
+  private registry: Registry | null = null;
+  private expanded = new Set<number>();
+
+  async mount(el: HTMLElement): Promise<void> {
+    this.el = el;
+    el.append(loadingBlock('Loading the registry…'));
+    this.app.api
+      .snapshots(this.project.id)
+      .then((r) => {
+        this.snapshots = r.results;
+        if (this.registry) this.render();
+      })
+      .catch(() => undefined);
+    await this.load();
+  }
+
+  private async load(): Promise<void> {
+    try {
+      this.registry = await this.app.api.registry(this.project.id, this.snapshot);
+      if (this.alive) this.render();
+    } catch (e) {
+      if (this.alive) this.el.replaceChildren(forbidden(e));
+    }
+  }
+
+  private render(): void {
+    const reg = this.registry!;
+    const metrics = this.allMetrics ? reg.metric_names : reg.metric_names.filter((m) => KEY_METRICS.includes(m));
+    const best = bestByMetric(reg.versions, metrics);
+    const kinds = [...new Set(reg.versions.map((v) => v.kind))];
+    const toolbar = h(
+      'div',
+      { class: 'filters' },
+      h(
+        'label',
+        { class: 'filter' },
+        h('span', null, 'Metrics on the test split of'),
+        h(
+          'select',
+          {
+            onchange: (e: Event) => {
+              const v = (e.target as HTMLSelectElement).value;
+              this.snapshot = v ? Number(v) : null;
+              void this.load();
+            },
+          },
+          h('option', { value: '', selected: this.snapshot === null }, reg.snapshot ? `the reference snapshot (#${this.snapshots.find((s) => s.id === reg.snapshot)?.number ?? reg.snapshot})` : 'the reference snapshot'),
+          this.snapshots.map((s) => h('option', { value: String(s.id), selected: this.snapshot === s.id }, `snapshot #${s.number} · ${s.counts.test?.images ?? 0} test images · ${fmtDate(s.created_at)}`)),
+        ),
+      ),
+      h('span', { class: 'grow' }),
+      h('label', { class: 'check' }, h('input', { type: 'checkbox', checked: this.allMetrics, onchange: (e: Event) => ((this.allMetrics = (e.target as HTMLInputElement).checked), this.render()) }), 'All metrics'),
+    );
+    if (!reg.versions.length) {
+      this.el.replaceChildren(toolbar, h('div', { class: 'empty' }, h('h3', null, 'No model version yet'), h('p', { class: 'muted' }, 'Train a model from the Training tab: its versions appear here.')));
+      return;
+    }
+    const activeCards = h(
+      'div',
+      { class: 'active-models' },
+      kinds.map((kind) => {
+        const active = reg.versions.find((v) => v.kind === kind && v.status === 'active');
+        const others = reg.versions.filter((v) => v.kind === kind && v.status !== 'failed' && v !== active);
+        return h(
+          'div',
+          { class: 'card pad active-card', dataset: { kind } },
+          h('div', { class: 'active-top' }, h('span', { class: 'muted small' }, kindInfo(kind).label), h('span', { class: 'grow' }), active && others.length ? h('button', { class: 'btn btn-sm btn-ghost', dataset: { action: 'rollback', kind }, title: 'Reactivate the version this one replaced', onclick: () => void this.rollback(kind) }, icon('undo', 14), 'Roll back') : null),
+          h('div', { class: 'active-line' }, active ? h('b', null, `v${active.number}`) : h('span', { class: 'muted' }, 'none active'), active ? h('span', { class: 'pill pill-good' }, 'Active') : null),
+          active ? h('div', { class: 'muted small' }, active.promoted_at ? `since ${fmtDate(active.promoted_at)}` : active.name || 'built in') : h('div', { class: 'muted small' }, `${others.length} candidate${others.length === 1 ? '' : 's'}`),
+        );
+      }),
+    );
+    const head = h('tr', null, h('th', null, 'Version'), h('th', null, 'Status'), h('th', null, 'Created'), metrics.map((m) => h('th', { class: 'num', title: m }, METRIC_LABELS[m] ?? m)), h('th', null, ''));
+    const rows: HTMLElement[] = [];
+    for (const v of reg.versions) {
+      rows.push(this.row(v, metrics, best));
+      if (this.expanded.has(v.id)) rows.push(this.bethesdaRow(v, metrics));
+    }
+    const table = h('div', { class: 'table-wrap card' }, h('table', { class: 'table registry' }, h('thead', null, head), h('tbody', null, rows)));
+    this.el.replaceChildren(toolbar, activeCards, table, h('p', { class: 'muted small' }, 'Best value of each metric in green. Metrics of versions not evaluated on this snapshot are empty: “Evaluate” computes them.'));
+  }
+
+  private row(v: RegistryRow, metrics: string[], best: Map<string, Set<number>>): HTMLElement {
+    const canPromote = v.status !== 'active' && v.status !== 'failed';
+    return h(
+      'tr',
+      { dataset: { version: String(v.id), status: v.status } },
+      h('td', null, h('button', { class: 'link-btn expand', title: 'Per Bethesda category', onclick: () => (this.expanded.has(v.id) ? this.expanded.delete(v.id) : this.expanded.add(v.id), this.render()) }, this.expanded.has(v.id) ? '▾' : '▸'), h('b', null, `${kindInfo(v.kind).label} v${v.number}`), v.name ? h('div', { class: 'muted small' }, v.name) : null, v.job ? h('a', { class: 'small', href: routeHash({ name: 'job', projectId: this.project.id, jobId: v.job }) }, ` job #${v.job}`) : null),
+      h('td', null, h('span', { class: `pill pill-${statusTone(v.status)}` }, formatStatus(v.status))),
+      h('td', { class: 'muted small' }, fmtDate(v.created_at)),
+      metrics.map((m) => {
+        const val = v.metrics?.[m];
+        const isBest = best.get(m)?.has(v.id) && (v.metrics ? true : false);
+        return h('td', { class: `num ${isBest ? 'best' : ''}` }, val == null ? '—' : m.endsWith('_fp') ? String(val) : val.toFixed(3));
+      }),
+      h(
+        'td',
+        { class: 'actions' },
+        canPromote ? h('button', { class: 'btn btn-sm', dataset: { action: 'promote' }, onclick: () => void this.promote(v) }, 'Promote') : null,
+        !v.metrics ? h('button', { class: 'btn btn-sm btn-ghost', onclick: () => void this.evaluate(v) }, 'Evaluate') : null,
+      ),
+    );
+  }
+
+  private bethesdaRow(v: RegistryRow, metrics: string[]): HTMLElement {
+    const per = v.per_bethesda ?? {};
+    const cats = Object.keys(per).sort();
+    return h(
+      'tr',
+      { class: 'sub-row' },
+      h('td', { colspan: String(metrics.length + 4) }, cats.length ? h('table', { class: 'table mini' }, h('thead', null, h('tr', null, h('th', null, 'Bethesda'), metrics.map((m) => h('th', { class: 'num' }, METRIC_LABELS[m] ?? m)))), h('tbody', null, cats.map((c) => h('tr', null, h('td', null, c), metrics.map((m) => h('td', { class: 'num' }, num(per[c]?.[m] ?? null))))))) : h('span', { class: 'muted small' }, 'No per-category metrics for this snapshot.')),
+    );
+  }
+
+  private async promote(v: RegistryRow): Promise<void> {
+    let reason = '';
+    const ok = await new Promise<boolean>((resolve) => {
+      let result = false;
+      const input = h('input', { placeholder: 'Why (kept in the audit log)', autofocus: true, oninput: (e: Event) => (reason = (e.target as HTMLInputElement).value) });
+      const d = dialog({
+        title: `Promote ${kindInfo(v.kind).label} v${v.number}?`,
+        body: [h('p', null, 'It becomes the active model of its kind: new pre-segmentations use it. The current one can be restored with “Roll back”.'), h('label', { class: 'field' }, h('span', null, 'Reason'), input)],
+        actions: [h('button', { class: 'btn', onclick: () => d.close() }, 'Cancel'), h('button', { class: 'btn btn-primary', dataset: { action: 'confirm-promote' }, onclick: () => ((result = true), d.close()) }, 'Promote')],
+        onClose: () => resolve(result),
+      });
+    });
+    if (!ok) return;
+    try {
+      await this.app.api.promoteModel(v.id, reason);
+      toast(`v${v.number} is now the active ${kindInfo(v.kind).label}`, 'success');
+      await this.load();
+    } catch (e) {
+      toast(`Not promoted: ${errText(e)}`, 'error', 7000);
+    }
+  }
+
+  private async rollback(kind: ModelKind): Promise<void> {
+    if (!(await confirmDialog('Roll back?', `The active ${kindInfo(kind).label} goes back to the version it replaced.`, 'Roll back', true))) return;
+    try {
+      const r = await this.app.api.rollback(this.project.id, kind);
+      const active = this.registry?.versions.find((v) => v.id === r.active);
+      toast(active ? `Rolled back: v${active.number} is active again` : 'Rolled back: no active version of this kind now', 'success');
+      await this.load();
+    } catch (e) {
+      toast(`Could not roll back: ${errText(e)}`, 'error', 7000);
+    }
+  }
+
+  private async evaluate(v: RegistryRow): Promise<void> {
+    try {
+      await this.app.api.evaluateModel(v.id, this.snapshot);
+      toast('Evaluation queued — the metrics appear when it is done', 'success');
+    } catch (e) {
+      toast(`Could not evaluate: ${errText(e)}`, 'error', 7000);
+    }
+  }
+}
