@@ -1748,7 +1748,7 @@ export interface components {
         SnapshotInRequest: {
             /** @default verified */
             source?: components["schemas"]["SourceEnum"];
-            /** @description Synthetic cluster augmentation (paper C), training.augment.AugmentConfig: count, seed, fill_fraction, cluster_size, rotation_deg, colour_jitter, brightness, noise_sigma, darken, max_overlap, ... */
+            /** @description Synthetic cluster augmentation (paper C), cytoseg.augment.AugmentConfig: count, seed, fill_fraction, cluster_size, rotation_deg, colour_jitter, brightness, noise_sigma, darken, max_overlap, ... */
             synthetic?: unknown;
         };
         SnapshotItemOut: {
