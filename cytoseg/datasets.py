@@ -1,6 +1,6 @@
 """Training data sets as files (Django-free): the nnU-Net v2 raw dataset and Cellpose training folders.
 
-Both the exports (``annotations.exports`` streams the files into a zip) and training jobs (which
+Both the exports (``interchange.services.archives`` streams the files into a zip) and training jobs (which
 write them to a folder) use these writers, so a downloaded data set is exactly what the platform
 trains on. A :class:`DatasetCase` is one image with its cells' polygons in image pixels, painted
 in order (a later cell covers an earlier one where they overlap); polygons are rasterised with

@@ -1300,7 +1300,7 @@ export interface components {
         };
         JobInRequest: {
             kind: components["schemas"]["KindA15Enum"];
-            /** @description Hyper-parameters and options, validated; unknown keys are rejected. Sections per trainer: nnunet (NnUNetTrainConfig), cellpose (CellposeTrainConfig), refinement (RefinementTrainConfig); options: preset (default|tiny), device (auto|cpu|cuda), evaluate, auto_promote, cellpose_erythrocytes, base_model_version (refinement), source and synthetic (when the job snapshots the data). */
+            /** @description Hyper-parameters and options, validated; unknown keys are rejected. Sections per trainer: nnunet (NnUNetTrainConfig), cellpose (CellposeTrainConfig), refinement (RefinementTrainConfig); options: preset (default|fast|tiny), device (auto|cpu|cuda), evaluate, auto_promote, cellpose_erythrocytes, base_model_version (refinement), source and synthetic (when the job snapshots the data). */
             config?: unknown;
             /** @description Train on this snapshot. */
             snapshot?: number | null;
