@@ -30,6 +30,7 @@ __all__ = [
     "Trainer",
     "TrainerError",
     "TrainingCancelled",
+    "short_number",
     "trainer_config_class",
     "trainer_get",
     "trainer_names",
@@ -40,6 +41,15 @@ __all__ = [
 ProgressFn = Callable[[dict[str, Any]], None]
 # Polled between iterations/epochs; True stops the training with TrainingCancelled.
 CancelFn = Callable[[], bool]
+
+
+def short_number(value: Any) -> str:
+    """A number (or list of numbers) for a log line: floats with 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(short_number(v) for v in value) + "]"
+    return str(value)
 
 
 class TrainingCancelled(Exception):

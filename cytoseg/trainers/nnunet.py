@@ -95,7 +95,7 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from PIL import Image
 from torch._dynamo import OptimizedModule
 
-from cytoseg.trainers import CancelFn, ProgressFn, Trainer, TrainingCancelled, TrainOutcome, TrainRequest
+from cytoseg.trainers import CancelFn, ProgressFn, Trainer, TrainingCancelled, TrainOutcome, TrainRequest, short_number
 from cytoseg.trainers.configs import NnUNetAugmentation, NnUNetPlansOverride, NnUNetTrainConfig
 
 __all__ = [
@@ -929,16 +929,10 @@ class NnUNetTrainer(Trainer):
         shutil.move(str(result.model_folder), str(target))
         return TrainOutcome(
             summary=(
-                f"fold {result.fold}, final val loss {_fmt(result.final_val_loss)}, "
-                f"pseudo Dice {_fmt(result.final_pseudo_dice)}"
+                f"fold {result.fold}, final val loss {short_number(result.final_val_loss)}, "
+                f"pseudo Dice {short_number(result.final_pseudo_dice)}"
             ),
             details={"fold": result.fold, "seconds": result.seconds},
         )
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return str(value)

@@ -27,8 +27,9 @@ class JobIn(serializers.Serializer):
         help_text=(
             "Hyper-parameters and options, validated; unknown keys are rejected. Sections per trainer: "
             "nnunet (NnUNetTrainConfig), cellpose (CellposeTrainConfig), refinement (RefinementTrainConfig); "
-            "options: preset (default|fast|tiny), device (auto|cpu|cuda), evaluate, auto_promote, cellpose_erythrocytes, "
-            "base_model_version (refinement), source and synthetic (when the job snapshots the data)."
+            "options: preset (default|fast|tiny), device (auto|cpu|cuda), evaluate, auto_promote, "
+            "cellpose_erythrocytes, base_model_version (refinement), source and synthetic (when the job "
+            "snapshots the data)."
         ),
     )
     snapshot = serializers.IntegerField(required=False, allow_null=True, help_text="Train on this snapshot.")

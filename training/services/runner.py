@@ -25,7 +25,7 @@ from cytoseg.backends import backend_get
 from cytoseg.backends.packages import (
     package_prepare,
 )
-from cytoseg.trainers import TrainRequest, trainer_get
+from cytoseg.trainers import TrainRequest, short_number, trainer_get
 from cytoseg.trainers.presets import preset_backend_settings
 from training.models import (
     JobStatus,
@@ -106,7 +106,7 @@ class JobRunner:
                 }
                 self.note(
                     f"{stage} epoch {info.get('epoch', 0) + 1}/{info.get('epochs')}: "
-                    + ", ".join(f"{k}={_fmt(v)}" for k, v in point.items() if k not in ("epoch", "epochs"))
+                    + ", ".join(f"{k}={short_number(v)}" for k, v in point.items() if k not in ("epoch", "epochs"))
                 )
                 self.write()
                 return
@@ -357,12 +357,6 @@ STAGE_OPTIONS: dict[str, Callable[[JobRunner, str], dict[str, Any]]] = {
 }
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_fmt(v) for v in value) + "]"
-    return str(value)
 
 
 def _json_floats(value: Any) -> Any:
@@ -373,7 +367,7 @@ def _json_floats(value: Any) -> Any:
 
 def _summary_line(overall: Mapping[str, Any]) -> str:
     keys = ("dice", "iou", "f1_50", "best_match_precision_70", "ap50", "dsb", "coco_AP", "erythrocyte_fp")
-    return ", ".join(f"{k}={_fmt(overall.get(k))}" for k in keys)
+    return ", ".join(f"{k}={short_number(overall.get(k))}" for k in keys)
 
 
 def training_job_run(*, job_id: int, task_id: str = "") -> dict[str, Any]:
