@@ -448,6 +448,18 @@ def cellpose_file_check(path: Path, *, relative: str) -> None:
     state = _state_dict_check(torch_weights_load(path, relative=relative), relative=relative)
     if CELLPOSE_FIRST_KEY not in state:
         raise PackageError("is not a Cellpose 3 model (CPnet weights)", file=relative)
+    # The backend builds Cellpose's default network (CellposeModel, nbase 32..256) for the
+    # file's input channels: weights of another shape would only fail later, on a worker.
+    from cellpose.resnet_torch import CPnet
+
+    nchan = int(state[CELLPOSE_FIRST_KEY].shape[0])
+    expected = {k: tuple(v.shape) for k, v in CPnet([nchan, 32, 64, 128, 256], 3, 3).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        wrong = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+        raise PackageError(
+            f"does not fit Cellpose 3's network ({len(wrong)} tensors differ, e.g. {wrong[0]})", file=relative
+        )
     meta = path.with_name(CELLPOSE_META)
     if meta.exists():
         data = _json_file(meta, relative.replace(CELLPOSE_FILE, CELLPOSE_META))

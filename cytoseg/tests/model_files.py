@@ -3,18 +3,20 @@ checkpoints and whole nnU-Net model folders as ``{relative path: bytes}``."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from typing import Any
 
 
+@functools.lru_cache(maxsize=1)
 def cellpose_weights() -> bytes:
-    """A small Cellpose 3 state_dict (CPnet of few features), as bytes of a .pth file."""
+    """A Cellpose 3 state_dict (CPnet as the backend builds it, untrained), as bytes of a .pth file."""
     import torch
     from cellpose.resnet_torch import CPnet
 
     buffer = io.BytesIO()
-    torch.save(CPnet([3, 8, 16, 32, 64], 3, 3).state_dict(), buffer)
+    torch.save(CPnet([3, 32, 64, 128, 256], 3, 3).state_dict(), buffer)
     return buffer.getvalue()
 
 

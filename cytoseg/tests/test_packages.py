@@ -200,6 +200,12 @@ def test_package_check_by_kind(tmp_path: Path) -> None:
     with pytest.raises(PackageError) as err:
         package_check("two_stage", nnunet)
     assert err.value.file == "nnunet/"
+    small = io.BytesIO()
+    from cellpose.resnet_torch import CPnet
+
+    torch.save(CPnet([3, 8, 16, 32, 64], 3, 3).state_dict(), small)
+    with pytest.raises(PackageError, match="does not fit Cellpose 3's network"):
+        package_check("cellpose", _write(tmp_path / "small", {"cellpose.pth": small.getvalue()}))
     with pytest.raises(PackageError, match="not a Cellpose 3 model"):
         package_check("cellpose", _write(tmp_path / "wrong", {"cellpose.pth": _state_bytes()}))
     refinement = _write(tmp_path / "ref", {"refinement.pt": _state_bytes(), "base/plans.json": b"{"})
