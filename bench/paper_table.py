@@ -118,6 +118,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--test", type=int, default=None, help="test images")
     g.add_argument("--cells", type=int, default=None, help="thyroid cells per image (default: generator's, by area)")
     g.add_argument("--seed", type=int, default=0, help="data seed")
+    g.add_argument("--difficulty", choices=("normal", "hard"), default="normal",
+                   help="the generator's mode: hard = palettes, gradients, dense clusters, faint erythrocytes, "
+                        "varying blur, JPEG (cytoseg.synthetic)")
     g = p.add_argument_group(
         "nnU-Net", "defaults: 20 epochs x 50 iterations (10 validation), the planner's plan with batch 4 and "
         "16..256 features; --paper: 50 x 250 (50), the planner's plan as is; --quick: 1 x 4, tiny plan")
@@ -169,11 +172,13 @@ class Setup:
     cellpose: Any  # CellposeTrainConfig
     refinement: Any  # RefinementTrainConfig
     cellpose_cells_only: bool
+    difficulty: str = "normal"
 
     @property
     def data_key(self) -> str:
         cells = f"-c{self.cells}" if self.cells is not None else ""
-        return f"{self.width}x{self.height}-{self.n_train}-{self.n_val}-{self.n_test}-s{self.seed}{cells}"
+        hard = "-hard" if self.difficulty == "hard" else ""
+        return f"{self.width}x{self.height}-{self.n_train}-{self.n_val}-{self.n_test}-s{self.seed}{cells}{hard}"
 
 
 def pick(value: Any, quick: Any, default: Any, paper: Any, args: argparse.Namespace) -> Any:
@@ -245,7 +250,7 @@ def setup_build(args: argparse.Namespace) -> Setup:
         width=width, height=height, n_train=pick(args.train, 4, 24, 120, args), n_val=pick(args.val, 2, 6, 30, args),
         n_test=pick(args.test, 3, 12, 122, args), cells=pick(args.cells, 10, None, None, args), seed=args.seed,
         tta=args.tta if args.tta is not None else bool(args.paper), nnunet=nn, cellpose=cp, refinement=rf,
-        cellpose_cells_only=args.cellpose_cells_only,
+        cellpose_cells_only=args.cellpose_cells_only, difficulty=args.difficulty,
     )
 
 
@@ -293,7 +298,7 @@ def data_build(setup: Setup) -> dict[str, Split]:
         split = Split()
         for i in range(count):
             f = generate_field(seed=setup.seed * 100_000 + base + i, width=setup.width, height=setup.height,
-                               n_cells=setup.cells)
+                               n_cells=setup.cells, difficulty=setup.difficulty)
             label_map = f.label_map()
             labels = {k + 1: c.label for k, c in enumerate(f.cells)}
             split.images.append(f.image)

@@ -7,19 +7,25 @@ under a name the consumers ignore and renamed into place, which is atomic on POS
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
-from time import monotonic
+from time import monotonic_ns
 from typing import Any
 
 from kombu.transport import filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
+_SEQUENCE = itertools.count()
+
 
 class AtomicChannel(filesystem.Channel):
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        # Consumers take messages in name order: a fixed-width time stamp (nanoseconds of the
+        # machine-wide monotonic clock) and this process's counter keep the order they were sent
+        # in, first in, first out.
+        name = f"{monotonic_ns():020d}_{next(_SEQUENCE):09d}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         temporary = final + ".writing"
         try:

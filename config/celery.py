@@ -1,4 +1,6 @@
-"""The Celery application. Queues: ``default`` (CPU work) and ``gpu`` (models, one at a time)."""
+"""The Celery application. Queues: ``default`` (CPU work), ``gpu`` (pre-segmentation, one image at a
+time) and ``training`` (training and evaluation jobs, on a worker of their own, so that a long
+training job never delays the pre-segmentation of new uploads)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("cytoplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("default"), Queue("gpu"))
+app.conf.task_queues = (Queue("default"), Queue("gpu"), Queue("training"))
 app.autodiscover_tasks()
 
 

@@ -14,6 +14,14 @@ proportionally fewer cells of the usual size.
 Every instance keeps at least ``MIN_VISIBLE_FRACTION`` of its area visible; placements
 that would break that for any instance (itself included) are rejected and retried.
 All randomness comes from one ``numpy.random.Generator`` seeded by ``seed``.
+
+``difficulty="hard"`` renders what real Diff-Quik smears throw at a model, each aspect drawn
+per field: another palette (mixtures of the classic stain, magenta cytoplasm with deep-violet
+nuclei on a bluish background, and a pale blue one); strong linear and radial illumination
+gradients; dense clusters of 6-18 heavily overlapping cells (each keeps ``HARD_MIN_VISIBLE``
+of itself visible); 35-60 erythrocytes per 256x256 of field, half of them faint; defocus blur
+that varies across the field (sigma 0.3-2.6); JPEG compression at quality 40-65. The masks
+stay exact: every one is the geometric shape that was painted.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from cytoseg.crops import CropGeometry, PaintedField
 
 __all__ = [
     "CELL",
+    "DIFFICULTIES",
     "ERYTHROCYTE",
     "MIN_VISIBLE_FRACTION",
     "REFERENCE_HEIGHT",
@@ -50,6 +59,40 @@ ERYTHROCYTE_COUNT_RANGE = (50, 250)
 CELL_RADIUS_RANGE = (9.0, 18.0)
 ERYTHROCYTE_RADIUS_RANGE = (5.0, 8.0)
 CLUSTER_SIZE_RANGE = (3, 14)
+
+DIFFICULTIES = ("normal", "hard")
+# Hard mode, per 256x256 of field (scaled by area): the densities of real clustered smears.
+HARD_AREA = 256 * 256
+HARD_CELL_COUNT_RANGE = (28, 48)
+HARD_ERYTHROCYTE_COUNT_RANGE = (35, 60)
+HARD_CLUSTER_SIZE_RANGE = (6, 18)
+HARD_CLUSTER_FRACTION = 0.85
+HARD_FAINT_FRACTION = 0.5
+HARD_MIN_VISIBLE = 0.45
+HARD_BLUR_RANGE = (0.3, 2.6)
+HARD_JPEG_QUALITY = (40, 65)
+# Palettes as the RGB each object shows on a white background: cytoplasm, nucleus (over
+# cytoplasm), erythrocyte, background. The classic one is the normal mode's.
+HARD_PALETTES: tuple[dict[str, tuple[float, float, float]], ...] = (
+    {
+        "cytoplasm": (185, 170, 215),
+        "nucleus": (70, 55, 135),
+        "erythrocyte": (225, 130, 150),
+        "background": (240, 230, 238),
+    },
+    {
+        "cytoplasm": (205, 120, 195),
+        "nucleus": (62, 28, 105),
+        "erythrocyte": (232, 118, 128),
+        "background": (214, 224, 246),
+    },
+    {
+        "cytoplasm": (160, 178, 222),
+        "nucleus": (48, 62, 138),
+        "erythrocyte": (222, 152, 166),
+        "background": (236, 241, 246),
+    },
+)
 
 # A cell cut by the image border is kept only if this much of it lies inside, so that
 # no sliver of a few pixels becomes a ground-truth instance.
@@ -109,9 +152,7 @@ class _Shape:
     mask: np.ndarray  # bool, alpha >= 0.5
 
 
-def _radius_table(
-    rng: np.random.Generator, radius: float, min_aspect: float, wobble: float
-) -> np.ndarray:
+def _radius_table(rng: np.random.Generator, radius: float, min_aspect: float, wobble: float) -> np.ndarray:
     """Boundary radius at ``_ANGLE_SAMPLES + 1`` angles over [-pi, pi] (closed)."""
     aspect = rng.uniform(min_aspect, 1.0)
     # Equal-area ellipse, so ``radius`` keeps its meaning whatever the aspect.
@@ -151,14 +192,10 @@ def _rasterise(cx: float, cy: float, table: np.ndarray) -> _Shape:
     x0, y0 = math.floor(cx) - ext, math.floor(cy) - ext
     n = 2 * ext + 1
     dist, radius, alpha = _polar(n, x0, y0, cx, cy, table)
-    return _Shape(
-        x0=x0, y0=y0, cx=cx, cy=cy, alpha=alpha, dist=dist, radius=radius, mask=alpha >= 0.5
-    )
+    return _Shape(x0=x0, y0=y0, cx=cx, cy=cy, alpha=alpha, dist=dist, radius=radius, mask=alpha >= 0.5)
 
 
-def _smooth_field(
-    rng: np.random.Generator, height: int, width: int, cells_across: int
-) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, height: int, width: int, cells_across: int) -> np.ndarray:
     """Low-frequency random field in roughly [-1, 1], shape (H, W) float32."""
     gw = max(2, cells_across)
     gh = max(2, round(cells_across * height / max(width, 1)))
@@ -179,6 +216,7 @@ class _Canvas:
     full: list[int] = field(default_factory=list)
     cells: list[SyntheticCell] = field(default_factory=list)
     centres: list[tuple[float, float, float]] = field(default_factory=list)  # cells only
+    min_visible: float = MIN_VISIBLE_FRACTION
 
     def try_place(self, shape: _Shape) -> tuple[slice, slice, np.ndarray] | None:
         """Apply the placement rules; on success book the pixels the new instance hides.
@@ -203,7 +241,7 @@ class _Canvas:
         if under.size:
             ids, counts = np.unique(under, return_counts=True)
             remaining = np.asarray(self.visible)[ids - 1] - counts
-            if np.any(remaining < MIN_VISIBLE_FRACTION * np.asarray(self.full)[ids - 1]):
+            if np.any(remaining < self.min_visible * np.asarray(self.full)[ids - 1]):
                 return None
             for k, c in zip(ids.tolist(), counts.tolist(), strict=True):
                 self.visible[k - 1] -= c
@@ -233,9 +271,7 @@ class _Canvas:
         n = shape.mask.shape[0]
         ys0, xs0 = max(shape.y0, 0), max(shape.x0, 0)
         ys1, xs1 = min(shape.y0 + n, self.height), min(shape.x0 + n, self.width)
-        self.od[ys0:ys1, xs0:xs1] += od[
-            ys0 - shape.y0 : ys1 - shape.y0, xs0 - shape.x0 : xs1 - shape.x0
-        ]
+        self.od[ys0:ys1, xs0:xs1] += od[ys0 - shape.y0 : ys1 - shape.y0, xs0 - shape.x0 : xs1 - shape.x0]
 
 
 @dataclass
@@ -247,15 +283,47 @@ class _Stain:
     erythrocyte: np.ndarray
 
 
-def _field_stain(rng: np.random.Generator) -> _Stain:
+@dataclass
+class _Palette:
+    """Optical densities of a field's objects and its background colour (hard mode)."""
+
+    cytoplasm: np.ndarray
+    nucleus: np.ndarray
+    erythrocyte: np.ndarray
+    background: np.ndarray  # RGB
+
+
+def _od(rgb: tuple[float, float, float]) -> np.ndarray:
+    """Optical density of a colour seen on white."""
+    return -np.log10(np.clip(np.asarray(rgb, dtype=np.float32), 1.0, 255.0) / 255.0).astype(np.float32)
+
+
+def _hard_palette(rng: np.random.Generator) -> _Palette:
+    """A random mixture of the hard palettes (in optical density), with a hue jitter."""
+    weights = rng.dirichlet(np.full(len(HARD_PALETTES), 0.6))
+    mix: dict[str, np.ndarray] = {}
+    for key in ("cytoplasm", "nucleus", "erythrocyte"):
+        mix[key] = sum(w * _od(p[key]) for w, p in zip(weights, HARD_PALETTES, strict=True)).astype(np.float32)
+    # The nucleus lies on cytoplasm: its own share is the difference.
+    mix["nucleus"] = np.maximum(mix["nucleus"] - mix["cytoplasm"], 0.02).astype(np.float32)
+    background = sum(w * np.asarray(p["background"], np.float32) for w, p in zip(weights, HARD_PALETTES, strict=True))
+    return _Palette(
+        cytoplasm=mix["cytoplasm"] * rng.uniform(0.85, 1.15, size=3).astype(np.float32),
+        nucleus=mix["nucleus"] * rng.uniform(0.85, 1.15, size=3).astype(np.float32),
+        erythrocyte=mix["erythrocyte"] * rng.uniform(0.85, 1.15, size=3).astype(np.float32),
+        background=np.asarray(background, dtype=np.float32),
+    )
+
+
+def _field_stain(rng: np.random.Generator, palette: _Palette | None = None) -> _Stain:
     def jitter(base: np.ndarray, spread: float) -> np.ndarray:
         scale = rng.uniform(0.8, 1.25) * rng.uniform(1.0 - spread, 1.0 + spread, size=3)
         return (base * scale).astype(np.float32)
 
     return _Stain(
-        cytoplasm=jitter(_CYTOPLASM_OD, 0.15),
-        nucleus=jitter(_NUCLEUS_OD, 0.12),
-        erythrocyte=jitter(_ERYTHROCYTE_OD, 0.12),
+        cytoplasm=jitter(_CYTOPLASM_OD if palette is None else palette.cytoplasm, 0.15),
+        nucleus=jitter(_NUCLEUS_OD if palette is None else palette.nucleus, 0.12),
+        erythrocyte=jitter(_ERYTHROCYTE_OD if palette is None else palette.erythrocyte, 0.12),
     )
 
 
@@ -285,9 +353,7 @@ def _cell_od(rng: np.random.Generator, cell: _Shape, radius: float, stain: _Stai
     return od
 
 
-def _erythrocyte_od(
-    rng: np.random.Generator, rbc: _Shape, stain: _Stain, faint: bool
-) -> np.ndarray:
+def _erythrocyte_od(rng: np.random.Generator, rbc: _Shape, stain: _Stain, faint: bool) -> np.ndarray:
     """Optical density of an erythrocyte: a disc, thinner (paler) in the centre."""
     rel = np.clip(rbc.dist / np.maximum(rbc.radius, 1e-3), 0.0, 1.0)
     pallor = rng.uniform(0.35, 0.6)
@@ -301,11 +367,13 @@ def _default_count(rng: np.random.Generator, bounds: tuple[int, int], area_ratio
     return max(1, round(int(rng.integers(bounds[0], bounds[1] + 1)) * area_ratio))
 
 
-def _cluster_sizes(rng: np.random.Generator, n_clustered: int) -> list[int]:
+def _cluster_sizes(
+    rng: np.random.Generator, n_clustered: int, bounds: tuple[int, int] = CLUSTER_SIZE_RANGE
+) -> list[int]:
     sizes: list[int] = []
     left = n_clustered
     while left > 0:
-        size = int(rng.integers(CLUSTER_SIZE_RANGE[0], CLUSTER_SIZE_RANGE[1] + 1))
+        size = int(rng.integers(bounds[0], bounds[1] + 1))
         size = min(size, left)
         sizes.append(size)
         left -= size
@@ -319,8 +387,9 @@ def generate_field(
     height: int = 768,
     n_cells: int | None = None,
     n_erythrocytes: int | None = None,
-    cluster_fraction: float = 0.5,
-    faint_erythrocyte_fraction: float = 0.3,
+    cluster_fraction: float | None = None,
+    faint_erythrocyte_fraction: float | None = None,
+    difficulty: str = "normal",
 ) -> SyntheticField:
     """Render one synthetic Diff-Quik field.
 
@@ -330,7 +399,18 @@ def generate_field(
     of the erythrocytes are weakly stained. The counts are met unless the field is too
     crowded to place an instance without breaking the visibility rule, in which case
     that instance is dropped. The same arguments always give the same field.
+
+    ``difficulty="hard"`` (see the module docstring) changes the defaults (28-48 cells and
+    35-60 erythrocytes per 256x256, 85% of the cells in clusters of 6-18, half the
+    erythrocytes faint) and the rendering; explicit counts and fractions still apply.
     """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}")
+    hard = difficulty == "hard"
+    if cluster_fraction is None:
+        cluster_fraction = HARD_CLUSTER_FRACTION if hard else 0.5
+    if faint_erythrocyte_fraction is None:
+        faint_erythrocyte_fraction = HARD_FAINT_FRACTION if hard else 0.3
     if width < 8 or height < 8:
         raise ValueError("width and height must be at least 8 pixels")
     if not 0.0 <= cluster_fraction <= 1.0:
@@ -341,23 +421,33 @@ def generate_field(
         raise ValueError("counts must not be negative")
 
     rng = np.random.default_rng(seed)
-    area_ratio = (width * height) / float(REFERENCE_WIDTH * REFERENCE_HEIGHT)
+    if hard:
+        area_ratio = (width * height) / float(HARD_AREA)
+        cell_range, rbc_range = HARD_CELL_COUNT_RANGE, HARD_ERYTHROCYTE_COUNT_RANGE
+    else:
+        area_ratio = (width * height) / float(REFERENCE_WIDTH * REFERENCE_HEIGHT)
+        cell_range, rbc_range = CELL_COUNT_RANGE, ERYTHROCYTE_COUNT_RANGE
     if n_cells is None:
-        n_cells = _default_count(rng, CELL_COUNT_RANGE, area_ratio)
+        n_cells = _default_count(rng, cell_range, area_ratio)
     if n_erythrocytes is None:
-        n_erythrocytes = _default_count(rng, ERYTHROCYTE_COUNT_RANGE, area_ratio)
+        n_erythrocytes = _default_count(rng, rbc_range, area_ratio)
 
-    stain = _field_stain(rng)
+    palette = _hard_palette(rng) if hard else None
+    stain = _field_stain(rng, palette)
     canvas = _Canvas(
         height=height,
         width=width,
         visible_map=np.zeros((height, width), dtype=np.int32),
         od=np.zeros((height, width, 3), dtype=np.float32),
+        min_visible=HARD_MIN_VISIBLE if hard else MIN_VISIBLE_FRACTION,
     )
+    # Centre distance of a cluster member from its anchor, as a fraction of the radii sum.
+    cluster_spacing = (0.42, 0.8) if hard else (0.55, 0.95)
 
     # Jobs are shuffled so that erythrocytes lie sometimes under, sometimes over cells.
     n_clustered = round(cluster_fraction * n_cells)
-    jobs: list[tuple[str, int]] = [("cluster", s) for s in _cluster_sizes(rng, n_clustered)]
+    sizes = _cluster_sizes(rng, n_clustered, HARD_CLUSTER_SIZE_RANGE if hard else CLUSTER_SIZE_RANGE)
+    jobs: list[tuple[str, int]] = [("cluster", s) for s in sizes]
     jobs += [("cell", 1)] * (n_cells - n_clustered)
     jobs += [("rbc", 1)] * n_erythrocytes
     order = rng.permutation(len(jobs))
@@ -371,8 +461,8 @@ def generate_field(
         for attempt in range(_PLACEMENT_TRIES * 2):
             if anchors and attempt < _PLACEMENT_TRIES:
                 ax, ay, ar = anchors[int(rng.integers(len(anchors)))]
-                # Centre distance 0.55-0.95 of the radii sum: from strong overlap to touching.
-                d = (ar + radius) * rng.uniform(0.55, 0.95)
+                # From strong overlap to touching.
+                d = (ar + radius) * rng.uniform(*cluster_spacing)
                 ang = rng.uniform(0.0, 2.0 * math.pi)
                 cx, cy = ax + d * math.cos(ang), ay + d * math.sin(ang)
             else:
@@ -422,11 +512,15 @@ def generate_field(
             for _ in range(size):
                 place_cell(members)
 
-    image = _render(rng, canvas.od, height, width)
+    image = _render(rng, canvas.od, height, width, palette)
+    if hard:
+        image = _hard_optics(rng, image)
     return SyntheticField(image=image, cells=canvas.cells)
 
 
-def _render(rng: np.random.Generator, od: np.ndarray, height: int, width: int) -> np.ndarray:
+def _render(
+    rng: np.random.Generator, od: np.ndarray, height: int, width: int, palette: _Palette | None = None
+) -> np.ndarray:
     """Background, illumination, stain variation, blur and noise -> uint8 RGB."""
     across = max(2, round(6 * width / REFERENCE_WIDTH))
     illumination = 1.0 + rng.uniform(0.03, 0.07) * _smooth_field(rng, height, width, across)
@@ -435,7 +529,10 @@ def _render(rng: np.random.Generator, od: np.ndarray, height: int, width: int) -
     # Watery colloid: soft lilac patches, a common thyroid aspirate background.
     colloid = np.clip(_smooth_field(rng, height, width, across + 3) * 2.0 - 0.6, 0.0, 1.0)
 
-    base = _BACKGROUND_RGB * rng.uniform(0.97, 1.02, size=3).astype(np.float32)
+    background = _BACKGROUND_RGB if palette is None else palette.background
+    base = background * rng.uniform(0.97, 1.02, size=3).astype(np.float32)
+    if palette is not None:
+        illumination = illumination * _hard_illumination(rng, height, width)
     total = od * stain_strength[..., None]
     total += background_tint[..., None] * _BACKGROUND_OD
     total += (colloid * rng.uniform(0.3, 1.0))[..., None] * _COLLOID_OD
@@ -448,11 +545,51 @@ def _render(rng: np.random.Generator, od: np.ndarray, height: int, width: int) -
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
+def _hard_illumination(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A strong linear gradient times a radial fall-off around an off-centre point, (H, W)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    proj = (xx * math.cos(angle) + yy * math.sin(angle)) / max(height, width)
+    proj = (proj - proj.min()) / max(float(proj.max() - proj.min()), 1e-6)
+    linear = 1.0 - rng.uniform(0.2, 0.45) * proj
+    cx, cy = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height
+    r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / float(width**2 + height**2)
+    radial = 1.0 - rng.uniform(0.25, 0.6) * np.clip(r2 / 0.5, 0.0, 1.0)
+    return (linear * radial).astype(np.float32)
+
+
+def _hard_optics(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Defocus that varies across the field (sigma 0.3-2.6), then JPEG at quality 40-65."""
+    height, width = image.shape[:2]
+    lo, hi = HARD_BLUR_RANGE
+    sigmas = np.linspace(lo, hi, 5, dtype=np.float32)
+    level = (_smooth_field(rng, height, width, 3) + 1.0) * 0.5 * (len(sigmas) - 1)  # 0..4
+    stack = [
+        np.asarray(cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigmaX=float(s)), dtype=np.float32)
+        for s in sigmas
+    ]
+    low = np.clip(np.floor(level).astype(np.int32), 0, len(sigmas) - 2)
+    frac = (level - low)[..., None]
+    out = np.zeros(image.shape, dtype=np.float32)
+    for k in range(len(sigmas) - 1):
+        here = (low == k)[..., None]
+        out = out + np.where(here, stack[k] * (1.0 - frac) + stack[k + 1] * frac, 0.0)
+    blurred = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    quality = int(rng.integers(HARD_JPEG_QUALITY[0], HARD_JPEG_QUALITY[1] + 1))
+    ok, data = cv2.imencode(".jpg", blurred[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise RuntimeError("JPEG decoding failed")
+    return np.ascontiguousarray(np.asarray(decoded)[:, :, ::-1])
+
+
 def generate_dataset(
-    *, seed: int, count: int, width: int = 1024, height: int = 768
+    *, seed: int, count: int, width: int = 1024, height: int = 768, difficulty: str = "normal"
 ) -> list[SyntheticField]:
     """``count`` independent fields; field ``i`` depends only on ``seed`` and ``i``."""
     if count < 0:
         raise ValueError("count must not be negative")
     seeds = np.random.SeedSequence(seed).generate_state(count, dtype=np.uint32)
-    return [generate_field(seed=int(s), width=width, height=height) for s in seeds.tolist()]
+    return [generate_field(seed=int(s), width=width, height=height, difficulty=difficulty) for s in seeds.tolist()]

@@ -38,7 +38,7 @@ WAIT_FOR_DB = ROOT / "docker" / "wait_for_db.py"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SETTINGS_FILE = ROOT / "config" / "settings.py"
 
-APP_SERVICES = ("web", "worker-gpu", "worker-cpu", "beat")
+APP_SERVICES = ("web", "worker-gpu", "worker-training", "worker-cpu", "beat")
 INFRA_SERVICES = ("postgres", "redis")
 ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_float", "env_list", "env_url"}
 # Variables an app container may receive although config/settings.py does not read them, with
@@ -339,9 +339,9 @@ def test_web_runs_gunicorn_on_the_wsgi_application(compose: dict[str, Any]) -> N
 
 
 def test_celery_commands_name_the_app_queues_and_scheduler(compose: dict[str, Any]) -> None:
-    assert set(celery_services(compose)) == {"worker-gpu", "worker-cpu", "beat"}
+    assert set(celery_services(compose)) == {"worker-gpu", "worker-training", "worker-cpu", "beat"}
     known_queues = {queue.name for queue in find_app("config").conf.task_queues}
-    assert {"default", "gpu"} <= known_queues
+    assert {"default", "gpu", "training"} <= known_queues
     consumed: set[str] = set()
     for name in celery_services(compose):
         args = service_command(compose, name)
@@ -381,8 +381,9 @@ def test_gpu_worker_reserves_one_nvidia_gpu_and_runs_one_task_at_a_time(compose:
     # the GPU image needs its own tag or the CPU and GPU builds overwrite each other.
     assert "/cpu" not in gpu["build"]["args"]["TORCH_INDEX_URL"]
     gpu_image = interpolate(gpu["image"], HOST_ENV)
+    assert interpolate(service(compose, "worker-training")["image"], HOST_ENV) == gpu_image
     for name in APP_SERVICES:
-        if name != "worker-gpu":
+        if name not in ("worker-gpu", "worker-training"):
             assert interpolate(service(compose, name)["image"], HOST_ENV) != gpu_image
             assert service_env(compose, name).get("INFERENCE_DEVICE", "auto") in {"auto", "cpu"}
 
@@ -445,7 +446,7 @@ def test_settings_load_with_the_compose_environment(compose: dict[str, Any], nam
     assert loaded["cache"] == "django.core.cache.backends.redis.RedisCache"
     assert loaded["media"] == "/data/media"
     assert loaded["secure_cookies"] is True
-    assert loaded["device"] == ("cuda" if name == "worker-gpu" else "auto")
+    assert loaded["device"] == ("cuda" if name in ("worker-gpu", "worker-training") else "auto")
     assert "127.0.0.1" in loaded["hosts"]
 
 

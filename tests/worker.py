@@ -30,12 +30,18 @@ def test_database_url() -> str:
 
 @contextmanager
 def celery_worker(
-    *, log_path: Path, env: dict[str, str] | None = None, name: str = "test"
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    name: str = "test",
+    queues: str = "default,gpu,training",
+    purge: bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a worker on the default and gpu queues; stop it (and print its log tail) on exit."""
+    """Start a worker on ``queues`` (all by default); stop it (and print its log tail) on exit."""
     from config.celery import app
 
-    app.control.purge()  # stale messages from an earlier run must not reach this worker
+    if purge:
+        app.control.purge()  # stale messages from an earlier run must not reach this worker
     environ = (
         os.environ
         | {
@@ -49,7 +55,7 @@ def celery_worker(
         | (env or {})
     )
     command = [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool", "prefork",
+        sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queues, "--pool", "prefork",
         "--concurrency", "1", "-n", f"{name}-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
         "--loglevel", "INFO",
     ]  # fmt: skip

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 @shared_task(
     name="training.run_job",
-    queue="gpu",
+    queue="training",
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -39,7 +39,7 @@ def run_training_job(self: Any, job_id: int) -> dict[str, Any]:
 
 @shared_task(
     name="training.evaluate_version",
-    queue="gpu",
+    queue="training",
     acks_late=True,
     soft_time_limit=settings.TRAINING_TASK_SOFT_TIME_LIMIT,
     time_limit=settings.TRAINING_TASK_TIME_LIMIT,

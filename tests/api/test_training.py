@@ -72,7 +72,9 @@ def test_start_list_get_and_cancel_a_job(
     body = response.json()
     assert body["status"] == "queued" and body["kind"] == "two_stage" and body["created_by"] == admin_user.username
     assert body["snapshot_number"] == 1 and body["config"]["nnunet"] == {"num_epochs": 1}
-    enqueued.assert_called_once_with("training.run_job", args=[body["id"]], queue="gpu", task_id=body["task_id"])
+    enqueued.assert_called_once_with(
+        "training.run_job", args=[body["id"]], queue="training", task_id=body["task_id"]
+    )
     conflict = client.post(_jobs(project), {"kind": "cellpose"}, format="json")
     assert conflict.status_code == 409 and conflict.json()["job"] == body["id"]
     listing = client.get(_jobs(project) + "?status=queued").json()

@@ -222,7 +222,7 @@ class ModelEvaluateView(APIView):
         if snapshot is None or not snapshot.counts.get("test", {}).get("images"):
             raise ServiceValidationError("Nothing to evaluate on.", {"snapshot": "no snapshot with test images"})
         version_id_, snapshot_id = version.pk, snapshot.pk
-        task_enqueue("training.evaluate_version", args=[version_id_, snapshot_id], queue="gpu")
+        task_enqueue("training.evaluate_version", args=[version_id_, snapshot_id], queue="training")
         return Response({"model_version": version.pk, "snapshot": snapshot.pk}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -107,7 +107,7 @@ def training_job_start(
             "A training job of this project is already queued or running.", {"job": live.pk if live else None}
         ) from exc
     job_id = job.pk
-    task_enqueue("training.run_job", args=[job_id], queue="gpu", task_id=task_id)
+    task_enqueue("training.run_job", args=[job_id], queue="training", task_id=task_id)
     return job
 
 
