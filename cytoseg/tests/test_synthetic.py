@@ -12,6 +12,7 @@ import pytest
 from cytoseg.synthetic import (
     CELL,
     ERYTHROCYTE,
+    HARD_MIN_VISIBLE,
     MIN_VISIBLE_FRACTION,
     SyntheticField,
     generate_dataset,
@@ -242,3 +243,54 @@ def test_invalid_arguments(kwargs: dict[str, float]) -> None:
 def test_module_does_not_import_django() -> None:
     code = "import sys, cytoseg.synthetic; assert 'django' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# --- hard mode ---------------------------------------------------------------------------------
+
+
+def test_hard_mode_is_deterministic_with_exact_masks() -> None:
+    a = generate_field(seed=5, width=256, height=256, difficulty="hard")
+    b = generate_field(seed=5, width=256, height=256, difficulty="hard")
+    assert np.array_equal(a.image, b.image) and len(a.cells) == len(b.cells)
+    assert all(np.array_equal(x.mask, y.mask) and (x.x0, x.y0) == (y.x0, y.y0) for x, y in zip(a.cells, b.cells))
+    # exact masks: the label map is the painted shapes, every instance keeps its visible share
+    lm = a.label_map()
+    visible = np.bincount(lm.ravel(), minlength=len(a.cells) + 1)[1:]
+    full = np.array([c.area for c in a.cells])
+    assert np.all(visible >= HARD_MIN_VISIBLE * full) and np.all(visible > 0)
+    for k, cell in enumerate(a.cells):
+        h, w = cell.mask.shape
+        window = lm[cell.y0 : cell.y0 + h, cell.x0 : cell.x0 + w]
+        assert np.all(cell.mask[window == k + 1]), "visible pixels lie inside the instance's own mask"
+
+
+def test_hard_mode_is_harder_than_normal() -> None:
+    hard = [generate_field(seed=s, width=256, height=256, difficulty="hard") for s in range(6)]
+    normal = [generate_field(seed=s, width=256, height=256) for s in range(6)]
+
+    def hidden(f: SyntheticField) -> float:
+        visible = np.bincount(f.label_map().ravel(), minlength=len(f.cells) + 1)[1:]
+        return float(1.0 - visible.sum() / sum(c.area for c in f.cells))
+
+    cells = [int(np.sum(_labels(f) == CELL)) for f in hard]
+    rbcs = [int(np.sum(_labels(f) == ERYTHROCYTE)) for f in hard]
+    assert min(cells) >= 25 and min(rbcs) >= 30 and max(rbcs) <= 60
+    assert np.mean([hidden(f) for f in hard]) > np.mean([hidden(f) for f in normal]) + 0.05  # denser clusters
+    # palettes vary: the cells' hue (chromaticity) differs between fields far more
+    def cell_hue(f: SyntheticField) -> np.ndarray:
+        px = f.image[f.semantic_map() == CELL].astype(np.float64)
+        return np.median(px / px.sum(axis=1, keepdims=True), axis=0)
+
+    hard_hues = np.array([cell_hue(f) for f in hard]).std(axis=0).mean()
+    assert hard_hues > 2 * np.array([cell_hue(f) for f in normal]).std(axis=0).mean()
+    # JPEG at quality 40-65 leaves 8x8 block edges: neighbouring pixels across block borders
+    # differ more than inside blocks
+    g = hard[0].image.astype(np.float32).mean(axis=2)
+    across = np.abs(g[:, 8::8] - g[:, 7:-1:8]).mean()
+    inside = np.abs(g[:, 4::8] - g[:, 3:-1:8]).mean()
+    assert across > inside
+
+
+def test_unknown_difficulty_is_refused() -> None:
+    with pytest.raises(ValueError, match="difficulty"):
+        generate_field(seed=1, width=64, height=64, difficulty="extreme")
