@@ -252,7 +252,7 @@ def test_hard_mode_is_deterministic_with_exact_masks() -> None:
     a = generate_field(seed=5, width=256, height=256, difficulty="hard")
     b = generate_field(seed=5, width=256, height=256, difficulty="hard")
     assert np.array_equal(a.image, b.image) and len(a.cells) == len(b.cells)
-    assert all(np.array_equal(x.mask, y.mask) and (x.x0, x.y0) == (y.x0, y.y0) for x, y in zip(a.cells, b.cells))
+    assert all(np.array_equal(x.mask, y.mask) and (x.x0, x.y0) == (y.x0, y.y0) for x, y in zip(a.cells, b.cells, strict=True))
     # exact masks: the label map is the painted shapes, every instance keeps its visible share
     lm = a.label_map()
     visible = np.bincount(lm.ravel(), minlength=len(a.cells) + 1)[1:]
