@@ -137,6 +137,7 @@ def copy_cells(template_image: Any, images: list[Any]) -> None:
 def stream(project: Any, *, trace: bool) -> dict[str, float]:
     from interchange.services import coco as coco_export
     from interchange.services import selection
+
     filters = selection.ExportFilters()
     before = rss_bytes()
     peak_rss = before

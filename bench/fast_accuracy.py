@@ -68,9 +68,18 @@ class Variant:
 
 def variants_build(args: argparse.Namespace) -> list[Variant]:
     """The two configurations and, between them, one row per change (and the rejected ones)."""
-    fast_cp = {**FAST_INFERENCE["cellpose"], **{k: v for k, v in (("niter", args.fast_niter),
-                                                                   ("flow_threshold", args.fast_flow_threshold),
-                                                                   ("bsize", args.fast_bsize)) if v is not None}}
+    fast_cp = {
+        **FAST_INFERENCE["cellpose"],
+        **{
+            k: v
+            for k, v in (
+                ("niter", args.fast_niter),
+                ("flow_threshold", args.fast_flow_threshold),
+                ("bsize", args.fast_bsize),
+            )
+            if v is not None
+        },
+    }
     restrict = bool(FAST_INFERENCE["two_stage"]["restrict_masks"])
     out = [
         Variant(PAPER, "paper", 1.0, False, {}),
@@ -81,8 +90,16 @@ def variants_build(args: argparse.Namespace) -> list[Variant]:
     ]
     for scale in args.alt_scales:
         out.append(Variant(f"  (rejected) Cellpose trained at scale {scale}", "paper", scale, False, {}))
-        out.append(Variant(f"  (rejected) fast, Cellpose at scale {scale} in one tile", "fast", scale, True,
-                           {**fast_cp, "bsize": 0}, restrict))
+        out.append(
+            Variant(
+                f"  (rejected) fast, Cellpose at scale {scale} in one tile",
+                "fast",
+                scale,
+                True,
+                {**fast_cp, "bsize": 0},
+                restrict,
+            )
+        )
     out.append(Variant(FAST, "fast", args.fast_scale, True, fast_cp, restrict))
     return out
 
@@ -100,20 +117,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=pt.BENCH_DIR, help=f"cache folder (default {pt.BENCH_DIR})")
     g = p.add_argument_group("fast configuration", "defaults: the fast training preset (cytoseg.trainers.presets)")
     cp = FAST_INFERENCE["cellpose"]
-    for flag, key, title in (("stages", "n_stages", "stages"), ("features", "base_features", "first-stage features"),
-                             ("max-features", "max_features", "feature cap"), ("convs", "n_conv_per_stage",
-                                                                               "convs per stage")):
-        g.add_argument(f"--fast-{flag}", type=int, default=FAST_PLAN[key],
-                       help=f"nnU-Net plan: {title} ({FAST_PLAN[key]})")
-    g.add_argument("--fast-scale", type=float, default=FAST_CELLPOSE_SCALE,
-                   help=f"Cellpose network scale ({FAST_CELLPOSE_SCALE})")
+    for flag, key, title in (
+        ("stages", "n_stages", "stages"),
+        ("features", "base_features", "first-stage features"),
+        ("max-features", "max_features", "feature cap"),
+        ("convs", "n_conv_per_stage", "convs per stage"),
+    ):
+        g.add_argument(
+            f"--fast-{flag}", type=int, default=FAST_PLAN[key], help=f"nnU-Net plan: {title} ({FAST_PLAN[key]})"
+        )
+    g.add_argument(
+        "--fast-scale", type=float, default=FAST_CELLPOSE_SCALE, help=f"Cellpose network scale ({FAST_CELLPOSE_SCALE})"
+    )
     g.add_argument("--fast-niter", type=int, default=None, help=f"Cellpose dynamics iterations ({cp.get('niter')})")
-    g.add_argument("--fast-flow-threshold", type=float, default=None,
-                   help=f"Cellpose flow quality threshold ({cp.get('flow_threshold', 0.4)}; 0 is off)")
-    g.add_argument("--fast-bsize", type=int, default=None,
-                   help=f"Cellpose tile size ({cp.get('bsize', 224)}; 0 is the image in one tile)")
-    g.add_argument("--alt-scales", type=lambda t: [float(v) for v in t.split(",") if v], default=[0.5],
-                   help="other Cellpose network scales to train and evaluate (comma list; default 0.5; '' none)")
+    g.add_argument(
+        "--fast-flow-threshold",
+        type=float,
+        default=None,
+        help=f"Cellpose flow quality threshold ({cp.get('flow_threshold', 0.4)}; 0 is off)",
+    )
+    g.add_argument(
+        "--fast-bsize",
+        type=int,
+        default=None,
+        help=f"Cellpose tile size ({cp.get('bsize', 224)}; 0 is the image in one tile)",
+    )
+    g.add_argument(
+        "--alt-scales",
+        type=lambda t: [float(v) for v in t.split(",") if v],
+        default=[0.5],
+        help="other Cellpose network scales to train and evaluate (comma list; default 0.5; '' none)",
+    )
     return p.parse_args(argv)
 
 
@@ -140,8 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fast_setup = copy.deepcopy(setup)
     fast_setup.nnunet.dataset_id, fast_setup.nnunet.dataset_name = 632, "PaperTableFast"
     fast_setup.nnunet.plans = NnUNetPlansOverride(
-        batch_size=setup.nnunet.plans.batch_size, n_stages=args.fast_stages, base_features=args.fast_features,
-        max_features=args.fast_max_features, n_conv_per_stage=args.fast_convs,
+        batch_size=setup.nnunet.plans.batch_size,
+        n_stages=args.fast_stages,
+        base_features=args.fast_features,
+        max_features=args.fast_max_features,
+        n_conv_per_stage=args.fast_convs,
     )
 
     base = Path(args.cache).resolve() / setup.data_key
@@ -175,10 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     for v in variants:
         settings = settings_for(v, setup)
-        backend = TwoStageBackend(artifacts=None, device=device, settings={
-            **settings, "nnunet_model_folder": str(folders[f"nnunet_{v.nnunet}"]),
-            "cellpose_model_file": str(folders[f"cellpose_{v.scale}"] / "cellpose.pth"),
-        })
+        backend = TwoStageBackend(
+            artifacts=None,
+            device=device,
+            settings={
+                **settings,
+                "nnunet_model_folder": str(folders[f"nnunet_{v.nnunet}"]),
+                "cellpose_model_file": str(folders[f"cellpose_{v.scale}"] / "cellpose.pth"),
+            },
+        )
         backend.predict(test.images[0])  # warm-up: first-call allocations are not the configuration's cost
         preds: list[Any] = []
         totals: dict[str, float] = {}
@@ -189,44 +231,92 @@ def main(argv: Sequence[str] | None = None) -> int:
             preds.append(pred.instances)
         per_stage = {k: t / len(test.images) for k, t in totals.items()}
         results[v.name] = {
-            **pt.split_score(test, preds), "seconds": sum(per_stage.values()), "seconds_per_stage": per_stage,
-            "settings": settings, "nnunet": v.nnunet, "cellpose_scale": v.scale,
+            **pt.split_score(test, preds),
+            "seconds": sum(per_stage.values()),
+            "seconds_per_stage": per_stage,
+            "settings": settings,
+            "nnunet": v.nnunet,
+            "cellpose_scale": v.scale,
         }
         r = results[v.name]
         pt.log(f"{v.name.strip()}: Dice {pt.fmt(r['dice'])}, P@0.7 {pt.fmt(r['p70'])}, {r['seconds']:.2f} s/img")
         del backend
 
-    header = ["configuration", "Dice", "IoU", "P@0.7", "AP50", "DSB", "pred/gt", "s/img", "nnU-Net", "CP net",
-              "CP masks"]
+    header = [
+        "configuration",
+        "Dice",
+        "IoU",
+        "P@0.7",
+        "AP50",
+        "DSB",
+        "pred/gt",
+        "s/img",
+        "nnU-Net",
+        "CP net",
+        "CP masks",
+    ]
     lines = [header]
     for v in variants:
         r = results[v.name]
         st = r["seconds_per_stage"]
-        lines.append([v.name, pt.fmt(r["dice"]), pt.fmt(r["iou"]), pt.fmt(r["p70"]), pt.fmt(r["ap50"]),
-                      pt.fmt(r["dsb"]), f"{int(r['n_pred'] or 0)}/{int(r['n_gt'] or 0)}", pt.fmt(r["seconds"], 2),
-                      pt.fmt(st.get("nnunet"), 2), pt.fmt(st.get("cellpose_net"), 2),
-                      pt.fmt(st.get("cellpose_masks"), 2)])
+        lines.append(
+            [
+                v.name,
+                pt.fmt(r["dice"]),
+                pt.fmt(r["iou"]),
+                pt.fmt(r["p70"]),
+                pt.fmt(r["ranked_ap50"]),
+                pt.fmt(r["dsb"]),
+                f"{int(r['n_pred'] or 0)}/{int(r['n_gt'] or 0)}",
+                pt.fmt(r["seconds"], 2),
+                pt.fmt(st.get("nnunet"), 2),
+                pt.fmt(st.get("cellpose_net"), 2),
+                pt.fmt(st.get("cellpose_masks"), 2),
+            ]
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    print(f"\nSynthetic benchmark {setup.width}x{setup.height}, {setup.n_train}/{setup.n_val}/{setup.n_test} images, "
-          f"device {device}, {args.threads} threads (times are this benchmark's image size, not 1024x768)")
+    print(
+        f"\nSynthetic benchmark {setup.width}x{setup.height}, {setup.n_train}/{setup.n_val}/{setup.n_test} images, "
+        f"device {device}, {args.threads} threads (times are this benchmark's image size, not 1024x768)"
+    )
     for k, row in enumerate(lines):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths,
-                                                                                            strict=True))))
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
         if k == 0:
             print("  ".join("-" * w for w in widths))
     paper, fast = results[PAPER], results[FAST]
     checks = []
     for key, title in (("dice", "Dice"), ("p70", "P@0.7")):
         delta = (fast[key] or 0.0) - (paper[key] or 0.0)
-        checks.append({"metric": key, "paper": paper[key], "fast": fast[key], "delta": delta,
-                       "tolerance": TOLERANCE[key], "pass": delta >= -TOLERANCE[key]})
-        print(f"{'PASS' if checks[-1]['pass'] else 'FAIL'}  fast {title} {pt.fmt(fast[key])} vs paper "
-              f"{pt.fmt(paper[key])}: {delta:+.3f} (allowed -{TOLERANCE[key]})")
+        checks.append(
+            {
+                "metric": key,
+                "paper": paper[key],
+                "fast": fast[key],
+                "delta": delta,
+                "tolerance": TOLERANCE[key],
+                "pass": delta >= -TOLERANCE[key],
+            }
+        )
+        print(
+            f"{'PASS' if checks[-1]['pass'] else 'FAIL'}  fast {title} {pt.fmt(fast[key])} vs paper "
+            f"{pt.fmt(paper[key])}: {delta:+.3f} (allowed -{TOLERANCE[key]})"
+        )
     out = base / "fast_accuracy.json"
-    out.write_text(json.dumps({
-        "data": setup.data_key, "device": device, "threads": args.threads, "results": results, "checks": checks,
-        "training": training, "wall_seconds": time.perf_counter() - started,
-    }, indent=1, default=str))
+    out.write_text(
+        json.dumps(
+            {
+                "data": setup.data_key,
+                "device": device,
+                "threads": args.threads,
+                "results": results,
+                "checks": checks,
+                "training": training,
+                "wall_seconds": time.perf_counter() - started,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print(f"\nresults: {out}\nwall time {time.perf_counter() - started:.0f} s")
     return 0 if all(c["pass"] for c in checks) else 1
 

@@ -92,8 +92,6 @@ STAGE_TITLES = {
 # ------------------------------------------------------------------------- arguments
 
 
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("benchmark image and runs")
@@ -115,39 +113,91 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--nnunet-fast", type=Path, help="nnU-Net model folder with the fast plan")
     g.add_argument("--cellpose", type=Path, help="Cellpose model folder (cellpose.pth + cellpose.json) or file")
     g.add_argument("--train-images", type=int, default=3, help="--train: training fields (default 3)")
-    g.add_argument("--train-size", type=size_arg, default=None, help="--train: ROWSxCOLS of the training fields "
-                   "(default: the benchmark size; the paper plan is derived from it)")
-    g.add_argument("--train-iterations", type=int, default=8,
-                   help="--train: iterations of the paper-plan nnU-Net (default 8)")
-    g.add_argument("--train-fast-iterations", type=int, default=40,
-                   help="--train: iterations of the fast-plan nnU-Net (default 40)")
-    g.add_argument("--train-cellpose-epochs", type=int, default=30,
-                   help="--train: Cellpose epochs of 8 crops (default 30)")
+    g.add_argument(
+        "--train-size",
+        type=size_arg,
+        default=None,
+        help="--train: ROWSxCOLS of the training fields "
+        "(default: the benchmark size; the paper plan is derived from it)",
+    )
+    g.add_argument(
+        "--train-iterations", type=int, default=8, help="--train: iterations of the paper-plan nnU-Net (default 8)"
+    )
+    g.add_argument(
+        "--train-fast-iterations",
+        type=int,
+        default=40,
+        help="--train: iterations of the fast-plan nnU-Net (default 40)",
+    )
+    g.add_argument(
+        "--train-cellpose-epochs", type=int, default=30, help="--train: Cellpose epochs of 8 crops (default 30)"
+    )
     g = p.add_argument_group("fast configuration", "defaults: the fast training preset (cytoseg.trainers.presets)")
     fast_cp = FAST_INFERENCE["cellpose"]
-    g.add_argument("--fast-stages", type=int, default=FAST_PLAN["n_stages"],
-                   help=f"nnU-Net stages ({FAST_PLAN['n_stages']})")
-    g.add_argument("--fast-features", type=int, default=FAST_PLAN["base_features"],
-                   help=f"nnU-Net features of the first stage ({FAST_PLAN['base_features']})")
-    g.add_argument("--fast-max-features", type=int, default=FAST_PLAN["max_features"],
-                   help=f"nnU-Net feature cap ({FAST_PLAN['max_features']})")
-    g.add_argument("--fast-convs", type=int, default=FAST_PLAN["n_conv_per_stage"],
-                   help=f"nnU-Net convs per stage ({FAST_PLAN['n_conv_per_stage']})")
-    g.add_argument("--fast-patch", type=size_arg, default=None,
-                   help="nnU-Net patch ROWSxCOLS (default: the image size rounded up, i.e. one tile)")
-    g.add_argument("--fast-tile-step", type=float, default=FAST_INFERENCE["nnunet"]["tile_step_size"],
-                   help="nnU-Net tile step (1.0: no overlap)")
-    g.add_argument("--fast-cellpose-scale", type=float, default=FAST_CELLPOSE_SCALE,
-                   help=f"scale at which Cellpose's network sees the image ({FAST_CELLPOSE_SCALE}; 0.5 is 4x fewer "
-                   "pixels, as a Cellpose trained with network_scale=0.5 sees it)")
-    g.add_argument("--fast-cellpose-bsize", type=int, default=fast_cp.get("bsize", 224),
-                   help=f"Cellpose tile size ({fast_cp.get('bsize', 224)}; 0: the scaled image in one tile)")
-    g.add_argument("--fast-cellpose-batch", type=int, default=fast_cp.get("batch_size", 8),
-                   help=f"Cellpose tiles per batch ({fast_cp.get('batch_size', 8)})")
-    g.add_argument("--fast-niter", type=int, default=fast_cp.get("niter", 200),
-                   help=f"Cellpose dynamics iterations ({fast_cp.get('niter', 200)})")
-    g.add_argument("--fast-flow-threshold", type=float, default=fast_cp.get("flow_threshold", 0.4),
-                   help=f"Cellpose flow quality check threshold ({fast_cp.get('flow_threshold', 0.4)}; 0 skips it)")
+    g.add_argument(
+        "--fast-stages", type=int, default=FAST_PLAN["n_stages"], help=f"nnU-Net stages ({FAST_PLAN['n_stages']})"
+    )
+    g.add_argument(
+        "--fast-features",
+        type=int,
+        default=FAST_PLAN["base_features"],
+        help=f"nnU-Net features of the first stage ({FAST_PLAN['base_features']})",
+    )
+    g.add_argument(
+        "--fast-max-features",
+        type=int,
+        default=FAST_PLAN["max_features"],
+        help=f"nnU-Net feature cap ({FAST_PLAN['max_features']})",
+    )
+    g.add_argument(
+        "--fast-convs",
+        type=int,
+        default=FAST_PLAN["n_conv_per_stage"],
+        help=f"nnU-Net convs per stage ({FAST_PLAN['n_conv_per_stage']})",
+    )
+    g.add_argument(
+        "--fast-patch",
+        type=size_arg,
+        default=None,
+        help="nnU-Net patch ROWSxCOLS (default: the image size rounded up, i.e. one tile)",
+    )
+    g.add_argument(
+        "--fast-tile-step",
+        type=float,
+        default=FAST_INFERENCE["nnunet"]["tile_step_size"],
+        help="nnU-Net tile step (1.0: no overlap)",
+    )
+    g.add_argument(
+        "--fast-cellpose-scale",
+        type=float,
+        default=FAST_CELLPOSE_SCALE,
+        help=f"scale at which Cellpose's network sees the image ({FAST_CELLPOSE_SCALE}; 0.5 is 4x fewer "
+        "pixels, as a Cellpose trained with network_scale=0.5 sees it)",
+    )
+    g.add_argument(
+        "--fast-cellpose-bsize",
+        type=int,
+        default=fast_cp.get("bsize", 224),
+        help=f"Cellpose tile size ({fast_cp.get('bsize', 224)}; 0: the scaled image in one tile)",
+    )
+    g.add_argument(
+        "--fast-cellpose-batch",
+        type=int,
+        default=fast_cp.get("batch_size", 8),
+        help=f"Cellpose tiles per batch ({fast_cp.get('batch_size', 8)})",
+    )
+    g.add_argument(
+        "--fast-niter",
+        type=int,
+        default=fast_cp.get("niter", 200),
+        help=f"Cellpose dynamics iterations ({fast_cp.get('niter', 200)})",
+    )
+    g.add_argument(
+        "--fast-flow-threshold",
+        type=float,
+        default=fast_cp.get("flow_threshold", 0.4),
+        help=f"Cellpose flow quality check threshold ({fast_cp.get('flow_threshold', 0.4)}; 0 skips it)",
+    )
     args = p.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = sorted(set(args.configs) - set(CONFIGS))
@@ -236,8 +286,9 @@ def train_models(args: argparse.Namespace, device: str, out: Path) -> Models:
     rows, cols = args.train_size or (args.height, args.width)
     n_cells = max(1, round(args.cells * rows * cols / (args.width * args.height)))
     log(f"training fields: {args.train_images} + 1 validation, {cols}x{rows}, {n_cells} cells each")
-    fields = [generate_field(seed=7000 + i, width=cols, height=rows, n_cells=n_cells)
-              for i in range(args.train_images + 1)]
+    fields = [
+        generate_field(seed=7000 + i, width=cols, height=rows, n_cells=n_cells) for i in range(args.train_images + 1)
+    ]
     train, val = fields[:-1], fields[-1:]
     images, semantic = [f.image for f in train], [f.semantic_map() for f in train]
     out.mkdir(parents=True, exist_ok=True)
@@ -249,24 +300,37 @@ def train_models(args: argparse.Namespace, device: str, out: Path) -> Models:
         # batch size is a training-only setting: the network of the plan is the planner's
         "paper": NnUNetPlansOverride(batch_size=1),
         "fast": NnUNetPlansOverride(
-            patch_size=fast_patch(args), batch_size=2, n_stages=args.fast_stages,
-            base_features=args.fast_features, max_features=args.fast_max_features,
+            patch_size=fast_patch(args),
+            batch_size=2,
+            n_stages=args.fast_stages,
+            base_features=args.fast_features,
+            max_features=args.fast_max_features,
             n_conv_per_stage=args.fast_convs,
         ),
     }
     for k, name in enumerate(args.configs):
         iterations = args.train_iterations if name == "paper" else args.train_fast_iterations
         cfg = NnUNetTrainConfig(
-            num_epochs=1, num_iterations_per_epoch=iterations, num_val_iterations_per_epoch=1, initial_lr=1e-2,
-            plans=plans[name], plot_progress=False, save_every=10**6, dataset_id=611 + k,
+            num_epochs=1,
+            num_iterations_per_epoch=iterations,
+            num_val_iterations_per_epoch=1,
+            initial_lr=1e-2,
+            plans=plans[name],
+            plot_progress=False,
+            save_every=10**6,
+            dataset_id=611 + k,
             dataset_name=f"PresegBench{name.capitalize()}",
         )
         log(f"training nnU-Net ({name} plan, {iterations} iterations)")
         started = time.perf_counter()
         result = nnunet_train(
-            images=images, semantic_labels=semantic, val_images=[f.image for f in val],
-            val_semantic_labels=[f.semantic_map() for f in val], workdir=out / f"nnunet_{name}_job",
-            config=cfg, device=device,
+            images=images,
+            semantic_labels=semantic,
+            val_images=[f.image for f in val],
+            val_semantic_labels=[f.semantic_map() for f in val],
+            workdir=out / f"nnunet_{name}_job",
+            config=cfg,
+            device=device,
         )
         target = out / f"nnunet_{name}"
         if target.exists():
@@ -279,13 +343,23 @@ def train_models(args: argparse.Namespace, device: str, out: Path) -> Models:
     started = time.perf_counter()
     # small crops: more steps per second (the network is fully convolutional; inference is unaffected)
     cp_cfg = CellposeTrainConfig(
-        n_epochs=args.train_cellpose_epochs, warmup_epochs=min(2, args.train_cellpose_epochs - 1),
-        learning_rate=0.01, batch_size=4, bsize=min(128, rows - rows % 16, cols - cols % 16),
-        nimg_per_epoch=8, val_every=max(1, args.train_cellpose_epochs), bn_recalibrate_batches=8,
+        n_epochs=args.train_cellpose_epochs,
+        warmup_epochs=min(2, args.train_cellpose_epochs - 1),
+        learning_rate=0.01,
+        batch_size=4,
+        bsize=min(128, rows - rows % 16, cols - cols % 16),
+        nimg_per_epoch=8,
+        val_every=max(1, args.train_cellpose_epochs),
+        bn_recalibrate_batches=8,
     )
     cp = cellpose_train(
-        images=images, instance_labels=[f.label_map() for f in train], val_images=[f.image for f in val],
-        val_instance_labels=[f.label_map() for f in val], workdir=out / "cellpose", config=cp_cfg, device=device,
+        images=images,
+        instance_labels=[f.label_map() for f in train],
+        val_images=[f.image for f in val],
+        val_instance_labels=[f.label_map() for f in val],
+        workdir=out / "cellpose",
+        config=cp_cfg,
+        device=device,
     )
     log(f"  {time.perf_counter() - started:.0f} s, diam_labels {cp.diam_labels:.1f} px")
     (out / "train.json").write_text(json.dumps(train_key(args)))
@@ -295,9 +369,15 @@ def train_models(args: argparse.Namespace, device: str, out: Path) -> Models:
 def train_key(args: argparse.Namespace) -> dict[str, Any]:
     """What trained models must match to be reused: the sizes the plans derive from, the fast plan."""
     return {
-        "size": [args.height, args.width], "train_size": list(args.train_size or (args.height, args.width)),
-        "fast_plan": [args.fast_stages, args.fast_features, args.fast_max_features, args.fast_convs,
-                      list(fast_patch(args))],
+        "size": [args.height, args.width],
+        "train_size": list(args.train_size or (args.height, args.width)),
+        "fast_plan": [
+            args.fast_stages,
+            args.fast_features,
+            args.fast_max_features,
+            args.fast_convs,
+            list(fast_patch(args)),
+        ],
     }
 
 
@@ -308,26 +388,26 @@ def models_find(args: argparse.Namespace, device: str) -> Models:
     if not (args.nnunet_paper or args.nnunet_fast or args.cellpose):
         marker = out / "train.json"
         needed = [out / f"nnunet_{c}" for c in args.configs] + [out / "cellpose" / "cellpose.pth"]
-        if marker.is_file() and json.loads(marker.read_text()) == train_key(args) and all(
-            p.exists() for p in needed
-        ):
+        if marker.is_file() and json.loads(marker.read_text()) == train_key(args) and all(p.exists() for p in needed):
             log(f"reusing the models of an earlier --train run in {out}")
             return Models(
                 out / "nnunet_paper" if "paper" in args.configs else None,
-                out / "nnunet_fast" if "fast" in args.configs else None, out / "cellpose" / "cellpose.pth",
+                out / "nnunet_fast" if "fast" in args.configs else None,
+                out / "cellpose" / "cellpose.pth",
             )
         log("no trained models given, none cached for this size: training quick ones (as --train)")
         return train_models(args, device, out)
     paper, fast, cp = args.nnunet_paper, args.nnunet_fast, args.cellpose
-    missing = [n for n, v in (("--nnunet-paper", paper), ("--nnunet-fast", fast)) if v is None
-               and n.removeprefix("--nnunet-") in args.configs]
+    missing = [
+        n
+        for n, v in (("--nnunet-paper", paper), ("--nnunet-fast", fast))
+        if v is None and n.removeprefix("--nnunet-") in args.configs
+    ]
     if cp is None:
         missing.append("--cellpose")
     if missing or cp is None:
         raise SystemExit(f"missing {', '.join(missing)} (or use --train)")
-    return Models(
-        nnunet_folder(paper) if paper else None, nnunet_folder(fast) if fast else None, cellpose_file(cp)
-    )
+    return Models(nnunet_folder(paper) if paper else None, nnunet_folder(fast) if fast else None, cellpose_file(cp))
 
 
 # ------------------------------------------------------------------------- configurations
@@ -355,7 +435,9 @@ def config_settings(name: str, args: argparse.Namespace, diam_labels: float) -> 
     scale = float(args.fast_cellpose_scale)
     bsize = args.fast_cellpose_bsize or round_up(max(args.height, args.width) * scale, 16)
     cellpose: dict[str, Any] = {
-        "niter": args.fast_niter, "bsize": bsize, "batch_size": args.fast_cellpose_batch,
+        "niter": args.fast_niter,
+        "bsize": bsize,
+        "batch_size": args.fast_cellpose_batch,
         "flow_threshold": args.fast_flow_threshold,
     }
     if scale != 1.0:
@@ -427,8 +509,11 @@ def conv_macs(net: Any, shape: tuple[int, ...]) -> int:
         clone = copy.deepcopy(net).to(device).eval()
         if hasattr(clone, "mkldnn"):
             clone.mkldnn = False
-        handles = [m.register_forward_hook(hook) for m in clone.modules()
-                   if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+        handles = [
+            m.register_forward_hook(hook)
+            for m in clone.modules()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+        ]
         try:
             with torch.inference_mode():
                 clone(torch.zeros(shape, device=device))
@@ -466,11 +551,19 @@ def nnunet_flops(backend: Any, height: int, width: int) -> dict[str, Any]:
     macs = conv_macs(predictor.network, (1, int(first.in_channels), *patch))
     params = sum(p.numel() for p in predictor.network.parameters())
     return {
-        "patch_size": list(patch), "batch_size": conf["batch_size"], "n_stages": arch["n_stages"],
-        "features_per_stage": arch["features_per_stage"], "n_conv_per_stage": arch["n_conv_per_stage"],
-        "n_conv_per_stage_decoder": arch["n_conv_per_stage_decoder"], "strides": arch["strides"],
-        "params_m": params / 1e6, "tile_step": step, "tiles": tiles, "mirror_passes": mirror,
-        "gmac_per_pass": macs / 1e9, "gflop_per_pass": 2 * macs / 1e9,
+        "patch_size": list(patch),
+        "batch_size": conf["batch_size"],
+        "n_stages": arch["n_stages"],
+        "features_per_stage": arch["features_per_stage"],
+        "n_conv_per_stage": arch["n_conv_per_stage"],
+        "n_conv_per_stage_decoder": arch["n_conv_per_stage_decoder"],
+        "strides": arch["strides"],
+        "params_m": params / 1e6,
+        "tile_step": step,
+        "tiles": tiles,
+        "mirror_passes": mirror,
+        "gmac_per_pass": macs / 1e9,
+        "gflop_per_pass": 2 * macs / 1e9,
         "gflop_per_image": 2 * macs * tiles * mirror / 1e9,
     }
 
@@ -487,8 +580,12 @@ def cellpose_flops(backend: Any, height: int, width: int) -> dict[str, Any]:
     nchan = 3 if cp.channels is None else 2
     macs = conv_macs(cp.model.net, (1, nchan, by, bx))
     return {
-        "scale": rescale, "network_input": [ly, lx], "tile": [by, bx], "tiles": ny * nx,
-        "gflop_per_tile": 2 * macs / 1e9, "gflop_per_image": 2 * macs * ny * nx / 1e9,
+        "scale": rescale,
+        "network_input": [ly, lx],
+        "tile": [by, bx],
+        "tiles": ny * nx,
+        "gflop_per_tile": 2 * macs / 1e9,
+        "gflop_per_image": 2 * macs * ny * nx / 1e9,
     }
 
 
@@ -517,11 +614,30 @@ def worker_start(queue: str, env: Mapping[str, str], log_file: Path) -> subproce
     handle = log_file.open("wb")
     return subprocess.Popen(
         [
-            sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue, "--pool", "prefork",
-            "--concurrency", "1", "-n", f"presegment-bench-{uuid.uuid4().hex[:8]}@%h", "--without-gossip",
-            "--without-mingle", "--without-heartbeat", "--loglevel", "INFO",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            queue,
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "-n",
+            f"presegment-bench-{uuid.uuid4().hex[:8]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "INFO",
         ],
-        cwd=ROOT, env=dict(env), stdout=handle, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=dict(env),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -545,22 +661,33 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths,
-                                                                                                 strict=True)))
-             for r in [header, *rows]]
+    lines = [
+        "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def report(configs: list[Config], args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
     print()
-    print(f"Pre-segmentation of one {args.width}x{args.height} field, {meta['gt_cells']} ground-truth cells "
-          f"(+ {meta['gt_erythrocytes']} erythrocytes); device {meta['device']}, torch threads {args.threads}; "
-          f"median of {args.repeats} after 1 warm-up; seconds")
+    print(
+        f"Pre-segmentation of one {args.width}x{args.height} field, {meta['gt_cells']} ground-truth cells "
+        f"(+ {meta['gt_erythrocytes']} erythrocytes); device {meta['device']}, torch threads {args.threads}; "
+        f"median of {args.repeats} after 1 warm-up; seconds"
+    )
     for cfg in configs:
         print(f"  {cfg.name}: {cfg.describe}")
-    header = ["config", *[STAGE_TITLES[s] for s in STAGES], "in-proc", "cells", "task e2e", "overhead",
-              "/ 60 s", "speed-up"]
+    header = [
+        "config",
+        *[STAGE_TITLES[s] for s in STAGES],
+        "in-proc",
+        "cells",
+        "task e2e",
+        "overhead",
+        "/ 60 s",
+        "speed-up",
+    ]
     rows = []
     out: dict[str, Any] = {"meta": meta, "configs": {}}
     for cfg in configs:
@@ -569,44 +696,70 @@ def report(configs: list[Config], args: argparse.Namespace, meta: dict[str, Any]
         e2e = median([t["e2e"] for t in cfg.task]) if cfg.task else math.nan
         inside = median([t["inside"] for t in cfg.task]) if cfg.task else math.nan
         ref = e2e if cfg.task else in_proc
-        rows.append([
-            cfg.name, *[f"{med[s]:.2f}" for s in STAGES], f"{in_proc:.2f}", str(int(median(cfg.cells))),
-            f"{e2e:.2f}" if cfg.task else "-", f"{e2e - inside:.2f}" if cfg.task else "-",
-            f"{ref / PAPER_SECONDS:.3f}", f"{PAPER_SECONDS / ref:.1f}x",
-        ])
+        rows.append(
+            [
+                cfg.name,
+                *[f"{med[s]:.2f}" for s in STAGES],
+                f"{in_proc:.2f}",
+                str(int(median(cfg.cells))),
+                f"{e2e:.2f}" if cfg.task else "-",
+                f"{e2e - inside:.2f}" if cfg.task else "-",
+                f"{ref / PAPER_SECONDS:.3f}",
+                f"{PAPER_SECONDS / ref:.1f}x",
+            ]
+        )
         out["configs"][cfg.name] = {
-            "describe": cfg.describe, "settings": cfg.settings, "stages_median_s": med, "in_process_s": in_proc,
-            "task_e2e_median_s": e2e, "task_inside_median_s": inside, "ratio_to_paper": ref / PAPER_SECONDS,
-            "cells_found": cfg.cells, "timings": cfg.timings, "task_runs": cfg.task, "flops": cfg.flops,
+            "describe": cfg.describe,
+            "settings": cfg.settings,
+            "stages_median_s": med,
+            "in_process_s": in_proc,
+            "task_e2e_median_s": e2e,
+            "task_inside_median_s": inside,
+            "ratio_to_paper": ref / PAPER_SECONDS,
+            "cells_found": cfg.cells,
+            "timings": cfg.timings,
+            "task_runs": cfg.task,
+            "flops": cfg.flops,
         }
     print(table(rows, header))
-    print("in-proc: sum of the stages in this process; task e2e: apply_async -> result through the worker; "
-          "overhead: e2e minus the task's own load+predict+contours+DB (broker, result store, model sha256 check)")
+    print(
+        "in-proc: sum of the stages in this process; task e2e: apply_async -> result through the worker; "
+        "overhead: e2e minus the task's own load+predict+contours+DB (broker, result store, model sha256 check)"
+    )
     worker_rows = []
     for cfg in configs:
         if not cfg.task:
             continue
         keys = [f"backend.{s}" for s in STAGES[:4]] + ["contours", "db_write", "load_image"]
-        worker_rows.append([cfg.name, *[f"{median([t['timings'].get(k, math.nan) for t in cfg.task]):.2f}"
-                                        for k in keys]])
+        worker_rows.append(
+            [cfg.name, *[f"{median([t['timings'].get(k, math.nan) for t in cfg.task]):.2f}" for k in keys]]
+        )
     if worker_rows:
         print("\nthe same stages inside the worker (from the task's result):")
         print(table(worker_rows, ["config", *[STAGE_TITLES[s] for s in STAGES], "load img"]))
-    print(f"\ncontours + DB write of the {meta['gt_cells'] + meta['gt_erythrocytes']} ground-truth instances: "
-          f"{meta['gt_contours_s']:.2f} + {meta['gt_db_write_s']:.2f} s")
+    print(
+        f"\ncontours + DB write of the {meta['gt_cells'] + meta['gt_erythrocytes']} ground-truth instances: "
+        f"{meta['gt_contours_s']:.2f} + {meta['gt_db_write_s']:.2f} s"
+    )
     for cfg in configs:
         nn, cp = cfg.flops.get("nnunet"), cfg.flops.get("cellpose")
         if nn:
-            print(f"\n{cfg.name} nnU-Net plan: patch {nn['patch_size']}, batch {nn['batch_size']}, "
-                  f"{nn['n_stages']} stages, features {nn['features_per_stage']}, convs/stage "
-                  f"{nn['n_conv_per_stage']}, {nn['params_m']:.1f} M weights")
-            print(f"  {nn['gflop_per_pass']:.1f} GFLOP per pass ({nn['gmac_per_pass']:.1f} GMAC; "
-                  f"paper ~{PAPER_GFLOP:.0f} GFLOP), x {nn['tiles']} tiles (step {nn['tile_step']}) "
-                  f"x {nn['mirror_passes']} mirror passes = {nn['gflop_per_image']:.1f} GFLOP per image")
+            print(
+                f"\n{cfg.name} nnU-Net plan: patch {nn['patch_size']}, batch {nn['batch_size']}, "
+                f"{nn['n_stages']} stages, features {nn['features_per_stage']}, convs/stage "
+                f"{nn['n_conv_per_stage']}, {nn['params_m']:.1f} M weights"
+            )
+            print(
+                f"  {nn['gflop_per_pass']:.1f} GFLOP per pass ({nn['gmac_per_pass']:.1f} GMAC; "
+                f"paper ~{PAPER_GFLOP:.0f} GFLOP), x {nn['tiles']} tiles (step {nn['tile_step']}) "
+                f"x {nn['mirror_passes']} mirror passes = {nn['gflop_per_image']:.1f} GFLOP per image"
+            )
         if cp:
-            print(f"  Cellpose network: scale {cp['scale']:.2f} -> {cp['network_input']} px, {cp['tiles']} tiles "
-                  f"of {cp['tile']}, {cp['gflop_per_tile']:.1f} GFLOP per tile = {cp['gflop_per_image']:.1f} "
-                  f"GFLOP per image")
+            print(
+                f"  Cellpose network: scale {cp['scale']:.2f} -> {cp['network_input']} px, {cp['tiles']} tiles "
+                f"of {cp['tile']}, {cp['gflop_per_tile']:.1f} GFLOP per tile = {cp['gflop_per_image']:.1f} "
+                f"GFLOP per image"
+            )
     fast = out["configs"].get("fast")
     if fast is not None:
         value = fast["task_e2e_median_s"] if not math.isnan(fast["task_e2e_median_s"]) else fast["in_process_s"]
@@ -662,15 +815,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg_settings, describe = config_settings(name, args, diam_labels)
         configs.append(Config(name=name, bundle=bundle, settings=cfg_settings, describe=describe))
 
-    field_ = generate_field(seed=args.seed, width=args.width, height=args.height, n_cells=args.cells,
-                            n_erythrocytes=args.erythrocytes)
+    field_ = generate_field(
+        seed=args.seed, width=args.width, height=args.height, n_cells=args.cells, n_erythrocytes=args.erythrocytes
+    )
     image_rgb = field_.image
     gt_labels = {i + 1: c.label for i, c in enumerate(field_.cells)}
     gt_instances = instances_from_label_map(field_.label_map(), labels=gt_labels)
     meta: dict[str, Any] = {
-        "device": device, "threads": args.threads, "width": args.width, "height": args.height,
+        "device": device,
+        "threads": args.threads,
+        "width": args.width,
+        "height": args.height,
         "gt_cells": sum(1 for i in gt_instances if i.label == 1),
-        "gt_erythrocytes": sum(1 for i in gt_instances if i.label == 2), "repeats": args.repeats,
+        "gt_erythrocytes": sum(1 for i in gt_instances if i.label == 2),
+        "repeats": args.repeats,
         "models": {k: str(v) for k, v in vars(models).items()},
     }
 
@@ -686,17 +844,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from django.core.files.uploadedfile import SimpleUploadedFile
 
         upload = SimpleUploadedFile("field.png", png_bytes(image_rgb), content_type="image/png")
-        image = images.image_upload_many(
-            project=project, files=[upload], metadata={}, uploaded_by=user
-        )[0]
+        image = images.image_upload_many(project=project, files=[upload], metadata={}, uploaded_by=user)[0]
         versions = {}
         from django.core.files import File
 
         for cfg in configs:
             with bundle_zip(cfg.bundle).open("rb") as handle:
                 versions[cfg.name] = model_version_upload(
-                    project=project, kind="two_stage", upload=File(handle, name="bundle.zip"),
-                    name=f"bench {cfg.name}", config=cfg.settings, user=user, activate=False,
+                    project=project,
+                    kind="two_stage",
+                    upload=File(handle, name="bundle.zip"),
+                    name=f"bench {cfg.name}",
+                    config=cfg.settings,
+                    user=user,
+                    activate=False,
                 )
         reference = model_version_upload(
             project=project, kind="watershed", upload=None, name="ground truth", user=user, activate=False
@@ -704,15 +865,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         gt_contours, meta["gt_contours_s"] = timed(
             lambda: instances_to_polygons(gt_instances, min_area=settings.PRESEGMENT_MIN_AREA)
         )
-        _, meta["gt_db_write_s"] = timed(lambda: proposals_store(image=image, model_version=reference,
-                                                                 contours=gt_contours))
+        _, meta["gt_db_write_s"] = timed(
+            lambda: proposals_store(image=image, model_version=reference, contours=gt_contours)
+        )
 
         # --- stages in this process
         for cfg in configs:
             log(f"{cfg.name}: loading models")
             backend: Any = backend_get(name="two_stage", artifacts=cfg.bundle, settings=cfg.settings, device=device)
-            cfg.flops = {"nnunet": nnunet_flops(backend, args.height, args.width),
-                         "cellpose": cellpose_flops(backend, args.height, args.width)}
+            cfg.flops = {
+                "nnunet": nnunet_flops(backend, args.height, args.width),
+                "cellpose": cellpose_flops(backend, args.height, args.width),
+            }
             for run in range(args.repeats + 1):
                 prediction = backend.predict(image_rgb)
                 started = time.perf_counter()
@@ -721,10 +885,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 started = time.perf_counter()
                 count = proposals_store(image=image, model_version=versions[cfg.name], contours=contours)
                 t_db = time.perf_counter() - started
-                stage = {**{k: float(v) for k, v in prediction.timings.items()}, "contours": t_contours,
-                         "db_write": t_db}
-                log(f"{cfg.name} run {run}{' (warm-up)' if run == 0 else ''}: "
-                    + ", ".join(f"{k} {v:.2f}" for k, v in stage.items()) + f"; {count} cells stored")
+                stage = {
+                    **{k: float(v) for k, v in prediction.timings.items()},
+                    "contours": t_contours,
+                    "db_write": t_db,
+                }
+                log(
+                    f"{cfg.name} run {run}{' (warm-up)' if run == 0 else ''}: "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in stage.items())
+                    + f"; {count} cells stored"
+                )
                 if run == 0:
                     continue
                 for key, value in stage.items():
@@ -742,13 +912,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             queue = f"presegment-bench-{uuid.uuid4().hex[:8]}"
             env = os.environ | {
-                "DATABASE_URL": database_url(connection), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-                "CELERY_BROKER_URL": settings.CELERY_BROKER_URL, "PLATFORM_VAR_DIR": str(settings.VAR_DIR),
-                "INFERENCE_DEVICE": device, "OMP_NUM_THREADS": str(args.threads),
+                "DATABASE_URL": database_url(connection),
+                "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+                "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+                "PLATFORM_VAR_DIR": str(settings.VAR_DIR),
+                "INFERENCE_DEVICE": device,
+                "OMP_NUM_THREADS": str(args.threads),
             }
             log_file = args.workdir / "worker.log"
-            log(f"starting a Celery worker on {settings.CELERY_BROKER_URL.split('@')[-1]} queue {queue} "
-                f"(log {log_file})")
+            log(
+                f"starting a Celery worker on {settings.CELERY_BROKER_URL.split('@')[-1]} queue {queue} "
+                f"(log {log_file})"
+            )
             worker = worker_start(queue, env, log_file)
             for cfg in configs:
                 version = versions[cfg.name]
@@ -765,8 +940,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     e2e = time.perf_counter() - started
                     timings = {k: float(v) for k, v in value["timings"].items()}
                     inside = sum(timings.get(k, 0.0) for k in ("load_image", "predict", "contours", "db_write"))
-                    log(f"{cfg.name} task {run}{' (warm-up: loads the models)' if run == 0 else ''}: "
-                        f"e2e {e2e:.2f} s, inside {inside:.2f} s, {value['cells']} cells")
+                    log(
+                        f"{cfg.name} task {run}{' (warm-up: loads the models)' if run == 0 else ''}: "
+                        f"e2e {e2e:.2f} s, inside {inside:.2f} s, {value['cells']} cells"
+                    )
                     if run:
                         cfg.task.append({"e2e": e2e, "inside": inside, "cells": value["cells"], "timings": timings})
     finally:

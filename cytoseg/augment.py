@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from cytoseg.contours import mask_to_polygon, polygon_rasterize
+from cytoseg.contours import mask_to_polygon, polygon_crop
 from cytoseg.crops import PaintedField
 
 __all__ = [
@@ -189,17 +189,9 @@ def cells_from_polygons(
     """Rasterise polygons (pixel-centre rule) into crops; empty ones are left out."""
     out: list[PlacedCell] = []
     for points, label in zip(polygons, labels, strict=True):
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        if len(pts) < 3:
-            continue
-        x0 = max(math.floor(float(pts[:, 0].min())), 0)
-        y0 = max(math.floor(float(pts[:, 1].min())), 0)
-        x1 = min(math.ceil(float(pts[:, 0].max())), width)
-        y1 = min(math.ceil(float(pts[:, 1].max())), height)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        mask = polygon_rasterize(pts - (x0, y0), height=y1 - y0, width=x1 - x0)
-        if mask.any():
+        crop = polygon_crop(points, height=height, width=width)
+        if crop is not None:
+            x0, y0, mask = crop
             out.append(PlacedCell(x0=x0, y0=y0, mask=mask, label=int(label)))
     return out
 

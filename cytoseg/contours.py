@@ -24,8 +24,10 @@ from cytoseg.backends.base import Instance
 
 __all__ = [
     "ContourResult",
+    "instances_as_stored",
     "instances_to_polygons",
     "mask_to_polygon",
+    "polygon_crop",
     "polygon_rasterize",
 ]
 
@@ -96,9 +98,7 @@ def _largest_polygon(geom: shapely.Geometry) -> Polygon | None:
     return Polygon(best.exterior)
 
 
-def mask_to_polygon(
-    mask: np.ndarray, *, x0: float = 0.0, y0: float = 0.0, tolerance: float = 0.5
-) -> Polygon | None:
+def mask_to_polygon(mask: np.ndarray, *, x0: float = 0.0, y0: float = 0.0, tolerance: float = 0.5) -> Polygon | None:
     """Outer polygon of the largest component of a bool ``mask``, shifted by (x0, y0).
 
     Holes are dropped (cells are annotated by their outline). The result is
@@ -161,9 +161,7 @@ def instances_to_polygons(
     return out
 
 
-def polygon_rasterize(
-    points: Sequence[Sequence[float]] | np.ndarray, *, height: int, width: int
-) -> np.ndarray:
+def polygon_rasterize(points: Sequence[Sequence[float]] | np.ndarray, *, height: int, width: int) -> np.ndarray:
     """Bool (height, width) mask of the pixels whose centre lies inside the polygon.
 
     ``points`` are ``(x, y)`` in the convention of this module (pixel ``(r, c)``
@@ -196,4 +194,37 @@ def polygon_rasterize(
             c1 = min(int(np.ceil(right - 0.5)) - 1, width - 1)
             if c1 >= c0:
                 out[r, c0 : c1 + 1] = True
+    return out
+
+
+def polygon_crop(
+    points: Sequence[Sequence[float]] | np.ndarray, *, height: int, width: int
+) -> tuple[int, int, np.ndarray] | None:
+    """``(x0, y0, mask)``: the polygon rasterised on its bounding box, clipped to the image
+    (pixel-centre rule, as :func:`polygon_rasterize`); None when it covers no pixel."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) < 3:
+        return None
+    x0 = max(int(np.floor(pts[:, 0].min())), 0)
+    y0 = max(int(np.floor(pts[:, 1].min())), 0)
+    x1 = min(int(np.ceil(pts[:, 0].max())), width)
+    y1 = min(int(np.ceil(pts[:, 1].max())), height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    mask = polygon_rasterize(pts - (x0, y0), height=y1 - y0, width=x1 - x0)
+    return (x0, y0, mask) if mask.any() else None
+
+
+def instances_as_stored(
+    instances: Sequence[Instance], height: int, width: int, *, min_area: float = 20.0, tolerance: float = 0.5
+) -> list[Instance]:
+    """The instances as a polygon store keeps them and a doctor sees them: their polygons
+    (:func:`instances_to_polygons`, simplified by ``tolerance``, under ``min_area`` dropped)
+    rasterised back into masks. Scoring these, not the raw masks, measures what is delivered."""
+    out: list[Instance] = []
+    for contour in instances_to_polygons(instances, min_area=min_area, tolerance=tolerance):
+        crop = polygon_crop(contour.points, height=height, width=width)
+        if crop is not None:
+            x0, y0, mask = crop
+            out.append(Instance(x0=x0, y0=y0, mask=mask, label=contour.label, score=contour.score))
     return out

@@ -72,9 +72,7 @@ class CropGeometry:
         return out
 
 
-def crop_window(
-    crop: Crop, *, height: int, width: int
-) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+def crop_window(crop: Crop, *, height: int, width: int) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
     """Slices (image, crop) of the part of ``crop.mask`` that lies inside the image."""
     h, w = crop.mask.shape
     ys0, xs0 = max(crop.y0, 0), max(crop.x0, 0)

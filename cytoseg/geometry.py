@@ -108,9 +108,7 @@ def polygon_clean(raw: object, *, width: int, height: int, max_vertices: int) ->
                     repaired=False,
                 )
     points = _coerce_points(raw, max_vertices)
-    outside = [
-        (i, p) for i, p in enumerate(points) if not (0 <= p[0] <= width and 0 <= p[1] <= height)
-    ]
+    outside = [(i, p) for i, p in enumerate(points) if not (0 <= p[0] <= width and 0 <= p[1] <= height)]
     if outside:
         index, (x, y) = outside[0]
         raise GeometryError(

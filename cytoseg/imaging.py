@@ -75,9 +75,7 @@ def image_decode(data: bytes, *, max_pixels: int) -> DecodedImage:
             picture = PILImage.open(io.BytesIO(data))
             image_format = picture.format or ""
             if image_format not in ALLOWED_FORMATS:
-                raise ImageRejected(
-                    f"format {image_format or 'unknown'} is not accepted (JPEG, PNG or TIFF only)"
-                )
+                raise ImageRejected(f"format {image_format or 'unknown'} is not accepted (JPEG, PNG or TIFF only)")
             width, height = picture.size
             if width * height > max_pixels:
                 raise ImageRejected(

@@ -29,11 +29,6 @@ from training.services.registry import artifacts_verify, model_version_for_proje
 logger = logging.getLogger(__name__)
 
 
-
-
-
-
-
 def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None = None) -> ModelVersion:
     """Mark the image queued and enqueue the GPU task once the transaction commits."""
     # Proposals are what verified cells' provenance points back to: once an image is submitted

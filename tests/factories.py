@@ -70,7 +70,9 @@ def image_create(project: Project, *, seed: int = 0, width: int = 64, height: in
     creator = project.memberships.filter(role=Role.ADMIN).first()
     assert creator is not None
     files = [upload(f"img-{seed}.png", png_bytes(width, height, seed))]
-    return image_services.image_upload_many(project=project, files=files, metadata=metadata, uploaded_by=creator.user)[0]
+    return image_services.image_upload_many(project=project, files=files, metadata=metadata, uploaded_by=creator.user)[
+        0
+    ]
 
 
 def square(x: float, y: float, size: float = 10) -> list[list[float]]:

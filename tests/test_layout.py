@@ -21,9 +21,24 @@ def test_no_top_level_platform_package() -> None:
 
 
 def test_card_layout_exists() -> None:
-    for name in ("manage.py", "config", "cytoseg", "core", "annotations", "review", "interchange", "inference",
-                 "training", "frontend", "tests", "bench", "docker-compose.yml", "requirements.txt", "README.md",
-                 ".ci/run"):
+    for name in (
+        "manage.py",
+        "config",
+        "cytoseg",
+        "core",
+        "annotations",
+        "review",
+        "interchange",
+        "inference",
+        "training",
+        "frontend",
+        "tests",
+        "bench",
+        "docker-compose.yml",
+        "requirements.txt",
+        "README.md",
+        ".ci/run",
+    ):
         assert (ROOT / name).exists(), name
 
 

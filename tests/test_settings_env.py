@@ -39,7 +39,9 @@ def _settings_in_subprocess(extra: dict[str, str], tmp_path: Path) -> subprocess
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_", "CELERY_", "CACHE_"))}
     environ |= {"PLATFORM_VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "config.settings"} | extra
     code = "import django; django.setup(); from django.conf import settings; print(settings.DATABASES['default']['ENGINE'], settings.CELERY_BROKER_URL)"
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_malformed_setting_stops_startup(tmp_path: Path) -> None:
@@ -58,7 +60,8 @@ def test_secret_key_required_without_debug_and_generated_with_it(tmp_path: Path)
 
 def test_urls_switch_to_postgres_and_redis_without_code_change(tmp_path: Path) -> None:
     result = _settings_in_subprocess(
-        {"DJANGO_DEBUG": "true", "DATABASE_URL": "postgres://u@db:5432/x", "CELERY_BROKER_URL": "redis://r:6379/0"}, tmp_path
+        {"DJANGO_DEBUG": "true", "DATABASE_URL": "postgres://u@db:5432/x", "CELERY_BROKER_URL": "redis://r:6379/0"},
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "postgresql redis://r:6379/0" in result.stdout

@@ -227,8 +227,10 @@ class TrainingJob(models.Model):
 class Evaluation(models.Model):
     """Metrics of one model version on the test split of one snapshot.
 
-    ``overall`` and ``per_bethesda`` are flat ``{metric: value}`` dicts, ``per_image`` a list
-    of ``{"image", "bethesda", metric: value}`` (see ``cytoseg.evaluation``).
+    ``overall`` and ``per_bethesda`` are flat ``{metric: value}`` dicts of the polygons as
+    pre-segmentation stores them, ``per_image`` a list of ``{"image", "bethesda", metric: value}``
+    (see ``cytoseg.evaluation``); ``intervals`` the bootstrap intervals of ``overall``;
+    ``raw_overall`` the same summary for the raw masks.
     """
 
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")
@@ -236,6 +238,12 @@ class Evaluation(models.Model):
     overall = models.JSONField(default=dict)
     per_bethesda = models.JSONField(default=dict)
     per_image = models.JSONField(default=list)
+    intervals = models.JSONField(
+        default=dict, blank=True, help_text="{metric: [low, high]}: 95% bootstrap intervals over the test images."
+    )
+    raw_overall = models.JSONField(
+        default=dict, blank=True, help_text="The overall metrics of the raw masks (``overall`` scores the polygons)."
+    )
     seconds = models.FloatField(default=0.0)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -252,9 +260,10 @@ class TrainingPolicy(models.Model):
     Schedule: a django-celery-beat ``PeriodicTask`` (crontab) runs ``training.schedule_check``,
     which starts a ``job_kind`` job with ``job_config`` only when at least ``min_new_images``
     newly verified images exist and no job is queued or running.
-    Gate: a candidate is promoted automatically (``auto_promote``) when it beats the active
-    model of its kind on the frozen test split by ``gate_margin`` on ``gate_metric`` and no
-    metric of ``gate_guarded`` is worse by more than ``gate_tolerance``.
+    Gate: the best version of a job by ``gate_metric`` is promoted automatically
+    (``auto_promote``) when it beats the project's ``presegmenter`` on the frozen test split by
+    ``gate_margin`` on ``gate_metric`` and no metric of ``gate_guarded`` is worse by more than
+    ``gate_tolerance`` beyond the bootstrap intervals (``cytoseg.evaluation.gate_decide``).
     """
 
     project = models.OneToOneField("annotations.Project", on_delete=models.CASCADE, related_name="training_policy")
@@ -275,6 +284,9 @@ class TrainingPolicy(models.Model):
     gate_margin = models.FloatField(null=True, blank=True)
     gate_tolerance = models.FloatField(null=True, blank=True)
     gate_guarded = models.JSONField(default=list, blank=True, help_text="Empty: the default guarded metrics.")
+    # The version pre-segmentation uses: set by promotion (by the gate or an admin). When empty
+    # or no longer active, the active versions are taken in the order of PRESEGMENT_KINDS.
+    presegmenter = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     last_check_at = models.DateTimeField(null=True, blank=True)
     last_check = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

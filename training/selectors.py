@@ -11,7 +11,48 @@ from django.db.models import QuerySet
 from annotations.selectors import UserLike, project_get_for_user
 from core.errors import NotFoundError
 from cytoseg.evaluation import METRICS
-from training.models import DatasetSnapshot, Evaluation, ModelVersion, TrainingJob
+from training.models import (
+    DatasetSnapshot,
+    Evaluation,
+    ModelKind,
+    ModelStatus,
+    ModelVersion,
+    TrainingJob,
+    TrainingPolicy,
+)
+
+# Preference order of the kinds a project can pre-segment with.
+PRESEGMENT_KINDS = (
+    ModelKind.TWO_STAGE,
+    ModelKind.CELLPOSE,
+    ModelKind.NNUNET,
+    ModelKind.REGION_GROWING,
+    ModelKind.WATERSHED,
+)
+
+
+def presegmenter_find(*, project_id: int) -> ModelVersion | None:
+    """The version pre-segmentation uses: the project's chosen pre-segmenter (the last version
+    promoted, by the gate or an admin) while it is active; else the active versions in the order
+    of ``PRESEGMENT_KINDS``; None in a project that has none yet (the registry then creates the
+    watershed baseline)."""
+    chosen = (
+        TrainingPolicy.objects.filter(project_id=project_id, presegmenter__status=ModelStatus.ACTIVE)
+        .select_related("presegmenter__project")
+        .first()
+    )
+    if chosen is not None and chosen.presegmenter is not None:
+        return chosen.presegmenter
+    active = {
+        v.kind: v
+        for v in ModelVersion.objects.filter(project_id=project_id, status=ModelStatus.ACTIVE)
+        .select_related("project")
+        .order_by("id")
+    }
+    for kind in PRESEGMENT_KINDS:
+        if kind in active:
+            return active[kind]
+    return None
 
 
 def training_job_get_for_user(*, user: UserLike, job_id: int, capability: str = "view") -> TrainingJob:
@@ -61,7 +102,8 @@ def registry_table(
     *, project_id: int, snapshot: DatasetSnapshot | None = None, kind: str | None = None
 ) -> dict[str, Any]:
     """Every model version of the project with its metrics on one snapshot's test split, side
-    by side (``metrics`` is None for a version not evaluated on it)."""
+    by side (``metrics`` is None for a version not evaluated on it), with their 95% bootstrap
+    ``intervals``, the raw-mask figures (``raw_metrics``) and which one pre-segments now."""
     snapshot = snapshot or reference_snapshot(project_id=project_id)
     versions = ModelVersion.objects.filter(project_id=project_id).select_related("job")
     if kind:
@@ -71,9 +113,11 @@ def registry_table(
         evaluations = {
             e.model_version_id: e
             for e in Evaluation.objects.filter(snapshot=snapshot, model_version__project_id=project_id).only(
-                "model_version_id", "overall", "per_bethesda", "created_at"
+                "model_version_id", "overall", "per_bethesda", "intervals", "raw_overall", "created_at"
             )
         }
+    current = presegmenter_find(project_id=project_id)
+    presegmenter = current.pk if current is not None else None
     rows = []
     for version in versions.order_by("kind", "-number"):
         evaluation = evaluations.get(version.pk)
@@ -91,6 +135,18 @@ def registry_table(
                 "created_at": version.created_at,
                 "metrics": {m: evaluation.overall.get(m) for m in METRICS} if evaluation else None,
                 "per_bethesda": evaluation.per_bethesda if evaluation else None,
+                "intervals": {m: evaluation.intervals[m] for m in METRICS if m in evaluation.intervals}
+                if evaluation
+                else None,
+                "raw_metrics": {m: evaluation.raw_overall.get(m) for m in METRICS}
+                if evaluation and evaluation.raw_overall
+                else None,
+                "presegmenter": version.pk == presegmenter,
             }
         )
-    return {"snapshot": snapshot.pk if snapshot else None, "metric_names": list(METRICS), "versions": rows}
+    return {
+        "snapshot": snapshot.pk if snapshot else None,
+        "metric_names": list(METRICS),
+        "presegmenter": presegmenter,
+        "versions": rows,
+    }

@@ -6,130 +6,194 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('annotations', '0001_initial'),
-        ('training', '0001_initial'),
+        ("annotations", "0001_initial"),
+        ("training", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='cell',
-            name='model_version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='cells', to='training.modelversion'),
+            model_name="cell",
+            name="model_version",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="cells",
+                to="training.modelversion",
+            ),
         ),
         migrations.AddField(
-            model_name='cell',
-            name='cell_class',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='cells', to='annotations.cellclass'),
+            model_name="cell",
+            name="cell_class",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="cells", to="annotations.cellclass"
+            ),
         ),
         migrations.AddField(
-            model_name='idempotencyrecord',
-            name='user',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="idempotencyrecord",
+            name="user",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="+", to=settings.AUTH_USER_MODEL
+            ),
         ),
         migrations.AddField(
-            model_name='image',
-            name='annotator',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="image",
+            name="annotator",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='image',
-            name='presegment_model',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='training.modelversion'),
+            model_name="image",
+            name="presegment_model",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="training.modelversion",
+            ),
         ),
         migrations.AddField(
-            model_name='image',
-            name='uploaded_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="image",
+            name="uploaded_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='cell',
-            name='image',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='cells', to='annotations.image'),
+            model_name="cell",
+            name="image",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="cells", to="annotations.image"
+            ),
         ),
         migrations.AddField(
-            model_name='auditevent',
-            name='image',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='audit_events', to='annotations.image'),
+            model_name="auditevent",
+            name="image",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="audit_events",
+                to="annotations.image",
+            ),
         ),
         migrations.AddField(
-            model_name='annotationrevision',
-            name='image',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='history', to='annotations.image'),
+            model_name="annotationrevision",
+            name="image",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="history", to="annotations.image"
+            ),
         ),
         migrations.AddField(
-            model_name='project',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="project",
+            name="created_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='image',
-            name='project',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='images', to='annotations.project'),
+            model_name="image",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="images", to="annotations.project"
+            ),
         ),
         migrations.AddField(
-            model_name='cellclass',
-            name='project',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='classes', to='annotations.project'),
+            model_name="cellclass",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="classes", to="annotations.project"
+            ),
         ),
         migrations.AddField(
-            model_name='auditevent',
-            name='project',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='audit_events', to='annotations.project'),
+            model_name="auditevent",
+            name="project",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="audit_events",
+                to="annotations.project",
+            ),
         ),
         migrations.AddField(
-            model_name='apitoken',
-            name='project',
-            field=models.ForeignKey(blank=True, help_text='When set, the token only reaches this project.', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='api_tokens', to='annotations.project'),
+            model_name="apitoken",
+            name="project",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="When set, the token only reaches this project.",
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="api_tokens",
+                to="annotations.project",
+            ),
         ),
         migrations.AddField(
-            model_name='projectmembership',
-            name='project',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to='annotations.project'),
+            model_name="projectmembership",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="memberships", to="annotations.project"
+            ),
         ),
         migrations.AddField(
-            model_name='projectmembership',
-            name='user',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to=settings.AUTH_USER_MODEL),
+            model_name="projectmembership",
+            name="user",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="memberships", to=settings.AUTH_USER_MODEL
+            ),
         ),
         migrations.AddConstraint(
-            model_name='idempotencyrecord',
-            constraint=models.UniqueConstraint(fields=('user', 'key'), name='uniq_idempotency_key_per_user'),
+            model_name="idempotencyrecord",
+            constraint=models.UniqueConstraint(fields=("user", "key"), name="uniq_idempotency_key_per_user"),
         ),
         migrations.AddIndex(
-            model_name='cell',
-            index=models.Index(fields=['image', 'layer'], name='annotations_image_i_300b5b_idx'),
+            model_name="cell",
+            index=models.Index(fields=["image", "layer"], name="annotations_image_i_300b5b_idx"),
         ),
         migrations.AddIndex(
-            model_name='cell',
-            index=models.Index(fields=['image', 'layer', 'model_version'], name='annotations_image_i_cb7cda_idx'),
+            model_name="cell",
+            index=models.Index(fields=["image", "layer", "model_version"], name="annotations_image_i_cb7cda_idx"),
         ),
         migrations.AddConstraint(
-            model_name='annotationrevision',
-            constraint=models.UniqueConstraint(fields=('image', 'revision'), name='uniq_revision_per_image'),
+            model_name="annotationrevision",
+            constraint=models.UniqueConstraint(fields=("image", "revision"), name="uniq_revision_per_image"),
         ),
         migrations.AddIndex(
-            model_name='image',
-            index=models.Index(fields=['project', 'status'], name='annotations_project_105814_idx'),
+            model_name="image",
+            index=models.Index(fields=["project", "status"], name="annotations_project_105814_idx"),
         ),
         migrations.AddIndex(
-            model_name='image',
-            index=models.Index(fields=['project', 'split'], name='annotations_project_f91ec8_idx'),
+            model_name="image",
+            index=models.Index(fields=["project", "split"], name="annotations_project_f91ec8_idx"),
         ),
         migrations.AddConstraint(
-            model_name='image',
-            constraint=models.UniqueConstraint(fields=('project', 'sha256'), name='uniq_image_content_per_project'),
+            model_name="image",
+            constraint=models.UniqueConstraint(fields=("project", "sha256"), name="uniq_image_content_per_project"),
         ),
         migrations.AddConstraint(
-            model_name='cellclass',
-            constraint=models.UniqueConstraint(fields=('project', 'name'), name='uniq_class_name_per_project'),
+            model_name="cellclass",
+            constraint=models.UniqueConstraint(fields=("project", "name"), name="uniq_class_name_per_project"),
         ),
         migrations.AddConstraint(
-            model_name='projectmembership',
-            constraint=models.UniqueConstraint(fields=('project', 'user'), name='uniq_membership_per_project'),
+            model_name="projectmembership",
+            constraint=models.UniqueConstraint(fields=("project", "user"), name="uniq_membership_per_project"),
         ),
     ]

@@ -5,15 +5,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotations', '0005_history_deltas'),
+        ("annotations", "0005_history_deltas"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='cell',
-            name='cell_class',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.RESTRICT, related_name='cells', to='annotations.cellclass'),
+            model_name="cell",
+            name="cell_class",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.RESTRICT, related_name="cells", to="annotations.cellclass"
+            ),
         ),
     ]

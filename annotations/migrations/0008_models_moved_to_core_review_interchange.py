@@ -5,10 +5,9 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('core', '0001_initial'),
-        ('annotations', '0007_pipeline_paths_removed'),
+        ("core", "0001_initial"),
+        ("annotations", "0007_pipeline_paths_removed"),
     ]
 
     operations = [
@@ -16,144 +15,143 @@ class Migration(migrations.Migration):
         migrations.SeparateDatabaseAndState(
             state_operations=[
                 migrations.RemoveField(
-                    model_name='dispute',
-                    name='cell_class',
+                    model_name="dispute",
+                    name="cell_class",
                 ),
                 migrations.RemoveField(
-                    model_name='dispute',
-                    name='image',
+                    model_name="dispute",
+                    name="image",
                 ),
                 migrations.RemoveField(
-                    model_name='dispute',
-                    name='origin_cell',
+                    model_name="dispute",
+                    name="origin_cell",
                 ),
                 migrations.RemoveField(
-                    model_name='dispute',
-                    name='resolved_by',
+                    model_name="dispute",
+                    name="resolved_by",
                 ),
                 migrations.RemoveField(
-                    model_name='dispute',
-                    name='round',
+                    model_name="dispute",
+                    name="round",
                 ),
                 migrations.RemoveField(
-                    model_name='exportjob',
-                    name='created_by',
+                    model_name="exportjob",
+                    name="created_by",
                 ),
                 migrations.RemoveField(
-                    model_name='exportjob',
-                    name='project',
+                    model_name="exportjob",
+                    name="project",
                 ),
                 migrations.RemoveField(
-                    model_name='idempotencyrecord',
-                    name='user',
+                    model_name="idempotencyrecord",
+                    name="user",
                 ),
                 migrations.RemoveField(
-                    model_name='pairagreement',
-                    name='image',
+                    model_name="pairagreement",
+                    name="image",
                 ),
                 migrations.RemoveField(
-                    model_name='pairagreement',
-                    name='review_a',
+                    model_name="pairagreement",
+                    name="review_a",
                 ),
                 migrations.RemoveField(
-                    model_name='pairagreement',
-                    name='review_b',
+                    model_name="pairagreement",
+                    name="review_b",
                 ),
                 migrations.RemoveField(
-                    model_name='pairagreement',
-                    name='reviewer_a',
+                    model_name="pairagreement",
+                    name="reviewer_a",
                 ),
                 migrations.RemoveField(
-                    model_name='pairagreement',
-                    name='reviewer_b',
+                    model_name="pairagreement",
+                    name="reviewer_b",
                 ),
                 migrations.RemoveField(
-                    model_name='pairagreement',
-                    name='round',
+                    model_name="pairagreement",
+                    name="round",
                 ),
                 migrations.RemoveField(
-                    model_name='review',
-                    name='assigned_by',
+                    model_name="review",
+                    name="assigned_by",
                 ),
                 migrations.RemoveField(
-                    model_name='review',
-                    name='image',
+                    model_name="review",
+                    name="image",
                 ),
                 migrations.RemoveField(
-                    model_name='review',
-                    name='reviewer',
+                    model_name="review",
+                    name="reviewer",
                 ),
                 migrations.RemoveField(
-                    model_name='review',
-                    name='round',
+                    model_name="review",
+                    name="round",
                 ),
                 migrations.RemoveField(
-                    model_name='reviewdecision',
-                    name='review',
+                    model_name="reviewdecision",
+                    name="review",
                 ),
                 migrations.RemoveField(
-                    model_name='reviewcomment',
-                    name='review',
+                    model_name="reviewcomment",
+                    name="review",
                 ),
                 migrations.RemoveField(
-                    model_name='reviewcomment',
-                    name='cell',
+                    model_name="reviewcomment",
+                    name="cell",
                 ),
                 migrations.RemoveField(
-                    model_name='reviewdecision',
-                    name='cell',
+                    model_name="reviewdecision",
+                    name="cell",
                 ),
                 migrations.RemoveField(
-                    model_name='reviewdecision',
-                    name='cell_class',
+                    model_name="reviewdecision",
+                    name="cell_class",
                 ),
                 migrations.RemoveField(
-                    model_name='verificationround',
-                    name='image',
+                    model_name="verificationround",
+                    name="image",
                 ),
                 migrations.RemoveField(
-                    model_name='verificationround',
-                    name='started_by',
+                    model_name="verificationround",
+                    name="started_by",
                 ),
                 migrations.RemoveField(
-                    model_name='verificationsettings',
-                    name='adjudicators',
+                    model_name="verificationsettings",
+                    name="adjudicators",
                 ),
                 migrations.RemoveField(
-                    model_name='verificationsettings',
-                    name='project',
+                    model_name="verificationsettings",
+                    name="project",
                 ),
                 migrations.DeleteModel(
-                    name='CorrectionRecord',
+                    name="CorrectionRecord",
                 ),
                 migrations.DeleteModel(
-                    name='Dispute',
+                    name="Dispute",
                 ),
                 migrations.DeleteModel(
-                    name='ExportJob',
+                    name="ExportJob",
                 ),
                 migrations.DeleteModel(
-                    name='IdempotencyRecord',
+                    name="IdempotencyRecord",
                 ),
                 migrations.DeleteModel(
-                    name='PairAgreement',
+                    name="PairAgreement",
                 ),
                 migrations.DeleteModel(
-                    name='Review',
+                    name="Review",
                 ),
                 migrations.DeleteModel(
-                    name='ReviewComment',
+                    name="ReviewComment",
                 ),
                 migrations.DeleteModel(
-                    name='ReviewDecision',
+                    name="ReviewDecision",
                 ),
                 migrations.DeleteModel(
-                    name='VerificationRound',
+                    name="VerificationRound",
                 ),
                 migrations.DeleteModel(
-                    name='VerificationSettings',
+                    name="VerificationSettings",
                 ),
-
             ],
             database_operations=[],
         ),

@@ -19,7 +19,10 @@ def test_seed_demo_creates_project_users_and_images(settings: Any) -> None:
     names = sorted(Image.objects.filter(project=project).values_list("file_name", flat=True))
     assert names == ["skimage-ihc.png", "synthetic-01.png", "synthetic-02.png"]
     assert {m.user.username: m.role for m in project.memberships.select_related("user")} == {
-        "admin": "admin", "doctor": "annotator", "expert1": "expert", "expert2": "expert"
+        "admin": "admin",
+        "doctor": "annotator",
+        "expert1": "expert",
+        "expert2": "expert",
     }
     printed = out.getvalue()
     password = next(line.split()[1] for line in printed.splitlines() if line.strip().startswith("doctor"))

@@ -62,9 +62,7 @@ SETTINGS_PATHS: dict[str, str] = {
     "two_stage": "cytoseg.backends.settings:TwoStageSettings",
     "refinement": "cytoseg.backends.settings:RefinementSettings",
 }
-PATHS_REFUSED = (
-    "server paths are not accepted: a model's files are its uploaded or trained artifacts"
-)
+PATHS_REFUSED = "server paths are not accepted: a model's files are its uploaded or trained artifacts"
 
 CACHE_SIZE = 4  # a worker rarely serves more than a few model versions at once
 
@@ -121,9 +119,7 @@ def backend_names() -> list[str]:
     return sorted(set(BACKEND_PATHS) | set(dict.keys(BACKENDS)))
 
 
-def backend_register(
-    name: str, target: str | type[SegmentationBackend], *, settings: str | None = None
-) -> None:
+def backend_register(name: str, target: str | type[SegmentationBackend], *, settings: str | None = None) -> None:
     """Register (or replace) a backend by import string or by class.
 
     ``settings`` is the ``"module:Class"`` of its settings dataclass (see
@@ -151,9 +147,7 @@ def backend_class(name: str) -> type[SegmentationBackend]:
     try:
         return BACKENDS[name]
     except KeyError:
-        raise BackendError(
-            f"unknown backend {name!r}; known: {', '.join(backend_names())}"
-        ) from None
+        raise BackendError(f"unknown backend {name!r}; known: {', '.join(backend_names())}") from None
 
 
 def backend_settings_class(name: str) -> type[Any] | None:
@@ -172,9 +166,7 @@ def backend_settings_class(name: str) -> type[Any] | None:
     return cls
 
 
-def backend_settings_errors(
-    name: str, values: Any, *, allow_paths: bool = True
-) -> dict[str, str]:
+def backend_settings_errors(name: str, values: Any, *, allow_paths: bool = True) -> dict[str, str]:
     """What is wrong with ``values`` as settings of backend ``name``: ``{key: message}``.
 
     Every key is checked on its own, so each mistake is named (nested settings as

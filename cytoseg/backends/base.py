@@ -133,9 +133,7 @@ def instances_from_label_map(
         return out
     slices = ndi.find_objects(lm.astype(np.int64, copy=False))
 
-    def pick(
-        table: Mapping[int, Any] | Sequence[Any] | np.ndarray | None, k: int, default: Any
-    ) -> Any:
+    def pick(table: Mapping[int, Any] | Sequence[Any] | np.ndarray | None, k: int, default: Any) -> Any:
         if table is None:
             return default
         if isinstance(table, Mapping):
@@ -162,10 +160,6 @@ def instances_from_label_map(
     return out
 
 
-
-
-
-
 def settings_build(cls: type[_S], settings: Mapping[str, Any] | None, *, backend: str) -> _S:
     """Build the settings dataclass ``cls`` from a mapping, as BackendError on mistakes.
 
@@ -177,9 +171,7 @@ def settings_build(cls: type[_S], settings: Mapping[str, Any] | None, *, backend
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - names)
     if unknown:
-        raise BackendError(
-            f"{backend}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
-        )
+        raise BackendError(f"{backend}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:

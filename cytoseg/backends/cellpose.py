@@ -56,9 +56,7 @@ def cellpose_model_file_find(artifacts: Path | None, settings: Mapping[str, Any]
     for path in candidates:
         if path.is_file():
             return path
-    raise BackendError(
-        "cellpose: no model file in " + (", ".join(str(c) for c in candidates) or "<none>")
-    )
+    raise BackendError("cellpose: no model file in " + (", ".join(str(c) for c in candidates) or "<none>"))
 
 
 class CellposeOutputs:
@@ -79,9 +77,7 @@ class CellposeBackend(SegmentationBackend):
     settings_class = CellposeSettings
     config: CellposeSettings
 
-    def __init__(
-        self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
-    ) -> None:
+    def __init__(self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str) -> None:
         super().__init__(artifacts=artifacts, settings=settings, device=device)
         from cellpose import models  # heavy; imported when a worker needs the backend
 
@@ -93,21 +89,17 @@ class CellposeBackend(SegmentationBackend):
             state = torch.load(self.model_file, map_location="cpu", weights_only=True)
             nchan = int(state[_FIRST_NORM_KEY].shape[0])
         except Exception as exc:  # any unreadable file is a configuration error here
-            raise BackendError(f"cellpose: {self.model_file} is not a Cellpose 3 model: "
-                               f"{exc}") from exc
-        channels = cfg.channels if "channels" in self.settings else meta.get(
-            "channels", None if nchan == 3 else [0, 0]
-        )
-        self.channels: list[int] | None = (
-            [int(c) for c in channels] if channels is not None else None
-        )
+            raise BackendError(f"cellpose: {self.model_file} is not a Cellpose 3 model: {exc}") from exc
+        channels = cfg.channels if "channels" in self.settings else meta.get("channels", None if nchan == 3 else [0, 0])
+        self.channels: list[int] | None = [int(c) for c in channels] if channels is not None else None
         if (self.channels is None) != (nchan == 3):
-            raise BackendError(f"cellpose: channels {self.channels} do not fit a model with "
-                               f"{nchan} input channels")
+            raise BackendError(f"cellpose: channels {self.channels} do not fit a model with {nchan} input channels")
         self.torch_device = torch.device(device)
         self.model = models.CellposeModel(
-            gpu=self.torch_device.type == "cuda", pretrained_model=str(self.model_file),
-            device=self.torch_device, nchan=nchan,
+            gpu=self.torch_device.type == "cuda",
+            pretrained_model=str(self.model_file),
+            device=self.torch_device,
+            nchan=nchan,
         )
         self.diam_mean = float(self.model.diam_mean)
         self.diam_labels = float(self.model.diam_labels)
@@ -129,19 +121,25 @@ class CellposeBackend(SegmentationBackend):
         rescale = self.diam_mean / self.diameter
         bsize = self.bsize or 16 * -(-round(max(img.shape[:2]) * rescale) // 16)
         _, flows, _ = self.model.eval(
-            img, batch_size=self.batch_size, channels=self.channels,
-            channel_axis=2, normalize=True,
-            diameter=self.diameter, augment=self.augment, tile_overlap=self.tile_overlap,
-            bsize=bsize, resample=True, compute_masks=False,
+            img,
+            batch_size=self.batch_size,
+            channels=self.channels,
+            channel_axis=2,
+            normalize=True,
+            diameter=self.diameter,
+            augment=self.augment,
+            tile_overlap=self.tile_overlap,
+            bsize=bsize,
+            resample=True,
+            compute_masks=False,
         )
         return CellposeOutputs(
-            np.asarray(flows[1], dtype=np.float32), np.asarray(flows[2], dtype=np.float32),
+            np.asarray(flows[1], dtype=np.float32),
+            np.asarray(flows[2], dtype=np.float32),
             rescale,
         )
 
-    def masks(
-        self, outputs: CellposeOutputs, *, foreground: np.ndarray | None = None
-    ) -> np.ndarray:
+    def masks(self, outputs: CellposeOutputs, *, foreground: np.ndarray | None = None) -> np.ndarray:
         """Reconstruct the (H, W) instance label map from the network outputs.
 
         With ``foreground`` (bool (H, W)), pixels outside it are excluded from the
@@ -155,9 +153,16 @@ class CellposeBackend(SegmentationBackend):
         # Cellpose's default: 200 iterations at the network's scale
         niter = self.niter or round(200 / outputs.rescale)
         masks = dynamics.resize_and_compute_masks(
-            outputs.dP, cellprob, niter=niter, cellprob_threshold=self.cellprob_threshold,
-            flow_threshold=self.flow_threshold, interp=True, min_size=self.min_size,
-            max_size_fraction=self.max_size_fraction, resize=None, device=self.torch_device,
+            outputs.dP,
+            cellprob,
+            niter=niter,
+            cellprob_threshold=self.cellprob_threshold,
+            flow_threshold=self.flow_threshold,
+            interp=True,
+            min_size=self.min_size,
+            max_size_fraction=self.max_size_fraction,
+            resize=None,
+            device=self.torch_device,
         )
         return np.asarray(masks).astype(np.int32)
 
@@ -183,6 +188,7 @@ class CellposeBackend(SegmentationBackend):
         instances = self.instances(masks, outputs)
         t3 = time.perf_counter()
         return Prediction(
-            instances=instances, semantic=None,
+            instances=instances,
+            semantic=None,
             timings={"cellpose_net": t1 - t0, "cellpose_masks": t2 - t1, "instances": t3 - t2},
         )

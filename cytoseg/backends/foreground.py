@@ -194,9 +194,7 @@ class ClassicalSettings:
             setting_choice("erythrocyte_filter", self.erythrocyte_filter, ERYTHROCYTE_FILTERS),
         )
         self._set("blur_sigma", setting_float("blur_sigma", self.blur_sigma, lo=0.0, hi=10.0))
-        self._set(
-            "min_contrast", setting_float("min_contrast", self.min_contrast, lo=0.0, hi=255.0)
-        )
+        self._set("min_contrast", setting_float("min_contrast", self.min_contrast, lo=0.0, hi=255.0))
         if self.prob_threshold != "otsu":
             self._set(
                 "prob_threshold",
@@ -272,9 +270,7 @@ class ClassicalBackend(SegmentationBackend):
     @staticmethod
     def _check_shape(image: np.ndarray, other: np.ndarray) -> None:
         if np.shape(other)[:2] != image.shape[:2] or np.ndim(other) != 2:
-            raise BackendError(
-                f"map shape {np.shape(other)} does not match image shape {image.shape[:2]}"
-            )
+            raise BackendError(f"map shape {np.shape(other)} does not match image shape {image.shape[:2]}")
 
     def _run(
         self,

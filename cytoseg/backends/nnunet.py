@@ -67,9 +67,7 @@ def nnunet_model_folder_find(artifacts: Path | None, settings: Mapping[str, Any]
     )
 
 
-def nnunet_network_load(
-    model_folder: Path, folds: tuple[int | str, ...], checkpoint: str
-) -> dict[str, Any]:
+def nnunet_network_load(model_folder: Path, folds: tuple[int | str, ...], checkpoint: str) -> dict[str, Any]:
     """Read an nnU-Net model folder safely; the arguments of ``manual_initialization``.
 
     ``plans.json`` and ``dataset.json`` are checked against the allow-lists of
@@ -105,8 +103,9 @@ def nnunet_network_load(
     try:
         network.load_state_dict(parameters[0])
     except RuntimeError as exc:
-        raise PackageError(f"the weights do not fit the network of plans.json: {exc}",
-                           file=f"fold_{folds[0]}/{checkpoint}") from exc
+        raise PackageError(
+            f"the weights do not fit the network of plans.json: {exc}", file=f"fold_{folds[0]}/{checkpoint}"
+        ) from exc
     return {
         "network": network,
         "plans_manager": plans_manager,
@@ -126,7 +125,7 @@ def folds_available(model_folder: Path, checkpoint: str) -> list[int | str]:
     """
     numbered: list[int | str] = []
     for sub in sorted(Path(model_folder).glob("fold_*")):
-        suffix = sub.name[len("fold_"):]
+        suffix = sub.name[len("fold_") :]
         if suffix.isdigit() and (sub / checkpoint).is_file():
             numbered.append(int(suffix))
     if numbered:
@@ -163,7 +162,10 @@ def components_to_instances(
                 score = float(probabilities[label][sl][crop].mean())
             out.append(
                 Instance(
-                    x0=int(sl[1].start), y0=int(sl[0].start), mask=crop, label=int(label),
+                    x0=int(sl[1].start),
+                    y0=int(sl[0].start),
+                    mask=crop,
+                    label=int(label),
                     score=float(np.clip(score, 0.0, 1.0)),
                 )
             )
@@ -177,9 +179,7 @@ class NnUNetBackend(SegmentationBackend):
     settings_class = NnUNetSettings
     config: NnUNetSettings
 
-    def __init__(
-        self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
-    ) -> None:
+    def __init__(self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str) -> None:
         super().__init__(artifacts=artifacts, settings=settings, device=device)
         # imported here: nnunetv2 is heavy and only workers that use the backend need it
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -202,9 +202,7 @@ class NnUNetBackend(SegmentationBackend):
         if not folds:
             raise BackendError(f"nnunet: no fold_*/{cfg.checkpoint} in {self.model_folder}")
         try:
-            self.predictor.manual_initialization(
-                **nnunet_network_load(self.model_folder, folds, cfg.checkpoint)
-            )
+            self.predictor.manual_initialization(**nnunet_network_load(self.model_folder, folds, cfg.checkpoint))
         except BackendError:
             raise
         except (OSError, RuntimeError, KeyError) as exc:
@@ -221,9 +219,7 @@ class NnUNetBackend(SegmentationBackend):
         img = image_check(image)
         # (C, 1, H, W): the layout NaturalImage2DIO gives nnU-Net for RGB PNGs
         data = np.ascontiguousarray(img.transpose(2, 0, 1)[:, None].astype(np.float32))
-        seg, probs = self.predictor.predict_single_npy_array(
-            data, dict(_SPACING), None, None, True
-        )
+        seg, probs = self.predictor.predict_single_npy_array(data, dict(_SPACING), None, None, True)
         semantic = np.asarray(seg)[0].astype(np.uint8)
         return semantic, np.asarray(probs, dtype=np.float32)[:, 0]
 
@@ -234,9 +230,7 @@ class NnUNetBackend(SegmentationBackend):
         t1 = time.perf_counter()
         instances: list[Instance] = []
         if self.instances_mode == "components":
-            instances = components_to_instances(
-                semantic, probs, min_area=self.min_instance_area
-            )
+            instances = components_to_instances(semantic, probs, min_area=self.min_instance_area)
         t2 = time.perf_counter()
         timings = {"nnunet": t1 - t0, "components": t2 - t1}
         return Prediction(instances=instances, semantic=semantic, timings=timings), probs

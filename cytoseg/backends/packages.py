@@ -318,8 +318,10 @@ def nnunet_plans_check(plans: Any, dataset: Any, *, prefix: str = "") -> None:
         raise PackageError("is not an object", file=dataset_file)
     _plain_json(dataset, "dataset", dataset_file)
     labels = dataset.get("labels")
-    if not isinstance(labels, dict) or not labels or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in labels.values()
+    if (
+        not isinstance(labels, dict)
+        or not labels
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values())
     ):
         raise PackageError("labels must map names to integer label ids (regions are not supported)", file=dataset_file)
     if "regions_class_order" in dataset:

@@ -99,9 +99,7 @@ def refinement_predict(
     return out[0, 0].float().cpu().numpy()
 
 
-def instances_crop(
-    instances: Sequence[Instance], foreground: np.ndarray, *, min_area: int = 15
-) -> list[Instance]:
+def instances_crop(instances: Sequence[Instance], foreground: np.ndarray, *, min_area: int = 15) -> list[Instance]:
     """Instances cut to ``foreground`` (bool (H, W)); those left under ``min_area`` dropped."""
     fg = np.asarray(foreground, dtype=bool)
     height, width = fg.shape
@@ -112,15 +110,13 @@ def instances_crop(
         ys1, xs1 = min(inst.y0 + h, height), min(inst.x0 + w, width)
         if ys1 <= ys0 or xs1 <= xs0:
             continue
-        mask = inst.mask[ys0 - inst.y0:ys1 - inst.y0, xs0 - inst.x0:xs1 - inst.x0]
+        mask = inst.mask[ys0 - inst.y0 : ys1 - inst.y0, xs0 - inst.x0 : xs1 - inst.x0]
         kept = mask & fg[ys0:ys1, xs0:xs1]
         if int(kept.sum()) < max(min_area, 1):
             continue
         rows, cols = np.nonzero(kept)
         r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        out.append(dataclasses.replace(
-            inst, x0=int(xs0 + c0), y0=int(ys0 + r0), mask=kept[r0:r1, c0:c1].copy()
-        ))
+        out.append(dataclasses.replace(inst, x0=int(xs0 + c0), y0=int(ys0 + r0), mask=kept[r0:r1, c0:c1].copy()))
     return out
 
 
@@ -131,9 +127,7 @@ class RefinementBackend(SegmentationBackend):
     settings_class = RefinementSettings
     config: RefinementSettings
 
-    def __init__(
-        self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
-    ) -> None:
+    def __init__(self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str) -> None:
         super().__init__(artifacts=artifacts, settings=settings, device=device)
         # backend_class, not backend_get: backend_get holds its (non-reentrant) lock
         # while constructing this backend
@@ -142,17 +136,19 @@ class RefinementBackend(SegmentationBackend):
         cfg = self.config
         if not cfg.base:
             raise BackendError("refinement: settings need 'base' (the wrapped backend)")
-        weights = Path(cfg.weights) if cfg.weights else (
-            self.artifacts / WEIGHTS_FILE if self.artifacts is not None else None
+        weights = (
+            Path(cfg.weights)
+            if cfg.weights
+            else (self.artifacts / WEIGHTS_FILE if self.artifacts is not None else None)
         )
         if weights is None or not weights.is_file():
             raise BackendError(f"refinement: no weights file ({weights})")
-        base_art = Path(cfg.base_artifacts) if cfg.base_artifacts else (
-            self.artifacts / "base" if self.artifacts is not None else None
+        base_art = (
+            Path(cfg.base_artifacts)
+            if cfg.base_artifacts
+            else (self.artifacts / "base" if self.artifacts is not None else None)
         )
-        self.base = backend_class(cfg.base)(
-            artifacts=base_art, settings=dict(cfg.base_settings), device=device
-        )
+        self.base = backend_class(cfg.base)(artifacts=base_art, settings=dict(cfg.base_settings), device=device)
         self.net = RefinementNet()
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -198,6 +194,4 @@ class RefinementBackend(SegmentationBackend):
         t3 = time.perf_counter()
         timings = {f"base_{k}": v for k, v in base.timings.items()}
         timings.update({"base": t1 - t0, "refinement": t2 - t1, "crop": t3 - t2})
-        return Prediction(
-            instances=instances, semantic=new_semantic.astype(np.uint8), timings=timings
-        )
+        return Prediction(instances=instances, semantic=new_semantic.astype(np.uint8), timings=timings)

@@ -72,9 +72,7 @@ def _seed_points(eroded: np.ndarray) -> list[tuple[int, int]]:
     return seeds
 
 
-def region_growing_split(
-    fg_mask: np.ndarray, cfg: RegionGrowingSettings
-) -> tuple[np.ndarray, dict[str, float]]:
+def region_growing_split(fg_mask: np.ndarray, cfg: RegionGrowingSettings) -> tuple[np.ndarray, dict[str, float]]:
     """Seeded region growing of a foreground; (H, W) int32 labels and timings."""
     timings: dict[str, float] = {}
     t = time.perf_counter()

@@ -153,9 +153,7 @@ class CellposeSettings(_Settings):
             _optional(self.diameter, lambda v: setting_float("diameter", v, lo=0.0, hi=1000.0, open_lo=True)),
         )
         self._set("flow_threshold", setting_float("flow_threshold", self.flow_threshold, lo=0.0, hi=10.0))
-        self._set(
-            "cellprob_threshold", setting_float("cellprob_threshold", self.cellprob_threshold, lo=-20.0, hi=20.0)
-        )
+        self._set("cellprob_threshold", setting_float("cellprob_threshold", self.cellprob_threshold, lo=-20.0, hi=20.0))
         self._set("min_size", setting_int("min_size", self.min_size, lo=0))
         self._set(
             "max_size_fraction",
@@ -163,9 +161,7 @@ class CellposeSettings(_Settings):
         )
         self._set("niter", _optional(self.niter, lambda v: setting_int("niter", v, lo=1, hi=10000)))
         self._set("batch_size", setting_int("batch_size", self.batch_size, lo=1, hi=512))
-        self._set(
-            "tile_overlap", setting_float("tile_overlap", self.tile_overlap, lo=0.0, hi=0.5, open_hi=True)
-        )
+        self._set("tile_overlap", setting_float("tile_overlap", self.tile_overlap, lo=0.0, hi=0.5, open_hi=True))
         bsize = setting_int("bsize", self.bsize, lo=0, hi=4096)
         if 0 < bsize < 16:
             raise ValueError(f"bsize must be 0 (one tile) or at least 16, got {bsize}")
@@ -261,7 +257,5 @@ class RefinementSettings(_Settings):
         self._set("base_settings", dict(self.base_settings))
         self._set("weights", setting_path("weights", self.weights))
         self._set("base_artifacts", setting_path("base_artifacts", self.base_artifacts))
-        self._set(
-            "threshold", setting_float("threshold", self.threshold, lo=0.0, hi=1.0, open_lo=True, open_hi=True)
-        )
+        self._set("threshold", setting_float("threshold", self.threshold, lo=0.0, hi=1.0, open_lo=True, open_hi=True))
         self._set("min_area", setting_int("min_area", self.min_area, lo=0))

@@ -64,7 +64,7 @@ def two_stage_filter(
         ys1, xs1 = min(inst.y0 + h, height), min(inst.x0 + w, width)
         if ys1 <= ys0 or xs1 <= xs0:
             continue
-        mask = inst.mask[ys0 - inst.y0:ys1 - inst.y0, xs0 - inst.x0:xs1 - inst.x0]
+        mask = inst.mask[ys0 - inst.y0 : ys1 - inst.y0, xs0 - inst.x0 : xs1 - inst.x0]
         area = int(mask.sum())
         if area == 0:
             continue
@@ -82,10 +82,15 @@ def two_stage_filter(
             if rows.size == 0:
                 continue
             r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-            out.append(dataclasses.replace(
-                inst, x0=int(xs0 + c0), y0=int(ys0 + r0), mask=fg[r0:r1, c0:c1].copy(),
-                label=label,
-            ))
+            out.append(
+                dataclasses.replace(
+                    inst,
+                    x0=int(xs0 + c0),
+                    y0=int(ys0 + r0),
+                    mask=fg[r0:r1, c0:c1].copy(),
+                    label=label,
+                )
+            )
         else:
             out.append(dataclasses.replace(inst, label=label))
     return out
@@ -98,9 +103,7 @@ class TwoStageBackend(SegmentationBackend):
     settings_class = TwoStageSettings
     config: TwoStageSettings
 
-    def __init__(
-        self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str
-    ) -> None:
+    def __init__(self, *, artifacts: Path | None, settings: Mapping[str, Any], device: str) -> None:
         super().__init__(artifacts=artifacts, settings=settings, device=device)
         from cytoseg.backends.cellpose import CellposeBackend
         from cytoseg.backends.nnunet import NnUNetBackend
@@ -117,11 +120,13 @@ class TwoStageBackend(SegmentationBackend):
         if art is None and not (nn_settings.get("model_folder") and cp_settings.get("model_file")):
             raise BackendError("two_stage: needs artifacts or both model paths in settings")
         self.nnunet = NnUNetBackend(
-            artifacts=art / "nnunet" if art is not None else None, settings=nn_settings,
+            artifacts=art / "nnunet" if art is not None else None,
+            settings=nn_settings,
             device=device,
         )
         self.cellpose = CellposeBackend(
-            artifacts=art / "cellpose" if art is not None else None, settings=cp_settings,
+            artifacts=art / "cellpose" if art is not None else None,
+            settings=cp_settings,
             device=device,
         )
         self.min_fg_fraction = cfg.min_fg_fraction
@@ -151,19 +156,23 @@ class TwoStageBackend(SegmentationBackend):
         kept = self.combine(img, instances, semantic)
         t4 = time.perf_counter()
         return Prediction(
-            instances=kept, semantic=semantic,
+            instances=kept,
+            semantic=semantic,
             timings={
-                "nnunet": t1 - t0, "cellpose_net": t2 - t1, "cellpose_masks": t3 - t2,
+                "nnunet": t1 - t0,
+                "cellpose_net": t2 - t1,
+                "cellpose_masks": t3 - t2,
                 "filter": t4 - t3,
             },
         )
 
-    def combine(
-        self, image: np.ndarray, instances: Sequence[Instance], semantic: np.ndarray
-    ) -> list[Instance]:
+    def combine(self, image: np.ndarray, instances: Sequence[Instance], semantic: np.ndarray) -> list[Instance]:
         """Apply the two-stage filter (and the optional colour filter) to instances."""
         kept = two_stage_filter(
-            instances, semantic, min_fg_fraction=self.min_fg_fraction, erythrocytes="label",
+            instances,
+            semantic,
+            min_fg_fraction=self.min_fg_fraction,
+            erythrocytes="label",
             crop_to_foreground=self.crop_to_foreground,
         )
         if self.colour_filter and kept:
@@ -172,8 +181,7 @@ class TwoStageBackend(SegmentationBackend):
 
             colour = colour_filter_labels(image, kept)
             kept = [
-                dataclasses.replace(inst, label=2) if c == 2 else inst
-                for inst, c in zip(kept, colour, strict=True)
+                dataclasses.replace(inst, label=2) if c == 2 else inst for inst, c in zip(kept, colour, strict=True)
             ]
         if self.erythrocytes == "suppress":
             kept = [inst for inst in kept if inst.label != 2]

@@ -97,9 +97,7 @@ def watershed_split(
         ws = markers.astype(np.int32) + 1
         ws[(sure_bg > 0) & ~sure_fg] = 0
         ws = np.pad(ws, 1, mode="edge")
-        padded = np.pad(
-            np.ascontiguousarray(image[:, :, ::-1]), ((1, 1), (1, 1), (0, 0)), mode="edge"
-        )
+        padded = np.pad(np.ascontiguousarray(image[:, :, ::-1]), ((1, 1), (1, 1), (0, 0)), mode="edge")
         cv2.watershed(padded, ws)
         ws = ws[1:-1, 1:-1]
         labels = np.where(ws >= 2, ws - 1, 0).astype(np.int32)

@@ -48,8 +48,9 @@ def evaluate_image(
     foregrounds; ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn`` at
     ``iou_threshold`` (one-to-one, ``>=``); ``best_match_precision`` (paper A, at
     ``best_match_threshold``); ``mean_matched_iou`` and ``mean_boundary_iou`` of the
-    matched pairs (NaN without any); ``ap{t}`` and ``boundary_ap{t}`` for every
-    ``ap_thresholds`` entry, in percent (``ap50``, ``ap70``); ``dsb``; and
+    matched pairs (NaN without any); ``ranked_ap{t}`` and ``boundary_ranked_ap{t}`` (score-ranked
+    AP) for every ``ap_thresholds`` entry, in percent (``ranked_ap50``, ``ranked_ap70``);
+    ``accuracy`` = TP/(TP+FP+FN) at ``iou_threshold``; ``dsb``; and
     ``erythrocyte_fp`` and ``erythrocyte_fp_rate`` (NaN unless ``gt_labels`` is given).
     ``shape`` is the image shape, needed only when both sides are cropped instances.
     """
@@ -90,9 +91,14 @@ def evaluate_image(
     out["mean_matched_iou"] = float(np.mean(iou[pi, gi])) if pi.size else math.nan
     out["mean_boundary_iou"] = float(np.mean(biou[pi, gi])) if pi.size else math.nan
     combined = np.minimum(biou, iou)
+    # Score-ranked AP (COCO's recipe for one threshold: precision integrated over recall as the
+    # predictions are taken in score order), not to be confused with TP/(TP+FP+FN) (accuracy).
     for t in ap_thresholds:
-        out[f"ap{_percent(t)}"] = ap_from_iou(iou, cell_scores, t)
-        out[f"boundary_ap{_percent(t)}"] = ap_from_iou(combined, cell_scores, t)
+        out[f"ranked_ap{_percent(t)}"] = ap_from_iou(iou, cell_scores, t)
+        out[f"boundary_ranked_ap{_percent(t)}"] = ap_from_iou(combined, cell_scores, t)
+    # TP / (TP + FP + FN) at ``iou_threshold``: what the StarDist and DSB literature call accuracy
+    # (or AP) at one threshold; ``dsb`` is its mean over 0.50:0.95.
+    out["accuracy"] = ratio(counts.tp, counts.tp + counts.fp + counts.fn, len(pred_cells) == len(gt_cells) == 0)
     out["dsb"] = dsb_from_iou(iou)
 
     if gt_labels is None:
@@ -123,6 +129,7 @@ def _summarise(results: Sequence[Mapping[str, float]]) -> dict[str, float]:
         out["micro_precision"] = ratio(tp, tp + fp, nothing)
         out["micro_recall"] = ratio(tp, tp + fn, nothing)
         out["micro_f1"] = ratio(2 * tp, 2 * tp + fp + fn, nothing)
+        out["micro_accuracy"] = ratio(tp, tp + fp + fn, nothing)
     return out
 
 
@@ -135,7 +142,8 @@ def aggregate(
     (e.g. Bethesda categories, one per image). In a summary, counts (``n_pred``,
     ``n_gt``, ``tp``, ``fp``, ``fn``, ``erythrocyte_fp``) are summed, every other metric is
     the mean over images ignoring NaN, and ``micro_precision``, ``micro_recall``,
-    ``micro_f1`` are recomputed from the summed counts; ``n_images`` is the image count.
+    ``micro_f1``, ``micro_accuracy`` are recomputed from the summed counts; ``n_images`` is the
+    image count.
     """
     out = {"all": _summarise(results)}
     if groups is None:

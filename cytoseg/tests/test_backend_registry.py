@@ -125,31 +125,18 @@ def test_bad_import_paths_raise_backend_error() -> None:
 
 
 def test_backend_get_caches_per_key(counting: type[_Counting], tmp_path: Path) -> None:
-    a = backend_get(
-        name="counting", artifacts=tmp_path, settings={"a": 1, "b": [1, 2]}, device="cpu"
-    )
+    a = backend_get(name="counting", artifacts=tmp_path, settings={"a": 1, "b": [1, 2]}, device="cpu")
     # Same key: equal settings in another order, the path as a string.
-    b = backend_get(
-        name="counting", artifacts=str(tmp_path), settings={"b": [1, 2], "a": 1}, device="cpu"
-    )
+    b = backend_get(name="counting", artifacts=str(tmp_path), settings={"b": [1, 2], "a": 1}, device="cpu")
     assert a is b and counting.loads == 1
     assert a.artifacts == tmp_path.resolve() and a.device == "cpu"
-    c = backend_get(
-        name="counting", artifacts=tmp_path, settings={"a": 2, "b": [1, 2]}, device="cpu"
-    )
-    d = backend_get(
-        name="counting", artifacts=tmp_path, settings={"a": 1, "b": [1, 2]}, device="cuda"
-    )
+    c = backend_get(name="counting", artifacts=tmp_path, settings={"a": 2, "b": [1, 2]}, device="cpu")
+    d = backend_get(name="counting", artifacts=tmp_path, settings={"a": 1, "b": [1, 2]}, device="cuda")
     e = backend_get(name="counting", artifacts=None, settings=None, device="cpu")
     assert len({id(x) for x in (a, c, d, e)}) == 4 and counting.loads == 4
     backend_cache_clear()
     assert backend_cache_size() == 0
-    assert (
-        backend_get(
-            name="counting", artifacts=tmp_path, settings={"a": 1, "b": [1, 2]}, device="cpu"
-        )
-        is not a
-    )
+    assert backend_get(name="counting", artifacts=tmp_path, settings={"a": 1, "b": [1, 2]}, device="cpu") is not a
 
 
 def test_backend_get_lru_eviction(counting: type[_Counting]) -> None:
@@ -162,15 +149,11 @@ def test_backend_get_lru_eviction(counting: type[_Counting]) -> None:
     assert backend_cache_size() == backends.CACHE_SIZE
     assert backend_get(name="counting", artifacts=None, settings={"k": 0}, device="cpu") is first
     loads = counting.loads
-    backend_get(
-        name="counting", artifacts=None, settings={"k": 1}, device="cpu"
-    )  # evicted: reloads
+    backend_get(name="counting", artifacts=None, settings={"k": 1}, device="cpu")  # evicted: reloads
     assert counting.loads == loads + 1
 
 
-def test_backend_get_new_process_starts_empty(
-    counting: type[_Counting], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_backend_get_new_process_starts_empty(counting: type[_Counting], monkeypatch: pytest.MonkeyPatch) -> None:
     a = backend_get(name="counting", artifacts=None, settings={}, device="cpu")
     monkeypatch.setattr(backends, "_cache_pid", -1)  # as if forked
     assert backend_get(name="counting", artifacts=None, settings={}, device="cpu") is not a
@@ -240,11 +223,7 @@ def test_instance_full_mask_clips_outside_image() -> None:
     full = inst.full_mask(height=5, width=5)
     assert full.sum() == 4  # 2 columns x 2 rows remain
     assert full[3:5, 0:2].all()
-    assert (
-        not Instance(x0=10, y0=10, mask=np.ones((2, 2), bool), label=1, score=1)
-        .full_mask(height=5, width=5)
-        .any()
-    )
+    assert not Instance(x0=10, y0=10, mask=np.ones((2, 2), bool), label=1, score=1).full_mask(height=5, width=5).any()
 
 
 def test_device_default(monkeypatch: pytest.MonkeyPatch) -> None:

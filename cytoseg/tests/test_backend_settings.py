@@ -47,8 +47,13 @@ def test_paths_are_refused_where_the_platform_asks() -> None:
 def test_each_bad_value_is_named() -> None:
     errors = backend_settings_errors(
         "nnunet",
-        {"tile_step_size": "fast", "use_mirroring": 1, "checkpoint": "../../../etc/x.pth", "folds": [0, "x"],
-         "instance": "none"},
+        {
+            "tile_step_size": "fast",
+            "use_mirroring": 1,
+            "checkpoint": "../../../etc/x.pth",
+            "folds": [0, "x"],
+            "instance": "none",
+        },
     )
     assert set(errors) == {"tile_step_size", "use_mirroring", "checkpoint", "folds", "instance"}
     assert "unknown setting" in errors["instance"] and "must be one of" in errors["checkpoint"]

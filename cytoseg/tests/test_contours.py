@@ -38,9 +38,7 @@ def _star_blob(
     ct, st = np.cos(theta - rot), np.sin(theta - rot)
     r = a * b / np.sqrt((b * ct) ** 2 + (a * st) ** 2)
     for k in (2, 3, 4, 5):
-        r = r * (
-            1 + rng.uniform(0, wobble / (k - 1)) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-        )
+        r = r * (1 + rng.uniform(0, wobble / (k - 1)) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)))
     return np.hypot(xx - cx, yy - cy) <= r
 
 
@@ -162,9 +160,7 @@ def test_roundtrip_random_blobs() -> None:
         elif kind == 1:  # irregular
             mask = _star_blob(rng, height, width, cx, cy, radius, 0.35)
         elif kind == 2:  # cut by the image border
-            cx = rng.choice(
-                [rng.uniform(-radius / 2, 2), rng.uniform(width - 2, width + radius / 2)]
-            )
+            cx = rng.choice([rng.uniform(-radius / 2, 2), rng.uniform(width - 2, width + radius / 2)])
             mask = _star_blob(rng, height, width, cx, cy, radius, 0.2)
         else:  # one-pixel-wide appendage
             mask = _star_blob(rng, height, width, cx, cy, radius, 0.1)

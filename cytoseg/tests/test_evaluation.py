@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from cytoseg.evaluation import (
     DEFAULT_GUARDED,
     EvalCase,
     EvalImage,
+    bootstrap_intervals,
     evaluate_backend,
     evaluate_cases,
     gate_decide,
@@ -79,9 +81,9 @@ def test_image_metrics_hand_computed() -> None:
     # DSB: t = 0.50, 0.55 -> 2/(3+2-2); t = 0.60 ... 0.95 (IoU must exceed t) -> 1/(3+2-1)
     assert m["dsb"] == pytest.approx((2 * (2 / 3) + 8 * 0.25) / 10)
     # AP by score: P1 hit, P2 hit at 0.5 (miss at 0.7), P3 miss
-    assert m["ap50"] == pytest.approx(1.0)
-    assert m["ap70"] == pytest.approx(0.5)
-    assert m["boundary_ap50"] <= m["ap50"] + 1e-9
+    assert m["ranked_ap50"] == pytest.approx(1.0)
+    assert m["ranked_ap70"] == pytest.approx(0.5)
+    assert m["boundary_ranked_ap50"] <= m["ranked_ap50"] + 1e-9
     assert m["mean_matched_iou"] == pytest.approx((1.0 + 0.6) / 2)
     # P3 lies on the erythrocyte
     assert m["erythrocyte_fp"] == 1 and m["erythrocyte_fp_rate"] == pytest.approx(1 / 3)
@@ -176,3 +178,98 @@ def test_gate_promotes_only_with_margin_and_no_regression() -> None:
     d = gate_decide(candidate={"dsb": 0.6, "dice": None}, baseline=base, metric="dsb", margin=0, tolerance=0)
     assert d.promote
     assert "dsb" in DEFAULT_GUARDED and not math.isnan(d.to_dict()["candidate"])
+
+
+def test_gate_tolerances_use_confidence_intervals() -> None:
+    base = {"f1_50": 0.60, "boundary_ranked_ap50": 0.70, "erythrocyte_fp_rate": 0.02}
+    cand = {"f1_50": 0.75, "boundary_ranked_ap50": 0.57, "erythrocyte_fp_rate": 0.06}
+    guarded = ("boundary_ranked_ap50", "erythrocyte_fp_rate")
+    wide_base = {"boundary_ranked_ap50": [0.40, 0.95], "erythrocyte_fp_rate": [0.0, 0.05]}
+    wide_cand = {"boundary_ranked_ap50": [0.30, 0.85], "erythrocyte_fp_rate": [0.01, 0.12]}
+
+    def decide(ci_cand: object, ci_base: object) -> object:
+        return gate_decide(
+            candidate=cand,
+            baseline=base,
+            metric="f1_50",
+            margin=0.01,
+            tolerance=0.02,
+            guarded=guarded,
+            candidate_intervals=ci_cand,  # type: ignore[arg-type]
+            baseline_intervals=ci_base,  # type: ignore[arg-type]
+        )
+
+    # overlapping intervals: the drops are noise on this test set
+    d = decide(wide_cand, wide_base)
+    assert d.promote and d.regressions == {}  # type: ignore[attr-defined]
+    assert "boundary_ranked_ap50, erythrocyte_fp_rate within the confidence intervals" in d.reason  # type: ignore[attr-defined]
+    # without intervals (or with only one side's) the point values decide, as before
+    for ci_cand, ci_base in ((None, None), (wide_cand, None), ({}, wide_base)):
+        d = decide(ci_cand, ci_base)
+        assert not d.promote and set(d.regressions) == set(guarded)  # type: ignore[attr-defined]
+    # separated intervals: a real regression, direction-aware (FP rate: lower is better)
+    apart_cand = {"boundary_ranked_ap50": [0.30, 0.37], "erythrocyte_fp_rate": [0.08, 0.12]}
+    d = decide(apart_cand, wide_base)
+    assert not d.promote and set(d.regressions) == set(guarded)  # type: ignore[attr-defined]
+    # apart, but by less than the tolerance: not a veto
+    d = decide({"boundary_ranked_ap50": [0.30, 0.39], "erythrocyte_fp_rate": [0.06, 0.07]}, wide_base)
+    assert d.promote  # type: ignore[attr-defined]
+    # malformed stored intervals count as none
+    d = decide({"boundary_ranked_ap50": [None, 0.9], "erythrocyte_fp_rate": "x"}, wide_base)
+    assert set(d.regressions) == set(guarded)  # type: ignore[attr-defined]
+
+
+def test_bootstrap_intervals_are_deterministic_and_bracket_the_summary() -> None:
+    rng = np.random.default_rng(3)
+    rows = [
+        {
+            "f1_50": float(v),
+            "dice": float(d),
+            "tp_50": int(t),
+            "fp_50": 1,
+            "fn_50": 2,
+            "tp_70": 1,
+            "fp_70": 0,
+            "fn_70": 1,
+        }
+        for v, d, t in zip(rng.uniform(0.3, 0.9, 12), rng.uniform(0.7, 0.95, 12), rng.integers(3, 9, 12), strict=True)
+    ]
+    first, again = bootstrap_intervals(rows), bootstrap_intervals(rows)
+    assert first == again
+    mean = float(np.mean([r["f1_50"] for r in rows]))
+    low, high = first["f1_50"]
+    assert low < mean < high and high - low < 0.3
+    assert first["micro_f1_50"][0] < first["micro_f1_50"][1]
+    # one image: nothing to resample, the interval is the value itself
+    one = bootstrap_intervals(rows[:1])
+    assert one["f1_50"] == [rows[0]["f1_50"]] * 2
+    assert bootstrap_intervals([]) == {}
+    # evaluate_cases attaches them to the summary
+    result = evaluate_cases([_case("1"), _case("2")])
+    assert result.intervals["f1_50"][0] <= result.overall["f1_50"] <= result.intervals["f1_50"][1]
+
+
+def test_stored_polygons_are_scored_and_raw_masks_kept_beside() -> None:
+    """What doctors receive is scored; ``raw`` keeps the masks before they were stored."""
+    from cytoseg.backends.base import Instance, Prediction
+    from cytoseg.contours import instances_as_stored
+
+    class Backend:
+        def predict(self, image: np.ndarray) -> Prediction:
+            return Prediction(
+                instances=[Instance(x0=c.x0, y0=c.y0, mask=c.mask, label=1, score=1.0) for c in (P1, P2)],
+                semantic=None,
+            )
+
+    def stored(instances: Any, height: int, width: int) -> list[Any]:
+        # storage drops the shifted cell (as it drops a polygon under the minimum area)
+        return [i for i in instances if i.x0 == 0]
+
+    images = [EvalImage(key="1", group="VI", image=np.zeros((10, 10, 3), np.uint8), gt=[A, B], gt_labels=[1, 1])]
+    result = evaluate_backend(Backend(), images, stored=stored)
+    assert result.raw["recall_50"] == 1.0 and result.overall["recall_50"] == 0.5
+    assert evaluate_backend(Backend(), images).raw == {}
+    # the platform's own storage step: polygons rasterised back keep these square cells whole
+    kept = instances_as_stored(Backend().predict(images[0].image).instances, 10, 10, min_area=4)
+    assert sorted(int(i.mask.sum()) for i in kept) == [16, 16]
+    assert instances_as_stored(Backend().predict(images[0].image).instances, 10, 10, min_area=20) == []

@@ -299,10 +299,7 @@ def test_boundary_average_precision() -> None:
     ring[1:3, 1:3] = False
     # Boundary IoU 1.0 but mask IoU 12/16: with the mask term the pair fails at 0.8.
     assert boundary_average_precision([ring], [full], [1.0], 0.8, dilation=1) == 0.0
-    assert (
-        boundary_average_precision([ring], [full], [1.0], 0.8, dilation=1, with_mask_iou=False)
-        == 1.0
-    )
+    assert boundary_average_precision([ring], [full], [1.0], 0.8, dilation=1, with_mask_iou=False) == 1.0
     a = box((6, 6), slice(1, 5), slice(1, 5))
     b = box((6, 6), slice(1, 5), slice(1, 4))
     # min(mask 0.75, boundary 0.571) = 0.571: a hit at 0.5, a miss at 0.6.
@@ -445,9 +442,7 @@ ERY_PRED_LABELS = [1, 1, 1, 2, 1]
 
 
 def test_erythrocyte_false_positives_by_hand() -> None:
-    r = erythrocyte_false_positives(
-        ERY_PRED, ERY_GT, gt_labels=ERY_GT_LABELS, pred_labels=ERY_PRED_LABELS
-    )
+    r = erythrocyte_false_positives(ERY_PRED, ERY_GT, gt_labels=ERY_GT_LABELS, pred_labels=ERY_PRED_LABELS)
     assert r.false_positives == 2
     assert r.indices == (1, 2)
     assert r.n_predicted_cells == 4
@@ -478,8 +473,8 @@ def test_evaluate_image_by_hand() -> None:
     assert r["dice"] == pytest.approx(8 / 18)
     assert r["iou"] == pytest.approx(4 / 14)
     assert r["best_match_precision"] == pytest.approx(0.25)
-    assert r["ap50"] == 1.0  # the true cell is ranked first
-    assert r["boundary_ap50"] == 1.0
+    assert r["ranked_ap50"] == 1.0  # the true cell is ranked first
+    assert r["boundary_ranked_ap50"] == 1.0
     assert r["mean_matched_iou"] == 1.0
     # DSB: TP 1, FP 3, FN 0 at every threshold.
     assert r["dsb"] == pytest.approx(1 / 4)
@@ -493,7 +488,7 @@ def test_evaluate_image_without_labels_and_empty() -> None:
     assert math.isnan(r["erythrocyte_fp"])
     empty = np.zeros((6, 6), dtype=int)
     r = evaluate_image(empty, empty)
-    assert r["dice"] == r["f1"] == r["dsb"] == r["ap50"] == 1.0
+    assert r["dice"] == r["f1"] == r["dsb"] == r["ranked_ap50"] == 1.0
     assert math.isnan(r["mean_matched_iou"])
     # Crops on both sides need no image shape.
     crops = [Crop(0, 0, np.ones((2, 2), bool))]

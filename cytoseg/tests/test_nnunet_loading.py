@@ -42,7 +42,9 @@ def test_safe_loader_predicts_as_nnunets_own(model_folder: Path) -> None:
     # nnU-Net's own loader unpickles the checkpoint (weights_only=False): only on our own
     # freshly trained file, in a test, as the reference
     reference = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
-    reference.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds_available(model_folder, "checkpoint_final.pth")))
+    reference.initialize_from_trained_model_folder(
+        str(model_folder), use_folds=tuple(folds_available(model_folder, "checkpoint_final.pth"))
+    )
     data = np.ascontiguousarray(image.transpose(2, 0, 1)[:, None].astype(np.float32))
     _, expected = reference.predict_single_npy_array(data, {"spacing": (999.0, 1.0, 1.0)}, None, None, True)
     np.testing.assert_allclose(ours.predict_probabilities(image), np.asarray(expected)[:, 0], atol=1e-5)

@@ -116,8 +116,12 @@ def test_a_pickled_object_in_a_checkpoint_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     root = _write(tmp_path / "pkg", nnunet_package())
     torch.save(
-        {"network_weights": {"w": torch.zeros(1)}, "trainer_name": "nnUNetTrainer",
-         "init_args": {"configuration": "2d"}, "x": Marker(marker)},
+        {
+            "network_weights": {"w": torch.zeros(1)},
+            "trainer_name": "nnUNetTrainer",
+            "init_args": {"configuration": "2d"},
+            "x": Marker(marker),
+        },
         root / "fold_all" / "checkpoint_final.pth",
     )
     for check in (lambda: package_check("nnunet", root), lambda: package_prepare("nnunet", root)):
@@ -194,8 +198,10 @@ def test_package_check_by_kind(tmp_path: Path) -> None:
     package_check("nnunet", nnunet)
     cellpose = _write(tmp_path / "cellpose", {"cellpose.pth": cellpose_weights(), "cellpose.json": b"{}"})
     package_check("cellpose", cellpose)
-    two = _write(tmp_path / "two", {**{f"nnunet/{k}": v for k, v in nnunet_package().items()},
-                                    "cellpose/cellpose.pth": cellpose_weights()})
+    two = _write(
+        tmp_path / "two",
+        {**{f"nnunet/{k}": v for k, v in nnunet_package().items()}, "cellpose/cellpose.pth": cellpose_weights()},
+    )
     package_check("two_stage", two)
     with pytest.raises(PackageError) as err:
         package_check("two_stage", nnunet)
@@ -223,8 +229,15 @@ def test_prepare_sanitises_nnunet_checkpoints(tmp_path: Path) -> None:
     import numpy as np
 
     raw = io.BytesIO()
-    torch.save({"network_weights": {"w": torch.zeros(2)}, "trainer_name": "nnUNetTrainer",
-                "init_args": {"configuration": "2d"}, "optimizer_state": {"lr": np.float64(0.01)}}, raw)
+    torch.save(
+        {
+            "network_weights": {"w": torch.zeros(2)},
+            "trainer_name": "nnUNetTrainer",
+            "init_args": {"configuration": "2d"},
+            "optimizer_state": {"lr": np.float64(0.01)},
+        },
+        raw,
+    )
     root = _write(tmp_path / "pkg", {**nnunet_package(), "fold_all/checkpoint_final.pth": raw.getvalue()})
     package_prepare("nnunet", root)
     loaded = torch.load(root / "fold_all" / "checkpoint_final.pth", weights_only=True)

@@ -71,10 +71,15 @@ def test_training_reduces_bce(tmp_path: Path) -> None:
     val = [_toy(100 + s) for s in range(2)]
     epochs: list[dict] = []
     result = refinement_train(
-        images=[t[0] for t in train], probabilities=[t[1] for t in train],
-        targets=[t[2] for t in train], val_images=[v[0] for v in val],
-        val_probabilities=[v[1] for v in val], val_targets=[v[2] for v in val],
-        workdir=tmp_path, config=RefinementTrainConfig.tiny(), device="cpu",
+        images=[t[0] for t in train],
+        probabilities=[t[1] for t in train],
+        targets=[t[2] for t in train],
+        val_images=[v[0] for v in val],
+        val_probabilities=[v[1] for v in val],
+        val_targets=[v[2] for v in val],
+        workdir=tmp_path,
+        config=RefinementTrainConfig.tiny(),
+        device="cpu",
         progress=epochs.append,
     )
     assert result.parameters == 76_289
@@ -95,12 +100,22 @@ def test_training_reduces_bce(tmp_path: Path) -> None:
 def test_early_stopping(tmp_path: Path) -> None:
     image, prob, truth = _toy(3)
     cfg = RefinementTrainConfig(
-        max_epochs=50, iterations_per_epoch=1, batch_size=1, patch_size=16, patience=1,
+        max_epochs=50,
+        iterations_per_epoch=1,
+        batch_size=1,
+        patch_size=16,
+        patience=1,
         learning_rate=1e-9,  # no progress: stops after `patience` epochs without gain
     )
     result = refinement_train(
-        images=[image], probabilities=[prob], targets=[truth], val_images=[image],
-        val_probabilities=[prob], val_targets=[truth], workdir=tmp_path, config=cfg,
+        images=[image],
+        probabilities=[prob],
+        targets=[truth],
+        val_images=[image],
+        val_probabilities=[prob],
+        val_targets=[truth],
+        workdir=tmp_path,
+        config=cfg,
     )
     assert result.stopped_early and len(result.train_losses) < 50
 
@@ -109,8 +124,12 @@ def test_cancellation_raises(tmp_path: Path) -> None:
     image, prob, truth = _toy(1)
     with pytest.raises(TrainingCancelled):
         refinement_train(
-            images=[image], probabilities=[prob], targets=[truth], workdir=tmp_path,
-            config=RefinementTrainConfig.tiny(), should_cancel=lambda: True,
+            images=[image],
+            probabilities=[prob],
+            targets=[truth],
+            workdir=tmp_path,
+            config=RefinementTrainConfig.tiny(),
+            should_cancel=lambda: True,
         )
     assert not (tmp_path / "refinement.pt").exists()
 
@@ -137,15 +156,18 @@ def test_backend_wraps_nnunet(nnunet_model: NnUNetTrained, tmp_path: Path) -> No
     fields = [field(s) for s in (0, 1)]
     probs = [1.0 - base.predict_probabilities(f.image)[0] for f in fields]
     result = refinement_train(
-        images=[f.image for f in fields], probabilities=probs,
-        targets=[f.semantic_map() > 0 for f in fields], workdir=tmp_path / "ref",
-        config=RefinementTrainConfig(max_epochs=2, iterations_per_epoch=3, batch_size=2,
-                                     patch_size=48, learning_rate=1e-3),
+        images=[f.image for f in fields],
+        probabilities=probs,
+        targets=[f.semantic_map() > 0 for f in fields],
+        workdir=tmp_path / "ref",
+        config=RefinementTrainConfig(
+            max_epochs=2, iterations_per_epoch=3, batch_size=2, patch_size=48, learning_rate=1e-3
+        ),
     )
     backend = RefinementBackend(
-        artifacts=tmp_path / "ref", device="cpu",
-        settings={"base": "nnunet", "base_artifacts": str(nnunet_model.model_folder),
-                  "base_settings": nn_settings},
+        artifacts=tmp_path / "ref",
+        device="cpu",
+        settings={"base": "nnunet", "base_artifacts": str(nnunet_model.model_folder), "base_settings": nn_settings},
     )
     assert result.weights_file.parent == tmp_path / "ref"
     f = held_out_fields()[0]
@@ -154,8 +176,7 @@ def test_backend_wraps_nnunet(nnunet_model: NnUNetTrained, tmp_path: Path) -> No
     assert set(np.unique(pred.semantic)) <= {0, 1, 2}
     assert {"base", "refinement"} <= set(pred.timings)
     for inst in pred.instances:  # every kept instance lies in the refined foreground
-        window = pred.semantic[inst.y0:inst.y0 + inst.mask.shape[0],
-                               inst.x0:inst.x0 + inst.mask.shape[1]]
+        window = pred.semantic[inst.y0 : inst.y0 + inst.mask.shape[0], inst.x0 : inst.x0 + inst.mask.shape[1]]
         assert (window[inst.mask] > 0).all()
     with pytest.raises(BackendError):
         RefinementBackend(artifacts=tmp_path / "ref", settings={}, device="cpu")

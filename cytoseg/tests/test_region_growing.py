@@ -24,9 +24,7 @@ def _disc_mask(cx: float, cy: float, r: float, height: int = H, width: int = W) 
     return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
 
 
-def _paint(
-    masks_colours: list[tuple[np.ndarray, tuple[int, int, int]]], seed: int = 0
-) -> np.ndarray:
+def _paint(masks_colours: list[tuple[np.ndarray, tuple[int, int, int]]], seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = np.empty((H, W, 3), np.float32)
     img[:] = BACKGROUND

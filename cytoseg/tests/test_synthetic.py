@@ -149,9 +149,7 @@ def test_every_instance_stays_mostly_visible(field: SyntheticField) -> None:
 
 def test_clusters_overlap_more_than_isolated_cells() -> None:
     def hidden_share(fraction: float) -> float:
-        f = generate_field(
-            seed=2, width=512, height=384, n_cells=60, n_erythrocytes=0, cluster_fraction=fraction
-        )
+        f = generate_field(seed=2, width=512, height=384, n_cells=60, n_erythrocytes=0, cluster_fraction=fraction)
         visible = np.bincount(f.label_map().ravel(), minlength=len(f.cells) + 1)[1:]
         full = np.array([c.area for c in f.cells])
         return float(1.0 - visible.sum() / full.sum())
@@ -171,9 +169,7 @@ def test_erythrocytes_are_redder_than_cells(field: SyntheticField) -> None:
 
 
 def test_overlap_darkens() -> None:
-    f = generate_field(
-        seed=9, width=512, height=384, n_cells=80, n_erythrocytes=0, cluster_fraction=1.0
-    )
+    f = generate_field(seed=9, width=512, height=384, n_cells=80, n_erythrocytes=0, cluster_fraction=1.0)
     count = np.zeros((384, 512), dtype=np.int32)
     for i in range(len(f.cells)):
         count += f.full_mask(i)
@@ -252,7 +248,9 @@ def test_hard_mode_is_deterministic_with_exact_masks() -> None:
     a = generate_field(seed=5, width=256, height=256, difficulty="hard")
     b = generate_field(seed=5, width=256, height=256, difficulty="hard")
     assert np.array_equal(a.image, b.image) and len(a.cells) == len(b.cells)
-    assert all(np.array_equal(x.mask, y.mask) and (x.x0, x.y0) == (y.x0, y.y0) for x, y in zip(a.cells, b.cells, strict=True))
+    assert all(
+        np.array_equal(x.mask, y.mask) and (x.x0, x.y0) == (y.x0, y.y0) for x, y in zip(a.cells, b.cells, strict=True)
+    )
     # exact masks: the label map is the painted shapes, every instance keeps its visible share
     lm = a.label_map()
     visible = np.bincount(lm.ravel(), minlength=len(a.cells) + 1)[1:]
@@ -276,6 +274,7 @@ def test_hard_mode_is_harder_than_normal() -> None:
     rbcs = [int(np.sum(_labels(f) == ERYTHROCYTE)) for f in hard]
     assert min(cells) >= 25 and min(rbcs) >= 30 and max(rbcs) <= 60
     assert np.mean([hidden(f) for f in hard]) > np.mean([hidden(f) for f in normal]) + 0.05  # denser clusters
+
     # palettes vary: the cells' hue (chromaticity) differs between fields far more
     def cell_hue(f: SyntheticField) -> np.ndarray:
         px = f.image[f.semantic_map() == CELL].astype(np.float64)

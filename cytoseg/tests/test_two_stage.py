@@ -44,8 +44,7 @@ def test_filter_majority_class_and_erythrocyte_modes() -> None:
     out = two_stage_filter([ery, cell, mixed], sem, min_fg_fraction=0.5, erythrocytes="label")
     assert [i.label for i in out] == [2, 1, 1]
     assert out[0].score == 0.4 and out[0].mask.shape == (5, 5)
-    out = two_stage_filter([ery, cell, mixed], sem, min_fg_fraction=0.5,
-                           erythrocytes="suppress")
+    out = two_stage_filter([ery, cell, mixed], sem, min_fg_fraction=0.5, erythrocytes="suppress")
     assert [(i.x0, i.label) for i in out] == [(1, 1), (8, 1)]
     with pytest.raises(ValueError):
         two_stage_filter([ery], sem, erythrocytes="drop")
@@ -114,10 +113,8 @@ def test_backend_combines_stages(two_stage_artifacts: Path) -> None:
     from cytoseg.backends.two_stage import TwoStageBackend
     from cytoseg.tests.tiny_models import held_out_fields
 
-    backend = TwoStageBackend(artifacts=two_stage_artifacts, settings={"nnunet": NN_FAST},
-                              device="cpu")
-    alone = CellposeBackend(artifacts=two_stage_artifacts / "cellpose", settings={},
-                            device="cpu")
+    backend = TwoStageBackend(artifacts=two_stage_artifacts, settings={"nnunet": NN_FAST}, device="cpu")
+    alone = CellposeBackend(artifacts=two_stage_artifacts / "cellpose", settings={}, device="cpu")
     f = held_out_fields()[0]
     pred = backend.predict(f.image)
     assert pred.semantic is not None and pred.semantic.shape == f.image.shape[:2]
@@ -127,10 +124,11 @@ def test_backend_combines_stages(two_stage_artifacts: Path) -> None:
     assert len(pred.instances) <= len(cellpose_only)
     for inst in pred.instances:  # mostly on nnU-Net foreground
         h, w = inst.mask.shape
-        under = pred.semantic[inst.y0:inst.y0 + h, inst.x0:inst.x0 + w][inst.mask]
+        under = pred.semantic[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w][inst.mask]
         assert (under > 0).mean() >= 0.5
     suppressed = TwoStageBackend(
-        artifacts=two_stage_artifacts, device="cpu",
+        artifacts=two_stage_artifacts,
+        device="cpu",
         settings={"nnunet": NN_FAST, "erythrocytes": "suppress", "colour_filter": True},
     ).predict(f.image)
     assert all(i.label == 1 for i in suppressed.instances)
@@ -146,7 +144,9 @@ def test_backend_restricted_masks_and_registry(two_stage_artifacts: Path) -> Non
     settings: dict[str, Any] = {
         "nnunet_model_folder": str(two_stage_artifacts / "nnunet"),
         "cellpose_model_file": str(two_stage_artifacts / "cellpose" / "cellpose.pth"),
-        "nnunet": NN_FAST, "restrict_masks": True, "crop_to_foreground": True,
+        "nnunet": NN_FAST,
+        "restrict_masks": True,
+        "crop_to_foreground": True,
     }
     backend = backend_get(name="two_stage", artifacts=None, settings=settings, device="cpu")
     try:
@@ -156,12 +156,11 @@ def test_backend_restricted_masks_and_registry(two_stage_artifacts: Path) -> Non
         assert pred.semantic is not None
         for inst in pred.instances:  # cropped to the foreground
             h, w = inst.mask.shape
-            assert (pred.semantic[inst.y0:inst.y0 + h, inst.x0:inst.x0 + w][inst.mask] > 0).all()
+            assert (pred.semantic[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w][inst.mask] > 0).all()
         with pytest.raises(BackendError):
             backend_get(name="two_stage", artifacts=None, settings={}, device="cpu")
         with pytest.raises(BackendError):
-            TwoStageBackend(artifacts=two_stage_artifacts, settings={"erythrocytes": "x"},
-                            device="cpu")
+            TwoStageBackend(artifacts=two_stage_artifacts, settings={"erythrocytes": "x"}, device="cpu")
     finally:
         backend_cache_clear()
 
@@ -190,4 +189,4 @@ def test_fast_preset_inference_settings(two_stage_artifacts: Path) -> None:
     assert pred.semantic is not None and pred.instances
     for inst in pred.instances:
         h, w = inst.mask.shape
-        assert (pred.semantic[inst.y0:inst.y0 + h, inst.x0:inst.x0 + w][inst.mask] > 0).mean() >= 0.5
+        assert (pred.semantic[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w][inst.mask] > 0).mean() >= 0.5

@@ -24,9 +24,7 @@ def _canvas(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:
     return img + rng.normal(0, 2.0, img.shape).astype(np.float32)
 
 
-def _disc(
-    img: np.ndarray, cx: float, cy: float, r: float, colour: tuple[int, int, int]
-) -> np.ndarray:
+def _disc(img: np.ndarray, cx: float, cy: float, r: float, colour: tuple[int, int, int]) -> np.ndarray:
     yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
     m = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
     img[m] = colour
@@ -137,9 +135,7 @@ def test_probability_map_input() -> None:
         prob = np.maximum(prob, np.clip(1.2 - np.hypot(xx - cx, yy - 48) / 16, 0, 1))
     image = _u8(_canvas())  # no colour needed: the map decides
     for threshold in (0.5, "otsu"):
-        pred = _backend(
-            prob_threshold=threshold, erythrocyte_filter="off"
-        ).predict_from_probability(image, prob)
+        pred = _backend(prob_threshold=threshold, erythrocyte_filter="off").predict_from_probability(image, prob)
         assert len(pred.instances) == 2
         assert all(i.score > 0.5 for i in pred.instances)
     with pytest.raises(BackendError):
@@ -160,9 +156,7 @@ def test_backend_get_returns_cached_watershed() -> None:
     backend_cache_clear()
     a = backend_get(name="watershed", artifacts=None, settings={"min_area": 20}, device="cpu")
     assert isinstance(a, WatershedBackend)
-    assert (
-        backend_get(name="watershed", artifacts=None, settings={"min_area": 20}, device="cpu") is a
-    )
+    assert backend_get(name="watershed", artifacts=None, settings={"min_area": 20}, device="cpu") is a
     backend_cache_clear()
 
 

@@ -42,7 +42,10 @@ def field(seed: int) -> Any:
     from cytoseg.synthetic import generate_field
 
     return generate_field(
-        seed=seed, width=SIZE, height=SIZE, n_cells=8 + 2 * (seed % 5),
+        seed=seed,
+        width=SIZE,
+        height=SIZE,
+        n_cells=8 + 2 * (seed % 5),
         n_erythrocytes=3 + seed % 3,
     )
 
@@ -82,17 +85,23 @@ def _nnunet_child(workdir: str, out_file: str) -> None:
             semantic_labels=[f.semantic_map() for f in fields],
             val_images=[f.image for f in vals],
             val_semantic_labels=[f.semantic_map() for f in vals],
-            workdir=Path(workdir), config=cfg, device="cpu",
+            workdir=Path(workdir),
+            config=cfg,
+            device="cpu",
             progress=lambda info: phases.append(info["phase"]),
         )
-        out.write_text(json.dumps({
-            "model_folder": str(result.model_folder),
-            "curves": result.curves,
-            "phases": phases,
-            "daemon": multiprocessing.current_process().daemon,
-            "seconds": result.seconds,
-            "fold": result.fold,
-        }))
+        out.write_text(
+            json.dumps(
+                {
+                    "model_folder": str(result.model_folder),
+                    "curves": result.curves,
+                    "phases": phases,
+                    "daemon": multiprocessing.current_process().daemon,
+                    "seconds": result.seconds,
+                    "fold": result.fold,
+                }
+            )
+        )
     except BaseException:  # report everything to the parent, which fails the test
         out.with_suffix(".error").write_text(traceback.format_exc())
         raise
@@ -116,9 +125,12 @@ def nnunet_trained(base: Path) -> NnUNetTrained:
             pytest.fail(f"nnU-Net training in a daemonic process failed:\n{detail}")
         data = json.loads(out_file.read_text())
         _cache["nnunet"] = NnUNetTrained(
-            model_folder=Path(data["model_folder"]), curves=data["curves"],
-            phases=data["phases"], child_was_daemon=bool(data["daemon"]),
-            seconds=float(data["seconds"]), fold=data["fold"],
+            model_folder=Path(data["model_folder"]),
+            curves=data["curves"],
+            phases=data["phases"],
+            child_was_daemon=bool(data["daemon"]),
+            seconds=float(data["seconds"]),
+            fold=data["fold"],
         )
     return _cache["nnunet"]
 
@@ -142,7 +154,9 @@ def cellpose_trained(base: Path) -> Any:
             instance_labels=[f.label_map() for f in fields],
             val_images=[f.image for f in vals],
             val_instance_labels=[f.label_map() for f in vals],
-            workdir=base / "cellpose_job", config=CellposeTrainConfig.tiny(), device="cpu",
+            workdir=base / "cellpose_job",
+            config=CellposeTrainConfig.tiny(),
+            device="cpu",
             progress=progress,
         )
         _cache["cellpose"] = (result, epochs)

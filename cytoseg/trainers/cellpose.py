@@ -52,8 +52,6 @@ META_FILE = "cellpose.json"
 _FIRST_NORM_KEY = "downsample.down.res_down_0.conv.conv_0.0.weight"
 
 
-
-
 @dataclass
 class CellposeTrainResult:
     """What ``cellpose_train`` produced.
@@ -150,10 +148,7 @@ def cellpose_train(
             raise FileNotFoundError(f"initial Cellpose model {initial_model} not found")
         file_nchan = cellpose_model_nchan(initial_model)
         if file_nchan != nchan:
-            raise ValueError(
-                f"{initial_model} takes {file_nchan} channels but channels={cfg.channels} "
-                f"gives {nchan}"
-            )
+            raise ValueError(f"{initial_model} takes {file_nchan} channels but channels={cfg.channels} gives {nchan}")
 
     report({"phase": "prepare", "step": "flows"})
     train_x = [cellpose_input(im, cfg.channels).transpose(2, 0, 1) for im in images]
@@ -167,7 +162,8 @@ def cellpose_train(
             [np.asarray(lab).astype(np.int32) for lab in val_instance_labels],
             device=torch_device,
         )
-        if val_images else []
+        if val_images
+        else []
     )
     cancel_check(0)
 
@@ -187,26 +183,27 @@ def cellpose_train(
     else:
         diam_mean = float(cfg.diam_mean or cfg.network_scale * diam_train.mean())
         model = models.CellposeModel(
-            pretrained_model=False, device=torch_device, nchan=nchan, diam_mean=diam_mean,
+            pretrained_model=False,
+            device=torch_device,
+            nchan=nchan,
+            diam_mean=diam_mean,
             mkldnn=False,
         )
     net = model.net
     diam_mean = float(net.diam_mean.item())
     net.diam_labels.data = torch.tensor([float(diam_train.mean())], device=torch_device)
 
-    scale_range = cfg.scale_range if cfg.scale_range is not None else (
-        0.5 if cfg.rescale else 1.0
-    )
+    scale_range = cfg.scale_range if cfg.scale_range is not None else (0.5 if cfg.rescale else 1.0)
     lr_schedule = _lr_schedule(cfg.learning_rate, cfg.n_epochs, cfg.warmup_epochs)
     if cfg.sgd:
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+            net.parameters(),
+            lr=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
             momentum=cfg.momentum,
         )
     else:
-        optimizer = torch.optim.AdamW(
-            net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-        )
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     nimg = len(train_x)
     nimg_per_epoch = cfg.nimg_per_epoch or nimg
@@ -230,36 +227,47 @@ def cellpose_train(
         epoch_loss = 0.0
         for it, k in enumerate(range(0, nimg_per_epoch, cfg.batch_size)):
             cancel_check(epoch)
-            inds = order[k:k + cfg.batch_size]
+            inds = order[k : k + cfg.batch_size]
             loss_value, n = _batch_loss(
-                net, [train_x[i] for i in inds], [train_flows[i][1:] for i in inds],
-                diam_train[inds], diam_mean, cfg, scale_range, torch_device, train=True,
+                net,
+                [train_x[i] for i in inds],
+                [train_flows[i][1:] for i in inds],
+                diam_train[inds],
+                diam_mean,
+                cfg,
+                scale_range,
+                torch_device,
+                train=True,
                 optimizer=optimizer,
             )
             epoch_loss += loss_value * n
-            report({
-                "phase": "train", "epoch": epoch, "epochs": cfg.n_epochs, "iteration": it + 1,
-                "iterations": iterations, "loss": loss_value,
-            })
+            report(
+                {
+                    "phase": "train",
+                    "epoch": epoch,
+                    "epochs": cfg.n_epochs,
+                    "iteration": it + 1,
+                    "iterations": iterations,
+                    "loss": loss_value,
+                }
+            )
         train_loss = epoch_loss / nimg_per_epoch
         train_losses.append(train_loss)
 
         last = epoch == cfg.n_epochs - 1
         if last and cfg.bn_recalibrate_batches > 0:
-            report({"phase": "train", "step": "bn_recalibrate", "epoch": epoch,
-                    "epochs": cfg.n_epochs})
-            _bn_recalibrate(
-                net, train_x, train_flows, diam_train, diam_mean, cfg, scale_range, torch_device
-            )
+            report({"phase": "train", "step": "bn_recalibrate", "epoch": epoch, "epochs": cfg.n_epochs})
+            _bn_recalibrate(net, train_x, train_flows, diam_train, diam_mean, cfg, scale_range, torch_device)
         val_loss = float("nan")
         if val_x and (last or (epoch + 1) % max(1, cfg.val_every) == 0):
-            val_loss = _val_loss(
-                net, val_x, val_flows, diam_val, diam_mean, cfg, scale_range, torch_device
-            )
+            val_loss = _val_loss(net, val_x, val_flows, diam_val, diam_mean, cfg, scale_range, torch_device)
         val_losses.append(val_loss)
         point = {
-            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-            "lr": float(lr_schedule[epoch]), "seconds": time.perf_counter() - t_epoch,
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": float(lr_schedule[epoch]),
+            "seconds": time.perf_counter() - t_epoch,
         }
         curves.append(point)
         report({"phase": "epoch", "epochs": cfg.n_epochs, **point})
@@ -279,10 +287,17 @@ def cellpose_train(
     meta_file = workdir / META_FILE
     meta_file.write_text(json.dumps(meta, indent=1))
     return CellposeTrainResult(
-        model_file=model_file, meta_file=meta_file, train_losses=train_losses,
-        val_losses=val_losses, curves=curves, nchan=nchan, channels=cfg.channels,
-        diam_mean=diam_mean, diam_labels=float(diam_train.mean()),
-        seconds=time.perf_counter() - t_start, config=cfg.to_dict(),
+        model_file=model_file,
+        meta_file=meta_file,
+        train_losses=train_losses,
+        val_losses=val_losses,
+        curves=curves,
+        nchan=nchan,
+        channels=cfg.channels,
+        diam_mean=diam_mean,
+        diam_labels=float(diam_train.mean()),
+        seconds=time.perf_counter() - t_start,
+        config=cfg.to_dict(),
     )
 
 
@@ -371,12 +386,14 @@ def _bn_recalibrate(
     try:
         with torch.no_grad():
             for _ in range(cfg.bn_recalibrate_batches):
-                inds = rng.choice(len(train_x), size=min(cfg.batch_size, len(train_x)),
-                                  replace=False)
+                inds = rng.choice(len(train_x), size=min(cfg.batch_size, len(train_x)), replace=False)
                 rsc = diams[inds] / diam_mean if cfg.rescale else np.ones(len(inds), "float32")
                 imgi = transforms.random_rotate_and_resize(
-                    [train_x[i] for i in inds], Y=[train_flows[i][1:] for i in inds],
-                    rescale=rsc, scale_range=scale_range, xy=(cfg.bsize, cfg.bsize),
+                    [train_x[i] for i in inds],
+                    Y=[train_flows[i][1:] for i in inds],
+                    rescale=rsc,
+                    scale_range=scale_range,
+                    xy=(cfg.bsize, cfg.bsize),
                 )[0]
                 net(torch.from_numpy(imgi).to(device))
     finally:
@@ -404,8 +421,15 @@ def _val_loss(
         for k in range(0, len(val_x), cfg.batch_size):
             sl = slice(k, k + cfg.batch_size)
             value, n = _batch_loss(
-                net, val_x[sl], [f[1:] for f in val_flows[sl]], diams[sl], diam_mean, cfg,
-                scale_range, device, train=False,
+                net,
+                val_x[sl],
+                [f[1:] for f in val_flows[sl]],
+                diams[sl],
+                diam_mean,
+                cfg,
+                scale_range,
+                device,
+                train=False,
             )
             total += value * n
             count += n

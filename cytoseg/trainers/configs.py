@@ -137,7 +137,11 @@ class NnUNetTrainConfig:
             num_val_iterations_per_epoch=2,
             initial_lr=1e-2,
             plans=NnUNetPlansOverride(
-                patch_size=(64, 64), batch_size=4, n_stages=4, base_features=8, max_features=64,
+                patch_size=(64, 64),
+                batch_size=4,
+                n_stages=4,
+                base_features=8,
+                max_features=64,
                 n_conv_per_stage=1,
             ),
             plot_progress=False,
@@ -202,8 +206,13 @@ class CellposeTrainConfig:
     def tiny(cls) -> CellposeTrainConfig:
         """A configuration that trains in seconds on a CPU (tests, smoke runs)."""
         return cls(
-            n_epochs=12, warmup_epochs=1, learning_rate=0.01, batch_size=4, bsize=64,
-            val_every=4, bn_recalibrate_batches=3,
+            n_epochs=12,
+            warmup_epochs=1,
+            learning_rate=0.01,
+            batch_size=4,
+            bsize=64,
+            val_every=4,
+            bn_recalibrate_batches=3,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,8 +255,12 @@ class RefinementTrainConfig:
     def tiny(cls) -> RefinementTrainConfig:
         """Seconds on a CPU (tests)."""
         return cls(
-            max_epochs=6, iterations_per_epoch=6, batch_size=4, patch_size=48,
-            learning_rate=1e-3, patience=3,
+            max_epochs=6,
+            iterations_per_epoch=6,
+            batch_size=4,
+            patch_size=48,
+            learning_rate=1e-3,
+            patience=3,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -298,8 +311,10 @@ def _type_problem(hint: Any, value: Any) -> str | None:
         return None if isinstance(value, str) else "must be a string"
     if typing.get_origin(base) is tuple:
         item = typing.get_args(base)[0]
-        ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            (_is_int(v) if item is int else _is_number(v)) for v in value
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all((_is_int(v) if item is int else _is_number(v)) for v in value)
         )
         return None if ok else f"must be a list of two {'integers' if item is int else 'numbers'}"
     raise TypeError(f"unsupported configuration type {hint!r}")

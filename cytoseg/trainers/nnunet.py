@@ -125,12 +125,6 @@ CONFIG_ENV = "DIFFQUIK_NNUNET_TRAIN_CONFIG"
 CHECKPOINT_TRAINER_NAME = "nnUNetTrainer"
 
 
-
-
-
-
-
-
 @dataclass
 class NnUNetTrainResult:
     """What ``nnunet_train`` produced.
@@ -172,9 +166,7 @@ def nnunet_env(
     restored on exit. Process-wide: run one job per process at a time.
     """
     values: dict[str, str] = dict(extra or {})
-    for key, path in (
-        ("nnUNet_raw", raw), ("nnUNet_preprocessed", preprocessed), ("nnUNet_results", results)
-    ):
+    for key, path in (("nnUNet_raw", raw), ("nnUNet_preprocessed", preprocessed), ("nnUNet_results", results)):
         if path is not None:
             values[key] = str(path)
     saved = {k: os.environ.get(k) for k in values}
@@ -247,8 +239,7 @@ def raw_dataset_write(
     # multiprocessing pool (utilities.utils.create_lists_from_splitted_dataset_folder),
     # which a daemonic process may not start.
     table = {
-        case: {"images": [f"imagesTr/{case}_0000.png"], "label": f"labelsTr/{case}.png"}
-        for case in train_ids + val_ids
+        case: {"images": [f"imagesTr/{case}_0000.png"], "label": f"labelsTr/{case}.png"} for case in train_ids + val_ids
     }
     save_json(
         {
@@ -274,9 +265,7 @@ class _InProcessFingerprintExtractor(DatasetFingerprintExtractor):
     ``run`` is nnU-Net 2.8.1's, with the pool replaced by a loop over the cases.
     """
 
-    def __init__(
-        self, dataset_name_or_id: str | int, num_processes: int = 1, verbose: bool = False
-    ) -> None:
+    def __init__(self, dataset_name_or_id: str | int, num_processes: int = 1, verbose: bool = False) -> None:
         super().__init__(dataset_name_or_id, num_processes, verbose)
         # nnU-Net draws 1e8 foreground intensity samples in total (minutes on 2 cores). They
         # only feed CT normalisation; RGB channels are z-scored per image, so 1e6 suffice.
@@ -298,8 +287,7 @@ class _InProcessFingerprintExtractor(DatasetFingerprintExtractor):
         ]
         n_channels = len(self.dataset_json["channel_names"])
         intensities = [
-            np.concatenate([np.asarray(r[2][c], dtype=np.float32) for r in results])
-            for c in range(n_channels)
+            np.concatenate([np.asarray(r[2][c], dtype=np.float32) for r in results]) for c in range(n_channels)
         ]
         stats: dict[int, dict[str, float]] = {}
         for c in range(n_channels):
@@ -348,13 +336,15 @@ class _InProcessPreprocessor(DefaultPreprocessor):
         if out.is_dir():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        dataset = get_filenames_of_train_images_and_targets(
-            str(Path(str(nnUNet_raw)) / dataset_name), dataset_json
-        )
+        dataset = get_filenames_of_train_images_and_targets(str(Path(str(nnUNet_raw)) / dataset_name), dataset_json)
         for case, files in dataset.items():
             self.run_case_save(
-                str(out / case), files["images"], files["label"], plans_manager,
-                configuration_manager, dataset_json,
+                str(out / case),
+                files["images"],
+                files["label"],
+                plans_manager,
+                configuration_manager,
+                dataset_json,
             )
 
 
@@ -397,10 +387,7 @@ def plans_override(plans: dict, configuration: str, override: NnUNetPlansOverrid
     cap = int(override.max_features or max(old_features))
     convs = override.n_conv_per_stage
     conv_enc = [int(convs)] * n_stages if convs else _stretch(arch["n_conv_per_stage"], n_stages)
-    conv_dec = (
-        [int(convs)] * (n_stages - 1) if convs
-        else _stretch(arch["n_conv_per_stage_decoder"], n_stages - 1)
-    )
+    conv_dec = [int(convs)] * (n_stages - 1) if convs else _stretch(arch["n_conv_per_stage_decoder"], n_stages - 1)
     arch.update(
         n_stages=n_stages,
         features_per_stage=[min(base * 2**i, cap) for i in range(n_stages)],
@@ -495,9 +482,7 @@ class ConfigurableTrainer(nnUNetTrainer):
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:
         """nnU-Net's, with the configured rotation range and scaling for 2D patches."""
-        rot, dummy_2d, initial, mirror_axes = (
-            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        )
+        rot, dummy_2d, initial, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         patch_size = self.configuration_manager.patch_size
         if len(patch_size) == 2:
             aug = self.train_config.augmentation
@@ -526,84 +511,123 @@ class ConfigurableTrainer(nnUNetTrainer):
         """
         if is_cascaded or do_dummy_2d_data_aug or len(patch_size) != 2:
             return nnUNetTrainer.get_training_transforms(
-                patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
-                do_dummy_2d_data_aug, use_mask_for_norm, is_cascaded, foreground_labels,
-                regions, ignore_label,
+                patch_size,
+                rotation_for_DA,
+                deep_supervision_scales,
+                mirror_axes,
+                do_dummy_2d_data_aug,
+                use_mask_for_norm,
+                is_cascaded,
+                foreground_labels,
+                regions,
+                ignore_label,
             )
         aug = self.train_config.augmentation
         t: list[BasicTransform] = [
             SpatialTransform(
-                patch_size, patch_center_dist_from_border=0, random_crop=False,
-                p_elastic_deform=0, p_rotation=aug.p_rotation, rotation=rotation_for_DA,
-                p_scaling=aug.p_scaling, scaling=tuple(aug.scaling),
-                p_synchronize_scaling_across_axes=1, bg_style_seg_sampling=False,
-                border_mode_seg="constant", padding_value_seg=-1,
+                patch_size,
+                patch_center_dist_from_border=0,
+                random_crop=False,
+                p_elastic_deform=0,
+                p_rotation=aug.p_rotation,
+                rotation=rotation_for_DA,
+                p_scaling=aug.p_scaling,
+                scaling=tuple(aug.scaling),
+                p_synchronize_scaling_across_axes=1,
+                bg_style_seg_sampling=False,
+                border_mode_seg="constant",
+                padding_value_seg=-1,
             ),
             RandomTransform(
                 GaussianNoiseTransform(
-                    noise_variance=tuple(aug.noise_variance), p_per_channel=1,
+                    noise_variance=tuple(aug.noise_variance),
+                    p_per_channel=1,
                     synchronize_channels=True,
                 ),
                 apply_probability=aug.p_noise,
             ),
             RandomTransform(
                 GaussianBlurTransform(
-                    blur_sigma=tuple(aug.blur_sigma), synchronize_channels=False,
-                    synchronize_axes=False, p_per_channel=0.5, benchmark=True,
+                    blur_sigma=tuple(aug.blur_sigma),
+                    synchronize_channels=False,
+                    synchronize_axes=False,
+                    p_per_channel=0.5,
+                    benchmark=True,
                 ),
                 apply_probability=aug.p_blur,
             ),
             RandomTransform(
                 MultiplicativeBrightnessTransform(
                     multiplier_range=BGContrast(tuple(aug.brightness)),
-                    synchronize_channels=False, p_per_channel=1,
+                    synchronize_channels=False,
+                    p_per_channel=1,
                 ),
                 apply_probability=aug.p_brightness,
             ),
             RandomTransform(
                 ContrastTransform(
-                    contrast_range=BGContrast(tuple(aug.contrast)), preserve_range=True,
-                    synchronize_channels=False, p_per_channel=1,
+                    contrast_range=BGContrast(tuple(aug.contrast)),
+                    preserve_range=True,
+                    synchronize_channels=False,
+                    p_per_channel=1,
                 ),
                 apply_probability=aug.p_contrast,
             ),
             RandomTransform(
                 SimulateLowResolutionTransform(
-                    scale=tuple(aug.low_res_scale), synchronize_channels=False,
-                    synchronize_axes=True, ignore_axes=None, allowed_channels=None,
+                    scale=tuple(aug.low_res_scale),
+                    synchronize_channels=False,
+                    synchronize_axes=True,
+                    ignore_axes=None,
+                    allowed_channels=None,
                     p_per_channel=0.5,
                 ),
                 apply_probability=aug.p_low_res,
             ),
         ]
         if aug.p_gamma_inverted > 0:
-            t.append(RandomTransform(
+            t.append(
+                RandomTransform(
+                    GammaTransform(
+                        gamma=BGContrast(tuple(aug.gamma)),
+                        p_invert_image=1,
+                        synchronize_channels=False,
+                        p_per_channel=1,
+                        p_retain_stats=1,
+                    ),
+                    apply_probability=aug.p_gamma_inverted,
+                )
+            )
+        t.append(
+            RandomTransform(
                 GammaTransform(
-                    gamma=BGContrast(tuple(aug.gamma)), p_invert_image=1,
-                    synchronize_channels=False, p_per_channel=1, p_retain_stats=1,
+                    gamma=BGContrast(tuple(aug.gamma)),
+                    p_invert_image=0,
+                    synchronize_channels=False,
+                    p_per_channel=1,
+                    p_retain_stats=1,
                 ),
-                apply_probability=aug.p_gamma_inverted,
-            ))
-        t.append(RandomTransform(
-            GammaTransform(
-                gamma=BGContrast(tuple(aug.gamma)), p_invert_image=0,
-                synchronize_channels=False, p_per_channel=1, p_retain_stats=1,
-            ),
-            apply_probability=aug.p_gamma,
-        ))
+                apply_probability=aug.p_gamma,
+            )
+        )
         if mirror_axes and aug.p_flip > 0:
             t.append(_MirrorTransformP(tuple(mirror_axes), aug.p_flip))
         if use_mask_for_norm is not None and any(use_mask_for_norm):
-            t.append(MaskImageTransform(
-                apply_to_channels=[i for i, m in enumerate(use_mask_for_norm) if m],
-                channel_idx_in_seg=0, set_outside_to=0,
-            ))
+            t.append(
+                MaskImageTransform(
+                    apply_to_channels=[i for i, m in enumerate(use_mask_for_norm) if m],
+                    channel_idx_in_seg=0,
+                    set_outside_to=0,
+                )
+            )
         t.append(RemoveLabelTansform(-1, 0))
         if regions is not None:
-            t.append(ConvertSegmentationToRegionsTransform(
-                regions=[*regions, ignore_label] if ignore_label is not None else regions,
-                channel_in_seg=0,
-            ))
+            t.append(
+                ConvertSegmentationToRegionsTransform(
+                    regions=[*regions, ignore_label] if ignore_label is not None else regions,
+                    channel_in_seg=0,
+                )
+            )
         if deep_supervision_scales is not None:
             t.append(DownsampleSegForDSTransform(ds_scales=deep_supervision_scales))
         return ComposeTransforms(t)
@@ -629,14 +653,16 @@ class ConfigurableTrainer(nnUNetTrainer):
         self._iteration += 1
         every = max(1, self.train_config.progress_every_iterations)
         if self._iteration % every == 0 or self._iteration == self.num_iterations_per_epoch:
-            self._report({
-                "phase": "train",
-                "epoch": self.current_epoch,
-                "epochs": self.num_epochs,
-                "iteration": self._iteration,
-                "iterations": self.num_iterations_per_epoch,
-                "loss": float(out["loss"]),
-            })
+            self._report(
+                {
+                    "phase": "train",
+                    "epoch": self.current_epoch,
+                    "epochs": self.num_epochs,
+                    "iteration": self._iteration,
+                    "iterations": self.num_iterations_per_epoch,
+                    "loss": float(out["loss"]),
+                }
+            )
             self._cancel_check()
         return out
 
@@ -670,9 +696,7 @@ class ConfigurableTrainer(nnUNetTrainer):
         checkpoint = {
             "network_weights": mod.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": (
-                self.grad_scaler.state_dict() if self.grad_scaler is not None else None
-            ),
+            "grad_scaler_state": (self.grad_scaler.state_dict() if self.grad_scaler is not None else None),
             "logging": self.logger.get_checkpoint(),
             "_best_ema": self._best_ema,
             "current_epoch": self.current_epoch + 1,
@@ -759,15 +783,18 @@ def nnunet_train(
         try:
             report({"phase": "prepare", "step": "write_raw"})
             raw_dataset_write(
-                raw_root=raw, dataset_id=cfg.dataset_id, dataset_name=cfg.dataset_name,
-                images=images, semantic_labels=semantic_labels, val_images=val_images,
-                val_semantic_labels=val_semantic_labels, normalization=cfg.normalization,
+                raw_root=raw,
+                dataset_id=cfg.dataset_id,
+                dataset_name=cfg.dataset_name,
+                images=images,
+                semantic_labels=semantic_labels,
+                val_images=val_images,
+                val_semantic_labels=val_semantic_labels,
+                normalization=cfg.normalization,
             )
             cancel_check()
             report({"phase": "prepare", "step": "fingerprint"})
-            _InProcessFingerprintExtractor(cfg.dataset_id, 1, verbose=False).run(
-                overwrite_existing=True
-            )
+            _InProcessFingerprintExtractor(cfg.dataset_id, 1, verbose=False).run(overwrite_existing=True)
             cancel_check()
             report({"phase": "prepare", "step": "plan"})
             plans, plans_identifier = plan_experiment_dataset(cfg.dataset_id)
@@ -779,9 +806,7 @@ def nnunet_train(
             save_json(plans, str(pre_ds / f"{plans_identifier}.json"), sort_keys=False)
             cancel_check()
             report({"phase": "prepare", "step": "preprocess"})
-            _InProcessPreprocessor(verbose=False).run(
-                cfg.dataset_id, cfg.configuration, plans_identifier
-            )
+            _InProcessPreprocessor(verbose=False).run(cfg.dataset_id, cfg.configuration, plans_identifier)
             train_ids = [f"train_{i:04d}" for i in range(len(images))]
             val_ids = [f"val_{i:04d}" for i in range(len(val_images))]
             fold: int | str = "all"
@@ -795,8 +820,11 @@ def nnunet_train(
             plans["continue_training"] = False  # nnUNetTrainer.__init__ pops this key
             dataset_json = load_json(str(pre_ds / "dataset.json"))
             trainer = ConfigurableTrainer(
-                plans=plans, configuration=cfg.configuration, fold=fold,
-                dataset_json=dataset_json, device=torch.device(device),
+                plans=plans,
+                configuration=cfg.configuration,
+                fold=fold,
+                dataset_json=dataset_json,
+                device=torch.device(device),
             )
             trainer.progress_fn = progress
             trainer.cancel_fn = should_cancel
@@ -840,9 +868,7 @@ def _model_folder_export(source: Path, target: Path, fold: int | str) -> Path:
         if (source / name).is_file():
             shutil.copy(source / name, target / name)
     for item in (source / fold_dir).iterdir():
-        if item.is_file() and (
-            item.name == "checkpoint_final.pth" or item.suffix in (".png", ".txt")
-        ):
+        if item.is_file() and (item.name == "checkpoint_final.pth" or item.suffix in (".png", ".txt")):
             shutil.copy(item, target / fold_dir / item.name)
     if not (target / fold_dir / "checkpoint_final.pth").is_file():
         raise RuntimeError(f"nnU-Net wrote no checkpoint_final.pth in {source / fold_dir}")
@@ -868,10 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    cfg = (
-        NnUNetTrainConfig.from_dict(json.loads(args.config.read_text()))
-        if args.config else NnUNetTrainConfig()
-    )
+    cfg = NnUNetTrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else NnUNetTrainConfig()
     with np.load(args.data) as data:
 
         def stack(prefix: str) -> list[np.ndarray]:
@@ -888,8 +911,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"progress": info}), flush=True)
 
     result = nnunet_train(
-        images=images, semantic_labels=labels, val_images=val_images,
-        val_semantic_labels=val_labels, workdir=args.workdir, config=cfg, device=args.device,
+        images=images,
+        semantic_labels=labels,
+        val_images=val_images,
+        val_semantic_labels=val_labels,
+        workdir=args.workdir,
+        config=cfg,
+        device=args.device,
         progress=progress,
     )
     out = dataclasses.asdict(result)
@@ -934,5 +962,3 @@ class NnUNetTrainer(Trainer):
             ),
             details={"fold": result.fold, "seconds": result.seconds},
         )
-
-

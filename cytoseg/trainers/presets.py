@@ -45,7 +45,9 @@ FAST_INFERENCE: dict[str, dict[str, Any]] = {
     "cellpose": {"niter": 60, "bsize": 160, "batch_size": 4},
 }
 FAST_INFERENCE["two_stage"] = {
-    "nnunet": FAST_INFERENCE["nnunet"], "cellpose": FAST_INFERENCE["cellpose"], "restrict_masks": True,
+    "nnunet": FAST_INFERENCE["nnunet"],
+    "cellpose": FAST_INFERENCE["cellpose"],
+    "restrict_masks": True,
 }
 
 
@@ -64,8 +66,10 @@ def preset_base_config(*, preset: str, stage: str) -> dict[str, Any]:
         nn = NnUNetTrainConfig.tiny() if tiny else NnUNetTrainConfig()
         if preset == "fast":
             nn.plans = NnUNetPlansOverride(
-                n_stages=FAST_PLAN["n_stages"], base_features=FAST_PLAN["base_features"],
-                max_features=FAST_PLAN["max_features"], n_conv_per_stage=FAST_PLAN["n_conv_per_stage"],
+                n_stages=FAST_PLAN["n_stages"],
+                base_features=FAST_PLAN["base_features"],
+                max_features=FAST_PLAN["max_features"],
+                n_conv_per_stage=FAST_PLAN["n_conv_per_stage"],
             )
         return nn.to_dict()
     if stage == "cellpose":

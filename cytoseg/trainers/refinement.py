@@ -38,8 +38,6 @@ __all__ = [
 ]
 
 
-
-
 @dataclass
 class RefinementTrainResult:
     """Weights file, losses per epoch and the epoch whose weights were kept."""
@@ -75,7 +73,7 @@ def _crop_batch(
         x, y = inputs[i], targets[i]
         r = int(rng.integers(x.shape[1] - ph + 1))
         c = int(rng.integers(x.shape[2] - pw + 1))
-        xc, yc = x[:, r:r + ph, c:c + pw], y[r:r + ph, c:c + pw]
+        xc, yc = x[:, r : r + ph, c : c + pw], y[r : r + ph, c : c + pw]
         k = int(rng.integers(4)) if ph == pw else 2 * int(rng.integers(2))
         xc, yc = np.rot90(xc, k, axes=(1, 2)), np.rot90(yc, k)
         if rng.random() < 0.5:
@@ -148,9 +146,7 @@ def refinement_train(
     val_x, val_y = prep(val_images, val_probabilities, val_targets)
 
     net = RefinementNet().to(torch_device)
-    optimizer = torch.optim.Adam(
-        net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
-    )
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     train_losses: list[float] = []
     val_losses: list[float] = []
@@ -169,19 +165,22 @@ def refinement_train(
             optimizer.step()
             running += float(loss.item())
         train_losses.append(running / max(cfg.iterations_per_epoch, 1))
-        monitored = (
-            _full_loss(net, val_x, val_y, torch_device) if val_x else train_losses[-1]
-        )
+        monitored = _full_loss(net, val_x, val_y, torch_device) if val_x else train_losses[-1]
         val_losses.append(monitored if val_x else float("nan"))
         if monitored < best_loss - cfg.min_delta:
             best_loss, best_epoch = monitored, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         if progress is not None:
-            progress({
-                "phase": "epoch", "epoch": epoch, "epochs": cfg.max_epochs,
-                "train_loss": train_losses[-1], "val_loss": val_losses[-1],
-                "best_epoch": best_epoch,
-            })
+            progress(
+                {
+                    "phase": "epoch",
+                    "epoch": epoch,
+                    "epochs": cfg.max_epochs,
+                    "train_loss": train_losses[-1],
+                    "val_loss": val_losses[-1],
+                    "best_epoch": best_epoch,
+                }
+            )
         if epoch - best_epoch >= cfg.patience:
             stopped_early = True
             break
@@ -189,16 +188,28 @@ def refinement_train(
     assert best_state is not None
     weights_file = workdir / WEIGHTS_FILE
     torch.save(best_state, weights_file)
-    (workdir / "refinement.json").write_text(json.dumps({
-        "config": cfg.to_dict(), "best_epoch": best_epoch, "best_loss": best_loss,
-        "train_losses": train_losses,
-        # NaN (no validation set) is not JSON
-        "val_losses": [None if np.isnan(v) else v for v in val_losses],
-    }, indent=1))
+    (workdir / "refinement.json").write_text(
+        json.dumps(
+            {
+                "config": cfg.to_dict(),
+                "best_epoch": best_epoch,
+                "best_loss": best_loss,
+                "train_losses": train_losses,
+                # NaN (no validation set) is not JSON
+                "val_losses": [None if np.isnan(v) else v for v in val_losses],
+            },
+            indent=1,
+        )
+    )
     return RefinementTrainResult(
-        weights_file=weights_file, train_losses=train_losses, val_losses=val_losses,
-        best_epoch=best_epoch, best_loss=best_loss, stopped_early=stopped_early,
-        parameters=parameter_count(net), seconds=time.perf_counter() - t_start,
+        weights_file=weights_file,
+        train_losses=train_losses,
+        val_losses=val_losses,
+        best_epoch=best_epoch,
+        best_loss=best_loss,
+        stopped_early=stopped_early,
+        parameters=parameter_count(net),
+        seconds=time.perf_counter() - t_start,
         config=cfg.to_dict(),
     )
 

@@ -28,10 +28,6 @@ class ProposalSelectionIn(serializers.Serializer):
     all = serializers.BooleanField(required=False, default=False)
 
 
-
-
-
-
 def _version(project_id: int, version_id: int | None) -> ModelVersion | None:
     if version_id is None:
         return None
@@ -91,5 +87,3 @@ class ProposalRejectView(APIView):
             image=image, user=request_user(request), ids=data.get("ids"), select_all=data["all"]
         )
         return Response({"rejected": count})
-
-

@@ -8,9 +8,7 @@ urlpatterns = [
     path("projects/<int:project_id>/export/coco-zip", views.CocoZipExportView.as_view(), name="export-coco-zip"),
     path("projects/<int:project_id>/export/geojson", views.GeoJsonExportView.as_view(), name="export-geojson"),
     path("projects/<int:project_id>/export/nnunet", views.NnUNetExportView.as_view(), name="export-nnunet"),
-    path(
-        "projects/<int:project_id>/export/cellpose", views.CellposeExportView.as_view(), name="export-cellpose"
-    ),
+    path("projects/<int:project_id>/export/cellpose", views.CellposeExportView.as_view(), name="export-cellpose"),
     path("projects/<int:project_id>/export/jobs", views.ExportJobListView.as_view(), name="export-jobs"),
     path(
         "projects/<int:project_id>/export/jobs/<int:job_id>",

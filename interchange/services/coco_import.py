@@ -479,8 +479,6 @@ def coco_import(
     return result
 
 
-
-
 def _import_write(
     project: Project,
     user: User,

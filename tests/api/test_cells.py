@@ -226,7 +226,15 @@ def test_proposals_layer_is_separate(image: Any, annotator: Any, class_id: int) 
 def test_history_stores_deltas_and_restore_replays_them(image: Any, annotator: Any, class_id: int) -> None:
     client = client_for(annotator)
     a = _put(client, image, [{"class_id": class_id, "polygon": square(1, 1)}], 0).json()["cells"][0]
-    two = _put(client, image, [{"id": a["id"], "class_id": class_id, "polygon": square(1, 1)}, {"class_id": class_id, "polygon": square(40, 40)}], 1).json()
+    two = _put(
+        client,
+        image,
+        [
+            {"id": a["id"], "class_id": class_id, "polygon": square(1, 1)},
+            {"class_id": class_id, "polygon": square(40, 40)},
+        ],
+        1,
+    ).json()
     b = two["cells"][1]
     _put(client, image, [{"id": a["id"], "class_id": class_id, "polygon": square(5, 5)}], 2)
     # Revision 2 changed only B (A was sent unchanged), revision 3 moved A and deleted B.

@@ -54,7 +54,9 @@ def blob(cx: float, cy: float, r: float, n: int = 14, wobble: float = 0.0) -> li
     return points
 
 
-def add_cell(image: Image, cell_class: Any, points: list[list[float]], layer: str = Layer.ANNOTATION, **extra: Any) -> Cell:
+def add_cell(
+    image: Image, cell_class: Any, points: list[list[float]], layer: str = Layer.ANNOTATION, **extra: Any
+) -> Cell:
     polygon = polygon_clean(points, width=image.width, height=image.height, max_vertices=10_000)
     return Cell.objects.create(
         image=image,
@@ -224,7 +226,11 @@ def test_filters(project: Any, images: list[Image], admin_user: Any, classes: tu
     proposal = add_cell(images[0], cell_class, blob(40, 40, 10), Layer.PROPOSAL, score=0.75, model_version=version)
     add_cell(images[0], cell_class, blob(40, 40, 11), Layer.PROPOSAL, score=0.5, model_version=other)
     verified = add_cell(
-        images[1], erythrocyte, blob(50, 50, 8), Layer.VERIFIED, source=CellSource.CONSENSUS,
+        images[1],
+        erythrocyte,
+        blob(50, 50, 8),
+        Layer.VERIFIED,
+        source=CellSource.CONSENSUS,
         provenance={"verified_by": [admin_user.pk]},
     )
 
@@ -233,9 +239,19 @@ def test_filters(project: Any, images: list[Image], admin_user: Any, classes: tu
     ann = data["annotations"][0]
     assert ann["score"] == 0.75 and ann["model_version"] == version.pk and ann["state"] == "open"
     consensus = add_cell(
-        images[2], cell_class, blob(50, 50, 8), Layer.VERIFIED, source=CellSource.CONSENSUS,
-        provenance={"accepted_by": [7, 3], "edited_by": [5], "added_by": [], "rejected_by": [9],
-                    "adjudicated_by": 2, "fusion": "adjudicated"},
+        images[2],
+        cell_class,
+        blob(50, 50, 8),
+        Layer.VERIFIED,
+        source=CellSource.CONSENSUS,
+        provenance={
+            "accepted_by": [7, 3],
+            "edited_by": [5],
+            "added_by": [],
+            "rejected_by": [9],
+            "adjudicated_by": 2,
+            "fusion": "adjudicated",
+        },
     )
     data = export_json(client, project, "?layer=verified")
     assert [(a["id"], a["verified_by"], a["source"]) for a in data["annotations"]] == [
@@ -311,7 +327,9 @@ def test_project_scoped_tokens(project: Any, images: list[Image]) -> None:
     both = type(user).objects.get(username="both")
     projects.membership_set(project=other, user=both, role=Role.ANNOTATOR)
     session = APIClient()
-    assert session.post("/api/v1/auth/login", {"username": "both", "password": PASSWORD}, format="json").status_code == 200
+    assert (
+        session.post("/api/v1/auth/login", {"username": "both", "password": PASSWORD}, format="json").status_code == 200
+    )
 
     def token(project_id: int) -> str:
         response = session.post("/api/v1/auth/tokens", {"name": "script", "project": project_id}, format="json")
@@ -350,12 +368,13 @@ def test_rle_export_and_import(project: Any, images: list[Image], admin_user: An
     by_name = {i["id"]: i["file_name"] for i in data["images"]}
     expected: dict[str, list[bytes]] = {}
     for ann in data["annotations"]:
-        mask = mask_utils.decode({"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode()})
+        mask = mask_utils.decode(
+            {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode()}
+        )
         expected.setdefault(by_name[ann["image_id"]], []).append(mask.astype(bool).tobytes())
     for image in target.images.all():
         got = [
-            polygon_rasterize(c.polygon, height=HEIGHT, width=WIDTH).tobytes()
-            for c in Cell.objects.filter(image=image)
+            polygon_rasterize(c.polygon, height=HEIGHT, width=WIDTH).tobytes() for c in Cell.objects.filter(image=image)
         ]
         assert sorted(got) == sorted(expected[image.file_name])
 
@@ -385,10 +404,21 @@ def test_export_streams_in_many_chunks(
     for seed in range(3):
         image = image_create(project, seed=seed, width=WIDTH, height=HEIGHT)
         for k in range(400):
-            polygon = polygon_clean(blob(20 + (k % 12) * 10, 20 + (k // 12 % 8) * 10, 4), width=WIDTH, height=HEIGHT,
-                                    max_vertices=100)
-            rows.append(Cell(image=image, cell_class=cell_class, polygon=polygon.points, bbox_x=polygon.bbox[0],
-                             bbox_y=polygon.bbox[1], bbox_w=polygon.bbox[2], bbox_h=polygon.bbox[3], area=polygon.area))
+            polygon = polygon_clean(
+                blob(20 + (k % 12) * 10, 20 + (k // 12 % 8) * 10, 4), width=WIDTH, height=HEIGHT, max_vertices=100
+            )
+            rows.append(
+                Cell(
+                    image=image,
+                    cell_class=cell_class,
+                    polygon=polygon.points,
+                    bbox_x=polygon.bbox[0],
+                    bbox_y=polygon.bbox[1],
+                    bbox_w=polygon.bbox[2],
+                    bbox_h=polygon.bbox[3],
+                    area=polygon.area,
+                )
+            )
     Cell.objects.bulk_create(rows)
     response = client_for(admin_user).get(f"/api/v1/projects/{project.pk}/export/coco")
     assert isinstance(response, StreamingHttpResponse)
@@ -412,8 +442,14 @@ def eager_celery() -> Any:
 
 
 def test_large_export_runs_as_a_job(
-    project: Any, images: list[Image], admin_user: Any, annotator: Any, outsider: Any, settings: Any,
-    eager_celery: None, django_capture_on_commit_callbacks: Any,
+    project: Any,
+    images: list[Image],
+    admin_user: Any,
+    annotator: Any,
+    outsider: Any,
+    settings: Any,
+    eager_celery: None,
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     settings.EXPORT_ASYNC_CELL_THRESHOLD = 5
     client = client_for(annotator)
@@ -501,7 +537,9 @@ def test_geojson_for_qupath(project: Any, images: list[Image], admin_user: Any, 
         properties = feature["properties"]
         assert properties["objectType"] == "annotation"
         assert properties["classification"]["color"] == colours[properties["classification"]["name"]]
-    proposals = zip_of(client, f"/api/v1/projects/{project.pk}/export/geojson?layer=proposal&model_version={version.pk}")
+    proposals = zip_of(
+        client, f"/api/v1/projects/{project.pk}/export/geojson?layer=proposal&model_version={version.pk}"
+    )
     features = json.loads(proposals.read(f"{Path(images[0].file_name).stem}.geojson"))["features"]
     assert [f["properties"]["objectType"] for f in features] == ["detection"]
     forced = zip_of(client, f"/api/v1/projects/{project.pk}/export/geojson?object_type=detection")
@@ -539,7 +577,10 @@ def test_nnunet_dataset(project: Any, images: list[Image], admin_user: Any) -> N
     assert labels.dtype == np.uint8 and labels.shape == (HEIGHT, WIDTH) and set(np.unique(labels)) == {0, 1, 2}
     cells = list(Cell.objects.filter(image=train, layer=Layer.ANNOTATION).select_related("cell_class"))
     expected_map = semantic_label_map(
-        polygons=[c.polygon for c in cells], labels=[c.cell_class.model_label for c in cells], height=HEIGHT, width=WIDTH
+        polygons=[c.polygon for c in cells],
+        labels=[c.cell_class.model_label for c in cells],
+        height=HEIGHT,
+        width=WIDTH,
     )
     assert np.array_equal(labels, expected_map)
     picture = cv2.imdecode(np.frombuffer(archive.read(f"{folder}/imagesTr/{case[train.pk]}_0000.png"), np.uint8), 1)
@@ -579,8 +620,11 @@ def coco_for(image: Image, annotations: list[dict[str, Any]], **extra: Any) -> d
 
 def ann(ann_id: int, points: list[list[float]], category_id: int = 7, image_id: int = 1) -> dict[str, Any]:
     return {
-        "id": ann_id, "image_id": image_id, "category_id": category_id,
-        "segmentation": [[v for p in points for v in p]], "iscrowd": 0,
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": [[v for p in points for v in p]],
+        "iscrowd": 0,
     }
 
 
@@ -592,8 +636,9 @@ def image(project: Any) -> Image:
 def test_import_appends_to_the_annotation_layer(project: Any, image: Image, admin_user: Any) -> None:
     client = client_for(admin_user)
     cell_class = project.classes.get(name="thyroid cell")
-    cell_services.cells_replace(image=image, user=admin_user, base_revision=0,
-                           cells=[{"class_id": cell_class.pk, "polygon": blob(20, 20, 8)}])
+    cell_services.cells_replace(
+        image=image, user=admin_user, base_revision=0, cells=[{"class_id": cell_class.pk, "polygon": blob(20, 20, 8)}]
+    )
     data = coco_for(image, [ann(1, blob(60, 60, 10)), ann(2, blob(100, 60, 10), category_id=8)])
     dry = import_coco(client, project, data, dry_run="true")
     assert dry.status_code == 200 and dry.json()["dry_run"] is True and dry.json()["cells"] == 2
@@ -741,7 +786,12 @@ def test_import_rle_and_crowd(project: Any, image: Image, admin_user: Any) -> No
     data = coco_for(
         image,
         [
-            {"id": 1, "image_id": 1, "category_id": 7, "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 7,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+            },
             {"id": 2, "image_id": 1, "category_id": 8, "segmentation": uncompressed},
             {**ann(3, blob(60, 60, 10)), "iscrowd": 1},
         ],
@@ -754,8 +804,12 @@ def test_import_rle_and_crowd(project: Any, image: Image, admin_user: Any) -> No
     for cell in Cell.objects.filter(image=image):
         # The outer contour of the largest region, which rasterises back to exactly that region.
         assert np.array_equal(polygon_rasterize(cell.polygon, height=HEIGHT, width=WIDTH), _largest(mask))
-    wrong_size = coco_for(image, [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": {"size": [5, 5], "counts": "0"}}])
-    assert "does not match the image" in _errors(import_coco(client_for(admin_user), project, wrong_size))["annotations.0"]
+    wrong_size = coco_for(
+        image, [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": {"size": [5, 5], "counts": "0"}}]
+    )
+    assert (
+        "does not match the image" in _errors(import_coco(client_for(admin_user), project, wrong_size))["annotations.0"]
+    )
 
 
 def _uncompressed_counts(mask: np.ndarray) -> list[int]:

@@ -204,7 +204,9 @@ def test_frozen_test_image_never_leaves_test(project: Any, admin_user: Any) -> N
 
     image = image_create(project, split="test")
     FrozenTestImage.objects.create(project=project, image=image)
-    response = client_for(admin_user).patch(f"/api/v1/images/{image.pk}", {"split": "train", "confirm_split_change": True}, format="json")
+    response = client_for(admin_user).patch(
+        f"/api/v1/images/{image.pk}", {"split": "train", "confirm_split_change": True}, format="json"
+    )
     assert response.status_code == 400 and "frozen test split" in response.json()["errors"]["split"]
     image.refresh_from_db()
     assert image.split == "test"

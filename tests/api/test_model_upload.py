@@ -45,7 +45,9 @@ def test_server_paths_are_refused(project: Any, admin_user: Any) -> None:
     response = _post(client, project, {"kind": "nnunet", "model_folder": "/etc"}, fmt="json")
     assert response.json()["errors"] == {"model_folder": ["unknown field"]}
     response = _post(client, project, {"kind": "watershed", "config": {"model_folder": "/srv"}}, fmt="json")
-    assert response.status_code == 400 and response.json()["errors"]["config.model_folder"] == "unknown setting; known: " + (
+    assert response.status_code == 400 and response.json()["errors"][
+        "config.model_folder"
+    ] == "unknown setting; known: " + (
         "bg_dilation, blur_sigma, dist_fraction, dist_reference, erythrocyte_filter, fill_holes, flood, "
         "min_area, min_contrast, opening_radius, prob_threshold"
     )
@@ -74,7 +76,9 @@ def test_upload_validation(project: Any, admin_user: Any, annotator: Any) -> Non
 def test_cellpose_file_upload_is_stored_checked_and_hashed(project: Any, admin_user: Any) -> None:
     client = client_for(admin_user)
     upload = SimpleUploadedFile("my-model.pth", cellpose_weights())
-    response = _post(client, project, {"kind": "cellpose", "file": upload, "activate": True, "config": '{"diameter": 17}'})
+    response = _post(
+        client, project, {"kind": "cellpose", "file": upload, "activate": True, "config": '{"diameter": 17}'}
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert "artifact_path" not in body
@@ -93,12 +97,23 @@ def test_nnunet_zip_upload_is_sanitised(project: Any, admin_user: Any) -> None:
     import numpy as np
 
     raw = io.BytesIO()  # as nnU-Net writes it: optimiser state and numpy scalars
-    torch.save({"network_weights": {"w": torch.zeros(2)}, "trainer_name": "nnUNetTrainer",
-                "init_args": {"configuration": "2d"}, "optimizer_state": {"lr": np.float64(0.01)}}, raw)
+    torch.save(
+        {
+            "network_weights": {"w": torch.zeros(2)},
+            "trainer_name": "nnUNetTrainer",
+            "init_args": {"configuration": "2d"},
+            "optimizer_state": {"lr": np.float64(0.01)},
+        },
+        raw,
+    )
     files = {f"model/{k}": v for k, v in nnunet_package(checkpoint=raw.getvalue()).items()}
     response = _post(client_for(admin_user), project, {"kind": "nnunet", "file": zip_upload(files)})
     assert response.status_code == 201, response.content
-    assert {a["path"] for a in response.json()["artifacts"]} == {"plans.json", "dataset.json", "fold_all/checkpoint_final.pth"}
+    assert {a["path"] for a in response.json()["artifacts"]} == {
+        "plans.json",
+        "dataset.json",
+        "fold_all/checkpoint_final.pth",
+    }
     version = ModelVersion.objects.get(pk=response.json()["id"])
     stored = torch.load(Path(version.artifact_path) / "fold_all" / "checkpoint_final.pth", weights_only=True)
     assert "optimizer_state" not in stored
@@ -143,8 +158,13 @@ def test_pipeline_settings_are_validated(project: Any, admin_user: Any) -> None:
     for pipeline, errors in (
         ({"nnunet": {"model_folder": "/srv/media/2"}}, {"pipeline.nnunet.model_folder": PATHS_REFUSED}),
         ({"nnunet": {"checkpoint": "../../x.pth"}}, {"pipeline.nnunet.checkpoint"}),
-        ({"two_stage": {"nnunet_model_folder": "/x", "cellpose": {"model_file": "/y"}}},
-         {"pipeline.two_stage.nnunet_model_folder": PATHS_REFUSED, "pipeline.two_stage.cellpose.model_file": PATHS_REFUSED}),
+        (
+            {"two_stage": {"nnunet_model_folder": "/x", "cellpose": {"model_file": "/y"}}},
+            {
+                "pipeline.two_stage.nnunet_model_folder": PATHS_REFUSED,
+                "pipeline.two_stage.cellpose.model_file": PATHS_REFUSED,
+            },
+        ),
         ({"refinement": {"base": "nnunet", "weights": "/w"}}, {"pipeline.refinement.weights": PATHS_REFUSED}),
         ({"cellpose": {"diameter": "big"}}, {"pipeline.cellpose.diameter"}),
         ({"yolo": {}}, {"pipeline.yolo"}),
@@ -159,7 +179,9 @@ def test_pipeline_settings_are_validated(project: Any, admin_user: Any) -> None:
     assert client.patch(url, {"pipeline": ok}, format="json").json()["pipeline"] == ok
     admin_user.is_staff = True
     admin_user.save()
-    created = client.post("/api/v1/projects", {"name": "P", "pipeline": {"cellpose": {"model_file": "/x"}}}, format="json")
+    created = client.post(
+        "/api/v1/projects", {"name": "P", "pipeline": {"cellpose": {"model_file": "/x"}}}, format="json"
+    )
     assert created.status_code == 400 and created.json()["errors"] == {"pipeline.cellpose.model_file": PATHS_REFUSED}
 
 
@@ -181,7 +203,10 @@ def test_versions_registered_by_path_are_refused(project: Any, tmp_path: Path) -
     folder.mkdir()
     (folder / "cellpose.pth").write_bytes(cellpose_weights())
     version = ModelVersion.objects.create(
-        project=project, kind="cellpose", number=1, artifact_path=str(folder),
+        project=project,
+        kind="cellpose",
+        number=1,
+        artifact_path=str(folder),
         artifacts=registry.artifacts_inspect(folder),
     )
     with pytest.raises(Exception, match="outside the platform's model storage"):
@@ -226,7 +251,8 @@ def test_uploaded_two_stage_model_presegments(
     files = {str(p.relative_to(bundle)): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
     config = {"nnunet": {"use_mirroring": False}}
     response = _post(
-        client_for(admin_user), project,
+        client_for(admin_user),
+        project,
         {"kind": "two_stage", "file": zip_upload(files), "activate": True, "config": json.dumps(config)},
     )
     assert response.status_code == 201, response.content
@@ -243,10 +269,17 @@ def test_django_admin_refuses_pipeline_paths(project: Any) -> None:
     from annotations.admin import ProjectAdminForm
 
     data = {
-        "name": project.name, "description": "", "experts_required": 2, "match_iou": 0.5, "auto_presegment": True,
-        "created_by": project.created_by_id, "pipeline": json.dumps({"nnunet": {"model_folder": "/srv"}}),
+        "name": project.name,
+        "description": "",
+        "experts_required": 2,
+        "match_iou": 0.5,
+        "auto_presegment": True,
+        "created_by": project.created_by_id,
+        "pipeline": json.dumps({"nnunet": {"model_folder": "/srv"}}),
     }
     form = ProjectAdminForm(instance=project, data=data)
     assert not form.is_valid() and "pipeline.nnunet.model_folder" in str(form.errors["pipeline"])
-    form = ProjectAdminForm(instance=project, data={**data, "pipeline": json.dumps({"nnunet": {"use_mirroring": False}})})
+    form = ProjectAdminForm(
+        instance=project, data={**data, "pipeline": json.dumps({"nnunet": {"use_mirroring": False}})}
+    )
     assert form.is_valid(), form.errors

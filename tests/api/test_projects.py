@@ -140,7 +140,9 @@ def test_admin_deletes_project_with_cells(project: Any, admin_user: Any) -> None
 
     image = image_create(project)
     class_id = project.classes.first().pk
-    Cell.objects.create(image=image, cell_class_id=class_id, polygon=square(1, 1), bbox_x=1, bbox_y=1, bbox_w=10, bbox_h=10, area=100)
+    Cell.objects.create(
+        image=image, cell_class_id=class_id, polygon=square(1, 1), bbox_x=1, bbox_y=1, bbox_w=10, bbox_h=10, area=100
+    )
     # A class in use cannot be deleted alone...
     assert client_for(admin_user).delete(f"/api/v1/projects/{project.pk}/classes/{class_id}").status_code == 409
     # ...but the whole project can.

@@ -25,8 +25,17 @@ def _proposals(image: Any, project: Any, count: int = 3) -> list[Cell]:
     class_id = project.classes.get(model_label=1).pk
     return [
         Cell.objects.create(
-            image=image, layer=Layer.PROPOSAL, cell_class_id=class_id, polygon=square(10 + 30 * i, 10),
-            bbox_x=10 + 30 * i, bbox_y=10, bbox_w=10, bbox_h=10, area=100, score=0.8, model_version=version,
+            image=image,
+            layer=Layer.PROPOSAL,
+            cell_class_id=class_id,
+            polygon=square(10 + 30 * i, 10),
+            bbox_x=10 + 30 * i,
+            bbox_y=10,
+            bbox_w=10,
+            bbox_h=10,
+            area=100,
+            score=0.8,
+            model_version=version,
         )
         for i in range(count)
     ]
@@ -48,7 +57,9 @@ def test_presegment_validates_model_version(image: Any, annotator: Any) -> None:
     from tests.factories import ProjectFactory
 
     foreign = ModelVersion.objects.create(project=ProjectFactory(), kind="watershed", number=1)
-    response = client_for(annotator).post(f"/api/v1/images/{image.pk}/presegment", {"model_version": foreign.pk}, format="json")
+    response = client_for(annotator).post(
+        f"/api/v1/images/{image.pk}/presegment", {"model_version": foreign.pk}, format="json"
+    )
     assert response.status_code == 400 and "model_version" in response.json()["errors"]
 
 
@@ -63,16 +74,22 @@ def test_project_presegment_needs_admin(project: Any, annotator: Any, admin_user
 def test_accept_some_then_reject_rest(image: Any, project: Any, annotator: Any) -> None:
     first, second, third = _proposals(image, project)
     client = client_for(annotator)
-    accepted = client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "ids": [first.pk]}, format="json")
+    accepted = client.post(
+        f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "ids": [first.pk]}, format="json"
+    )
     assert accepted.status_code == 200, accepted.content
     body = accepted.json()
     assert body["revision"] == 1 and len(body["cells"]) == 1
     cell = body["cells"][0]
     assert cell["source"] == "model" and cell["provenance"]["proposal_id"] == first.pk and cell["score"] == 0.8
     # Accepting again is refused: it is no longer an open proposal.
-    again = client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 1, "ids": [first.pk]}, format="json")
+    again = client.post(
+        f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 1, "ids": [first.pk]}, format="json"
+    )
     assert again.status_code == 400 and "ids" in again.json()["errors"]
-    stale = client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "ids": [second.pk]}, format="json")
+    stale = client.post(
+        f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "ids": [second.pk]}, format="json"
+    )
     assert stale.status_code == 409
     rejected = client.post(f"/api/v1/images/{image.pk}/proposals/reject", {"all": True}, format="json")
     assert rejected.json() == {"rejected": 2}
@@ -91,6 +108,11 @@ def test_locked_image_refuses_proposal_changes_and_presegmentation(image: Any, p
     image.save()
     client = client_for(annotator)
     assert client.post(f"/api/v1/images/{image.pk}/proposals/reject", {"all": True}, format="json").status_code == 409
-    assert client.post(f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "all": True}, format="json").status_code == 409
+    assert (
+        client.post(
+            f"/api/v1/images/{image.pk}/proposals/accept", {"revision": 0, "all": True}, format="json"
+        ).status_code
+        == 409
+    )
     assert client.post(f"/api/v1/images/{image.pk}/presegment", {}, format="json").status_code == 409
     assert Cell.objects.filter(layer=Layer.PROPOSAL, state="").count() == 3

@@ -72,9 +72,7 @@ def test_start_list_get_and_cancel_a_job(
     body = response.json()
     assert body["status"] == "queued" and body["kind"] == "two_stage" and body["created_by"] == admin_user.username
     assert body["snapshot_number"] == 1 and body["config"]["nnunet"] == {"num_epochs": 1}
-    enqueued.assert_called_once_with(
-        "training.run_job", args=[body["id"]], queue="training", task_id=body["task_id"]
-    )
+    enqueued.assert_called_once_with("training.run_job", args=[body["id"]], queue="training", task_id=body["task_id"])
     conflict = client.post(_jobs(project), {"kind": "cellpose"}, format="json")
     assert conflict.status_code == 409 and conflict.json()["job"] == body["id"]
     listing = client.get(_jobs(project) + "?status=queued").json()
@@ -165,7 +163,11 @@ def test_registry_promote_rollback_and_evaluate(
     assert table["snapshot"] == snapshot.pk and "dsb" in table["metric_names"]
     rows = {row["id"]: row for row in table["versions"]}
     assert rows[baseline.pk]["metrics"]["dice"] is not None
-    assert rows[version.pk]["metrics"] is None  # not evaluated on this snapshot
+    low, high = rows[baseline.pk]["intervals"]["dice"]
+    assert low <= rows[baseline.pk]["metrics"]["dice"] <= high
+    assert rows[baseline.pk]["raw_metrics"]["dice"] is not None  # the masks before they became polygons
+    assert rows[version.pk]["metrics"] is None and rows[version.pk]["intervals"] is None  # not evaluated here
+    assert table["presegmenter"] == baseline.pk and rows[baseline.pk]["presegmenter"] is True
     assert client.get(f"/api/v1/projects/{project.pk}/training/models?snapshot=x").status_code == 400
     detail = client.get(f"/api/v1/training/models/{baseline.pk}").json()
     assert detail["evaluations"][0]["snapshot"] == snapshot.pk and detail["metrics"]["per_image"]
@@ -175,8 +177,10 @@ def test_registry_promote_rollback_and_evaluate(
     assert len(callbacks) == 1
     promoted = client.post(f"/api/v1/training/models/{version.pk}/promote", {"reason": "looks right"}, format="json")
     assert promoted.status_code == 200 and promoted.json()["status"] == "active"
-    rows = {row["id"]: row for row in client.get(f"/api/v1/projects/{project.pk}/training/models").json()["versions"]}
-    assert "replaced" in rows[version.pk]
+    table = client.get(f"/api/v1/projects/{project.pk}/training/models").json()
+    rows = {row["id"]: row for row in table["versions"]}
+    assert "replaced" in rows[version.pk] and table["presegmenter"] == version.pk
+    assert client.get(f"/api/v1/projects/{project.pk}/training/schedule").json()["presegmenter"] == version.pk
     assert AuditEvent.objects.get(action="model.promote").after["reason"] == "looks right"
     rollback = client.post(f"/api/v1/projects/{project.pk}/training/rollback", {"kind": "cellpose"}, format="json")
     assert rollback.json() == {"rolled_back": version.pk, "active": None}

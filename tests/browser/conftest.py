@@ -34,7 +34,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _frontend_built() -> None:
     index = DIST / "index.html"
     if not index.exists():
-        pytest.fail("frontend/dist is missing: build the frontend first (bin/test does; or cd frontend && npm run build)")
+        pytest.fail(
+            "frontend/dist is missing: build the frontend first (bin/test does; or cd frontend && npm run build)"
+        )
     sources = [p for p in (ROOT / "frontend" / "src").rglob("*") if p.is_file()]
     stale = [p for p in sources if p.stat().st_mtime > index.stat().st_mtime + 1]
     if stale:

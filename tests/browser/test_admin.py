@@ -100,7 +100,7 @@ def test_admin_starts_a_training_job_and_watches_it_to_the_end(live_server: Any,
 
 
 def _metrics(base: float) -> dict[str, float]:
-    names = ["dice", "iou", "f1_50", "f1_70", "ap50", "dsb", "coco_AP", "erythrocyte_fp_rate"]
+    names = ["dice", "iou", "f1_50", "f1_70", "ranked_ap50", "dsb", "coco_AP", "erythrocyte_fp_rate"]
     return {
         n: round(base + 0.013 * i, 3) if n != "erythrocyte_fp_rate" else round(0.2 - base / 5, 3)
         for i, n in enumerate(names)
@@ -160,7 +160,17 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
             cat: {k: round(v - 0.02 * i, 3) for k, v in _metrics(base).items()}
             for i, cat in enumerate(["II", "IV", "VI"])
         }
-        Evaluation.objects.create(model_version=version, snapshot=snapshot, overall=_metrics(base), per_bethesda=per)
+        overall = _metrics(base)
+        intervals = {k: [round(v - 0.04, 3), round(v + 0.03, 3)] for k, v in overall.items()}
+        raw = {k: round(v + 0.01, 3) for k, v in overall.items()}
+        Evaluation.objects.create(
+            model_version=version,
+            snapshot=snapshot,
+            overall=overall,
+            per_bethesda=per,
+            intervals=intervals,
+            raw_overall=raw,
+        )
     registry.model_version_promote(version=v1, user=admin, reason="initial")
 
     login(page, live_server.url, "dr.head")
@@ -170,10 +180,17 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
     page.wait_for_selector("tr.sub-row table")
     shot(page, "19-registry")
     assert page.locator(f"tr[data-version='{v2.pk}'] td.best").count() >= 7  # best on every metric
+    # each value with its 95% bootstrap interval, the raw-mask figure on hover; who pre-segments now
+    dice = page.locator(f"tr[data-version='{v2.pk}'] td[data-metric=dice]")
+    assert dice.locator(".ci").inner_text() == "0.740–0.810"
+    assert "raw masks (before they became polygons): 0.790" in (dice.get_attribute("title") or "")
+    assert page.locator(f"tr[data-version='{v1.pk}'] .presegmenter").count() == 1
+    assert page.locator("table.registry .presegmenter").count() == 1
     page.click(f"tr[data-version='{v2.pk}'] [data-action=promote]")
     page.fill(".dialog input", "better on clusters")
     page.click("[data-action=confirm-promote]")
     page.wait_for_selector(f"tr[data-version='{v2.pk}'][data-status=active]")
+    page.wait_for_selector(f"tr[data-version='{v2.pk}'] .presegmenter")
     v2.refresh_from_db()
     assert v2.status == ModelStatus.ACTIVE and v2.replaced_id == v1.pk
     page.click("[data-action=rollback][data-kind=cellpose]")

@@ -175,6 +175,8 @@ class ModelVersionDetailOut(serializers.ModelSerializer):
                 "snapshot": e.snapshot_id,
                 "overall": e.overall,
                 "per_bethesda": e.per_bethesda,
+                "intervals": e.intervals,
+                "raw_overall": e.raw_overall,
                 "seconds": e.seconds,
                 "created_at": e.created_at,
             }
@@ -193,13 +195,29 @@ class RegistryRowOut(serializers.Serializer):
     replaced = serializers.IntegerField(allow_null=True, help_text="The version a roll back returns to.")
     promoted_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
-    metrics = serializers.DictField(allow_null=True)
+    metrics = serializers.DictField(
+        child=serializers.FloatField(allow_null=True),
+        allow_null=True,
+        help_text="Scored on the polygons as pre-segmentation stores them; null: not evaluated on this snapshot.",
+    )
     per_bethesda = serializers.DictField(allow_null=True)
+    intervals = serializers.DictField(
+        child=serializers.ListField(child=serializers.FloatField(allow_null=True), min_length=2, max_length=2),
+        allow_null=True,
+        help_text="95% percentile bootstrap interval [low, high] of each metric over the test images.",
+    )
+    raw_metrics = serializers.DictField(
+        child=serializers.FloatField(allow_null=True),
+        allow_null=True,
+        help_text="The same metrics on the raw masks, before they became stored polygons.",
+    )
+    presegmenter = serializers.BooleanField(help_text="Whether this version pre-segments the project's images now.")
 
 
 class RegistryOut(serializers.Serializer):
     snapshot = serializers.IntegerField(allow_null=True, help_text="The snapshot whose test split the metrics are on.")
     metric_names = serializers.ListField(child=serializers.CharField())
+    presegmenter = serializers.IntegerField(allow_null=True, help_text="The version that pre-segments now.")
     versions = RegistryRowOut(many=True)
 
 
@@ -229,6 +247,7 @@ class PolicyOut(serializers.ModelSerializer):
         fields = [
             "project",
             *POLICY_FIELDS,
+            "presegmenter",
             "periodic_task",
             "last_check_at",
             "last_check",

@@ -6,34 +6,76 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('annotations', '0001_initial'),
+        ("annotations", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('watershed', 'Watershed baseline'), ('region_growing', 'Region growing baseline'), ('nnunet', 'nnU-Net v2'), ('cellpose', 'Cellpose 3'), ('two_stage', 'nnU-Net + Cellpose'), ('refinement', 'Refinement network')], max_length=32)),
-                ('number', models.PositiveIntegerField()),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('artifact_path', models.CharField(blank=True, max_length=500)),
-                ('artifacts', models.JSONField(blank=True, default=list, help_text='[{path, sha256, size}]')),
-                ('config', models.JSONField(blank=True, default=dict, help_text='Backend settings.')),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('status', models.CharField(choices=[('candidate', 'Candidate'), ('active', 'Active'), ('retired', 'Retired'), ('failed', 'Failed')], default='candidate', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='model_versions', to='annotations.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("watershed", "Watershed baseline"),
+                            ("region_growing", "Region growing baseline"),
+                            ("nnunet", "nnU-Net v2"),
+                            ("cellpose", "Cellpose 3"),
+                            ("two_stage", "nnU-Net + Cellpose"),
+                            ("refinement", "Refinement network"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("artifact_path", models.CharField(blank=True, max_length=500)),
+                ("artifacts", models.JSONField(blank=True, default=list, help_text="[{path, sha256, size}]")),
+                ("config", models.JSONField(blank=True, default=dict, help_text="Backend settings.")),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("candidate", "Candidate"),
+                            ("active", "Active"),
+                            ("retired", "Retired"),
+                            ("failed", "Failed"),
+                        ],
+                        default="candidate",
+                        max_length=16,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="model_versions",
+                        to="annotations.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-                'constraints': [models.UniqueConstraint(fields=('project', 'kind', 'number'), name='uniq_model_number')],
+                "ordering": ["-id"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("project", "kind", "number"), name="uniq_model_number")
+                ],
             },
         ),
     ]

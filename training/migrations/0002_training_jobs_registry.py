@@ -6,190 +6,404 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('annotations', '0002_initial'),
-        ('django_celery_beat', '0019_alter_periodictasks_options'),
-        ('training', '0001_initial'),
+        ("annotations", "0002_initial"),
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
+        ("training", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelversion',
-            name='promoted_at',
-            field=models.DateTimeField(blank=True, help_text='When it last became active.', null=True),
+            model_name="modelversion",
+            name="promoted_at",
+            field=models.DateTimeField(blank=True, help_text="When it last became active.", null=True),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='replaced',
-            field=models.ForeignKey(blank=True, help_text='The active version of its kind that this one replaced (what a rollback returns to).', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='training.modelversion'),
+            model_name="modelversion",
+            name="replaced",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="The active version of its kind that this one replaced (what a rollback returns to).",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="training.modelversion",
+            ),
         ),
         migrations.CreateModel(
-            name='DatasetSnapshot',
+            name="DatasetSnapshot",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('source', models.CharField(choices=[('verified', 'Verified layer of verified images'), ('annotation', 'Annotation layer of images an admin marked complete')], default='verified', max_length=16)),
-                ('options', models.JSONField(blank=True, default=dict)),
-                ('counts', models.JSONField(blank=True, default=dict, help_text='{split: {images, cells}}')),
-                ('excluded', models.JSONField(blank=True, default=list, help_text='[{image, reason}]')),
-                ('sha256', models.CharField(blank=True, help_text="Hash of the items' ids, splits and cells.", max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='dataset_snapshots', to='annotations.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("number", models.PositiveIntegerField()),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("verified", "Verified layer of verified images"),
+                            ("annotation", "Annotation layer of images an admin marked complete"),
+                        ],
+                        default="verified",
+                        max_length=16,
+                    ),
+                ),
+                ("options", models.JSONField(blank=True, default=dict)),
+                ("counts", models.JSONField(blank=True, default=dict, help_text="{split: {images, cells}}")),
+                ("excluded", models.JSONField(blank=True, default=list, help_text="[{image, reason}]")),
+                (
+                    "sha256",
+                    models.CharField(blank=True, help_text="Hash of the items' ids, splits and cells.", max_length=64),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="dataset_snapshots",
+                        to="annotations.project",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-            },
-        ),
-        migrations.AddField(
-            model_name='modelversion',
-            name='snapshot',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='model_versions', to='training.datasetsnapshot'),
-        ),
-        migrations.CreateModel(
-            name='Evaluation',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('overall', models.JSONField(default=dict)),
-                ('per_bethesda', models.JSONField(default=dict)),
-                ('per_image', models.JSONField(default=list)),
-                ('seconds', models.FloatField(default=0.0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='evaluations', to='training.modelversion')),
-                ('snapshot', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='evaluations', to='training.datasetsnapshot')),
-            ],
-            options={
-                'ordering': ['-id'],
-            },
-        ),
-        migrations.CreateModel(
-            name='FrozenTestImage',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('frozen_at', models.DateTimeField(auto_now_add=True)),
-                ('image', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='frozen_test', to='annotations.image')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='frozen_test_images', to='annotations.project')),
-            ],
-            options={
-                'ordering': ['id'],
-            },
-        ),
-        migrations.CreateModel(
-            name='ImageCompletion',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('revision', models.PositiveIntegerField()),
-                ('marked_at', models.DateTimeField(auto_now=True)),
-                ('image', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='training_completion', to='annotations.image')),
-                ('marked_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-            ],
-        ),
-        migrations.CreateModel(
-            name='SnapshotItem',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('image_sha256', models.CharField(max_length=64)),
-                ('file_name', models.CharField(max_length=255)),
-                ('split', models.CharField(max_length=16)),
-                ('bethesda', models.CharField(blank=True, max_length=3)),
-                ('width', models.PositiveIntegerField()),
-                ('height', models.PositiveIntegerField()),
-                ('revision', models.PositiveIntegerField(help_text='Annotation revision of the image when snapshotted.')),
-                ('cells', models.JSONField(default=list)),
-                ('cells_sha256', models.CharField(max_length=64)),
-                ('image', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='annotations.image')),
-                ('snapshot', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='items', to='training.datasetsnapshot')),
-            ],
-            options={
-                'ordering': ['id'],
-            },
-        ),
-        migrations.CreateModel(
-            name='TrainingJob',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('nnunet', 'nnU-Net v2'), ('cellpose', 'Cellpose 3'), ('two_stage', 'nnU-Net, then Cellpose (two-stage bundle)'), ('refinement', 'Refinement net on the active nnU-Net')], max_length=16)),
-                ('config', models.JSONField(blank=True, default=dict, help_text='As requested (validated).')),
-                ('resolved_config', models.JSONField(blank=True, default=dict, help_text='Every hyper-parameter, per stage.')),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=16)),
-                ('trigger', models.CharField(choices=[('manual', 'Started by an admin'), ('schedule', 'Scheduled retraining')], default='manual', max_length=16)),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('task_id', models.CharField(blank=True, max_length=64)),
-                ('worker_host', models.CharField(blank=True, max_length=255)),
-                ('worker_pid', models.PositiveIntegerField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('progress', models.JSONField(blank=True, default=dict)),
-                ('curves', models.JSONField(blank=True, default=dict, help_text='{stage: [per-epoch point]}')),
-                ('log', models.TextField(blank=True)),
-                ('error', models.TextField(blank=True)),
-                ('timings', models.JSONField(blank=True, default=dict, help_text='Seconds per stage.')),
-                ('artifact_dir', models.CharField(blank=True, max_length=500)),
-                ('result', models.JSONField(blank=True, default=dict, help_text='Versions made, evaluations, promotion decisions.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('cancelled_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='training_jobs', to='annotations.project')),
-                ('snapshot', models.ForeignKey(on_delete=django.db.models.deletion.RESTRICT, related_name='jobs', to='training.datasetsnapshot')),
-            ],
-            options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='job',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='model_versions', to='training.trainingjob'),
+            model_name="modelversion",
+            name="snapshot",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="model_versions",
+                to="training.datasetsnapshot",
+            ),
         ),
         migrations.CreateModel(
-            name='TrainingPolicy',
+            name="Evaluation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('schedule_enabled', models.BooleanField(default=False)),
-                ('cron_minute', models.CharField(default='0', max_length=64)),
-                ('cron_hour', models.CharField(default='3', max_length=64)),
-                ('cron_day_of_week', models.CharField(default='*', max_length=64)),
-                ('cron_day_of_month', models.CharField(default='*', max_length=64)),
-                ('cron_month_of_year', models.CharField(default='*', max_length=64)),
-                ('min_new_images', models.PositiveIntegerField(default=10)),
-                ('job_kind', models.CharField(choices=[('nnunet', 'nnU-Net v2'), ('cellpose', 'Cellpose 3'), ('two_stage', 'nnU-Net, then Cellpose (two-stage bundle)'), ('refinement', 'Refinement net on the active nnU-Net')], default='two_stage', max_length=16)),
-                ('job_config', models.JSONField(blank=True, default=dict)),
-                ('auto_promote', models.BooleanField(default=True)),
-                ('gate_metric', models.CharField(blank=True, help_text='Empty: settings.TRAINING_GATE_METRIC.', max_length=64)),
-                ('gate_margin', models.FloatField(blank=True, null=True)),
-                ('gate_tolerance', models.FloatField(blank=True, null=True)),
-                ('gate_guarded', models.JSONField(blank=True, default=list, help_text='Empty: the default guarded metrics.')),
-                ('last_check_at', models.DateTimeField(blank=True, null=True)),
-                ('last_check', models.JSONField(blank=True, default=dict)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('periodic_task', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='django_celery_beat.periodictask')),
-                ('project', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='training_policy', to='annotations.project')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("overall", models.JSONField(default=dict)),
+                ("per_bethesda", models.JSONField(default=dict)),
+                ("per_image", models.JSONField(default=list)),
+                ("seconds", models.FloatField(default=0.0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="evaluations",
+                        to="training.modelversion",
+                    ),
+                ),
+                (
+                    "snapshot",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="evaluations",
+                        to="training.datasetsnapshot",
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'training policies',
+                "ordering": ["-id"],
+            },
+        ),
+        migrations.CreateModel(
+            name="FrozenTestImage",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("frozen_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "image",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="frozen_test", to="annotations.image"
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="frozen_test_images",
+                        to="annotations.project",
+                    ),
+                ),
+            ],
+            options={
+                "ordering": ["id"],
+            },
+        ),
+        migrations.CreateModel(
+            name="ImageCompletion",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("revision", models.PositiveIntegerField()),
+                ("marked_at", models.DateTimeField(auto_now=True)),
+                (
+                    "image",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="training_completion",
+                        to="annotations.image",
+                    ),
+                ),
+                (
+                    "marked_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+            ],
+        ),
+        migrations.CreateModel(
+            name="SnapshotItem",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("image_sha256", models.CharField(max_length=64)),
+                ("file_name", models.CharField(max_length=255)),
+                ("split", models.CharField(max_length=16)),
+                ("bethesda", models.CharField(blank=True, max_length=3)),
+                ("width", models.PositiveIntegerField()),
+                ("height", models.PositiveIntegerField()),
+                (
+                    "revision",
+                    models.PositiveIntegerField(help_text="Annotation revision of the image when snapshotted."),
+                ),
+                ("cells", models.JSONField(default=list)),
+                ("cells_sha256", models.CharField(max_length=64)),
+                (
+                    "image",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="annotations.image",
+                    ),
+                ),
+                (
+                    "snapshot",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="items", to="training.datasetsnapshot"
+                    ),
+                ),
+            ],
+            options={
+                "ordering": ["id"],
+            },
+        ),
+        migrations.CreateModel(
+            name="TrainingJob",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("nnunet", "nnU-Net v2"),
+                            ("cellpose", "Cellpose 3"),
+                            ("two_stage", "nnU-Net, then Cellpose (two-stage bundle)"),
+                            ("refinement", "Refinement net on the active nnU-Net"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("config", models.JSONField(blank=True, default=dict, help_text="As requested (validated).")),
+                (
+                    "resolved_config",
+                    models.JSONField(blank=True, default=dict, help_text="Every hyper-parameter, per stage."),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "trigger",
+                    models.CharField(
+                        choices=[("manual", "Started by an admin"), ("schedule", "Scheduled retraining")],
+                        default="manual",
+                        max_length=16,
+                    ),
+                ),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("task_id", models.CharField(blank=True, max_length=64)),
+                ("worker_host", models.CharField(blank=True, max_length=255)),
+                ("worker_pid", models.PositiveIntegerField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("progress", models.JSONField(blank=True, default=dict)),
+                ("curves", models.JSONField(blank=True, default=dict, help_text="{stage: [per-epoch point]}")),
+                ("log", models.TextField(blank=True)),
+                ("error", models.TextField(blank=True)),
+                ("timings", models.JSONField(blank=True, default=dict, help_text="Seconds per stage.")),
+                ("artifact_dir", models.CharField(blank=True, max_length=500)),
+                (
+                    "result",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="Versions made, evaluations, promotion decisions."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "cancelled_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="training_jobs",
+                        to="annotations.project",
+                    ),
+                ),
+                (
+                    "snapshot",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.RESTRICT, related_name="jobs", to="training.datasetsnapshot"
+                    ),
+                ),
+            ],
+            options={
+                "ordering": ["-id"],
+            },
+        ),
+        migrations.AddField(
+            model_name="modelversion",
+            name="job",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="model_versions",
+                to="training.trainingjob",
+            ),
+        ),
+        migrations.CreateModel(
+            name="TrainingPolicy",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("schedule_enabled", models.BooleanField(default=False)),
+                ("cron_minute", models.CharField(default="0", max_length=64)),
+                ("cron_hour", models.CharField(default="3", max_length=64)),
+                ("cron_day_of_week", models.CharField(default="*", max_length=64)),
+                ("cron_day_of_month", models.CharField(default="*", max_length=64)),
+                ("cron_month_of_year", models.CharField(default="*", max_length=64)),
+                ("min_new_images", models.PositiveIntegerField(default=10)),
+                (
+                    "job_kind",
+                    models.CharField(
+                        choices=[
+                            ("nnunet", "nnU-Net v2"),
+                            ("cellpose", "Cellpose 3"),
+                            ("two_stage", "nnU-Net, then Cellpose (two-stage bundle)"),
+                            ("refinement", "Refinement net on the active nnU-Net"),
+                        ],
+                        default="two_stage",
+                        max_length=16,
+                    ),
+                ),
+                ("job_config", models.JSONField(blank=True, default=dict)),
+                ("auto_promote", models.BooleanField(default=True)),
+                (
+                    "gate_metric",
+                    models.CharField(blank=True, help_text="Empty: settings.TRAINING_GATE_METRIC.", max_length=64),
+                ),
+                ("gate_margin", models.FloatField(blank=True, null=True)),
+                ("gate_tolerance", models.FloatField(blank=True, null=True)),
+                (
+                    "gate_guarded",
+                    models.JSONField(blank=True, default=list, help_text="Empty: the default guarded metrics."),
+                ),
+                ("last_check_at", models.DateTimeField(blank=True, null=True)),
+                ("last_check", models.JSONField(blank=True, default=dict)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "periodic_task",
+                    models.OneToOneField(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="django_celery_beat.periodictask",
+                    ),
+                ),
+                (
+                    "project",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="training_policy",
+                        to="annotations.project",
+                    ),
+                ),
+            ],
+            options={
+                "verbose_name_plural": "training policies",
             },
         ),
         migrations.AddConstraint(
-            model_name='datasetsnapshot',
-            constraint=models.UniqueConstraint(fields=('project', 'number'), name='uniq_snapshot_number'),
+            model_name="datasetsnapshot",
+            constraint=models.UniqueConstraint(fields=("project", "number"), name="uniq_snapshot_number"),
         ),
         migrations.AddConstraint(
-            model_name='evaluation',
-            constraint=models.UniqueConstraint(fields=('model_version', 'snapshot'), name='uniq_evaluation_per_version_snapshot'),
+            model_name="evaluation",
+            constraint=models.UniqueConstraint(
+                fields=("model_version", "snapshot"), name="uniq_evaluation_per_version_snapshot"
+            ),
         ),
         migrations.AddIndex(
-            model_name='snapshotitem',
-            index=models.Index(fields=['snapshot', 'split'], name='training_sn_snapsho_5ddf7b_idx'),
+            model_name="snapshotitem",
+            index=models.Index(fields=["snapshot", "split"], name="training_sn_snapsho_5ddf7b_idx"),
         ),
         migrations.AddIndex(
-            model_name='trainingjob',
-            index=models.Index(fields=['status', 'heartbeat_at'], name='training_tr_status_ee0940_idx'),
+            model_name="trainingjob",
+            index=models.Index(fields=["status", "heartbeat_at"], name="training_tr_status_ee0940_idx"),
         ),
         migrations.AddConstraint(
-            model_name='trainingjob',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['queued', 'running'])), fields=('project',), name='one_live_training_job_per_project'),
+            model_name="trainingjob",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ["queued", "running"])),
+                fields=("project",),
+                name="one_live_training_job_per_project",
+            ),
         ),
     ]

@@ -8,7 +8,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,15 @@ from cytoseg.backends.packages import (
     package_prepare,
     package_single_file,
 )
-from cytoseg.evaluation import DEFAULT_GUARDED, EvalImage, GateDecision, evaluate_backend, gate_decide
+from cytoseg.contours import instances_as_stored
+from cytoseg.evaluation import (
+    DEFAULT_GUARDED,
+    LOWER_IS_BETTER,
+    EvalImage,
+    GateDecision,
+    evaluate_backend,
+    gate_decide,
+)
 from cytoseg.imaging import read_rgb
 from training.models import (
     DatasetSnapshot,
@@ -45,19 +53,10 @@ from training.models import (
     TrainingJob,
     TrainingPolicy,
 )
+from training.selectors import PRESEGMENT_KINDS, presegmenter_find
 from training.services.config import device_for
 
 logger = logging.getLogger(__name__)
-
-
-# Preference order of the kinds a project can pre-segment with.
-PRESEGMENT_KINDS = (
-    ModelKind.TWO_STAGE,
-    ModelKind.CELLPOSE,
-    ModelKind.NNUNET,
-    ModelKind.REGION_GROWING,
-    ModelKind.WATERSHED,
-)
 
 
 def model_version_baseline(*, project: Project) -> ModelVersion:
@@ -72,11 +71,12 @@ def model_version_baseline(*, project: Project) -> ModelVersion:
 
 
 def model_version_for_project(*, project: Project) -> ModelVersion:
-    """The version pre-segmentation uses: the active model, else the watershed baseline."""
-    active = {v.kind: v for v in ModelVersion.objects.filter(project=project, status=ModelStatus.ACTIVE).order_by("id")}
-    for kind in PRESEGMENT_KINDS:
-        if kind in active:
-            return active[kind]
+    """The version pre-segmentation uses: the project's chosen pre-segmenter (the last version
+    promoted, by the gate or an admin) while it is active; else the active versions in the order
+    of ``PRESEGMENT_KINDS``; else the watershed baseline."""
+    current = presegmenter_find(project_id=project.pk)
+    if current is not None:
+        return current
     return model_version_baseline(project=project)
 
 
@@ -321,7 +321,13 @@ def model_version_evaluate(
         settings=model_version_settings(version=version),
         device=device or device_for({}),
     )
-    result = evaluate_backend(backend, _eval_images(items, should_cancel))
+    min_area = float(settings.PRESEGMENT_MIN_AREA)
+    result = evaluate_backend(
+        backend,
+        _eval_images(items, should_cancel),
+        # what pre-segmentation stores, and so what doctors receive, is what is scored
+        stored=lambda instances, height, width: instances_as_stored(instances, height, width, min_area=min_area),
+    )
     seconds = float(result.timings.get("predict", 0.0) + result.timings.get("metrics", 0.0))
     evaluation, _ = Evaluation.objects.update_or_create(
         model_version=version,
@@ -330,6 +336,8 @@ def model_version_evaluate(
             "overall": result.overall,
             "per_bethesda": result.per_group,
             "per_image": result.per_image,
+            "intervals": result.intervals,
+            "raw_overall": result.raw,
             "seconds": seconds,
         },
     )
@@ -339,6 +347,8 @@ def model_version_evaluate(
         "overall": result.overall,
         "per_bethesda": result.per_group,
         "per_image": result.per_image,
+        "intervals": result.intervals,
+        "raw": result.raw,
         "timings": result.timings,
     }
     version.save(update_fields=["metrics"])
@@ -346,26 +356,50 @@ def model_version_evaluate(
 
 
 def baseline_for(version: ModelVersion) -> ModelVersion | None:
-    """What a candidate must beat: the active version of its kind, else the version that
-    pre-segmentation uses now (the watershed baseline in a fresh project)."""
-    active = (
-        ModelVersion.objects.filter(project_id=version.project_id, kind=version.kind, status=ModelStatus.ACTIVE)
-        .exclude(pk=version.pk)
-        .order_by("-promoted_at", "-id")
-        .first()
-    )
-    if active is not None:
-        return active
+    """What a candidate must beat: the version pre-segmentation uses now (the watershed
+    baseline in a fresh project), whatever its kind."""
     current = model_version_for_project(project=version.project)
     return None if current.pk == version.pk else current
 
 
-def _gate_settings(policy: TrainingPolicy) -> tuple[str, float, float, tuple[str, ...]]:
+def gate_metric_value(evaluation: Evaluation | None, metric: str) -> float | None:
+    """``metric`` of an evaluation (None when missing), higher-is-better made comparable."""
+    if evaluation is None:
+        return None
+    value = evaluation.overall.get(metric)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    return -float(value) if metric in LOWER_IS_BETTER else float(value)
+
+
+def gate_settings(policy: TrainingPolicy) -> tuple[str, float, float, tuple[str, ...]]:
+    """The gate's (primary metric, margin, tolerance, guarded metrics): the project's policy
+    where it sets them, else the ``TRAINING_GATE_*`` settings."""
     metric = policy.gate_metric or settings.TRAINING_GATE_METRIC
     margin = settings.TRAINING_GATE_MARGIN if policy.gate_margin is None else policy.gate_margin
     tolerance = settings.TRAINING_GATE_TOLERANCE if policy.gate_tolerance is None else policy.gate_tolerance
     guarded = tuple(policy.gate_guarded) if policy.gate_guarded else DEFAULT_GUARDED
     return metric, float(margin), float(tolerance), guarded
+
+
+def model_version_best(
+    *, versions: Sequence[ModelVersion], snapshot: DatasetSnapshot, policy: TrainingPolicy
+) -> ModelVersion | None:
+    """The best of ``versions`` on ``snapshot`` by the gate's primary metric (ties go to the
+    kind that comes first in ``PRESEGMENT_KINDS``, the two-stage model); None when none of
+    them has a value for it. The versions must have been evaluated on the snapshot."""
+    metric = gate_settings(policy)[0]
+    evaluations = {
+        e.model_version_id: e
+        for e in Evaluation.objects.filter(snapshot=snapshot, model_version__in=[v.pk for v in versions])
+    }
+    order: dict[str, int] = {str(kind): i for i, kind in enumerate(PRESEGMENT_KINDS)}
+    scored = [(gate_metric_value(evaluations.get(v.pk), metric), v) for v in versions]
+    ranked = sorted(
+        ((value, v) for value, v in scored if value is not None),
+        key=lambda pair: (-pair[0], order.get(pair[1].kind, len(order)), pair[1].pk),
+    )
+    return ranked[0][1] if ranked else None
 
 
 def promotion_gate(
@@ -379,13 +413,14 @@ def promotion_gate(
 ) -> GateDecision:
     """The gate's decision for ``version`` against ``baseline``, both evaluated on ``snapshot``
     (the baseline is evaluated now when it has not been on this snapshot yet)."""
-    metric, margin, tolerance, guarded = _gate_settings(policy)
+    metric, margin, tolerance, guarded = gate_settings(policy)
     candidate = Evaluation.objects.filter(model_version=version, snapshot=snapshot).first()
     if candidate is None:
         candidate = model_version_evaluate(
             version=version, snapshot=snapshot, device=device, should_cancel=should_cancel
         )
     baseline_metrics: dict[str, Any] | None = None
+    baseline_intervals: dict[str, Any] | None = None
     if baseline is not None:
         done = Evaluation.objects.filter(model_version=baseline, snapshot=snapshot).first()
         if done is None:
@@ -410,6 +445,7 @@ def promotion_gate(
                 decision.reason = f"the active model {baseline} could not be evaluated: {exc}"
                 return decision
         baseline_metrics = done.overall
+        baseline_intervals = done.intervals
     return gate_decide(
         candidate=candidate.overall,
         baseline=baseline_metrics,
@@ -417,6 +453,8 @@ def promotion_gate(
         margin=margin,
         tolerance=tolerance,
         guarded=guarded,
+        candidate_intervals=candidate.intervals,
+        baseline_intervals=baseline_intervals,
     )
 
 
@@ -424,13 +462,17 @@ def model_version_promote(
     *, version: ModelVersion, user: User | None, reason: str = "", decision: GateDecision | None = None
 ) -> ModelVersion:
     """Make ``version`` the active model of its kind (the previous one is retired and remembered
-    for a rollback). Artifacts are checked against their recorded sha256 first."""
+    for a rollback) and the project's pre-segmenter. Artifacts are checked against their
+    recorded sha256 first."""
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=version.project_id).first()
         version.refresh_from_db()
         if version.status == ModelStatus.FAILED:
             raise ConflictError(f"{version} failed and cannot be promoted.", {"status": version.status})
+        policy, _ = TrainingPolicy.objects.get_or_create(project_id=version.project_id)
         if version.status == ModelStatus.ACTIVE:
+            if policy.presegmenter_id != version.pk:
+                TrainingPolicy.objects.filter(pk=policy.pk).update(presegmenter=version)
             return version
         artifacts_verify(version)
         previous = (
@@ -444,6 +486,7 @@ def model_version_promote(
         version.promoted_at = timezone.now()
         version.replaced = replaced
         version.save(update_fields=["status", "promoted_at", "replaced"])
+        TrainingPolicy.objects.filter(pk=policy.pk).update(presegmenter=version)
         audit_record(
             project=version.project,
             actor=user,
@@ -480,6 +523,8 @@ def model_version_rollback(*, project: Project, kind: str, user: User | None) ->
             target.status = ModelStatus.ACTIVE
             target.promoted_at = timezone.now()
             target.save(update_fields=["status", "promoted_at"])
+        # The pre-segmenter follows its kind's roll back (none: the kinds' order decides).
+        TrainingPolicy.objects.filter(project=project, presegmenter=current).update(presegmenter=target)
         audit_record(
             project=project,
             actor=user,

@@ -39,6 +39,8 @@ from training.services.jobs import job_fail, log_append, worker_lost_reason
 from training.services.registry import (
     artifacts_verify,
     baseline_for,
+    gate_settings,
+    model_version_best,
     model_version_evaluate,
     model_version_promote,
     model_version_register,
@@ -284,6 +286,10 @@ class JobRunner:
     # evaluation and promotion --------------------------------------------------------------
 
     def evaluate_and_gate(self, versions: list[ModelVersion], device: str) -> dict[str, Any]:
+        """Evaluate every version the job made, then put only the best of them (by the gate's
+        primary metric) through the gate against the project's current pre-segmenter. The
+        others stay candidates: promoting a weaker sibling first would make the better one
+        compete against it (the nnU-Net version used to veto the two-stage one that way)."""
         job = self.job
         if not job.snapshot.counts.get(Split.TEST, {}).get("images"):
             self.note("no test images in the snapshot: not evaluated, nothing promoted")
@@ -291,7 +297,6 @@ class JobRunner:
         policy = training_policy_get(project=job.project)
         auto = job.config.get("auto_promote")
         auto = policy.auto_promote if auto is None else bool(auto)
-        decisions: dict[str, Any] = {}
         started = time.perf_counter()
         for version in versions:
             self.progress = {"stage": "evaluate", "phase": "evaluate", "model_version": version.pk}
@@ -300,9 +305,30 @@ class JobRunner:
                 version=version, snapshot=job.snapshot, device=device, should_cancel=self.should_cancel
             )
             self.note(f"evaluated {version}: " + _summary_line(evaluation.overall))
-            baseline = baseline_for(version)
+        best = model_version_best(versions=versions, snapshot=job.snapshot, policy=policy)
+        metric = gate_settings(policy)[0]
+        decisions: dict[str, Any] = {}
+        for version in versions:
+            if version != best:
+                why = (
+                    f"not the best of this job by {metric} ({best} is)"
+                    if best is not None
+                    else f"no version of this job has a value for {metric}"
+                )
+                decisions[str(version.pk)] = {
+                    "promote": False,
+                    "promoted": False,
+                    "metric": metric,
+                    "reason": why,
+                    "baseline_version": None,
+                }
+                self.note(f"kept {version} as a candidate: {why}")
+        if best is not None:
+            self.progress = {"stage": "evaluate", "phase": "gate", "model_version": best.pk}
+            self.write()
+            baseline = baseline_for(best)
             decision = promotion_gate(
-                version=version,
+                version=best,
                 baseline=baseline,
                 snapshot=job.snapshot,
                 device=device,
@@ -312,17 +338,17 @@ class JobRunner:
             entry: dict[str, Any] = {**decision.to_dict(), "baseline_version": baseline.pk if baseline else None}
             if decision.promote and auto:
                 model_version_promote(
-                    version=version, user=None, reason=f"automatic: {decision.reason}", decision=decision
+                    version=best, user=None, reason=f"automatic: {decision.reason}", decision=decision
                 )
                 entry["promoted"] = True
-                self.note(f"promoted {version}: {decision.reason}")
+                self.note(f"promoted {best}, now the pre-segmenter: {decision.reason}")
             else:
                 entry["promoted"] = False
                 why = decision.reason if not decision.promote else "automatic promotion is off"
-                self.note(f"kept {version} as a candidate: {why}")
-            decisions[str(version.pk)] = entry
+                self.note(f"kept {best} as a candidate: {why}")
+            decisions[str(best.pk)] = entry
         self.timings["evaluate"] = time.perf_counter() - started
-        return decisions
+        return {k: decisions[k] for k in (str(v.pk) for v in versions)}
 
 
 def _no_options(runner: JobRunner, device: str) -> dict[str, Any]:
@@ -357,8 +383,6 @@ STAGE_OPTIONS: dict[str, Callable[[JobRunner, str], dict[str, Any]]] = {
 }
 
 
-
-
 def _json_floats(value: Any) -> Any:
     from cytoseg.evaluation import json_safe
 
@@ -366,7 +390,7 @@ def _json_floats(value: Any) -> Any:
 
 
 def _summary_line(overall: Mapping[str, Any]) -> str:
-    keys = ("dice", "iou", "f1_50", "best_match_precision_70", "ap50", "dsb", "coco_AP", "erythrocyte_fp")
+    keys = ("dice", "iou", "f1_50", "best_match_precision_70", "ranked_ap50", "dsb", "coco_AP", "erythrocyte_fp")
     return ", ".join(f"{k}={short_number(overall.get(k))}" for k in keys)
 
 

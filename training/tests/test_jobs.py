@@ -136,12 +136,21 @@ def test_fast_preset_and_network_scale_reach_the_trainer_and_the_registered_vers
 
     from cytoseg.trainers.presets import FAST_INFERENCE
 
-    sp = synthetic_project(splits={"train": 3, "validation": 1, "test": 1}, size=96, n_cells=8, n_erythrocytes=3,
-                           seed=11)
-    config = {"preset": "fast", "device": "cpu", "cellpose": {
-        "n_epochs": 2, "warmup_epochs": 0, "batch_size": 4, "bsize": 64, "bn_recalibrate_batches": 1,
-        "network_scale": 0.5,
-    }}
+    sp = synthetic_project(
+        splits={"train": 3, "validation": 1, "test": 1}, size=96, n_cells=8, n_erythrocytes=3, seed=11
+    )
+    config = {
+        "preset": "fast",
+        "device": "cpu",
+        "cellpose": {
+            "n_epochs": 2,
+            "warmup_epochs": 0,
+            "batch_size": 4,
+            "bsize": 64,
+            "bn_recalibrate_batches": 1,
+            "network_scale": 0.5,
+        },
+    }
     job = _start(sp, config=config)
     outcome = runner.training_job_run(job_id=job.pk, task_id="task-fast")
     job.refresh_from_db()

@@ -28,7 +28,10 @@ def test_default_preset_is_paper_a_and_the_planners_plan() -> None:
 def test_fast_preset_shrinks_the_models_and_keeps_the_schedules() -> None:
     nn = NnUNetTrainConfig.from_dict(preset_base_config(preset="fast", stage="nnunet"))
     assert (nn.plans.n_stages, nn.plans.base_features, nn.plans.max_features, nn.plans.n_conv_per_stage) == (
-        5, 16, 128, 1
+        5,
+        16,
+        128,
+        1,
     )
     assert (nn.num_epochs, nn.num_iterations_per_epoch) == (50, 250)
     cp = CellposeTrainConfig.from_dict(preset_base_config(preset="fast", stage="cellpose"))
@@ -36,8 +39,11 @@ def test_fast_preset_shrinks_the_models_and_keeps_the_schedules() -> None:
     assert cp.n_epochs == CellposeTrainConfig().n_epochs
     two = preset_backend_settings(preset="fast", kind="two_stage")
     cellpose = {"niter": 60, "bsize": 160, "batch_size": 4}
-    assert two == {"nnunet": {"tile_step_size": 1.0, "use_gaussian": False}, "cellpose": cellpose,
-                   "restrict_masks": True}
+    assert two == {
+        "nnunet": {"tile_step_size": 1.0, "use_gaussian": False},
+        "cellpose": cellpose,
+        "restrict_masks": True,
+    }
     assert preset_backend_settings(preset="fast", kind="cellpose") == cellpose
     two["cellpose"]["niter"] = 1  # a copy: registering a version cannot change the preset
     assert FAST_INFERENCE["two_stage"]["cellpose"]["niter"] == 60 and FAST_PLAN["n_stages"] == 5

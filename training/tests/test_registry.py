@@ -201,9 +201,9 @@ def test_evaluate_baseline_on_the_frozen_test_split() -> None:
         "f1_50",
         "f1_70",
         "best_match_precision_70",
-        "ap50",
-        "ap70",
-        "boundary_ap50",
+        "ranked_ap50",
+        "ranked_ap70",
+        "boundary_ranked_ap50",
         "coco_AP",
         "coco_AP50",
         "coco_AP75",
@@ -246,6 +246,109 @@ def test_gate_compares_with_the_active_model_on_the_same_snapshot(tmp_path: Path
     Evaluation.objects.create(model_version=candidate, snapshot=other, overall={"dsb": 0.9})
     decision = registry.promotion_gate(version=candidate, baseline=active, snapshot=other, policy=policy)
     assert not decision.promote and "could not be evaluated" in decision.reason
+
+
+def test_baseline_is_the_current_presegmenter_whatever_its_kind() -> None:
+    sp = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    nnunet = _version(sp.project, ModelKind.NNUNET, "n")
+    cellpose = _version(sp.project, ModelKind.CELLPOSE, "c")
+    registry.model_version_promote(version=nnunet, user=None)
+    registry.model_version_promote(version=cellpose, user=None)
+    # the last promotion decides, not the kinds' order (which would pick Cellpose too, so nnU-Net again)
+    registry.model_version_promote(version=nnunet, user=None)
+    assert model_version_for_project(project=sp.project) == nnunet
+    assert schedule.training_policy_get(project=sp.project).presegmenter == nnunet
+    candidate = _version(sp.project, ModelKind.TWO_STAGE, "t")
+    assert registry.baseline_for(candidate) == nnunet
+    # rolling back the pre-segmenter's kind hands pre-segmentation to the kinds' order
+    registry.model_version_rollback(project=sp.project, kind=ModelKind.NNUNET, user=None)
+    assert model_version_for_project(project=sp.project) == cellpose
+
+
+def _job(sp: Any) -> TrainingJob:
+    with mock.patch("core.queue.task_send"):
+        return jobs.training_job_start(
+            project=sp.project, user=sp.admin, kind="two_stage", config={"preset": "tiny", "device": "cpu"}
+        )
+
+
+def _scored(version: ModelVersion, snapshot: Any, overall: dict[str, float], intervals: Any = None) -> None:
+    Evaluation.objects.update_or_create(
+        model_version=version, snapshot=snapshot, defaults={"overall": overall, "intervals": intervals or {}}
+    )
+
+
+def test_a_job_evaluates_all_its_versions_and_promotes_only_the_best() -> None:
+    """The nnU-Net version used to be promoted first and then veto the better two-stage one."""
+    sp = synthetic_project(splits={"train": 1, "test": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    job = _job(sp)
+    baseline = model_version_baseline(project=sp.project)
+    nnunet = _version(sp.project, ModelKind.NNUNET, "n", job=job)
+    cellpose = _version(sp.project, ModelKind.CELLPOSE, "c", job=job)
+    two_stage = _version(sp.project, ModelKind.TWO_STAGE, "t", job=job)
+    snapshot = job.snapshot
+    _scored(baseline, snapshot, {"f1_50": 0.30, "dice": 0.60})
+    scores = {nnunet.pk: 0.80, cellpose.pk: 0.70, two_stage.pk: 0.86}
+
+    def evaluate(*, version: ModelVersion, snapshot: Any, **_: Any) -> Evaluation:
+        _scored(version, snapshot, {"f1_50": scores[version.pk], "dice": 0.90})
+        return Evaluation.objects.get(model_version=version, snapshot=snapshot)
+
+    policy = schedule.training_policy_get(project=sp.project)
+    with mock.patch.object(runner, "model_version_evaluate", side_effect=evaluate) as evaluated:
+        _scored(nnunet, snapshot, {"f1_50": 0.80})
+        _scored(cellpose, snapshot, {"f1_50": 0.70})
+        _scored(two_stage, snapshot, {"f1_50": 0.86})
+        assert (
+            registry.model_version_best(versions=[nnunet, cellpose, two_stage], snapshot=snapshot, policy=policy)
+            == two_stage
+        )
+        decisions = runner.JobRunner(job).evaluate_and_gate([nnunet, cellpose, two_stage], "cpu")
+    assert evaluated.call_count == 3
+    assert list(decisions) == [str(nnunet.pk), str(cellpose.pk), str(two_stage.pk)]
+    assert decisions[str(two_stage.pk)]["promoted"] is True
+    assert decisions[str(two_stage.pk)]["baseline_version"] == baseline.pk
+    assert decisions[str(two_stage.pk)]["metric"] == "f1_50"
+    assert decisions[str(nnunet.pk)]["promoted"] is False and "not the best" in decisions[str(nnunet.pk)]["reason"]
+    statuses = dict(ModelVersion.objects.values_list("pk", "status"))
+    assert statuses[nnunet.pk] == statuses[cellpose.pk] == ModelStatus.CANDIDATE
+    assert statuses[two_stage.pk] == ModelStatus.ACTIVE
+    assert model_version_for_project(project=sp.project) == two_stage
+    # a tie goes to the two-stage model, the kind pre-segmentation prefers
+    scores[nnunet.pk] = scores[two_stage.pk]
+    _scored(nnunet, snapshot, {"f1_50": 0.86})
+    assert registry.model_version_best(versions=[nnunet, two_stage], snapshot=snapshot, policy=policy) == two_stage
+    # the primary metric is the policy's; a lower-is-better one ranks the lowest first
+    policy = schedule.training_policy_update(
+        project=sp.project, data={"gate_metric": "erythrocyte_fp_rate"}, user=sp.admin
+    )
+    _scored(nnunet, snapshot, {"erythrocyte_fp_rate": 0.01})
+    _scored(two_stage, snapshot, {"erythrocyte_fp_rate": 0.05})
+    assert registry.model_version_best(versions=[nnunet, two_stage], snapshot=snapshot, policy=policy) == nnunet
+    _scored(cellpose, snapshot, {})
+    assert registry.model_version_best(versions=[cellpose], snapshot=snapshot, policy=policy) is None
+
+
+def test_gate_tolerances_use_the_stored_confidence_intervals() -> None:
+    """A guarded metric that fell on a tiny test set, within noise, does not veto a better model."""
+    sp = synthetic_project(splits={"train": 1, "test": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    snapshot = snapshots.dataset_snapshot_create(project=sp.project, user=sp.admin)
+    active = _version(sp.project, ModelKind.NNUNET, "a")
+    registry.model_version_promote(version=active, user=None)
+    candidate = _version(sp.project, ModelKind.TWO_STAGE, "b")
+    policy = schedule.training_policy_update(
+        project=sp.project,
+        data={"gate_metric": "f1_50", "gate_guarded": ["boundary_ranked_ap50"], "gate_tolerance": 0.02},
+        user=sp.admin,
+    )
+    _scored(active, snapshot, {"f1_50": 0.60, "boundary_ranked_ap50": 0.70}, {"boundary_ranked_ap50": [0.40, 0.95]})
+    _scored(candidate, snapshot, {"f1_50": 0.75, "boundary_ranked_ap50": 0.57}, {"boundary_ranked_ap50": [0.30, 0.85]})
+    decision = registry.promotion_gate(version=candidate, baseline=active, snapshot=snapshot, policy=policy)
+    assert decision.promote and "within the confidence intervals" in decision.reason
+    # intervals apart by more than the tolerance: a real regression
+    _scored(candidate, snapshot, {"f1_50": 0.75, "boundary_ranked_ap50": 0.20}, {"boundary_ranked_ap50": [0.10, 0.30]})
+    decision = registry.promotion_gate(version=candidate, baseline=active, snapshot=snapshot, policy=policy)
+    assert not decision.promote and set(decision.regressions) == {"boundary_ranked_ap50"}
 
 
 @pytest.mark.ml

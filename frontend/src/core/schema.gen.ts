@@ -1489,6 +1489,7 @@ export interface components {
             gate_tolerance?: number | null;
             /** @description Empty: the default guarded metrics. */
             gate_guarded?: unknown;
+            presegmenter?: number | null;
             periodic_task?: number | null;
             /** Format: date-time */
             last_check_at?: string | null;
@@ -1540,6 +1541,7 @@ export interface components {
             gate_tolerance?: number | null;
             /** @description Empty: the default guarded metrics. */
             gate_guarded?: unknown;
+            presegmenter?: number | null;
             periodic_task?: number | null;
             /** Format: date-time */
             last_check_at?: string | null;
@@ -1569,6 +1571,7 @@ export interface components {
             gate_tolerance?: number | null;
             /** @description Empty: the default guarded metrics. */
             gate_guarded?: unknown;
+            presegmenter?: number | null;
             periodic_task?: number | null;
             /** Format: date-time */
             last_check_at?: string | null;
@@ -1654,6 +1657,8 @@ export interface components {
             /** @description The snapshot whose test split the metrics are on. */
             snapshot: number | null;
             metric_names: string[];
+            /** @description The version that pre-segments now. */
+            presegmenter: number | null;
             versions: components["schemas"]["RegistryRowOut"][];
         };
         RegistryRowOut: {
@@ -1670,12 +1675,23 @@ export interface components {
             promoted_at: string | null;
             /** Format: date-time */
             created_at: string;
+            /** @description Scored on the polygons as pre-segmentation stores them; null: not evaluated on this snapshot. */
             metrics: {
-                [key: string]: unknown;
+                [key: string]: number | null;
             } | null;
             per_bethesda: {
                 [key: string]: unknown;
             } | null;
+            /** @description 95% percentile bootstrap interval [low, high] of each metric over the test images. */
+            intervals: {
+                [key: string]: (number | null)[];
+            } | null;
+            /** @description The same metrics on the raw masks, before they became stored polygons. */
+            raw_metrics: {
+                [key: string]: number | null;
+            } | null;
+            /** @description Whether this version pre-segments the project's images now. */
+            presegmenter: boolean;
         };
         RestoreInRequest: {
             /** @description Current revision (or If-Match). */

@@ -12,7 +12,7 @@ import { confirmDialog, dialog, toast } from '../overlay';
 import { errText } from '../viewer';
 import { AdminPanel, fmtDate, forbidden, loadingBlock } from './common';
 
-const KEY_METRICS = ['dice', 'iou', 'f1_50', 'f1_70', 'ap50', 'dsb', 'coco_AP', 'erythrocyte_fp_rate'];
+const KEY_METRICS = ['dice', 'iou', 'f1_50', 'f1_70', 'ranked_ap50', 'dsb', 'coco_AP', 'erythrocyte_fp_rate'];
 
 export class RegistryPanel extends AdminPanel {
   private snapshot: number | null = null;
@@ -98,7 +98,7 @@ export class RegistryPanel extends AdminPanel {
       if (this.expanded.has(v.id)) rows.push(this.bethesdaRow(v, metrics));
     }
     const table = h('div', { class: 'table-wrap card' }, h('table', { class: 'table registry' }, h('thead', null, head), h('tbody', null, rows)));
-    this.el.replaceChildren(toolbar, activeCards, table, h('p', { class: 'muted small' }, 'Best value of each metric in green. Metrics of versions not evaluated on this snapshot are empty: “Evaluate” computes them.'));
+    this.el.replaceChildren(toolbar, activeCards, table, h('p', { class: 'muted small' }, 'Scored on the polygons as doctors receive them; under each value its 95% bootstrap interval over the test images (hover for the raw-mask figure). Best value of each metric in green. Metrics of versions not evaluated on this snapshot are empty: “Evaluate” computes them.'));
   }
 
   private row(v: RegistryRow, metrics: string[], best: Map<string, Set<number>>): HTMLElement {
@@ -107,12 +107,21 @@ export class RegistryPanel extends AdminPanel {
       'tr',
       { dataset: { version: String(v.id), status: v.status } },
       h('td', null, h('button', { class: 'link-btn expand', title: 'Per Bethesda category', onclick: () => (this.expanded.has(v.id) ? this.expanded.delete(v.id) : this.expanded.add(v.id), this.render()) }, this.expanded.has(v.id) ? '▾' : '▸'), h('b', null, `${kindInfo(v.kind).label} v${v.number}`), v.name ? h('div', { class: 'muted small' }, v.name) : null, v.job ? h('a', { class: 'small', href: routeHash({ name: 'job', projectId: this.project.id, jobId: v.job }) }, ` job #${v.job}`) : null),
-      h('td', null, h('span', { class: `pill pill-${statusTone(v.status)}` }, formatStatus(v.status))),
+      h('td', null, h('span', { class: `pill pill-${statusTone(v.status)}` }, formatStatus(v.status)), v.presegmenter ? h('span', { class: 'pill pill-active presegmenter', title: 'New images are pre-segmented by this version' }, 'Pre-segments') : null),
       h('td', { class: 'muted small' }, fmtDate(v.created_at)),
       metrics.map((m) => {
         const val = v.metrics?.[m];
         const isBest = best.get(m)?.has(v.id) && (v.metrics ? true : false);
-        return h('td', { class: `num ${isBest ? 'best' : ''}` }, val == null ? '—' : m.endsWith('_fp') ? String(val) : val.toFixed(3));
+        const fmt = (x: number): string => (m.endsWith('_fp') ? String(Math.round(x * 10) / 10) : x.toFixed(3));
+        const ci = v.intervals?.[m];
+        const raw = v.raw_metrics?.[m];
+        const title = [ci && ci[0] != null && ci[1] != null ? `95% interval over the test images: ${fmt(ci[0])} – ${fmt(ci[1])}` : '', raw != null ? `raw masks (before they became polygons): ${fmt(raw)}` : ''].filter(Boolean).join('\n');
+        return h(
+          'td',
+          { class: `num ${isBest ? 'best' : ''}`, title, dataset: { metric: m } },
+          val == null ? '—' : fmt(val),
+          val != null && ci && ci[0] != null && ci[1] != null ? h('div', { class: 'ci muted small' }, `${fmt(ci[0])}–${fmt(ci[1])}`) : null,
+        );
       }),
       h(
         'td',
@@ -140,7 +149,7 @@ export class RegistryPanel extends AdminPanel {
       const input = h('input', { placeholder: 'Why (kept in the audit log)', autofocus: true, oninput: (e: Event) => (reason = (e.target as HTMLInputElement).value) });
       const d = dialog({
         title: `Promote ${kindInfo(v.kind).label} v${v.number}?`,
-        body: [h('p', null, 'It becomes the active model of its kind: new pre-segmentations use it. The current one can be restored with “Roll back”.'), h('label', { class: 'field' }, h('span', null, 'Reason'), input)],
+        body: [h('p', null, 'It becomes the active model of its kind and the project’s pre-segmenter: new pre-segmentations use it. The current one can be restored with “Roll back”.'), h('label', { class: 'field' }, h('span', null, 'Reason'), input)],
         actions: [h('button', { class: 'btn', onclick: () => d.close() }, 'Cancel'), h('button', { class: 'btn btn-primary', dataset: { action: 'confirm-promote' }, onclick: () => ((result = true), d.close()) }, 'Promote')],
         onClose: () => resolve(result),
       });
