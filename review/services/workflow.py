@@ -64,12 +64,22 @@ def _transition_allowed(*, user: User, image: Image, action: str) -> str | None:
 
 
 def transitions_allowed(*, user: User, image: Image) -> list[str]:
-    """The actions ``user`` may take on ``image`` now (role and state)."""
+    """The actions ``user`` may take on ``image`` now: role and state, and for ``close_review``
+    the quorum of submitted reviews (one query, only when the rest allows it)."""
     return [
         action
         for action, (sources, _) in TRANSITIONS.items()
-        if image.status in sources and _transition_allowed(user=user, image=image, action=action) is None
+        if image.status in sources
+        and _transition_allowed(user=user, image=image, action=action) is None
+        and (action != "close_review" or _quorum_reached(image))
     ]
+
+
+def _quorum_reached(image: Image) -> bool:
+    current = selectors.round_current(image=image)
+    if current is None or current.status != RoundStatus.OPEN:
+        return False
+    return current.reviews.filter(status=ReviewStatus.SUBMITTED).count() >= current.quorum
 
 
 def image_transition(*, image: Image, user: User, action: str) -> Image:
