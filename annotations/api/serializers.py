@@ -19,6 +19,7 @@ from annotations.models import (
     Role,
     Split,
 )
+from core.api.parsing import StrictSerializer
 
 
 class LoginIn(serializers.Serializer):
@@ -97,7 +98,15 @@ class ProjectOut(serializers.ModelSerializer):
         return roles.get(project.pk)
 
 
-class ProjectIn(serializers.Serializer):
+class ProjectClassIn(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    color = serializers.CharField(max_length=7, required=False, help_text="#rrggbb; a distinct default if left out.")
+    model_label = serializers.ChoiceField(
+        choices=[1, 2], required=False, default=1, help_text="What the models call it: 1 cell, 2 erythrocyte."
+    )
+
+
+class ProjectUpdateIn(StrictSerializer):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     experts_required = serializers.IntegerField(required=False, default=2)
@@ -105,6 +114,15 @@ class ProjectIn(serializers.Serializer):
     match_iou = serializers.FloatField(required=False, default=0.5)
     auto_presegment = serializers.BooleanField(required=False, default=True)
     pipeline = serializers.DictField(required=False, default=dict)
+
+
+class ProjectIn(ProjectUpdateIn):
+    classes = ProjectClassIn(
+        many=True,
+        required=False,
+        allow_empty=False,
+        help_text="The project's cell classes (default: thyroid cell and erythrocyte).",
+    )
 
 
 class MembershipOut(serializers.ModelSerializer):

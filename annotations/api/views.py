@@ -139,7 +139,7 @@ class ProjectDetailView(APIView):
         project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
         return Response(_project_body(request, project))
 
-    @extend_schema(request=s.ProjectIn(partial=True), responses=s.ProjectOut, tags=["projects"])
+    @extend_schema(request=s.ProjectUpdateIn(partial=True), responses=s.ProjectOut, tags=["projects"])
     def patch(self, request: Request, project_id: int) -> Response:
         project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         if not isinstance(request.data, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -93,8 +94,11 @@ def project_create(
     match_iou: float = 0.5,
     auto_presegment: bool = True,
     pipeline: dict[str, Any] | None = None,
+    classes: Sequence[Mapping[str, Any]] | None = None,
 ) -> Project:
-    """Create a project with the default cell classes; its creator becomes its admin."""
+    """Create a project with its cell classes (``[{name, color?, model_label?}]``, in order;
+    default: thyroid cell and erythrocyte); its creator becomes its admin. Bad classes are a
+    400 naming ``classes.N.field``, and then nothing is created."""
     _validate_project_fields(
         {
             "name": name,
@@ -104,6 +108,7 @@ def project_create(
             "pipeline": pipeline or {},
         }
     )
+    wanted = _classes_checked(classes) if classes is not None else list(DEFAULT_CLASSES)
     with transaction.atomic():
         project = Project.objects.create(
             name=name.strip(),
@@ -117,7 +122,7 @@ def project_create(
         )
         CellClass.objects.bulk_create(
             CellClass(project=project, name=n, color=c, model_label=label, order=i)
-            for i, (n, c, label) in enumerate(DEFAULT_CLASSES)
+            for i, (n, c, label) in enumerate(wanted)
         )
         ProjectMembership.objects.create(project=project, user=created_by, role=Role.ADMIN)
     return project
@@ -177,6 +182,33 @@ def _validate_class(data: dict[str, Any]) -> dict[str, str]:
     if label is not None and label not in (1, 2):
         errors["model_label"] = "must be 1 (cell) or 2 (erythrocyte)"
     return errors
+
+
+# Colours given to classes created without one, in order (distinct on the editor's images).
+CLASS_COLOURS = ("#7b3fe4", "#e4572e", "#2e86de", "#17a589", "#f1c40f", "#d35400", "#8e44ad", "#16a085")
+
+
+def _classes_checked(classes: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int]]:
+    if not classes:
+        raise ServiceValidationError("Invalid cell classes.", {"classes": "must list at least one class"})
+    errors: dict[str, str] = {}
+    out: list[tuple[str, str, int]] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(classes):
+        unknown = set(entry) - {"name", "color", "model_label"}
+        problems = {f: "unknown field" for f in unknown} | _validate_class(
+            {"name": entry.get("name", ""), **{k: v for k, v in entry.items() if k != "name"}}
+        )
+        name = str(entry.get("name") or "").strip()
+        if name and name.casefold() in seen:
+            problems["name"] = f"a class named {name!r} is listed twice"
+        seen.add(name.casefold())
+        errors.update({f"classes.{i}.{field}": message for field, message in problems.items()})
+        color = entry.get("color") or CLASS_COLOURS[i % len(CLASS_COLOURS)]
+        out.append((name, str(color), int(entry.get("model_label") or 1)))
+    if errors:
+        raise ServiceValidationError("Invalid cell classes.", errors)
+    return out
 
 
 def cell_class_create(*, project: Project, name: str, color: str = "#1f77b4", model_label: int = 1) -> CellClass:

@@ -71,3 +71,15 @@ class JSONObjectField(serializers.Field):
 
     def to_representation(self, value: Any) -> Any:
         return value
+
+
+class StrictSerializer(serializers.Serializer):
+    """A request body whose unknown fields are a 400 naming them, not silently dropped (a
+    client that sends ``classes`` where none are read must hear so)."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        initial = self.initial_data if isinstance(self.initial_data, dict) else {}
+        unknown = sorted(set(initial) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(dict.fromkeys(unknown, "unknown field"))
+        return attrs

@@ -47,6 +47,8 @@ __all__ = [
     "foreground_from_colour",
     "foreground_from_mask",
     "foreground_from_probability",
+    "image_polarity",
+    "object_signal",
     "stain_darkness",
 ]
 
@@ -75,6 +77,34 @@ def stain_darkness(image: np.ndarray) -> np.ndarray:
     return (255 - image.min(axis=2)).astype(np.uint8)
 
 
+POLARITIES = ("auto", "dark_on_light", "light_on_dark")
+
+
+def image_polarity(image: np.ndarray) -> str:
+    """``"dark_on_light"`` (stained objects on a bright background: brightfield) or
+    ``"light_on_dark"`` (glowing objects on a dark one: fluorescence).
+
+    The background is most of a field, so the median pixel's brightness tells which one it is:
+    on a dark median the objects must be the bright pixels. (Stain darkness on a fluorescence
+    image is high on the background itself: the colour foreground then covered 96% of a
+    nuclei field in one blob.)
+    """
+    brightness = image.max(axis=2)
+    return "light_on_dark" if float(np.median(brightness)) < 96.0 else "dark_on_light"
+
+
+def object_signal(image: np.ndarray, polarity: str = "auto") -> np.ndarray:
+    """(H, W) uint8, high on objects whatever the polarity: stain darkness on brightfield,
+    the brightest channel (``max(R, G, B)``) on fluorescence."""
+    if polarity not in POLARITIES:
+        raise BackendError(f"polarity must be one of {POLARITIES}, not {polarity!r}")
+    if polarity == "auto":
+        polarity = image_polarity(image)
+    if polarity == "light_on_dark":
+        return image.max(axis=2).astype(np.uint8)
+    return stain_darkness(image)
+
+
 def _strength_map(values: np.ndarray, *, low: float, thr: float, high: float) -> np.ndarray:
     """Piecewise-linear map ``low -> 0``, ``thr -> 0.5``, ``high -> 1`` (clipped)."""
     v = values.astype(np.float32)
@@ -89,8 +119,11 @@ def foreground_from_colour(
     blur_sigma: float = 1.0,
     min_contrast: float = 12.0,
     fill_holes: bool = True,
+    polarity: str = "auto",
 ) -> Foreground:
-    """Foreground by Otsu's threshold on the (square-rooted) stain darkness.
+    """Foreground by Otsu's threshold on the (square-rooted) stain darkness (brightfield), or
+    on the brightest channel for glowing objects on a dark background (``polarity``, detected
+    by :func:`image_polarity` when ``"auto"``).
 
     Otsu runs on ``sqrt(darkness)``: darkness has a long tail of dark nuclei,
     which pulls a plain Otsu split up between cytoplasm and nucleus and loses
@@ -100,7 +133,7 @@ def foreground_from_colour(
     differ by less than that in mean darkness there is nothing to segment, and
     Otsu would otherwise cut the background noise in two.
     """
-    dark = stain_darkness(image)
+    dark = object_signal(image, polarity)
     if blur_sigma > 0:
         # Smoothing first keeps the threshold from fraying cell edges into noise.
         dark = cv2.GaussianBlur(dark, (0, 0), sigmaX=float(blur_sigma))
@@ -178,6 +211,8 @@ class ClassicalSettings:
     ``blur_sigma``, ``min_contrast``: colour foreground (no model given).
     ``prob_threshold``: a probability in (0, 1) or ``"otsu"`` for probability maps.
     ``fill_holes``: fill holes of the foreground (pale nuclei, glare).
+    ``polarity``: ``"auto"`` (detected per image), ``"dark_on_light"`` (stained, brightfield)
+    or ``"light_on_dark"`` (fluorescence) for the colour foreground.
     """
 
     min_area: int = 30
@@ -186,6 +221,7 @@ class ClassicalSettings:
     min_contrast: float = 12.0
     prob_threshold: float | str = 0.5
     fill_holes: bool = True
+    polarity: str = "auto"
 
     def __post_init__(self) -> None:
         self._set("min_area", setting_int("min_area", self.min_area, lo=0))
@@ -208,6 +244,7 @@ class ClassicalSettings:
                 ),
             )
         self._set("fill_holes", setting_bool("fill_holes", self.fill_holes))
+        self._set("polarity", setting_choice("polarity", self.polarity, POLARITIES))
 
     def _set(self, name: str, value: Any) -> None:
         # Frozen dataclass: normalised values are written back once, here.
@@ -240,6 +277,7 @@ class ClassicalBackend(SegmentationBackend):
             blur_sigma=cfg.blur_sigma,
             min_contrast=cfg.min_contrast,
             fill_holes=cfg.fill_holes,
+            polarity=cfg.polarity,
         )
         return self._run(image, fg, None, {"foreground": time.perf_counter() - t0}, t0)
 

@@ -210,3 +210,38 @@ def test_synthetic_field_quality() -> None:
     # Overlapping clusters stay partly merged (a known weakness of this baseline).
     assert len(pred.instances) >= 10
     assert best_match_precision(pred.instances, field.label_map(), threshold=0.7) >= 0.6  # 0.72
+
+
+def _fluorescence(seed: int = 5) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Nuclei glowing blue on a near-black background (DAPI-like), with shot noise."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((96, 128, 3), np.float32)
+    img[:] = (6.0, 8.0, 14.0)
+    discs = []
+    for cx, cy, r in ((30, 30, 11), (80, 28, 9), (60, 66, 12), (104, 70, 8)):
+        m = _disc(img, cx, cy, r, (30, 60, 210))
+        discs.append(m)
+    return _u8(img + rng.normal(0, 3.0, img.shape)), discs
+
+
+def test_fluorescence_polarity_is_detected() -> None:
+    """Bright objects on a dark field: stain darkness would make the background the object."""
+    from cytoseg.backends.foreground import image_polarity
+
+    img, discs = _fluorescence()
+    truth = np.logical_or.reduce(discs)
+    assert image_polarity(img) == "light_on_dark" and image_polarity(_u8(_canvas())) == "dark_on_light"
+    fg = foreground_from_colour(img)
+    assert _dice(fg.mask, truth) >= 0.95
+    # forcing the brightfield reading reproduces the old failure: one blob over the background
+    wrong = foreground_from_colour(img, polarity="dark_on_light")
+    assert wrong.mask.mean() > 0.8
+    backend = WatershedBackend(artifacts=None, settings={"erythrocyte_filter": "off"}, device="cpu")
+    found = backend.predict(img).instances
+    assert len(found) == 4 and all(int(i.mask.sum()) < 600 for i in found)
+    forced = WatershedBackend(
+        artifacts=None, settings={"erythrocyte_filter": "off", "polarity": "light_on_dark"}, device="cpu"
+    )
+    assert len(forced.predict(img).instances) == 4
+    with pytest.raises(BackendError):
+        WatershedBackend(artifacts=None, settings={"polarity": "sideways"}, device="cpu")

@@ -255,20 +255,25 @@ def cellpose_train(
         train_losses.append(train_loss)
 
         last = epoch == cfg.n_epochs - 1
-        if last and cfg.bn_recalibrate_batches > 0:
+        validate = bool(val_x) and (last or (epoch + 1) % max(1, cfg.val_every) == 0)
+        if (last or validate) and cfg.bn_recalibrate_batches > 0:
+            # In eval mode BatchNorm uses its running statistics, which lag far behind the
+            # weights early on: validating without this gave losses like 4.9e6 for a network
+            # that, recalibrated as it is before saving, predicts well.
             report({"phase": "train", "step": "bn_recalibrate", "epoch": epoch, "epochs": cfg.n_epochs})
             _bn_recalibrate(net, train_x, train_flows, diam_train, diam_mean, cfg, scale_range, torch_device)
         val_loss = float("nan")
-        if val_x and (last or (epoch + 1) % max(1, cfg.val_every) == 0):
+        if validate:
             val_loss = _val_loss(net, val_x, val_flows, diam_val, diam_mean, cfg, scale_range, torch_device)
         val_losses.append(val_loss)
         point = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "val_loss": val_loss,
             "lr": float(lr_schedule[epoch]),
             "seconds": time.perf_counter() - t_epoch,
         }
+        if validate:  # epochs without validation carry no val_loss (not NaN)
+            point["val_loss"] = val_loss
         curves.append(point)
         report({"phase": "epoch", "epochs": cfg.n_epochs, **point})
         if not last:

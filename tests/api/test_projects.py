@@ -21,6 +21,43 @@ def test_staff_creates_project_with_default_classes_and_becomes_admin() -> None:
     assert body["my_role"] == "admin" and body["experts_required"] == 2
 
 
+def test_project_created_with_its_own_classes() -> None:
+    from annotations.models import Project
+
+    staff = UserFactory(is_staff=True)
+    client = client_for(staff)
+    classes = [
+        {"name": "follicular cell", "color": "#112233"},
+        {"name": "RBC", "model_label": 2},
+        {"name": "lymphocyte", "model_label": 1},
+    ]
+    response = client.post("/api/v1/projects", {"name": "Own classes", "classes": classes}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()["classes"]
+    assert [(c["name"], c["model_label"], c["order"]) for c in body] == [
+        ("follicular cell", 1, 0),
+        ("RBC", 2, 1),
+        ("lymphocyte", 1, 2),
+    ]
+    assert body[0]["color"] == "#112233" and len({c["color"] for c in body}) == 3  # distinct defaults
+    # refused, naming the entry, and no project is created
+    count = Project.objects.count()
+    for bad, field in (
+        ([{"name": "a"}, {"name": "A"}], "classes.1.name"),
+        ([{"name": "a", "color": "red"}], "classes.0.color"),
+        ([{"name": "a", "model_label": 3}], "classes"),
+        ([{"color": "#112233"}], "classes"),
+        ([], "classes"),
+    ):
+        response = client.post("/api/v1/projects", {"name": "x", "classes": bad}, format="json")
+        assert response.status_code == 400, bad
+        assert field in response.json()["errors"], response.json()
+    # a field the endpoint does not read is a 400, not silently dropped
+    response = client.post("/api/v1/projects", {"name": "x", "labels": ["a"]}, format="json")
+    assert response.status_code == 400 and response.json()["errors"] == {"labels": ["unknown field"]}
+    assert Project.objects.count() == count
+
+
 def test_non_staff_cannot_create_project(annotator: Any) -> None:
     assert client_for(annotator).post("/api/v1/projects", {"name": "x"}, format="json").status_code == 403
 

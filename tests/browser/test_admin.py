@@ -182,7 +182,7 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
     assert page.locator(f"tr[data-version='{v2.pk}'] td.best").count() >= 7  # best on every metric
     # each value with its 95% bootstrap interval, the raw-mask figure on hover; who pre-segments now
     dice = page.locator(f"tr[data-version='{v2.pk}'] td[data-metric=dice]")
-    assert dice.locator(".ci").inner_text() == "0.740–0.810"
+    assert dice.locator(".ci").inner_text() == "0.740\u20130.810"  # an en dash between the bounds
     assert "raw masks (before they became polygons): 0.790" in (dice.get_attribute("title") or "")
     assert page.locator(f"tr[data-version='{v1.pk}'] .presegmenter").count() == 1
     assert page.locator("table.registry .presegmenter").count() == 1

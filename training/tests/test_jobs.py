@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db
 CELLPOSE_FAST = {
     "preset": "tiny",
     "device": "cpu",
-    "cellpose": {"n_epochs": 3, "bsize": 64, "bn_recalibrate_batches": 1},
+    "cellpose": {"n_epochs": 3, "bsize": 64, "bn_recalibrate_batches": 1, "val_every": 2},
 }
 
 
@@ -106,7 +106,12 @@ def test_cellpose_job_trains_registers_evaluates_and_promotes(enqueued: Any, var
     assert job.task_id == "task-1" and job.worker_pid and job.started_at and job.finished_at
     assert job.resolved_config["cellpose"]["n_epochs"] == 3 and job.resolved_config["cellpose"]["batch_size"] == 4
     assert [p["epoch"] for p in job.curves["cellpose"]] == [0, 1, 2]
-    assert {"train_loss", "val_loss", "lr"} <= set(job.curves["cellpose"][0])
+    # validation only every 2nd epoch and the last; epochs without it carry no val_loss (not NaN),
+    # and with BatchNorm recalibrated first the value is a plausible loss, not millions
+    first, second, third = job.curves["cellpose"]
+    assert {"train_loss", "lr"} <= set(first) and "val_loss" not in first
+    assert all(0 < p["val_loss"] < 100 for p in (second, third))
+    assert "nan" not in job.log.lower()
     assert job.progress["stage"] == "done" and job.timings["cellpose"] > 0
     assert "cellpose epoch 3/3" in job.log and "succeeded" in job.log
     version = ModelVersion.objects.get(job=job)

@@ -1396,6 +1396,12 @@ export interface components {
             /** Format: date-time */
             readonly created_at: string;
         };
+        /**
+         * @description * `1` - 1
+         *     * `2` - 2
+         * @enum {integer}
+         */
+        ModelLabelEnum: 1 | 2;
         ModelVersionDetailOut: {
             readonly id: number;
             project: number;
@@ -1495,7 +1501,11 @@ export interface components {
             last_check_at?: string | null;
             last_check?: unknown;
         };
-        PatchedProjectInRequest: {
+        /**
+         * @description A request body whose unknown fields are a 400 naming them, not silently dropped (a
+         *     client that sends ``classes`` where none are read must hear so).
+         */
+        PatchedProjectUpdateInRequest: {
             name?: string;
             /** @default  */
             description?: string;
@@ -1589,6 +1599,23 @@ export interface components {
          * @enum {string}
          */
         PresegmentStatusEnum: "none" | "queued" | "running" | "done" | "failed";
+        ProjectClassInRequest: {
+            name: string;
+            /** @description #rrggbb; a distinct default if left out. */
+            color?: string;
+            /**
+             * @description What the models call it: 1 cell, 2 erythrocyte.
+             *
+             *     * `1` - 1
+             *     * `2` - 2
+             * @default 1
+             */
+            model_label?: components["schemas"]["ModelLabelEnum"];
+        };
+        /**
+         * @description A request body whose unknown fields are a 400 naming them, not silently dropped (a
+         *     client that sends ``classes`` where none are read must hear so).
+         */
         ProjectInRequest: {
             name: string;
             /** @default  */
@@ -1606,6 +1633,8 @@ export interface components {
             pipeline?: {
                 [key: string]: unknown;
             };
+            /** @description The project's cell classes (default: thyroid cell and erythrocyte). */
+            classes?: components["schemas"]["ProjectClassInRequest"][];
         };
         ProjectOut: {
             readonly id: number;
@@ -2815,9 +2844,9 @@ export interface operations {
         };
         requestBody?: {
             content: {
-                "application/json": components["schemas"]["PatchedProjectInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedProjectInRequest"];
-                "multipart/form-data": components["schemas"]["PatchedProjectInRequest"];
+                "application/json": components["schemas"]["PatchedProjectUpdateInRequest"];
+                "application/x-www-form-urlencoded": components["schemas"]["PatchedProjectUpdateInRequest"];
+                "multipart/form-data": components["schemas"]["PatchedProjectUpdateInRequest"];
             };
         };
         responses: {
