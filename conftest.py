@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures more than one test folder uses (a folder's own conftest may override them).
+pytest_plugins = ("tests.fixtures",)
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("CI", "").lower() != "true":

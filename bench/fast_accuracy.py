@@ -190,17 +190,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     folders: dict[str, Path] = {}
     training: dict[str, Any] = {}
+    base_recipe = pt.RECIPES["base"]
     for key, s in (("paper", setup), ("fast", fast_setup)):
-        nn_folder = models / f"nnunet-{pt.config_hash(s.data_key, s.nnunet.to_dict())}"
+        # keyed as paper_table keys its base recipe, so the paper configuration's model is shared
+        nn_folder = models / f"nnunet-{pt.config_hash(s.data_key, pt.config_key(s.nnunet), base_recipe.clusters)}"
         if not pt.cached(nn_folder, args.reuse):
-            pt.train_nnunet(s, data, nn_folder, device)
+            pt.train_nnunet(s.nnunet, data["train"], data["val"], nn_folder, device)
         folders[f"nnunet_{key}"] = nn_folder
     for scale in sorted({v.scale for v in variants}, reverse=True):
         s = copy.deepcopy(setup)
         s.cellpose.network_scale = scale
-        cp_folder = models / f"cellpose-{pt.config_hash(s.data_key, s.cellpose.to_dict(), s.cellpose_cells_only)}"
+        cp_key = pt.config_hash(s.data_key, pt.config_key(s.cellpose), base_recipe.cells_only, base_recipe.clusters)
+        cp_folder = models / f"cellpose-{cp_key}"
         if not pt.cached(cp_folder, args.reuse):
-            pt.train_cellpose(s, data, cp_folder, device)
+            pt.train_cellpose(s.cellpose, base_recipe.cells_only, data["train"], data["val"], cp_folder, device)
         folders[f"cellpose_{scale}"] = cp_folder
     for name, folder in folders.items():
         info = json.loads((folder / "DONE.json").read_text())

@@ -31,14 +31,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+from scipy import ndimage as ndi
 
 from cytoseg.contours import polygon_rasterize
 
 __all__ = [
+    "BOUNDARY",
+    "CORE",
     "LABELS",
+    "LABELS_WITH_BOUNDARY",
+    "LABELS_WITH_CORE",
     "DatasetCase",
     "cellpose_dataset_files",
     "cellpose_dataset_write",
+    "core_label_map",
     "instance_label_map",
     "nnunet_raw_dataset_files",
     "nnunet_raw_dataset_write",
@@ -47,6 +53,16 @@ __all__ = [
 
 # Semantic ids of the platform (docs/architecture.md) as nnU-Net label names.
 LABELS: dict[str, int] = {"background": 0, "cell": 1, "erythrocyte": 2}
+# nnU-Net trained with a cell-boundary class (interior / boundary / background, paper-style
+# three-class targets): the inner rim of every cell is its own class, so touching and
+# overlapping cells come apart where their rims run. Only for training targets; everything
+# the platform stores or exports stays 0/1/2.
+BOUNDARY = 3
+LABELS_WITH_BOUNDARY: dict[str, int] = {**LABELS, "boundary": BOUNDARY}
+# ... or with a cell-core class instead: the middle of every cell (where nuclei sit), one blob
+# per cell, easier to learn than a thin rim and the seed the instances grow from.
+CORE = 3
+LABELS_WITH_CORE: dict[str, int] = {**LABELS, "core": CORE}
 SPLITS = ("train", "validation", "test")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -103,6 +119,52 @@ def semantic_label_map(
     out = np.zeros((height, width), dtype=np.uint8)
     for points, label in zip(polygons, labels, strict=True):
         _paint(out, points, int(label))
+    return out
+
+
+def boundary_label_map(semantic: np.ndarray, cell_instances: np.ndarray, *, width: int = 2) -> np.ndarray:
+    """``semantic`` (0/1/2) with the inner rim of every cell, ``width`` pixels wide, set to
+    :data:`BOUNDARY` (3): a cell pixel is rim when a pixel of another instance or of the
+    background lies within ``width`` pixels (a disc). The image border is not a rim."""
+    sem = np.asarray(semantic).astype(np.uint8)
+    inst = np.asarray(cell_instances).astype(np.int32)
+    if sem.shape != inst.shape:
+        raise ValueError(f"semantic {sem.shape} and instances {inst.shape} differ in shape")
+    if width <= 0:
+        return sem.copy()
+    yy, xx = np.mgrid[-width : width + 1, -width : width + 1]
+    disc = (xx * xx + yy * yy) <= width * width
+    low = ndi.minimum_filter(inst, footprint=disc, mode="nearest")
+    high = ndi.maximum_filter(inst, footprint=disc, mode="nearest")
+    rim = (inst > 0) & ((low != inst) | (high != inst)) & (sem == LABELS["cell"])
+    out = sem.copy()
+    out[rim] = BOUNDARY
+    return out
+
+
+def core_label_map(semantic: np.ndarray, cell_instances: np.ndarray, *, fraction: float = 0.4) -> np.ndarray:
+    """``semantic`` (0/1/2) with the core of every cell set to :data:`CORE` (3): the pixels at
+    least ``fraction`` of the cell's largest inner distance away from its edge (distance to the
+    nearest pixel outside the instance, the image border not counting as outside)."""
+    sem = np.asarray(semantic).astype(np.uint8)
+    inst = np.asarray(cell_instances).astype(np.int32)
+    if sem.shape != inst.shape:
+        raise ValueError(f"semantic {sem.shape} and instances {inst.shape} differ in shape")
+    out = sem.copy()
+    if fraction <= 0:
+        return out
+    for index, sl in enumerate(ndi.find_objects(inst), start=1):
+        if sl is None:
+            continue
+        # one pixel of margin so that the crop's edge counts as outside, unless it is the image's
+        rows = slice(max(sl[0].start - 1, 0), min(sl[0].stop + 1, inst.shape[0]))
+        cols = slice(max(sl[1].start - 1, 0), min(sl[1].stop + 1, inst.shape[1]))
+        mask = inst[rows, cols] == index
+        padded = np.pad(mask, 1, mode="edge")  # the image border is not an edge of the cell
+        padded[1:-1, 1:-1] = mask
+        depth = ndi.distance_transform_edt(padded)[1:-1, 1:-1]
+        core = mask & (depth >= fraction * float(depth.max())) & (sem[rows, cols] == LABELS["cell"])
+        out[rows, cols][core] = CORE
     return out
 
 

@@ -71,6 +71,10 @@ def _fast_points(raw: object, max_vertices: int) -> np.ndarray | None:
     that explains exactly what is wrong."""
     if not isinstance(raw, list) or not 3 <= len(raw) <= max_vertices:
         return None
+    # numpy would read true / false as 1 / 0: a boolean is not a coordinate (one such polygon,
+    # once stored, used to make every COCO export of its project fail)
+    if any(type(v) is bool for point in raw if isinstance(point, (list, tuple)) for v in point):
+        return None
     try:
         array = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError):
@@ -139,6 +143,9 @@ def polygon_clean(raw: object, *, width: int, height: int, max_vertices: int) ->
     )
 
 
+_NUMBERS = (int, float)
+
+
 def _batch_parse(raws: list[object], max_vertices: int) -> tuple[np.ndarray, np.ndarray] | None:
     """All polygons' vertices in one float array plus each polygon's vertex count, when every
     polygon is a plain list of [x, y] number pairs; None otherwise (then each is parsed alone).
@@ -148,7 +155,12 @@ def _batch_parse(raws: list[object], max_vertices: int) -> tuple[np.ndarray, np.
     """
     if not all(isinstance(r, list) and 3 <= len(r) <= max_vertices for r in raws):
         return None
-    if not all(type(point) is list and len(point) == 2 for r in raws for point in r):  # type: ignore[attr-defined]
+    # Exact types: a bool is an int to Python and a number to numpy, but not a coordinate.
+    if not all(
+        type(point) is list and len(point) == 2 and type(point[0]) in _NUMBERS and type(point[1]) in _NUMBERS
+        for r in raws
+        for point in r  # type: ignore[attr-defined]
+    ):
         return None
     sizes = np.fromiter((len(r) for r in raws), dtype=np.int64, count=len(raws))  # type: ignore[arg-type]
     try:

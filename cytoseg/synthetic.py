@@ -27,6 +27,7 @@ stay exact: every one is the geometric shape that was painted.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -455,28 +456,39 @@ def generate_field(
     def uniform_centre() -> tuple[float, float]:
         return float(rng.uniform(0.0, width)), float(rng.uniform(0.0, height))
 
-    def place_cell(anchors: list[tuple[float, float, float]] | None) -> None:
-        radius = float(rng.uniform(*CELL_RADIUS_RANGE))
-        table = _radius_table(rng, radius, min_aspect=0.6, wobble=0.1)
+    def find_spot(
+        table: np.ndarray, radius: float, anchors: Sequence[tuple[float, float, float]], spacing: tuple[float, float]
+    ) -> tuple[_Shape, tuple[slice, slice, np.ndarray]] | None:
+        """A placement of the shape: first next to one of ``anchors`` (at ``spacing`` times the
+        two radii), then anywhere; None when every try breaks the visibility rule."""
         for attempt in range(_PLACEMENT_TRIES * 2):
             if anchors and attempt < _PLACEMENT_TRIES:
                 ax, ay, ar = anchors[int(rng.integers(len(anchors)))]
-                # From strong overlap to touching.
-                d = (ar + radius) * rng.uniform(*cluster_spacing)
+                d = (ar + radius) * rng.uniform(*spacing)
                 ang = rng.uniform(0.0, 2.0 * math.pi)
                 cx, cy = ax + d * math.cos(ang), ay + d * math.sin(ang)
             else:
                 cx, cy = uniform_centre()
             shape = _rasterise(cx, cy, table)
             placed = canvas.try_place(shape)
-            if placed is None:
-                continue
-            canvas.commit(CELL, *placed)
-            canvas.paint(shape, _cell_od(rng, shape, radius, stain))
-            canvas.centres.append((cx, cy, radius))
-            if anchors is not None:
-                anchors.append((cx, cy, radius))
+            if placed is not None:
+                return shape, placed
+        return None
+
+    def place_cell(anchors: list[tuple[float, float, float]] | None) -> None:
+        radius = float(rng.uniform(*CELL_RADIUS_RANGE))
+        table = _radius_table(rng, radius, min_aspect=0.6, wobble=0.1)
+        # From strong overlap to touching.
+        spot = find_spot(table, radius, anchors or [], cluster_spacing)
+        if spot is None:
             return
+        shape, placed = spot
+        canvas.commit(CELL, *placed)
+        canvas.paint(shape, _cell_od(rng, shape, radius, stain))
+        centre = (shape.cx, shape.cy, radius)
+        canvas.centres.append(centre)
+        if anchors is not None:
+            anchors.append(centre)
 
     def place_erythrocyte() -> None:
         radius = float(rng.uniform(*ERYTHROCYTE_RADIUS_RANGE))
@@ -484,21 +496,12 @@ def generate_field(
         faint = bool(rng.random() < faint_erythrocyte_fraction)
         # About a third lean against a cell: the hard case for models.
         near_cell = bool(canvas.centres) and rng.random() < 0.35
-        for attempt in range(_PLACEMENT_TRIES * 2):
-            if near_cell and attempt < _PLACEMENT_TRIES:
-                ax, ay, ar = canvas.centres[int(rng.integers(len(canvas.centres)))]
-                d = (ar + radius) * rng.uniform(0.6, 1.05)
-                ang = rng.uniform(0.0, 2.0 * math.pi)
-                cx, cy = ax + d * math.cos(ang), ay + d * math.sin(ang)
-            else:
-                cx, cy = uniform_centre()
-            shape = _rasterise(cx, cy, table)
-            placed = canvas.try_place(shape)
-            if placed is None:
-                continue
-            canvas.commit(ERYTHROCYTE, *placed)
-            canvas.paint(shape, _erythrocyte_od(rng, shape, stain, faint))
+        spot = find_spot(table, radius, canvas.centres if near_cell else [], (0.6, 1.05))
+        if spot is None:
             return
+        shape, placed = spot
+        canvas.commit(ERYTHROCYTE, *placed)
+        canvas.paint(shape, _erythrocyte_od(rng, shape, stain, faint))
 
     for j in order.tolist():
         kind, size = jobs[j]

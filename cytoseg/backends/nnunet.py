@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from cytoseg.backends.settings import NnUNetSettings
 
 __all__ = [
     "NnUNetBackend",
+    "NnUNetMaps",
     "components_to_instances",
     "folds_available",
     "nnunet_model_folder_find",
@@ -172,6 +174,17 @@ def components_to_instances(
     return out
 
 
+@dataclass
+class NnUNetMaps:
+    """One network run: ``semantic`` (H, W) 0/1/2, ``probabilities`` (3, H, W), and ``boundary``
+    (rim) or ``core`` probability (H, W) for a model with that class, else None."""
+
+    semantic: np.ndarray
+    probabilities: np.ndarray
+    boundary: np.ndarray | None = None
+    core: np.ndarray | None = None
+
+
 class NnUNetBackend(SegmentationBackend):
     """nnU-Net v2 2D model: semantic map 0/1/2 plus per-class connected components."""
 
@@ -209,19 +222,42 @@ class NnUNetBackend(SegmentationBackend):
             raise BackendError(f"nnunet: cannot load {self.model_folder}: {exc}") from exc
         self.instances_mode = cfg.instances
         self.min_instance_area = cfg.min_instance_area
+        labels = json.loads((self.model_folder / "dataset.json").read_text()).get("labels", {})
+        # A model trained with a fourth class that tells cells apart (cytoseg.datasets):
+        # their rim ("boundary") or their core ("core"); both are parts of the cell class.
+        self.boundary_label: int | None = labels.get("boundary")
+        self.core_label: int | None = labels.get("core")
 
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Softmax map (C, H, W) float32 of an (H, W, 3) uint8 RGB image (C = 3)."""
-        _, probs = self._run(image)
-        return probs
+        """Softmax map (3, H, W) float32 (background, cell, erythrocyte) of an (H, W, 3) uint8
+        RGB image; a cell-rim class, where the model has one, is counted as cell."""
+        return self.predict_maps(image).probabilities
 
-    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_maps(self, image: np.ndarray) -> NnUNetMaps:
+        """Semantic map (0/1/2), class probabilities (3, H, W) and, for a model with a cell-rim
+        or cell-core class, that class's probability (H, W), from one network run."""
         img = image_check(image)
         # (C, 1, H, W): the layout NaturalImage2DIO gives nnU-Net for RGB PNGs
         data = np.ascontiguousarray(img.transpose(2, 0, 1)[:, None].astype(np.float32))
-        seg, probs = self.predictor.predict_single_npy_array(data, dict(_SPACING), None, None, True)
+        seg, raw = self.predictor.predict_single_npy_array(data, dict(_SPACING), None, None, True)
         semantic = np.asarray(seg)[0].astype(np.uint8)
-        return semantic, np.asarray(probs, dtype=np.float32)[:, 0]
+        probs = np.asarray(raw, dtype=np.float32)[:, 0]
+        extra: dict[str, np.ndarray | None] = {"boundary": None, "core": None}
+        for name, label in (("boundary", self.boundary_label), ("core", self.core_label)):
+            if label is not None:
+                extra[name] = probs[label].copy()
+                semantic[semantic == label] = 1
+        if extra["boundary"] is not None or extra["core"] is not None:
+            merged = probs[:3].copy()
+            for part in extra.values():
+                if part is not None:
+                    merged[1] += part
+            probs = merged
+        return NnUNetMaps(semantic=semantic, probabilities=probs, boundary=extra["boundary"], core=extra["core"])
+
+    def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps = self.predict_maps(image)
+        return maps.semantic, maps.probabilities
 
     def predict_with_probabilities(self, image: np.ndarray) -> tuple[Prediction, np.ndarray]:
         """:meth:`predict` and the softmax map from a single network run."""

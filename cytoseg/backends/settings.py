@@ -37,6 +37,8 @@ __all__ = [
 # File names inside a model folder; a name, never a path.
 NNUNET_CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 ERYTHROCYTE_MODES = ("label", "suppress")
+# How the two-stage backend combines its models (cytoseg.backends.combine).
+COMBINE_MODES = ("filter", "assign")
 
 
 def path_setting() -> Any:
@@ -199,6 +201,14 @@ class TwoStageSettings(_Settings):
     filter on top of nnU-Net's classes. ``crop_to_foreground``: cut kept masks to the
     foreground. ``restrict_masks``: run Cellpose's dynamics only on nnU-Net foreground dilated
     by ``restrict_margin`` pixels.
+    ``combine``: how the two are combined (``cytoseg.backends.combine``): ``"filter"`` keeps
+    Cellpose's masks and lets nnU-Net drop and classify them; ``"assign"`` keeps nnU-Net's
+    foreground and classes and lets the instances split it (Cellpose's flows followed inside
+    nnU-Net's cells, nnU-Net's cell interiors where the model has a rim class, growth by at most
+    ``grow_radius`` px, unclaimed foreground a new cell when it is at least ``new_min_area`` px,
+    ``new_min_solidity`` solid and at most ``new_max_elongation`` long for its width;
+    erythrocytes from nnU-Net's class split by ``erythrocyte_radius``). ``min_fg_fraction``,
+    ``crop_to_foreground`` and ``restrict_*`` apply to ``"filter"``.
     ``nnunet_model_folder`` / ``cellpose_model_file`` (paths): models instead of the artifacts.
     """
 
@@ -212,8 +222,20 @@ class TwoStageSettings(_Settings):
     crop_to_foreground: bool = False
     restrict_masks: bool = False
     restrict_margin: int = 3
+    combine: str = "assign"
+    grow_radius: float = 4.0
+    new_min_area: int = 60
+    new_min_solidity: float = 0.9
+    new_max_elongation: float = 2.5
+    erythrocyte_radius: float = 4.0
 
     def __post_init__(self) -> None:
+        self._set("combine", setting_choice("combine", self.combine, COMBINE_MODES))
+        self._set("grow_radius", setting_float("grow_radius", self.grow_radius, lo=0.0, hi=100.0))
+        self._set("new_min_area", setting_int("new_min_area", self.new_min_area, lo=1))
+        self._set("new_min_solidity", setting_float("new_min_solidity", self.new_min_solidity, lo=0.0, hi=1.0))
+        self._set("new_max_elongation", setting_float("new_max_elongation", self.new_max_elongation, lo=1.0, hi=100.0))
+        self._set("erythrocyte_radius", setting_float("erythrocyte_radius", self.erythrocyte_radius, lo=0.5, hi=100.0))
         self._set("nnunet_model_folder", setting_path("nnunet_model_folder", self.nnunet_model_folder))
         self._set("cellpose_model_file", setting_path("cellpose_model_file", self.cellpose_model_file))
         self._set("nnunet", _nested("nnunet", self.nnunet, NnUNetSettings))

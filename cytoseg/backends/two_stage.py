@@ -1,9 +1,12 @@
 """Paper A's two-stage model: nnU-Net v2 foreground + Cellpose 3 instances.
 
 nnU-Net's semantic map (0 background / 1 cell / 2 erythrocyte) decides where
-cells are; Cellpose separates them into instances. Cellpose instances lying
-mostly on nnU-Net background are dropped, and each kept instance takes the
-majority nnU-Net class under it (see :func:`two_stage_filter`).
+cells are; Cellpose separates them into instances. The setting ``combine`` picks
+the rule (``cytoseg.backends.combine``): ``"assign"`` keeps nnU-Net's foreground and
+classes and splits the cells by Cellpose's flows (and nnU-Net's cell interiors, for a
+model with a rim class); ``"filter"``, the first rule, keeps Cellpose's masks, drops
+those lying mostly on nnU-Net background, and gives each kept one the majority
+nnU-Net class under it (see :func:`two_stage_filter`).
 
 Artifacts: a folder with ``nnunet/`` (an nnU-Net model folder) and ``cellpose/``
 (``cellpose.pth`` + ``cellpose.json``) subfolders. Settings:
@@ -11,7 +14,8 @@ Artifacts: a folder with ``nnunet/`` (an nnU-Net model folder) and ``cellpose/``
 Cellpose's flow dynamics only on nnU-Net foreground dilated by ``restrict_margin``
 pixels: less work on sparse fields).
 
-Timings: ``nnunet``, ``cellpose_net``, ``cellpose_masks``, ``filter``.
+Timings: ``nnunet``, ``cellpose_net``, ``cellpose_masks`` (with ``assign``: the masks and
+the combination), ``filter``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -32,7 +36,12 @@ from cytoseg.backends.base import (
     SegmentationBackend,
     image_check,
 )
+from cytoseg.backends.combine import AssignParams, combine_assign
 from cytoseg.backends.settings import ERYTHROCYTE_MODES, TwoStageSettings
+
+if TYPE_CHECKING:  # the backends import torch: only their types are needed here
+    from cytoseg.backends.cellpose import CellposeOutputs
+    from cytoseg.backends.nnunet import NnUNetMaps
 
 __all__ = ["TwoStageBackend", "two_stage_filter"]
 
@@ -135,36 +144,58 @@ class TwoStageBackend(SegmentationBackend):
         self.crop_to_foreground = cfg.crop_to_foreground
         self.restrict_masks = cfg.restrict_masks
         self.restrict_margin = cfg.restrict_margin
+        self.combine_mode = cfg.combine
+        self.assign_params = AssignParams(
+            grow_radius=cfg.grow_radius,
+            new_min_area=cfg.new_min_area,
+            new_min_solidity=cfg.new_min_solidity,
+            new_max_elongation=cfg.new_max_elongation,
+            erythrocyte_radius=cfg.erythrocyte_radius,
+        )
 
     def predict(self, image: np.ndarray) -> Prediction:
-        """nnU-Net semantic map, Cellpose instances, the two-stage filter."""
+        """nnU-Net maps, Cellpose's network, then the combination rule (``combine``)."""
         img = image_check(image)
         t0 = time.perf_counter()
-        semantic = self.nnunet.predict(img).semantic
-        assert semantic is not None
+        maps = self.nnunet.predict_maps(img)
         t1 = time.perf_counter()
         outputs = self.cellpose.network(img)
         t2 = time.perf_counter()
-        region = None
-        if self.restrict_masks:
-            region = semantic > 0
-            if self.restrict_margin > 0:
-                region = ndi.binary_dilation(region, iterations=self.restrict_margin)
-        masks = self.cellpose.masks(outputs, foreground=region)
-        instances = self.cellpose.instances(masks, outputs)
-        t3 = time.perf_counter()
-        kept = self.combine(img, instances, semantic)
-        t4 = time.perf_counter()
+        if self.combine_mode == "assign":
+            kept = self.assign(img, maps, outputs)
+            t3 = t4 = time.perf_counter()
+            stages = {"cellpose_masks": t3 - t2, "assign": 0.0}
+        else:
+            region = None
+            if self.restrict_masks:
+                region = maps.semantic > 0
+                if self.restrict_margin > 0:
+                    region = ndi.binary_dilation(region, iterations=self.restrict_margin)
+            masks = self.cellpose.masks(outputs, foreground=region)
+            instances = self.cellpose.instances(masks, outputs)
+            t3 = time.perf_counter()
+            kept = self.combine(img, instances, maps.semantic)
+            t4 = time.perf_counter()
+            stages = {"cellpose_masks": t3 - t2, "filter": t4 - t3}
         return Prediction(
             instances=kept,
-            semantic=semantic,
-            timings={
-                "nnunet": t1 - t0,
-                "cellpose_net": t2 - t1,
-                "cellpose_masks": t3 - t2,
-                "filter": t4 - t3,
-            },
+            semantic=maps.semantic,
+            timings={"nnunet": t1 - t0, "cellpose_net": t2 - t1, **stages},
         )
+
+    def assign(self, image: np.ndarray, maps: NnUNetMaps, outputs: CellposeOutputs) -> list[Instance]:
+        """The ``"assign"`` rule: Cellpose's flows followed inside nnU-Net's cell foreground,
+        then :func:`cytoseg.backends.combine.combine_assign` (and the colour filter, if on)."""
+        masks = self.cellpose.masks(outputs, foreground=maps.semantic == 1)
+        kept = combine_assign(
+            masks,
+            maps.semantic,
+            cell_probability=maps.probabilities[1],
+            boundary=maps.boundary,
+            core=maps.core,
+            params=self.assign_params,
+        )
+        return self._finish(image, kept)
 
     def combine(self, image: np.ndarray, instances: Sequence[Instance], semantic: np.ndarray) -> list[Instance]:
         """Apply the two-stage filter (and the optional colour filter) to instances."""
@@ -175,6 +206,9 @@ class TwoStageBackend(SegmentationBackend):
             erythrocytes="label",
             crop_to_foreground=self.crop_to_foreground,
         )
+        return self._finish(image, kept)
+
+    def _finish(self, image: np.ndarray, kept: list[Instance]) -> list[Instance]:
         if self.colour_filter and kept:
             # lazy: a module of another author, only needed when the option is on
             from cytoseg.backends.colour_filter import colour_filter_labels

@@ -214,3 +214,51 @@ def test_folds_available(tmp_path: Path) -> None:
     (tmp_path / "fold_2").mkdir()  # no checkpoint
     assert folds_available(tmp_path, "checkpoint_final.pth") == [0, 1]
     assert folds_available(tmp_path, "checkpoint_best.pth") == []
+
+
+def test_rim_class_and_stain_copies_reach_the_data_set_and_the_backend(tmp_path: Path) -> None:
+    """seed_class "rim" trains a fourth class (the cells' rim); stain copies add training images.
+    The backend still answers 0/1/2 and three probabilities, and gives the rim separately."""
+    from cytoseg.backends.nnunet import NnUNetBackend
+
+    fields = [field(s) for s in (0, 1)]
+    cfg = NnUNetTrainConfig.tiny()
+    cfg.num_epochs, cfg.num_iterations_per_epoch, cfg.num_val_iterations_per_epoch = 1, 2, 1
+    cfg.seed_class = "rim"
+    cfg.stain.copies = 2
+    steps: list[str] = []
+    with pytest.raises(ValueError, match="instance maps"):
+        nnunet_train(
+            images=[f.image for f in fields],
+            semantic_labels=[f.semantic_map() for f in fields],
+            workdir=tmp_path / "refused",
+            config=cfg,
+        )
+    result = nnunet_train(
+        images=[f.image for f in fields],
+        semantic_labels=[f.semantic_map() for f in fields],
+        cell_instances=[np.where(f.semantic_map() == 1, f.label_map(), 0) for f in fields],
+        workdir=tmp_path,
+        config=cfg,
+        device="cpu",
+        progress=lambda info: steps.append(str(info.get("step"))),
+    )
+    raw = next((tmp_path / "nnUNet_raw").iterdir())
+    dataset = json.loads((raw / "dataset.json").read_text())
+    assert dataset["labels"] == {"background": 0, "cell": 1, "erythrocyte": 2, "boundary": 3}
+    assert dataset["numTraining"] == 2 * (1 + 2)  # the originals and two copies each
+    assert "stain_augment" in steps
+    from PIL import Image
+
+    label = np.asarray(Image.open(raw / "labelsTr" / "train_0000.png"))
+    assert set(np.unique(label)) == {0, 1, 2, 3}
+    copy = np.asarray(Image.open(raw / "labelsTr" / "train_0002.png"))
+    assert np.array_equal(copy, label)  # geometry untouched: the copies share the labels
+    backend = NnUNetBackend(artifacts=result.model_folder, settings={"use_mirroring": False}, device="cpu")
+    assert backend.boundary_label == 3
+    maps = backend.predict_maps(fields[0].image)
+    assert set(np.unique(maps.semantic)) <= {0, 1, 2}
+    assert maps.probabilities.shape == (3, *fields[0].image.shape[:2])
+    np.testing.assert_allclose(maps.probabilities.sum(0), 1.0, atol=1e-4)
+    assert maps.boundary is not None and maps.boundary.shape == fields[0].image.shape[:2]
+    assert (maps.boundary <= maps.probabilities[1] + 1e-6).all()  # the rim is part of the cell

@@ -113,7 +113,9 @@ def test_backend_combines_stages(two_stage_artifacts: Path) -> None:
     from cytoseg.backends.two_stage import TwoStageBackend
     from cytoseg.tests.tiny_models import held_out_fields
 
-    backend = TwoStageBackend(artifacts=two_stage_artifacts, settings={"nnunet": NN_FAST}, device="cpu")
+    backend = TwoStageBackend(
+        artifacts=two_stage_artifacts, settings={"nnunet": NN_FAST, "combine": "filter"}, device="cpu"
+    )
     alone = CellposeBackend(artifacts=two_stage_artifacts / "cellpose", settings={}, device="cpu")
     f = held_out_fields()[0]
     pred = backend.predict(f.image)
@@ -129,10 +131,37 @@ def test_backend_combines_stages(two_stage_artifacts: Path) -> None:
     suppressed = TwoStageBackend(
         artifacts=two_stage_artifacts,
         device="cpu",
-        settings={"nnunet": NN_FAST, "erythrocytes": "suppress", "colour_filter": True},
+        settings={"nnunet": NN_FAST, "erythrocytes": "suppress", "colour_filter": True, "combine": "filter"},
     ).predict(f.image)
     assert all(i.label == 1 for i in suppressed.instances)
     assert len(suppressed.instances) <= len(pred.instances)
+
+
+@pytest.mark.ml
+def test_backend_assign_keeps_nnunets_classes_and_foreground(two_stage_artifacts: Path) -> None:
+    """The default rule: every cell lies on nnU-Net's cells and every erythrocyte on its
+    erythrocytes; the foreground is nnU-Net's (up to unclaimed slivers), not Cellpose's."""
+    from cytoseg.backends.two_stage import TwoStageBackend
+    from cytoseg.tests.tiny_models import held_out_fields
+
+    backend = TwoStageBackend(artifacts=two_stage_artifacts, settings={"nnunet": NN_FAST}, device="cpu")
+    assert backend.combine_mode == "assign"
+    f = held_out_fields()[0]
+    pred = backend.predict(f.image)
+    assert {"nnunet", "cellpose_net", "cellpose_masks"} <= set(pred.timings) and "filter" not in pred.timings
+    assert pred.semantic is not None and pred.instances
+    covered = np.zeros(pred.semantic.shape, bool)
+    for inst in pred.instances:
+        h, w = inst.mask.shape
+        under = pred.semantic[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w][inst.mask]
+        assert (under == inst.label).all()
+        region = covered[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w]
+        assert not (region & inst.mask).any()  # no pixel in two instances
+        region |= inst.mask
+    foreground = pred.semantic > 0
+    assert (covered & foreground).sum() >= 0.8 * foreground.sum()
+    with pytest.raises(Exception, match="combine"):
+        TwoStageBackend(artifacts=two_stage_artifacts, settings={"combine": "merge"}, device="cpu")
 
 
 @pytest.mark.ml
@@ -147,6 +176,7 @@ def test_backend_restricted_masks_and_registry(two_stage_artifacts: Path) -> Non
         "nnunet": NN_FAST,
         "restrict_masks": True,
         "crop_to_foreground": True,
+        "combine": "filter",
     }
     backend = backend_get(name="two_stage", artifacts=None, settings=settings, device="cpu")
     try:

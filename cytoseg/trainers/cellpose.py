@@ -34,6 +34,7 @@ import torch
 from cellpose import dynamics, models, transforms, utils
 from cellpose.train import _loss_fn_seg
 
+from cytoseg.stain import augmented_copies
 from cytoseg.trainers import CancelFn, ProgressFn, Trainer, TrainingCancelled, TrainOutcome, TrainRequest
 from cytoseg.trainers.configs import CellposeTrainConfig
 
@@ -150,6 +151,11 @@ def cellpose_train(
         if file_nchan != nchan:
             raise ValueError(f"{initial_model} takes {file_nchan} channels but channels={cfg.channels} gives {nchan}")
 
+    if cfg.stain.copies > 0:
+        report({"phase": "prepare", "step": "stain_augment"})
+        copies = augmented_copies(images, cfg.stain)
+        instance_labels = [*instance_labels, *(lab for lab in instance_labels for _ in range(cfg.stain.copies))]
+        images = [*images, *copies]
     report({"phase": "prepare", "step": "flows"})
     train_x = [cellpose_input(im, cfg.channels).transpose(2, 0, 1) for im in images]
     val_x = [cellpose_input(im, cfg.channels).transpose(2, 0, 1) for im in val_images]

@@ -37,6 +37,27 @@ def _p(default: float) -> Any:
     return spec(default, probability=True)
 
 
+# --------------------------------------------------------------------- stain augmentation
+
+
+@dataclass
+class StainAugmentation:
+    """Augmented copies of the training images (``cytoseg.stain``): ``copies`` per image (0 =
+    off), stain jitter in optical density (``hed``), hue rotation (``hue``, fraction of the
+    colour circle) and saturation (``saturation``), illumination loss up to ``gradient``,
+    defocus up to sigma ``blur`` px, JPEG at a quality in ``jpeg`` with probability ``p_jpeg``."""
+
+    copies: int = spec(0, between=(0, 16))
+    hed: float = spec(0.3, between=(0.0, 1.0))
+    hue: float = spec(0.08, between=(0.0, 0.5))
+    saturation: float = spec(0.3, between=(0.0, 1.0))
+    gradient: float = spec(0.45, between=(0.0, 0.9))
+    blur: float = spec(2.5, between=(0.0, 8.0))
+    jpeg: tuple[int, int] = spec((35, 90), pair_within=(1, 100))
+    p_jpeg: float = _p(0.5)
+    seed: int = 0
+
+
 # --------------------------------------------------------------------- nnU-Net
 
 
@@ -117,6 +138,14 @@ class NnUNetTrainConfig:
     # It names a folder of the job: letters, digits and underscores only.
     dataset_name: str = spec("DiffQuik", pattern=r"[A-Za-z0-9_]{1,50}")
     deep_supervision: bool = True
+    # A fourth class that tells cells apart, where the two-stage combination takes its seeds:
+    # "core", the middle of every cell (pixels at least core_fraction of the cell's largest inner
+    # distance from its edge; cytoseg.datasets.core_label_map), or "rim", its inner rim
+    # rim_width pixels wide (boundary_label_map). "none": the label convention's three classes.
+    seed_class: str = spec("none", choices=("none", "core", "rim"))
+    core_fraction: float = spec(0.4, between=(0.05, 0.95))
+    rim_width: int = spec(2, between=(1, 8))
+    stain: StainAugmentation = field(default_factory=StainAugmentation)
     # Data-augmentation worker processes; 0 runs it in the training process (the only
     # choice inside a daemonic process, forced there).
     num_workers_da: int = 0
@@ -200,6 +229,7 @@ class CellposeTrainConfig:
     # crops after the last epoch. Cellpose's BatchNorm momentum (0.05) needs hundreds
     # of steps for usable running statistics; short runs without this predict nothing.
     bn_recalibrate_batches: int = 0
+    stain: StainAugmentation = field(default_factory=StainAugmentation)
     seed: int = 0
 
     @classmethod
@@ -323,6 +353,10 @@ def _type_problem(hint: Any, value: Any) -> str | None:
 def _rule_problem(rules: Mapping[str, Any], value: Any) -> str | None:
     if value is None:
         return None
+    if "pair_within" in rules:
+        lo, hi = rules["pair_within"]
+        ok = lo <= value[0] <= value[1] <= hi
+        return None if ok else f"must be [low, high] with {lo} <= low <= high <= {hi}"
     if "at_least" in rules and value < rules["at_least"]:
         return f"must be at least {rules['at_least']}"
     if rules.get("probability") and not 0 <= value <= 1:

@@ -54,7 +54,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,8 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from PIL import Image
 from torch._dynamo import OptimizedModule
 
+from cytoseg.datasets import LABELS, LABELS_WITH_BOUNDARY, LABELS_WITH_CORE, boundary_label_map, core_label_map
+from cytoseg.stain import augmented_copies
 from cytoseg.trainers import CancelFn, ProgressFn, Trainer, TrainingCancelled, TrainOutcome, TrainRequest, short_number
 from cytoseg.trainers.configs import NnUNetAugmentation, NnUNetPlansOverride, NnUNetTrainConfig
 
@@ -114,8 +116,6 @@ __all__ = [
     "raw_dataset_write",
 ]
 
-# Semantic ids of the platform (docs/architecture.md) as nnU-Net label names.
-LABELS: dict[str, int] = {"background": 0, "cell": 1, "erythrocyte": 2}
 # ConfigurableTrainer reads its NnUNetTrainConfig from the JSON file this names:
 # nnU-Net builds trainers from a fixed __init__ signature, so no extra argument.
 CONFIG_ENV = "DIFFQUIK_NNUNET_TRAIN_CONFIG"
@@ -194,12 +194,14 @@ def raw_dataset_write(
     val_images: Sequence[np.ndarray] = (),
     val_semantic_labels: Sequence[np.ndarray] = (),
     normalization: str = "zscore",
+    labels: Mapping[str, int] = LABELS,
 ) -> tuple[Path, list[str], list[str]]:
     """Write an nnU-Net v2 raw dataset; return (folder, train case ids, val case ids).
 
-    Images are (H, W, 3) uint8 RGB, labels (H, W) with 0 background / 1 cell /
-    2 erythrocyte. Validation cases go into ``imagesTr`` too (nnU-Net plans and
-    preprocesses them with the rest); the split is written by the caller.
+    Images are (H, W, 3) uint8 RGB, label maps (H, W) with the ids of ``labels`` (0 background
+    / 1 cell / 2 erythrocyte, and 3 the cell rim with ``LABELS_WITH_BOUNDARY``). Validation
+    cases go into ``imagesTr`` too (nnU-Net plans and preprocesses them with the rest); the
+    split is written by the caller.
     """
     if len(images) != len(semantic_labels) or len(val_images) != len(val_semantic_labels):
         raise ValueError("images and labels must have the same length")
@@ -218,8 +220,8 @@ def raw_dataset_write(
             raise ValueError(f"{case}: expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
         if lab.shape != img.shape[:2]:
             raise ValueError(f"{case}: label shape {lab.shape} != image shape {img.shape[:2]}")
-        if lab.min() < 0 or lab.max() > max(LABELS.values()):
-            raise ValueError(f"{case}: labels must be 0/1/2")
+        if lab.min() < 0 or lab.max() > max(labels.values()):
+            raise ValueError(f"{case}: labels must be in {sorted(labels.values())}")
         Image.fromarray(img, mode="RGB").save(folder / "imagesTr" / f"{case}_0000.png")
         Image.fromarray(lab.astype(np.uint8), mode="L").save(folder / "labelsTr" / f"{case}.png")
 
@@ -244,7 +246,7 @@ def raw_dataset_write(
     save_json(
         {
             "channel_names": channels,
-            "labels": LABELS,
+            "labels": dict(labels),
             "numTraining": len(train_ids) + len(val_ids),
             "file_ending": ".png",
             "name": dataset_name,
@@ -729,8 +731,14 @@ def nnunet_train(
     device: str = "cpu",
     progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    cell_instances: Sequence[np.ndarray] | None = None,
+    val_cell_instances: Sequence[np.ndarray] | None = None,
 ) -> NnUNetTrainResult:
     """Train an nnU-Net v2 semantic model (0 background / 1 cell / 2 erythrocyte).
+
+    With ``config.seed_class`` "core" or "rim" the model learns a fourth class, the core or the
+    rim of every cell (:func:`cytoseg.datasets.core_label_map`, ``boundary_label_map``), drawn
+    from ``cell_instances`` (instance label maps of the cells, one per image; required then).
 
     Runs entirely in the calling process (daemon-safe, see the module docstring).
     ``workdir`` receives ``nnUNet_raw/``, ``nnUNet_preprocessed/``, ``nnUNet_results/``
@@ -782,7 +790,28 @@ def nnunet_train(
     with nnunet_env(raw=raw, preprocessed=pre, results=res, extra=env):
         try:
             report({"phase": "prepare", "step": "write_raw"})
+            labels = LABELS
+            if cfg.seed_class != "none":
+                if cell_instances is None or (val_images and val_cell_instances is None):
+                    raise ValueError(f"seed_class {cfg.seed_class!r} needs the cells' instance maps")
+
+                def with_seeds(sem: np.ndarray, inst: np.ndarray) -> np.ndarray:
+                    if cfg.seed_class == "core":
+                        return core_label_map(sem, inst, fraction=cfg.core_fraction)
+                    return boundary_label_map(sem, inst, width=cfg.rim_width)
+
+                semantic_labels = [with_seeds(a, b) for a, b in zip(semantic_labels, cell_instances, strict=True)]
+                val_semantic_labels = [
+                    with_seeds(a, b) for a, b in zip(val_semantic_labels, val_cell_instances or (), strict=True)
+                ]
+                labels = LABELS_WITH_CORE if cfg.seed_class == "core" else LABELS_WITH_BOUNDARY
+            if cfg.stain.copies > 0:
+                report({"phase": "prepare", "step": "stain_augment"})
+                copies = augmented_copies(images, cfg.stain)
+                semantic_labels = [*semantic_labels, *(lab for lab in semantic_labels for _ in range(cfg.stain.copies))]
+                images = [*images, *copies]
             raw_dataset_write(
+                labels=labels,
                 raw_root=raw,
                 dataset_id=cfg.dataset_id,
                 dataset_name=cfg.dataset_name,
@@ -944,6 +973,8 @@ class NnUNetTrainer(Trainer):
             semantic_labels=[c.semantic for c in request.train],
             val_images=[c.image for c in request.validation],
             val_semantic_labels=[c.semantic for c in request.validation],
+            cell_instances=[c.cell_instances for c in request.train],
+            val_cell_instances=[c.cell_instances for c in request.validation],
             workdir=Path(request.workdir) / "nnunet",
             config=request.config,
             device=request.device,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from annotations.models import Image, Role
-from tests.factories import ProjectFactory, UserFactory, image_create, member
+from tests.factories import image_create, member
 
 W, H = 64, 48
 
@@ -17,16 +17,6 @@ W, H = 64, 48
 def _fast_passwords(settings: Any) -> None:
     # Many users per test; the production hasher costs a quarter second per user.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def project(db: Any) -> Any:
-    return ProjectFactory(created_by=UserFactory(username="owner"))
-
-
-@pytest.fixture
-def admin_user(project: Any) -> Any:
-    return project.memberships.get(role=Role.ADMIN).user
 
 
 @pytest.fixture

@@ -6,17 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from annotations.models import Role
-from tests.factories import ProjectFactory, UserFactory, member
-
-
-@pytest.fixture
-def project(db: Any) -> Any:
-    return ProjectFactory(created_by=UserFactory(username="owner"))
-
-
-@pytest.fixture
-def admin_user(project: Any) -> Any:
-    return project.memberships.get(role=Role.ADMIN).user
+from tests.factories import ProjectFactory, member
 
 
 @pytest.fixture

@@ -71,6 +71,8 @@ def test_overlapping_cells_allowed(image: Any, annotator: Any, class_id: int) ->
         ([[0, 0], [1, 1]], "at least 3 distinct"),
         ([[0, 0], [0, 0], [0, 0], [0, 0]], "at least 3 distinct"),
         ([[0, 0], [10, 0], [10, "a"]], "pair of numbers"),
+        ([[True, False], [50, 50], [90, 1]], "pair of numbers"),  # once saved, it broke every export
+        ([[0, 0], [10, 0], [10, None]], "pair of numbers"),
         ([[0, 0], [10, 0], [10, float("inf")]], "non-finite"),
         ([[0, 0], [300, 0], [300, 10]], "outside the image"),
         ([[0, 0], [10, 10], [10, 0], [0, 10]], "not a valid simple polygon"),
