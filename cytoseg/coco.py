@@ -15,6 +15,7 @@ that the platform's rasteriser gives that region back exactly.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "ImportedSegmentation",
     "SegmentationError",
     "csv_numbers",
+    "flat_is_polygon",
     "flat_text_numbers",
     "flats_numbers",
     "polygon_flatten",
@@ -49,6 +51,16 @@ class SegmentationError(ValueError):
 
 
 _STRIP = str.maketrans("", "", "[] ")
+
+
+_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+_FLAT = re.compile(rf"{_NUMBER}(?:,{_NUMBER})*")
+
+
+def flat_is_polygon(flat: str) -> bool:
+    """Whether a flat list body (:func:`polygon_text_flat`) is at least 3 pairs of JSON numbers;
+    a stored row that is not (``true``, text, an odd count) is skipped by the export, not fatal."""
+    return bool(_FLAT.fullmatch(flat)) and flat.count(",") % 2 == 1 and flat.count(",") >= 5
 
 
 def polygon_text_flat(text: str) -> str:

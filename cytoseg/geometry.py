@@ -247,3 +247,18 @@ def polygons_clean(
                 result = exc
         out.append(result)
     return out
+
+
+def polygon_is_numeric(points: object) -> bool:
+    """Whether a stored polygon is what storage promises: a list of at least 3 ``[x, y]`` pairs of
+    finite numbers (no booleans, no text). Readers of stored rows check it before trusting one:
+    a row written before that rule held must not break an export."""
+    if not isinstance(points, list) or len(points) < 3:
+        return False
+    for point in points:
+        if type(point) is not list or len(point) != 2:
+            return False
+        for value in point:
+            if type(value) not in _NUMBERS or not math.isfinite(value):
+                return False
+    return True

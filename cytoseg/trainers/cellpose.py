@@ -151,6 +151,8 @@ def cellpose_train(
         if file_nchan != nchan:
             raise ValueError(f"{initial_model} takes {file_nchan} channels but channels={cfg.channels} gives {nchan}")
 
+    # Copies add variety, not steps: an epoch stays as many crops as there are real images.
+    epoch_images = cfg.nimg_per_epoch or len(images)
     if cfg.stain.copies > 0:
         report({"phase": "prepare", "step": "stain_augment"})
         copies = augmented_copies(images, cfg.stain)
@@ -212,7 +214,7 @@ def cellpose_train(
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     nimg = len(train_x)
-    nimg_per_epoch = cfg.nimg_per_epoch or nimg
+    nimg_per_epoch = epoch_images
     iterations = int(np.ceil(nimg_per_epoch / cfg.batch_size))
     train_losses: list[float] = []
     val_losses: list[float] = []

@@ -4,6 +4,7 @@ nnU-Net raw dataset and Cellpose training data (writers shared with training, in
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -15,6 +16,7 @@ from django.db.models import QuerySet
 
 from annotations.models import CellClass, Image, Layer, Project
 from core.streaming import ZipEntry, zip_stream
+from cytoseg.geometry import polygon_is_numeric
 from interchange.services.coco import ProgressFn, coco_export_stream, frozen, hex_rgb
 from interchange.services.selection import (
     IMAGE_BATCH,
@@ -25,6 +27,8 @@ from interchange.services.selection import (
     export_images,
     image_batches,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _unique_names(images: QuerySet[Image]) -> dict[int, str]:
@@ -90,7 +94,10 @@ def _image_cells(
         for image in batch:
             cells: list[tuple[Any, ...]] = []
             while current is not None and current[0] == image["id"]:
-                cells.append(current)
+                if polygon_is_numeric(current[3]):
+                    cells.append(current)
+                else:  # written before the API refused such polygons: left out, not fatal
+                    logger.warning("export of project %s skipped cell %s: malformed polygon", project.pk, current[1])
                 current = next(iterator, None)
             if cells or include_empty:
                 yield image, cells

@@ -4,6 +4,7 @@ pycocotools-exact areas, extra keys (score, model version, who verified)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict
@@ -27,6 +28,8 @@ from interchange.services.selection import (
 )
 
 ProgressFn = Callable[[int], None]
+
+logger = logging.getLogger(__name__)
 
 
 def _json_number(value: float | None) -> str:
@@ -111,10 +114,23 @@ def verified_by_of(provenance: Mapping[str, Any]) -> Any:
 
 
 def _coco_annotation_lines(
-    rows: list[tuple[Any, ...]], *, height: int, width: int, rle: bool, sources: dict[str, str]
+    rows: list[tuple[Any, ...]],
+    *,
+    height: int,
+    width: int,
+    rle: bool,
+    sources: dict[str, str],
+    skipped: list[int],
 ) -> list[str]:
-    """The JSON of one image's annotations (areas and RLE through one pycocotools call)."""
+    """The JSON of one image's annotations (areas and RLE through one pycocotools call). A row
+    whose polygon is not numbers (written before the API refused such polygons) is left out and
+    its id added to ``skipped``: one bad row must not fail the whole export."""
     flats = [coco.polygon_text_flat(row[3]) for row in rows]
+    if not all(coco.flat_is_polygon(flat) for flat in flats):
+        keep = [coco.flat_is_polygon(flat) for flat in flats]
+        skipped.extend(int(row[0]) for row, ok in zip(rows, keep, strict=True) if not ok)
+        rows = [row for row, ok in zip(rows, keep, strict=True) if ok]
+        flats = [flat for flat, ok in zip(flats, keep, strict=True) if ok]
     numbers = coco.flats_numbers(flats)
     rles = coco.rles_from_flat(numbers, height=height, width=width)
     areas = coco.rle_areas(rles)
@@ -172,7 +188,8 @@ def coco_export_stream(
     ``color`` and ``model_label``), ``images`` (id = Image.pk, file_name, width, height and the
     platform's metadata), ``annotations`` (id = Cell.pk; polygon or compressed RLE; ``area`` as
     pycocotools computes it; ``bbox`` [x, y, w, h]; ``iscrowd`` 0; extra keys ``score``,
-    ``model_version``, ``verified_by``, ``source`` and, for proposals, ``state``). ``file_names``
+    ``model_version``, ``verified_by``, ``source`` and, for proposals, ``state``), and
+    ``skipped_cells`` (ids of stored cells whose polygon is malformed, left out) when there are any. ``file_names``
     overrides image file names (the zip export makes them unique). ``progress`` gets the number
     of cells written so far after each batch. The images are those that exist when the stream
     starts (up to ``upto_image_id`` if given), so that both passes over them agree.
@@ -218,6 +235,7 @@ def coco_export_stream(
     separator = ""
     done = 0
     sources: dict[str, str] = {}
+    skipped: list[int] = []
     polygon_text = Cast("polygon", TextField())
     # The verified layer's provenance says who verified a cell (verified_by_of); elsewhere only
     # an explicit verified_by key does, fetched alone.
@@ -229,7 +247,8 @@ def coco_export_stream(
         rows = cells_for(list(sizes), filters, *_COCO_CELL_FIELDS, polygon_text=polygon_text, verified_by=verified_by)
         for group in _grouped(rows):
             height, width = sizes[group[0][1]]
-            for line in _coco_annotation_lines(group, height=height, width=width, rle=rle, sources=sources):
+            lines = _coco_annotation_lines(group, height=height, width=width, rle=rle, sources=sources, skipped=skipped)
+            for line in lines:
                 out.add(separator + line)
                 separator = ","
                 if out.full:
@@ -237,5 +256,9 @@ def coco_export_stream(
             done += len(group)
         if progress is not None:
             progress(done)
-    out.add("]}")
+    if skipped:
+        logger.warning("COCO export of project %s skipped cells with malformed polygons: %s", project.pk, skipped)
+        out.add(f'],"skipped_cells":{json.dumps(skipped)}}}')
+    else:
+        out.add("]}")
     yield out.take()

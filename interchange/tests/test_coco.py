@@ -360,3 +360,47 @@ def test_images_added_during_a_stream_are_left_out(monkeypatch: pytest.MonkeyPat
     assert sorted(archive.namelist()) == sorted(
         ["annotations.json", *(f"images/{i['file_name']}" for i in data["images"])]
     )
+
+
+@pytest.mark.django_db
+def test_a_malformed_stored_polygon_is_skipped_and_named_not_fatal() -> None:
+    """A row written before the API refused booleans (``[[true, false], ...]``) used to make
+    every COCO export of its project fail: now it is left out, named, and findable."""
+    from django.core.management import call_command
+
+    project = ProjectFactory()
+    image = image_create(project, width=120, height=100)
+    cell_class = project.classes.get(model_label=1)
+    _bulk_cells(image, 3, cell_class)
+    good = list(Cell.objects.filter(image=image).values_list("pk", flat=True))
+    bad = Cell.objects.create(
+        image=image,
+        cell_class=cell_class,
+        polygon=[[True, False], [50, 50], [90, 1]],
+        bbox_x=0,
+        bbox_y=0,
+        bbox_w=90,
+        bbox_h=50,
+        area=10.0,
+    )
+    body = json.loads(b"".join(coco_export.coco_export_stream(project=project, filters=selection.ExportFilters())))
+    assert sorted(a["id"] for a in body["annotations"]) == sorted(good)
+    assert body["skipped_cells"] == [bad.pk]
+    # the other exports read the same rows: left out there too
+    zipped = b"".join(archives.geojson_zip_stream(project=project, filters=selection.ExportFilters()))
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
+        (name,) = archive.namelist()
+        assert len(json.loads(archive.read(name))["features"]) == 3
+    out = io.StringIO()
+    call_command("cells_check", stdout=out)
+    assert f"cell {bad.pk} (project {project.pk}" in out.getvalue() and "1 malformed cell(s)" in out.getvalue()
+    # a clean project's export has no such key
+    Cell.objects.filter(pk=bad.pk).delete()
+    body = json.loads(b"".join(coco_export.coco_export_stream(project=project, filters=selection.ExportFilters())))
+    assert "skipped_cells" not in body
+
+
+def test_flat_polygon_check() -> None:
+    assert coco.flat_is_polygon("1,2,3.5,4,5e1,-6")
+    for bad in ("true,false,50,50,90,1", "1,2,3,4,5", "1,2,3,4", '1,2,3,4,"a",6', "1,2,3,4,NaN,6", ""):
+        assert not coco.flat_is_polygon(bad), bad
