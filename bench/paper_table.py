@@ -91,6 +91,8 @@ TARGETS = {"dice": 0.92, "iou": 0.86, "p70": 0.87}
 HARD_TARGETS = {"f1_50": 0.85, "dice_gap": 0.005, "ery_rate": 0.02}
 TWO_STAGE = "nnU-Net + Cellpose (assign)"
 TWO_STAGE_FILTER = "nnU-Net + Cellpose (filter)"
+# nnU-Net alone, its cells grown from its seed class (core or rim; components without one)
+NN_SEEDS = "nnU-Net (seeds)"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ ROWS: tuple[Row, ...] = (
     Row("Watershed (stain)", ("watershed",), "U-Net", True),
     Row("Region growing (stain)", ("region_growing",), None, True),
     Row("nnU-Net (components)", ("nnunet", "components"), "nnU-Net v2", True),
+    Row(NN_SEEDS, ("nnunet", "seeds"), "nnU-Net v2", True),
     Row("nnU-Net + region growing", ("nnunet", "nn_region_growing"), "nnU-Net v2", True),
     Row("nnU-Net + watershed", ("nnunet", "nn_watershed"), "nnU-Net v2", True),
     Row("Cellpose", ("cellpose_net", "cellpose_masks"), "Cellpose", True),
@@ -679,6 +682,8 @@ def evaluate(
         semantic, probs = maps.semantic, maps.probabilities
         with clock("components"):
             preds["nnU-Net (components)"].append(components_to_instances(semantic, probs))
+        with clock("seeds"):
+            preds[NN_SEEDS].append(_nn_seeds(maps))
         with clock("nn_region_growing"):
             preds["nnU-Net + region growing"].append(rg.predict_from_mask(img, semantic).instances)
         with clock("nn_watershed"):
@@ -721,7 +726,15 @@ def evaluate(
     return results, per_stage
 
 
-RECIPE_ROWS = ("nnU-Net (components)", "Cellpose", TWO_STAGE_FILTER, TWO_STAGE)
+RECIPE_ROWS = ("nnU-Net (components)", NN_SEEDS, "Cellpose", TWO_STAGE_FILTER, TWO_STAGE)
+
+
+def _nn_seeds(maps: Any) -> list[Any]:
+    from cytoseg.backends.nnunet import components_to_instances, nnunet_seeded_instances
+
+    if maps.core is None and maps.boundary is None:
+        return components_to_instances(maps.semantic, maps.probabilities)
+    return nnunet_seeded_instances(maps)
 
 
 def evaluate_recipe(setup: Setup, data: dict[str, Split], models: Models, device: str) -> dict[str, dict[str, Any]]:
@@ -737,6 +750,8 @@ def evaluate_recipe(setup: Setup, data: dict[str, Split], models: Models, device
             maps = two.nnunet.predict_maps(img)
         with clock("components"):
             preds["nnU-Net (components)"].append(components_to_instances(maps.semantic, maps.probabilities))
+        with clock("seeds"):
+            preds[NN_SEEDS].append(_nn_seeds(maps))
         with clock("cellpose_net"):
             outputs = two.cellpose.network(img)
         with clock("cellpose_masks"):

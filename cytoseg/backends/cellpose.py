@@ -103,7 +103,7 @@ class CellposeBackend(SegmentationBackend):
         )
         self.diam_mean = float(self.model.diam_mean)
         self.diam_labels = float(self.model.diam_labels)
-        self.diameter = cfg.diameter or self.diam_labels
+        self.diameter = (cfg.diameter or self.diam_labels) * cfg.diameter_scale
         self.flow_threshold = cfg.flow_threshold
         self.cellprob_threshold = cfg.cellprob_threshold
         self.min_size = cfg.min_size

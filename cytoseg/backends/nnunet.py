@@ -38,6 +38,7 @@ from cytoseg.backends.base import (
     SegmentationBackend,
     image_check,
 )
+from cytoseg.backends.combine import combine_assign
 from cytoseg.backends.packages import PackageError, nnunet_checkpoint_load, nnunet_plans_check
 from cytoseg.backends.settings import NnUNetSettings
 
@@ -48,6 +49,7 @@ __all__ = [
     "folds_available",
     "nnunet_model_folder_find",
     "nnunet_network_load",
+    "nnunet_seeded_instances",
 ]
 
 # natural 2D images: nnU-Net's NaturalImage2DIO reports this spacing (a dummy z axis)
@@ -185,6 +187,18 @@ class NnUNetMaps:
     core: np.ndarray | None = None
 
 
+def nnunet_seeded_instances(maps: NnUNetMaps) -> list[Instance]:
+    """Instances of nnU-Net alone from its seed class (core or rim): the two-stage ``assign``
+    rule without Cellpose (``cytoseg.backends.combine``)."""
+    return combine_assign(
+        np.zeros(maps.semantic.shape, dtype=np.int32),
+        maps.semantic,
+        cell_probability=maps.probabilities[1],
+        boundary=maps.boundary,
+        core=maps.core,
+    )
+
+
 class NnUNetBackend(SegmentationBackend):
     """nnU-Net v2 2D model: semantic map 0/1/2 plus per-class connected components."""
 
@@ -262,10 +276,13 @@ class NnUNetBackend(SegmentationBackend):
     def predict_with_probabilities(self, image: np.ndarray) -> tuple[Prediction, np.ndarray]:
         """:meth:`predict` and the softmax map from a single network run."""
         t0 = time.perf_counter()
-        semantic, probs = self._run(image)
+        maps = self.predict_maps(image)
+        semantic, probs = maps.semantic, maps.probabilities
         t1 = time.perf_counter()
         instances: list[Instance] = []
-        if self.instances_mode == "components":
+        if self.instances_mode == "seeds" and (maps.core is not None or maps.boundary is not None):
+            instances = nnunet_seeded_instances(maps)
+        elif self.instances_mode in ("components", "seeds"):
             instances = components_to_instances(semantic, probs, min_area=self.min_instance_area)
         t2 = time.perf_counter()
         timings = {"nnunet": t1 - t0, "components": t2 - t1}

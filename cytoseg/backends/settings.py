@@ -75,8 +75,9 @@ class NnUNetSettings(_Settings):
     checkpoint, else ``fold_all``. ``tile_step_size``: sliding-window step as a fraction of the
     patch. ``use_mirroring``: flip test-time augmentation (4 passes in 2D). ``use_gaussian``:
     Gaussian weighting of the tiles. ``perform_everything_on_device``: keep logits on the GPU
-    (CUDA only). ``instances``: ``"components"`` (connected components per class) or
-    ``"none"``. ``min_instance_area``: smaller components are dropped.
+    (CUDA only). ``instances``: ``"components"`` (connected components per class), ``"seeds"``
+    (cells grown from the model's core or rim class, for a model trained with one; else
+    components) or ``"none"``. ``min_instance_area``: smaller components are dropped.
     ``model_folder`` (path): a model folder instead of the artifacts.
     """
 
@@ -104,7 +105,7 @@ class NnUNetSettings(_Settings):
             "perform_everything_on_device",
             setting_bool("perform_everything_on_device", self.perform_everything_on_device),
         )
-        self._set("instances", setting_choice("instances", self.instances, ("components", "none")))
+        self._set("instances", setting_choice("instances", self.instances, ("components", "seeds", "none")))
         self._set("min_instance_area", setting_int("min_instance_area", self.min_instance_area, lo=0))
 
 
@@ -125,7 +126,9 @@ class CellposeSettings(_Settings):
     """Settings of the Cellpose backend (``cytoseg.backends.cellpose``).
 
     ``channels``: Cellpose channels ``[c1, c2]``, or None for RGB (default from the model).
-    ``diameter``: expected cell diameter in pixels (default: the training labels' mean).
+    ``diameter``: expected cell diameter in pixels (default: the training labels' mean), times
+    ``diameter_scale`` (below 1 the network sees cells larger than it was trained on: in dense
+    clusters that separates more of them, at more pixels to run).
     ``flow_threshold``, ``cellprob_threshold``, ``min_size``, ``max_size_fraction``: mask
     reconstruction. ``niter``: dynamics iterations (default Cellpose's 200 x scale).
     ``batch_size``, ``tile_overlap``, ``bsize`` (0 = the whole image as one tile), ``augment``:
@@ -136,6 +139,7 @@ class CellposeSettings(_Settings):
     model_file: str | None = path_setting()
     channels: tuple[int, int] | None = None
     diameter: float | None = None
+    diameter_scale: float = 1.0
     flow_threshold: float = 0.4
     cellprob_threshold: float = 0.0
     min_size: int = 15
@@ -150,6 +154,7 @@ class CellposeSettings(_Settings):
     def __post_init__(self) -> None:
         self._set("model_file", setting_path("model_file", self.model_file))
         self._set("channels", _optional(self.channels, _channels))
+        self._set("diameter_scale", setting_float("diameter_scale", self.diameter_scale, lo=0.25, hi=4.0))
         self._set(
             "diameter",
             _optional(self.diameter, lambda v: setting_float("diameter", v, lo=0.0, hi=1000.0, open_lo=True)),

@@ -80,6 +80,13 @@ def test_settings_build_normalises_and_refuses() -> None:
         settings_build(TwoStageSettings, {"nnunet_folder": "/x"}, backend="two_stage")
     with pytest.raises(BackendError, match="bsize"):
         settings_build(TwoStageSettings, {"cellpose": {"bsize": 3}}, backend="two_stage")
+    assert settings_build(CellposeSettings, {"diameter_scale": 0.8}, backend="cellpose").diameter_scale == 0.8
+    assert (
+        "diameter_scale must be in [0.25, 4.0]"
+        in backend_settings_errors("cellpose", {"diameter_scale": 5})["diameter_scale"]
+    )
+    assert settings_build(NnUNetSettings, {"instances": "seeds"}, backend="nnunet").instances == "seeds"
+    assert "must be one of" in backend_settings_errors("nnunet", {"instances": "watershed"})["instances"]
 
 
 def test_the_light_registry_names_each_backends_own_settings() -> None:

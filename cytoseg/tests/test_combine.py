@@ -137,3 +137,19 @@ def test_params_are_used() -> None:
     seeds[C] = 3
     attached = masks(combine_assign(seeds, sliver, params=AssignParams(grow_radius=0.0)))
     assert (np.logical_or.reduce(attached) == (sliver == 1)).all()
+
+
+def test_nnunet_alone_grows_its_cells_from_its_core_class() -> None:
+    """``instances: "seeds"``: two touching cells nnU-Net sees as one component are two when
+    its core class has two cores."""
+    from cytoseg.backends.nnunet import NnUNetMaps, nnunet_seeded_instances
+
+    probabilities = np.zeros((3, H, W), np.float32)
+    probabilities[1][SEMANTIC == 1] = 1.0
+    probabilities[0][SEMANTIC == 0] = 1.0
+    core = np.zeros((H, W), np.float32)
+    for cx, cy in ((14, 14), (31, 14), (52, 32)):
+        core[disc(cx, cy, 4)] = 0.9
+    found = masks(nnunet_seeded_instances(NnUNetMaps(SEMANTIC, probabilities, core=core)))
+    assert len(found) == 3
+    assert min(best_iou(found, truth) for truth in (A & ~B, B & ~A, C)) > 0.8

@@ -140,26 +140,35 @@ def test_backend_combines_stages(two_stage_artifacts: Path) -> None:
 @pytest.mark.ml
 def test_backend_assign_keeps_nnunets_classes_and_foreground(two_stage_artifacts: Path) -> None:
     """The default rule: every cell lies on nnU-Net's cells and every erythrocyte on its
-    erythrocytes; the foreground is nnU-Net's (up to unclaimed slivers), not Cellpose's."""
+    erythrocytes, no pixel in two instances; the foreground is nnU-Net's except what the rule
+    judged not cell-like (``new_min_solidity`` trades that for precision)."""
     from cytoseg.backends.two_stage import TwoStageBackend
     from cytoseg.tests.tiny_models import held_out_fields
 
+    def covered_share(backend: TwoStageBackend) -> float:
+        pred = backend.predict(f.image)
+        assert {"nnunet", "cellpose_net", "cellpose_masks"} <= set(pred.timings) and "filter" not in pred.timings
+        assert pred.semantic is not None and pred.instances
+        covered = np.zeros(pred.semantic.shape, bool)
+        for inst in pred.instances:
+            h, w = inst.mask.shape
+            under = pred.semantic[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w][inst.mask]
+            assert (under == inst.label).all()
+            region = covered[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w]
+            assert not (region & inst.mask).any()  # no pixel in two instances
+            region |= inst.mask
+        foreground = pred.semantic > 0
+        return float((covered & foreground).sum() / foreground.sum())
+
+    f = held_out_fields()[0]
     backend = TwoStageBackend(artifacts=two_stage_artifacts, settings={"nnunet": NN_FAST}, device="cpu")
     assert backend.combine_mode == "assign"
-    f = held_out_fields()[0]
-    pred = backend.predict(f.image)
-    assert {"nnunet", "cellpose_net", "cellpose_masks"} <= set(pred.timings) and "filter" not in pred.timings
-    assert pred.semantic is not None and pred.instances
-    covered = np.zeros(pred.semantic.shape, bool)
-    for inst in pred.instances:
-        h, w = inst.mask.shape
-        under = pred.semantic[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w][inst.mask]
-        assert (under == inst.label).all()
-        region = covered[inst.y0 : inst.y0 + h, inst.x0 : inst.x0 + w]
-        assert not (region & inst.mask).any()  # no pixel in two instances
-        region |= inst.mask
-    foreground = pred.semantic > 0
-    assert (covered & foreground).sum() >= 0.8 * foreground.sum()
+    strict = covered_share(backend)
+    # a looser shape rule claims the unseeded blobs the strict one leaves out
+    loose = TwoStageBackend(
+        artifacts=two_stage_artifacts, settings={"nnunet": NN_FAST, "new_min_solidity": 0.75}, device="cpu"
+    )
+    assert covered_share(loose) >= max(strict, 0.9)
     with pytest.raises(Exception, match="combine"):
         TwoStageBackend(artifacts=two_stage_artifacts, settings={"combine": "merge"}, device="cpu")
 

@@ -49,7 +49,7 @@ def test_server_paths_are_refused(project: Any, admin_user: Any) -> None:
         "config.model_folder"
     ] == "unknown setting; known: " + (
         "bg_dilation, blur_sigma, dist_fraction, dist_reference, erythrocyte_filter, fill_holes, flood, "
-        "min_area, min_contrast, opening_radius, prob_threshold"
+        "min_area, min_contrast, opening_radius, polarity, prob_threshold"
     )
     upload = SimpleUploadedFile("cellpose.pth", cellpose_weights())
     response = _post(client, project, {"kind": "cellpose", "file": upload, "config": json.dumps({"model_file": "/x"})})

@@ -298,12 +298,14 @@ class JobRunner:
         auto = job.config.get("auto_promote")
         auto = policy.auto_promote if auto is None else bool(auto)
         started = time.perf_counter()
+        overall: dict[int, dict[str, Any]] = {}
         for version in versions:
             self.progress = {"stage": "evaluate", "phase": "evaluate", "model_version": version.pk}
             self.write()
             evaluation = model_version_evaluate(
                 version=version, snapshot=job.snapshot, device=device, should_cancel=self.should_cancel
             )
+            overall[version.pk] = evaluation.overall
             self.note(f"evaluated {version}: " + _summary_line(evaluation.overall))
         best = model_version_best(versions=versions, snapshot=job.snapshot, policy=policy)
         metric = gate_settings(policy)[0]
@@ -315,12 +317,17 @@ class JobRunner:
                     if best is not None
                     else f"no version of this job has a value for {metric}"
                 )
+                # the same keys as a gate decision, so that clients read every entry alike:
+                # here the "baseline" is the job's best version, which this one lost to
                 decisions[str(version.pk)] = {
                     "promote": False,
                     "promoted": False,
                     "metric": metric,
+                    "candidate": _number(overall.get(version.pk, {}).get(metric)),
+                    "baseline": _number(overall.get(best.pk, {}).get(metric)) if best is not None else None,
                     "reason": why,
                     "baseline_version": None,
+                    "best_version": best.pk if best is not None else None,
                 }
                 self.note(f"kept {version} as a candidate: {why}")
         if best is not None:
@@ -335,7 +342,11 @@ class JobRunner:
                 policy=policy,
                 should_cancel=self.should_cancel,
             )
-            entry: dict[str, Any] = {**decision.to_dict(), "baseline_version": baseline.pk if baseline else None}
+            entry: dict[str, Any] = {
+                **decision.to_dict(),
+                "baseline_version": baseline.pk if baseline else None,
+                "best_version": best.pk,
+            }
             if decision.promote and auto:
                 model_version_promote(
                     version=best, user=None, reason=f"automatic: {decision.reason}", decision=decision
@@ -387,6 +398,10 @@ def _json_floats(value: Any) -> Any:
     from cytoseg.evaluation import json_safe
 
     return json_safe(value)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _summary_line(overall: Mapping[str, Any]) -> str:

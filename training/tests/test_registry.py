@@ -310,6 +310,14 @@ def test_a_job_evaluates_all_its_versions_and_promotes_only_the_best() -> None:
     assert decisions[str(two_stage.pk)]["baseline_version"] == baseline.pk
     assert decisions[str(two_stage.pk)]["metric"] == "f1_50"
     assert decisions[str(nnunet.pk)]["promoted"] is False and "not the best" in decisions[str(nnunet.pk)]["reason"]
+    # every entry reads alike: the loser's values against the job's best
+    assert {k: decisions[str(nnunet.pk)][k] for k in ("metric", "candidate", "baseline", "best_version")} == {
+        "metric": "f1_50",
+        "candidate": 0.80,
+        "baseline": 0.86,
+        "best_version": two_stage.pk,
+    }
+    assert decisions[str(two_stage.pk)]["candidate"] == 0.86 and decisions[str(two_stage.pk)]["baseline"] == 0.30
     statuses = dict(ModelVersion.objects.values_list("pk", "status"))
     assert statuses[nnunet.pk] == statuses[cellpose.pk] == ModelStatus.CANDIDATE
     assert statuses[two_stage.pk] == ModelStatus.ACTIVE
