@@ -24,7 +24,8 @@ Dice >= 0.92, IoU >= 0.86, precision@0.7 >= 0.87.
 Training choices are **recipes** (``--recipes``, the first one is the table's; see ``RECIPES``):
 ``base`` (the schedules above); ``rim`` / ``core`` (nnU-Net learns a fourth class that tells
 touching cells apart: their inner rim, or their core); ``cells_only`` (Cellpose on cells alone,
-erythrocytes left to nnU-Net's class map); ``stain`` (stain / illumination / blur / JPEG copies
+erythrocytes left to nnU-Net's class map); ``core_cells`` (both ``core`` and ``cells_only``);
+``stain`` (stain / illumination / blur / JPEG copies
 of the training images for both models); ``clusters`` (paper C's synthetic clusters at high
 density); ``long`` (twice the schedules). Every other recipe adds its rows under the table, so
 each choice is measured on the same test fields. The two-stage rows use the ``two_stage``
@@ -149,6 +150,12 @@ RECIPES: dict[str, Recipe] = {
         Recipe("rim", "+ nnU-Net cell-rim class", nnunet={"seed_class": "rim"}),
         Recipe("core", "+ nnU-Net cell-core class", nnunet={"seed_class": "core"}),
         Recipe("cells_only", "+ Cellpose on cells only", cells_only=True),
+        Recipe(
+            "core_cells",
+            "+ nnU-Net cell-core class, Cellpose on cells only",
+            nnunet={"seed_class": "core"},
+            cells_only=True,
+        ),
         Recipe(
             "stain",
             "+ stain/illumination/blur/JPEG copies",

@@ -139,11 +139,14 @@ class CellposeBackend(SegmentationBackend):
             rescale,
         )
 
-    def masks(self, outputs: CellposeOutputs, *, foreground: np.ndarray | None = None) -> np.ndarray:
+    def masks(
+        self, outputs: CellposeOutputs, *, foreground: np.ndarray | None = None, flow_threshold: float | None = None
+    ) -> np.ndarray:
         """Reconstruct the (H, W) instance label map from the network outputs.
 
         With ``foreground`` (bool (H, W)), pixels outside it are excluded from the
         flow dynamics, which skips work on background and keeps masks inside it.
+        ``flow_threshold`` overrides the setting for this call.
         """
         from cellpose import dynamics
 
@@ -157,7 +160,7 @@ class CellposeBackend(SegmentationBackend):
             cellprob,
             niter=niter,
             cellprob_threshold=self.cellprob_threshold,
-            flow_threshold=self.flow_threshold,
+            flow_threshold=self.flow_threshold if flow_threshold is None else flow_threshold,
             interp=True,
             min_size=self.min_size,
             max_size_fraction=self.max_size_fraction,

@@ -145,6 +145,7 @@ class TwoStageBackend(SegmentationBackend):
         self.restrict_masks = cfg.restrict_masks
         self.restrict_margin = cfg.restrict_margin
         self.combine_mode = cfg.combine
+        self.assign_flow_threshold = cfg.assign_flow_threshold
         self.assign_params = AssignParams(
             grow_radius=cfg.grow_radius,
             new_min_area=cfg.new_min_area,
@@ -186,7 +187,7 @@ class TwoStageBackend(SegmentationBackend):
     def assign(self, image: np.ndarray, maps: NnUNetMaps, outputs: CellposeOutputs) -> list[Instance]:
         """The ``"assign"`` rule: Cellpose's flows followed inside nnU-Net's cell foreground,
         then :func:`cytoseg.backends.combine.combine_assign` (and the colour filter, if on)."""
-        masks = self.cellpose.masks(outputs, foreground=maps.semantic == 1)
+        masks = self.cellpose.masks(outputs, foreground=maps.semantic == 1, flow_threshold=self.assign_flow_threshold)
         kept = combine_assign(
             masks,
             maps.semantic,

@@ -86,6 +86,8 @@ def test_settings_build_normalises_and_refuses() -> None:
         in backend_settings_errors("cellpose", {"diameter_scale": 5})["diameter_scale"]
     )
     assert settings_build(NnUNetSettings, {"instances": "seeds"}, backend="nnunet").instances == "seeds"
+    assert settings_build(TwoStageSettings, {}, backend="two_stage").assign_flow_threshold == 0.8
+    assert "assign_flow_threshold" in backend_settings_errors("two_stage", {"assign_flow_threshold": -1})
     assert "must be one of" in backend_settings_errors("nnunet", {"instances": "watershed"})["instances"]
 
 
