@@ -127,7 +127,9 @@ def proposals_store(*, image: Image, model_version: ModelVersion, contours: list
         class_id = by_label.get(contour.label)
         if class_id is None:
             continue  # the project has no class for this label (e.g. no erythrocyte class)
-        x, y, w, h = contour.bbox
+        # the contour's bbox is (x_min, y_min, x_max, y_max); the store and COCO keep [x, y, w, h]
+        x0, y0, x1, y1 = contour.bbox
+        x, y, w, h = x0, y0, x1 - x0, y1 - y0
         cells.append(
             Cell(
                 image_id=image.pk,

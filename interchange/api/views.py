@@ -98,12 +98,20 @@ FILTER_PARAMETERS = [
     OpenApiParameter("image_ids", str, description="Image ids, comma-separated: 1,2,3"),
     OpenApiParameter("async", bool, description="Run as a background job (202 with the job)."),
 ]
+_COCO_EMPTY = (
+    "List images without selected cells too (default: only images with cells, and on the verified "
+    "layer images verified with none)."
+)
 KIND_PARAMETERS = {
     "coco": [
         OpenApiParameter("segmentation", str, enum=["polygon", "rle"]),
         OpenApiParameter("gzip", bool, description="A .json.gz file (Accept-Encoding: gzip also compresses)."),
+        OpenApiParameter("include_empty", bool, description=_COCO_EMPTY),
     ],
-    "coco_zip": [OpenApiParameter("segmentation", str, enum=["polygon", "rle"])],
+    "coco_zip": [
+        OpenApiParameter("segmentation", str, enum=["polygon", "rle"]),
+        OpenApiParameter("include_empty", bool, description=_COCO_EMPTY),
+    ],
     "geojson": [OpenApiParameter("object_type", str, enum=["annotation", "detection"])],
     "nnunet": [OpenApiParameter("dataset_id", int), OpenApiParameter("include_empty", bool)],
     "cellpose": [OpenApiParameter("include_empty", bool)],

@@ -51,10 +51,16 @@ def _read(stored: Any) -> bytes:
 
 
 def coco_zip_stream(
-    *, project: Project, filters: ExportFilters, segmentation: str = "polygon", progress: ProgressFn | None = None
+    *,
+    project: Project,
+    filters: ExportFilters,
+    segmentation: str = "polygon",
+    progress: ProgressFn | None = None,
+    include_empty: bool = False,
 ) -> Iterator[bytes]:
-    """A zip with ``annotations.json`` (COCO) and ``images/<file_name>`` (the original files)."""
-    images = frozen(export_images(project=project, filters=filters))
+    """A zip with ``annotations.json`` (COCO) and ``images/<file_name>`` (the original files of
+    the images it lists)."""
+    images = frozen(export_images(project=project, filters=filters, include_empty=include_empty))
     names = _unique_names(images)
     upto = max(names, default=0)
 
@@ -62,7 +68,12 @@ def coco_zip_stream(
         yield (
             "annotations.json",
             coco_export_stream(
-                project=project, filters=filters, segmentation=segmentation, file_names=names, upto_image_id=upto
+                project=project,
+                filters=filters,
+                segmentation=segmentation,
+                file_names=names,
+                upto_image_id=upto,
+                include_empty=include_empty,
             ),
         )
         done = 0

@@ -181,6 +181,7 @@ def coco_export_stream(
     file_names: Mapping[int, str] | None = None,
     progress: ProgressFn | None = None,
     upto_image_id: int | None = None,
+    include_empty: bool = False,
 ) -> Iterator[bytes]:
     """The COCO JSON of a project's selected cells as chunks of bytes (bounded memory).
 
@@ -192,10 +193,12 @@ def coco_export_stream(
     ``skipped_cells`` (ids of stored cells whose polygon is malformed, left out) when there are any. ``file_names``
     overrides image file names (the zip export makes them unique). ``progress`` gets the number
     of cells written so far after each batch. The images are those that exist when the stream
-    starts (up to ``upto_image_id`` if given), so that both passes over them agree.
+    starts (up to ``upto_image_id`` if given), so that both passes over them agree; only those
+    with selected cells (or verified, on the verified layer) unless ``include_empty``: COCOeval
+    scores a listed image without annotations as an empty ground truth.
     """
     rle = segmentation == "rle"
-    images = frozen(export_images(project=project, filters=filters), upto_image_id)
+    images = frozen(export_images(project=project, filters=filters, include_empty=include_empty), upto_image_id)
     counts = export_cell_counts(project=project, filters=filters)
     categories = [
         {

@@ -64,7 +64,11 @@ def export_stream(
     kind = options.kind
     if kind == "coco":
         chunks = coco_export_stream(
-            project=project, filters=filters, segmentation=options.segmentation, progress=progress
+            project=project,
+            filters=filters,
+            segmentation=options.segmentation,
+            progress=progress,
+            include_empty=options.include_empty,
         )
         if options.gzip:
             return ExportStream(gzip_chunks(chunks, gzip_level), f"{base}-coco.json.gz", "application/gzip")
@@ -72,7 +76,13 @@ def export_stream(
             return ExportStream(gzip_chunks(chunks, gzip_level), f"{base}-coco.json", "application/json", "gzip")
         return ExportStream(chunks, f"{base}-coco.json", "application/json")
     if kind == "coco_zip":
-        chunks = coco_zip_stream(project=project, filters=filters, segmentation=options.segmentation, progress=progress)
+        chunks = coco_zip_stream(
+            project=project,
+            filters=filters,
+            segmentation=options.segmentation,
+            progress=progress,
+            include_empty=options.include_empty,
+        )
         return ExportStream(chunks, f"{base}-coco.zip", "application/zip")
     if kind == "geojson":
         chunks = geojson_zip_stream(
@@ -95,7 +105,8 @@ def export_stream(
 def _export_size(project: Project, options: ExportOptions) -> tuple[int, int]:
     """(cells, images) an export holds."""
     counts = export_cell_counts(project=project, filters=options.filters)
-    return sum(counts.values()), export_images(project=project, filters=options.filters).count()
+    images = export_images(project=project, filters=options.filters, include_empty=options.include_empty)
+    return sum(counts.values()), images.count()
 
 
 def export_request(

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
-from annotations.models import Bethesda, Cell, CellClass, Image, Layer, Project, Split
+from annotations.models import Bethesda, Cell, CellClass, Image, ImageStatus, Layer, Project, Split
 from core.errors import ServiceValidationError
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ class ExportOptions:
     gzip: bool = False  # coco: a .json.gz file
     object_type: str = ""  # geojson: annotation | detection ("" = by layer)
     dataset_id: int = 500  # nnunet
-    include_empty: bool = False  # nnunet, cellpose: images without cells too
+    # images without selected cells too (COCO: on the verified layer, images nobody verified)
+    include_empty: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,8 +84,8 @@ COMMON_PARAMS = ("layer", "model_version", "split", "bethesda", "class_ids", "im
 
 
 KIND_PARAMS: dict[str, tuple[str, ...]] = {
-    "coco": ("segmentation", "gzip"),
-    "coco_zip": ("segmentation",),
+    "coco": ("segmentation", "gzip", "include_empty"),
+    "coco_zip": ("segmentation", "include_empty"),
     "geojson": ("object_type",),
     "nnunet": ("dataset_id", "include_empty"),
     "cellpose": ("include_empty",),
@@ -199,8 +200,10 @@ def export_options_parse(*, project: Project, kind: str, params: Mapping[str, st
     return options, wants_async
 
 
-def export_images(*, project: Project, filters: ExportFilters) -> QuerySet[Image]:
-    """The images an export holds, by id."""
+def export_images(*, project: Project, filters: ExportFilters, include_empty: bool = True) -> QuerySet[Image]:
+    """The images an export holds, by id. Without ``include_empty`` only those with a selected
+    cell, and on the verified layer those verified with none (an empty ground truth is real
+    there; an image nobody verified is not a ground truth at all)."""
     queryset = Image.objects.filter(project=project)
     if filters.splits:
         queryset = queryset.filter(split__in=filters.splits)
@@ -208,6 +211,12 @@ def export_images(*, project: Project, filters: ExportFilters) -> QuerySet[Image
         queryset = queryset.filter(bethesda__in=filters.bethesda)
     if filters.image_ids:
         queryset = queryset.filter(pk__in=filters.image_ids)
+    if not include_empty:
+        has_cells = Exists(Cell.objects.filter(_cell_filter(filters), image_id=OuterRef("pk")))
+        if filters.layer == Layer.VERIFIED:
+            queryset = queryset.filter(has_cells | Q(status=ImageStatus.VERIFIED))
+        else:
+            queryset = queryset.filter(has_cells)
     return queryset.order_by("pk")
 
 

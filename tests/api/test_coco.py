@@ -276,6 +276,32 @@ def test_filters(project: Any, images: list[Image], admin_user: Any, classes: tu
     assert len(data["annotations"]) == 7  # with the accepted proposal above
 
 
+def test_coco_lists_only_images_with_ground_truth_unless_asked(
+    project: Any, images: list[Image], admin_user: Any, classes: tuple[Any, Any]
+) -> None:
+    """COCOeval scores a listed image without annotations as an empty ground truth: the verified
+    layer lists the images with verified cells and those verified with none, not the others."""
+    from annotations.models import ImageStatus
+
+    client = client_for(admin_user)
+    cell_class, _ = classes
+    add_cell(images[0], cell_class, blob(40, 40, 10), Layer.VERIFIED, source=CellSource.CONSENSUS)
+    Image.objects.filter(pk=images[1].pk).update(status=ImageStatus.VERIFIED)  # verified: no cells
+    everything = sorted(i.pk for i in images)
+    assert [i["id"] for i in export_json(client, project, "?layer=verified")["images"]] == [images[0].pk, images[1].pk]
+    listed = export_json(client, project, "?layer=verified&include_empty=true")["images"]
+    assert [i["id"] for i in listed] == everything
+    # the zip holds the files of the images it lists
+    response = client.get(f"/api/v1/projects/{project.pk}/export/coco-zip?layer=verified")
+    assert response.status_code == 200
+    names = zipfile.ZipFile(io.BytesIO(body_of(response))).namelist()
+    assert len([n for n in names if n.startswith("images/")]) == 2
+    # other layers: only images with selected cells
+    assert [i["id"] for i in export_json(client, project, "?layer=annotation")["images"]] == sorted(
+        {c.image_id for c in Cell.objects.filter(image__project=project, layer=Layer.ANNOTATION)}
+    )
+
+
 @pytest.mark.parametrize(
     "query,field",
     [

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from django.contrib.staticfiles import finders
 
 from annotations.models import AuditEvent, Role
 from tests.api.conftest import client_for
@@ -168,7 +170,14 @@ def test_openapi_schema_and_docs(annotator: Any) -> None:
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert "/api/v1/images/{image_id}/cells" in paths
-    assert client.get("/api/v1/docs").status_code == 200
+    docs = client.get("/api/v1/docs")
+    assert docs.status_code == 200
+    # Swagger UI comes from the app's own static files (it was a blank page offline, from a CDN)
+    page = docs.content.decode()
+    assert "cdn." not in page and "unpkg" not in page and "jsdelivr" not in page
+    scripts = re.findall(r'src="/static/([^"]+)"', page)
+    assert any("swagger-ui-bundle" in s for s in scripts)
+    assert all(finders.find(s) for s in scripts), scripts
 
 
 def test_admin_deletes_project_with_cells(project: Any, admin_user: Any) -> None:

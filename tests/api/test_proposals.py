@@ -116,3 +116,34 @@ def test_locked_image_refuses_proposal_changes_and_presegmentation(image: Any, p
     )
     assert client.post(f"/api/v1/images/{image.pk}/presegment", {}, format="json").status_code == 409
     assert Cell.objects.filter(layer=Layer.PROPOSAL, state="").count() == 3
+
+
+def test_proposal_boxes_are_x_y_width_height(image: Any, project: Any, annotator: Any) -> None:
+    """The contour library's boxes are (x_min, y_min, x_max, y_max); proposals were stored with
+    x_max / y_max as width / height (COCO box AP 0.000). Stored rows are repaired by migration."""
+    import importlib
+
+    import numpy as np
+    from django.apps import apps
+
+    from cytoseg.backends.base import instances_from_label_map
+    from cytoseg.contours import instances_to_polygons
+    from inference.services import proposals_store
+    from training.services.registry import model_version_baseline
+
+    labels = np.zeros((100, 200), np.int32)
+    labels[30:45, 120:140] = 1  # x 120..139, y 30..44
+    contours = instances_to_polygons(instances_from_label_map(labels, labels=[1]))
+    version = model_version_baseline(project=project)
+    assert proposals_store(image=image, model_version=version, contours=contours) == 1
+    (cell,) = client_for(annotator).get(f"/api/v1/images/{image.pk}/cells?layer=proposal").json()["cells"]
+    xs, ys = [p[0] for p in cell["polygon"]], [p[1] for p in cell["polygon"]]
+    assert cell["bbox"] == [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    assert 115 <= cell["bbox"][0] <= 121 and 18 <= cell["bbox"][2] <= 22
+
+    # a row stored the old way is repaired by annotations 0009
+    Cell.objects.filter(pk=cell["id"]).update(bbox_w=max(xs), bbox_h=max(ys))
+    module = importlib.import_module("annotations.migrations.0009_proposal_bbox_xywh")
+    module.forwards(apps, None)
+    stored = Cell.objects.get(pk=cell["id"])
+    assert [stored.bbox_x, stored.bbox_y, stored.bbox_w, stored.bbox_h] == cell["bbox"]

@@ -105,6 +105,9 @@ def test_start_validates_the_configuration(project: Any, data: Any, admin_user: 
     assert response.json()["errors"] == {"config.cellpose.n_epoch": "unknown key", "config.lr": "unknown key"}
     response = client.post(_jobs(project), {"kind": "cellpose", "epochs": 3}, format="json")
     assert response.status_code == 400 and response.json()["errors"] == {"epochs": "unknown field"}
+    # the API takes one kind (docs/api.md once said "kinds")
+    response = client.post(_jobs(project), {"kinds": ["cellpose"]}, format="json")
+    assert response.status_code == 400 and response.json()["errors"]["kinds"] == "unknown field"
     response = client.post(_jobs(project), {"kind": "yolo"}, format="json")
     assert response.status_code == 400 and "kind" in response.json()["errors"]
     other = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1, seed=30)

@@ -3082,6 +3082,8 @@ export interface operations {
                 gzip?: boolean;
                 /** @description Image ids, comma-separated: 1,2,3 */
                 image_ids?: string;
+                /** @description List images without selected cells too (default: only images with cells, and on the verified layer images verified with none). */
+                include_empty?: boolean;
                 layer?: "annotation" | "proposal" | "verified";
                 /** @description Required with layer=proposal. */
                 model_version?: number;
@@ -3127,6 +3129,8 @@ export interface operations {
                 class_ids?: string;
                 /** @description Image ids, comma-separated: 1,2,3 */
                 image_ids?: string;
+                /** @description List images without selected cells too (default: only images with cells, and on the verified layer images verified with none). */
+                include_empty?: boolean;
                 layer?: "annotation" | "proposal" | "verified";
                 /** @description Required with layer=proposal. */
                 model_version?: number;
