@@ -2,7 +2,7 @@
 ~40 vertices) through the API, target <= 1 s; (2) 1,000,000 cells streamed, with memory that does
 not grow with the count (peak RSS growth and peak traced memory, 100k cells vs 1M cells).
 
-    DJANGO_SECRET_KEY=x DATABASE_URL=postgres://postgres@127.0.0.1:5432/cytoplatform_bench \\
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/cytoplatform_bench \\
         .venv/bin/python bench/coco_bench.py
 
 Creates its own test database (test_<name>_coco_bench) and destroys it at the end. Cells are
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import secrets
 import statistics
 import sys
 import time
@@ -25,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key")
+os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
 
 WIDTH, HEIGHT = 1024, 768
 

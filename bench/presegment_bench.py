@@ -52,6 +52,7 @@ import io
 import json
 import math
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -70,7 +71,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_common import size_arg  # noqa: E402  (a sibling script, not a package)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-secret-key")
+os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
 
 from cytoseg.trainers.presets import FAST_CELLPOSE_SCALE, FAST_INFERENCE, FAST_PLAN  # noqa: E402  (Django-free)
 

@@ -25,6 +25,14 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 def _secret_key() -> str:
     configured = env_str("DJANGO_SECRET_KEY", "")
     if configured:
+        # Django's own deployment check (security.W009) only warns; with DEBUG off a guessable
+        # key signs sessions and password-reset links, so it stops the start-up instead.
+        weak = len(configured) < 50 or len(set(configured)) < 5 or configured.startswith("django-insecure-")
+        if weak and not DEBUG:
+            raise ImproperlyConfigured(
+                "DJANGO_SECRET_KEY is too weak: use at least 50 random characters "
+                '(python -c "import secrets; print(secrets.token_urlsafe(50))").'
+            )
         return configured
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off.")
@@ -53,6 +61,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     # Swagger UI's files served by the app itself: /api/v1/docs works offline (no CDN)
     "drf_spectacular_sidecar",
+    "csp",
     "django_celery_beat",
     "core",
     "annotations",
@@ -64,6 +73,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -156,6 +166,30 @@ SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# HSTS wherever cookies are secure (HTTPS only): browsers then refuse plain HTTP to this host.
+# Sent on HTTPS responses; behind a TLS-terminating proxy set DJANGO_PROXY_SSL_HEADER.
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000 if SESSION_COOKIE_SECURE else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = False  # other hosts of the domain are not ours to force
+if env_bool("DJANGO_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# A strict Content-Security-Policy (django-csp): the browser tool, the admin and Swagger UI load
+# scripts and styles only from this origin, never inline; images may be data:/blob: URLs (the
+# favicon, canvas snapshots); nothing may frame the pages.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "font-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "worker-src": ["'self'", "blob:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 50 * 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

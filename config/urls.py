@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, include, path
 from django.views.decorators.csrf import ensure_csrf_cookie
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 
 @ensure_csrf_cookie
@@ -26,7 +26,9 @@ api_v1: list[URLPattern | URLResolver] = [
     path("", include(("inference.api.urls", "inference"))),
     path("", include(("training.api.urls", "training"))),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
-    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # the split view serves Swagger UI's start-up script as a file: no inline script, so the
+    # strict Content-Security-Policy holds on this page too
+    path("docs", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="docs"),
 ]
 
 urlpatterns = [
@@ -34,3 +36,10 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("", spa_index, name="spa"),
 ]
+
+# Under /api/ every error, including those Django answers before a view runs (an unknown path,
+# a body over DATA_UPLOAD_MAX_MEMORY_SIZE, an uncaught exception), has the API's JSON shape.
+handler400 = "core.api.errors.error_400"
+handler403 = "core.api.errors.error_403"
+handler404 = "core.api.errors.error_404"
+handler500 = "core.api.errors.error_500"

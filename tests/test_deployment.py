@@ -15,6 +15,7 @@ import fnmatch
 import json
 import os
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -50,7 +51,7 @@ EXTRA_ENV_READERS: dict[str, Path | None] = {
     "DB_WAIT_TIMEOUT": WAIT_FOR_DB,
 }
 # What an operator puts in .env: the variables compose requires with ${NAME:?message}.
-HOST_ENV = {"DJANGO_SECRET_KEY": "test-secret-key", "POSTGRES_PASSWORD": "testpassword"}
+HOST_ENV = {"DJANGO_SECRET_KEY": "test-secret-key-" + "k3y" * 20, "POSTGRES_PASSWORD": "testpassword"}
 IMAGE_HEALTH_URL = "/api/v1/schema"
 
 
@@ -578,7 +579,7 @@ def test_entrypoint_is_executable_and_its_management_commands_exist() -> None:
 def _run_entrypoint(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DJANGO_SECRET_KEY": "entrypoint-test",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "PLATFORM_VAR_DIR": str(tmp_path / "var"),
         "RUN_MIGRATIONS": "false",
         **extra,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,14 @@ def test_secret_key_required_without_debug_and_generated_with_it(tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert "sqlite3 filesystem://" in result.stdout
     assert len((tmp_path / "dev_secret_key").read_text()) > 40
+
+
+@pytest.mark.parametrize("key", ["short", "a" * 60, "django-insecure-" + "x1y2z3" * 10])
+def test_weak_secret_key_stops_startup_without_debug(tmp_path: Path, key: str) -> None:
+    result = _settings_in_subprocess({"DJANGO_SECRET_KEY": key}, tmp_path)
+    assert result.returncode != 0 and "DJANGO_SECRET_KEY is too weak" in result.stderr
+    strong = _settings_in_subprocess({"DJANGO_SECRET_KEY": secrets.token_urlsafe(50)}, tmp_path)
+    assert strong.returncode == 0, strong.stderr
 
 
 def test_urls_switch_to_postgres_and_redis_without_code_change(tmp_path: Path) -> None:

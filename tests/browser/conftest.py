@@ -84,6 +84,7 @@ class PageErrors:
         self.errors: list[str] = []
 
     def watch(self, page: Any) -> Any:
+        page.wait_for_function = _csp_safe_wait(page)
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
         page.on(
             "console",
@@ -94,6 +95,29 @@ class PageErrors:
             ),
         )
         return page
+
+
+def _csp_safe_wait(page: Any) -> Any:
+    """``page.wait_for_function`` that works under the app's Content-Security-Policy: Playwright's
+    own compiles the predicate with eval inside the page, which the policy (rightly) refuses;
+    ``page.evaluate`` goes through the DevTools protocol, which the policy does not govern."""
+    import time
+
+    def wait(expression: str, arg: Any = None, timeout: float | None = None, **_: Any) -> Any:
+        deadline = time.monotonic() + (timeout if timeout is not None else 15_000) / 1000
+        last: Exception | None = None
+        while True:
+            try:
+                value = page.evaluate(expression, arg)
+                if value:
+                    return value
+            except Exception as exc:  # the element is not there yet: try again
+                last = exc
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"wait_for_function timed out: {expression!r} (last error: {last})")
+            page.wait_for_timeout(50)
+
+    return wait
 
 
 def _expected_console_error(text: str) -> bool:
