@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from core.errors import ServiceValidationError
@@ -46,7 +46,8 @@ def idempotent_call(
     """Run a write once per (user, Idempotency-Key): a retry replays the stored response.
 
     The record is written in the same transaction as the write, so a retry after a lost
-    response can never apply the write twice. Reusing a key for a different request is an error.
+    response can never apply the write twice; a retry sent while the first is still running
+    waits for it and replays its response. Reusing a key for a different request is an error.
     """
     if not key:
         return run()
@@ -67,6 +68,13 @@ def idempotent_call(
         return replay(record)
     try:
         with transaction.atomic():
+            # A concurrent request with the same key waits here until the first one commits (or
+            # rolls back), then replays its response instead of running the write again (which
+            # would answer 409: the first one moved the revision on).
+            _key_lock(user.pk, key)
+            record = IdempotencyRecord.objects.filter(user=user, key=key).first()
+            if record is not None:
+                return replay(record)
             status, body = run()
             # Stored and returned in its JSON form so that a replay is byte-for-byte the same.
             body = json.loads(json.dumps(body, default=json_default))
@@ -75,11 +83,22 @@ def idempotent_call(
             )
             return status, body
     except IntegrityError:
-        # A concurrent request with the same key committed first: its response is the answer.
+        # Backstop where no lock serialised the two (another database): the first one's response.
         record = IdempotencyRecord.objects.filter(user=user, key=key).first()
         if record is None:
             raise
         return replay(record)
+
+
+def _key_lock(user_id: int, key: str) -> None:
+    """Hold a lock on (user, key) until the current transaction ends. PostgreSQL: an advisory
+    transaction lock. SQLite (the embedded default) opens its transactions IMMEDIATE, which
+    serialises every writer already."""
+    if connection.vendor != "postgresql":
+        return
+    digest = hashlib.blake2b(f"idempotency:{user_id}:{key}".encode(), digest_size=8).digest()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [int.from_bytes(digest, "big", signed=True)])
 
 
 def idempotency_prune() -> int:

@@ -260,3 +260,49 @@ def test_old_idempotency_records_are_pruned(image: Any, annotator: Any, class_id
     IdempotencyRecord.objects.filter(key="k1").update(created_at=timezone.now() - timedelta(days=3))
     assert idempotency_prune() == 1
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["k2"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_simultaneous_requests_with_one_key_apply_once_and_both_get_the_answer(
+    image: Any, annotator: Any, class_id: int
+) -> None:
+    """The second waits for the first and replays its response (it used to get 409: the first
+    had moved the revision on)."""
+    import threading
+    import time
+    from unittest import mock
+
+    from django.db import connection
+
+    from annotations.services import cells as cell_services
+
+    real = cell_services.cells_replace
+    entered = threading.Event()
+
+    def slow(**kwargs: Any) -> Any:
+        entered.set()
+        time.sleep(0.6)  # the second request arrives while the first is writing
+        return real(**kwargs)
+
+    body = [{"class_id": class_id, "polygon": square(10, 10)}]
+    answers: list[Any] = [None, None]
+
+    def send(i: int) -> None:
+        try:
+            answers[i] = _put(client_for(annotator), image, body, 0, HTTP_IDEMPOTENCY_KEY="same-save")
+        finally:
+            connection.close()
+
+    with mock.patch.object(cell_services, "cells_replace", side_effect=slow) as replace:
+        first = threading.Thread(target=send, args=(0,))
+        first.start()
+        assert entered.wait(10)
+        second = threading.Thread(target=send, args=(1,))
+        second.start()
+        first.join(30)
+        second.join(30)
+    assert [a.status_code for a in answers] == [200, 200], [a.content for a in answers]
+    assert answers[0].json() == answers[1].json() and answers[0].json()["revision"] == 1
+    assert replace.call_count == 1
+    assert AnnotationRevision.objects.filter(image=image).count() == 1
+    assert Cell.objects.filter(image=image, layer=Layer.ANNOTATION).count() == 1
