@@ -7,6 +7,7 @@ PostgreSQL and Redis without code changes.
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 
@@ -194,6 +195,13 @@ CONTENT_SECURITY_POLICY = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 50 * 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
+def _throttle_rate(name: str, default: str) -> str:
+    value = env_str(name, default)
+    if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f"{name}={value!r} must be a rate like 120/min (per s, min, hour or day).")
+    return value
+
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "annotations.authentication.ApiTokenAuthentication",
@@ -205,6 +213,12 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["core.api.throttling.AnonThrottle", "core.api.throttling.UserThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": _throttle_rate("API_THROTTLE_ANON", "120/min"),
+        # generous: autosave, thumbnails and tiles of one busy editor stay far below it
+        "user": _throttle_rate("API_THROTTLE_USER", "3000/min"),
+    },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -224,6 +238,8 @@ IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 64_000_000, minimum=1)
 IMAGE_MAX_FILES_PER_UPLOAD = env_int("IMAGE_MAX_FILES_PER_UPLOAD", 200, minimum=1)
 CELL_MAX_VERTICES = env_int("CELL_MAX_VERTICES", 10_000, minimum=3)
 CELL_MAX_PER_IMAGE = env_int("CELL_MAX_PER_IMAGE", 20_000, minimum=1)
+# One login throttle for the API and the admin (core.login.ThrottledModelBackend).
+AUTHENTICATION_BACKENDS = ["core.login.ThrottledModelBackend"]
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5, minimum=1)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 300, minimum=1)
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1)
