@@ -164,6 +164,12 @@ class Image(models.Model):
     presegment_model = models.ForeignKey(
         "training.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Liveness of pre-segmentation (inference.services): when it was queued, the worker running
+    # it ("host:pid") and its last heartbeat, and how many runs were started.
+    presegment_queued_at = models.DateTimeField(null=True, blank=True)
+    presegment_worker = models.CharField(max_length=255, blank=True)
+    presegment_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    presegment_attempts = models.PositiveSmallIntegerField(default=0)
     # Revision of the annotation layer; every accepted write increments it.
     revision = models.PositiveIntegerField(default=0)
     uploaded_by = models.ForeignKey(

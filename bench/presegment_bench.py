@@ -929,7 +929,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for cfg in configs:
                 version = versions[cfg.name]
                 for run in range(args.repeats + 1):
-                    Image.objects.filter(pk=image.pk).update(presegment_status=PresegmentStatus.QUEUED)
+                    Image.objects.filter(pk=image.pk).update(
+                        presegment_status=PresegmentStatus.QUEUED, presegment_model=version
+                    )
                     started = time.perf_counter()
                     result = presegment_image.apply_async(args=[image.pk, version.pk], queue=queue)
                     try:

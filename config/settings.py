@@ -195,6 +195,7 @@ CONTENT_SECURITY_POLICY = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 50 * 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
+
 def _throttle_rate(name: str, default: str) -> str:
     value = env_str(name, default)
     if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", value):
@@ -260,7 +261,14 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
+    # An unacknowledged message (acks_late) of a killed worker goes back to its queue after the
+    # visibility timeout: the pre-segmentation task's hard time limit, so a killed one is run
+    # again within minutes. Longer tasks (training, exports) may then be delivered twice while
+    # they still run; their claim skips a duplicate (training.services.runner, interchange jobs).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env_int("GPU_TASK_TIME_LIMIT", 660, minimum=1) + 60,
+        "socket_connect_timeout": 2,
+    }
 _results_dir = VAR_DIR / "celery-results"
 _results_dir.mkdir(parents=True, exist_ok=True)
 CELERY_RESULT_BACKEND = env_str(
@@ -279,10 +287,27 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing fails fast when the broker is down (the message waits in core's outbox instead of
+# the request waiting ~20 s for kombu's default retries); OUTBOX_DISPATCH_SECONDS: how often beat sends
+# what waits there.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# one retry, at once: it reconnects a pooled connection the broker dropped (a broker restart)
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+OUTBOX_DISPATCH_SECONDS = env_int("OUTBOX_DISPATCH_SECONDS", 15, minimum=1)
 GPU_TASK_SOFT_TIME_LIMIT = env_int("GPU_TASK_SOFT_TIME_LIMIT", 600, minimum=1)
 GPU_TASK_TIME_LIMIT = env_int("GPU_TASK_TIME_LIMIT", 660, minimum=1)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
 PRESEGMENT_MIN_AREA = env_float("PRESEGMENT_MIN_AREA", 20.0)
+# Liveness of pre-segmentation (inference.services): a running image's worker writes a
+# heartbeat every PRESEGMENT_HEARTBEAT_SECONDS; the watchdog re-queues an image whose heartbeat
+# is older than PRESEGMENT_HEARTBEAT_TIMEOUT (its worker died) up to PRESEGMENT_MAX_ATTEMPTS
+# runs, then fails it with the reason; an image queued for PRESEGMENT_QUEUED_TIMEOUT with no
+# message waiting in the outbox lost its task and is re-queued the same way.
+PRESEGMENT_HEARTBEAT_SECONDS = env_int("PRESEGMENT_HEARTBEAT_SECONDS", 10, minimum=1)
+PRESEGMENT_HEARTBEAT_TIMEOUT = env_int("PRESEGMENT_HEARTBEAT_TIMEOUT", 60, minimum=2)
+PRESEGMENT_MAX_ATTEMPTS = env_int("PRESEGMENT_MAX_ATTEMPTS", 3, minimum=1)
+PRESEGMENT_QUEUED_TIMEOUT = env_int("PRESEGMENT_QUEUED_TIMEOUT", 6 * 3600, minimum=60)
 
 LOGGING = {
     "version": 1,
@@ -307,6 +332,16 @@ TRAINING_GATE_MARGIN = env_float("TRAINING_GATE_MARGIN", 0.01)
 TRAINING_GATE_TOLERANCE = env_float("TRAINING_GATE_TOLERANCE", 0.02)
 CELERY_BEAT_SCHEDULE = {
     "training-watchdog": {"task": "training.watchdog", "schedule": 300.0, "options": {"queue": "default"}},
+    "core-outbox-dispatch": {
+        "task": "core.outbox_dispatch",
+        "schedule": float(OUTBOX_DISPATCH_SECONDS),
+        "options": {"queue": "default", "expires": float(OUTBOX_DISPATCH_SECONDS)},
+    },
+    "inference-watchdog": {
+        "task": "inference.watchdog",
+        "schedule": float(PRESEGMENT_HEARTBEAT_TIMEOUT),
+        "options": {"queue": "default", "expires": float(PRESEGMENT_HEARTBEAT_TIMEOUT)},
+    },
     "core-idempotency-prune": {
         "task": "core.idempotency_prune",
         "schedule": 24 * 3600.0,

@@ -21,3 +21,28 @@ class IdempotencyRecord(models.Model):
         # Moved from the annotations app; the table keeps its name (no data is copied).
         db_table = "annotations_idempotencyrecord"
         constraints = [models.UniqueConstraint(fields=["user", "key"], name="uniq_idempotency_key_per_user")]
+
+
+class OutboxMessage(models.Model):
+    """A task to send to the broker, written in the transaction of the row it works on.
+
+    The transactional outbox: a write that needs a task commits this row with it, so the task
+    can never be lost between the commit and the broker (a broker outage used to leave images,
+    training and export jobs queued for ever). It is sent right after the commit; while the
+    broker is down it waits here and ``core.outbox_dispatch`` sends it once the broker is back.
+    The row is deleted once the broker has the message.
+    """
+
+    name = models.CharField(max_length=200)
+    args = models.JSONField(default=list)
+    queue = models.CharField(max_length=64)
+    task_id = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"], name="outbox_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.args} -> {self.queue}"

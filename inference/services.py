@@ -7,18 +7,23 @@ that version's proposals in one transaction. The doctors' annotation layer is ne
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from annotations.models import LOCKED_STATUSES, Cell, CellSource, Image, Layer, PresegmentStatus, Project
 from annotations.services.workflow import annotation_write_check, image_presegmented
-from core.queue import task_enqueue
+from core.queue import outbox_pending, task_enqueue
 from cytoseg.backends import backend_get
 from cytoseg.contours import instances_to_polygons
 from cytoseg.device import device_default
@@ -27,6 +32,7 @@ from training.models import ModelVersion
 from training.services.registry import artifacts_verify, model_version_for_project, model_version_settings
 
 logger = logging.getLogger(__name__)
+PRESEGMENT_TASK = "inference.presegment_image"
 
 
 def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None = None) -> ModelVersion:
@@ -36,11 +42,15 @@ def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None
     annotation_write_check(image=image)
     version = model_version or model_version_for_project(project=image.project)
     Image.objects.filter(pk=image.pk).update(
-        presegment_status=PresegmentStatus.QUEUED, presegment_error="", presegment_model=version
+        presegment_status=PresegmentStatus.QUEUED,
+        presegment_error="",
+        presegment_model=version,
+        presegment_queued_at=timezone.now(),
+        presegment_attempts=0,
     )
     image.presegment_status = PresegmentStatus.QUEUED
     image_id, version_id = image.pk, version.pk
-    task_enqueue("inference.presegment_image", args=[image_id, version_id], queue="gpu")
+    task_enqueue(PRESEGMENT_TASK, args=[image_id, version_id], queue="gpu")
     return version
 
 
@@ -65,15 +75,146 @@ class PresegmentResult:
     model_version_id: int
     cell_count: int
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # a duplicate delivery: another run has (or had) the image
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim(image_id: int, model_version_id: int, *, retry: bool) -> bool:
+    """Mark the image running on this worker if it is this version's to run (see the caller)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.PRESEGMENT_HEARTBEAT_TIMEOUT)
+    mine = Q(presegment_status=PresegmentStatus.QUEUED) | Q(
+        presegment_status=PresegmentStatus.RUNNING, presegment_heartbeat_at__lt=stale
+    )
+    if retry:
+        mine |= Q(presegment_status=PresegmentStatus.FAILED)
+    return bool(
+        Image.objects.filter(mine, pk=image_id, presegment_model_id=model_version_id).update(
+            presegment_status=PresegmentStatus.RUNNING,
+            presegment_error="",
+            presegment_worker=_worker_name(),
+            presegment_heartbeat_at=now,
+            presegment_attempts=F("presegment_attempts") + 1,
+        )
+    )
+
+
+class _Heartbeat:
+    """Writes the image's heartbeat every PRESEGMENT_HEARTBEAT_SECONDS from a thread."""
+
+    def __init__(self, image_id: int) -> None:
+        self.image_id = image_id
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"presegment-heartbeat-{image_id}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        try:
+            while not self.stopped.wait(settings.PRESEGMENT_HEARTBEAT_SECONDS):
+                Image.objects.filter(pk=self.image_id, presegment_status=PresegmentStatus.RUNNING).update(
+                    presegment_heartbeat_at=timezone.now()
+                )
+        except Exception:  # a missed heartbeat is the watchdog's business, not a crash
+            logger.warning("pre-segmentation heartbeat of image %s stopped", self.image_id, exc_info=True)
+        finally:
+            connection.close()
+
+
+def _pid_gone(worker: str) -> bool:
+    """Whether ``worker`` ("host:pid") ran on this host and its process is gone."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # a killed process whose parent died too may linger as a zombie nobody reaps
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
+
+
+def presegment_reap(*, now: Any = None) -> dict[str, list[int]]:
+    """Find pre-segmentations without a live task behind them and re-queue them (through the
+    outbox), or fail them with the reason after PRESEGMENT_MAX_ATTEMPTS runs:
+
+    * running, but the heartbeat is older than PRESEGMENT_HEARTBEAT_TIMEOUT or the worker's
+      process (on this host) is gone: the worker was killed;
+    * queued for longer than PRESEGMENT_QUEUED_TIMEOUT with no message waiting in the outbox:
+      the broker lost the task.
+
+    Returns ``{"requeued": [...], "failed": [...]}`` (image ids)."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.PRESEGMENT_HEARTBEAT_TIMEOUT)
+    out: dict[str, list[int]] = {"requeued": [], "failed": []}
+    running = Image.objects.filter(presegment_status=PresegmentStatus.RUNNING).values_list(
+        "pk", "presegment_worker", "presegment_heartbeat_at", "presegment_attempts", "presegment_model_id"
+    )
+    lost: list[tuple[int, str, int, int | None, PresegmentStatus]] = []
+    for pk, worker, beat, attempts, version_id in running:
+        if beat is None or beat < stale:
+            last = beat.isoformat() if beat else "never"
+            reason = f"no heartbeat for more than {settings.PRESEGMENT_HEARTBEAT_TIMEOUT} s (last {last})"
+        elif _pid_gone(worker):
+            reason = f"the worker process {worker} is gone (killed or crashed)"
+        else:
+            continue
+        lost.append((pk, f"{reason}; the worker was lost", attempts, version_id, PresegmentStatus.RUNNING))
+    waited = now - timedelta(seconds=settings.PRESEGMENT_QUEUED_TIMEOUT)
+    queued = Image.objects.filter(
+        presegment_status=PresegmentStatus.QUEUED, presegment_queued_at__lt=waited
+    ).values_list("pk", "presegment_attempts", "presegment_model_id")
+    for image_id, runs, model_id in queued:
+        if model_id is not None and outbox_pending(name=PRESEGMENT_TASK, args=[image_id, model_id]):
+            continue  # the broker is down: its message waits in the outbox
+        reason = f"still queued after {settings.PRESEGMENT_QUEUED_TIMEOUT} s: its task was lost"
+        lost.append((image_id, reason, runs, model_id, PresegmentStatus.QUEUED))
+    for lost_id, reason, runs_so_far, lost_model, status in lost:
+        if runs_so_far >= settings.PRESEGMENT_MAX_ATTEMPTS or lost_model is None:
+            if Image.objects.filter(pk=lost_id, presegment_status=status).update(
+                presegment_status=PresegmentStatus.FAILED,
+                presegment_error=f"{reason}; gave up after {runs_so_far} run(s). Pre-segment it again."[:2000],
+            ):
+                out["failed"].append(lost_id)
+            continue
+        with transaction.atomic():
+            if Image.objects.filter(pk=lost_id, presegment_status=status).update(
+                presegment_status=PresegmentStatus.QUEUED,
+                presegment_error=f"re-queued: {reason}"[:2000],
+                presegment_queued_at=now,
+                presegment_heartbeat_at=None,
+            ):
+                task_enqueue(PRESEGMENT_TASK, args=[lost_id, lost_model], queue="gpu")
+                out["requeued"].append(lost_id)
+        logger.warning("Pre-segmentation of image %s: %s", lost_id, reason)
+    return out
 
 
 def _device() -> str:
     return device_default() if settings.INFERENCE_DEVICE == "auto" else settings.INFERENCE_DEVICE
 
 
-def image_presegment_run(*, image_id: int, model_version_id: int) -> PresegmentResult:
+def image_presegment_run(*, image_id: int, model_version_id: int, retry: bool = False) -> PresegmentResult:
     """Pre-segment one image with one model version and store the proposals.
 
+    Runs only when it claims the image: queued for this version, or running on a worker that is
+    evidently gone (a redelivered message); ``retry`` (the task's own retry) may claim it after
+    its failure too. Anything else is a duplicate delivery and is skipped. While it runs, a
+    heartbeat shows the worker is alive (:func:`presegment_reap`).
     On failure the image is marked failed with the reason and earlier proposals stay intact;
     the exception propagates so the task layer can retry transient errors.
     """
@@ -81,8 +222,11 @@ def image_presegment_run(*, image_id: int, model_version_id: int) -> PresegmentR
     version = ModelVersion.objects.select_related("project").get(pk=model_version_id)
     if version.project_id != image.project_id:
         raise ValueError("The model version belongs to another project.")
-    Image.objects.filter(pk=image_id).update(presegment_status=PresegmentStatus.RUNNING, presegment_error="")
+    if not _claim(image_id, model_version_id, retry=retry):
+        return PresegmentResult(image_id=image_id, model_version_id=version.pk, cell_count=0, skipped=True)
     timings: dict[str, float] = {}
+    heartbeat = _Heartbeat(image_id)
+    heartbeat.start()
     try:
         started = time.perf_counter()
         with image.display.open("rb") as handle:
@@ -113,6 +257,8 @@ def image_presegment_run(*, image_id: int, model_version_id: int) -> PresegmentR
         )
         logger.exception("Pre-segmentation of image %s failed", image_id)
         raise
+    finally:
+        heartbeat.stop()
     return PresegmentResult(image_id=image_id, model_version_id=version.pk, cell_count=count, timings=timings)
 
 

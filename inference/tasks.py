@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
 from django.conf import settings
-from django.db import OperationalError
+from django.db import OperationalError, close_old_connections
 
 from annotations.models import Image, PresegmentStatus
-from inference.services import image_presegment_run
+from inference.services import image_presegment_run, presegment_reap
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -26,10 +30,34 @@ from inference.services import image_presegment_run
 )
 def presegment_image(self: Any, image_id: int, model_version_id: int) -> dict[str, Any]:
     try:
-        result = image_presegment_run(image_id=image_id, model_version_id=model_version_id)
+        result = image_presegment_run(
+            image_id=image_id, model_version_id=model_version_id, retry=bool(self.request.retries)
+        )
     except SoftTimeLimitExceeded:
         Image.objects.filter(pk=image_id).update(
             presegment_status=PresegmentStatus.FAILED, presegment_error="Timed out."
         )
         raise
+    if result.skipped:
+        return {"skipped": "another run has or had the image"}
     return {"cells": result.cell_count, "timings": result.timings}
+
+
+@shared_task(name="inference.watchdog", queue="default", acks_late=True)
+def watchdog() -> dict[str, Any]:
+    """Re-queue or fail pre-segmentations without a live task (scheduled every
+    PRESEGMENT_HEARTBEAT_TIMEOUT seconds)."""
+    return presegment_reap()
+
+
+@worker_ready.connect
+def _reap_at_worker_start(sender: Any = None, **kwargs: Any) -> None:
+    """A worker that starts may be the restart of one killed mid-image: re-queue its images."""
+    try:
+        result = presegment_reap()
+        if result["requeued"] or result["failed"]:
+            logger.warning("Pre-segmentations left by a dead worker: %s", result)
+    except Exception:  # a database hiccup must not stop the worker from starting
+        logger.exception("Could not check for orphaned pre-segmentations")
+    finally:
+        close_old_connections()

@@ -16,7 +16,7 @@ from django.apps import apps as django_apps
 from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from annotations.models import AuditEvent, Cell, Layer, PresegmentStatus, Project
+from annotations.models import AuditEvent, Cell, Image, Layer, PresegmentStatus, Project
 from cytoseg.backends import PATHS_REFUSED
 from cytoseg.tests.model_files import cellpose_weights, nnunet_checkpoint, nnunet_package, nnunet_plans
 from inference.services import image_presegment_run
@@ -185,12 +185,18 @@ def test_pipeline_settings_are_validated(project: Any, admin_user: Any) -> None:
     assert created.status_code == 400 and created.json()["errors"] == {"pipeline.cellpose.model_file": PATHS_REFUSED}
 
 
+def _queued(image: Any, version_id: int) -> None:
+    """As image_presegment_enqueue leaves an image (the run claims only a queued image)."""
+    Image.objects.filter(pk=image.pk).update(presegment_status=PresegmentStatus.QUEUED, presegment_model_id=version_id)
+
+
 def test_settings_stored_before_validation_never_reach_a_loader(project: Any, admin_user: Any) -> None:
     image = image_create(project)
     version = registry.model_version_upload(
         project=project, kind="cellpose", upload=SimpleUploadedFile("c.pth", cellpose_weights()), user=admin_user
     )
     Project.objects.filter(pk=project.pk).update(pipeline={"cellpose": {"model_file": "/etc/passwd"}})
+    _queued(image, version.pk)
     with pytest.raises(Exception, match="model_file"):
         image_presegment_run(image_id=image.pk, model_version_id=version.pk)
     image.refresh_from_db()
@@ -257,6 +263,7 @@ def test_uploaded_two_stage_model_presegments(
     )
     assert response.status_code == 201, response.content
     image = image_create(project, width=128, height=128, seed=3)
+    _queued(image, response.json()["id"])
     result = image_presegment_run(image_id=image.pk, model_version_id=response.json()["id"])
     image.refresh_from_db()
     assert image.presegment_status == PresegmentStatus.DONE and result.cell_count >= 0
