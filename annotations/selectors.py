@@ -67,6 +67,13 @@ def _check(*, user: UserLike, project: Project, capability: str) -> None:
         raise PermissionDeniedError(f"Your role in this project ({role}) may not {capability}.")
 
 
+def token_management_check(*, user: UserLike) -> None:
+    """Tokens are managed by their user signed in or with an unscoped token: a token scoped to
+    one project could otherwise mint an unscoped one and reach every project of its user."""
+    if _token_project_id(user) is not None:
+        raise PermissionDeniedError("A token scoped to a project cannot list, create or revoke tokens.")
+
+
 def project_get_for_user(*, user: UserLike, project_id: int, capability: str = "view") -> Project:
     """The project, if ``user`` may ``capability`` in it (404 for non-members, 403 for roles)."""
     project = Project.objects.filter(pk=project_id).first()

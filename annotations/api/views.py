@@ -71,11 +71,13 @@ class MeView(APIView):
 class TokenListView(APIView):
     @extend_schema(responses=s.TokenOut(many=True), tags=["auth"])
     def get(self, request: Request) -> Response:
+        selectors.token_management_check(user=request_user(request))
         tokens = ApiToken.objects.filter(user=request_user(request))
         return Response(s.TokenOut(tokens, many=True).data)
 
     @extend_schema(request=s.TokenIn, responses={201: s.TokenCreatedOut}, tags=["auth"])
     def post(self, request: Request) -> Response:
+        selectors.token_management_check(user=request_user(request))
         data = parse(s.TokenIn, request.data)
         project = None
         if data.get("project") is not None:
@@ -90,6 +92,7 @@ class TokenListView(APIView):
 class TokenDetailView(APIView):
     @extend_schema(responses={204: None}, tags=["auth"])
     def delete(self, request: Request, token_id: int) -> Response:
+        selectors.token_management_check(user=request_user(request))
         token = ApiToken.objects.filter(pk=token_id, user=request_user(request)).first()
         if token is None:
             raise Http404("No such token.")
