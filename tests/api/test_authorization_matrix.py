@@ -29,8 +29,8 @@ from annotations.services.tokens import api_token_create
 from interchange.models import ExportJob
 from tests.factories import ProjectFactory, UserFactory, image_create, member, square
 from training.models import TrainingJob
-from training.snapshots import dataset_snapshot_create
 from training.services.registry import model_version_baseline
+from training.snapshots import dataset_snapshot_create
 from training.tests.factories import synthetic_project
 
 pytestmark = pytest.mark.django_db
