@@ -24,7 +24,7 @@ from annotations.models import ApiToken, AuditEvent, Layer, ProjectMembership, R
 from annotations.services import audit, projects, tokens
 from annotations.services import cells as cell_services
 from annotations.services import images as image_services
-from core.api.parsing import base_revision, client_ip, paginate, parse, request_user
+from core.api.parsing import PAGE_PARAMETERS, base_revision, client_ip, paginate, paginated, parse, request_user
 from core.errors import ConflictError, ServiceValidationError
 from core.idempotency import idempotent_call
 from core.login import user_login_check
@@ -119,7 +119,7 @@ def _project_body(request: Request, project: Any) -> dict[str, Any]:
 
 
 class ProjectListView(APIView):
-    @extend_schema(responses=s.ProjectOut(many=True), tags=["projects"])
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=paginated(s.ProjectOut), tags=["projects"])
     def get(self, request: Request) -> Response:
         queryset = selectors.project_list_for_user(user=request_user(request))
         roles = _roles(request)
@@ -267,7 +267,7 @@ class ClassDetailView(APIView):
 
 
 class AuditListView(APIView):
-    @extend_schema(responses=s.AuditOut(many=True), tags=["projects"])
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=paginated(s.AuditOut), tags=["projects"])
     def get(self, request: Request, project_id: int) -> Response:
         project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         queryset = AuditEvent.objects.filter(project=project).select_related("actor").order_by("-id")
@@ -283,7 +283,7 @@ IMAGE_FILTERS = [
 
 
 class ImageListView(APIView):
-    @extend_schema(parameters=IMAGE_FILTERS, responses=s.ImageOut(many=True), tags=["images"])
+    @extend_schema(parameters=IMAGE_FILTERS + PAGE_PARAMETERS, responses=paginated(s.ImageOut), tags=["images"])
     def get(self, request: Request, project_id: int) -> Response:
         project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
         filters = {
@@ -305,6 +305,8 @@ class ImageListView(APIView):
         images = image_services.image_upload_many(
             project=project, files=files, metadata=metadata, uploaded_by=request_user(request)
         )
+        for image in images:
+            image.cell_count = 0  # type: ignore[attr-defined]  # new: no cells yet
         return Response(s.ImageOut(images, many=True).data, status=status.HTTP_201_CREATED)
 
 
@@ -324,6 +326,7 @@ class ImageDetailView(APIView):
         image = image_services.image_update(
             image=image, data=dict(request.data), user=request_user(request), can_manage=can_manage
         )
+        image.cell_count = image.cells.filter(layer=Layer.ANNOTATION).count()  # type: ignore[attr-defined]
         return Response(s.ImageOut(image).data)
 
     @extend_schema(responses={204: None}, tags=["images"])
@@ -428,7 +431,7 @@ class CellsView(APIView):
 
 
 class HistoryView(APIView):
-    @extend_schema(responses=s.HistoryOut(many=True), tags=["cells"])
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=paginated(s.HistoryOut), tags=["cells"])
     def get(self, request: Request, image_id: int) -> Response:
         image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
         return paginate(request, self, selectors.history_list(image=image), s.HistoryOut)

@@ -7,6 +7,7 @@ import json
 from typing import Any, cast
 
 from django.contrib.auth.models import User
+from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -46,6 +47,26 @@ def base_revision(request: Request, body_revision: int | None) -> int:
             {"revision": "send the revision field or an If-Match header"},
         )
     return body_revision
+
+
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, description="Page number (from 1)."),
+    OpenApiParameter("page_size", int, description=f"Items per page (default 50, at most {Pagination.max_page_size})."),
+]
+
+
+def paginated(item: type[serializers.Serializer]) -> Any:
+    """The schema of a page of ``item``s as :func:`paginate` answers it (``count``, ``next``,
+    ``previous``, ``results``), for ``extend_schema(responses=...)``."""
+    return inline_serializer(
+        name=f"Paginated{item.__name__}",
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.CharField(allow_null=True),
+            "previous": serializers.CharField(allow_null=True),
+            "results": item(many=True),
+        },
+    )
 
 
 def paginate(request: Request, view: APIView, queryset: Any, serializer: Any, **context: Any) -> Response:

@@ -123,7 +123,12 @@ def _export_view(kind: str, content_type: str) -> type[APIView]:
         @extend_schema(
             parameters=FILTER_PARAMETERS + KIND_PARAMETERS[kind],
             responses={
-                (200, content_type): OpenApiTypes.BINARY,
+                # a COCO document is a JSON object (a .json.gz file with gzip=1); the others zips
+                **(
+                    {(200, "application/json"): OpenApiTypes.OBJECT, (200, "application/gzip"): OpenApiTypes.BINARY}
+                    if kind == "coco"
+                    else {(200, content_type): OpenApiTypes.BINARY}
+                ),
                 202: OpenApiResponse(ExportJobOut, description="Queued as a job."),
             },
             tags=["exports"],

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations.selectors import project_get_for_user
-from core.api.parsing import paginate, parse, request_user
+from core.api.parsing import PAGE_PARAMETERS, paginate, paginated, parse, request_user
 from core.errors import ServiceValidationError
 from core.queue import task_enqueue
 from training import selectors, snapshots
@@ -48,8 +48,9 @@ class ProjectJobsView(APIView):
         parameters=[
             OpenApiParameter("status", str, enum=JobStatus.values),
             OpenApiParameter("kind", str, enum=JobKind.values),
+            *PAGE_PARAMETERS,
         ],
-        responses=s.JobBriefOut(many=True),
+        responses=paginated(s.JobBriefOut),
         tags=["training"],
     )
     def get(self, request: Request, project_id: int) -> Response:
@@ -105,7 +106,7 @@ class JobCancelView(APIView):
 
 
 class ProjectSnapshotsView(APIView):
-    @extend_schema(responses=s.SnapshotOut(many=True), tags=["training"])
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=paginated(s.SnapshotOut), tags=["training"])
     def get(self, request: Request, project_id: int) -> Response:
         project = project_get_for_user(user=request_user(request), project_id=project_id)
         return paginate(request, self, selectors.snapshot_list(project_id=project.pk), s.SnapshotOut)

@@ -130,7 +130,8 @@ export interface CallOptions<R extends ApiRoute, M extends MethodOf<R>> {
   signal?: AbortSignal;
 }
 
-type Item<T> = T extends readonly (infer I)[] ? I : never;
+/** The item type of a paginated response (`{count, next, previous, results: T[]}`). */
+type Item<T> = T extends { results: readonly (infer I)[] } ? I : never;
 
 /** The URL path of a route with its parameters filled in (`images/5/cells`). */
 export function fillRoute(route: string, params: Record<string, string | number>): string {
@@ -236,7 +237,7 @@ export class ApiClient {
     return this.request<T>(method.toUpperCase(), fillRoute(route, params as Record<string, string | number>), opts as RequestOptions);
   }
 
-  /** A list the server paginates although the schema declares a bare array (types.ts, Paginated). */
+  /** One page of a paginated list (the schema's `Paginated*` envelope; types.ts, Paginated). */
   private page<R extends ApiRoute, M extends MethodOf<R>, T extends Item<ResponseOf<R, M>> = Item<ResponseOf<R, M>>>(method: M, route: R, params: PathParamsOf<R, M>, query: PageQuery & (QueryOf<R, M> extends Record<string, never> ? unknown : QueryOf<R, M>)): Promise<Paginated<T>> {
     return this.request<Paginated<T>>(method.toUpperCase(), fillRoute(route, params as Record<string, string | number>), { query: query as RequestOptions['query'] });
   }
@@ -283,8 +284,8 @@ export class ApiClient {
       headers: idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : undefined,
     });
   }
-  getHistory(imageId: number): Promise<HistoryEntry[]> {
-    return this.call('get', 'images/{image_id}/history', { image_id: imageId });
+  getHistory(imageId: number, page = 1): Promise<Paginated<HistoryEntry>> {
+    return this.page('get', 'images/{image_id}/history', { image_id: imageId }, { page });
   }
 
   // ---- proposals ----

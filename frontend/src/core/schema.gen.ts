@@ -209,7 +209,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get: operations["images_history_list"];
+        get: operations["images_history_retrieve"];
         put?: never;
         post?: never;
         delete?: never;
@@ -376,7 +376,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get: operations["projects_list"];
+        get: operations["projects_retrieve"];
         put?: never;
         post: operations["projects_create"];
         delete?: never;
@@ -392,7 +392,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get: operations["projects_retrieve"];
+        get: operations["projects_retrieve_2"];
         put?: never;
         post?: never;
         delete: operations["projects_destroy"];
@@ -425,7 +425,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get: operations["projects_audit_list"];
+        get: operations["projects_audit_retrieve"];
         put?: never;
         post?: never;
         delete?: never;
@@ -618,7 +618,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get: operations["projects_images_list"];
+        get: operations["projects_images_retrieve"];
         put?: never;
         post: operations["projects_images_create"];
         delete?: never;
@@ -730,7 +730,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get: operations["projects_training_jobs_list"];
+        get: operations["projects_training_jobs_retrieve"];
         put?: never;
         post: operations["projects_training_jobs_create"];
         delete?: never;
@@ -794,7 +794,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        get: operations["projects_training_snapshots_list"];
+        get: operations["projects_training_snapshots_retrieve"];
         put?: never;
         post: operations["projects_training_snapshots_create"];
         delete?: never;
@@ -1458,6 +1458,42 @@ export interface components {
             status?: components["schemas"]["Status515Enum"];
             /** Format: date-time */
             readonly created_at: string;
+        };
+        PaginatedAuditOut: {
+            count: number;
+            next: string | null;
+            previous: string | null;
+            results: components["schemas"]["AuditOut"][];
+        };
+        PaginatedHistoryOut: {
+            count: number;
+            next: string | null;
+            previous: string | null;
+            results: components["schemas"]["HistoryOut"][];
+        };
+        PaginatedImageOut: {
+            count: number;
+            next: string | null;
+            previous: string | null;
+            results: components["schemas"]["ImageOut"][];
+        };
+        PaginatedJobBriefOut: {
+            count: number;
+            next: string | null;
+            previous: string | null;
+            results: components["schemas"]["JobBriefOut"][];
+        };
+        PaginatedProjectOut: {
+            count: number;
+            next: string | null;
+            previous: string | null;
+            results: components["schemas"]["ProjectOut"][];
+        };
+        PaginatedSnapshotOut: {
+            count: number;
+            next: string | null;
+            previous: string | null;
+            results: components["schemas"]["SnapshotOut"][];
         };
         PatchedCellClassInRequest: {
             name?: string;
@@ -2416,9 +2452,14 @@ export interface operations {
             };
         };
     };
-    images_history_list: {
+    images_history_retrieve: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Page number (from 1). */
+                page?: number;
+                /** @description Items per page (default 50, at most 500). */
+                page_size?: number;
+            };
             header?: never;
             path: {
                 image_id: number;
@@ -2432,7 +2473,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["HistoryOut"][];
+                    "application/json": components["schemas"]["PaginatedHistoryOut"];
                 };
             };
         };
@@ -2748,9 +2789,14 @@ export interface operations {
             };
         };
     };
-    projects_list: {
+    projects_retrieve: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Page number (from 1). */
+                page?: number;
+                /** @description Items per page (default 50, at most 500). */
+                page_size?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -2762,7 +2808,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ProjectOut"][];
+                    "application/json": components["schemas"]["PaginatedProjectOut"];
                 };
             };
         };
@@ -2792,7 +2838,7 @@ export interface operations {
             };
         };
     };
-    projects_retrieve: {
+    projects_retrieve_2: {
         parameters: {
             query?: never;
             header?: never;
@@ -2883,9 +2929,14 @@ export interface operations {
             };
         };
     };
-    projects_audit_list: {
+    projects_audit_retrieve: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Page number (from 1). */
+                page?: number;
+                /** @description Items per page (default 50, at most 500). */
+                page_size?: number;
+            };
             header?: never;
             path: {
                 project_id: number;
@@ -2899,7 +2950,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["AuditOut"][];
+                    "application/json": components["schemas"]["PaginatedAuditOut"];
                 };
             };
         };
@@ -3104,7 +3155,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": string;
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                    "application/gzip": string;
                 };
             };
             /** @description Queued as a job. */
@@ -3335,11 +3389,15 @@ export interface operations {
             };
         };
     };
-    projects_images_list: {
+    projects_images_retrieve: {
         parameters: {
             query?: {
                 bethesda?: string;
                 cell_class?: string;
+                /** @description Page number (from 1). */
+                page?: number;
+                /** @description Items per page (default 50, at most 500). */
+                page_size?: number;
                 presegment_status?: string;
                 search?: string;
                 split?: string;
@@ -3358,7 +3416,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ImageOut"][];
+                    "application/json": components["schemas"]["PaginatedImageOut"];
                 };
             };
         };
@@ -3627,10 +3685,14 @@ export interface operations {
             };
         };
     };
-    projects_training_jobs_list: {
+    projects_training_jobs_retrieve: {
         parameters: {
             query?: {
                 kind?: "cellpose" | "nnunet" | "refinement" | "two_stage";
+                /** @description Page number (from 1). */
+                page?: number;
+                /** @description Items per page (default 50, at most 500). */
+                page_size?: number;
                 status?: "cancelled" | "failed" | "queued" | "running" | "succeeded";
             };
             header?: never;
@@ -3646,7 +3708,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["JobBriefOut"][];
+                    "application/json": components["schemas"]["PaginatedJobBriefOut"];
                 };
             };
         };
@@ -3824,9 +3886,14 @@ export interface operations {
             };
         };
     };
-    projects_training_snapshots_list: {
+    projects_training_snapshots_retrieve: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Page number (from 1). */
+                page?: number;
+                /** @description Items per page (default 50, at most 500). */
+                page_size?: number;
+            };
             header?: never;
             path: {
                 project_id: number;
@@ -3840,7 +3907,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["SnapshotOut"][];
+                    "application/json": components["schemas"]["PaginatedSnapshotOut"];
                 };
             };
         };

@@ -123,7 +123,7 @@ export type ServerCell = Omit<S['CellOut'], 'polygon' | 'bbox'> & { polygon: Poi
 /** A layer of cells as the server sends it (`CellsOut`). */
 export type ServerCells = Omit<S['CellsOut'], 'cells'> & { cells: ServerCell[] };
 
-// schema too loose: projects_list, projects_images_list, projects_training_jobs_list, projects_training_snapshots_list — declared as bare arrays, but the views paginate (`_paginate`): declare the paginated envelope (count / next / previous / results) and the page / page_size query parameters.
+/** A page of a list, as the paginated endpoints answer (the schema's `Paginated*` types). */
 export interface Paginated<T> {
   count: number;
   next: string | null;
