@@ -49,27 +49,9 @@ def test_no_server_error_and_answers_conform(live_server: Any, fuzz_admin: Any) 
     for operation in ordered:
         operations += 1
         # a fresh token each time: the fuzzed DELETE auth/tokens/{id} may revoke the last one
-        headers = {"Authorization": f"Bearer {api_token_create(user=fuzz_admin, name=operation.label[:90])[1]}"}
-
-        @hypothesis_settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            derandomize=True,
-            suppress_health_check=list(HealthCheck),
-            database=None,
-        )
-        @given(case=operation.as_strategy())
-        def run(case: Any, headers: dict[str, str] = headers) -> None:
-            response = case.call_and_validate(
-                base_url=live_server.url,
-                headers=headers,
-                checks=[not_a_server_error, content_type_conformance, response_schema_conformance],
-                timeout=60,
-            )
-            statuses[response.status_code] += 1
-
+        token = api_token_create(user=fuzz_admin, name=operation.label[:90])[1]
         try:
-            run()
+            _fuzz(operation, live_server.url, {"Authorization": f"Bearer {token}"}, statuses)
         except (Exception, BaseExceptionGroup) as exc:  # a check failed: go on, report all at the end
             failures.append(f"{operation.label}: {str(exc)[:1500]}")
     assert operations >= 70
@@ -77,3 +59,26 @@ def test_no_server_error_and_answers_conform(live_server: Any, fuzz_admin: Any) 
     # the token worked: most requests got past authentication, many were answered 2xx
     assert statuses[401] < sum(statuses.values()) / 10 and sum(v for k, v in statuses.items() if k < 300) >= 50
     assert failures == [], "\n\n".join(failures)
+
+
+def _fuzz(operation: Any, base_url: str, headers: dict[str, str], statuses: Counter[int]) -> None:
+    """``EXAMPLES`` generated requests of one operation, every check applied to each answer."""
+
+    @hypothesis_settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(case=operation.as_strategy())
+    def run(case: Any) -> None:
+        response = case.call_and_validate(
+            base_url=base_url,
+            headers=headers,
+            checks=[not_a_server_error, content_type_conformance, response_schema_conformance],
+            timeout=60,
+        )
+        statuses[response.status_code] += 1
+
+    run()
