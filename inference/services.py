@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from annotations.models import LOCKED_STATUSES, Cell, CellSource, Image, Layer, PresegmentStatus, Project
 from annotations.services.workflow import annotation_write_check, image_presegmented
+from core.processes import pid_alive
 from core.queue import outbox_pending, task_enqueue
 from cytoseg.backends import backend_get
 from cytoseg.contours import instances_to_polygons
@@ -132,20 +133,7 @@ class _Heartbeat:
 def _pid_gone(worker: str) -> bool:
     """Whether ``worker`` ("host:pid") ran on this host and its process is gone."""
     host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    # a killed process whose parent died too may linger as a zombie nobody reaps
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in ("Z", "X")
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
 def presegment_reap(*, now: Any = None) -> dict[str, list[int]]:

@@ -24,6 +24,7 @@ from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
 from core.models import OutboxMessage
+from core.processes import pid_alive
 from core.queue import outbox_dispatch
 from cytoseg.synthetic import generate_field
 from inference.services import presegment_reap
@@ -231,3 +232,36 @@ def test_worker_group_killed_during_presegmentation_is_requeued_and_finished(tmp
         )
     done = Image.objects.get(pk=image_id)
     assert done.presegment_attempts == 2 and Cell.objects.filter(image_id=image_id, layer=Layer.PROPOSAL).exists()
+
+
+@pytest.mark.ml
+def test_worker_group_killed_during_training_fails_the_job_with_the_reason(tmp_path: Path, settings: Any) -> None:
+    from training.services.jobs import training_jobs_reap
+
+    sp = synthetic_project(splits={"train": 2}, size=96, n_cells=8, n_erythrocytes=3)
+    client = APIClient()
+    client.force_authenticate(sp.admin)
+    url = f"/api/v1/projects/{sp.project.pk}/training/jobs"
+    settings.TRAINING_DIR = str(tmp_path / "training")
+    env = {"TRAINING_DIR": str(tmp_path / "training"), "TRAINING_DEVICE": "cpu", "TRAINING_HEARTBEAT_SECONDS": "1"}
+    with celery_worker(log_path=tmp_path / "worker.log", env=env, queues="training") as worker:
+        answer = client.post(
+            url, {"kind": "nnunet", "config": {"preset": "tiny", "nnunet": {"num_epochs": 200}}}, format="json"
+        )
+        job_id = answer.json()["id"]
+        _wait(
+            lambda: TrainingJob.objects.get(pk=job_id).progress.get("phase") == "train",
+            300,
+            lambda: f"never trained: {TrainingJob.objects.get(pk=job_id).status}",
+        )
+        os.killpg(worker.pid, signal.SIGKILL)  # main process and pool child at once
+        worker.wait(10)
+    stuck = TrainingJob.objects.get(pk=job_id)
+    assert stuck.status == JobStatus.RUNNING  # nobody left to say otherwise
+    # a big process takes a moment to die; the watchdog looks again every few minutes anyway
+    _wait(lambda: not pid_alive(stuck.worker_pid), 30, lambda: f"pool child {stuck.worker_pid} still alive")
+    assert training_jobs_reap() == [job_id]  # the watchdog: the worker's process is gone
+    job = TrainingJob.objects.get(pk=job_id)
+    assert job.status == JobStatus.FAILED and "is gone" in job.error, job.error
+    # the project is free for the next job
+    assert client.post(url, {"kind": "nnunet", "config": {"preset": "tiny"}}, format="json").status_code == 201

@@ -4,7 +4,6 @@ cancel, and the reaper that fails jobs whose worker died."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import uuid
 from collections.abc import Iterable
@@ -20,6 +19,7 @@ from django.utils import timezone
 from annotations.models import Project, Split
 from annotations.services.audit import audit_record
 from core.errors import ConflictError, ServiceValidationError
+from core.processes import pid_alive
 from core.queue import task_enqueue
 from training.models import (
     LIVE_JOB_STATUSES,
@@ -150,18 +150,6 @@ def log_append(log: str, line: str) -> str:
     return text[-LOG_LIMIT:] if len(text) > LOG_LIMIT else text
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def job_fail(job_id: int, reason: str, *, statuses: Iterable[str] = (JobStatus.RUNNING,)) -> bool:
     """Mark a job failed with ``reason`` if it is still in one of ``statuses``."""
     with transaction.atomic():
@@ -180,7 +168,7 @@ def job_fail(job_id: int, reason: str, *, statuses: Iterable[str] = (JobStatus.R
 
 def worker_lost_reason(job: TrainingJob, now: Any) -> str | None:
     """Why a running job is evidently dead, or None when it may still be alive."""
-    if job.worker_host == socket.gethostname() and job.worker_pid and not _pid_alive(job.worker_pid):
+    if job.worker_host == socket.gethostname() and job.worker_pid and not pid_alive(job.worker_pid):
         return f"the worker process {job.worker_pid} on {job.worker_host} is gone (killed or crashed)"
     timeout = timedelta(seconds=settings.TRAINING_HEARTBEAT_TIMEOUT)
     if job.heartbeat_at is None or now - job.heartbeat_at > timeout:
