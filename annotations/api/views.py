@@ -12,6 +12,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -283,6 +284,8 @@ IMAGE_FILTERS = [
 
 
 class ImageListView(APIView):
+    parser_classes = [MultiPartParser]  # the upload (GET takes none)
+
     @extend_schema(parameters=IMAGE_FILTERS + PAGE_PARAMETERS, responses=paginated(s.ImageOut), tags=["images"])
     def get(self, request: Request, project_id: int) -> Response:
         project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)
@@ -343,6 +346,9 @@ class ImageDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+ORIGINAL_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "TIFF": "image/tiff"}
+
+
 class ImageFileView(APIView):
     VARIANTS = {
         "display": ("display", "image/png"),
@@ -352,7 +358,7 @@ class ImageFileView(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("variant", str, enum=["display", "thumbnail", "original"])],
-        responses={(200, "image/*"): bytes},
+        responses={(200, "image/*"): bytes, (200, "application/octet-stream"): bytes},
         tags=["images"],
     )
     def get(self, request: Request, image_id: int) -> FileResponse:
@@ -361,6 +367,8 @@ class ImageFileView(APIView):
         if variant not in self.VARIANTS:
             raise ServiceValidationError("Invalid variant.", {"variant": "must be display, thumbnail or original"})
         field, content_type = self.VARIANTS[variant]
+        if variant == "original":  # the format the upload was decoded as
+            content_type = ORIGINAL_TYPES.get(image.original_format.upper())
         stored = getattr(image, field)
         response = FileResponse(stored.open("rb"), content_type=content_type or "application/octet-stream")
         if variant == "original":

@@ -10,7 +10,7 @@ from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from annotations.api import serializers as s
-from annotations.models import Image
+from annotations.models import Image, Layer
 from annotations.services import workflow
 from review import selectors
 from review.models import Dispute, Review, ReviewDecisionKind, VerificationRound
@@ -305,6 +305,8 @@ def dispute_out(dispute: Dispute, names: dict[int, str]) -> dict[str, Any]:
 
 
 def transition_body(image: Image, user: User) -> dict[str, Any]:
+    if getattr(image, "cell_count", None) is None:
+        image.cell_count = image.cells.filter(layer=Layer.ANNOTATION).count()  # type: ignore[attr-defined]
     body = dict(s.ImageOut(image).data)
     return body | {
         "annotator": image.annotator_id,

@@ -8,6 +8,7 @@ from typing import Any
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -259,6 +260,8 @@ class ProjectScheduleView(APIView):
 
 
 class ModelVersionListView(APIView):
+    parser_classes = [MultiPartParser, JSONParser]
+
     @extend_schema(responses=s.ModelVersionOut(many=True), tags=["models"])
     def get(self, request: Request, project_id: int) -> Response:
         project = selectors.project_get_for_user(user=request_user(request), project_id=project_id)

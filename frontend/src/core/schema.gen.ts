@@ -2041,8 +2041,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["LoginInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["LoginInRequest"];
-                "multipart/form-data": components["schemas"]["LoginInRequest"];
             };
         };
         responses: {
@@ -2122,8 +2120,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["TokenInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["TokenInRequest"];
-                "multipart/form-data": components["schemas"]["TokenInRequest"];
             };
         };
         responses: {
@@ -2210,8 +2206,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PatchedImagePatchInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedImagePatchInRequest"];
-                "multipart/form-data": components["schemas"]["PatchedImagePatchInRequest"];
             };
         };
         responses: {
@@ -2258,8 +2252,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["AdjudicationInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["AdjudicationInRequest"];
-                "multipart/form-data": components["schemas"]["AdjudicationInRequest"];
             };
         };
         responses: {
@@ -2334,8 +2326,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["AssignInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["AssignInRequest"];
-                "multipart/form-data": components["schemas"]["AssignInRequest"];
             };
         };
         responses: {
@@ -2406,8 +2396,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["CellsReplaceInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["CellsReplaceInRequest"];
-                "multipart/form-data": components["schemas"]["CellsReplaceInRequest"];
             };
         };
         responses: {
@@ -2448,6 +2436,7 @@ export interface operations {
                 };
                 content: {
                     "image/*": string;
+                    "application/octet-stream": string;
                 };
             };
         };
@@ -2491,8 +2480,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["RestoreInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["RestoreInRequest"];
-                "multipart/form-data": components["schemas"]["RestoreInRequest"];
             };
         };
         responses: {
@@ -2526,8 +2513,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PresegmentInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PresegmentInRequest"];
-                "multipart/form-data": components["schemas"]["PresegmentInRequest"];
             };
         };
         responses: {
@@ -2555,8 +2540,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["ProposalSelectionInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["ProposalSelectionInRequest"];
-                "multipart/form-data": components["schemas"]["ProposalSelectionInRequest"];
             };
         };
         responses: {
@@ -2590,8 +2573,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["ProposalSelectionInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["ProposalSelectionInRequest"];
-                "multipart/form-data": components["schemas"]["ProposalSelectionInRequest"];
             };
         };
         responses: {
@@ -2663,8 +2644,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["DraftInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["DraftInRequest"];
-                "multipart/form-data": components["schemas"]["DraftInRequest"];
             };
         };
         responses: {
@@ -2690,8 +2669,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["SubmitInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["SubmitInRequest"];
-                "multipart/form-data": components["schemas"]["SubmitInRequest"];
             };
         };
         responses: {
@@ -2738,8 +2715,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["TransitionInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["TransitionInRequest"];
-                "multipart/form-data": components["schemas"]["TransitionInRequest"];
             };
         };
         responses: {
@@ -2823,8 +2798,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["ProjectInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["ProjectInRequest"];
-                "multipart/form-data": components["schemas"]["ProjectInRequest"];
             };
         };
         responses: {
@@ -2891,8 +2864,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PatchedProjectUpdateInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedProjectUpdateInRequest"];
-                "multipart/form-data": components["schemas"]["PatchedProjectUpdateInRequest"];
             };
         };
         responses: {
@@ -2988,8 +2959,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["CellClassInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["CellClassInRequest"];
-                "multipart/form-data": components["schemas"]["CellClassInRequest"];
             };
         };
         responses: {
@@ -3037,8 +3006,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PatchedCellClassInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedCellClassInRequest"];
-                "multipart/form-data": components["schemas"]["PatchedCellClassInRequest"];
             };
         };
         responses: {
@@ -3516,8 +3483,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["MembershipInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["MembershipInRequest"];
-                "multipart/form-data": components["schemas"]["MembershipInRequest"];
             };
         };
         responses: {
@@ -3565,8 +3530,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PatchedMembershipRoleInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedMembershipRoleInRequest"];
-                "multipart/form-data": components["schemas"]["PatchedMembershipRoleInRequest"];
             };
         };
         responses: {
@@ -3639,8 +3602,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PresegmentInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PresegmentInRequest"];
-                "multipart/form-data": components["schemas"]["PresegmentInRequest"];
             };
         };
         responses: {
@@ -3668,8 +3629,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["CompletionInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["CompletionInRequest"];
-                "multipart/form-data": components["schemas"]["CompletionInRequest"];
             };
         };
         responses: {
@@ -3725,8 +3684,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["JobInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["JobInRequest"];
-                "multipart/form-data": components["schemas"]["JobInRequest"];
             };
         };
         responses: {
@@ -3786,8 +3743,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["RollbackInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["RollbackInRequest"];
-                "multipart/form-data": components["schemas"]["RollbackInRequest"];
             };
         };
         responses: {
@@ -3844,8 +3799,6 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["PolicyOutRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PolicyOutRequest"];
-                "multipart/form-data": components["schemas"]["PolicyOutRequest"];
             };
         };
         responses: {
@@ -3871,8 +3824,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PatchedPolicyOutRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedPolicyOutRequest"];
-                "multipart/form-data": components["schemas"]["PatchedPolicyOutRequest"];
             };
         };
         responses: {
@@ -3924,8 +3875,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["SnapshotInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["SnapshotInRequest"];
-                "multipart/form-data": components["schemas"]["SnapshotInRequest"];
             };
         };
         responses: {
@@ -3972,8 +3921,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PatchedVerificationSettingsIORequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PatchedVerificationSettingsIORequest"];
-                "multipart/form-data": components["schemas"]["PatchedVerificationSettingsIORequest"];
             };
         };
         responses: {
@@ -4075,8 +4022,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["EvaluateInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["EvaluateInRequest"];
-                "multipart/form-data": components["schemas"]["EvaluateInRequest"];
             };
         };
         responses: {
@@ -4104,8 +4049,6 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": components["schemas"]["PromoteInRequest"];
-                "application/x-www-form-urlencoded": components["schemas"]["PromoteInRequest"];
-                "multipart/form-data": components["schemas"]["PromoteInRequest"];
             };
         };
         responses: {
