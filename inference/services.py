@@ -90,6 +90,13 @@ def _claim(image_id: int, model_version_id: int, *, retry: bool) -> bool:
     mine = Q(presegment_status=PresegmentStatus.QUEUED) | Q(
         presegment_status=PresegmentStatus.RUNNING, presegment_heartbeat_at__lt=stale
     )
+    # a message delivered again because its pool process was killed: that process is gone
+    worker = Image.objects.filter(pk=image_id, presegment_status=PresegmentStatus.RUNNING).values_list(
+        "presegment_worker", flat=True
+    )
+    dead = [w for w in worker if w and _pid_gone(w)]
+    if dead:
+        mine |= Q(presegment_status=PresegmentStatus.RUNNING, presegment_worker=dead[0])
     if retry:
         mine |= Q(presegment_status=PresegmentStatus.FAILED)
     return bool(

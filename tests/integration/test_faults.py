@@ -265,3 +265,34 @@ def test_worker_group_killed_during_training_fails_the_job_with_the_reason(tmp_p
     assert job.status == JobStatus.FAILED and "is gone" in job.error, job.error
     # the project is free for the next job
     assert client.post(url, {"kind": "nnunet", "config": {"preset": "tiny"}}, format="json").status_code == 201
+
+
+def test_pool_child_killed_during_presegmentation_is_run_again_by_its_worker(tmp_path: Path) -> None:
+    """The worker's main process survives and the broker delivers the message again at once
+    (reject on worker lost): the new run claims the image from the dead process."""
+    admin = UserFactory()
+    project = ProjectFactory(created_by=admin, auto_presegment=False)
+    client = APIClient()
+    client.force_authenticate(admin)
+    upload = client.post(
+        f"/api/v1/projects/{project.pk}/images",
+        {"files": [SimpleUploadedFile("big.png", _png(4, size=2600), content_type="image/png")], "split": "train"},
+        format="multipart",
+    )
+    image_id = upload.json()[0]["id"]
+    with celery_worker(log_path=tmp_path / "worker.log", queues="gpu"):
+        assert client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json").status_code == 202
+        _wait(
+            lambda: Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.RUNNING,
+            60,
+            lambda: f"never ran: {Image.objects.get(pk=image_id).presegment_status}",
+        )
+        child = int(Image.objects.get(pk=image_id).presegment_worker.rpartition(":")[2])
+        os.kill(child, signal.SIGKILL)
+        _wait(
+            lambda: Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.DONE,
+            180,
+            lambda: f"stayed {Image.objects.get(pk=image_id).presegment_status}",
+        )
+    done = Image.objects.get(pk=image_id)
+    assert done.presegment_attempts == 2 and Cell.objects.filter(image_id=image_id, layer=Layer.PROPOSAL).exists()
