@@ -197,19 +197,24 @@ def test_broker_outage_keeps_every_write_and_its_task_until_the_broker_is_back(
     assert not OutboxMessage.objects.exists()
 
 
-def test_worker_group_killed_during_presegmentation_is_requeued_and_finished(tmp_path: Path, settings: Any) -> None:
+def _big_image(*, seed: int) -> tuple[APIClient, int]:
+    """An admin's client and a large uploaded field: the watershed baseline takes seconds on it,
+    long enough for a test to catch its pre-segmentation running."""
     admin = UserFactory()
     project = ProjectFactory(created_by=admin, auto_presegment=False)
     client = APIClient()
     client.force_authenticate(admin)
-    # a large field: the watershed baseline takes seconds on it, long enough to be caught running
     upload = client.post(
         f"/api/v1/projects/{project.pk}/images",
-        {"files": [SimpleUploadedFile("big.png", _png(3, size=2600), content_type="image/png")], "split": "train"},
+        {"files": [SimpleUploadedFile("big.png", _png(seed, size=2600), content_type="image/png")], "split": "train"},
         format="multipart",
     )
     assert upload.status_code == 201, upload.content
-    image_id = upload.json()[0]["id"]
+    return client, int(upload.json()[0]["id"])
+
+
+def test_worker_group_killed_during_presegmentation_is_requeued_and_finished(tmp_path: Path, settings: Any) -> None:
+    client, image_id = _big_image(seed=3)
     with celery_worker(log_path=tmp_path / "worker1.log", queues="gpu") as first:
         assert client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json").status_code == 202
         _wait(
@@ -270,16 +275,7 @@ def test_worker_group_killed_during_training_fails_the_job_with_the_reason(tmp_p
 def test_pool_child_killed_during_presegmentation_is_run_again_by_its_worker(tmp_path: Path) -> None:
     """The worker's main process survives and the broker delivers the message again at once
     (reject on worker lost): the new run claims the image from the dead process."""
-    admin = UserFactory()
-    project = ProjectFactory(created_by=admin, auto_presegment=False)
-    client = APIClient()
-    client.force_authenticate(admin)
-    upload = client.post(
-        f"/api/v1/projects/{project.pk}/images",
-        {"files": [SimpleUploadedFile("big.png", _png(4, size=2600), content_type="image/png")], "split": "train"},
-        format="multipart",
-    )
-    image_id = upload.json()[0]["id"]
+    client, image_id = _big_image(seed=4)
     with celery_worker(log_path=tmp_path / "worker.log", queues="gpu"):
         assert client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json").status_code == 202
         _wait(
