@@ -363,3 +363,11 @@ EXPORT_ASYNC_IMAGE_THRESHOLD = env_int("EXPORT_ASYNC_IMAGE_THRESHOLD", 1000, min
 EXPORT_JOB_TTL_HOURS = env_int("EXPORT_JOB_TTL_HOURS", 24, minimum=1)
 COCO_IMPORT_MAX_BYTES = env_int("COCO_IMPORT_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
 COCO_IMPORT_MAX_ZIP_BYTES = env_int("COCO_IMPORT_MAX_ZIP_BYTES", 4 * 1024**3, minimum=1024)
+
+# Health and worker visibility (core.health, core.workers). GET /healthz gives each check
+# (database, cache, broker, file storage) HEALTHZ_TIMEOUT_SECONDS. Every Celery worker writes a
+# WorkerHeartbeat row every WORKER_HEARTBEAT_SECONDS; a worker unseen for 3 intervals counts as
+# gone, and rows unseen for WORKER_HEARTBEAT_KEEP_HOURS are deleted.
+HEALTHZ_TIMEOUT_SECONDS = env_float("HEALTHZ_TIMEOUT_SECONDS", 3.0)
+WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10, minimum=1)
+WORKER_HEARTBEAT_KEEP_HOURS = env_int("WORKER_HEARTBEAT_KEEP_HOURS", 24, minimum=1)

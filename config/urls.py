@@ -5,6 +5,8 @@ from django.urls import URLPattern, URLResolver, include, path
 from django.views.decorators.csrf import ensure_csrf_cookie
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from core.views import healthz
+
 
 @ensure_csrf_cookie
 def spa_index(request: HttpRequest) -> HttpResponse:
@@ -32,6 +34,8 @@ api_v1: list[URLPattern | URLResolver] = [
 ]
 
 urlpatterns = [
+    # public and unauthenticated: load balancers and container health checks probe it
+    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("", spa_index, name="spa"),
