@@ -74,6 +74,15 @@ def token_management_check(*, user: UserLike) -> None:
         raise PermissionDeniedError("A token scoped to a project cannot list, create or revoke tokens.")
 
 
+def staff_access_check(*, user: UserLike) -> None:
+    """Platform-wide views (the workers and queues) are for staff and superusers, signed in or
+    with an unscoped token: a token scoped to one project sees that project only."""
+    if not (getattr(user, "is_staff", False) or getattr(user, "is_superuser", False)):
+        raise PermissionDeniedError("Only staff may see this.")
+    if _token_project_id(user) is not None:
+        raise PermissionDeniedError("A token scoped to a project cannot see platform-wide views.")
+
+
 def project_get_for_user(*, user: UserLike, project_id: int, capability: str = "view") -> Project:
     """The project, if ``user`` may ``capability`` in it (404 for non-members, 403 for roles)."""
     project = Project.objects.filter(pk=project_id).first()

@@ -46,3 +46,30 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}{self.args} -> {self.queue}"
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker as it last reported itself (core.workers): written when it starts, then
+    every ``WORKER_HEARTBEAT_SECONDS`` by its main process, and marked stopped when it shuts
+    down. Works on every broker (the embedded one has no remote control): the database is the
+    one thing every worker and the web share."""
+
+    name = models.CharField(max_length=255, unique=True, help_text="Celery node name, e.g. gpu@host.")
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField(help_text="The worker's main process.")
+    queues = models.JSONField(default=list)
+    device = models.CharField(max_length=32, blank=True, help_text="cpu or cuda:N; empty while not yet known.")
+    device_name = models.CharField(max_length=255, blank=True)
+    concurrency = models.PositiveIntegerField(default=0)
+    # What the worker runs now: [{"id", "name", "args", "started_at"}] (cheap: its own bookkeeping).
+    tasks = models.JSONField(default=list)
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["last_seen"], name="worker_heartbeat_seen")]
+
+    def __str__(self) -> str:
+        return f"{self.name} (pid {self.pid})"

@@ -7,4 +7,5 @@ urlpatterns = [
     path("projects/<int:project_id>/presegment", views.ProjectPresegmentView.as_view(), name="project-presegment"),
     path("images/<int:image_id>/proposals/accept", views.ProposalAcceptView.as_view(), name="proposals-accept"),
     path("images/<int:image_id>/proposals/reject", views.ProposalRejectView.as_view(), name="proposals-reject"),
+    path("admin/queue", views.AdminQueueView.as_view(), name="admin-queue"),
 ]

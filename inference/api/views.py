@@ -1,4 +1,4 @@
-"""Pre-segmentation and proposal endpoints."""
+"""Pre-segmentation and proposal endpoints, and the admins' view of the queues and workers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from annotations.api.serializers import CellsOut, cell_out
 from core.api.parsing import base_revision, parse, request_user
 from core.errors import ServiceValidationError
 from inference import proposals, services
+from inference import selectors as inference_selectors
 from training.models import ModelVersion
 
 
@@ -87,3 +88,68 @@ class ProposalRejectView(APIView):
             image=image, user=request_user(request), ids=data.get("ids"), select_all=data["all"]
         )
         return Response({"rejected": count})
+
+
+# --- the queues and workers (staff) ----------------------------------------------------------
+
+
+class PresegmentProjectOut(serializers.Serializer):
+    project = serializers.IntegerField()
+    name = serializers.CharField()
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class PresegmentQueueOut(serializers.Serializer):
+    queued = serializers.IntegerField(help_text="Images waiting for a worker.")
+    running = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="Images whose last pre-segmentation failed.")
+    by_project = PresegmentProjectOut(many=True, help_text="Projects with images queued, running or failed.")
+
+
+class TrainingQueueOut(serializers.Serializer):
+    queued = serializers.IntegerField()
+    running = serializers.IntegerField()
+
+
+class OutboxOut(serializers.Serializer):
+    waiting = serializers.IntegerField(help_text="Tasks not yet handed to the broker (it was unreachable).")
+    oldest = serializers.DateTimeField(allow_null=True)
+
+
+class WorkerTaskOut(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    args = serializers.CharField()
+    started_at = serializers.DateTimeField(allow_null=True)
+
+
+class WorkerOut(serializers.Serializer):
+    name = serializers.CharField()
+    host = serializers.CharField()
+    pid = serializers.IntegerField()
+    queues = serializers.ListField(child=serializers.CharField())
+    device = serializers.CharField(help_text="cpu or cuda:N; empty until the worker has found out.")
+    device_name = serializers.CharField(help_text="The GPU's name.")
+    concurrency = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=["alive", "stale", "stopped"])
+    alive = serializers.BooleanField()
+    tasks = WorkerTaskOut(many=True, help_text="What it runs now (alive workers only).")
+    started_at = serializers.DateTimeField()
+    last_seen = serializers.DateTimeField()
+    stopped_at = serializers.DateTimeField(allow_null=True)
+
+
+class AdminQueueOut(serializers.Serializer):
+    presegment = PresegmentQueueOut()
+    training = TrainingQueueOut()
+    outbox = OutboxOut()
+    workers = WorkerOut(many=True)
+
+
+class AdminQueueView(APIView):
+    @extend_schema(responses=AdminQueueOut, tags=["admin"])
+    def get(self, request: Request) -> Response:
+        selectors.staff_access_check(user=request_user(request))
+        return Response(AdminQueueOut(inference_selectors.queue_overview()).data)

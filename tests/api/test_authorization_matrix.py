@@ -69,6 +69,7 @@ for _signed_in in ("no_project", "other_admin", "annotator", "expert"):
     GRANTS[_signed_in] += ("tokens",)
 
 TABLE: dict[str, str] = {
+    "GET /api/v1/admin/queue": "superuser",  # staff (is_staff or superuser): none of these callers
     "POST /api/v1/auth/login": "public",
     "POST /api/v1/auth/logout": "user",
     "GET /api/v1/auth/me": "user",
