@@ -37,6 +37,7 @@ class MeOut(serializers.Serializer):
     id = serializers.IntegerField()
     username = serializers.CharField()
     is_superuser = serializers.BooleanField()
+    is_staff = serializers.BooleanField(help_text="Staff or superuser: may see the workers and queues.")
     memberships = MembershipBrief(many=True)
 
 

@@ -58,6 +58,7 @@ def _me(user: Any) -> dict[str, Any]:
         "id": user.pk,
         "username": user.get_username(),
         "is_superuser": user.is_superuser,
+        "is_staff": user.is_staff or user.is_superuser,
         "memberships": list(ProjectMembership.objects.filter(user=user).values("project", "role")),
     }
 

@@ -121,6 +121,7 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('rollback', () => api.rollback(1, 'cellpose'));
   await run('schedule', () => api.schedule(1));
   await run('saveSchedule', () => api.saveSchedule(1, { schedule_enabled: true }));
+  await run('adminQueue', () => api.adminQueue());
   return called;
 }
 

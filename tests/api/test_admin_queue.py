@@ -152,3 +152,10 @@ def test_queries_do_not_grow_with_projects_and_workers(staff: Any, django_assert
     with django_assert_max_num_queries(len(few.captured_queries)):
         body = load().json()
     assert len(body["presegment"]["by_project"]) == 8 and len(body["workers"]) == 8
+
+
+def test_me_says_who_is_staff(annotator: Any) -> None:
+    """The browser shows the workers tab to those the endpoint answers."""
+    assert client_for(UserFactory(is_staff=True)).get("/api/v1/auth/me").json()["is_staff"] is True
+    assert client_for(UserFactory(is_superuser=True)).get("/api/v1/auth/me").json()["is_staff"] is True
+    assert client_for(annotator).get("/api/v1/auth/me").json()["is_staff"] is False

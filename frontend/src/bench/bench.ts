@@ -156,7 +156,7 @@ function fakeFetch(state: { revision: number; cells: ApiCell[]; proposals: ApiCe
     const url = new URL(input, location.href);
     const path = url.pathname.replace(/^.*\/api\/v1\//, '');
     const method = init?.method ?? 'GET';
-    if (path === 'auth/me') return json({ id: 1, username: 'bench', is_superuser: false, memberships: [{ project: 1, role: 'annotator' }] });
+    if (path === 'auth/me') return json({ id: 1, username: 'bench', is_superuser: false, is_staff: false, memberships: [{ project: 1, role: 'annotator' }] });
     if (path === 'projects/1') return json(project);
     if (path === 'images/1') return json(image);
     if (path === 'images/1/cells' && method === 'GET') {
@@ -339,7 +339,7 @@ async function run(): Promise<void> {
   window.__benchServer = state;
   const api = new ApiClient({ fetch: fakeFetch(state, image, project), getCookies: () => '' });
   const app = new App(root, {} as never, api);
-  app.user = { id: 1, username: 'bench', is_superuser: false, memberships: [{ project: 1, role: 'annotator' }] };
+  app.user = { id: 1, username: 'bench', is_superuser: false, is_staff: false, memberships: [{ project: 1, role: 'annotator' }] };
 
   let interactive: { dataArrivedAt: number; interactiveAt: number } | null = null;
   const interactiveP = new Promise<void>((resolve) => {

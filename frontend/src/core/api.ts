@@ -14,6 +14,7 @@ import {
   API_PREFIX,
   type Adjudication,
   type AdjudicationDecisionIO,
+  type AdminQueue,
   type Agreement,
   type ApiCell,
   type ApiResponse,
@@ -350,6 +351,11 @@ export class ApiClient {
   }
   corrections(projectId: number): Promise<Corrections> {
     return this.call('get', 'projects/{project_id}/corrections', { project_id: projectId });
+  }
+
+  // ---- platform (staff) ----
+  adminQueue(signal?: AbortSignal): Promise<AdminQueue> {
+    return this.call('get', 'admin/queue', {}, { signal });
   }
 
   // ---- training (training/api) ----

@@ -1,7 +1,9 @@
 /** Hash routes (`#/projects/1/images/5`): parsing and building, framework free. */
 
-export type AdminTab = 'training' | 'models' | 'schedule' | 'agreement';
-export const ADMIN_TABS: AdminTab[] = ['training', 'models', 'schedule', 'agreement'];
+export type AdminTab = 'training' | 'models' | 'schedule' | 'agreement' | 'workers';
+export const ADMIN_TABS: AdminTab[] = ['training', 'models', 'schedule', 'agreement', 'workers'];
+/** Tabs for staff only (platform-wide, not the project's): shown to them whatever their role. */
+export const STAFF_TABS: readonly AdminTab[] = ['workers'];
 
 export type Route =
   | { name: 'login'; next?: string }

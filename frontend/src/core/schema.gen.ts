@@ -4,6 +4,22 @@
  */
 
 export interface paths {
+    "/api/v1/admin/queue": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["admin_queue_retrieve"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/login": {
         parameters: {
             query?: never;
@@ -978,6 +994,12 @@ export interface components {
             agreed: number;
             disputes: components["schemas"]["DisputeOut"][];
         };
+        AdminQueueOut: {
+            presegment: components["schemas"]["PresegmentQueueOut"];
+            training: components["schemas"]["TrainingQueueOut"];
+            outbox: components["schemas"]["OutboxOut"];
+            workers: components["schemas"]["WorkerOut"][];
+        };
         AgreementOut: {
             summary: {
                 [key: string]: unknown;
@@ -1378,6 +1400,8 @@ export interface components {
             id: number;
             username: string;
             is_superuser: boolean;
+            /** @description Staff or superuser: may see the workers and queues. */
+            is_staff: boolean;
             memberships: components["schemas"]["MembershipBrief"][];
         };
         MembershipBrief: {
@@ -1458,6 +1482,12 @@ export interface components {
             status?: components["schemas"]["Status515Enum"];
             /** Format: date-time */
             readonly created_at: string;
+        };
+        OutboxOut: {
+            /** @description Tasks not yet handed to the broker (it was unreachable). */
+            waiting: number;
+            /** Format: date-time */
+            oldest: string | null;
         };
         PaginatedAuditOut: {
             count: number;
@@ -1625,6 +1655,22 @@ export interface components {
         };
         PresegmentInRequest: {
             model_version?: number | null;
+        };
+        PresegmentProjectOut: {
+            project: number;
+            name: string;
+            queued: number;
+            running: number;
+            failed: number;
+        };
+        PresegmentQueueOut: {
+            /** @description Images waiting for a worker. */
+            queued: number;
+            running: number;
+            /** @description Images whose last pre-segmentation failed. */
+            failed: number;
+            /** @description Projects with images queued, running or failed. */
+            by_project: components["schemas"]["PresegmentProjectOut"][];
         };
         /**
          * @description * `none` - Not requested
@@ -1871,6 +1917,13 @@ export interface components {
          */
         SplitEnum: "train" | "validation" | "test";
         /**
+         * @description * `alive` - alive
+         *     * `stale` - stale
+         *     * `stopped` - stopped
+         * @enum {string}
+         */
+        StateEnum: "alive" | "stale" | "stopped";
+        /**
          * @description * `queued` - Queued
          *     * `running` - Running
          *     * `succeeded` - Succeeded
@@ -1959,6 +2012,10 @@ export interface components {
             /** Format: date-time */
             revoked_at?: string | null;
         };
+        TrainingQueueOut: {
+            queued: number;
+            running: number;
+        };
         TransitionInRequest: {
             action: components["schemas"]["ActionEnum"];
         };
@@ -2022,6 +2079,34 @@ export interface components {
             polygon: number[][] | null;
             class_id: number | null;
         };
+        WorkerOut: {
+            name: string;
+            host: string;
+            pid: number;
+            queues: string[];
+            /** @description cpu or cuda:N; empty until the worker has found out. */
+            device: string;
+            /** @description The GPU's name. */
+            device_name: string;
+            concurrency: number;
+            state: components["schemas"]["StateEnum"];
+            alive: boolean;
+            /** @description What it runs now (alive workers only). */
+            tasks: components["schemas"]["WorkerTaskOut"][];
+            /** Format: date-time */
+            started_at: string;
+            /** Format: date-time */
+            last_seen: string;
+            /** Format: date-time */
+            stopped_at: string | null;
+        };
+        WorkerTaskOut: {
+            id: string;
+            name: string;
+            args: string;
+            /** Format: date-time */
+            started_at: string | null;
+        };
     };
     responses: never;
     parameters: never;
@@ -2031,6 +2116,25 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    admin_queue_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminQueueOut"];
+                };
+            };
+        };
+    };
     auth_login_create: {
         parameters: {
             query?: never;

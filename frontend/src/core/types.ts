@@ -84,6 +84,13 @@ export type CancelledJob = S['CancelOut'];
 export type Rollback = S['RollbackOut'];
 export type ModelVersionDetail = S['ModelVersionDetailOut'];
 
+/** `GET admin/queue` (staff): what waits and runs, and the workers' heartbeats. */
+export type AdminQueue = S['AdminQueueOut'];
+export type WorkerInfo = S['WorkerOut'];
+export type WorkerState = WorkerInfo['state'];
+export type WorkerTask = S['WorkerTaskOut'];
+export type PresegmentProjectCounts = S['PresegmentProjectOut'];
+
 /** `GET projects/{p}/images` filters (and the page, see {@link PageQuery}). */
 export type ImageFilters = QueryOf<'projects/{project_id}/images', 'get'> & PageQuery;
 /** `POST images/{i}/adjudication`: the body. */

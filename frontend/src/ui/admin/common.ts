@@ -1,10 +1,10 @@
 /**
- * Pieces shared by the administration pages (the four tabs of index.ts and the
+ * Pieces shared by the administration pages (the tabs of index.ts and the
  * job page, ../job.ts): the page frame with its tabs, the panel base, error
  * and progress displays.
  */
 import { ApiError } from '../../core/api';
-import { routeHash, type AdminTab } from '../../core/router';
+import { routeHash, STAFF_TABS, type AdminTab } from '../../core/router';
 import type { Project } from '../../core/types';
 import type { App } from '../app';
 import { h, icon, type Child } from '../dom';
@@ -15,7 +15,13 @@ const TABS: { tab: AdminTab; label: string; icon: string }[] = [
   { tab: 'models', label: 'Model registry', icon: 'layers' },
   { tab: 'schedule', label: 'Retraining schedule', icon: 'cloud' },
   { tab: 'agreement', label: 'Expert agreement', icon: 'check' },
+  { tab: 'workers', label: 'Workers & queue', icon: 'cpu' },
 ];
+
+/** Staff see the platform-wide tabs; the others are the project admins'. */
+export function tabVisible(tab: AdminTab, user: App['user']): boolean {
+  return !STAFF_TABS.includes(tab) || !!user?.is_staff;
+}
 
 /** One tab of the administration screen. */
 export abstract class AdminPanel {
@@ -57,7 +63,7 @@ export function adminPage(app: App, projectId: number, current: AdminTab | 'job'
   const tabs = h(
     'nav',
     { class: 'tabs', 'aria-label': 'Administration' },
-    TABS.map((t) => h('a', { class: `tab ${t.tab === current || (current === 'job' && t.tab === 'training') ? 'active' : ''}`, href: routeHash({ name: 'admin', projectId, tab: t.tab }) }, icon(t.icon, 15), t.label)),
+    TABS.filter((t) => tabVisible(t.tab, app.user)).map((t) => h('a', { class: `tab ${t.tab === current || (current === 'job' && t.tab === 'training') ? 'active' : ''}`, href: routeHash({ name: 'admin', projectId, tab: t.tab }) }, icon(t.icon, 15), t.label)),
   );
   const page = h('main', { class: 'page wide' }, h('div', { class: 'page-head' }, h('h1', null, 'Administration')), tabs, content);
   return { nodes: [header, page], projectName, content };

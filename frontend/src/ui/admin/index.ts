@@ -2,23 +2,26 @@
  * The administration screen of a project: the tabs (common.ts) and the panel of
  * the current one — training jobs (training.ts), the model registry
  * (registry.ts), the retraining schedule (schedule.ts), the expert-agreement
- * dashboard (agreement.ts).
+ * dashboard (agreement.ts), and for staff the platform's workers and queues
+ * (workers.ts).
  */
 import { ApiError } from '../../core/api';
-import type { AdminTab } from '../../core/router';
+import { STAFF_TABS, type AdminTab } from '../../core/router';
 import type { Project } from '../../core/types';
 import type { App, Screen } from '../app';
 import { AgreementPanel } from './agreement';
-import { adminPage, forbidden, type AdminPanel } from './common';
+import { adminPage, forbidden, tabVisible, type AdminPanel } from './common';
 import { RegistryPanel } from './registry';
 import { SchedulePanel } from './schedule';
 import { TrainingPanel } from './training';
+import { WorkersPanel } from './workers';
 
 const PANELS: Record<AdminTab, new (app: App, project: Project) => AdminPanel> = {
   training: TrainingPanel,
   models: RegistryPanel,
   schedule: SchedulePanel,
   agreement: AgreementPanel,
+  workers: WorkersPanel,
 };
 
 export class AdminScreen implements Screen {
@@ -44,7 +47,9 @@ export class AdminScreen implements Screen {
     }
     if (!this.alive) return;
     page.projectName.textContent = project.name;
-    if (project.my_role !== 'admin' && !this.app.user?.is_superuser) {
+    // the workers tab is the platform's (staff), the others the project's (its admins)
+    const allowed = STAFF_TABS.includes(this.tab) ? tabVisible(this.tab, this.app.user) : project.my_role === 'admin' || !!this.app.user?.is_superuser;
+    if (!allowed) {
       content.replaceChildren(forbidden(new ApiError(403, 'admins only')));
       return;
     }
