@@ -156,3 +156,48 @@ def test_device_probe_that_fails_says_so() -> None:
             "cuda:1",
             "could not be determined",
         )
+
+
+FAKE_TORCH = """
+import os
+
+
+class cuda:
+    @staticmethod
+    def is_available():
+        return os.environ.get("FAKE_CUDA") == "1"
+
+    @staticmethod
+    def current_device():
+        return 0
+
+    @staticmethod
+    def device_count():
+        return 2
+
+    @staticmethod
+    def get_device_name(index):
+        return ["NVIDIA H100 80GB HBM3", "NVIDIA H200"][index]
+"""
+
+
+@pytest.mark.parametrize(
+    ("cuda", "configured", "expected"),
+    [
+        ("1", "auto", ("cuda:0", "NVIDIA H100 80GB HBM3")),
+        ("1", "cuda", ("cuda:0", "NVIDIA H100 80GB HBM3")),
+        ("1", "cuda:1", ("cuda:1", "NVIDIA H200")),
+        ("1", "cuda:5", ("cuda:5", "no such GPU")),
+        ("0", "auto", ("cpu", "")),
+        ("0", "cuda", ("cuda:0", "CUDA not available")),
+    ],
+)
+def test_device_on_a_gpu_machine(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, cuda: str, configured: str, expected: tuple[str, str]
+) -> None:
+    """The probe's answers where torch sees GPUs (a stand-in torch, first on the child's path)."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("FAKE_CUDA", cuda)
+    assert workers.worker_device_resolve(configured=configured, queues=["gpu"]) == expected
