@@ -38,6 +38,7 @@ def _media_root(settings: object, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = str(tmp_path / "media")  # type: ignore[attr-defined]
     settings.TRAINING_DIR = str(tmp_path / "training")  # type: ignore[attr-defined]
     settings.MODEL_DIR = str(tmp_path / "models")  # type: ignore[attr-defined]
+    settings.MODEL_CACHE_DIR = str(tmp_path / "model-cache")  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,8 @@
 
 Embedded default (no servers needed): SQLite, media on local disk, a filesystem Celery broker
 and file result store under ``var/``. ``DATABASE_URL`` and ``CELERY_BROKER_URL`` switch to
-PostgreSQL and Redis without code changes.
+PostgreSQL and Redis, and ``STORAGE_URL`` moves every kept file into S3-compatible object
+storage, without code changes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import re
 import secrets
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -153,8 +156,51 @@ STATIC_ROOT = VAR_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 FRONTEND_DIST = BASE_DIR / "frontend" / "dist"
 STATICFILES_DIRS = [FRONTEND_DIST] if FRONTEND_DIST.is_dir() else []
+# Every file the platform keeps (originals, display images, thumbnails, model artifacts, export
+# downloads) goes through the default storage: local disk under MEDIA_ROOT (the embedded
+# default), or an S3-compatible bucket when STORAGE_URL=s3://bucket/prefix. Workers keep only
+# scratch and a model cache on their own disk, so they may run on other hosts.
+STORAGE_URL = env_url("STORAGE_URL", "file:", schemes={"file", "s3"})
+_storage = urlparse(STORAGE_URL)
+if _storage.scheme == "s3":
+    if not _storage.netloc:
+        raise ImproperlyConfigured(f"STORAGE_URL={STORAGE_URL!r} names no bucket: s3://bucket[/prefix].")
+    _key_id, _secret = env_str("STORAGE_ACCESS_KEY_ID", ""), env_str("STORAGE_SECRET_ACCESS_KEY", "")
+    if bool(_key_id) != bool(_secret):
+        raise ImproperlyConfigured("Set both STORAGE_ACCESS_KEY_ID and STORAGE_SECRET_ACCESS_KEY, or neither.")
+    _endpoint = env_str("STORAGE_ENDPOINT_URL", "")
+    if _endpoint:
+        env_url("STORAGE_ENDPOINT_URL", "", schemes={"http", "https"})
+    _default_storage: dict[str, Any] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": _storage.netloc,
+            "location": _storage.path.strip("/"),
+            "endpoint_url": _endpoint or None,
+            "region_name": env_str("STORAGE_REGION", "us-east-1"),
+            "access_key": _key_id or None,
+            "secret_key": _secret or None,
+            # The bucket is private: no ACL on objects (the bucket's own, private, applies) and
+            # every URL it hands out is signed and short-lived.
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": env_int("STORAGE_URL_EXPIRE_SECONDS", 300, minimum=10),
+            "file_overwrite": False,
+            "signature_version": "s3v4",
+            # Most self-hosted S3 servers want path-style addressing (bucket in the path).
+            "addressing_style": env_str("STORAGE_ADDRESSING_STYLE", "path" if _endpoint else "auto"),
+            # Objects larger than this are spooled to a temporary file when read, not held in memory.
+            "max_memory_size": 16 * 1024 * 1024,
+        },
+    }
+else:
+    if _storage.path not in ("", "/") or _storage.netloc:
+        raise ImproperlyConfigured(
+            f"STORAGE_URL={STORAGE_URL!r}: local disk is 'file:' (set MEDIA_ROOT for the folder)."
+        )
+    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": _default_storage,
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 # Media is private: there is deliberately no MEDIA_URL route; files are streamed by API views
@@ -269,7 +315,13 @@ else:
     # again within minutes. Longer tasks (training, exports) may then be delivered twice while
     # they still run; their claim skips a duplicate (training.services.runner, interchange jobs).
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": env_int("GPU_TASK_TIME_LIMIT", 660, minimum=1) + 60,
+        "visibility_timeout": env_int(
+            "BROKER_VISIBILITY_TIMEOUT", env_int("GPU_TASK_TIME_LIMIT", 660, minimum=1) + 60, minimum=5
+        ),
+        # Look for such messages every BROKER_RESTORE_INTERVAL seconds (kombu's default scans only
+        # every tenth 10-second tick: a killed host's task would wait 100 s more). One ZRANGE.
+        "unacked_restore_interval": env_int("BROKER_RESTORE_INTERVAL", 10, minimum=1),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 2,
     }
 _results_dir = VAR_DIR / "celery-results"
@@ -320,9 +372,15 @@ LOGGING = {
 }
 
 # Training (training/): job folders, worker liveness, promotion gate defaults, the watchdog.
+# TRAINING_DIR is a worker's scratch (datasets prepared for the trainers, their outputs until
+# they are uploaded); MODEL_DIR is scratch for checking uploaded packages. Neither is kept:
+# model files live in the default storage (training.services.artifacts).
 TRAINING_DIR = Path(env_str("TRAINING_DIR", str(VAR_DIR / "training")))
-# Uploaded model packages (the only other place model files may lie; see training.services).
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
+# Each host's cache of model files fetched from storage, keyed by their sha256 and evicted,
+# least recently used first, above this size.
+MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "model-cache")))
+MODEL_CACHE_MAX_BYTES = env_int("MODEL_CACHE_MAX_BYTES", 20 * 1024**3, minimum=1024**2)
 MODEL_UPLOAD_MAX_BYTES = env_int("MODEL_UPLOAD_MAX_BYTES", 2 * 1024**3, minimum=1024)
 TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")
 TRAINING_TASK_SOFT_TIME_LIMIT = env_int("TRAINING_TASK_SOFT_TIME_LIMIT", 48 * 3600, minimum=60)

@@ -13,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -30,7 +29,8 @@ from cytoseg.contours import instances_to_polygons
 from cytoseg.device import device_default
 from cytoseg.imaging import read_rgb
 from training.models import ModelVersion
-from training.services.registry import artifacts_verify, model_version_for_project, model_version_settings
+from training.services.artifacts import artifacts_for
+from training.services.registry import model_version_for_project, model_version_settings
 
 logger = logging.getLogger(__name__)
 PRESEGMENT_TASK = "inference.presegment_image"
@@ -229,10 +229,9 @@ def image_presegment_run(*, image_id: int, model_version_id: int, retry: bool = 
         timings["load_image"] = time.perf_counter() - started
         # The files must be the ones registered and the settings must name no file: nothing
         # but a checked package ever reaches a loader.
-        artifacts_verify(version)
         backend = backend_get(
             name=version.kind,
-            artifacts=Path(version.artifact_path) if version.artifact_path else None,
+            artifacts=artifacts_for(version),
             settings=model_version_settings(version=version),
             device=_device(),
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -85,24 +84,46 @@ def model_version_files(project: Project, kind: str, files: dict[str, bytes], **
     The files are not checked (tests of the registry's bookkeeping use stand-in bytes); uploads
     go through ``training.services.model_version_upload``, which checks them.
     """
-    from django.conf import settings
+    import tempfile
 
     from training.models import ModelVersion
-    from training.services.registry import artifacts_inspect
+    from training.services.artifacts import artifacts_prefix_new, artifacts_upload
 
-    folder = Path(settings.MODEL_DIR) / str(project.pk) / uuid.uuid4().hex
-    for name, data in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        prefix = artifacts_prefix_new(project_id=project.pk)
+        artifacts = artifacts_upload(folder=folder, prefix=prefix)
     number = ModelVersion.objects.filter(project=project, kind=kind).count() + 1
     return ModelVersion.objects.create(
         project=project,
         kind=kind,
         number=number,
-        artifact_path=str(folder),
-        artifacts=artifacts_inspect(folder),
+        artifact_prefix=prefix,
+        artifacts=artifacts,
         **fields,
     )
+
+
+def model_object_read(version: Any, path: str) -> bytes:
+    """The bytes of one of a version's stored files."""
+    from django.core.files.storage import default_storage
+
+    with default_storage.open(f"{version.artifact_prefix}/{path}", "rb") as handle:
+        return bytes(handle.read())
+
+
+def model_object_replace(version: Any, path: str, data: bytes | None) -> None:
+    """Change (or, with None, delete) one of a version's stored files behind the registry's back."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    name = f"{version.artifact_prefix}/{path}"
+    default_storage.delete(name)
+    if data is not None:
+        assert default_storage.save(name, ContentFile(data)) == name
 
 
 def model_zip(folder: Path, *, name: str = "model.zip") -> SimpleUploadedFile:

@@ -15,7 +15,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ["id", "project", "kind", "number", "name", "status", "job", "snapshot", "promoted_at", "created_at"]
     list_filter = ["project", "kind", "status"]
     # Files enter only as uploads or training outputs: their location is never edited by hand.
-    readonly_fields = ["artifact_path", "artifacts", "metrics", "job", "snapshot", "replaced", "promoted_at"]
+    readonly_fields = ["artifact_prefix", "artifacts", "metrics", "job", "snapshot", "replaced", "promoted_at"]
     actions = ["promote"]
 
     @admin.action(description="Promote (make the active model of its kind)")

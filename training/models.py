@@ -27,7 +27,9 @@ class ModelVersion(models.Model):
     kind = models.CharField(max_length=32, choices=ModelKind.choices)
     number = models.PositiveIntegerField()
     name = models.CharField(max_length=200, blank=True)
-    artifact_path = models.CharField(max_length=500, blank=True)
+    # The storage prefix of the version's files (``models/<project>/<key>``; see
+    # training.services.artifacts); empty for kinds without files.
+    artifact_prefix = models.CharField(max_length=500, blank=True)
     artifacts = models.JSONField(default=list, blank=True, help_text="[{path, sha256, size}]")
     config = models.JSONField(default=dict, blank=True, help_text="Backend settings.")
     metrics = models.JSONField(default=dict, blank=True)

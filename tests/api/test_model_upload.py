@@ -17,13 +17,14 @@ from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from annotations.models import AuditEvent, Cell, Image, Layer, PresegmentStatus, Project
+from core.errors import ConflictError
 from cytoseg.backends import PATHS_REFUSED
 from cytoseg.tests.model_files import cellpose_weights, nnunet_checkpoint, nnunet_package, nnunet_plans
 from inference.services import image_presegment_run
 from tests.api.conftest import client_for
-from tests.factories import image_create, zip_upload
+from tests.factories import image_create, model_object_read, zip_upload
 from training.models import ModelStatus, ModelVersion
-from training.services import registry
+from training.services import artifacts, registry
 
 pytestmark = pytest.mark.django_db
 
@@ -85,8 +86,10 @@ def test_cellpose_file_upload_is_stored_checked_and_hashed(project: Any, admin_u
     assert [a["path"] for a in body["artifacts"]] == ["cellpose.pth"] and len(body["artifacts"][0]["sha256"]) == 64
     version = ModelVersion.objects.get(pk=body["id"])
     assert version.status == ModelStatus.ACTIVE and version.config == {"diameter": 17}
-    assert Path(version.artifact_path).parent == Path(settings.MODEL_DIR) / str(project.pk)
-    registry.artifacts_verify(version)
+    assert version.artifact_prefix.startswith(f"models/{project.pk}/")
+    assert model_object_read(version, "cellpose.pth") == cellpose_weights()
+    assert not list(Path(settings.MODEL_DIR).rglob("*.pth"))  # the scratch copy is gone
+    artifacts.artifacts_check(version)
     audit = AuditEvent.objects.get(action="model.register")
     assert audit.after == {"files": 1, "status": "active", "config": {"diameter": 17}}
     detail = client.get(f"/api/v1/training/models/{version.pk}").json()
@@ -115,7 +118,7 @@ def test_nnunet_zip_upload_is_sanitised(project: Any, admin_user: Any) -> None:
         "fold_all/checkpoint_final.pth",
     }
     version = ModelVersion.objects.get(pk=response.json()["id"])
-    stored = torch.load(Path(version.artifact_path) / "fold_all" / "checkpoint_final.pth", weights_only=True)
+    stored = torch.load(io.BytesIO(model_object_read(version, "fold_all/checkpoint_final.pth")), weights_only=True)
     assert "optimizer_state" not in stored
 
 
@@ -204,22 +207,35 @@ def test_settings_stored_before_validation_never_reach_a_loader(project: Any, ad
     assert not Cell.objects.filter(image=image, layer=Layer.PROPOSAL).exists()
 
 
-def test_versions_registered_by_path_are_refused(project: Any, tmp_path: Path) -> None:
+def test_versions_naming_objects_outside_the_model_storage_are_refused(project: Any, tmp_path: Path) -> None:
     folder = tmp_path / "elsewhere"
     folder.mkdir()
     (folder / "cellpose.pth").write_bytes(cellpose_weights())
-    version = ModelVersion.objects.create(
+    for prefix in ("/etc", "projects/1", "models/../projects/1", ""):
+        version = ModelVersion.objects.create(
+            project=project,
+            kind="cellpose",
+            number=ModelVersion.objects.count() + 1,
+            artifact_prefix=prefix,
+            artifacts=artifacts.artifacts_inspect(folder),
+        )
+        match = "no recorded model files" if not prefix else "outside the platform's model storage"
+        with pytest.raises(ConflictError, match=match):
+            artifacts.artifacts_local(version)
+        with pytest.raises(ConflictError, match=match):
+            artifacts.artifacts_check(version)
+    traversal = ModelVersion.objects.create(
         project=project,
         kind="cellpose",
-        number=1,
-        artifact_path=str(folder),
-        artifacts=registry.artifacts_inspect(folder),
+        number=99,
+        artifact_prefix=f"models/{project.pk}/x",
+        artifacts=[{"path": "../../../etc/passwd", "sha256": "0" * 64, "size": 1}],
     )
-    with pytest.raises(Exception, match="outside the platform's model storage"):
-        registry.artifacts_verify(version)
+    with pytest.raises(ConflictError, match="invalid file name"):
+        artifacts.artifacts_local(traversal)
     no_files = ModelVersion.objects.create(project=project, kind="nnunet", number=1)
-    with pytest.raises(Exception, match="no recorded model files"):
-        registry.artifacts_verify(no_files)
+    with pytest.raises(ConflictError, match="no recorded model files"):
+        artifacts.artifacts_local(no_files)
 
 
 def test_migration_removes_stored_paths(project: Any) -> None:

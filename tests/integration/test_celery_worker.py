@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from annotations.models import Cell, Image, Layer, PresegmentStatus
 from cytoseg.synthetic import generate_field
 from cytoseg.tests.model_files import cellpose_weights
-from tests.factories import ProjectFactory, UserFactory
+from tests.factories import ProjectFactory, UserFactory, model_object_read, model_object_replace
 from tests.worker import celery_worker
 from training.models import ModelKind, ModelVersion
 
@@ -107,7 +107,8 @@ def test_backend_failure_marks_image_failed_and_keeps_earlier_proposals(worker: 
     assert version.status_code == 201, version.content
     # the stored file changes after registration: the worker must refuse it, not load it
     stored = ModelVersion.objects.get(pk=version.json()["id"])
-    (Path(stored.artifact_path) / "cellpose.pth").write_bytes(cellpose_weights() + b"tampered")
+    original = model_object_read(stored, "cellpose.pth")
+    model_object_replace(stored, "cellpose.pth", original[:-8] + b"tampered")  # same size, other bytes
     response = client.post(
         f"/api/v1/images/{image_id}/presegment", {"model_version": version.json()["id"]}, format="json"
     )

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,89 +26,12 @@ from cytoseg.synthetic import generate_field
 from inference.services import presegment_reap
 from interchange.models import ExportJob
 from tests.factories import ProjectFactory, UserFactory
+from tests.redis_server import RedisServer, app_broker
 from tests.worker import celery_worker
 from training.models import JobStatus, TrainingJob
 from training.tests.factories import synthetic_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server of this test's own, on its own port, keeping nothing on disk."""
-
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.port, self.workdir = port, workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        if not Path(REDIS_SERVER).exists():
-            pytest.fail("redis-server is not installed (Debian's redis-server package)")
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            cwd=self.workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def queue_length(self, queue: str) -> int:
-        import redis
-
-        return int(redis.Redis(port=self.port).llen(queue))
-
-
-@contextmanager
-def app_broker(url: str) -> Iterator[None]:
-    """Point this process's Celery app at ``url`` (as the web process would be configured)."""
-    from config.celery import app
-
-    def reset() -> None:  # the connection and producer pools are built from the URL on first use
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    keys = ("broker_url", "broker_write_url", "broker_read_url")
-    before = {key: app.conf[key] for key in keys}
-    app.conf.update(dict.fromkeys(keys, url))
-    reset()
-    try:
-        yield
-    finally:
-        app.conf.update(before)
-        reset()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(_free_port(), tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 def _png(seed: int, size: int = 192) -> bytes:

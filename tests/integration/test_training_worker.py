@@ -92,9 +92,7 @@ def test_two_stage_job_end_to_end(worker: Any, training_dir: Path) -> None:
     assert len(job.curves["nnunet"]) == 4 and len(job.curves["cellpose"]) == 8
     versions = {v.kind: v for v in ModelVersion.objects.filter(job=job)}
     assert set(versions) == {ModelKind.NNUNET, ModelKind.CELLPOSE, ModelKind.TWO_STAGE}
-    bundle = Path(versions[ModelKind.TWO_STAGE].artifact_path)
-    assert bundle == training_dir / str(job.pk) / "bundle"
-    assert (bundle / "nnunet" / "plans.json").is_file() and (bundle / "cellpose" / "cellpose.pth").is_file()
+    assert versions[ModelKind.TWO_STAGE].artifact_prefix.startswith(f"models/{job.project_id}/")
     assert {a["path"] for a in versions[ModelKind.TWO_STAGE].artifacts} >= {
         "nnunet/fold_0/checkpoint_final.pth",
         "cellpose/cellpose.pth",

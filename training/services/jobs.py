@@ -8,7 +8,6 @@ import socket
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -92,8 +91,6 @@ def training_job_start(
                 trigger=trigger,
                 task_id=task_id,
             )
-            job.artifact_dir = str(Path(settings.TRAINING_DIR) / str(job.pk))
-            job.save(update_fields=["artifact_dir"])
             audit_record(
                 project=project,
                 actor=user,

@@ -4,9 +4,7 @@ evaluation on a snapshot's frozen test split, the promotion gate, promote and ro
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,7 +27,6 @@ from cytoseg.backends.packages import (
     PackageError,
     archive_unpack,
     folder_remove,
-    package_files,
     package_prepare,
     package_single_file,
 )
@@ -54,6 +51,13 @@ from training.models import (
     TrainingPolicy,
 )
 from training.selectors import PRESEGMENT_KINDS, presegmenter_find
+from training.services.artifacts import (
+    artifacts_check,
+    artifacts_delete,
+    artifacts_for,
+    artifacts_prefix_new,
+    artifacts_upload,
+)
 from training.services.config import device_for
 
 logger = logging.getLogger(__name__)
@@ -78,57 +82,6 @@ def model_version_for_project(*, project: Project) -> ModelVersion:
     if current is not None:
         return current
     return model_version_baseline(project=project)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def artifacts_inspect(root: Path) -> list[dict[str, Any]]:
-    """``[{path, sha256, size}]`` of every file under ``root`` (paths relative to it, sorted)."""
-    root = Path(root)
-    out = []
-    for relative in package_files(root):
-        path = root if root.is_file() else root / relative
-        out.append({"path": relative, "sha256": file_sha256(path), "size": path.stat().st_size})
-    return out
-
-
-def artifact_roots() -> tuple[Path, ...]:
-    """Where model files may lie: training outputs and uploaded packages, nowhere else."""
-    return (Path(settings.TRAINING_DIR).resolve(), Path(settings.MODEL_DIR).resolve())
-
-
-def artifacts_verify(version: ModelVersion) -> None:
-    """Raise ConflictError unless ``version``'s files are exactly the ones registered.
-
-    They must lie in the platform's model storage (a version registered by path before uploads
-    existed may point anywhere and is refused), be the recorded files and no others (a loader
-    picks up any fold it finds), and each have its recorded sha256.
-    """
-    if version.kind not in PACKAGE_KINDS:
-        return
-    if not version.artifact_path or not version.artifacts:
-        raise ConflictError(f"{version} has no recorded model files; upload the model again.")
-    root = Path(version.artifact_path).resolve()
-    if not any(root.is_relative_to(top) for top in artifact_roots()):
-        raise ConflictError(f"The files of {version} lie outside the platform's model storage; upload the model again.")
-    try:
-        present = set(package_files(root)) if root.exists() else set()
-    except PackageError as exc:
-        raise ConflictError(f"The files of {version} are refused: {exc}") from exc
-    recorded = {entry["path"] for entry in version.artifacts}
-    if present != recorded:
-        changed = sorted(present ^ recorded)
-        raise ConflictError(f"The files of {version} changed since it was registered: {', '.join(changed[:5])}.")
-    for entry in version.artifacts:
-        path = root if root.is_file() else root / entry["path"]
-        if file_sha256(path) != entry["sha256"]:
-            raise ConflictError(f"Artifact {entry['path']} of {version} does not match its recorded sha256.")
 
 
 def model_version_settings(*, version: ModelVersion) -> dict[str, Any]:
@@ -183,7 +136,7 @@ def model_version_upload(
         errors["name"] = "must be at most 200 characters"
     if errors:
         raise ServiceValidationError("Invalid model version.", errors)
-    folder = _package_store(project=project, kind=kind, upload=upload, config=config) if upload is not None else None
+    folder = _package_store(kind=kind, upload=upload, config=config) if upload is not None else None
     try:
         with transaction.atomic():
             version = model_version_register(
@@ -203,14 +156,13 @@ def model_version_upload(
                 after={"files": len(version.artifacts), "status": version.status, "config": version.config},
             )
             return version
-    except BaseException:
+    finally:
         if folder is not None:
-            folder_remove(folder)
-        raise
+            folder_remove(folder)  # scratch: the files are in storage now, or refused
 
 
-def _package_store(*, project: Project, kind: str, upload: File, config: Mapping[str, Any]) -> Path:
-    """Unpack (or copy) an upload into a fresh folder of the model storage, checked."""
+def _package_store(*, kind: str, upload: File, config: Mapping[str, Any]) -> Path:
+    """Unpack (or copy) an upload into a fresh scratch folder, checked."""
     key = uuid.uuid4().hex
     staging = Path(settings.MODEL_DIR) / "staging" / key
     staging.mkdir(parents=True)
@@ -225,10 +177,7 @@ def _package_store(*, project: Project, kind: str, upload: File, config: Mapping
                 for chunk in upload.chunks():
                     out.write(chunk)
         package_prepare(kind, staging, config)
-        final = Path(settings.MODEL_DIR) / str(project.pk) / key
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, final)
-        return final
+        return staging
     except PackageError as exc:
         folder_remove(staging)
         raise ServiceValidationError("The model files were refused.", {"file": str(exc)}) from exc
@@ -248,8 +197,42 @@ def model_version_register(
     status: str,
     job: TrainingJob | None = None,
 ) -> ModelVersion:
-    """The registry row of a checked package (numbered per project and kind; one active per kind)."""
-    artifacts = artifacts_inspect(folder) if folder is not None else []
+    """The registry row of a checked package (numbered per project and kind; one active per kind).
+
+    ``folder`` (local scratch) is uploaded to the default storage first, so that the row only
+    ever names objects that exist; if the row is not written, the objects are deleted again.
+    """
+    prefix = artifacts_prefix_new(project_id=project.pk) if folder is not None else ""
+    artifacts = artifacts_upload(folder=folder, prefix=prefix) if folder is not None else []
+    try:
+        return _version_create(
+            project=project,
+            kind=kind,
+            name=name,
+            prefix=prefix,
+            artifacts=artifacts,
+            config=config,
+            user=user,
+            status=status,
+            job=job,
+        )
+    except BaseException:
+        artifacts_delete(names=[f"{prefix}/{a['path']}" for a in artifacts])
+        raise
+
+
+def _version_create(
+    *,
+    project: Project,
+    kind: str,
+    name: str,
+    prefix: str,
+    artifacts: list[dict[str, Any]],
+    config: dict[str, Any],
+    user: User | None,
+    status: str,
+    job: TrainingJob | None,
+) -> ModelVersion:
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
         last = ModelVersion.objects.filter(project=project, kind=kind).aggregate(top=Max("number"))
@@ -258,7 +241,7 @@ def model_version_register(
             kind=kind,
             number=(last["top"] or 0) + 1,
             name=name,
-            artifact_path=str(folder) if folder is not None else "",
+            artifact_prefix=prefix,
             artifacts=artifacts,
             config=config,
             status=status,
@@ -314,10 +297,9 @@ def model_version_evaluate(
     items = list(snapshot.items.filter(split=Split.TEST).select_related("image").order_by("id"))
     if not items:
         raise ServiceValidationError("Nothing to evaluate on.", {"snapshot": "the snapshot has no test images"})
-    artifacts_verify(version)
     backend = backend_get(
         name=version.kind,
-        artifacts=Path(version.artifact_path) if version.artifact_path else None,
+        artifacts=artifacts_for(version),
         settings=model_version_settings(version=version),
         device=device or device_for({}),
     )
@@ -474,7 +456,7 @@ def model_version_promote(
             if policy.presegmenter_id != version.pk:
                 TrainingPolicy.objects.filter(pk=policy.pk).update(presegmenter=version)
             return version
-        artifacts_verify(version)
+        artifacts_check(version)
         previous = (
             ModelVersion.objects.filter(project_id=version.project_id, kind=version.kind, status=ModelStatus.ACTIVE)
             .exclude(pk=version.pk)
@@ -516,7 +498,7 @@ def model_version_rollback(*, project: Project, kind: str, user: User | None) ->
         if target is not None and target.status == ModelStatus.FAILED:
             target = None
         if target is not None:
-            artifacts_verify(target)
+            artifacts_check(target)
         current.status = ModelStatus.RETIRED
         current.save(update_fields=["status"])
         if target is not None:
@@ -543,7 +525,7 @@ def refinement_base(*, project: Project, version_id: int | None) -> ModelVersion
         if version_id is not None
         else queryset.filter(status=ModelStatus.ACTIVE).order_by("-promoted_at", "-id").first()
     )
-    if base is None or not base.artifact_path:
+    if base is None or not base.artifact_prefix:
         what = f"nnU-Net version {version_id}" if version_id is not None else "an active nnU-Net model"
         raise ServiceValidationError(
             "Refinement needs a first stage.", {"config.base_model_version": f"the project has no {what}"}

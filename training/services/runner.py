@@ -34,10 +34,10 @@ from training.models import (
     ModelVersion,
     TrainingJob,
 )
+from training.services.artifacts import artifacts_for
 from training.services.config import JOB_PLANS, device_for, stage_config
 from training.services.jobs import job_fail, log_append, worker_lost_reason
 from training.services.registry import (
-    artifacts_verify,
     baseline_for,
     gate_settings,
     model_version_best,
@@ -373,17 +373,17 @@ def _cellpose_options(runner: JobRunner, device: str) -> dict[str, Any]:
 def _refinement_options(runner: JobRunner, device: str) -> dict[str, Any]:
     """The frozen first stage: the project's active (or the chosen) nnU-Net version."""
     base = refinement_base(project=runner.job.project, version_id=runner.job.config.get("base_model_version"))
-    artifacts_verify(base)
+    folder = artifacts_for(base)
     backend: Any = backend_get(
         name=base.kind,
-        artifacts=Path(base.artifact_path),
+        artifacts=folder,
         settings=model_version_settings(version=base),
         device=device,
     )
     runner.note(f"refinement: first stage {base}")
     return {
         "first_stage": lambda image: 1.0 - backend.predict_probabilities(image)[0],
-        "base_folder": Path(base.artifact_path),
+        "base_folder": folder,
     }
 
 

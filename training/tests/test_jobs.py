@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from annotations.models import AuditEvent, Cell
 from core.errors import ConflictError, ServiceValidationError
+from tests.factories import model_object_read
 from training.models import DatasetSnapshot, Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
 from training.services import jobs, runner, schedule
 from training.services.registry import model_version_for_project
@@ -118,7 +119,7 @@ def test_cellpose_job_trains_registers_evaluates_and_promotes(enqueued: Any, var
     assert (version.kind, version.number, version.snapshot_id) == (ModelKind.CELLPOSE, 1, job.snapshot_id)
     assert {a["path"] for a in version.artifacts} == {"cellpose.pth", "cellpose.json"}
     assert all(len(a["sha256"]) == 64 and a["size"] > 0 for a in version.artifacts)
-    assert Path(version.artifact_path) == var_training / str(job.pk) / "cellpose"
+    assert version.artifact_prefix.startswith(f"models/{job.project_id}/")  # in storage, not a local folder
     assert not (var_training / str(job.pk) / "work").exists()
     # evaluated on the frozen test split, against the baseline on the same snapshot
     evaluation = Evaluation.objects.get(model_version=version)
@@ -164,7 +165,7 @@ def test_fast_preset_and_network_scale_reach_the_trainer_and_the_registered_vers
     assert job.resolved_config["cellpose"]["n_epochs"] == 2
     version = ModelVersion.objects.get(job=job)
     assert version.config == FAST_INFERENCE["cellpose"]  # the preset's inference settings
-    meta = json.loads((Path(version.artifact_path) / "cellpose.json").read_text())
+    meta = json.loads(model_object_read(version, "cellpose.json"))
     assert meta["diam_mean"] == pytest.approx(0.5 * meta["diam_labels"])  # sees cells at half size
     # evaluated with those settings
     assert Evaluation.objects.get(model_version=version).overall["n_images"] == 1

@@ -3,8 +3,8 @@ promotion gate, promote and roll back."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -16,11 +16,11 @@ import torch
 from annotations.models import AuditEvent
 from core.errors import ConflictError, ServiceValidationError
 from cytoseg.backends.packages import PackageError, nnunet_checkpoint_sanitize, torch_weights_load
-from tests.factories import model_version_files, model_zip
+from tests.factories import model_object_replace, model_version_files, model_zip
 from training import snapshots
 from training.models import Evaluation, JobStatus, ModelKind, ModelStatus, ModelVersion, TrainingJob
+from training.services import artifacts, jobs, registry, runner, schedule
 from training.services import config as job_config
-from training.services import jobs, registry, runner, schedule
 from training.services.registry import model_version_baseline, model_version_for_project
 from training.tests.factories import synthetic_project
 
@@ -132,9 +132,9 @@ def test_checkpoint_sanitize_and_safe_check(tmp_path: Path) -> None:
         "current_epoch",
     }
     assert loaded["init_args"]["device"] == "cpu" and torch.equal(loaded["network_weights"]["w"], torch.ones(2, 2))
-    digest = registry.file_sha256(path)
+    digest = artifacts.file_sha256(path)
     nnunet_checkpoint_sanitize(path)  # a sanitised file is left as it is (its sha256 may be recorded)
-    assert registry.file_sha256(path) == digest
+    assert artifacts.file_sha256(path) == digest
     evil = tmp_path / "evil.pt"
     torch.save({"x": Payload()}, evil)
     with pytest.raises(PackageError):
@@ -154,9 +154,7 @@ def test_promote_roll_back_and_tampered_artifacts(tmp_path: Path) -> None:
     v1 = _version(project, ModelKind.CELLPOSE, "v1")
     v2 = _version(project, ModelKind.CELLPOSE, "v2")
     v3 = _version(project, ModelKind.CELLPOSE, "v3")
-    assert v1.artifacts == [
-        {"path": "weights.bin", "sha256": registry.file_sha256(Path(v1.artifact_path) / "weights.bin"), "size": 9}
-    ]
+    assert v1.artifacts == [{"path": "weights.bin", "sha256": hashlib.sha256(b"weightsv1").hexdigest(), "size": 9}]
     for version in (v1, v2, v3):
         registry.model_version_promote(version=version, user=sp.admin, reason="test")
     statuses = dict(ModelVersion.objects.values_list("pk", "status"))
@@ -170,17 +168,21 @@ def test_promote_roll_back_and_tampered_artifacts(tmp_path: Path) -> None:
     with pytest.raises(ConflictError):
         registry.model_version_rollback(project=project, kind="cellpose", user=sp.admin)
     assert AuditEvent.objects.filter(action="model.rollback").count() == 3
-    # a changed artifact file is refused
-    (Path(v2.artifact_path) / "weights.bin").write_bytes(b"tampered")
+    # a changed artifact file is refused: by its size at promotion, by its sha256 before loading
+    model_object_replace(v2, "weights.bin", b"tampered")
     with pytest.raises(ConflictError, match="sha256"):
         registry.model_version_promote(version=v2, user=sp.admin)
-    (Path(v3.artifact_path) / "fold_9").mkdir()
-    (Path(v3.artifact_path) / "fold_9" / "extra.pth").write_bytes(b"a file nobody registered")
+    model_object_replace(v2, "weights.bin", b"weightsvX")  # same size
+    with pytest.raises(ConflictError, match="sha256"):
+        artifacts.artifacts_local(v2)
+    model_object_replace(v3, "fold_9/extra.pth", b"a file nobody registered")
     with pytest.raises(ConflictError, match="changed since it was registered"):
-        registry.artifacts_verify(v3)
-    shutil.rmtree(v1.artifact_path)
+        artifacts.artifacts_check(v3)
+    model_object_replace(v1, "weights.bin", None)
     with pytest.raises(ConflictError, match="changed since it was registered"):
         registry.model_version_promote(version=v1, user=sp.admin)
+    with pytest.raises(ConflictError, match="missing from storage"):
+        artifacts.artifacts_local(v1)
     v3.status = ModelStatus.FAILED
     v3.save()
     with pytest.raises(ConflictError):
