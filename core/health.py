@@ -7,7 +7,9 @@ a dead service (a blackholed database host, a Redis that accepts and never answe
 endpoint that stalls) makes the report fail within that time instead of hanging the caller. A
 timed-out check cannot be killed; it is remembered, and while it still hangs the next reports
 fail that check at once rather than start another thread behind it, so repeated probes of a
-dead service never pile up threads or connections.
+dead service never pile up threads or connections. After ``HUNG_RETRY_SECONDS`` a check still
+hanging is given up on and tried afresh (at most one more thread per check that often), so a
+connection that never returns cannot keep the check failing after the service is back.
 
 Error strings name the exception and its message with any credentials in URLs masked; nothing
 else (no settings, no URLs with passwords) is reported.
@@ -35,6 +37,7 @@ from kombu.transport import filesystem
 PROBE_PREFIX = "healthz/"
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
 _ERROR_MAX = 300
+HUNG_RETRY_SECONDS = 60.0
 
 
 class CheckResult(TypedDict, total=False):
@@ -158,8 +161,8 @@ def health_check(*, timeout: float | None = None) -> HealthReport:
     with _hung_lock:
         for name, check in CHECKS.items():
             hung = _hung.get(name)
-            if hung is not None and not hung.done.is_set():
-                waited = time.monotonic() - hung.started
+            waited = time.monotonic() - hung.started if hung is not None else 0.0
+            if hung is not None and not hung.done.is_set() and waited < HUNG_RETRY_SECONDS:
                 results[name] = {"ok": False, "ms": 0.0, "error": f"an earlier check still hangs (for {waited:.0f} s)"}
                 continue
             _hung.pop(name, None)
