@@ -1,6 +1,9 @@
 """The deployment files (docker-compose.yml, docker/) checked against the code they start.
 
-One file of ~600 lines: its parsers of the compose file and the Dockerfile serve every check.
+One file: its parsers of the compose files and the Dockerfile serve every check. Three compose
+files: docker-compose.yml (the whole stack), docker/main-host.compose.yml (added on the main
+host of a deployment over several hosts: publishes the shared services on a private address)
+and docker/worker-host.compose.yml (a GPU worker on another host).
 
 No Docker engine is needed (and none is assumed): the compose file is read with PyYAML, the
 Dockerfile as text, and every module, queue, management command, path and environment variable
@@ -21,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -29,6 +33,7 @@ from celery.app.utils import find_app
 from celery.beat import Scheduler
 from django.conf import settings
 from django.core.management import get_commands
+from django.urls import resolve
 from kombu.utils.imports import symbol_by_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,23 +41,39 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 WAIT_FOR_DB = ROOT / "docker" / "wait_for_db.py"
+MAIN_HOST_FILE = ROOT / "docker" / "main-host.compose.yml"
+WORKER_HOST_FILE = ROOT / "docker" / "worker-host.compose.yml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SETTINGS_FILE = ROOT / "config" / "settings.py"
 
 APP_SERVICES = ("web", "worker-gpu", "worker-training", "worker-cpu", "beat")
-INFRA_SERVICES = ("postgres", "redis")
+INFRA_SERVICES = ("postgres", "redis", "objectstore")
+GPU_SERVICES = ("worker-gpu", "worker-training")
 ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_float", "env_list", "env_url"}
 # Variables an app container may receive although config/settings.py does not read them, with
 # the file that does (DJANGO_SETTINGS_MODULE is read by Django itself).
 EXTRA_ENV_READERS: dict[str, Path | None] = {
     "DJANGO_SETTINGS_MODULE": None,
     "RUN_MIGRATIONS": ENTRYPOINT,
+    "STORAGE_INIT": ENTRYPOINT,
+    "STORAGE_INIT_TIMEOUT": ENTRYPOINT,
     "WAIT_FOR_DB": ENTRYPOINT,
     "DB_WAIT_TIMEOUT": WAIT_FOR_DB,
 }
 # What an operator puts in .env: the variables compose requires with ${NAME:?message}.
-HOST_ENV = {"DJANGO_SECRET_KEY": "test-secret-key-" + "k3y" * 20, "POSTGRES_PASSWORD": "testpassword"}
-IMAGE_HEALTH_URL = "/api/v1/schema"
+HOST_ENV = {
+    "DJANGO_SECRET_KEY": "test-secret-key-" + "k3y" * 20,
+    "POSTGRES_PASSWORD": "testpassword",
+    "REDIS_PASSWORD": "redispassword",
+    "STORAGE_ACCESS_KEY_ID": "testaccesskey0123456",
+    "STORAGE_SECRET_ACCESS_KEY": "testsecretkey" + "s3" * 15,
+}
+# ... and what a worker host's .env adds, and the main host's when it serves worker hosts.
+WORKER_HOST_ENV = HOST_ENV | {"MAIN_HOST": "10.0.0.5"}
+MAIN_HOST_ENV = HOST_ENV | {"PRIVATE_BIND_ADDRESS": "10.0.0.5"}
+IMAGE_HEALTH_URL = "/healthz"
+# The ports a worker host connects to on the main host: PostgreSQL, Redis, the object store's S3 API.
+SHARED_PORTS = {"postgres": 5432, "redis": 6379, "objectstore": 8333}
 
 
 # --- compose helpers -------------------------------------------------------------------------
@@ -83,12 +104,26 @@ def interpolate(text: str, host_env: dict[str, str]) -> str:
     return _INTERPOLATION.sub(substitute, text)
 
 
+def load_compose(path: Path) -> dict[str, Any]:
+    with path.open() as handle:
+        data = yaml.safe_load(handle)
+    assert isinstance(data, dict), f"{path} is not a mapping"
+    return data
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    with COMPOSE_FILE.open() as handle:
-        data = yaml.safe_load(handle)
-    assert isinstance(data, dict)
-    return data
+    return load_compose(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def worker_host() -> dict[str, Any]:
+    return load_compose(WORKER_HOST_FILE)
+
+
+@pytest.fixture(scope="module")
+def main_host() -> dict[str, Any]:
+    return load_compose(MAIN_HOST_FILE)
 
 
 def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
@@ -102,12 +137,12 @@ def service_env(compose: dict[str, Any], name: str, host_env: dict[str, str] = H
     return {key: interpolate("" if value is None else str(value), host_env) for key, value in raw.items()}
 
 
-def service_command(compose: dict[str, Any], name: str) -> list[str]:
+def service_command(compose: dict[str, Any], name: str, host_env: dict[str, str] = HOST_ENV) -> list[str]:
     raw = service(compose, name).get("command")
     assert raw, f"{name} has no command"
     if isinstance(raw, str):
-        return shlex.split(interpolate(raw, HOST_ENV))
-    return [interpolate(str(arg), HOST_ENV) for arg in raw]
+        return shlex.split(interpolate(raw, host_env))
+    return [interpolate(str(arg), host_env) for arg in raw]
 
 
 def option(args: list[str], *names: str) -> str | None:
@@ -141,6 +176,56 @@ def volume_targets(definition: dict[str, Any]) -> dict[str, str]:
 
 def celery_services(compose: dict[str, Any]) -> list[str]:
     return [name for name in APP_SERVICES if service_command(compose, name)[0] == "celery"]
+
+
+def gpu_device_ids(definition: dict[str, Any], host_env: dict[str, str] = HOST_ENV) -> list[str]:
+    """The NVIDIA GPUs a service reserves. A ``count`` is what Docker makes of it: the first
+    ``count`` cards (NVIDIA_VISIBLE_DEVICES=0,...,count-1), whichever container asks."""
+    ids: list[str] = []
+    for device in definition["deploy"]["resources"]["reservations"]["devices"]:
+        if device.get("driver") != "nvidia" or "gpu" not in device.get("capabilities", []):
+            continue
+        assert not ("count" in device and "device_ids" in device), "count and device_ids exclude each other"
+        if "device_ids" in device:
+            ids += [interpolate(str(device_id), host_env) for device_id in device["device_ids"]]
+        else:
+            ids += [str(index) for index in range(int(device.get("count", 0)))]
+    return ids
+
+
+def weed_flags(args: list[str]) -> dict[str, str]:
+    """SeaweedFS's ``-name=value`` options (a bare ``-name`` is "true")."""
+    flags = {}
+    for arg in args:
+        if arg.startswith("-"):
+            key, _, value = arg.lstrip("-").partition("=")
+            flags[key] = value if _ else "true"
+    return flags
+
+
+def load_settings(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    """The settings a container with exactly ``env`` (plus PATH, and a scratch var dir instead
+    of /data/var) gets, loaded in a child process."""
+    env = env | {"PATH": os.environ.get("PATH", ""), "PLATFORM_VAR_DIR": str(tmp_path / "var")}
+    script = (
+        "import json, django\n"
+        "django.setup()\n"
+        "from django.conf import settings as s\n"
+        "storage = s.STORAGES['default']\n"
+        "print(json.dumps({'debug': s.DEBUG, 'engine': s.DATABASES['default']['ENGINE'],"
+        " 'db_host': s.DATABASES['default']['HOST'], 'broker': s.CELERY_BROKER_URL,"
+        " 'results': s.CELERY_RESULT_BACKEND, 'cache': s.CACHES['default']['BACKEND'],"
+        " 'cache_location': s.CACHES['default'].get('LOCATION'),"
+        " 'storage': storage['BACKEND'], 'storage_options': storage.get('OPTIONS', {}),"
+        " 'model_cache': str(s.MODEL_CACHE_DIR), 'secure_cookies': s.SESSION_COOKIE_SECURE,"
+        " 'device': s.INFERENCE_DEVICE, 'hosts': s.ALLOWED_HOSTS}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return loaded
 
 
 # --- Dockerfile helpers ----------------------------------------------------------------------
@@ -312,8 +397,9 @@ def test_services_start_after_healthy_dependencies(compose: dict[str, Any]) -> N
                 assert check.get("test") and not check.get("disable"), f"{needed} has no healthcheck to wait for"
 
 
-def test_only_web_runs_migrations(compose: dict[str, Any]) -> None:
-    flags = {name: service_env(compose, name).get("RUN_MIGRATIONS", "false").lower() for name in APP_SERVICES}
+@pytest.mark.parametrize("variable", ["RUN_MIGRATIONS", "STORAGE_INIT"])
+def test_only_web_runs_migrations_and_prepares_the_bucket(compose: dict[str, Any], variable: str) -> None:
+    flags = {name: service_env(compose, name).get(variable, "false").lower() for name in APP_SERVICES}
     assert flags.pop("web") == "true"
     assert all(value in {"false", "0", "no", "off", ""} for value in flags.values()), flags
 
@@ -370,21 +456,20 @@ def test_gpu_worker_reserves_one_nvidia_gpu_and_runs_one_task_at_a_time(compose:
     assert option(args, "--prefetch-multiplier") == "1"
     assert service_env(compose, "worker-gpu")["INFERENCE_DEVICE"] == "cuda"
 
-    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert any(
-        device.get("driver") == "nvidia"
-        and int(device.get("count", 0)) == 1
-        and "gpu" in device.get("capabilities", [])
-        for device in devices
-    ), devices
+    # One card each, GPU 0 unless the operator picks another (one card per worker on a host with several).
+    assert gpu_device_ids(gpu) == ["0"]
+    assert gpu_device_ids(gpu, HOST_ENV | {"GPU_WORKER_DEVICE": "1"}) == ["1"]
+    training = service(compose, "worker-training")
+    assert gpu_device_ids(training) == ["0"]
+    assert gpu_device_ids(training, HOST_ENV | {"TRAINING_WORKER_DEVICE": "1"}) == ["1"]
 
     # The CUDA build of torch comes from PyPI; the CPU index must not be used for this image, and
     # the GPU image needs its own tag or the CPU and GPU builds overwrite each other.
     assert "/cpu" not in gpu["build"]["args"]["TORCH_INDEX_URL"]
     gpu_image = interpolate(gpu["image"], HOST_ENV)
-    assert interpolate(service(compose, "worker-training")["image"], HOST_ENV) == gpu_image
+    assert interpolate(training["image"], HOST_ENV) == gpu_image
     for name in APP_SERVICES:
-        if name not in ("worker-gpu", "worker-training"):
+        if name not in GPU_SERVICES:
             assert interpolate(service(compose, name)["image"], HOST_ENV) != gpu_image
             assert service_env(compose, name).get("INFERENCE_DEVICE", "auto") in {"auto", "cpu"}
 
@@ -394,7 +479,7 @@ def test_gpu_worker_reserves_one_nvidia_gpu_and_runs_one_task_at_a_time(compose:
 
 def test_every_environment_variable_is_read_by_the_settings(compose: dict[str, Any]) -> None:
     read = settings_env_names()
-    assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "MEDIA_ROOT", "PLATFORM_VAR_DIR"} <= read
+    assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "STORAGE_URL", "PLATFORM_VAR_DIR"} <= read
     for variable, reader in EXTRA_ENV_READERS.items():
         if reader is not None:
             assert variable in reader.read_text(), f"{variable} is whitelisted but {reader.name} does not read it"
@@ -424,45 +509,214 @@ def test_settings_load_with_the_compose_environment(compose: dict[str, Any], nam
     assert env["PLATFORM_VAR_DIR"] == image_env(dockerfile_stages(DOCKERFILE)[-1][1])["PLATFORM_VAR_DIR"], (
         "static files are collected into $PLATFORM_VAR_DIR/static at build time; run time must use the same path"
     )
-    # Only the service's own variables (plus PATH), and a scratch var dir instead of /data/var.
-    env |= {"PATH": os.environ.get("PATH", ""), "PLATFORM_VAR_DIR": str(tmp_path / "var")}
-    script = (
-        "import json, django\n"
-        "django.setup()\n"
-        "from django.conf import settings as s\n"
-        "print(json.dumps({'debug': s.DEBUG, 'engine': s.DATABASES['default']['ENGINE'],"
-        " 'db_host': s.DATABASES['default']['HOST'], 'broker': s.CELERY_BROKER_URL,"
-        " 'results': s.CELERY_RESULT_BACKEND, 'cache': s.CACHES['default']['BACKEND'],"
-        " 'media': str(s.MEDIA_ROOT), 'secure_cookies': s.SESSION_COOKIE_SECURE,"
-        " 'device': s.INFERENCE_DEVICE, 'hosts': s.ALLOWED_HOSTS}))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = load_settings(env, tmp_path)
     assert loaded["debug"] is False
     assert loaded["engine"] == "django.db.backends.postgresql" and loaded["db_host"] == "postgres"
-    assert loaded["broker"].startswith("redis://redis:") and loaded["results"].startswith("redis://redis:")
+    for url in (loaded["broker"], loaded["results"], loaded["cache_location"]):
+        parsed = urlparse(url)
+        assert parsed.scheme == "redis" and parsed.hostname == "redis" and parsed.password == HOST_ENV["REDIS_PASSWORD"]
     assert loaded["cache"] == "django.core.cache.backends.redis.RedisCache"
-    assert loaded["media"] == "/data/media"
+    assert loaded["storage"] == "storages.backends.s3.S3Storage"
+    options = loaded["storage_options"]
+    assert (options["bucket_name"], options["location"]) == ("cytoplatform", "files")
+    assert options["endpoint_url"] == "http://objectstore:8333" and options["addressing_style"] == "path"
+    assert options["access_key"] == HOST_ENV["STORAGE_ACCESS_KEY_ID"]
+    assert options["default_acl"] is None and options["querystring_auth"] is True
+    assert loaded["model_cache"] == env["MODEL_CACHE_DIR"]
     assert loaded["secure_cookies"] is True
-    assert loaded["device"] == ("cuda" if name in ("worker-gpu", "worker-training") else "auto")
+    assert loaded["device"] == ("cuda" if name in GPU_SERVICES else "auto")
     assert "127.0.0.1" in loaded["hosts"]
 
 
-def test_media_is_shared_and_static_files_are_not_hidden_by_a_volume(compose: dict[str, Any]) -> None:
-    sources = set()
+def test_every_app_service_keeps_its_files_in_the_object_store(compose: dict[str, Any]) -> None:
+    store_port = int(weed_flags(service_command(compose, "objectstore"))["s3.port"])
+    for name in APP_SERVICES:
+        env = service_env(compose, name)
+        storage_url = urlparse(env["STORAGE_URL"])
+        assert storage_url.scheme == "s3" and storage_url.netloc == "cytoplatform", f"{name}: {env['STORAGE_URL']}"
+        assert env["STORAGE_URL"] == service_env(compose, "web")["STORAGE_URL"], f"{name} uses another bucket"
+        endpoint = urlparse(env["STORAGE_ENDPOINT_URL"])
+        assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "objectstore", store_port), name
+        assert env["STORAGE_ACCESS_KEY_ID"] == HOST_ENV["STORAGE_ACCESS_KEY_ID"]
+        assert env["STORAGE_SECRET_ACCESS_KEY"] == HOST_ENV["STORAGE_SECRET_ACCESS_KEY"]
+        raw = service(compose, name)["environment"]
+        for secret in ("STORAGE_ACCESS_KEY_ID", "STORAGE_SECRET_ACCESS_KEY"):
+            assert re.fullmatch(rf"\$\{{{secret}:\?[^}}]+\}}", raw[secret]), f"{name}: {secret} must be required"
+        assert "MEDIA_ROOT" not in env, f"{name}: files are in the bucket, not under MEDIA_ROOT"
+        assert service(compose, name)["depends_on"]["objectstore"]["condition"] == "service_healthy"
+    assert "media" not in (compose.get("volumes") or {}), "the shared media volume is gone"
+
+
+def test_no_volume_is_shared_between_services_and_static_files_are_not_hidden(compose: dict[str, Any]) -> None:
+    mounted_by: dict[str, set[str]] = {}
     for name in APP_SERVICES:
         env = service_env(compose, name)
         targets = volume_targets(service(compose, name))
         static_root = env["PLATFORM_VAR_DIR"].rstrip("/") + "/static"
-        for target in targets:
+        for target, source in targets.items():
             assert not (static_root + "/").startswith(target + "/"), f"{name}: a volume at {target} hides {static_root}"
-        if name != "beat":
-            assert env["MEDIA_ROOT"] in targets, f"{name} needs the media volume at {env['MEDIA_ROOT']}"
-            sources.add(targets[env["MEDIA_ROOT"]])
-    assert len(sources) == 1, f"web and the workers must share one media volume, got {sources}"
+            # A host folder could be shared as well as a named volume; the workers may be elsewhere.
+            assert source and not source.startswith((".", "/", "~")), f"{name} mounts a host path {source!r}"
+            mounted_by.setdefault(source, set()).add(name)
+        if name in GPU_SERVICES:
+            # The services that run models keep their cache of model files between restarts.
+            assert env["MODEL_CACHE_DIR"] in targets, f"{name}: a volume of its own at {env['MODEL_CACHE_DIR']}"
+    shared = {source: sorted(names) for source, names in mounted_by.items() if len(names) > 1}
+    assert not shared, f"volumes mounted by several services: {shared}"
+    for name in APP_SERVICES:
+        if name != "web":
+            common = set(volume_targets(service(compose, "web")).values()) & set(
+                volume_targets(service(compose, name)).values()
+            )
+            assert not common, f"web and {name} both mount {common}"
+    # A fresh named volume copies the ownership of the image's folder: it must exist there.
+    runtime_runs = " ".join(rest for keyword, rest in dockerfile_stages(DOCKERFILE)[-1][1] if keyword == "RUN")
+    for name in GPU_SERVICES:
+        assert service_env(compose, name)["MODEL_CACHE_DIR"] in runtime_runs, "mkdir it in the Dockerfile"
+
+
+def test_object_store_is_private_persistent_and_checked(compose: dict[str, Any]) -> None:
+    store = service(compose, "objectstore")
+    repository, _, tag = store["image"].rpartition(":")
+    assert repository == "chrislusf/seaweedfs" and re.fullmatch(r"\d+\.\d+", tag), "pin a SeaweedFS release"
+    args = service_command(compose, "objectstore")
+    flags = weed_flags(args)
+    assert args[0] == "server" and flags.get("s3") == "true"
+    assert flags["s3.autoCreateBucket"] == "false"  # storage_init creates the one bucket
+    port = int(flags["s3.port"])
+
+    # Not published by docker-compose.yml (docker/main-host.compose.yml does, on a private address).
+    assert not store.get("ports"), "the object store must not be published by default"
+    assert "/data" in volume_targets(store), "its data needs a volume"
+    assert volume_targets(store)["/data"] in (compose.get("volumes") or {})
+    check = store["healthcheck"]
+    assert f"http://127.0.0.1:{port}/healthz" in healthcheck_text(store) and not check.get("disable")
+
+    # The S3 identities: the platform's credentials only; no anonymous identity, so unsigned
+    # requests are refused.
+    (mount,) = store["configs"]
+    assert mount["target"] == flags["s3.config"]
+    content = compose["configs"][mount["source"]]["content"]
+    identities = json.loads(interpolate(content, HOST_ENV))["identities"]
+    assert [identity["name"] for identity in identities if identity["name"] == "anonymous"] == []
+    assert len(identities) == 1 and identities[0]["credentials"] == [
+        {"accessKey": HOST_ENV["STORAGE_ACCESS_KEY_ID"], "secretKey": HOST_ENV["STORAGE_SECRET_ACCESS_KEY"]}
+    ]
+    assert {"Admin", "Read", "List", "Write"} <= set(identities[0]["actions"])  # Admin: create the bucket
+    with pytest.raises(KeyError):
+        interpolate(content, {})
+
+
+def test_web_health_check_requests_healthz_which_the_urls_serve(compose: dict[str, Any]) -> None:
+    from core.views import healthz
+
+    paths = re.findall(r"http://127\.0\.0\.1:8000(/[^'\" ]*)", healthcheck_text(service(compose, "web")))
+    assert paths == [IMAGE_HEALTH_URL]
+    assert resolve(IMAGE_HEALTH_URL).func is healthz
+
+
+# --- several hosts: docker/main-host.compose.yml and docker/worker-host.compose.yml ----------
+
+
+def test_main_host_file_publishes_only_the_shared_services_on_a_private_address(
+    compose: dict[str, Any], main_host: dict[str, Any]
+) -> None:
+    assert set(main_host["services"]) == set(SHARED_PORTS)
+    assert set(main_host) == {"services"}, "it only adds ports to docker-compose.yml's services"
+    web_env = service_env(compose, "web")
+    inside = {
+        "postgres": urlparse(web_env["DATABASE_URL"]).port,
+        "redis": urlparse(web_env["CELERY_BROKER_URL"]).port,
+        "objectstore": urlparse(web_env["STORAGE_ENDPOINT_URL"]).port,
+    }
+    for name, port in SHARED_PORTS.items():
+        definition = main_host["services"][name]
+        assert set(definition) == {"ports"}, f"{name}: only ports"
+        (published,) = definition["ports"]
+        assert published.startswith("${PRIVATE_BIND_ADDRESS:?"), f"{name}: bind to the required private address"
+        assert interpolate(published, MAIN_HOST_ENV) == f"10.0.0.5:{port}:{port}"
+        with pytest.raises(KeyError):
+            interpolate(published, HOST_ENV)
+        assert inside[name] == port, f"{name}: the app containers use port {inside[name]}"
+        assert not service(compose, name).get("ports"), f"docker-compose.yml must not publish {name}"
+
+
+def test_worker_host_runs_one_gpu_worker_like_the_main_hosts(
+    compose: dict[str, Any], worker_host: dict[str, Any]
+) -> None:
+    assert set(worker_host["services"]) == {"worker-gpu"}, "a worker host runs no beat, web or other worker"
+    worker = service(worker_host, "worker-gpu")
+    args = service_command(worker_host, "worker-gpu", WORKER_HOST_ENV)
+    assert args[:4] == ["celery", "-A", "config", "worker"]
+    assert find_app(option(args, "-A") or "") is symbol_by_name("config.celery:app")
+    assert option(args, "-Q", "--queues") == "gpu", "only the gpu queue"
+    assert option(args, "-c", "--concurrency") == "1" and option(args, "--prefetch-multiplier") == "1"
+    assert option(args, "-n", "--hostname") == "gpu@%h"
+    assert "-d gpu@$HOSTNAME" in interpolate(healthcheck_text(worker), {})
+
+    assert gpu_device_ids(worker, WORKER_HOST_ENV) == ["0"]
+    assert gpu_device_ids(worker, WORKER_HOST_ENV | {"GPU_DEVICE": "3"}) == ["3"]
+    main_gpu = service(compose, "worker-gpu")
+    assert interpolate(worker["image"], WORKER_HOST_ENV) == interpolate(main_gpu["image"], HOST_ENV)
+    assert worker["build"]["args"] == main_gpu["build"]["args"]
+    context = (WORKER_HOST_FILE.parent / worker["build"]["context"]).resolve()
+    assert context == ROOT and (context / worker["build"]["dockerfile"]).resolve() == DOCKERFILE
+    assert not worker.get("ports")
+    for target, source in volume_targets(worker).items():
+        assert source in (worker_host.get("volumes") or {}), f"undeclared volume {source!r} at {target}"
+
+
+def test_worker_host_environment_is_read_by_the_settings_and_points_at_the_main_host(
+    compose: dict[str, Any], worker_host: dict[str, Any], tmp_path: Path
+) -> None:
+    env = service_env(worker_host, "worker-gpu", WORKER_HOST_ENV)
+    unknown = set(env) - settings_env_names() - set(EXTRA_ENV_READERS)
+    assert not unknown, f"the worker host sets variables nothing reads: {sorted(unknown)}"
+    missing = {variable for variable in settings_required_names() if not env.get(variable)}
+    assert not missing, f"the worker host lacks required settings {sorted(missing)}"
+    with pytest.raises(KeyError, match="MAIN_HOST"):
+        service_env(worker_host, "worker-gpu", HOST_ENV)
+    raw = service(worker_host, "worker-gpu")["environment"]["DJANGO_SECRET_KEY"]
+    assert re.fullmatch(r"\$\{DJANGO_SECRET_KEY:\?[^}]+\}", raw)
+
+    # The same services as the main host's containers use, reached at MAIN_HOST on the published ports.
+    main = service_env(compose, "worker-gpu")
+    for variable, service_name in (
+        ("DATABASE_URL", "postgres"),
+        ("CELERY_BROKER_URL", "redis"),
+        ("CELERY_RESULT_BACKEND", "redis"),
+        ("CACHE_URL", "redis"),
+        ("STORAGE_ENDPOINT_URL", "objectstore"),
+    ):
+        here, there = urlparse(env[variable]), urlparse(main[variable])
+        assert (here.hostname, here.port) == ("10.0.0.5", SHARED_PORTS[service_name]), variable
+        assert (here.scheme, here.username, here.password, here.path) == (
+            there.scheme,
+            there.username,
+            there.password,
+            there.path,
+        ), f"{variable} differs from the main host's beyond the host"
+    for variable in (
+        "STORAGE_URL",
+        "STORAGE_ACCESS_KEY_ID",
+        "STORAGE_SECRET_ACCESS_KEY",
+        "DJANGO_SECRET_KEY",
+        "DJANGO_DEBUG",
+        "PLATFORM_VAR_DIR",
+        "MODEL_CACHE_DIR",
+        "GPU_TASK_SOFT_TIME_LIMIT",
+        "GPU_TASK_TIME_LIMIT",
+        "INFERENCE_DEVICE",
+    ):
+        assert env[variable] == main[variable], f"{variable} differs from the main host's worker-gpu"
+    assert env["MODEL_CACHE_DIR"] in volume_targets(service(worker_host, "worker-gpu"))
+
+    loaded = load_settings(env, tmp_path)
+    assert loaded["debug"] is False and loaded["db_host"] == "10.0.0.5"
+    assert urlparse(loaded["broker"]).hostname == "10.0.0.5"
+    assert loaded["storage"] == "storages.backends.s3.S3Storage"
+    assert loaded["storage_options"]["endpoint_url"] == "http://10.0.0.5:8333"
+    assert loaded["device"] == "cuda"
 
 
 # --- Dockerfile and entrypoint -----------------------------------------------------------------
@@ -607,3 +861,12 @@ def test_entrypoint_waits_for_the_database_then_execs_the_command(tmp_path: Path
     assert refused.returncode != 0
     assert "command started" not in refused.stdout
     assert "database not reachable" in refused.stderr
+
+
+def test_entrypoint_prepares_the_storage_before_the_migrations(tmp_path: Path) -> None:
+    text = ENTRYPOINT.read_text()
+    assert text.index('manage.py" storage_init') < text.index('manage.py" migrate')
+    # With local storage (no STORAGE_URL) the command has nothing to do and the start goes on.
+    started = _run_entrypoint(tmp_path, STORAGE_INIT="true", DB_WAIT_TIMEOUT="10")
+    assert started.returncode == 0, started.stderr
+    assert "nothing to do" in started.stdout and "command started" in started.stdout
