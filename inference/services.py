@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from annotations.models import LOCKED_STATUSES, Cell, CellSource, Image, Layer, PresegmentStatus, Project
 from annotations.services.workflow import annotation_write_check, image_presegmented
+from core.events import event_emit
 from core.processes import pid_alive
 from core.queue import outbox_pending, task_enqueue
 from cytoseg.backends import backend_get
@@ -185,6 +186,11 @@ def presegment_reap(*, now: Any = None) -> dict[str, list[int]]:
                 presegment_error=f"{reason}; gave up after {runs_so_far} run(s). Pre-segment it again."[:2000],
             ):
                 out["failed"].append(lost_id)
+                event_emit(
+                    project_id=Image.objects.values_list("project_id", flat=True).get(pk=lost_id),
+                    event="presegment.failed",
+                    data={"image": lost_id, "model_version": lost_model, "error": reason[:500]},
+                )
             continue
         with transaction.atomic():
             if Image.objects.filter(pk=lost_id, presegment_status=status).update(
@@ -251,6 +257,11 @@ def image_presegment_run(*, image_id: int, model_version_id: int, retry: bool = 
     except Exception as exc:
         Image.objects.filter(pk=image_id).update(
             presegment_status=PresegmentStatus.FAILED, presegment_error=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+        event_emit(
+            project_id=image.project_id,
+            event="presegment.failed",
+            data={"image": image_id, "model_version": version.pk, "error": f"{type(exc).__name__}: {exc}"[:500]},
         )
         logger.exception("Pre-segmentation of image %s failed", image_id)
         raise

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from annotations.models import Project
 from core.errors import ConflictError, GoneError
+from core.events import event_emit
 from core.queue import task_enqueue
 from core.streaming import gzip_chunks
 from interchange.models import ExportJob, ExportStatus
@@ -192,6 +193,9 @@ def export_job_run(*, job_id: int) -> ExportJob:
             items_done=job.items_total,
             finished_at=now,
             expires_at=now + ttl,
+        )
+        event_emit(
+            project_id=job.project_id, event="export.ready", data={"job": job.pk, "kind": job.kind, "size_bytes": size}
         )
     job.refresh_from_db()
     return job

@@ -21,6 +21,7 @@ from annotations.models import (
 from annotations.services.audit import audit_record
 from annotations.services.cells import cell_geometry
 from annotations.services.workflow import image_status_set
+from core.events import event_emit
 from cytoseg.geometry import CleanPolygon, GeometryError, polygon_clean
 from review.consensus import (
     ACCEPT,
@@ -223,6 +224,11 @@ def round_consensus(*, image: Image, verification_round: VerificationRound, acto
         verification_round.status = RoundStatus.DISPUTED
         verification_round.save(update_fields=["status"])
         image_status_set(image=image, to=ImageStatus.DISPUTED, actor=actor, action="consensus")
+        event_emit(
+            project_id=image.project_id,
+            event="dispute.opened",
+            data={"image": image.pk, "round": verification_round.number, "disputes": len(disputes)},
+        )
     else:
         image_verify(image=image, verification_round=verification_round, actor=actor, cache=cache)
 
@@ -355,3 +361,8 @@ def image_verify(
         after={"verified_cells": len(cells), "corrections": dict(Counter(r.kind for r in records))},
     )
     image_status_set(image=image, to=ImageStatus.VERIFIED, actor=actor, action="verify")
+    event_emit(
+        project_id=image.project_id,
+        event="image.verified",
+        data={"image": image.pk, "round": verification_round.number, "verified_cells": len(cells)},
+    )

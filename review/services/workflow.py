@@ -26,6 +26,7 @@ from annotations.services.workflow import (
     status_label,
 )
 from core.errors import ConflictError, PermissionDeniedError, ServiceValidationError
+from core.events import event_emit
 from review import selectors
 from review.models import (
     CorrectionRecord,
@@ -137,6 +138,11 @@ def _image_submit(*, image: Image, user: User) -> None:
         started_by=user,
     )
     image_status_set(image=image, to=ImageStatus.SUBMITTED, actor=user, action="submit")
+    event_emit(
+        project_id=image.project_id,
+        event="image.submitted",
+        data={"image": image.pk, "round": verification_round.number, "submitted_by": user.pk},
+    )
     _reviews_fill(image=image, verification_round=verification_round, actor=user)
 
 

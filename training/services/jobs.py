@@ -18,6 +18,7 @@ from django.utils import timezone
 from annotations.models import Project, Split
 from annotations.services.audit import audit_record
 from core.errors import ConflictError, ServiceValidationError
+from core.events import event_emit
 from core.processes import pid_alive
 from core.queue import task_enqueue
 from training.models import (
@@ -159,6 +160,11 @@ def job_fail(job_id: int, reason: str, *, statuses: Iterable[str] = (JobStatus.R
         job.log = log_append(job.log, f"failed: {reason}")
         job.save(update_fields=["status", "error", "finished_at", "log"])
         ModelVersion.objects.filter(job=job, status=ModelStatus.CANDIDATE).update(status=ModelStatus.FAILED)
+        event_emit(
+            project_id=job.project_id,
+            event="training.failed",
+            data={"job": job.pk, "kind": job.kind, "error": reason[:500]},
+        )
     logger.warning("Training job %s failed: %s", job_id, reason)
     return True
 

@@ -20,6 +20,7 @@ from django.utils import timezone
 from annotations.models import Project, Split
 from annotations.services.audit import audit_record
 from core.errors import ConflictError, ServiceValidationError
+from core.events import event_emit
 from cytoseg.augment import cells_from_polygons
 from cytoseg.backends import backend_settings_errors
 from cytoseg.backends.packages import (
@@ -477,6 +478,16 @@ def model_version_promote(
             before={"active": replaced.pk if replaced else None},
             after={"active": version.pk, "reason": reason, "gate": decision.to_dict() if decision else None},
         )
+        event_emit(
+            project_id=version.project_id,
+            event="model.promoted",
+            data={
+                "model_version": version.pk,
+                "kind": version.kind,
+                "number": version.number,
+                "replaced": replaced.pk if replaced else None,
+            },
+        )
     return version
 
 
@@ -514,6 +525,11 @@ def model_version_rollback(*, project: Project, kind: str, user: User | None) ->
             target=str(current),
             before={"active": current.pk},
             after={"active": target.pk if target else None},
+        )
+        event_emit(
+            project_id=project.pk,
+            event="model.rolled_back",
+            data={"kind": kind, "retired": current.pk, "active": target.pk if target else None},
         )
     return target
 

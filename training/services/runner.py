@@ -21,6 +21,7 @@ from django.db import connection
 from django.utils import timezone
 
 from annotations.models import Split
+from core.events import event_emit
 from cytoseg.backends import backend_get
 from cytoseg.backends.packages import (
     package_prepare,
@@ -195,6 +196,11 @@ class JobRunner:
             self.write(result=result)
             TrainingJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
                 status=JobStatus.SUCCEEDED, finished_at=finished
+            )
+            event_emit(
+                project_id=job.project_id,
+                event="training.finished",
+                data={"job": job.pk, "kind": job.kind, "versions": outcome["versions"]},
             )
             outcome["status"] = JobStatus.SUCCEEDED
         except TrainingCancelled as exc:
