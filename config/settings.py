@@ -8,6 +8,7 @@ storage, without code changes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from pathlib import Path
@@ -73,6 +74,7 @@ INSTALLED_APPS = [
     "review",
     "interchange",
     "inference",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -429,3 +431,35 @@ COCO_IMPORT_MAX_ZIP_BYTES = env_int("COCO_IMPORT_MAX_ZIP_BYTES", 4 * 1024**3, mi
 HEALTHZ_TIMEOUT_SECONDS = env_float("HEALTHZ_TIMEOUT_SECONDS", 3.0)
 WORKER_HEARTBEAT_SECONDS = env_int("WORKER_HEARTBEAT_SECONDS", 10, minimum=1)
 WORKER_HEARTBEAT_KEEP_HOURS = env_int("WORKER_HEARTBEAT_KEEP_HOURS", 24, minimum=1)
+
+# Webhooks (webhooks/): signed POSTs of project events to the URLs project admins subscribe.
+# A target must resolve to public addresses only (checked when subscribed and again at every
+# attempt); WEBHOOK_ALLOW_PRIVATE_TARGETS admits private networks and loopback (an on-premises
+# receiver), WEBHOOK_ALLOWED_NETWORKS (CIDRs, e.g. 10.1.2.0/24) admits exactly those networks,
+# whatever their kind. A failed attempt is retried WEBHOOK_MAX_ATTEMPTS times in all, after
+# WEBHOOK_RETRY_BASE_SECONDS * WEBHOOK_RETRY_FACTOR ** (attempt - 1) seconds (30 s, 90 s ... about
+# an hour for the sixth); beat hands due retries to the workers every WEBHOOK_RETRY_POLL_SECONDS.
+WEBHOOK_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", False)
+WEBHOOK_ALLOWED_NETWORKS = env_list("WEBHOOK_ALLOWED_NETWORKS", [])
+for _network in WEBHOOK_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"WEBHOOK_ALLOWED_NETWORKS: {_network!r} is not a network ({_exc}).") from _exc
+WEBHOOK_CONNECT_TIMEOUT = max(env_float("WEBHOOK_CONNECT_TIMEOUT", 5.0), 0.1)
+WEBHOOK_READ_TIMEOUT = max(env_float("WEBHOOK_READ_TIMEOUT", 5.0), 0.1)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 6, minimum=1)
+WEBHOOK_RETRY_BASE_SECONDS = max(env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0), 0.0)
+WEBHOOK_RETRY_FACTOR = max(env_float("WEBHOOK_RETRY_FACTOR", 3.0), 1.0)
+WEBHOOK_RETRY_POLL_SECONDS = env_int("WEBHOOK_RETRY_POLL_SECONDS", 30, minimum=1)
+WEBHOOK_DELIVERY_KEEP_DAYS = env_int("WEBHOOK_DELIVERY_KEEP_DAYS", 30, minimum=1)
+CELERY_BEAT_SCHEDULE["webhooks-deliveries-due"] = {
+    "task": "webhooks.deliveries_due",
+    "schedule": float(WEBHOOK_RETRY_POLL_SECONDS),
+    "options": {"queue": "default", "expires": float(WEBHOOK_RETRY_POLL_SECONDS)},
+}
+CELERY_BEAT_SCHEDULE["webhooks-deliveries-prune"] = {
+    "task": "webhooks.deliveries_prune",
+    "schedule": 24 * 3600.0,
+    "options": {"queue": "default"},
+}

@@ -27,6 +27,7 @@ api_v1: list[URLPattern | URLResolver] = [
     path("", include(("interchange.api.urls", "interchange"))),
     path("", include(("inference.api.urls", "inference"))),
     path("", include(("training.api.urls", "training"))),
+    path("", include(("webhooks.api.urls", "webhooks"))),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     # the split view serves Swagger UI's start-up script as a file: no inline script, so the
     # strict Content-Security-Policy holds on this page too
