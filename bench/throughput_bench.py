@@ -219,14 +219,10 @@ def run_storage(kind: str, args: argparse.Namespace, bundle: Path, model_setting
                 worker_start(f"w{i}", {**threads_env, "OMP_NUM_THREADS": str(threads)}, h) for i, h in enumerate(homes)
             ]
             try:
-                # warm each worker up (its pool child fetches and loads the model once); with
-                # prefetch 1, two images queued at once go one to each worker
-                warm = probe[:count]
-                Image.objects.filter(pk__in=[i.pk for i in warm]).update(presegment_status=PresegmentStatus.NONE)
-                for image in warm:
-                    image_presegment_enqueue(image=image, model_version=version)
-                wait_done([i.pk for i in warm], args.timeout)
-                _wait_all_warm(homes, args.timeout)
+                # warm each worker up (its pool child fetches and loads the model once): once all
+                # are ready, warm-up images go out until every worker has run one
+                _wait_ready(homes, args.timeout)
+                _warm_up(homes, probe, version, args.timeout)
                 Image.objects.filter(pk__in=[i.pk for i in timed]).update(presegment_status=PresegmentStatus.NONE)
                 started = time.perf_counter()
                 for image in timed:
@@ -258,14 +254,37 @@ def _task_timings(log_file: Path, key: str) -> list[float]:
     return values
 
 
-def _wait_all_warm(homes: list[Path], timeout: float) -> None:
-    """Until every worker has run one task (so each has its model loaded)."""
+def _wait_ready(homes: list[Path], timeout: float) -> None:
+    """Until every worker process says it is ready to consume."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
-        if all(_task_timings(h / "worker.log", "predict") for h in homes):
+        logs = [(h / "worker.log").read_text() if (h / "worker.log").exists() else "" for h in homes]
+        if all(" ready." in text for text in logs):
             return
+        if any("Traceback" in text for text in logs):
+            raise SystemExit(f"a worker failed to start; see {homes}")
         time.sleep(0.2)
-    raise SystemExit("a worker never ran its warm-up image")
+    raise SystemExit("a worker never became ready")
+
+
+def _warm_up(homes: list[Path], probe: list[Any], version: Any, timeout: float) -> None:
+    """Send warm-up images (alternating between the probes) until every worker has run one, so
+    that each has its model loaded before the timed run."""
+    from annotations.models import Image, PresegmentStatus
+    from inference.services import image_presegment_enqueue
+
+    started = time.perf_counter()
+    turn = 0
+    while not all(_task_timings(h / "worker.log", "predict") for h in homes):
+        if time.perf_counter() - started > timeout:
+            raise SystemExit("a worker never ran a warm-up image")
+        batch = probe[: len(homes)]
+        for image in batch:
+            Image.objects.filter(pk=image.pk).update(presegment_status=PresegmentStatus.NONE)
+            image_presegment_enqueue(image=image, model_version=version)
+        wait_done([i.pk for i in batch], timeout)
+        time.sleep(0.5)  # the log line of the result is written just after the database row
+        turn += 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
