@@ -29,6 +29,21 @@ ensure_venv() {
   ln -sfn "$VENV" "$ROOT/.venv"
   export PATH="$VENV/bin:$PATH"
   export PYTHONUNBUFFERED=1
+  ensure_client
+}
+
+ensure_client() {
+  # The Python client and `cyto` (client/), installed editable so that this clone's code is the
+  # one imported; reinstalled only when another clone installed it or its pyproject changed
+  # (entry points). --no-deps: httpx is already in the venv; no build isolation: no download;
+  # PYTHONWARNINGS: setuptools' notice that an editable install is one, on every install.
+  local stamp="$VENV/.cytoclient" want
+  want="$ROOT $(sha256sum client/pyproject.toml | cut -c1-16)"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "Installing the Python client (client/, the cyto command)"
+    PYTHONWARNINGS=ignore "$VENV/bin/pip" install --quiet --no-deps --no-build-isolation -e ./client
+    echo "$want" > "$stamp"
+  fi
 }
 
 ensure_frontend() {
