@@ -836,6 +836,22 @@ export interface paths {
         patch: operations["projects_verification_partial_update"];
         trace?: never;
     };
+    "/api/v1/projects/{project_id}/webhooks": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["projects_webhooks_retrieve"];
+        put?: never;
+        post: operations["projects_webhooks_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/training/jobs/{job_id}": {
         parameters: {
             query?: never;
@@ -948,6 +964,54 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/webhooks/{webhook_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["webhooks_retrieve"];
+        put?: never;
+        post?: never;
+        delete: operations["webhooks_destroy"];
+        options?: never;
+        head?: never;
+        patch: operations["webhooks_partial_update"];
+        trace?: never;
+    };
+    "/api/v1/webhooks/{webhook_id}/deliveries": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["webhooks_deliveries_retrieve"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/webhooks/{webhook_id}/ping": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["webhooks_ping_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1040,6 +1104,20 @@ export interface components {
             round: components["schemas"]["RoundOut"] | null;
             open_slots: number;
             assignments: components["schemas"]["AssignmentOut"][];
+        };
+        AttemptOut: {
+            number: number;
+            /** Format: date-time */
+            started_at: string;
+            /** Format: double */
+            duration_ms: number;
+            /** @description The checked address connected to (empty when none was). */
+            address: string;
+            status_code: number | null;
+            ok: boolean;
+            error: string;
+            /** @description The response body's first 1024 bytes. */
+            response_excerpt: string;
         };
         AuditOut: {
             readonly id: number;
@@ -1180,6 +1258,35 @@ export interface components {
             /** @description Edits only: a corrected class. */
             class_id?: number;
         };
+        DeliveryOut: {
+            /**
+             * Format: uuid
+             * @description The payload's id and the X-Cyto-Delivery header.
+             */
+            id: string;
+            event: components["schemas"]["EventEnum"];
+            status: components["schemas"]["DeliveryOutStatusEnum"];
+            attempts: number;
+            /** Format: date-time */
+            next_attempt_at: string | null;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            finished_at: string | null;
+            last_error: string;
+            /** @description The body sent: {id, event, project, created_at, data}. */
+            readonly payload: {
+                [key: string]: unknown;
+            };
+            attempt_log: components["schemas"]["AttemptOut"][];
+        };
+        /**
+         * @description * `pending` - Pending
+         *     * `succeeded` - Succeeded
+         *     * `failed` - Failed
+         * @enum {string}
+         */
+        DeliveryOutStatusEnum: "pending" | "succeeded" | "failed";
         DisputeOut: {
             id: number;
             reason: string;
@@ -1206,6 +1313,33 @@ export interface components {
         EvaluateInRequest: {
             snapshot?: number | null;
         };
+        /**
+         * @description * `image.submitted` - image.submitted
+         *     * `image.verified` - image.verified
+         *     * `dispute.opened` - dispute.opened
+         *     * `training.finished` - training.finished
+         *     * `training.failed` - training.failed
+         *     * `model.promoted` - model.promoted
+         *     * `model.rolled_back` - model.rolled_back
+         *     * `export.ready` - export.ready
+         *     * `presegment.failed` - presegment.failed
+         *     * `ping` - ping
+         * @enum {string}
+         */
+        EventEnum: "image.submitted" | "image.verified" | "dispute.opened" | "training.finished" | "training.failed" | "model.promoted" | "model.rolled_back" | "export.ready" | "presegment.failed" | "ping";
+        /**
+         * @description * `image.submitted` - image.submitted
+         *     * `image.verified` - image.verified
+         *     * `dispute.opened` - dispute.opened
+         *     * `training.finished` - training.finished
+         *     * `training.failed` - training.failed
+         *     * `model.promoted` - model.promoted
+         *     * `model.rolled_back` - model.rolled_back
+         *     * `export.ready` - export.ready
+         *     * `presegment.failed` - presegment.failed
+         * @enum {string}
+         */
+        EventsEnum: "image.submitted" | "image.verified" | "dispute.opened" | "training.finished" | "training.failed" | "model.promoted" | "model.rolled_back" | "export.ready" | "presegment.failed";
         ExportJobOut: {
             id: number;
             kind: string;
@@ -1495,6 +1629,12 @@ export interface components {
             previous: string | null;
             results: components["schemas"]["AuditOut"][];
         };
+        PaginatedDeliveryOut: {
+            count: number;
+            next: string | null;
+            previous: string | null;
+            results: components["schemas"]["DeliveryOut"][];
+        };
         PaginatedHistoryOut: {
             count: number;
             next: string | null;
@@ -1524,6 +1664,12 @@ export interface components {
             next: string | null;
             previous: string | null;
             results: components["schemas"]["SnapshotOut"][];
+        };
+        PaginatedWebhookOut: {
+            count: number;
+            next: string | null;
+            previous: string | null;
+            results: components["schemas"]["WebhookOut"][];
         };
         PatchedCellClassInRequest: {
             name?: string;
@@ -1596,6 +1742,16 @@ export interface components {
             match_iou?: number;
             adjudicators?: number[];
             active_learning_order?: components["schemas"]["ActiveLearningOrderEnum"];
+        };
+        /**
+         * @description A request body whose unknown fields are a 400 naming them, not silently dropped (a
+         *     client that sends ``classes`` where none are read must hear so).
+         */
+        PatchedWebhookUpdateInRequest: {
+            url?: string;
+            events?: components["schemas"]["EventsEnum"][];
+            description?: string;
+            active?: boolean;
         };
         PolicyOut: {
             project: number;
@@ -2078,6 +2234,52 @@ export interface components {
             decision: string;
             polygon: number[][] | null;
             class_id: number | null;
+        };
+        WebhookCreatedOut: {
+            readonly id: number;
+            project: number;
+            url: string;
+            description?: string;
+            events: components["schemas"]["EventsEnum"][];
+            active: boolean;
+            /** @description The secret's first characters, to tell secrets apart. */
+            secret_prefix: string;
+            created_by?: number | null;
+            /** Format: date-time */
+            readonly created_at: string;
+            /** Format: date-time */
+            readonly updated_at: string;
+            /** @description The signing secret; shown only in this response. */
+            secret: string;
+        };
+        /**
+         * @description A request body whose unknown fields are a 400 naming them, not silently dropped (a
+         *     client that sends ``classes`` where none are read must hear so).
+         */
+        WebhookInRequest: {
+            /** @description http(s) URL that resolves to public addresses only. */
+            url: string;
+            /** @description At least one event. */
+            events: components["schemas"]["EventsEnum"][];
+            /** @default  */
+            description?: string;
+            /** @default true */
+            active?: boolean;
+        };
+        WebhookOut: {
+            readonly id: number;
+            project: number;
+            url: string;
+            description?: string;
+            events: components["schemas"]["EventsEnum"][];
+            active: boolean;
+            /** @description The secret's first characters, to tell secrets apart. */
+            secret_prefix: string;
+            created_by?: number | null;
+            /** Format: date-time */
+            readonly created_at: string;
+            /** Format: date-time */
+            readonly updated_at: string;
         };
         WorkerOut: {
             name: string;
@@ -4038,6 +4240,57 @@ export interface operations {
             };
         };
     };
+    projects_webhooks_retrieve: {
+        parameters: {
+            query?: {
+                /** @description Page number (from 1). */
+                page?: number;
+                /** @description Items per page (default 50, at most 500). */
+                page_size?: number;
+            };
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PaginatedWebhookOut"];
+                };
+            };
+        };
+    };
+    projects_webhooks_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                project_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["WebhookInRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookCreatedOut"];
+                };
+            };
+        };
+    };
     training_jobs_retrieve: {
         parameters: {
             query?: {
@@ -4218,6 +4471,119 @@ export interface operations {
                 };
                 content: {
                     "application/zip": string;
+                };
+            };
+        };
+    };
+    webhooks_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookOut"];
+                };
+            };
+        };
+    };
+    webhooks_destroy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description No response body */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    webhooks_partial_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["PatchedWebhookUpdateInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WebhookOut"];
+                };
+            };
+        };
+    };
+    webhooks_deliveries_retrieve: {
+        parameters: {
+            query?: {
+                /** @description Page number (from 1). */
+                page?: number;
+                /** @description Items per page (default 50, at most 500). */
+                page_size?: number;
+            };
+            header?: never;
+            path: {
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PaginatedDeliveryOut"];
+                };
+            };
+        };
+    };
+    webhooks_ping_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                webhook_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeliveryOut"];
                 };
             };
         };
