@@ -197,7 +197,22 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _polygon_points(segmentation: list[Any]) -> list[list[float]]:
+def _flat_points(flat: object, label: str) -> list[list[float]]:
+    if not isinstance(flat, list) or not all(_number(v) for v in flat):
+        raise SegmentationError(
+            f"{'a polygon' if label == 'polygon' else label} must be a list of numbers [x1, y1, x2, y2, ...]"
+        )
+    if len(flat) % 2:
+        raise SegmentationError(f"{label} has an odd number of coordinates ({len(flat)})")
+    if len(flat) < 6:
+        raise SegmentationError(f"{label} has {len(flat) // 2} point(s); a cell needs at least 3")
+    return [[float(flat[i]), float(flat[i + 1])] for i in range(0, len(flat), 2)]
+
+
+def polygon_parts(segmentation: list[Any]) -> list[list[list[float]]]:
+    """Each polygon of a COCO polygon segmentation (``[[x1, y1, ...], ...]``, or one flat list,
+    which some tools write) as ``[[x, y], ...]``. Raises :class:`SegmentationError` naming the
+    polygon (by index when there are several)."""
     if not segmentation:
         raise SegmentationError("segmentation is an empty list")
     if all(_number(v) for v in segmentation):
@@ -205,18 +220,18 @@ def _polygon_points(segmentation: list[Any]) -> list[list[float]]:
         parts: list[Any] = [segmentation]
     else:
         parts = segmentation
+    if len(parts) == 1:
+        return [_flat_points(parts[0], "polygon")]
+    return [_flat_points(flat, f"polygon {index}") for index, flat in enumerate(parts)]
+
+
+def _polygon_points(segmentation: list[Any]) -> list[list[float]]:
+    parts = polygon_parts(segmentation)
     if len(parts) != 1:
         raise SegmentationError(
             f"segmentation has {len(parts)} polygons; a cell is one polygon (split it into several annotations)"
         )
-    flat = parts[0]
-    if not isinstance(flat, list) or not all(_number(v) for v in flat):
-        raise SegmentationError("a polygon must be a list of numbers [x1, y1, x2, y2, ...]")
-    if len(flat) % 2:
-        raise SegmentationError(f"polygon has an odd number of coordinates ({len(flat)})")
-    if len(flat) < 6:
-        raise SegmentationError(f"polygon has {len(flat) // 2} point(s); a cell needs at least 3")
-    return [[float(flat[i]), float(flat[i + 1])] for i in range(0, len(flat), 2)]
+    return parts[0]
 
 
 def _rle_points(segmentation: dict[str, Any], *, height: int, width: int) -> ImportedSegmentation:

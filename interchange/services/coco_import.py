@@ -1,10 +1,11 @@
 """The COCO import: a COCO JSON file (and optionally a zip of the images), validated like any
 other cell and applied atomically, each image's cells appended to its annotation layer as one
-revision (action ``import``); a dry run reports what would be imported."""
+revision (action ``import``); a dry run reports what would be imported. Segmentations of several
+polygons follow the ``multipart`` option (``interchange.services.parts``); crowd annotations are
+not imported and are listed in the report."""
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from annotations.services.images import METADATA_FIELDS, UploadLike, image_uploa
 from core.errors import ServiceValidationError
 from cytoseg import coco
 from cytoseg.geometry import GeometryError, polygon_clean
+from interchange.services.imports import ImportErrors, json_upload_load
+from interchange.services.parts import MULTIPART_CHOICES, parts_to_polygons
 from interchange.services.selection import setting
 
 COCO_IMPORT_MAX_BYTES = 100 * 1024 * 1024
@@ -32,7 +35,7 @@ COCO_IMPORT_MAX_BYTES = 100 * 1024 * 1024
 COCO_IMPORT_MAX_ZIP_BYTES = 4 * 1024 * 1024 * 1024
 
 
-IMPORT_MAX_ERRORS = 100
+IMPORT_MAX_SKIPPED = 1000  # entries of the report's ``skipped`` list (``skipped_crowd`` counts all)
 
 
 @dataclass
@@ -56,6 +59,9 @@ class CocoImportResult:
     categories_created: list[str] = field(default_factory=list)
     cells: int = 0
     skipped_crowd: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    multipart_merged: int = 0
+    multipart_split: int = 0
     repaired: int = 0
     per_image: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -68,31 +74,12 @@ class CocoImportResult:
             "categories_created": self.categories_created,
             "cells": self.cells,
             "skipped_crowd": self.skipped_crowd,
+            "skipped": self.skipped,
+            "multipart": {"merged": self.multipart_merged, "split": self.multipart_split},
             "repaired": self.repaired,
             "per_image": self.per_image,
             "warnings": self.warnings,
         }
-
-
-class _Errors(dict[str, str]):
-    """Error messages by key, at most IMPORT_MAX_ERRORS of them."""
-
-    dropped = 0
-
-    def add(self, key: str, message: str) -> None:
-        if key in self:
-            self[key] += f"; {message}"
-        elif len(self) < IMPORT_MAX_ERRORS:
-            self[key] = message
-        else:
-            self.dropped += 1
-
-    def raise_if_any(self, detail: str) -> None:
-        if self:
-            errors = dict(self)
-            if self.dropped:
-                errors["more"] = f"{self.dropped} more problem(s) not listed"
-            raise ServiceValidationError(detail, errors)
 
 
 def _is_int(value: object) -> bool:
@@ -117,22 +104,9 @@ class _ZipUpload:
 
 
 def _load_json(coco_file: UploadLike) -> Any:
-    limit = setting("COCO_IMPORT_MAX_BYTES", COCO_IMPORT_MAX_BYTES)
-    if coco_file.size is not None and coco_file.size > limit:
-        raise ServiceValidationError(
-            "The COCO file is too large.", {"file": f"{coco_file.size} bytes exceeds the limit of {limit} bytes"}
-        )
-    data = coco_file.read(limit + 1)
-    if len(data) > limit:
-        raise ServiceValidationError("The COCO file is too large.", {"file": f"exceeds the limit of {limit} bytes"})
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise ServiceValidationError("The COCO file is not JSON.", {"file": f"not UTF-8 text ({exc.reason})"}) from exc
-    except json.JSONDecodeError as exc:
-        raise ServiceValidationError(
-            "The COCO file is not JSON.", {"file": f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"}
-        ) from exc
+    return json_upload_load(
+        coco_file, what="The COCO file", limit=setting("COCO_IMPORT_MAX_BYTES", COCO_IMPORT_MAX_BYTES)
+    )
 
 
 def _parse_top(data: object) -> tuple[list[Any], list[Any], list[Any]]:
@@ -151,7 +125,7 @@ def _parse_top(data: object) -> tuple[list[Any], list[Any], list[Any]]:
     return data["images"], data["categories"], data["annotations"]
 
 
-def _parse_images(raw: list[Any], errors: _Errors) -> list[_CocoImage]:
+def _parse_images(raw: list[Any], errors: ImportErrors) -> list[_CocoImage]:
     images: list[_CocoImage] = []
     ids: dict[int, int] = {}
     names: dict[str, int] = {}
@@ -198,7 +172,7 @@ class _Category:
     cell_class: CellClass | None = None
 
 
-def _parse_categories(raw: list[Any], errors: _Errors) -> list[_Category]:
+def _parse_categories(raw: list[Any], errors: ImportErrors) -> list[_Category]:
     categories: list[_Category] = []
     ids: dict[int, int] = {}
     names: dict[str, int] = {}
@@ -233,7 +207,7 @@ def _parse_categories(raw: list[Any], errors: _Errors) -> list[_Category]:
 
 
 def _resolve_categories(
-    project: Project, categories: list[_Category], unknown_categories: str, errors: _Errors
+    project: Project, categories: list[_Category], unknown_categories: str, errors: ImportErrors
 ) -> list[_Category]:
     """Map categories to the project's classes by name; returns those to create."""
     classes = {c.name: c for c in project.classes.all()}
@@ -281,7 +255,7 @@ def _open_zip(images_zip: UploadLike | None) -> zipfile.ZipFile | None:
 
 
 def _resolve_images(
-    project: Project, images: list[_CocoImage], archive: zipfile.ZipFile | None, errors: _Errors
+    project: Project, images: list[_CocoImage], archive: zipfile.ZipFile | None, errors: ImportErrors
 ) -> None:
     """Match each COCO image to a project image by file name, else to a member of the zip."""
     by_path, by_name = _zip_members(archive) if archive is not None else ({}, {})
@@ -328,9 +302,11 @@ def _parse_annotations(
     images: Mapping[int, _CocoImage],
     categories: Mapping[int, _Category],
     result: CocoImportResult,
-    errors: _Errors,
+    errors: ImportErrors,
+    multipart: str = "merge",
 ) -> None:
-    """Validate every annotation like any cell and attach it to its image."""
+    """Validate every annotation like any cell and attach it to its image (each part its own
+    cell when ``multipart`` splits a segmentation of several polygons)."""
     seen: dict[int, int] = {}
     max_vertices = settings.CELL_MAX_VERTICES
     for index, item in enumerate(raw):
@@ -365,17 +341,50 @@ def _parse_annotations(
             errors.add(key, f"{where}: iscrowd must be 0 or 1")
             continue
         if crowd == 1:
+            # A crowd region outlines a group of objects, not one cell: reported, not imported.
             result.skipped_crowd += 1
+            if len(result.skipped) < IMPORT_MAX_SKIPPED:
+                result.skipped.append(
+                    {
+                        "annotation": ann_id,
+                        "image": image.coco_id,
+                        "reason": "iscrowd=1: a crowd region is not one cell",
+                    }
+                )
             continue
+        segmentation = item["segmentation"]
         try:
-            outline = coco.segmentation_points(item["segmentation"], height=image.height, width=image.width)
-            polygon = polygon_clean(outline.points, width=image.width, height=image.height, max_vertices=max_vertices)
+            if isinstance(segmentation, list):
+                outcome = parts_to_polygons(
+                    coco.polygon_parts(segmentation),
+                    mode=multipart,
+                    width=image.width,
+                    height=image.height,
+                    max_vertices=max_vertices,
+                )
+                polygons, warnings = outcome.polygons, []
+                result.multipart_merged += int(outcome.merged)
+                result.multipart_split += int(outcome.split)
+            else:
+                outline = coco.segmentation_points(segmentation, height=image.height, width=image.width)
+                polygons = [
+                    polygon_clean(outline.points, width=image.width, height=image.height, max_vertices=max_vertices)
+                ]
+                warnings = outline.warnings
         except (coco.SegmentationError, GeometryError) as exc:
             errors.add(key, f"{where}: {exc}")
             continue
-        result.warnings.extend(f"{where}: {w}" for w in outline.warnings[:1] if len(result.warnings) < 100)
-        result.repaired += int(polygon.repaired)
-        image.cells.append({"annotation_id": ann_id, "category": category, "polygon": polygon})
+        result.warnings.extend(f"{where}: {w}" for w in warnings[:1] if len(result.warnings) < 100)
+        for part, polygon in enumerate(polygons):
+            result.repaired += int(polygon.repaired)
+            image.cells.append(
+                {
+                    "annotation_id": ann_id,
+                    "part": part if len(polygons) > 1 else None,
+                    "category": category,
+                    "polygon": polygon,
+                }
+            )
 
 
 def _upload_from_zip(
@@ -413,6 +422,7 @@ def coco_import(
     images_zip: UploadLike | None = None,
     dry_run: bool = False,
     unknown_categories: str = "reject",
+    multipart: str = "merge",
 ) -> CocoImportResult:
     """Import a COCO file into the annotation layer of a project's images.
 
@@ -421,6 +431,9 @@ def coco_import(
     rejected, or created with ``unknown_categories="create"``); polygons and RLE (its outer
     contour) are accepted, every cell is validated like any other, and each image's cells are
     appended to its annotation layer as one revision (action ``import``, source ``import``).
+    A segmentation of several polygons is one cell when they overlap or touch, several cells, or
+    refused, by ``multipart`` (``merge``, ``split``, ``refuse``; see interchange.services.parts).
+    Crowd annotations (``iscrowd: 1``) are not imported; the result lists them in ``skipped``.
 
     Atomic: any error raises ServiceValidationError (errors keyed ``images.<i>``,
     ``categories.<i>``, ``annotations.<i>``, naming the image and annotation id and the reason)
@@ -429,8 +442,10 @@ def coco_import(
     """
     if unknown_categories not in ("reject", "create"):
         raise ServiceValidationError("Invalid import options.", {"unknown_categories": "must be reject or create"})
+    if multipart not in MULTIPART_CHOICES:
+        raise ServiceValidationError("Invalid import options.", {"multipart": "must be merge, split or refuse"})
     raw_images, raw_categories, raw_annotations = _parse_top(_load_json(coco_file))
-    errors = _Errors()
+    errors = ImportErrors()
     result = CocoImportResult(dry_run=dry_run)
     images = _parse_images(raw_images, errors)
     categories = _parse_categories(raw_categories, errors)
@@ -438,7 +453,7 @@ def coco_import(
     archive = _open_zip(images_zip)
     _resolve_images(project, images, archive, errors)
     _parse_annotations(
-        raw_annotations, {i.coco_id: i for i in images}, {c.coco_id: c for c in categories}, result, errors
+        raw_annotations, {i.coco_id: i for i in images}, {c.coco_id: c for c in categories}, result, errors, multipart
     )
     limit = settings.CELL_MAX_PER_IMAGE
     existing_counts = dict(
@@ -528,7 +543,8 @@ def _import_write(
                 "class_id": cell["category"].cell_class.pk,
                 "polygon": cell["polygon"],
                 "source": CellSource.IMPORT,
-                "provenance": {"import": "coco", "coco_annotation_id": cell["annotation_id"]},
+                "provenance": {"import": "coco", "coco_annotation_id": cell["annotation_id"]}
+                | ({"coco_part": cell["part"]} if cell["part"] is not None else {}),
             }
             for cell in item.cells
         ]
@@ -537,5 +553,8 @@ def _import_write(
         )
         result.cells += len(desired)
     audit_record(
-        project=project, actor=user, action="coco.import", after=result.as_dict() | {"per_image": len(result.per_image)}
+        project=project,
+        actor=user,
+        action="coco.import",
+        after=result.as_dict() | {"per_image": len(result.per_image), "skipped": len(result.skipped)},
     )
