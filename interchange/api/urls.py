@@ -2,7 +2,8 @@ from django.urls import path
 
 from interchange.api import views
 
-# Exports and the COCO import (URLs unchanged when the app was split out of annotations).
+# Exports, the COCO import (URLs unchanged when the app was split out of annotations) and the
+# GeoJSON import into one image.
 urlpatterns = [
     path("projects/<int:project_id>/export/coco", views.CocoExportView.as_view(), name="export-coco"),
     path("projects/<int:project_id>/export/coco-zip", views.CocoZipExportView.as_view(), name="export-coco-zip"),
@@ -21,4 +22,5 @@ urlpatterns = [
         name="export-job-download",
     ),
     path("projects/<int:project_id>/import/coco", views.CocoImportView.as_view(), name="import-coco"),
+    path("images/<int:image_id>/import/geojson", views.GeoJsonImportView.as_view(), name="import-geojson"),
 ]

@@ -12,18 +12,22 @@ from django.contrib.auth.models import User
 from django.http import FileResponse, StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotations import selectors
+from annotations.api.serializers import CellOut
+from annotations.models import Layer
+from core.api.parsing import JSONObjectField, StrictSerializer, base_revision, parse
 from core.errors import GoneError, ServiceValidationError
 from interchange import selectors as export_selectors
 from interchange.models import ExportJob, ExportStatus
-from interchange.services import coco_import, jobs
+from interchange.services import coco_import, geojson_import, jobs
+from interchange.services.parts import MULTIPART_CHOICES
 
 
 def _user(request: Request) -> User:
@@ -201,6 +205,52 @@ class CocoImportIn(serializers.Serializer):
     images = serializers.FileField(required=False, help_text="A zip of the image files not yet in the project.")
     dry_run = serializers.BooleanField(required=False, default=False)
     unknown_categories = serializers.ChoiceField(choices=["reject", "create"], required=False, default="reject")
+    multipart = serializers.ChoiceField(
+        choices=MULTIPART_CHOICES,
+        required=False,
+        default="merge",
+        help_text=(
+            "A segmentation of several polygons: merge (one cell when they overlap or touch, else "
+            "refused), split (one cell each) or refuse."
+        ),
+    )
+
+
+class MultipartCountsOut(serializers.Serializer):
+    merged = serializers.IntegerField(help_text="Objects of several polygons imported as one cell.")
+    split = serializers.IntegerField(help_text="Objects of several polygons imported as one cell per polygon.")
+
+
+class CocoImagesOut(serializers.Serializer):
+    matched = serializers.IntegerField()
+    uploaded = serializers.IntegerField()
+
+
+class CocoImportImageOut(serializers.Serializer):
+    coco_id = serializers.IntegerField()
+    file_name = serializers.CharField()
+    image_id = serializers.IntegerField(allow_null=True, help_text="null for an image a dry run would upload.")
+    action = serializers.CharField(help_text="matched (an image of the project) or uploaded (from the zip)")
+    cells = serializers.IntegerField()
+
+
+class CocoSkippedOut(serializers.Serializer):
+    annotation = serializers.IntegerField(help_text="The COCO annotation id.")
+    image = serializers.IntegerField(help_text="The COCO image id.")
+    reason = serializers.CharField()
+
+
+class CocoImportOut(serializers.Serializer):
+    dry_run = serializers.BooleanField()
+    images = CocoImagesOut()
+    categories_created = serializers.ListField(child=serializers.CharField())
+    cells = serializers.IntegerField()
+    skipped_crowd = serializers.IntegerField(help_text="Crowd annotations (iscrowd=1), not imported.")
+    skipped = CocoSkippedOut(many=True, help_text="Annotations not imported and why (the first 1000).")
+    multipart = MultipartCountsOut()
+    repaired = serializers.IntegerField()
+    per_image = CocoImportImageOut(many=True)
+    warnings = serializers.ListField(child=serializers.CharField())
 
 
 def _form_flag(value: Any, name: str) -> bool:
@@ -217,7 +267,10 @@ class CocoImportView(APIView):
 
     @extend_schema(
         request={"multipart/form-data": CocoImportIn},
-        responses={200: OpenApiTypes.OBJECT, 201: OpenApiTypes.OBJECT},
+        responses={
+            200: OpenApiResponse(CocoImportOut, description="Dry run: what would be imported."),
+            201: OpenApiResponse(CocoImportOut, description="Imported."),
+        },
         tags=["exports"],
     )
     def post(self, request: Request, project_id: int) -> Response:
@@ -228,6 +281,7 @@ class CocoImportView(APIView):
             raise ServiceValidationError("No COCO file.", {"file": "required: the COCO JSON as multipart field file"})
         dry_run = _form_flag(form.get("dry_run", request.query_params.get("dry_run")), "dry_run")
         unknown = form.get("unknown_categories") or request.query_params.get("unknown_categories") or "reject"
+        multipart = form.get("multipart") or request.query_params.get("multipart") or "merge"
         result = coco_import.coco_import(
             project=project,
             user=_user(request),
@@ -235,6 +289,132 @@ class CocoImportView(APIView):
             images_zip=request.FILES.get("images"),
             dry_run=dry_run,
             unknown_categories=str(unknown),
+            multipart=str(multipart),
         )
         code = status.HTTP_200_OK if result.dry_run else status.HTTP_201_CREATED
         return Response(result.as_dict(), status=code)
+
+
+@extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string"}]})
+class ClassRefField(serializers.CharField):
+    """A class of the project by id or by name (JSON: a number or a text; a form: text)."""
+
+
+_CLASS_MAP_HELP = (
+    "Classification name (case ignored) -> class id or name of this project, or null to skip those "
+    "objects. Names it leaves out match the project's class names, case ignored."
+)
+
+
+class GeoJsonImportForm(StrictSerializer):
+    file = serializers.FileField(help_text="The GeoJSON: a FeatureCollection as QuPath exports it.")
+    revision = serializers.IntegerField(
+        required=False, help_text="The annotation layer's current revision (or If-Match); a dry run may leave it out."
+    )
+    mode = serializers.ChoiceField(
+        choices=geojson_import.MODES,
+        required=False,
+        default="append",
+        help_text="append: add to the annotation layer; replace: the layer becomes the imported cells.",
+    )
+    layer = serializers.ChoiceField(
+        choices=[Layer.ANNOTATION], required=False, default=Layer.ANNOTATION, help_text="The layer written."
+    )
+    class_map = JSONObjectField(required=False, help_text=f"JSON text. {_CLASS_MAP_HELP}")
+    default_class = ClassRefField(
+        required=False, help_text="The class (id or name) of objects whose class is unknown or missing."
+    )
+    multipart = serializers.ChoiceField(
+        choices=MULTIPART_CHOICES,
+        required=False,
+        default="merge",
+        help_text="A MultiPolygon: merge (one cell when its parts overlap or touch, else refused), split or refuse.",
+    )
+    holes = serializers.ChoiceField(
+        choices=geojson_import.HOLES,
+        required=False,
+        default="refuse",
+        help_text="A polygon with holes: refuse, or fill (import its outer ring).",
+    )
+    dry_run = serializers.BooleanField(required=False, default=False, help_text="Validate and report; write nothing.")
+
+
+class GeoJsonImportJson(GeoJsonImportForm):
+    file = None  # type: ignore[assignment]
+    geojson = serializers.DictField(help_text="The GeoJSON FeatureCollection (or one Feature).")
+    class_map = serializers.DictField(required=False, help_text=_CLASS_MAP_HELP)  # type: ignore[assignment]
+
+
+class GeoJsonSkippedOut(serializers.Serializer):
+    feature = serializers.IntegerField(help_text="Index in the file's features.")
+    reason = serializers.CharField()
+
+
+class GeoJsonImportOut(serializers.Serializer):
+    dry_run = serializers.BooleanField()
+    image = serializers.IntegerField()
+    mode = serializers.ChoiceField(choices=geojson_import.MODES)
+    revision = serializers.IntegerField(help_text="The annotation layer's revision now (unchanged by a dry run).")
+    features = serializers.IntegerField(help_text="Features in the file.")
+    cells = serializers.IntegerField(help_text="Cells written (or that a dry run would write).")
+    deleted = serializers.IntegerField(help_text="Cells removed from the layer (mode=replace).")
+    classes = serializers.DictField(child=serializers.IntegerField(), help_text="Cells written per class name.")
+    skipped = GeoJsonSkippedOut(many=True, help_text="Features not imported and why.")
+    multipart = MultipartCountsOut()
+    holes_filled = serializers.IntegerField(help_text="Polygons imported as their outer ring (holes=fill).")
+    nuclei_ignored = serializers.IntegerField(help_text="QuPath cells whose nucleusGeometry was not imported.")
+    repaired = serializers.IntegerField(help_text="Self-intersecting outlines repaired into one simple polygon.")
+    warnings = serializers.ListField(child=serializers.CharField())
+
+
+class GeoJsonConflictOut(serializers.Serializer):
+    detail = serializers.CharField()
+    revision = serializers.IntegerField(required=False, help_text="A stale revision: the current one.")
+    cells = CellOut(many=True, required=False, help_text="A stale revision: the current annotation layer.")
+    status = serializers.CharField(required=False, help_text="The image is locked: its status.")
+
+
+class GeoJsonImportView(APIView):
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    @extend_schema(
+        request={"multipart/form-data": GeoJsonImportForm, "application/json": GeoJsonImportJson},
+        responses={
+            200: OpenApiResponse(GeoJsonImportOut, description="Dry run: what would be written."),
+            201: OpenApiResponse(GeoJsonImportOut, description="Imported."),
+            409: OpenApiResponse(
+                GeoJsonConflictOut,
+                description=(
+                    "Stale revision: the server's current revision and cells, as for a cell save; or the "
+                    "image is locked for review (its status)."
+                ),
+            ),
+        },
+        tags=["cells"],
+        operation_id="images_import_geojson",
+    )
+    def post(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=_user(request), image_id=image_id, capability="annotate")
+        is_form = request.content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
+        data = parse(GeoJsonImportForm if is_form else GeoJsonImportJson, request.data)
+        revision = data.get("revision")
+        if revision is None and data["dry_run"] and not request.headers.get("If-Match", "").strip():
+            base = None  # a dry run may leave the revision out
+        else:
+            base = base_revision(request, revision)
+        result = geojson_import.geojson_import(
+            image=image,
+            user=_user(request),
+            geojson_file=data.get("file"),
+            geojson=data.get("geojson"),
+            base_revision=base,
+            mode=data["mode"],
+            layer=data["layer"],
+            class_map=data.get("class_map"),
+            default_class=data.get("default_class"),
+            multipart=data["multipart"],
+            holes=data["holes"],
+            dry_run=data["dry_run"],
+        )
+        code = status.HTTP_200_OK if result.dry_run else status.HTTP_201_CREATED
+        return Response(result.as_dict(), status=code, headers={"ETag": f'"{result.revision}"'})
