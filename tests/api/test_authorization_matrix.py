@@ -32,6 +32,7 @@ from training.models import TrainingJob
 from training.services.registry import model_version_baseline
 from training.snapshots import dataset_snapshot_create
 from training.tests.factories import synthetic_project
+from webhooks.models import WebhookSubscription
 
 pytestmark = pytest.mark.django_db
 
@@ -90,6 +91,7 @@ TABLE: dict[str, str] = {
     "GET /api/v1/images/{image_id}/file": "annotator",
     "GET /api/v1/images/{image_id}/history": "annotator",
     "POST /api/v1/images/{image_id}/history/{revision}/restore": "annotator",
+    "POST /api/v1/images/{image_id}/import/geojson": "annotator",  # a cell write, like PUT cells
     "POST /api/v1/images/{image_id}/presegment": "annotator",
     "POST /api/v1/images/{image_id}/proposals/accept": "annotator",
     "POST /api/v1/images/{image_id}/proposals/reject": "annotator",
@@ -142,6 +144,8 @@ TABLE: dict[str, str] = {
     "POST /api/v1/projects/{project_id}/training/snapshots": "admin",
     "GET /api/v1/projects/{project_id}/verification": "annotator",
     "PATCH /api/v1/projects/{project_id}/verification": "admin",
+    "GET /api/v1/projects/{project_id}/webhooks": "admin",
+    "POST /api/v1/projects/{project_id}/webhooks": "admin",
     "GET /api/v1/training/jobs/{job_id}": "annotator",
     "POST /api/v1/training/jobs/{job_id}/cancel": "admin",
     "GET /api/v1/training/models/{version_id}": "annotator",
@@ -149,6 +153,11 @@ TABLE: dict[str, str] = {
     "POST /api/v1/training/models/{version_id}/promote": "admin",
     "GET /api/v1/training/snapshots/{snapshot_id}": "annotator",
     "GET /api/v1/training/snapshots/{snapshot_id}/download/{layout}": "admin",
+    "GET /api/v1/webhooks/{webhook_id}": "admin",
+    "PATCH /api/v1/webhooks/{webhook_id}": "admin",
+    "DELETE /api/v1/webhooks/{webhook_id}": "admin",
+    "GET /api/v1/webhooks/{webhook_id}/deliveries": "admin",
+    "POST /api/v1/webhooks/{webhook_id}/ping": "admin",
 }
 
 # Where a caller's outcome is not the level rule's.
@@ -200,6 +209,9 @@ def world() -> World:
     snapshot = dataset_snapshot_create(project=project, user=admin)
     job = TrainingJob.objects.create(project=project, kind="cellpose", snapshot=snapshot, created_by=admin)
     export = ExportJob.objects.create(project=project, kind="coco", params={"kind": "coco"}, created_by=admin)
+    webhook = WebhookSubscription.objects.create(
+        project=project, url="https://hooks.example.com/in", events=["model.promoted"], secret="whsec_x"
+    )
     review = _review_assignment(image, annotator, expert, admin)
     clients = {
         "anonymous": _client(),
@@ -226,6 +238,7 @@ def world() -> World:
         "version_id": version.pk,
         "snapshot_id": snapshot.pk,
         "layout": "nnunet",
+        "webhook_id": webhook.pk,
     }
     assert Cell.objects.filter(image=image, layer=Layer.ANNOTATION).exists()
     return World(clients, params)
