@@ -250,6 +250,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/images/{image_id}/import/geojson": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["images_import_geojson"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/images/{image_id}/presegment": {
         parameters: {
             query?: never;
@@ -1196,6 +1212,19 @@ export interface components {
             revision?: number;
             cells: components["schemas"]["CellInRequest"][];
         };
+        CocoImagesOut: {
+            matched: number;
+            uploaded: number;
+        };
+        CocoImportImageOut: {
+            coco_id: number;
+            file_name: string;
+            /** @description null for an image a dry run would upload. */
+            image_id: number | null;
+            /** @description matched (an image of the project) or uploaded (from the zip) */
+            action: string;
+            cells: number;
+        };
         CocoImportInRequest: {
             /**
              * Format: binary
@@ -1211,6 +1240,36 @@ export interface components {
             dry_run?: boolean;
             /** @default reject */
             unknown_categories?: components["schemas"]["UnknownCategoriesEnum"];
+            /**
+             * @description A segmentation of several polygons: merge (one cell when they overlap or touch, else refused), split (one cell each) or refuse.
+             *
+             *     * `merge` - merge
+             *     * `split` - split
+             *     * `refuse` - refuse
+             * @default merge
+             */
+            multipart?: components["schemas"]["MultipartEnum"];
+        };
+        CocoImportOut: {
+            dry_run: boolean;
+            images: components["schemas"]["CocoImagesOut"];
+            categories_created: string[];
+            cells: number;
+            /** @description Crowd annotations (iscrowd=1), not imported. */
+            skipped_crowd: number;
+            /** @description Annotations not imported and why (the first 1000). */
+            skipped: components["schemas"]["CocoSkippedOut"][];
+            multipart: components["schemas"]["MultipartCountsOut"];
+            repaired: number;
+            per_image: components["schemas"]["CocoImportImageOut"][];
+            warnings: string[];
+        };
+        CocoSkippedOut: {
+            /** @description The COCO annotation id. */
+            annotation: number;
+            /** @description The COCO image id. */
+            image: number;
+            reason: string;
         };
         CommentIO: {
             /** @description Empty: on the image. */
@@ -1374,6 +1433,156 @@ export interface components {
          * @enum {string}
          */
         ExportJobOutStatusEnum: "queued" | "running" | "done" | "failed" | "expired";
+        GeoJsonConflictOut: {
+            detail: string;
+            /** @description A stale revision: the current one. */
+            revision?: number;
+            /** @description A stale revision: the current annotation layer. */
+            cells?: components["schemas"]["CellOut"][];
+            /** @description The image is locked: its status. */
+            status?: string;
+        };
+        /**
+         * @description A request body whose unknown fields are a 400 naming them, not silently dropped (a
+         *     client that sends ``classes`` where none are read must hear so).
+         */
+        GeoJsonImportFormRequest: {
+            /**
+             * Format: binary
+             * @description The GeoJSON: a FeatureCollection as QuPath exports it.
+             */
+            file: string;
+            /** @description The annotation layer's current revision (or If-Match); a dry run may leave it out. */
+            revision?: number;
+            /**
+             * @description append: add to the annotation layer; replace: the layer becomes the imported cells.
+             *
+             *     * `append` - append
+             *     * `replace` - replace
+             * @default append
+             */
+            mode?: components["schemas"]["ModeEnum"];
+            /**
+             * @description The layer written.
+             *
+             *     * `annotation` - annotation
+             * @default annotation
+             */
+            layer?: components["schemas"]["LayerEnum"];
+            /** @description JSON text. Classification name (case ignored) -> class id or name of this project, or null to skip those objects. Names it leaves out match the project's class names, case ignored. */
+            class_map?: string;
+            /** @description The class (id or name) of objects whose class is unknown or missing. */
+            default_class?: number | string;
+            /**
+             * @description A MultiPolygon: merge (one cell when its parts overlap or touch, else refused), split or refuse.
+             *
+             *     * `merge` - merge
+             *     * `split` - split
+             *     * `refuse` - refuse
+             * @default merge
+             */
+            multipart?: components["schemas"]["MultipartEnum"];
+            /**
+             * @description A polygon with holes: refuse, or fill (import its outer ring).
+             *
+             *     * `refuse` - refuse
+             *     * `fill` - fill
+             * @default refuse
+             */
+            holes?: components["schemas"]["HolesEnum"];
+            /**
+             * @description Validate and report; write nothing.
+             * @default false
+             */
+            dry_run?: boolean;
+        };
+        /**
+         * @description A request body whose unknown fields are a 400 naming them, not silently dropped (a
+         *     client that sends ``classes`` where none are read must hear so).
+         */
+        GeoJsonImportJsonRequest: {
+            /** @description The annotation layer's current revision (or If-Match); a dry run may leave it out. */
+            revision?: number;
+            /**
+             * @description append: add to the annotation layer; replace: the layer becomes the imported cells.
+             *
+             *     * `append` - append
+             *     * `replace` - replace
+             * @default append
+             */
+            mode?: components["schemas"]["ModeEnum"];
+            /**
+             * @description The layer written.
+             *
+             *     * `annotation` - annotation
+             * @default annotation
+             */
+            layer?: components["schemas"]["LayerEnum"];
+            /** @description Classification name (case ignored) -> class id or name of this project, or null to skip those objects. Names it leaves out match the project's class names, case ignored. */
+            class_map?: {
+                [key: string]: unknown;
+            };
+            /** @description The class (id or name) of objects whose class is unknown or missing. */
+            default_class?: number | string;
+            /**
+             * @description A MultiPolygon: merge (one cell when its parts overlap or touch, else refused), split or refuse.
+             *
+             *     * `merge` - merge
+             *     * `split` - split
+             *     * `refuse` - refuse
+             * @default merge
+             */
+            multipart?: components["schemas"]["MultipartEnum"];
+            /**
+             * @description A polygon with holes: refuse, or fill (import its outer ring).
+             *
+             *     * `refuse` - refuse
+             *     * `fill` - fill
+             * @default refuse
+             */
+            holes?: components["schemas"]["HolesEnum"];
+            /**
+             * @description Validate and report; write nothing.
+             * @default false
+             */
+            dry_run?: boolean;
+            /** @description The GeoJSON FeatureCollection (or one Feature). */
+            geojson: {
+                [key: string]: unknown;
+            };
+        };
+        GeoJsonImportOut: {
+            dry_run: boolean;
+            image: number;
+            mode: components["schemas"]["ModeEnum"];
+            /** @description The annotation layer's revision now (unchanged by a dry run). */
+            revision: number;
+            /** @description Features in the file. */
+            features: number;
+            /** @description Cells written (or that a dry run would write). */
+            cells: number;
+            /** @description Cells removed from the layer (mode=replace). */
+            deleted: number;
+            /** @description Cells written per class name. */
+            classes: {
+                [key: string]: number;
+            };
+            /** @description Features not imported and why. */
+            skipped: components["schemas"]["GeoJsonSkippedOut"][];
+            multipart: components["schemas"]["MultipartCountsOut"];
+            /** @description Polygons imported as their outer ring (holes=fill). */
+            holes_filled: number;
+            /** @description QuPath cells whose nucleusGeometry was not imported. */
+            nuclei_ignored: number;
+            /** @description Self-intersecting outlines repaired into one simple polygon. */
+            repaired: number;
+            warnings: string[];
+        };
+        GeoJsonSkippedOut: {
+            /** @description Index in the file's features. */
+            feature: number;
+            reason: string;
+        };
         HistoryOut: {
             revision: number;
             readonly author: string;
@@ -1382,6 +1591,12 @@ export interface components {
             /** Format: date-time */
             readonly created_at: string;
         };
+        /**
+         * @description * `refuse` - refuse
+         *     * `fill` - fill
+         * @enum {string}
+         */
+        HolesEnum: "refuse" | "fill";
         ImageOut: {
             readonly id: number;
             project: number;
@@ -1526,6 +1741,11 @@ export interface components {
          * @enum {string}
          */
         KindA15Enum: "nnunet" | "cellpose" | "two_stage" | "refinement";
+        /**
+         * @description * `annotation` - annotation
+         * @enum {string}
+         */
+        LayerEnum: "annotation";
         LoginInRequest: {
             username: string;
             password: string;
@@ -1554,6 +1774,12 @@ export interface components {
             /** Format: date-time */
             readonly created_at: string;
         };
+        /**
+         * @description * `append` - append
+         *     * `replace` - replace
+         * @enum {string}
+         */
+        ModeEnum: "append" | "replace";
         /**
          * @description * `1` - 1
          *     * `2` - 2
@@ -1617,6 +1843,19 @@ export interface components {
             /** Format: date-time */
             readonly created_at: string;
         };
+        MultipartCountsOut: {
+            /** @description Objects of several polygons imported as one cell. */
+            merged: number;
+            /** @description Objects of several polygons imported as one cell per polygon. */
+            split: number;
+        };
+        /**
+         * @description * `merge` - merge
+         *     * `split` - split
+         *     * `refuse` - refuse
+         * @enum {string}
+         */
+        MultipartEnum: "merge" | "split" | "refuse";
         OutboxOut: {
             /** @description Tasks not yet handed to the broker (it was unreachable). */
             waiting: number;
@@ -2807,6 +3046,51 @@ export interface operations {
             };
         };
     };
+    images_import_geojson: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": components["schemas"]["GeoJsonImportFormRequest"];
+                "application/json": components["schemas"]["GeoJsonImportJsonRequest"];
+            };
+        };
+        responses: {
+            /** @description Dry run: what would be written. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GeoJsonImportOut"];
+                };
+            };
+            /** @description Imported. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GeoJsonImportOut"];
+                };
+            };
+            /** @description Stale revision: the server's current revision and cells, as for a cell save; or the image is locked for review (its status). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GeoJsonConflictOut"];
+                };
+            };
+        };
+    };
     images_presegment_create: {
         parameters: {
             query?: never;
@@ -3734,24 +4018,22 @@ export interface operations {
             };
         };
         responses: {
+            /** @description Dry run: what would be imported. */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["CocoImportOut"];
                 };
             };
+            /** @description Imported. */
             201: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: unknown;
-                    };
+                    "application/json": components["schemas"]["CocoImportOut"];
                 };
             };
         };
