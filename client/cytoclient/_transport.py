@@ -109,6 +109,7 @@ class Transport:
         self.max_throttle_retries = max_throttle_retries
         self.max_throttle_wait = max_throttle_wait
         self.server_version: str | None = None
+        self._checked = False
 
     def close(self) -> None:
         self.http.close()
@@ -128,8 +129,9 @@ class Transport:
 
     def ensure_compatible(self) -> None:
         """Check the server's API version against the client's once, before the first call."""
-        if self.check_version and self.server_version is None:
-            check_compatibility(self.server_api_version())
+        if self.check_version and not self._checked:
+            check_compatibility(self.server_api_version(), API_VERSION)
+            self._checked = True  # only once it passed: an incompatible server is refused every call
 
     # --- requests ----------------------------------------------------------------------------
 

@@ -299,7 +299,8 @@ def _follow(client: Client, job_id: int, args: argparse.Namespace, out: Output) 
     metrics = client.training.metrics(job)
     lines = [f"Training job {job.id} {job.status}; versions: {', '.join(map(str, job.model_versions)) or 'none'}"]
     for version_id, values in metrics.items():
-        shown = ", ".join(f"{k}={v:.3f}" for k, v in sorted(values.items()) if isinstance(v, int | float))
+        names = _metric_columns([k for k, v in values.items() if isinstance(v, int | float)])
+        shown = ", ".join(f"{k}={values[k]:.3f}" for k in names)
         lines.append(f"  version {version_id}: {shown or 'not evaluated'}")
     promotion = job.result.get("promotion") or {}
     for version_id, decision in promotion.items():

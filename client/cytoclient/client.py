@@ -837,10 +837,12 @@ class Training(_Api):
         return {stage: list(points) for stage, points in current.curves.items()}
 
     def metrics(self, job: Ref) -> dict[int, JSON]:
-        """The evaluation metrics of each model version the job made, by version id."""
+        """The metrics of each model version the job made on the frozen test images (its
+        evaluation's ``overall``: ``f1_50``, ``dice``, ...; empty when not evaluated), by version
+        id. :meth:`ModelRegistry.get` has the rest of each version's evaluation."""
         current = job if isinstance(job, TrainingJob) else self.get(job)
         registry = ModelRegistry(self.t)
-        return {version_id: registry.get(version_id).metrics for version_id in current.model_versions}
+        return {version_id: registry.get(version_id).overall for version_id in current.model_versions}
 
 
 class ModelRegistry(_Api):

@@ -178,8 +178,6 @@ class Image(Model):
 class Cell(Model):
     """One cell contour of a layer (annotation, proposal or verified)."""
 
-    api_sources = (("get", "/api/v1/images/{image_id}/cells", 200),)
-
     id: int
     class_id: int
     polygon: list[list[float]]
@@ -429,6 +427,14 @@ class ModelVersion(Model):
     promoted_at: str | None = None
     created_at: str | None = None
     evaluations: list[JSON] = field(default_factory=list)
+
+    @property
+    def overall(self) -> dict[str, Any]:
+        """The metrics over the test images of its last evaluation (``f1_50``, ``dice``, ...);
+        empty when it was never evaluated. ``metrics`` has the rest (per image, per Bethesda
+        category, the bootstrap intervals, the raw-mask figures)."""
+        overall = self.metrics.get("overall") if isinstance(self.metrics, dict) else None
+        return dict(overall) if isinstance(overall, dict) else {}
 
 
 @dataclass

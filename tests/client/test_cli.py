@@ -1,0 +1,201 @@
+"""``cyto`` as a script runs it: ``python -m cytoclient ...`` in a process of its own, with
+``CYTO_URL``/``CYTO_TOKEN`` or the settings file ``cyto login`` writes, against the live server."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from annotations.models import Cell, Image, Role
+from annotations.services.cells import cells_replace
+from tests.client.conftest import Account, CliResult, account_for, image_folder, square
+from tests.factories import ProjectFactory, member
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Run = Callable[..., CliResult]
+
+
+def test_projects_upload_export_and_import(run_cli: Run, project: Any, admin: Account, tmp_path: Path) -> None:
+    listed = run_cli("projects", "list")
+    assert listed.code == 0, listed.stderr
+    assert "Thyroid FNA" in listed.stdout and "admin" in listed.stdout
+    as_json = run_cli("projects", "list", "--json")
+    assert [p["name"] for p in json.loads(as_json.stdout)] == ["Thyroid FNA"]
+
+    folder = image_folder(tmp_path / "slide", 3)
+    upload = run_cli(
+        "upload", str(folder), "--project", str(project.pk), "--bethesda", "B4", "--stain", "Diff-Quik",
+        "--magnification", "40x", "--slide", "S-12", "--split", "validation", "--batch-size", "2",
+    )  # fmt: skip
+    assert upload.code == 0, upload.stderr
+    assert "Uploaded 3 images" in upload.stdout
+    assert "upload" in upload.stderr and "100%" in upload.stderr  # the progress lines (no terminal here)
+    images = list(Image.objects.filter(project=project).order_by("file_name"))
+    assert [i.file_name for i in images] == ["field-000.png", "field-001.png", "field-002.png"]
+    assert {(i.bethesda, i.stain, i.magnification, i.slide_code, i.split) for i in images} == {
+        ("IV", "Diff-Quik", "40x", "S-12", "validation")
+    }
+    again = run_cli("upload", str(folder), "--project", str(project.pk), "-q")
+    assert again.code == 0 and "Uploaded 0 images" in again.stdout and "skipped 3" in again.stdout
+    assert again.stderr == ""
+
+    cell_class = project.classes.get(name="thyroid cell")
+    for image in images[:2]:
+        cells_replace(
+            image=image, user=admin.user, base_revision=0, cells=[{"class_id": cell_class.pk, "polygon": square(5, 5)}]
+        )
+    out = tmp_path / "exports" / "coco.json"
+    export = run_cli("export", "coco", "--project", str(project.pk), "--layer", "annotation", "-o", str(out))
+    assert export.code == 0, export.stderr
+    assert f"Wrote {out}" in export.stdout
+    coco = json.loads(out.read_text())
+    assert len(coco["annotations"]) == 2 and {i["file_name"] for i in coco["images"]} == {
+        "field-000.png",
+        "field-001.png",
+    }
+
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in sorted(folder.glob("*.png")):
+            handle.write(path, path.name)
+    target = ProjectFactory(name="Second site", created_by=admin.user)
+    dry = run_cli("import", "coco", str(out), "--project", str(target.pk), "--images", str(archive), "--dry-run")
+    assert dry.code == 0, dry.stderr
+    assert "Would import 2 cells" in dry.stdout and Image.objects.filter(project=target).count() == 0
+    imported = run_cli("import", "coco", str(out), "--project", str(target.pk), "--images", str(archive), "--json")
+    assert imported.code == 0, imported.stderr
+    assert json.loads(imported.stdout)["cells"] == 2
+    assert Cell.objects.filter(image__project=target, layer="annotation").count() == 2
+
+
+def test_server_errors_exit_non_zero_with_the_servers_message(run_cli: Run, project: Any, tmp_path: Path) -> None:
+    missing = run_cli("export", "coco", "--project", "999999", "-o", str(tmp_path / "x.json"))
+    assert missing.code == 1
+    assert missing.stderr == "error: 404 No such project.\n"  # the server's message
+    assert not (tmp_path / "x.json").exists()
+
+    (tmp_path / "bad.json").write_text('{"images": [], "annotations": [{"id": 1}], "categories": []}')
+    invalid = run_cli("import", "coco", str(tmp_path / "bad.json"), "--project", str(project.pk))
+    assert invalid.code == 1
+    assert "error:" in invalid.stderr and "(HTTP 400)" in invalid.stderr
+    assert "\n  annotations" in invalid.stderr  # each field the server named, on its own line
+
+    annotator = account_for(member(project, Role.ANNOTATOR, username="dr.kim"))
+    denied = run_cli(
+        "models", "rollback", "--project", str(project.pk), "--kind", "cellpose", env={"CYTO_TOKEN": annotator.token}
+    )
+    assert denied.code == 1 and "error: 403 " in denied.stderr
+
+    wrong_token = run_cli("projects", "list", env={"CYTO_TOKEN": "cyt_not-a-token"})
+    assert wrong_token.code == 1 and "error: 401 " in wrong_token.stderr
+
+    unreachable = run_cli("projects", "list", env={"CYTO_URL": "http://127.0.0.1:9"})
+    assert unreachable.code == 4 and "cannot reach" in unreachable.stderr
+
+    usage = run_cli("upload", str(tmp_path), "--project", "x")
+    assert usage.code == 2
+
+
+def test_settings_file_permissions(
+    run_cli: Run, project: Any, admin: Account, live_server: Any, tmp_path: Path
+) -> None:
+    config = tmp_path / "cfg" / "cyto" / "config.toml"
+    no_env = {"CYTO_URL": None, "CYTO_TOKEN": None, "CYTO_CONFIG": str(config)}
+
+    nothing = run_cli("projects", "list", env=no_env)
+    assert nothing.code == 3 and "cyto login" in nothing.stderr
+
+    login = run_cli("login", "--url", live_server.url, "--token-stdin", env=no_env, stdin=admin.token + "\n")
+    assert login.code == 0, login.stderr
+    assert "as dr.head" in login.stdout
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
+    assert admin.token in config.read_text()
+
+    listed = run_cli("projects", "list", env=no_env)
+    assert listed.code == 0, listed.stderr
+    assert "Thyroid FNA" in listed.stdout
+
+    os.chmod(config, 0o644)  # readable by the group and others: refused, with the fix
+    refused = run_cli("projects", "list", env=no_env)
+    assert refused.code == 3
+    assert "may be read by others" in refused.stderr and f"chmod 600 {config}" in refused.stderr
+    os.chmod(config, 0o640)
+    assert run_cli("projects", "list", env=no_env).code == 3
+    os.chmod(config, 0o600)
+    assert run_cli("projects", "list", env=no_env).code == 0
+
+    # the environment wins, and then the file is not read at all
+    os.chmod(config, 0o666)
+    from_env = run_cli("projects", "list", env={"CYTO_CONFIG": str(config)})
+    assert from_env.code == 0, from_env.stderr
+
+
+def test_login_with_a_password_creates_a_token(run_cli: Run, project: Any, live_server: Any, tmp_path: Path) -> None:
+    from annotations.models import ApiToken
+    from tests.factories import PASSWORD
+
+    config = tmp_path / "login.toml"
+    env = {"CYTO_URL": None, "CYTO_TOKEN": None, "CYTO_CONFIG": str(config)}
+    login = run_cli("login", "--url", live_server.url, "--username", "dr.head", env=env, stdin=PASSWORD + "\n")
+    assert login.code == 0, login.stderr
+    token = ApiToken.objects.get(user__username="dr.head", name="cyto command line")
+    assert token.prefix in config.read_text() and stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert run_cli("whoami", env=env).stdout.startswith("dr.head at ")
+
+    wrong = run_cli("login", "--url", live_server.url, "--username", "dr.head", env=env, stdin="nope\n")
+    assert wrong.code == 1 and "error:" in wrong.stderr
+
+
+def test_models_and_queue(run_cli: Run, project: Any) -> None:
+    from tests.factories import model_version_files
+    from training.models import ModelKind
+
+    version = model_version_files(project, ModelKind.CELLPOSE, {"cellpose.pth": b"x"}, name="site B")
+    listed = run_cli("models", "list", "--project", str(project.pk))
+    assert listed.code == 0, listed.stderr
+    assert "site B" in listed.stdout and "cellpose" in listed.stdout
+
+    promoted = run_cli("models", "promote", str(version.pk), "--reason", "better on site B")
+    assert promoted.code == 0, promoted.stderr
+    assert f"Version {version.pk} (cellpose 1) is active" in promoted.stdout
+    version.refresh_from_db()
+    assert version.status == "active"
+    registry = json.loads(run_cli("models", "list", "--project", str(project.pk), "--json").stdout)
+    assert registry["presegmenter"] == version.pk
+
+    rolled = run_cli("models", "rollback", "--project", str(project.pk), "--kind", "cellpose")
+    assert rolled.code == 0, rolled.stderr
+    assert f"version {version.pk} retired" in rolled.stdout
+    again = run_cli("models", "rollback", "--project", str(project.pk), "--kind", "cellpose")
+    assert again.code == 1 and "error: 409 " in again.stderr
+
+    queue = run_cli("queue", "--project", str(project.pk))
+    assert queue.code == 0 and "annotate: 0" in queue.stdout
+
+
+def test_an_incompatible_server_is_refused(run_cli: Run, project: Any, monkeypatch: Any) -> None:
+    from drf_spectacular.settings import spectacular_settings
+
+    monkeypatch.setattr(spectacular_settings, "VERSION", "2.0.0")
+    result = run_cli("projects", "list")
+    assert result.code == 6
+    assert "the server speaks API 2.0.0" in result.stderr
+
+
+def test_version_and_help(run_cli: Run, live_server: Any) -> None:
+    import cytoclient
+
+    version = run_cli("--version")
+    assert version.code == 0 and cytoclient.API_VERSION in version.stdout
+    helped = run_cli("--help")
+    for command in ("login", "upload", "export", "import", "train", "models", "projects"):
+        assert command in helped.stdout
