@@ -8,8 +8,9 @@ loopback, link-local, multicast, reserved, unspecified or otherwise non-global a
 IPv4 and IPv6 alike, IPv4 addresses carried inside IPv6 ones (``::ffff:10.0.0.1``, 6to4,
 NAT64, Teredo) judged as the IPv4 address they carry.
 
-``WEBHOOK_ALLOW_PRIVATE_TARGETS`` admits private and loopback addresses (a receiver on the
-platform's own network); ``WEBHOOK_ALLOWED_NETWORKS`` admits exactly the networks it lists,
+``WEBHOOK_ALLOW_PRIVATE_TARGETS`` admits private (RFC 1918, IPv6 unique local) and loopback
+addresses (a receiver on the platform's own network), never link-local ones (the metadata
+service) or the other kinds; ``WEBHOOK_ALLOWED_NETWORKS`` admits exactly the networks it lists,
 whatever their kind. The check runs when a subscription is saved and again at every delivery
 attempt (DNS may have changed since), and the attempt connects to the very address it checked
 (``webhooks.transport``), so a name that resolves differently a moment later (DNS rebinding)
@@ -31,6 +32,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SCHEMES = ("http", "https")
 URL_MAX_LENGTH = 2000
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Private in the narrow sense (RFC 1918, IPv6 unique local): what WEBHOOK_ALLOW_PRIVATE_TARGETS
+# admits. ipaddress's is_private is wider (documentation, benchmarking, reserved ranges).
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 
 
 class TargetError(ValueError):
@@ -139,11 +143,11 @@ def _kind(address: IPAddress) -> str | None:
         return "link-local"
     if address.is_multicast:
         return "multicast"
-    if address.is_private:
-        return "private"
     if address.is_reserved:
         return "reserved"
-    if not address.is_global:
+    if any(address.version == net.version and address in net for net in _PRIVATE):
+        return "private"
+    if not address.is_global or address.is_private:
         return "non-public"
     return None
 
@@ -163,7 +167,8 @@ def address_refusal(address: IPAddress | str) -> str | None:
         return None
     if kind in ("private", "loopback") and getattr(settings, "WEBHOOK_ALLOW_PRIVATE_TARGETS", False):
         return None
-    return f"{ip} is a {kind} address"
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{ip} is {article} {kind} address"
 
 
 def host_addresses(host: str, port: int) -> list[str]:

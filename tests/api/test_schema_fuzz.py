@@ -25,6 +25,7 @@ from training.models import TrainingJob
 from training.services.registry import model_version_baseline
 from training.snapshots import dataset_snapshot_create
 from training.tests.factories import synthetic_project
+from webhooks.models import WebhookSubscription
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -49,6 +50,9 @@ def fuzz_world(live_server: Any) -> World:
     snapshot = dataset_snapshot_create(project=sp.project, user=sp.admin)
     job = TrainingJob.objects.create(project=sp.project, kind="cellpose", snapshot=snapshot, created_by=sp.admin)
     export = ExportJob.objects.create(project=sp.project, kind="coco", params={"kind": "coco"}, created_by=sp.admin)
+    webhook = WebhookSubscription.objects.create(
+        project=sp.project, url="https://hooks.example.com/in", events=["model.promoted"], secret="whsec_x"
+    )
     ids = {
         "project_id": sp.project.pk,
         "image_id": image.pk,
@@ -58,6 +62,7 @@ def fuzz_world(live_server: Any) -> World:
         "version_id": model_version_baseline(project=sp.project).pk,
         "training_job_id": job.pk,
         "export_job_id": export.pk,
+        "webhook_id": webhook.pk,
     }
     return World(sp.admin, ids)
 
