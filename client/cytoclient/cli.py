@@ -42,6 +42,7 @@ EXIT_JOB_FAILED = 5  # a training or export job that was waited for failed or wa
 EXIT_INCOMPATIBLE = 6  # the server speaks another major API version
 
 JOB_KINDS = ("two_stage", "nnunet", "cellpose", "refinement")
+MULTIPART = ("merge", "split", "refuse")
 MODEL_KINDS = ("watershed", "region_growing", "nnunet", "cellpose", "two_stage", "refinement")
 
 
@@ -245,6 +246,7 @@ def cmd_import_coco(args: argparse.Namespace, out: Output) -> int:
             images_zip=args.images,
             dry_run=args.dry_run,
             unknown_categories="create" if args.create_categories else "reject",
+            multipart=args.multipart,
         )
     verb = "Would import" if report.dry_run else "Imported"
     out.result(
@@ -253,6 +255,46 @@ def cmd_import_coco(args: argparse.Namespace, out: Output) -> int:
             f"{verb} {report.cells} cells on {report.images.get('matched', 0)} matched and "
             f"{report.images.get('uploaded', 0)} uploaded images"
             + (f"; new classes: {', '.join(report.categories_created)}" if report.categories_created else "")
+            + "".join(f"\n  warning: {w}" for w in report.warnings)
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_import_geojson(args: argparse.Namespace, out: Output) -> int:
+    class_map: dict[str, Any] | None = None
+    if args.class_map:
+        text = Path(args.class_map[1:]).read_text() if args.class_map.startswith("@") else args.class_map
+        try:
+            class_map = json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"--class-map is not JSON: {exc}") from exc
+        if not isinstance(class_map, dict):
+            raise argparse.ArgumentTypeError('--class-map must be a JSON object: {"QuPath name": class id or name}')
+    default_class: int | str | None = args.default_class
+    if isinstance(default_class, str) and default_class.isdigit():
+        default_class = int(default_class)
+    with _client(args) as client:
+        report = client.imports.geojson(
+            args.image,
+            args.file,
+            revision=args.revision,
+            mode=args.mode,
+            class_map=class_map,
+            default_class=default_class,
+            multipart=args.multipart,
+            holes=args.holes,
+            dry_run=args.dry_run,
+        )
+    verb = "Would import" if report.dry_run else "Imported"
+    classes = ", ".join(f"{name}: {count}" for name, count in report.classes.items())
+    out.result(
+        report,
+        lambda: (
+            f"{verb} {report.cells} cells from {report.features} features into image {report.image} "
+            f"(revision {report.revision}{', ' + str(report.deleted) + ' removed' if report.deleted else ''})"
+            + (f"; {classes}" if classes else "")
+            + "".join(f"\n  skipped feature {s.get('feature')}: {s.get('reason')}" for s in report.skipped)
             + "".join(f"\n  warning: {w}" for w in report.warnings)
         ),
     )
@@ -492,6 +534,19 @@ def build_parser() -> argparse.ArgumentParser:
     coco.add_argument("--images", type=Path, help="a zip of the images not yet in the project")
     coco.add_argument("--dry-run", action="store_true", help="check and report, store nothing")
     coco.add_argument("--create-categories", action="store_true", help="create classes for unknown categories")
+    coco.add_argument("--multipart", choices=MULTIPART, help="segmentations of several polygons (default merge)")
+    geojson = command(
+        imports, "geojson", cmd_import_geojson, "import QuPath's GeoJSON objects into one image's annotation layer"
+    )
+    geojson.add_argument("file", type=Path)
+    geojson.add_argument("--image", type=int, required=True)
+    geojson.add_argument("--revision", type=int, help="the layer's revision it is based on (default: the current one)")
+    geojson.add_argument("--mode", choices=("append", "replace"), default="append")
+    geojson.add_argument("--class-map", metavar="JSON", help='{"QuPath name": class id, name or null}, or @file.json')
+    geojson.add_argument("--default-class", help="class (id or name) of objects with an unknown or no classification")
+    geojson.add_argument("--multipart", choices=MULTIPART, help="MultiPolygons (default merge)")
+    geojson.add_argument("--holes", choices=("refuse", "fill"), help="polygons with holes (default refuse)")
+    geojson.add_argument("--dry-run", action="store_true", help="check and report, write nothing")
 
     train = command(commands, "train", cmd_train, "start a training job")
     train.add_argument("--project", type=int, required=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import mimetypes
 import os
 import time
@@ -39,6 +40,7 @@ from cytoclient.models import (
     Cells,
     CocoImportReport,
     ExportJob,
+    GeoJsonImportReport,
     HistoryEntry,
     Image,
     Me,
@@ -709,13 +711,16 @@ class Imports(_Api):
         images_zip: str | Path | None = None,
         dry_run: bool = False,
         unknown_categories: str = "reject",
+        multipart: str | None = None,
     ) -> CocoImportReport:
         """Import a COCO JSON file's annotations into the project's annotation layer.
 
         Images are matched by file name; those not yet in the project come from ``images_zip``.
         ``unknown_categories``: ``reject`` (a 400 naming them) or ``create`` (new classes).
+        ``multipart``: a segmentation of several polygons is ``merge``d into one cell when they
+        overlap or touch (the server's default), ``split`` into one cell each, or ``refuse``d.
         ``dry_run``: check everything and report, store nothing. Errors name the image and
-        annotation ids (``ValidationError.errors``).
+        annotation ids (``ValidationError.errors``); crowd annotations are listed in ``skipped``.
         """
         handles: list[IO[bytes]] = []
         try:
@@ -729,7 +734,7 @@ class Imports(_Api):
             body = self.t.json(
                 ep.IMPORT_COCO,
                 {"project_id": _id(project)},
-                data={"dry_run": dry_run, "unknown_categories": unknown_categories},
+                data={"dry_run": dry_run, "unknown_categories": unknown_categories, "multipart": multipart},
                 files=files,
                 timeout=LONG_TIMEOUT,
             )
@@ -737,6 +742,61 @@ class Imports(_Api):
             for handle in handles:
                 handle.close()
         return CocoImportReport.from_api(body)
+
+    def geojson(
+        self,
+        image: Ref,
+        source: str | Path | Mapping[str, Any] | Sequence[Any],
+        *,
+        revision: int | None = None,
+        mode: str = "append",
+        class_map: Mapping[str, int | str | None] | None = None,
+        default_class: int | str | None = None,
+        multipart: str | None = None,
+        holes: str | None = None,
+        dry_run: bool = False,
+    ) -> GeoJsonImportReport:
+        """Import QuPath's objects (a GeoJSON FeatureCollection) into one image's annotation layer.
+
+        ``source``: a ``.geojson`` file (sent as a file) or the FeatureCollection itself (a dict,
+        or QuPath's plain list of features). ``mode``: ``append`` to the layer or ``replace`` it.
+        ``class_map``: QuPath classification name -> class id or name (None skips those objects);
+        ``default_class``: the class of objects whose classification is unknown or missing.
+        ``multipart`` (``merge``, ``split``, ``refuse``) and ``holes`` (``refuse``, ``fill``)
+        say what becomes of MultiPolygons and of polygons with holes.
+
+        Like a cell save the import is based on ``revision``; left out, the image's current
+        revision is read first (a dry run needs none). When someone saved since,
+        :class:`~cytoclient.errors.ConflictError` carries the server's revision and cells and
+        nothing was written. Atomic: a bad feature is a ValidationError keyed ``features.<i>``.
+        """
+        path = {"image_id": _id(image)}
+        if revision is None and not dry_run:
+            revision = CellsApi(self.t).get(image).revision
+        options: JSON = {
+            "revision": revision,
+            "mode": mode,
+            "default_class": default_class,
+            "multipart": multipart,
+            "holes": holes,
+            "dry_run": dry_run,
+        }
+        if isinstance(source, str | Path):
+            form = dict(options)
+            if class_map is not None:
+                form["class_map"] = json.dumps(dict(class_map))  # a form field: JSON text
+            with Path(source).open("rb") as handle:
+                files: list[tuple[str, Any]] = [("file", (Path(source).name, handle, "application/geo+json"))]
+                body = self.t.json(ep.IMPORT_GEOJSON_FILE, path, data=form, files=files, timeout=LONG_TIMEOUT)
+        else:
+            payload: JSON = {k: v for k, v in options.items() if v is not None}
+            payload["geojson"] = (
+                source if isinstance(source, Mapping) else {"type": "FeatureCollection", "features": list(source)}
+            )
+            if class_map is not None:
+                payload["class_map"] = dict(class_map)
+            body = self.t.json(ep.IMPORT_GEOJSON_JSON, path, json=payload, timeout=LONG_TIMEOUT)
+        return GeoJsonImportReport.from_api(body)
 
 
 # --- training and the model registry -------------------------------------------------------

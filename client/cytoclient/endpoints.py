@@ -127,10 +127,16 @@ EXPORT_JOB_DOWNLOAD = _e("get", "projects/{project_id}/export/jobs/{job_id}/down
 IMPORT_COCO = _e(
     "post",
     "projects/{project_id}/import/coco",
-    body=("images", "dry_run", "unknown_categories"),
+    body=("images", "dry_run", "unknown_categories", "multipart"),
     required=("file",),
     multipart=True,
 )
+GEOJSON_OPTIONS = ("revision", "mode", "layer", "class_map", "default_class", "multipart", "holes", "dry_run")
+# the same operation, the file as multipart or the FeatureCollection in a JSON body
+IMPORT_GEOJSON_FILE = _e(
+    "post", "images/{image_id}/import/geojson", body=GEOJSON_OPTIONS, required=("file",), multipart=True
+)
+IMPORT_GEOJSON_JSON = _e("post", "images/{image_id}/import/geojson", body=GEOJSON_OPTIONS, required=("geojson",))
 
 # training and the model registry
 TRAINING_START = _e("post", "projects/{project_id}/training/jobs", body=("config", "snapshot"), required=("kind",))

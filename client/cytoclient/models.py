@@ -285,13 +285,41 @@ class ExportJob(Model):
 class CocoImportReport(Model):
     """What a COCO import stored (or, with ``dry_run``, would store)."""
 
+    api_sources = (("post", "/api/v1/projects/{project_id}/import/coco", 201),)
+
     dry_run: bool
     images: JSON  # {"matched": n, "uploaded": n}
     categories_created: list[str]
     cells: int
     skipped_crowd: int = 0
+    skipped: list[JSON] = field(default_factory=list)  # [{annotation, image, reason}]
+    multipart: JSON = field(default_factory=dict)  # {"merged": n, "split": n}
     repaired: int = 0
     per_image: list[JSON] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GeoJsonImportReport(Model):
+    """What a GeoJSON (QuPath) import wrote into one image (or, with ``dry_run``, would write):
+    ``revision`` is the annotation layer's now, ``classes`` the cells per class name, ``skipped``
+    the features left out and why (``[{feature, reason}]``)."""
+
+    api_sources = (("post", "/api/v1/images/{image_id}/import/geojson", 201),)
+
+    dry_run: bool
+    image: int
+    mode: str
+    revision: int
+    features: int
+    cells: int
+    deleted: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    skipped: list[JSON] = field(default_factory=list)
+    multipart: JSON = field(default_factory=dict)
+    holes_filled: int = 0
+    nuclei_ignored: int = 0
+    repaired: int = 0
     warnings: list[str] = field(default_factory=list)
 
 

@@ -76,6 +76,32 @@ def test_projects_upload_export_and_import(run_cli: Run, project: Any, admin: Ac
     assert Cell.objects.filter(image__project=target, layer="annotation").count() == 2
 
 
+def test_import_geojson(run_cli: Run, project: Any, admin: Account, tmp_path: Path) -> None:
+    from tests.factories import image_create
+
+    image = image_create(project, seed=3)
+    outline = [[5, 5], [15, 5], [15, 15], [5, 15], [5, 5]]
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [outline]},
+             "properties": {"objectType": "detection", "classification": {"name": "Tumor"}}},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "qupath.geojson"
+    path.write_text(json.dumps(collection))
+    imported = run_cli(
+        "import", "geojson", str(path), "--image", str(image.pk), "--class-map", '{"Tumor": "thyroid cell"}'
+    )
+    assert imported.code == 0, imported.stderr
+    assert f"Imported 1 cells from 1 features into image {image.pk} (revision 1); thyroid cell: 1" in imported.stdout
+    assert Cell.objects.filter(image=image, layer="annotation").count() == 1
+
+    unknown = run_cli("import", "geojson", str(path), "--image", str(image.pk), "--dry-run")
+    assert unknown.code == 1
+    assert "(HTTP 400)" in unknown.stderr and "\n  features.0" in unknown.stderr
+
+
 def test_server_errors_exit_non_zero_with_the_servers_message(run_cli: Run, project: Any, tmp_path: Path) -> None:
     missing = run_cli("export", "coco", "--project", "999999", "-o", str(tmp_path / "x.json"))
     assert missing.code == 1

@@ -337,3 +337,52 @@ def test_projects_queue_proposals_and_the_registry(
     with pytest.raises(ConflictError):
         cyto.models.rollback(project.pk, "cellpose")
     assert cyto.models.get(version.pk).status != "active"
+
+
+def _feature(points: list[list[float]], name: str | None) -> dict[str, Any]:
+    properties: dict[str, Any] = {"objectType": "annotation"}
+    if name is not None:
+        properties["classification"] = {"name": name, "color": [255, 0, 0]}
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [[*points, points[0]]]},
+        "properties": properties,
+    }
+
+
+def test_import_geojson_into_an_image(cyto: Client, project: Any, tmp_path: Path) -> None:
+    from cytoclient import GeoJsonImportReport
+
+    image = cyto.images.upload(project.pk, image_folder(tmp_path / "g", 1)).images[0]
+    collection = {
+        "type": "FeatureCollection",
+        "features": [
+            _feature(square(5, 5), "Tumor"),
+            _feature(square(30, 20), "Tumor"),
+            _feature(square(0, 0, 40), "Tissue"),
+        ],
+    }
+    class_map = {"Tumor": "thyroid cell", "Tissue": None}
+
+    dry = cyto.imports.geojson(image, collection, class_map=class_map, dry_run=True)
+    assert isinstance(dry, GeoJsonImportReport)
+    assert dry.dry_run and dry.cells == 2 and dry.features == 3 and dry.revision == 0
+    assert [s["feature"] for s in dry.skipped] == [2]
+
+    path = tmp_path / "slide.geojson"
+    path.write_text(json.dumps(collection))
+    report = cyto.imports.geojson(image, path, class_map=class_map)  # the current revision is read first
+    assert not report.dry_run and report.cells == 2 and report.revision == 1
+    assert report.classes == {"thyroid cell": 2}
+    assert len(cyto.cells.get(image).cells) == 2
+
+    with pytest.raises(ConflictError) as stale:
+        cyto.imports.geojson(image, collection["features"][:1], class_map=class_map, revision=0)
+    assert stale.value.revision == 1 and stale.value.cells is not None and len(stale.value.cells) == 2
+
+    replaced = cyto.imports.geojson(image, collection, class_map=class_map, mode="replace", revision=1)
+    assert replaced.deleted == 2 and replaced.cells == 2 and replaced.revision == 2
+
+    with pytest.raises(ValidationError) as refused:
+        cyto.imports.geojson(image, {"type": "FeatureCollection", "features": [_feature(square(5, 5), "Macrophage")]})
+    assert refused.value.field is not None and refused.value.field.startswith("features.0")
