@@ -513,8 +513,9 @@ class Proposals(_Api):
         return CellsApi(self.t).get(image, layer="proposal", model_version=model_version).cells
 
     def accept(self, image: Ref, revision: int, *, ids: Iterable[int] | None = None, select_all: bool = False) -> Cells:
-        """Copy proposals (``ids``, or ``select_all``) into the annotation layer, based on ``revision``
-        (a stale one: :class:`~cytoclient.errors.ConflictError`). ``Cells.accepted``: the proposals copied."""
+        """Copy proposals (``ids``, or ``select_all``) into the annotation layer, based on
+        ``revision`` (a stale one: :class:`~cytoclient.errors.ConflictError`); the answer is the
+        layer, and ``Cells.accepted`` the ids of the annotation cells the proposals became."""
         body = _selection(ids, select_all) | {"revision": revision}
         return Cells.from_api(self.t.json(ep.PROPOSALS_ACCEPT, {"image_id": _id(image)}, json=body))
 

@@ -204,7 +204,7 @@ class Cells(Model):
 
     revision: int
     cells: list[Cell]
-    accepted: list[int] = field(default_factory=list)  # a proposal accept: the proposals copied
+    accepted: list[int] = field(default_factory=list)  # a proposal accept: the annotation cells it made
 
 
 @dataclass

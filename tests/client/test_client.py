@@ -386,3 +386,32 @@ def test_import_geojson_into_an_image(cyto: Client, project: Any, tmp_path: Path
     with pytest.raises(ValidationError) as refused:
         cyto.imports.geojson(image, {"type": "FeatureCollection", "features": [_feature(square(5, 5), "Macrophage")]})
     assert refused.value.field is not None and refused.value.field.startswith("features.0")
+
+
+def test_proposals_list_accept_and_reject(cyto: Client, project: Any) -> None:
+    from annotations.models import Cell, Layer
+    from tests.factories import image_create
+    from training.services.registry import model_version_baseline
+
+    image = image_create(project, seed=9, width=200, height=100)
+    version = model_version_baseline(project=project)
+    class_id = project.classes.get(model_label=1).pk
+    for i in range(3):
+        Cell.objects.create(
+            image=image, layer=Layer.PROPOSAL, cell_class_id=class_id, polygon=square(10 + 30 * i, 10),
+            bbox_x=10 + 30 * i, bbox_y=10, bbox_w=10, bbox_h=10, area=100, score=0.8, model_version=version,
+        )  # fmt: skip
+    proposals = cyto.proposals.list(image.pk)
+    assert len(proposals) == 3 and {p.layer for p in proposals} == {"proposal"}
+    assert all(p.score == 0.8 and p.model_version == version.pk for p in proposals)
+
+    accepted = cyto.proposals.accept(image.pk, revision=0, ids=[proposals[0].id])
+    assert accepted.revision == 1 and len(accepted.cells) == 1
+    assert accepted.accepted == [accepted.cells[0].id]  # the annotation cell the proposal became
+    assert accepted.cells[0].provenance["proposal_id"] == proposals[0].id
+    with pytest.raises(ConflictError) as stale:
+        cyto.proposals.accept(image.pk, revision=0, ids=[proposals[1].id])
+    assert stale.value.revision == 1
+    assert cyto.proposals.reject(image.pk, ids=[proposals[1].id]) == 1
+    with pytest.raises(TypeError, match="select_all"):
+        cyto.proposals.reject(image.pk)
