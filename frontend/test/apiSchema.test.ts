@@ -122,6 +122,13 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('schedule', () => api.schedule(1));
   await run('saveSchedule', () => api.saveSchedule(1, { schedule_enabled: true }));
   await run('adminQueue', () => api.adminQueue());
+  await run('webhooks', () => api.webhooks(1));
+  await run('createWebhook', () => api.createWebhook(1, { url: 'https://hooks.example.com/cyto', events: ['model.promoted'] }));
+  await run('webhook', () => api.webhook(1));
+  await run('updateWebhook', () => api.updateWebhook(1, { active: false }));
+  await run('deleteWebhook', () => api.deleteWebhook(1));
+  await run('pingWebhook', () => api.pingWebhook(1));
+  await run('webhookDeliveries', () => api.webhookDeliveries(1, 2, 10));
   return called;
 }
 

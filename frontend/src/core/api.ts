@@ -57,6 +57,11 @@ import {
   type TransitionResult,
   type TransitionState,
   type User,
+  type Webhook,
+  type WebhookCreated,
+  type WebhookDelivery,
+  type WebhookInput,
+  type WebhookUpdate,
   type WorkQueue,
 } from './types';
 
@@ -356,6 +361,32 @@ export class ApiClient {
   // ---- platform (staff) ----
   adminQueue(signal?: AbortSignal): Promise<AdminQueue> {
     return this.call('get', 'admin/queue', {}, { signal });
+  }
+
+  // ---- webhooks (project admins) ----
+  webhooks(projectId: number, page = 1, pageSize = 100): Promise<Paginated<Webhook>> {
+    return this.page('get', 'projects/{project_id}/webhooks', { project_id: projectId }, { page, page_size: pageSize });
+  }
+  /** The answer carries the signing `secret`: the only time the server shows it. */
+  createWebhook(projectId: number, body: WebhookInput): Promise<WebhookCreated> {
+    return this.call('post', 'projects/{project_id}/webhooks', { project_id: projectId }, { body });
+  }
+  webhook(webhookId: number): Promise<Webhook> {
+    return this.call('get', 'webhooks/{webhook_id}', { webhook_id: webhookId });
+  }
+  updateWebhook(webhookId: number, body: WebhookUpdate): Promise<Webhook> {
+    return this.call('patch', 'webhooks/{webhook_id}', { webhook_id: webhookId }, { body });
+  }
+  deleteWebhook(webhookId: number): Promise<void> {
+    return this.call('delete', 'webhooks/{webhook_id}', { webhook_id: webhookId });
+  }
+  /** A `ping` delivery to this subscription alone (sent even while it is inactive); 202 with the pending delivery. */
+  pingWebhook(webhookId: number): Promise<WebhookDelivery> {
+    return this.call('post', 'webhooks/{webhook_id}/ping', { webhook_id: webhookId });
+  }
+  /** Newest first, each with its attempts. */
+  webhookDeliveries(webhookId: number, page = 1, pageSize = 10, signal?: AbortSignal): Promise<Paginated<WebhookDelivery>> {
+    return this.call('get', 'webhooks/{webhook_id}/deliveries', { webhook_id: webhookId }, { query: { page, page_size: pageSize }, signal });
   }
 
   // ---- training (training/api) ----

@@ -91,6 +91,19 @@ export type WorkerState = WorkerInfo['state'];
 export type WorkerTask = S['WorkerTaskOut'];
 export type PresegmentProjectCounts = S['PresegmentProjectOut'];
 
+/** Webhooks (project admins, docs/webhooks.md): a subscription, as listed and as created (with its secret, shown once). */
+export type Webhook = S['WebhookOut'];
+export type WebhookCreated = S['WebhookCreatedOut'];
+/** The events a subscription may name (`ping` is only sent on request). */
+export type WebhookEvent = S['EventsEnum'];
+/** The event of a delivery: a subscribed one or `ping`. */
+export type DeliveryEvent = S['EventEnum'];
+export type WebhookInput = BodyOf<'projects/{project_id}/webhooks', 'post'>;
+export type WebhookUpdate = BodyOf<'webhooks/{webhook_id}', 'patch'>;
+export type WebhookDelivery = S['DeliveryOut'];
+export type DeliveryStatus = S['DeliveryOutStatusEnum'];
+export type DeliveryAttempt = S['AttemptOut'];
+
 /** `GET projects/{p}/images` filters (and the page, see {@link PageQuery}). */
 export type ImageFilters = QueryOf<'projects/{project_id}/images', 'get'> & PageQuery;
 /** `POST images/{i}/adjudication`: the body. */

@@ -42,7 +42,7 @@ export class JobScreen implements Screen {
     root.append(...page.nodes);
     this.app.api
       .getProject(this.projectId)
-      .then((p) => (page.projectName.textContent = p.name))
+      .then((p) => page.setProject(p))
       .catch(() => undefined);
     this.headEl = h('div', { class: 'job-head' });
     this.progressEl = h('div', { class: 'card pad job-progress' });

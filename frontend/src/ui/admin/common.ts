@@ -4,7 +4,7 @@
  * and progress displays.
  */
 import { ApiError } from '../../core/api';
-import { routeHash, STAFF_TABS, type AdminTab } from '../../core/router';
+import { PROJECT_ADMIN_TABS, routeHash, STAFF_TABS, type AdminTab } from '../../core/router';
 import type { Project } from '../../core/types';
 import type { App } from '../app';
 import { h, icon, type Child } from '../dom';
@@ -15,12 +15,18 @@ const TABS: { tab: AdminTab; label: string; icon: string }[] = [
   { tab: 'models', label: 'Model registry', icon: 'layers' },
   { tab: 'schedule', label: 'Retraining schedule', icon: 'cloud' },
   { tab: 'agreement', label: 'Expert agreement', icon: 'check' },
+  { tab: 'webhooks', label: 'Webhooks', icon: 'webhook' },
   { tab: 'workers', label: 'Workers & queue', icon: 'cpu' },
 ];
 
-/** Staff see the platform-wide tabs; the others are the project admins'. */
-export function tabVisible(tab: AdminTab, user: App['user']): boolean {
-  return !STAFF_TABS.includes(tab) || !!user?.is_staff;
+/**
+ * Staff see the platform-wide tabs; the others are the project admins'. Those that hold
+ * secrets (webhooks) appear only once the project is known to be one the user administers.
+ */
+export function tabVisible(tab: AdminTab, user: App['user'], project: Pick<Project, 'my_role'> | null = null): boolean {
+  if (STAFF_TABS.includes(tab)) return !!user?.is_staff;
+  if (PROJECT_ADMIN_TABS.includes(tab)) return !!project && (project.my_role === 'admin' || !!user?.is_superuser);
+  return true;
 }
 
 /** One tab of the administration screen. */
@@ -46,6 +52,8 @@ export interface AdminPage {
   /** Where the project name goes once it is known. */
   projectName: HTMLElement;
   content: HTMLElement;
+  /** The project, once known: its name in the crumbs, and the tabs its admins alone see. */
+  setProject(project: Project): void;
 }
 
 /** The frame of an administration page: crumbs, title, tabs and an empty content element. */
@@ -60,13 +68,15 @@ export function adminPage(app: App, projectId: number, current: AdminTab | 'job'
     h('a', { class: `crumb ${extraCrumb ? '' : 'current'}`, href: routeHash({ name: 'admin', projectId, tab: current === 'job' ? 'training' : current }) }, 'Administration'),
     extraCrumb ? [h('span', { class: 'crumb-sep' }, '/'), extraCrumb] : null,
   ]);
-  const tabs = h(
-    'nav',
-    { class: 'tabs', 'aria-label': 'Administration' },
-    TABS.filter((t) => tabVisible(t.tab, app.user)).map((t) => h('a', { class: `tab ${t.tab === current || (current === 'job' && t.tab === 'training') ? 'active' : ''}`, href: routeHash({ name: 'admin', projectId, tab: t.tab }) }, icon(t.icon, 15), t.label)),
-  );
+  const tabLinks = (project: Project | null) =>
+    TABS.filter((t) => tabVisible(t.tab, app.user, project)).map((t) => h('a', { class: `tab ${t.tab === current || (current === 'job' && t.tab === 'training') ? 'active' : ''}`, href: routeHash({ name: 'admin', projectId, tab: t.tab }) }, icon(t.icon, 15), t.label));
+  const tabs = h('nav', { class: 'tabs', 'aria-label': 'Administration' }, tabLinks(null));
   const page = h('main', { class: 'page wide' }, h('div', { class: 'page-head' }, h('h1', null, 'Administration')), tabs, content);
-  return { nodes: [header, page], projectName, content };
+  const setProject = (project: Project) => {
+    projectName.textContent = project.name;
+    tabs.replaceChildren(...tabLinks(project));
+  };
+  return { nodes: [header, page], projectName, content, setProject };
 }
 
 export function forbidden(e: unknown): HTMLElement {

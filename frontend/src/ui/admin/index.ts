@@ -2,8 +2,8 @@
  * The administration screen of a project: the tabs (common.ts) and the panel of
  * the current one — training jobs (training.ts), the model registry
  * (registry.ts), the retraining schedule (schedule.ts), the expert-agreement
- * dashboard (agreement.ts), and for staff the platform's workers and queues
- * (workers.ts).
+ * dashboard (agreement.ts), the project's webhooks (webhooks.ts), and for staff
+ * the platform's workers and queues (workers.ts).
  */
 import { ApiError } from '../../core/api';
 import { STAFF_TABS, type AdminTab } from '../../core/router';
@@ -14,6 +14,7 @@ import { adminPage, forbidden, tabVisible, type AdminPanel } from './common';
 import { RegistryPanel } from './registry';
 import { SchedulePanel } from './schedule';
 import { TrainingPanel } from './training';
+import { WebhooksPanel } from './webhooks';
 import { WorkersPanel } from './workers';
 
 const PANELS: Record<AdminTab, new (app: App, project: Project) => AdminPanel> = {
@@ -21,6 +22,7 @@ const PANELS: Record<AdminTab, new (app: App, project: Project) => AdminPanel> =
   models: RegistryPanel,
   schedule: SchedulePanel,
   agreement: AgreementPanel,
+  webhooks: WebhooksPanel,
   workers: WorkersPanel,
 };
 
@@ -46,7 +48,7 @@ export class AdminScreen implements Screen {
       return;
     }
     if (!this.alive) return;
-    page.projectName.textContent = project.name;
+    page.setProject(project);
     // the workers tab is the platform's (staff), the others the project's (its admins)
     const allowed = STAFF_TABS.includes(this.tab) ? tabVisible(this.tab, this.app.user) : project.my_role === 'admin' || !!this.app.user?.is_superuser;
     if (!allowed) {
