@@ -291,16 +291,20 @@ def agreement_summary(*, project: Project, image: Image | None = None) -> dict[s
     disputes = Dispute.objects.filter(image__in=images).aggregate(
         total=Count("id"), resolved=Count("id", filter=Q(status=DisputeStatus.RESOLVED))
     )
-    rounds = VerificationRound.objects.filter(image__in=images).exclude(status=RoundStatus.OPEN)
-    round_counts = rounds.aggregate(
-        rounds=Count("id"), with_disputes=Count("id", filter=Q(disputes__isnull=False), distinct=True)
+    # Every submission starts a round. Distinct counts: the join with the disputes repeats a
+    # round once per dispute.
+    round_counts = VerificationRound.objects.filter(image__in=images).aggregate(
+        rounds=Count("id", distinct=True),
+        done=Count("id", filter=~Q(status=RoundStatus.OPEN), distinct=True),
+        with_disputes=Count("id", filter=Q(disputes__isnull=False), distinct=True),
     )
     return {
         "summary": {
             "images": sum(status_counts.values()),
             "status_counts": status_counts,
             "verified_images": status_counts.get(ImageStatus.VERIFIED, 0),
-            "rounds_done": round_counts["rounds"],
+            "rounds": round_counts["rounds"],
+            "rounds_done": round_counts["done"],
             "rounds_with_disputes": round_counts["with_disputes"],
             "disputes": disputes["total"],
             "disputes_resolved": disputes["resolved"],

@@ -32,6 +32,7 @@ from review.tests.support import (
     submit,
     verified_cells,
 )
+from tests.factories import image_create
 from training.services.registry import model_version_baseline
 
 pytestmark = pytest.mark.django_db
@@ -452,3 +453,22 @@ def test_a_disputed_round_has_pair_agreement_but_no_correction_records(
     assert not CorrectionRecord.objects.filter(image=image).exists()
     assert not Review.objects.filter(image=image, consensus_f1__isnull=False).exists()
     assert verified_cells(image) == []
+
+
+def test_agreement_counts_each_round_once_however_many_disputes_it_has(
+    project: Any, image: Image, annotator: Any, experts: list[Any], class_id: int
+) -> None:
+    # Three submissions: one verified, one disputed on three cells, one still in review. The
+    # disputes' join used to count the disputed round once per dispute ("5 review rounds").
+    cells, (a, b) = prepared(image, annotator, [CELL, SECOND], class_id)
+    reviewed(a, image, accept_all(cells))
+    reviewed(b, image, accept_all(cells))
+    disputed = image_create(project, seed=1, width=image.width, height=image.height)
+    cells, (a, b) = prepared(disputed, annotator, [CELL, SECOND, rect(4, 24, 12, 12)], class_id)
+    reviewed(a, disputed, accept_all(cells))
+    reviewed(b, disputed, reject_all(cells))
+    assert Dispute.objects.filter(image=disputed).count() == 3
+    prepared(image_create(project, seed=2, width=image.width, height=image.height), annotator, [CELL], class_id)
+    summary = agreement_summary(project=fresh(image).project)["summary"]
+    assert (summary["rounds"], summary["rounds_done"], summary["rounds_with_disputes"]) == (3, 2, 1)
+    assert agreement_summary(project=project, image=disputed)["summary"]["rounds"] == 1

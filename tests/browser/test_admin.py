@@ -221,4 +221,8 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
     page.wait_for_selector(".per-image .hbar")
     assert page.locator(".per-image .hbar").count() == 3
     assert page.locator(".matrix td:not(.diag)").count() == 6
+    # three submissions, three rounds (the disputed one once, not once per dispute)
+    rounds = page.locator(".stat:has(.stat-label:text-is('Review rounds'))")
+    assert rounds.locator(".stat-value").inner_text() == "3"
+    assert rounds.locator(".muted").inner_text() == "3 past consensus · 1 with disputes"
     shot(page, "21-agreement", full=True)

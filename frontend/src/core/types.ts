@@ -197,6 +197,7 @@ export type AgreementSummary = {
   images: number;
   status_counts: Record<string, number>;
   verified_images: number;
+  rounds: number;
   rounds_done: number;
   rounds_with_disputes: number;
   disputes: number;

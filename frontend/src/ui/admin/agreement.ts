@@ -135,7 +135,7 @@ export class AgreementPanel extends AdminPanel {
         'div',
         { class: 'stats' },
         stat('Images', String(s.images), `${s.verified_images} verified`),
-        stat('Review rounds', String(s.rounds_done), `${s.rounds_with_disputes} with disputes`),
+        stat('Review rounds', String(s.rounds), `${s.rounds_done} past consensus · ${s.rounds_with_disputes} with disputes`),
         stat('Disputes', String(s.disputes), `${s.disputes_resolved} resolved`, s.disputes > s.disputes_resolved ? 'warn' : ''),
         stat('Pair F1', num(s.f1, 2), `${s.pairs} expert pairs × images`, 'accent'),
         stat('Mean IoU', num(s.mean_iou, 2), 'matched cells'),
