@@ -3,7 +3,6 @@ configured broker: Redis in CI, the filesystem transport otherwise."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import time
 from collections.abc import Iterator
@@ -11,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
-from cytoseg.synthetic import generate_field
 from cytoseg.tests.model_files import cellpose_weights
 from tests.factories import ProjectFactory, UserFactory, model_object_read, model_object_replace
+from tests.integration.support import field_png
 from tests.worker import celery_worker
 from training.models import ModelKind, ModelVersion
 
@@ -42,13 +40,6 @@ def _wait_for(image_id: int, statuses: set[str], timeout: float = 120) -> Image:
     raise AssertionError(f"image {image_id} stayed {Image.objects.get(pk=image_id).presegment_status}")
 
 
-def _png(seed: int) -> bytes:
-    field = generate_field(seed=seed, width=256, height=192)
-    buffer = io.BytesIO()
-    PILImage.fromarray(field.image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_upload_presegments_on_worker_and_proposals_can_be_accepted(worker: Any) -> None:
     admin = UserFactory()
     project = ProjectFactory(created_by=admin, auto_presegment=True)
@@ -58,7 +49,7 @@ def test_upload_presegments_on_worker_and_proposals_can_be_accepted(worker: Any)
 
     response = client.post(
         f"/api/v1/projects/{project.pk}/images",
-        {"files": [SimpleUploadedFile("field.png", _png(7), content_type="image/png")]},
+        {"files": [SimpleUploadedFile("field.png", field_png(7, 256, 192), content_type="image/png")]},
         format="multipart",
     )
     assert response.status_code == 201, response.content
@@ -91,7 +82,7 @@ def test_backend_failure_marks_image_failed_and_keeps_earlier_proposals(worker: 
 
     image_id = client.post(
         f"/api/v1/projects/{project.pk}/images",
-        {"files": [SimpleUploadedFile("f.png", _png(8), content_type="image/png")]},
+        {"files": [SimpleUploadedFile("f.png", field_png(8, 256, 192), content_type="image/png")]},
         format="multipart",
     ).json()[0]["id"]
     assert client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json").status_code == 202

@@ -5,7 +5,6 @@ nothing lost."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import time
@@ -15,17 +14,16 @@ from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
 from core.models import OutboxMessage
 from core.processes import pid_alive
 from core.queue import outbox_dispatch
-from cytoseg.synthetic import generate_field
 from inference.services import presegment_reap
 from interchange.models import ExportJob
 from tests.factories import ProjectFactory, UserFactory
+from tests.integration.support import field_png, wait_until
 from tests.redis_server import RedisServer, app_broker
 from tests.worker import celery_worker
 from training.models import JobStatus, TrainingJob
@@ -34,25 +32,9 @@ from training.tests.factories import synthetic_project
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def _png(seed: int, size: int = 192) -> bytes:
-    field = generate_field(seed=seed, width=size, height=size)
-    buffer = io.BytesIO()
-    PILImage.fromarray(field.image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
     started = time.monotonic()
     return call(), time.monotonic() - started
-
-
-def _wait(what: Callable[[], bool], timeout: float, message: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return
-        time.sleep(0.3)
-    raise AssertionError(message())
 
 
 def test_broker_outage_keeps_every_write_and_its_task_until_the_broker_is_back(
@@ -69,7 +51,7 @@ def test_broker_outage_keeps_every_write_and_its_task_until_the_broker_is_back(
         upload, upload_s = _timed(
             lambda: client.post(
                 f"/api/v1/projects/{project.pk}/images",
-                {"files": [SimpleUploadedFile("b.png", _png(2), content_type="image/png")], "split": "train"},
+                {"files": [SimpleUploadedFile("b.png", field_png(2, 192), content_type="image/png")], "split": "train"},
                 format="multipart",
             )
         )
@@ -100,7 +82,7 @@ def test_broker_outage_keeps_every_write_and_its_task_until_the_broker_is_back(
         with celery_worker(
             log_path=tmp_path / "worker.log", env=worker_env, queues="default,gpu,training", purge=False
         ):
-            _wait(
+            wait_until(
                 lambda: (
                     Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.DONE
                     and ExportJob.objects.get(pk=export.json()["id"]).status == "done"
@@ -125,7 +107,10 @@ def _big_image(*, seed: int) -> tuple[APIClient, int]:
     client.force_authenticate(admin)
     upload = client.post(
         f"/api/v1/projects/{project.pk}/images",
-        {"files": [SimpleUploadedFile("big.png", _png(seed, size=2600), content_type="image/png")], "split": "train"},
+        {
+            "files": [SimpleUploadedFile("big.png", field_png(seed, 2600), content_type="image/png")],
+            "split": "train",
+        },
         format="multipart",
     )
     assert upload.status_code == 201, upload.content
@@ -136,7 +121,7 @@ def test_worker_group_killed_during_presegmentation_is_requeued_and_finished(tmp
     client, image_id = _big_image(seed=3)
     with celery_worker(log_path=tmp_path / "worker1.log", queues="gpu") as first:
         assert client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json").status_code == 202
-        _wait(
+        wait_until(
             lambda: Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.RUNNING,
             60,
             lambda: f"never ran: {Image.objects.get(pk=image_id).presegment_status}",
@@ -149,7 +134,7 @@ def test_worker_group_killed_during_presegmentation_is_requeued_and_finished(tmp
     assert presegment_reap() == {"requeued": [image_id], "failed": []}
     assert Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.QUEUED
     with celery_worker(log_path=tmp_path / "worker2.log", queues="gpu", purge=False):
-        _wait(
+        wait_until(
             lambda: Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.DONE,
             180,
             lambda: f"stayed {Image.objects.get(pk=image_id).presegment_status}",
@@ -173,7 +158,7 @@ def test_worker_group_killed_during_training_fails_the_job_with_the_reason(tmp_p
             url, {"kind": "nnunet", "config": {"preset": "tiny", "nnunet": {"num_epochs": 200}}}, format="json"
         )
         job_id = answer.json()["id"]
-        _wait(
+        wait_until(
             lambda: TrainingJob.objects.get(pk=job_id).progress.get("phase") == "train",
             300,
             lambda: f"never trained: {TrainingJob.objects.get(pk=job_id).status}",
@@ -183,7 +168,7 @@ def test_worker_group_killed_during_training_fails_the_job_with_the_reason(tmp_p
     stuck = TrainingJob.objects.get(pk=job_id)
     assert stuck.status == JobStatus.RUNNING  # nobody left to say otherwise
     # a big process takes a moment to die; the watchdog looks again every few minutes anyway
-    _wait(lambda: not pid_alive(stuck.worker_pid), 30, lambda: f"pool child {stuck.worker_pid} still alive")
+    wait_until(lambda: not pid_alive(stuck.worker_pid), 30, lambda: f"pool child {stuck.worker_pid} still alive")
     assert training_jobs_reap() == [job_id]  # the watchdog: the worker's process is gone
     job = TrainingJob.objects.get(pk=job_id)
     assert job.status == JobStatus.FAILED and "is gone" in job.error, job.error
@@ -197,14 +182,14 @@ def test_pool_child_killed_during_presegmentation_is_run_again_by_its_worker(tmp
     client, image_id = _big_image(seed=4)
     with celery_worker(log_path=tmp_path / "worker.log", queues="gpu"):
         assert client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json").status_code == 202
-        _wait(
+        wait_until(
             lambda: Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.RUNNING,
             60,
             lambda: f"never ran: {Image.objects.get(pk=image_id).presegment_status}",
         )
         child = int(Image.objects.get(pk=image_id).presegment_worker.rpartition(":")[2])
         os.kill(child, signal.SIGKILL)
-        _wait(
+        wait_until(
             lambda: Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.DONE,
             180,
             lambda: f"stayed {Image.objects.get(pk=image_id).presegment_status}",

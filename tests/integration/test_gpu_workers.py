@@ -8,7 +8,6 @@ timeout can be short; the visibility timeout is what redelivers a killed host's 
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import time
@@ -17,26 +16,18 @@ from typing import Any
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus
 from core.processes import pid_alive
-from cytoseg.synthetic import generate_field
 from tests.factories import ProjectFactory, UserFactory
+from tests.integration.support import field_png
 from tests.redis_server import RedisServer, app_broker
 from tests.worker import celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 IMAGES = 20
-
-
-def _png(seed: int, size: int) -> bytes:
-    field = generate_field(seed=seed, width=size, height=size)
-    buffer = io.BytesIO()
-    PILImage.fromarray(field.image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _statuses(ids: list[int]) -> dict[str, int]:
@@ -60,7 +51,7 @@ def test_two_gpu_workers_share_the_queue_and_a_killed_one_loses_nothing(
     project = ProjectFactory(created_by=admin, auto_presegment=False)
     client = APIClient()
     client.force_authenticate(admin)
-    files = [SimpleUploadedFile(f"f{i}.png", _png(i, 1024), content_type="image/png") for i in range(IMAGES)]
+    files = [SimpleUploadedFile(f"f{i}.png", field_png(i, 1024), content_type="image/png") for i in range(IMAGES)]
     upload = client.post(f"/api/v1/projects/{project.pk}/images", {"files": files}, format="multipart")
     assert upload.status_code == 201, upload.content
     ids = [int(row["id"]) for row in upload.json()]

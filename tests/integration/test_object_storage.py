@@ -10,12 +10,10 @@ through the API; and nothing of it on the web's disk."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,13 +23,12 @@ from typing import Any
 import pytest
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image as PILImage
 from rest_framework.test import APIClient
 
 from annotations.models import Cell, Image, Layer, PresegmentStatus, Project
-from cytoseg.synthetic import generate_field
 from interchange.models import ExportJob
 from tests.factories import ProjectFactory, UserFactory
+from tests.integration.support import field_png, wait_until
 from tests.s3 import S3Server, s3_server
 from tests.worker import celery_worker
 from training.models import JobStatus, ModelKind, ModelVersion, TrainingJob
@@ -108,24 +105,8 @@ def test_the_host_guard_refuses_the_web_folders(tmp_path: Path) -> None:
     assert allowed.returncode == 0, allowed.stderr
 
 
-def _png(seed: int, size: int = 256) -> bytes:
-    field = generate_field(seed=seed, width=size, height=size)
-    buffer = io.BytesIO()
-    PILImage.fromarray(field.image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _wait(what: Any, timeout: float, message: Any) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return
-        time.sleep(0.3)
-    raise AssertionError(message())
-
-
 def _wait_image(image_id: int, statuses: set[str], timeout: float = 180) -> Image:
-    _wait(
+    wait_until(
         lambda: Image.objects.get(pk=image_id).presegment_status in statuses,
         timeout,
         lambda: f"image {image_id} stayed {Image.objects.get(pk=image_id).presegment_status}",
@@ -147,7 +128,7 @@ def test_upload_presegment_and_export_through_the_bucket(
     with remote_worker(s3, bucket, settings, tmp_path / "host-b", queues="gpu,default"):
         response = client.post(
             f"/api/v1/projects/{project.pk}/images",
-            {"files": [SimpleUploadedFile("field.png", _png(7), content_type="image/png")]},
+            {"files": [SimpleUploadedFile("field.png", field_png(7), content_type="image/png")]},
             format="multipart",
         )
         assert response.status_code == 201, response.content
@@ -173,7 +154,7 @@ def test_upload_presegment_and_export_through_the_bucket(
         )
         assert queued.status_code == 202, queued.content
         job_id = queued.json()["id"]
-        _wait(
+        wait_until(
             lambda: ExportJob.objects.get(pk=job_id).status in ("done", "failed"),
             120,
             lambda: f"export stayed {ExportJob.objects.get(pk=job_id).status}",
@@ -210,7 +191,7 @@ def test_model_trained_on_one_host_is_fetched_verified_and_used_on_another(
         )
         assert answer.status_code == 201, answer.content
         job_id = answer.json()["id"]
-        _wait(
+        wait_until(
             lambda: TrainingJob.objects.get(pk=job_id).status in (JobStatus.SUCCEEDED, JobStatus.FAILED),
             600,
             lambda: f"job stayed {TrainingJob.objects.get(pk=job_id).status}",
@@ -225,7 +206,7 @@ def test_model_trained_on_one_host_is_fetched_verified_and_used_on_another(
     Project.objects.filter(pk=sp.project.pk).update(auto_presegment=False)
     upload = client.post(
         f"/api/v1/projects/{sp.project.pk}/images",
-        {"files": [SimpleUploadedFile("new.png", _png(11, size=128), content_type="image/png")]},
+        {"files": [SimpleUploadedFile("new.png", field_png(11, 128), content_type="image/png")]},
         format="multipart",
     )
     assert upload.status_code == 201, upload.content
