@@ -19,7 +19,7 @@ class ExportStatus(models.TextChoices):
 
 
 class ExportJob(models.Model):
-    """A large export written by a Celery job to a file under MEDIA_ROOT/exports.
+    """A large export written by a Celery job to ``exports/`` of the default storage (disk or bucket).
 
     Project members may download the file until ``expires_at``; after that it is gone (410).
     """
@@ -33,7 +33,7 @@ class ExportJob(models.Model):
     status = models.CharField(max_length=16, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
     items_total = models.PositiveBigIntegerField(default=0)
     items_done = models.PositiveBigIntegerField(default=0)
-    file = models.CharField(max_length=500, blank=True, help_text="Storage path (under MEDIA_ROOT/exports).")
+    file = models.CharField(max_length=500, blank=True, help_text="Name in the default storage (under exports/).")
     file_name = models.CharField(max_length=255, blank=True, help_text="Name offered to the downloader.")
     content_type = models.CharField(max_length=64, blank=True)
     size_bytes = models.PositiveBigIntegerField(default=0)

@@ -144,7 +144,7 @@ def export_job_create(*, project: Project, user: User | None, options: ExportOpt
 
 
 def export_job_run(*, job_id: int) -> ExportJob:
-    """Write a queued export to ``MEDIA_ROOT/exports/<project>/`` (the Celery task's body).
+    """Write a queued export to ``exports/<project>/`` of the default storage (the Celery task's body).
 
     Progress is saved at most once a second; a failure is recorded on the job, not raised.
     Running a job that already finished (a duplicate delivery) does nothing.
