@@ -3,6 +3,7 @@
  * Updates here never touch the undo history.
  */
 import { Emitter } from './events';
+import { isOpenProposal } from './editorState';
 import { bbox, bboxIntersects, normalizeRing, type BBox } from './geometry';
 import type { ApiCell, Ring } from './types';
 
@@ -20,9 +21,11 @@ export class ProposalStore {
   private readonly items = new Map<number, Proposal>();
   readonly events = new Emitter<{ reset: null; removed: number[] }>();
 
+  /** Keeps the open proposals: the server also lists the accepted and rejected ones (`state`). */
   load(cells: ApiCell[]): void {
     this.items.clear();
     for (const c of cells) {
+      if (!isOpenProposal(c)) continue;
       const polygon = normalizeRing(c.polygon ?? []);
       if (polygon.length < 3) continue;
       this.items.set(c.id, {

@@ -117,7 +117,7 @@ export type AdjudicationDecisionIO = Omit<S['AdjudicationDecisionInRequest'], 'p
  * cell that has none yet (drawn unclassified, see {@link CellPayload}). Tests, the benchmark
  * and the local backup build these.
  */
-export type ApiCell = Pick<ServerCell, 'id' | 'polygon'> & { class_id: ServerCell['class_id'] | null } & Partial<Pick<ServerCell, 'layer' | 'source' | 'score' | 'model_version' | 'author' | 'updated_at' | 'label'>>;
+export type ApiCell = Pick<ServerCell, 'id' | 'polygon'> & { class_id: ServerCell['class_id'] | null } & Partial<Pick<ServerCell, 'layer' | 'source' | 'score' | 'model_version' | 'author' | 'updated_at' | 'label' | 'state'>>;
 export type CellsResponse = Pick<ServerCells, 'revision'> & { cells: ApiCell[] };
 
 /**

@@ -6,19 +6,20 @@
 import { ApiError, conflictState } from '../core/api';
 import { AutosaveController, type AutosaveState, type Conflict } from '../core/autosave';
 import { LocalBackup, restoreBackup, type Backup } from '../core/backup';
+import { lockReason, submitSummary } from '../core/editorState';
 import { findNextImage, loadFilters } from '../core/navigation';
 import { nextFromQueue, queueRoute } from '../core/queue';
 import { routeHash } from '../core/router';
 import type { AnnotationStore } from '../core/store';
 import type { CellsResponse, Project } from '../core/types';
-import { createTools, type Tool } from '../tools';
+import { createTools, type Tool, type ToolId } from '../tools';
 import type { NotifyKind } from '../tools/tool';
 import type { App } from './app';
-import { h, icon, rafThrottle, listen } from './dom';
+import { h, icon, rafThrottle, listen, replaceChildren } from './dom';
 import { conflictDialog, editorHelp, reloginDialog, reviewersDialog } from './editorDialogs';
 import { EditorPanels } from './editorPanels';
 import { MapScreen, type HelpContent, type LoadFailure, type MapScreenLayout } from './mapScreen';
-import { confirmDialog, toast, type DialogHandle } from './overlay';
+import { confirmDialog, dialog, toast, type DialogHandle } from './overlay';
 import { errText } from './viewer';
 
 export interface EditorOptions {
@@ -108,6 +109,7 @@ export class EditorScreen extends MapScreen {
       map: () => this.view,
       palette: () => this.palette,
       image: () => this.image,
+      readOnly: () => this.readOnly,
       activeClass: () => this.activeClass,
       setActiveClass: (id) => this.setActiveClass(id),
       setTool: (id) => this.setTool(id),
@@ -168,12 +170,14 @@ export class EditorScreen extends MapScreen {
     this.showHeader(project, image);
     this.activeClass = this.palette.ordered[0]?.id ?? null;
     this.titleEl.title = `${image.file_name} · ${image.width}×${image.height}`;
+    this.readOnly = !!lockReason(image.status);
     this.renderStatus();
 
     this.store.load(cells);
     this.proposals.load(props.cells);
 
-    const view = this.openMap(image, { imageUrl: this.opts.imageUrl, renderMode: this.opts.renderMode });
+    // read only: nothing is editable, so the vertex handles (Modify) never appear
+    const view = this.openMap(image, { imageUrl: this.opts.imageUrl, renderMode: this.opts.renderMode, canEdit: () => !this.readOnly });
     view.map.once('rendercomplete', () => {
       this.opts.onInteractive?.({ dataArrivedAt, interactiveAt: performance.now() });
     });
@@ -245,7 +249,36 @@ export class EditorScreen extends MapScreen {
   }
 
   protected toolChanged(tool: Tool): void {
-    this.shell.hintEl.textContent = tool.hint;
+    this.shell.hintEl.textContent = this.readOnly ? 'Read only · click a cell to inspect it · Space-drag or arrows: pan · F: fit · P / H: layers' : tool.hint;
+  }
+
+  /** Read only (locked from submission on): only the select tool, to look at cells. */
+  protected override mayUse(id: ToolId): boolean {
+    return !this.readOnly || id === 'select';
+  }
+
+  /** Tools, snapping, banner and hint follow {@link readOnly} (the image's status). */
+  private renderReadOnly(): void {
+    const reason = lockReason(this.image?.status);
+    const ro = this.readOnly;
+    for (const b of this.shell.toolbar.querySelectorAll<HTMLButtonElement>('[data-tool], [data-action="snap"]')) {
+      const locked = ro && b.dataset.tool !== 'select';
+      b.disabled = locked;
+      b.classList.toggle('locked', locked);
+      const t = b.dataset.tool ? this.tools.find((x) => x.id === b.dataset.tool) : null;
+      const base = t ? this.toolTitle(t) : 'Snap to neighbouring contours (S)';
+      b.title = locked && reason ? `${base} — ${reason}` : base;
+    }
+    if (ro && this.tool && this.tool.id !== 'select') this.setTool('select');
+    this.view?.syncEditable();
+    const b = this.shell.banner;
+    b.hidden = !ro;
+    if (ro) {
+      b.className = `map-banner read-only ${this.image?.status === 'verified' ? 'good' : 'warn'}`;
+      replaceChildren(b, icon('lock', 16), h('span', null, reason ?? 'Read only'));
+    }
+    if (this.tool) this.toolChanged(this.tool);
+    this.renderHistory();
   }
 
   protected activeClassId(): number | null {
@@ -266,7 +299,7 @@ export class EditorScreen extends MapScreen {
   private setActiveClass(id: number | null, applyToSelection = true): void {
     this.activeClass = id;
     const sel = this.selection.cells();
-    if (applyToSelection && sel.length) {
+    if (applyToSelection && sel.length && !this.readOnly) {
       const n = this.store.setClass(sel, id, sel.length > 1 ? `set class of ${sel.length} cells` : 'set class');
       if (n) toast(`${n} cell${n === 1 ? '' : 's'} → ${this.palette.name(id)}`);
     }
@@ -284,6 +317,8 @@ export class EditorScreen extends MapScreen {
 
   protected onKey(e: KeyboardEvent): boolean {
     const key = e.key;
+    // read only: the keys that look (select, layers, Escape) work, the editing ones do nothing
+    if (this.readOnly && !['v', 'V', 'p', 'P', 'h', 'H', 'Escape'].includes(key)) return false;
     const toolByKey = this.tools.find((x) => x.shortcut.toLowerCase() === key.toLowerCase() && !e.shiftKey);
     if (toolByKey) this.setTool(toolByKey.id);
     else if (/^[1-9]$/.test(key)) {
@@ -320,7 +355,7 @@ export class EditorScreen extends MapScreen {
       toast(what === 'selected' ? 'Select proposals first (click the dashed outlines)' : 'No proposals in view', 'warn');
       return;
     }
-    if (this.busy || !this.autosave) return;
+    if (this.busy || !this.autosave || this.readOnly) return;
     this.busy = true;
     const api = this.app.api;
     try {
@@ -349,6 +384,7 @@ export class EditorScreen extends MapScreen {
       toast(what === 'selected' ? 'Select proposals first (click the dashed outlines)' : 'No proposals in view', 'warn');
       return;
     }
+    if (this.readOnly) return;
     if (ids.length > 20 && !(await confirmDialog('Reject proposals?', `Reject ${ids.length} model proposals? This cannot be undone here.`, 'Reject', true))) return;
     try {
       await this.app.api.rejectProposals(this.imageId, { ids });
@@ -374,16 +410,43 @@ export class EditorScreen extends MapScreen {
 
   // ================================================================ workflow
 
+  /** The summary before submitting (cells, untouched proposals, unsaved changes): true on Confirm. */
+  private confirmSubmit(): Promise<boolean> {
+    const lines = submitSummary({ cells: this.store.size, openProposals: this.proposals.size, unsaved: !!this.autosave?.hasUnsaved });
+    return new Promise((resolve) => {
+      let ok = false;
+      const d = dialog({
+        title: 'Submit for review?',
+        className: 'submit-summary',
+        body: h(
+          'div',
+          null,
+          h('ul', { class: 'summary-list' }, lines.map((l) => h('li', { class: l.warn ? 'warn' : '', dataset: { line: l.key } }, icon(l.warn ? 'alert' : 'check', 15), h('span', null, l.text)))),
+          h('p', { class: 'muted small' }, 'Once submitted the image is locked: experts review it, and only an admin can reopen it.'),
+        ),
+        actions: [
+          h('button', { class: 'btn', dataset: { action: 'submit-cancel' }, onclick: () => d.close() }, 'Cancel'),
+          h('button', { class: 'btn btn-primary', dataset: { action: 'submit-confirm' }, autofocus: true, onclick: () => ((ok = true), d.close()) }, icon('send', 15), 'Submit for review'),
+        ],
+        onClose: () => resolve(ok),
+      });
+    });
+  }
+
   protected async submit(): Promise<void> {
-    if (!this.autosave || this.busy) return;
-    if (!this.store.size && !(await confirmDialog('Submit without cells?', 'This image has no cells. Submit it for review anyway?', 'Submit'))) return;
+    if (!this.autosave || this.busy || this.readOnly) return;
+    if (!(await this.confirmSubmit())) return;
+    if (!this.autosave || this.busy || !this.alive) return;
     const autosave = this.autosave;
     await this.submitting(async () => {
       try {
         const res = await autosave.exclusive(() => this.app.api.transition(this.imageId, 'submit'));
         if (res && typeof res === 'object' && 'status' in res && res.status && this.image) this.image = { ...this.image, status: res.status };
         else if (this.image) this.image = { ...this.image, status: 'submitted' };
+        this.readOnly = !!lockReason(this.image?.status);
         this.renderStatus();
+        this.renderReadOnly();
+        this.panels.renderAll();
         toast('Submitted for review', 'success');
       } catch (e) {
         if (e instanceof ApiError && (e.status === 404 || e.status === 405 || e.status === 501)) {
@@ -409,6 +472,7 @@ export class EditorScreen extends MapScreen {
   }
 
   protected override renderAll(): void {
+    this.renderReadOnly();
     this.panels.renderAll();
     this.renderHistory();
     if (this.autosave) this.onSaveState(this.autosave.state);

@@ -22,6 +22,8 @@ export interface EditorPanelHost {
   map(): EditorMap | null;
   palette(): ClassPalette;
   image(): ImageInfo | null;
+  /** The image is locked (submitted…): no editing buttons. */
+  readOnly(): boolean;
   activeClass(): number | null;
   setActiveClass(id: number | null): void;
   setTool(id: ToolId): void;
@@ -160,18 +162,20 @@ export class EditorPanels {
     const palette = this.host.palette();
     const cells = selection.cells().filter((k) => store.has(k));
     const props = selection.proposals();
+    const ro = this.host.readOnly();
     const el = this.selectionEl;
     if (!cells.length && !props.length) {
       el.replaceChildren(h('p', { class: 'muted small' }, 'Click a cell or a proposal. Shift-click to select several.'));
       return;
     }
-    const parts: HTMLElement[] = [];
+    const parts: (HTMLElement | null)[] = [];
     if (cells.length) {
       const first = store.get(cells[0])!;
       const meta = store.getMeta(cells[0]);
       const classSel = h(
         'select',
         {
+          disabled: ro,
           onchange: (e: Event) => {
             const v = (e.target as HTMLSelectElement).value;
             this.host.setActiveClass(v === '' ? null : Number(v));
@@ -188,7 +192,7 @@ export class EditorPanels {
           cells.length === 1 ? h('span', { class: 'muted small' }, `${Math.round(area(first.polygon))} px² · ${first.polygon.length} vertices${meta?.source ? ` · ${meta.source}` : ''}${meta?.score != null ? ` · score ${meta.score.toFixed(2)}` : ''}`) : null,
         ),
         h('label', { class: 'field inline' }, h('span', null, 'Class'), classSel),
-        h(
+        ro ? null : h(
           'div',
           { class: 'btn-row' },
           cells.length === 2 ? h('button', { class: 'btn btn-sm', onclick: () => this.host.setTool('merge') }, icon('merge', 15), 'Merge') : null,
@@ -199,7 +203,7 @@ export class EditorPanels {
     if (props.length) {
       parts.push(
         h('div', { class: 'sel-head' }, h('b', null, props.length === 1 ? '1 proposal' : `${props.length} proposals`), props.length === 1 ? this.proposalInfo(props[0]) : null),
-        h(
+        ro ? null : h(
           'div',
           { class: 'btn-row' },
           h('button', { class: 'btn btn-sm btn-accept', onclick: () => void this.host.acceptSelected() }, icon('check', 15), 'Accept', kbd('A')),
@@ -207,7 +211,7 @@ export class EditorPanels {
         ),
       );
     }
-    el.replaceChildren(...parts);
+    el.replaceChildren(...parts.filter((x): x is HTMLElement => !!x));
   }
 
   private proposalInfo(id: number): HTMLElement | null {
@@ -232,14 +236,14 @@ export class EditorPanels {
     }
     el.replaceChildren(
       h('div', { class: 'prop-count' }, h('span', { class: 'legend-dash' }), h('b', null, String(n)), ` open proposal${n === 1 ? '' : 's'}`),
-      h(
+      ...(this.host.readOnly() ? [] : [h(
         'div',
         { class: 'btn-grid' },
         h('button', { class: 'btn btn-sm btn-accept', title: 'Accept the selected proposals (A)', onclick: () => void this.host.acceptSelected() }, 'Accept selected'),
         h('button', { class: 'btn btn-sm btn-reject', title: 'Reject the selected proposals (R)', onclick: () => void this.host.rejectSelected() }, 'Reject selected'),
         h('button', { class: 'btn btn-sm btn-accept', title: 'Accept every proposal in view (Shift+A)', onclick: () => void this.host.acceptInView() }, 'Accept all in view'),
         h('button', { class: 'btn btn-sm btn-reject', title: 'Reject every proposal in view (Shift+R)', onclick: () => void this.host.rejectInView() }, 'Reject all in view'),
-      ),
+      )]),
       ...(status ? [status] : []),
     );
   }

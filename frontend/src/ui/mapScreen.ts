@@ -348,6 +348,7 @@ export abstract class MapScreen implements Screen {
 
   /** Lets the active tool take the key first (Enter closes a polygon…); true when it did. */
   private toolKey(e: KeyboardEvent): boolean {
+    if (this.readOnly) return false; // the tools' keys edit (Delete removes the selected cells…)
     if (this.toolKeys === 'draw' && this.tool?.id !== 'draw') return false;
     return !!this.tool?.onKey?.(e);
   }

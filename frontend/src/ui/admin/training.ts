@@ -94,12 +94,37 @@ export class TrainingPanel extends AdminPanel {
     this.renderForm();
   }
 
+  /** A typed value: the form state, the preview, the errors and the start button change in place. */
+  private update<K extends keyof JobForm>(k: K, v: JobForm[K]): void {
+    this.form = { ...this.form, [k]: v };
+    this.refreshDerived();
+  }
+
+  private refreshDerived(): void {
+    const f = this.form;
+    const { config, errors } = buildJobConfig(f);
+    const allErrors: Record<string, unknown> = { ...errors, ...this.serverErrors };
+    const pre = this.formEl.querySelector<HTMLElement>('[data-preview]');
+    if (pre) pre.textContent = JSON.stringify({ kind: f.kind, config }, null, 1);
+    for (const slot of this.formEl.querySelectorAll<HTMLElement>('[data-error-for]')) {
+      const msg = allErrors[slot.dataset.errorFor ?? ''];
+      slot.textContent = msg ? String(msg) : '';
+      slot.hidden = !msg;
+    }
+    const start = this.formEl.querySelector<HTMLButtonElement>('[data-action="start-job"]');
+    if (start) start.disabled = this.starting || Object.keys(errors).length > 0;
+  }
+
   private renderForm(): void {
     const f = this.form;
     const info = kindInfo(f.kind);
     const { config, errors } = buildJobConfig(f);
     const allErrors = { ...errors, ...this.serverErrors };
-    const errFor = (key: string) => (allErrors[key] ? h('div', { class: 'field-error' }, String(allErrors[key])) : null);
+    // an error slot per field, filled in place while typing (see refreshDerived)
+    const errFor = (key: string) => h('div', { class: 'field-error', dataset: { errorFor: key }, hidden: !allErrors[key] }, allErrors[key] ? String(allErrors[key]) : '');
+    // typed values update the form in place on `input`: a re-render on `change` (fired by the blur
+    // of the mousedown on "Start training") would replace the button under the pointer and
+    // swallow that first click
     const numInput = (value: number | null | undefined, placeholder: string, onChange: (v: number | null) => void, step = '1', field = '') =>
       h('input', {
         type: 'number',
@@ -108,7 +133,7 @@ export class TrainingPanel extends AdminPanel {
         value: value == null ? '' : String(value),
         placeholder,
         dataset: { field },
-        onchange: (e: Event) => {
+        oninput: (e: Event) => {
           const raw = (e.target as HTMLInputElement).value.trim();
           onChange(raw === '' ? null : Number(raw));
         },
@@ -118,8 +143,8 @@ export class TrainingPanel extends AdminPanel {
         'div',
         { class: 'stage-row' },
         h('span', { class: 'stage-name' }, STAGE_LABELS[stage]),
-        h('label', { class: 'field compact' }, h('span', null, 'Epochs'), numInput(f.epochs[stage], f.preset === 'tiny' ? 'tiny preset' : 'preset', (v) => this.set('epochs', { ...f.epochs, [stage]: v }), '1', `config.${stage}.${EPOCH_KEY[stage]}`), errFor(`config.${stage}.${EPOCH_KEY[stage]}`)),
-        h('label', { class: 'field compact' }, h('span', null, 'Learning rate'), numInput(f.learningRate[stage], 'preset', (v) => this.set('learningRate', { ...f.learningRate, [stage]: v }), 'any', `config.${stage}.${LR_KEY[stage]}`), errFor(`config.${stage}.${LR_KEY[stage]}`)),
+        h('label', { class: 'field compact' }, h('span', null, 'Epochs'), numInput(f.epochs[stage], f.preset === 'tiny' ? 'tiny preset' : 'preset', (v) => this.update('epochs', { ...this.form.epochs, [stage]: v }), '1', `config.${stage}.${EPOCH_KEY[stage]}`), errFor(`config.${stage}.${EPOCH_KEY[stage]}`)),
+        h('label', { class: 'field compact' }, h('span', null, 'Learning rate'), numInput(f.learningRate[stage], 'preset', (v) => this.update('learningRate', { ...this.form.learningRate, [stage]: v }), 'any', `config.${stage}.${LR_KEY[stage]}`), errFor(`config.${stage}.${LR_KEY[stage]}`)),
       ),
     );
     const seg = <T extends string>(value: T, options: [T, string][], on: (v: T) => void, name: string) =>
@@ -138,7 +163,7 @@ export class TrainingPanel extends AdminPanel {
         { class: 'form-row' },
         h('label', { class: 'field' }, h('span', null, 'Device'), h('select', { onchange: (e: Event) => this.set('device', (e.target as HTMLSelectElement).value as JobForm['device']) }, (['auto', 'cpu', 'cuda'] as const).map((d) => h('option', { value: d, selected: f.device === d }, d === 'auto' ? 'Automatic' : d.toUpperCase())))),
         h('label', { class: 'field' }, h('span', null, 'Training data'), h('select', { onchange: (e: Event) => this.set('source', (e.target as HTMLSelectElement).value as JobForm['source']) }, h('option', { value: 'verified', selected: f.source === 'verified' }, 'Verified images'), h('option', { value: 'annotation', selected: f.source === 'annotation' }, 'Images marked complete'))),
-        h('label', { class: 'field' }, h('span', null, 'Synthetic clusters'), numInput(f.synthetic, 'off', (v) => this.set('synthetic', v), '1', 'config.synthetic.count'), errFor('config.synthetic.count')),
+        h('label', { class: 'field' }, h('span', null, 'Synthetic clusters'), numInput(f.synthetic, 'off', (v) => this.update('synthetic', v), '1', 'config.synthetic.count'), errFor('config.synthetic.count')),
       ),
       h(
         'div',
@@ -150,10 +175,10 @@ export class TrainingPanel extends AdminPanel {
         'details',
         { class: 'advanced', open: !!f.extra || !!allErrors.extra },
         h('summary', null, 'Advanced: extra configuration (JSON)'),
-        h('textarea', { rows: 4, spellcheck: 'false', placeholder: '{"cellpose": {"batch_size": 4}}', value: f.extra, onchange: (e: Event) => this.set('extra', (e.target as HTMLTextAreaElement).value) }),
+        h('textarea', { rows: 4, spellcheck: 'false', placeholder: '{"cellpose": {"batch_size": 4}}', value: f.extra, oninput: (e: Event) => this.update('extra', (e.target as HTMLTextAreaElement).value) }),
         errFor('extra'),
       ),
-      h('div', { class: 'config-preview' }, h('span', { class: 'muted small' }, 'Request'), h('pre', null, JSON.stringify({ kind: f.kind, config }, null, 1))),
+      h('div', { class: 'config-preview' }, h('span', { class: 'muted small' }, 'Request'), h('pre', { dataset: { preview: '' } }, JSON.stringify({ kind: f.kind, config }, null, 1))),
       errorList(Object.fromEntries(Object.entries(this.serverErrors).filter(([k]) => !this.formEl.querySelector(`[data-field="${CSS.escape(k)}"]`)))),
       h(
         'div',
