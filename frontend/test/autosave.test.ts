@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ApiClient, ApiError } from '../src/core/api';
-import { AutosaveController } from '../src/core/autosave';
+import { AutosaveController, cellErrorsOf, refusalSentence } from '../src/core/autosave';
 import { AnnotationStore } from '../src/core/store';
 import type { ApiCell, CellsResponse, Point, SaveCellsBody } from '../src/core/types';
 
@@ -187,22 +187,63 @@ describe('AutosaveController', () => {
     expect(server.calls).toHaveLength(1);
   });
 
-  it('400: keeps edits, reports the cells named by field errors, retries on the next edit', async () => {
+  it('400: saves the other cells at once, keeps the refused one local and marked, retries it on its next edit', async () => {
     const { server, store, ctl } = setup();
-    store.addCell(sq(0, 0), 1);
+    const good = store.addCell(sq(0, 0), 1);
     const bad = store.addCell(sq(20, 0), 1);
+    const refused = vi.fn();
+    ctl.events.on('refused', refused);
     server.script.push('400');
     await vi.advanceTimersByTimeAsync(800);
+    expect(server.calls).toHaveLength(2); // the refused save, then the others at once
+    expect(server.calls[1].body.cells).toHaveLength(1);
+    expect(store.serverIdOf(good)).toBeDefined();
     expect(ctl.state.status).toBe('error');
     expect(ctl.state.errorKeys).toEqual([bad]);
-    expect(ctl.state.error!.fieldMessages()).toEqual(['cells.1: self-intersecting']);
-    expect(store.isDirty).toBe(true);
+    expect(ctl.state.refused.get(bad)).toBe('self-intersecting');
+    expect(refused).toHaveBeenCalledTimes(1);
+    expect(store.isDirty).toBe(true); // the refused cell is not on the server
+    expect(ctl.hasUnsaved).toBe(true);
     await vi.advanceTimersByTimeAsync(10000);
-    expect(server.calls).toHaveLength(1); // no blind retry loop
+    expect(server.calls).toHaveLength(2); // no blind retry loop
     store.updatePolygon(bad, sq(20, 0, 12));
     await vi.advanceTimersByTimeAsync(800);
-    expect(server.calls).toHaveLength(2);
+    expect(server.calls).toHaveLength(3);
+    expect(server.calls[2].body.cells).toHaveLength(2);
     expect(ctl.state.status).toBe('saved');
+    expect(ctl.state.errorKeys).toEqual([]);
+    expect(store.isDirty).toBe(false);
+  });
+
+  it("400 in the server's shape: a refused cell the server has is sent as saved, the edits made after it are saved", async () => {
+    const initial = [0, 20, 40, 60].map((x, i) => ({ id: i + 1, class_id: 1, polygon: sq(x, 10) }));
+    const { server, store, ctl } = setup(initial);
+    // a vertex dragged off the image (the store has no bounds here, as before the clamp)
+    store.updatePolygon('s2', [[20, 10], [30, -4.9], [30, 20], [20, 20]]);
+    store.removeCells(['s3']);
+    store.setClass(['s4'], 2);
+    const outside = '1 point(s) lie outside the image (640x480); first is point 1 at (30, -4.9)';
+    server.api.saveCells.mockImplementationOnce(async (_id, body) => {
+      server.calls.push({ body: structuredClone(body), key: undefined });
+      throw new ApiError(400, 'Invalid cells', { 'cells.1': outside });
+    });
+    await vi.advanceTimersByTimeAsync(800);
+    expect(server.calls).toHaveLength(2);
+    const saved = server.calls[1].body.cells;
+    expect(saved.map((c) => c.id)).toEqual([1, 2, 4]); // 3 deleted; 2 kept, as the server had it
+    expect(saved[1].polygon).toEqual(sq(20, 10));
+    expect(saved[2].class_id).toBe(2);
+    expect(server.state.cells.map((c) => c.id)).toEqual([1, 2, 4]);
+    expect(ctl.state.errorKeys).toEqual(['s2']);
+    expect(store.get('s2')!.polygon[1]).toEqual([30, -4.9]); // the doctor's edit is kept locally
+    // a later edit elsewhere saves too, the refused cell still held back
+    store.removeCells(['s1']);
+    await vi.advanceTimersByTimeAsync(800);
+    expect(server.calls).toHaveLength(3);
+    expect(server.calls[2].body.cells.map((c) => c.id)).toEqual([2, 4]);
+    expect(server.calls[2].body.cells[0].polygon).toEqual(sq(20, 10));
+    expect(ctl.state.status).toBe('error');
+    expect(ctl.state.errorKeys).toEqual(['s2']);
   });
 
   it('edits made during an in-flight save are saved right after it', async () => {
@@ -295,5 +336,22 @@ describe('AutosaveController', () => {
     await ctl.keepMine();
     expect(JSON.parse(String(requests[1].init.body)).revision).toBe(7);
     expect(store.revision).toBe(8);
+  });
+});
+
+describe('refused cells', () => {
+  it('reads per-cell errors in every shape', () => {
+    expect([...cellErrorsOf({ 'cells.5': 'bad', detail: 'x' })]).toEqual([[5, 'bad']]);
+    expect([...cellErrorsOf({ cells: { '2': ['a', 'b'] } })]).toEqual([[2, 'a; b']]);
+    expect([...cellErrorsOf({ 'cells.1.polygon': ['x'], revision: 'stale' })]).toEqual([[1, 'x']]);
+    expect(cellErrorsOf({ revision: 'stale' }).size).toBe(0);
+  });
+
+  it("words the server's reasons for a doctor", () => {
+    const s = refusalSentence('1 point(s) lie outside the image (640x480); first is point 1 at (89.9, -4.9)');
+    expect(s).toContain('outside the image');
+    expect(s).not.toContain('point 1');
+    expect(refusalSentence('polygon is not a valid simple polygon (Self-intersection[1 2])')).toContain('crosses itself');
+    expect(refusalSentence('class_id 7 is not a class of this project')).toContain('class');
   });
 });

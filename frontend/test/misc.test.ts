@@ -67,14 +67,19 @@ describe('selection and proposals', () => {
     p.load([
       { id: 1, class_id: null, polygon: sq(0, 0), score: 0.9, label: 'lym' },
       { id: 2, class_id: 2, polygon: sq(100, 100) },
-      { id: 3, class_id: 2, polygon: sq(196, 0) }, // mostly outside the view
+      { id: 3, class_id: 2, polygon: sq(196, 0) }, // mostly outside the view, but partly in it
+      // its bounding box reaches into the view, the triangle itself does not
+      { id: 4, class_id: 2, polygon: [[300, 200], [300, 100], [190, 200]] },
+      { id: 5, class_id: 2, polygon: sq(300, 300) }, // wholly outside
+      // larger than the view, covering it (no vertex in view)
+      { id: 6, class_id: 2, polygon: [[-50, -50], [400, -50], [400, 400], [-50, 400]] },
     ]);
-    expect(p.idsInExtent([0, 0, 200, 150])).toEqual([1, 2]);
+    expect(p.idsInExtent([0, 0, 200, 150])).toEqual([1, 2, 3, 6]);
     const removed = vi.fn();
     p.events.on('removed', removed);
     p.remove([1, 99]);
     expect(removed).toHaveBeenCalledWith([1]);
-    expect(p.size).toBe(2);
+    expect(p.size).toBe(5);
   });
 });
 

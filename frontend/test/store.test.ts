@@ -210,3 +210,31 @@ describe('AnnotationStore', () => {
     expect(body.cells.map((c) => c.id)).toEqual([undefined, 11, undefined]);
   });
 });
+
+describe('image bounds', () => {
+  it('clamps every vertex a user edit makes into the image', () => {
+    const s = new AnnotationStore();
+    s.setBounds(100, 80);
+    const k = s.addCell(
+      [
+        [-5, 10],
+        [50, -3],
+        [120, 40],
+        [50, 90],
+      ],
+      1,
+    );
+    expect(s.get(k)!.polygon).toEqual([
+      [0, 10],
+      [50, 0],
+      [100, 40],
+      [50, 80],
+    ]);
+    s.updatePolygon(k, [
+      [10, 10],
+      [89.9, -4.9],
+      [60, 60],
+    ]);
+    expect(s.get(k)!.polygon[1]).toEqual([89.9, 0]);
+  });
+});

@@ -8,6 +8,15 @@
  *   lost is not applied twice; later edits go in the next save;
  * - 409: local edits are kept and a {@link Conflict} is exposed; the UI calls
  *   {@link AutosaveController.keepMine} or {@link AutosaveController.takeTheirs};
+ * - 400 naming cells (`errors: {"cells.5": "..."}`): those cells are *refused*. The
+ *   controller at once saves again with them held back (see `AnnotationStore.snapshot`:
+ *   a cell the server has is sent as the server has it, a new one is left out), so one bad
+ *   cell never blocks the doctor's other edits; the refused cells stay local, dirty, in the
+ *   backup and marked (status `error`, `errorKeys`, `refused` with the server's reasons)
+ *   until they are edited again (or `retryNow()`), when they are sent once more. Sending
+ *   only the valid cells and keeping the rest local was chosen over mapping errors alone
+ *   (nothing saved until the doctor finds and fixes the cell) because that lost every
+ *   later split, merge and deletion whenever the page was closed;
  * - other 4xx: edits are kept, status `error` (field errors mapped to cell keys),
  *   the next edit or `retryNow()` tries again.
  */
@@ -31,6 +40,8 @@ export interface AutosaveState {
   error: ApiError | null;
   /** Store keys of the cells named by a 400's field errors. */
   errorKeys: string[];
+  /** Cells the server refused, by store key: the server's reason (see {@link refusalSentence}). */
+  refused: ReadonlyMap<string, string>;
   /** When status is offline: the backoff delay of the next retry (ms) ... */
   retryInMs: number | null;
   /** ... and when it happens (ms timestamp, `now()` clock). */
@@ -66,8 +77,43 @@ export function randomKey(): string {
   return s;
 }
 
+/**
+ * The per-cell errors of a 400 by index into the saved cells: `{"cells.5": "..."}` (the
+ * server's shape), `{"cells": {"5": ...}}` or `{"cells": [null, ...]}`.
+ */
+export function cellErrorsOf(fieldErrors: Record<string, unknown>): Map<number, string> {
+  const out = new Map<number, string>();
+  const text = (v: unknown): string =>
+    typeof v === 'string' ? v : Array.isArray(v) ? v.map(text).filter(Boolean).join('; ') : v && typeof v === 'object' ? Object.values(v).map(text).filter(Boolean).join('; ') : '';
+  for (const [k, v] of Object.entries(fieldErrors)) {
+    const m = /^cells\.(\d+)(?:\.|$)/.exec(k);
+    if (m) {
+      const i = Number(m[1]);
+      out.set(i, [out.get(i), text(v)].filter(Boolean).join('; '));
+    } else if (k === 'cells' && v && typeof v === 'object') {
+      for (const [i, x] of Object.entries(v as object)) {
+        const msg = text(x);
+        if (/^\d+$/.test(i) && msg) out.set(Number(i), msg);
+      }
+    }
+  }
+  return out;
+}
+
+/** A sentence a doctor understands for the server's reason to refuse a cell. */
+export function refusalSentence(reason: string): string {
+  const r = reason.toLowerCase();
+  if (r.includes('outside the image')) return 'part of its outline lies outside the image — drag the points back onto the image';
+  if (r.includes('self-intersect') || r.includes('simple polygon') || r.includes('cross')) return 'its outline crosses itself — move the points so that the outline does not cross';
+  if (r.includes('zero area') || r.includes('distinct vertices') || r.includes('at least 3')) return 'its outline is too small or flat — draw it again';
+  if (r.includes('class')) return 'its class no longer exists in this project — give it another class (1–9)';
+  if (r.includes('vertices') && r.includes('limit')) return 'its outline has too many points — simplify it or draw it again';
+  if (r.includes('appears twice')) return 'it was sent twice — reload the image';
+  return `the server could not store it (${reason})`;
+}
+
 export class AutosaveController {
-  readonly events = new Emitter<{ state: AutosaveState }>();
+  readonly events = new Emitter<{ state: AutosaveState; refused: { keys: string[]; reasons: string[] } }>();
   readonly debounceMs: number;
   private readonly backoffInitialMs: number;
   private readonly backoffMaxMs: number;
@@ -81,6 +127,8 @@ export class AutosaveController {
   private conflict: Conflict | null = null;
   private error: ApiError | null = null;
   private errorKeys: string[] = [];
+  /** Cells the server refused (key → reason): held back from the saves until edited again. */
+  private readonly refused = new Map<string, string>();
   private retryInMs: number | null = null;
   private retryAt: number | null = null;
   private lastSavedAt: number | null = null;
@@ -111,7 +159,10 @@ export class AutosaveController {
     this.stopped = false;
     this.unsubscribe?.();
     const offChange = this.store.events.on('change', (c) => {
-      if (c.origin !== 'server') this.onEdit();
+      if (c.origin === 'server') return;
+      // an edited (or deleted, or undone) refused cell gets another chance
+      for (const k of [...c.added, ...c.updated, ...c.removed]) this.refused.delete(k);
+      this.onEdit();
     });
     const offState = this.store.events.on('state', (s) => {
       if (s.dirty && this.status === 'saved') this.onEdit();
@@ -135,7 +186,8 @@ export class AutosaveController {
       status: this.status,
       conflict: this.conflict,
       error: this.error,
-      errorKeys: this.errorKeys,
+      errorKeys: this.refused.size ? [...this.refused.keys()] : this.errorKeys,
+      refused: new Map(this.refused),
       retryInMs: this.retryInMs,
       retryAt: this.retryAt,
       lastSavedAt: this.lastSavedAt,
@@ -171,6 +223,7 @@ export class AutosaveController {
     if (this.status === 'error') {
       this.error = null;
       this.errorKeys = [];
+      this.refused.clear();
     }
     return this.save();
   }
@@ -189,7 +242,7 @@ export class AutosaveController {
         if (this.status !== 'error') this.setStatus('saved');
         return Promise.resolve();
       }
-      attempt = { snap: this.store.snapshot(), key: this.newKey() };
+      attempt = { snap: this.store.snapshot(this.heldKeys()), key: this.newKey() };
     }
     const run = this.run(attempt).finally(() => {
       this.inflight = null;
@@ -210,10 +263,15 @@ export class AutosaveController {
       const resp = await this.api.saveCells(this.imageId, attempt.snap.body, attempt.key);
       this.pending = null;
       this.failures = 0;
-      this.error = null;
       this.errorKeys = [];
       this.store.markSaved(attempt.snap, resp);
       this.lastSavedAt = this.now();
+      if (attempt.snap.held.length && this.refused.size) {
+        // everything else is saved; the refused cells wait for an edit (no save loop)
+        this.setStatus(this.store.version !== this.store.savedVersion ? 'unsaved' : 'error');
+        return;
+      }
+      this.error = null;
       this.setStatus(this.store.isDirty ? 'unsaved' : 'saved');
     } catch (e) {
       const err = e instanceof ApiError ? e : new ApiError(0, String((e as Error)?.message ?? e));
@@ -246,18 +304,39 @@ export class AutosaveController {
         this.pending = null;
         this.failures = 0;
         this.error = err;
+        const fresh = err.status === 400 ? this.refuse(err, attempt.snap) : [];
+        if (fresh.length) {
+          this.events.emit('refused', { keys: fresh, reasons: fresh.map((k) => this.refused.get(k) ?? '') });
+          // save the rest now, the refused cells held back (the set only grows: this ends)
+          await this.run({ snap: this.store.snapshot(this.heldKeys()), key: this.newKey() });
+          return;
+        }
         this.errorKeys = this.keysOfFieldErrors(err, attempt.snap);
         this.setStatus('error');
       }
     }
   }
 
+  private heldKeys(): Set<string> | undefined {
+    return this.refused.size ? new Set(this.refused.keys()) : undefined;
+  }
+
+  /** Records the cells a 400 names as refused; returns the keys refused for the first time. */
+  private refuse(err: ApiError, snap: SaveSnapshot): string[] {
+    const fresh: string[] = [];
+    for (const [i, reason] of cellErrorsOf(err.fieldErrors)) {
+      const k = snap.keys[i];
+      if (!k || this.refused.has(k) || !this.store.has(k)) continue;
+      this.refused.set(k, reason);
+      fresh.push(k);
+    }
+    return fresh;
+  }
+
   private keysOfFieldErrors(err: ApiError, snap: SaveSnapshot): string[] {
-    const cells = (err.fieldErrors as { cells?: unknown }).cells;
-    if (!cells || typeof cells !== 'object') return [];
     const keys: string[] = [];
-    for (const idx of Object.keys(cells as object)) {
-      const k = snap.keys[Number(idx)];
+    for (const i of cellErrorsOf(err.fieldErrors).keys()) {
+      const k = snap.keys[i];
       if (k) keys.push(k);
     }
     return keys;
@@ -288,7 +367,11 @@ export class AutosaveController {
    */
   async exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const ok = await this.flush();
-    if (!ok) throw new ApiError(0, this.conflict ? 'Resolve the conflict first' : 'Unsaved changes could not be saved');
+    if (!ok)
+      throw new ApiError(
+        0,
+        this.conflict ? 'Resolve the conflict first' : this.refused.size ? 'a cell shown in red could not be saved: correct it first' : 'Unsaved changes could not be saved',
+      );
     this.lockCount += 1;
     try {
       return await fn();

@@ -280,6 +280,28 @@ export function countCrossings(line: readonly Point[], ring: readonly Point[]): 
 }
 
 /** Clamps every point into [0,w] x [0,h]. */
+/**
+ * Whether the polygon `ring` and the rectangle `box` overlap (share any area or touch):
+ * a vertex inside the box, a box corner inside the ring, or an edge crossing a box side.
+ */
+export function ringIntersectsBox(ring: readonly Point[], box: BBox): boolean {
+  const [x0, y0, x1, y1] = box;
+  if (ring.some(([x, y]) => x >= x0 && x <= x1 && y >= y0 && y <= y1)) return true;
+  const corners: Point[] = [
+    [x0, y0],
+    [x1, y0],
+    [x1, y1],
+    [x0, y1],
+  ];
+  if (corners.some((c) => pointInRing(c, ring))) return true;
+  for (let i = 0; i < ring.length; i++) {
+    const a = ring[i];
+    const b = ring[(i + 1) % ring.length];
+    for (let j = 0; j < 4; j++) if (segmentsIntersect(a, b, corners[j], corners[(j + 1) % 4])) return true;
+  }
+  return false;
+}
+
 export function clampRing(ring: readonly Point[], width: number, height: number): Ring {
   return ring.map(([x, y]) => [Math.min(width, Math.max(0, x)), Math.min(height, Math.max(0, y))] as Point);
 }

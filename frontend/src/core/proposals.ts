@@ -4,7 +4,7 @@
  */
 import { Emitter } from './events';
 import { isOpenProposal } from './editorState';
-import { bbox, bboxIntersects, normalizeRing, type BBox } from './geometry';
+import { bbox, bboxIntersects, normalizeRing, ringIntersectsBox, type BBox } from './geometry';
 import type { ApiCell, Ring } from './types';
 
 export interface Proposal {
@@ -62,17 +62,14 @@ export class ProposalStore {
   }
 
   /**
-   * Proposals "in view": the centre of their bounding box lies inside `extent`
-   * (API pixel coordinates), so cells cut by the viewport edge count when most
-   * of them shows.
+   * Proposals "in view": every proposal whose outline intersects `extent` (API pixel
+   * coordinates), including those only partly visible at the edge of the view: the
+   * doctor sees them on screen, so "accept all in view" takes them too.
    */
   idsInExtent(extent: BBox): number[] {
     const out: number[] = [];
     for (const p of this.items.values()) {
-      if (!bboxIntersects(p.bbox, extent)) continue;
-      const cx = (p.bbox[0] + p.bbox[2]) / 2;
-      const cy = (p.bbox[1] + p.bbox[3]) / 2;
-      if (cx >= extent[0] && cx <= extent[2] && cy >= extent[1] && cy <= extent[3]) out.push(p.id);
+      if (bboxIntersects(p.bbox, extent) && ringIntersectsBox(p.polygon, extent)) out.push(p.id);
     }
     return out;
   }

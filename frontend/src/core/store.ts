@@ -13,7 +13,7 @@
  *   last acknowledged by the server; `dirtyKeys` the cells touched since.
  */
 import { Emitter } from './events';
-import { normalizeRing } from './geometry';
+import { clampRing, normalizeRing } from './geometry';
 import { History, type Command } from './history';
 import type { ApiCell, CellPayload, CellsResponse, Point, Ring, SaveCellsBody } from './types';
 
@@ -54,6 +54,8 @@ export interface SaveSnapshot {
   body: SaveCellsBody;
   keys: string[];
   version: number;
+  /** Cells held back (see {@link AnnotationStore.snapshot}): still unsaved after this save. */
+  held: string[];
 }
 
 type Patch = [key: string, cell: Cell | null][];
@@ -92,6 +94,11 @@ export class AnnotationStore {
   replaying: ChangeOrigin | null = null;
 
   private cells = new Map<string, Cell>();
+  private bounds: [width: number, height: number] | null = null;
+  /** Per key, the version of the cell the server has (what a held-back cell is saved as). */
+  private readonly lastSaved = new Map<string, Cell>();
+  /** Keys held back by the last save: their local version is not on the server. */
+  private held = new Set<string>();
   private readonly serverIdByKey = new Map<string, number>();
   private readonly keyByServerId = new Map<number, string>();
   /** Ids that exist in the server's annotation layer at `revision`. */
@@ -130,10 +137,24 @@ export class AnnotationStore {
     return this.keyByServerId.get(id);
   }
   get isDirty(): boolean {
-    return this.version !== this.savedVersion;
+    return this.version !== this.savedVersion || this.held.size > 0;
   }
   get dirtyKeys(): string[] {
     return [...this.changedAt.keys()];
+  }
+
+  /**
+   * The image's size: once set, every vertex a user edit makes (draw, drag, split, merge,
+   * restore) is clamped into [0, width] × [0, height], as the server refuses points outside
+   * the image (a vertex dragged past the edge used to block every later save).
+   */
+  setBounds(width: number, height: number): void {
+    this.bounds = [width, height];
+  }
+
+  private userRing(polygon: readonly (readonly number[])[]): Ring {
+    const ring = normalizeRing(polygon);
+    return this.bounds ? clampRing(ring, this.bounds[0], this.bounds[1]) : ring;
   }
 
   newLocalKey(): string {
@@ -145,14 +166,14 @@ export class AnnotationStore {
 
   addCell(polygon: Ring, classId: number | null, label = 'draw cell'): string {
     const key = this.newLocalKey();
-    this.history.execute(new CellsCommand(this, label, [[key, null]], [[key, { key, classId, polygon: normalizeRing(polygon) }]]));
+    this.history.execute(new CellsCommand(this, label, [[key, null]], [[key, { key, classId, polygon: this.userRing(polygon) }]]));
     return key;
   }
 
   updatePolygon(key: string, polygon: Ring, label = 'edit contour'): boolean {
     const old = this.cells.get(key);
     if (!old) return false;
-    const next: Cell = { ...old, polygon: normalizeRing(polygon) };
+    const next: Cell = { ...old, polygon: this.userRing(polygon) };
     this.history.execute(new CellsCommand(this, label, [[key, old]], [[key, next]]));
     return true;
   }
@@ -165,7 +186,7 @@ export class AnnotationStore {
       const old = this.cells.get(key);
       if (!old) continue;
       before.push([key, old]);
-      after.push([key, { ...old, polygon: normalizeRing(polygon) }]);
+      after.push([key, { ...old, polygon: this.userRing(polygon) }]);
     }
     if (!after.length) return false;
     this.history.execute(new CellsCommand(this, label, before, after));
@@ -204,7 +225,7 @@ export class AnnotationStore {
     if (!old || pieces.length < 2) return [];
     const keys = [key, ...pieces.slice(1).map(() => this.newLocalKey())];
     const before: Patch = keys.map((k, i) => [k, i === 0 ? old : null]);
-    const after: Patch = keys.map((k, i) => [k, { key: k, classId: old.classId, polygon: normalizeRing(pieces[i]) }]);
+    const after: Patch = keys.map((k, i) => [k, { key: k, classId: old.classId, polygon: this.userRing(pieces[i]) }]);
     this.history.execute(new CellsCommand(this, 'split cell', before, after));
     return keys;
   }
@@ -223,7 +244,7 @@ export class AnnotationStore {
           [b, cb],
         ],
         [
-          [a, { ...ca, classId: ca.classId ?? cb.classId, polygon: normalizeRing(union) }],
+          [a, { ...ca, classId: ca.classId ?? cb.classId, polygon: this.userRing(union) }],
           [b, null],
         ],
       ),
@@ -237,7 +258,7 @@ export class AnnotationStore {
     const after: Patch = [];
     const seen = new Set<string>();
     for (const c of cells) {
-      const polygon = normalizeRing(c.polygon);
+      const polygon = this.userRing(c.polygon);
       if (polygon.length < 3 || seen.has(c.key)) continue;
       seen.add(c.key);
       const old = this.cells.get(c.key);
@@ -295,12 +316,15 @@ export class AnnotationStore {
     this.keyByServerId.clear();
     this.meta.clear();
     this.changedAt.clear();
+    this.lastSaved.clear();
+    this.held = new Set();
     this.serverIds = new Set();
     for (const c of resp.cells) {
       const key = serverKey(c.id);
       const cell = this.cellFromApi(key, c);
       if (!cell) continue;
       this.cells.set(key, cell);
+      this.lastSaved.set(key, cell);
       this.linkServerId(key, c.id);
       this.serverIds.add(c.id);
       this.meta.set(key, metaOf(c));
@@ -329,6 +353,8 @@ export class AnnotationStore {
       if (key && this.changedAt.has(key)) {
         // the user changed it locally since: local edit wins, keep the link
         this.meta.set(key, metaOf(c));
+        const server = this.cellFromApi(key, c);
+        if (server) this.lastSaved.set(key, server);
         continue;
       }
       key ??= serverKey(c.id);
@@ -417,9 +443,11 @@ export class AnnotationStore {
       const had = this.cells.has(key);
       if (cell) {
         this.cells.set(key, cell);
+        this.lastSaved.set(key, cell);
         (had ? change.updated : change.added).push(key);
       } else {
         this.cells.delete(key);
+        this.lastSaved.delete(key);
         change.removed.push(key);
       }
     }
@@ -429,17 +457,33 @@ export class AnnotationStore {
 
   // ------------------------------------------------------------ saving
 
-  /** The body of `PUT images/{id}/cells` for the current state. */
-  snapshot(): SaveSnapshot {
+  /**
+   * The body of `PUT images/{id}/cells` for the current state.
+   *
+   * `hold`: cells the server refused. Their local version is held back so that it cannot
+   * block the save of everything else: a cell the server has is sent as the server has it
+   * (omitting it would delete it, the save is the whole layer), a new one is left out.
+   * They stay local, dirty and in the backup ({@link SaveSnapshot.held}).
+   */
+  snapshot(hold?: ReadonlySet<string>): SaveSnapshot {
     const cells: CellPayload[] = [];
     const keys: string[] = [];
-    for (const cell of this.cells.values()) {
+    const held: string[] = [];
+    for (const local of this.cells.values()) {
+      let cell = local;
+      if (hold?.has(local.key)) {
+        held.push(local.key);
+        const sid = this.serverIdByKey.get(local.key);
+        const saved = this.lastSaved.get(local.key);
+        if (!saved || sid === undefined || !this.serverIds.has(sid)) continue;
+        cell = saved;
+      }
       const id = this.serverIdByKey.get(cell.key);
       const polygon = cell.polygon.map((p) => [p[0], p[1]] as Point);
       cells.push(id !== undefined && this.serverIds.has(id) ? { id, class_id: cell.classId, polygon } : { class_id: cell.classId, polygon });
       keys.push(cell.key);
     }
-    return { body: { revision: this.revision, cells }, keys, version: this.version };
+    return { body: { revision: this.revision, cells }, keys, version: this.version, held };
   }
 
   /**
@@ -488,7 +532,16 @@ export class AnnotationStore {
     this.serverIds = respIds;
     this.revision = resp.revision;
     this.savedVersion = Math.max(this.savedVersion, snap.version);
-    for (const [key, v] of this.changedAt) if (v <= snap.version) this.changedAt.delete(key);
+    const held = new Set(snap.held ?? []);
+    for (const [key, v] of this.changedAt) if (v <= snap.version && !held.has(key)) this.changedAt.delete(key);
+    this.held = held;
+    // what the server has now: the cells as sent (a held-back cell as its saved version)
+    const sentKeys = new Set(snap.keys);
+    for (const key of [...this.lastSaved.keys()]) if (!sentKeys.has(key)) this.lastSaved.delete(key);
+    snap.keys.forEach((key, i) => {
+      const sent = snap.body.cells[i];
+      this.lastSaved.set(key, { key, classId: sent.class_id ?? null, polygon: sent.polygon as Ring });
+    });
     // cells the server added on its own (not expected from a PUT, but never drop data)
     const assignedIds = new Set([...assigned.values()].map((c) => c.id));
     const extra = resp.cells.filter((c) => !sentIds.has(c.id) && !assignedIds.has(c.id) && !this.keyByServerId.has(c.id));

@@ -7,11 +7,11 @@
 import type MapBrowserEvent from 'ol/MapBrowserEvent';
 import type { EventsKey } from 'ol/events';
 import { altKeyOnly, click, shiftKeyOnly } from 'ol/events/condition';
-import { Modify, Select, type Snap } from 'ol/interaction';
+import { Interaction, Modify, Select, type Snap } from 'ol/interaction';
 import type { ModifyEvent } from 'ol/interaction/Modify';
 import { unByKey } from 'ol/Observable';
 import type { Polygon } from 'ol/geom';
-import { isValidRing, normalizeRing } from '../core/geometry';
+import { clampRing, isValidRing, normalizeRing } from '../core/geometry';
 import type { Ring } from '../core/types';
 import type { CellFeature } from '../view/editorMap';
 import { addSnap, type Tool, type ToolContext } from './tool';
@@ -27,6 +27,7 @@ export class SelectTool implements Tool {
   private select: Select | null = null;
   private modify: Modify | null = null;
   private snap: Snap | null = null;
+  private clamp: ClampToImage | null = null;
   private keys: EventsKey[] = [];
   private pickTarget: CellFeature | null = null;
 
@@ -59,6 +60,9 @@ export class SelectTool implements Tool {
     this.keys.push(v.map.on('click', (e) => this.choosePick(e)));
     v.map.addInteraction(this.select);
     v.map.addInteraction(this.modify);
+    // added after Modify, so it sees the pointer first (Snap, added last, before it)
+    this.clamp = new ClampToImage(v.frame.extent);
+    v.map.addInteraction(this.clamp);
     this.snap = addSnap(ctx, v);
   }
 
@@ -66,8 +70,8 @@ export class SelectTool implements Tool {
     const v = this.ctx?.view;
     unByKey(this.keys);
     this.keys = [];
-    for (const i of [this.snap, this.modify, this.select]) if (i && v) v.map.removeInteraction(i);
-    this.select = this.modify = this.snap = null;
+    for (const i of [this.snap, this.clamp, this.modify, this.select]) if (i && v) v.map.removeInteraction(i);
+    this.select = this.modify = this.snap = this.clamp = null;
     this.ctx = null;
   }
 
@@ -102,7 +106,8 @@ export class SelectTool implements Tool {
       const key = String(f.getId());
       const cell = ctx.store.get(key);
       if (!cell) continue;
-      const ring = normalizeRing(v.featureRing(f));
+      // the drag is clamped already (ClampToImage); this also covers a vertex inserted on an edge
+      const ring = clampRing(normalizeRing(v.featureRing(f)), v.frame.width, v.frame.height);
       if (!isValidRing(ring)) {
         v.resetFeature(key);
         ctx.notify('That edit would make the contour cross itself — reverted', 'warn');
@@ -133,6 +138,25 @@ export class SelectTool implements Tool {
       return true;
     }
     return false;
+  }
+}
+
+/**
+ * Keeps a dragged vertex on the image: the pointer's map coordinate is clamped to the image
+ * extent before Modify moves the vertex there, so the outline follows the edge of the image
+ * while the pointer goes past it (the server refuses points outside the image).
+ */
+class ClampToImage extends Interaction {
+  constructor(private readonly extent: readonly number[]) {
+    super();
+  }
+  override handleEvent(e: MapBrowserEvent): boolean {
+    if (e.type === 'pointerdrag' || e.type === 'pointerup') {
+      const [x0, y0, x1, y1] = this.extent;
+      const c = e.coordinate;
+      e.coordinate = [Math.min(x1, Math.max(x0, c[0])), Math.min(y1, Math.max(y0, c[1]))];
+    }
+    return true;
   }
 }
 

@@ -4,7 +4,7 @@
  * Its side panel is in editorPanels.ts, its dialogs in editorDialogs.ts.
  */
 import { ApiError, conflictState } from '../core/api';
-import { AutosaveController, type AutosaveState, type Conflict } from '../core/autosave';
+import { AutosaveController, refusalSentence, type AutosaveState, type Conflict } from '../core/autosave';
 import { LocalBackup, restoreBackup, type Backup } from '../core/backup';
 import { lockReason, submitSummary } from '../core/editorState';
 import { findNextImage, loadFilters } from '../core/navigation';
@@ -239,6 +239,7 @@ export class EditorScreen extends MapScreen {
       }),
       this.proposals.events.on('reset', refreshProposals),
       as.events.on('state', (s) => this.onSaveState(s)),
+      as.events.on('refused', (r) => this.onRefused(r.keys, r.reasons)),
       as.installBeforeUnload(window),
       listen(window, 'online', () => {
         if (as.state.status === 'offline') void as.retryNow();
@@ -539,6 +540,12 @@ export class EditorScreen extends MapScreen {
         title = 'Someone else saved this image. Click to choose which version to keep.';
         break;
       case 'error':
+        if (s.refused.size) {
+          // the other edits are saved; only these cells wait for a correction
+          text = `${s.refused.size} cell${s.refused.size === 1 ? '' : 's'} not saved`;
+          title = `${[...s.refused.values()].map((r) => `A cell shown in red: ${refusalSentence(r)}.`).join('\n')}\nClick to show it.`;
+          break;
+        }
         text = s.error?.status === 401 ? 'Signed out — not saved' : 'Save failed';
         title = `${s.error?.detail ?? ''}${s.error ? '\n' + s.error.fieldMessages().slice(0, 5).join('\n') : ''}\nClick to retry.`;
         break;
@@ -555,7 +562,7 @@ export class EditorScreen extends MapScreen {
     if (s.status === 'offline') return; // the rest reacts to transitions only
     this.view?.setErrorKeys(s.errorKeys);
     if (s.status === 'conflict' && s.conflict) this.showConflict(s.conflict);
-    if (s.status === 'error' && s.error && s.error.status !== 401 && s.error.status !== 409) {
+    if (s.status === 'error' && s.error && s.error.status !== 401 && s.error.status !== 409 && !s.refused.size) {
       const lines = s.error.fieldMessages();
       toast(`Save failed: ${s.error.detail}${lines.length ? ` (${lines[0]})` : ''}. Your edits are kept.`, 'error', 8000);
       if (s.errorKeys.length) this.selection.set(s.errorKeys.slice(0, 1));
@@ -566,9 +573,24 @@ export class EditorScreen extends MapScreen {
     }
   }
 
+  /** The server refused cells (the other edits are being saved): say why, show the first one. */
+  private onRefused(keys: string[], reasons: string[]): void {
+    const why = [...new Set(reasons.map(refusalSentence))];
+    const what = keys.length === 1 ? 'A cell could not be saved' : `${keys.length} cells could not be saved`;
+    toast(`${what}: ${why.join('; ')}. It is shown in red and kept in this browser; your other changes are saved.`, 'error', 10000);
+    this.selection.set(keys.slice(0, 1));
+    this.view?.centerOn(keys);
+  }
+
   private onSaveClick(): void {
     const s = this.autosave?.state;
     if (!s) return;
+    if (s.status === 'error' && s.refused.size) {
+      const keys = [...s.refused.keys()];
+      this.selection.set(keys.slice(0, 1));
+      this.view?.centerOn(keys);
+      return;
+    }
     if (s.status === 'conflict' && s.conflict) this.showConflict(s.conflict);
     else if (s.status === 'error' && s.error?.status === 401) this.showRelogin();
     else void this.autosave?.retryNow();

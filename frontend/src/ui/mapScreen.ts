@@ -196,6 +196,7 @@ export abstract class MapScreen implements Screen {
   /** Creates the map of the image (over the stores), fits it and hides the loading overlay. */
   protected openMap(image: ImageInfo, opts: Partial<EditorMapOptions> = {}): EditorMap {
     const { imageUrl, ...rest } = opts;
+    this.store.setBounds(image.width, image.height);
     this.view = new EditorMap({
       target: this.shell.mapEl,
       width: image.width,

@@ -9,11 +9,26 @@ export function toast(message: string, kind: NotifyKind = 'info', ms = kind === 
     toastHost = h('div', { class: 'toasts', role: 'status', 'aria-live': 'polite' });
     document.body.appendChild(toastHost);
   }
+  // the same message already showing is not stacked again: it stays for the new duration
+  const same = [...toastHost.children].find(
+    (x): x is HTMLElement => x instanceof HTMLElement && !x.classList.contains('leaving') && x.dataset.message === `${kind}|${message}`,
+  );
+  if (same) {
+    clearTimeout(toastTimers.get(same));
+    toastTimers.set(same, leaveLater(same, ms));
+    return;
+  }
   const ic = kind === 'success' ? 'check' : kind === 'error' || kind === 'warn' ? 'alert' : 'sparkles';
-  const el = h('div', { class: `toast toast-${kind}` }, icon(ic, 16), h('span', null, message));
+  const el = h('div', { class: `toast toast-${kind}`, dataset: { message: `${kind}|${message}` } }, icon(ic, 16), h('span', null, message));
   toastHost.appendChild(el);
   while (toastHost.children.length > 4) toastHost.firstElementChild?.remove();
-  setTimeout(() => {
+  toastTimers.set(el, leaveLater(el, ms));
+}
+
+const toastTimers = new WeakMap<HTMLElement, ReturnType<typeof setTimeout>>();
+
+function leaveLater(el: HTMLElement, ms: number): ReturnType<typeof setTimeout> {
+  return setTimeout(() => {
     el.classList.add('leaving');
     setTimeout(() => el.remove(), 250);
   }, ms);

@@ -14,7 +14,7 @@ import OlMap from 'ol/Map';
 import View from 'ol/View';
 import { Polygon } from 'ol/geom';
 import type { Pixel } from 'ol/pixel';
-import { DragPan, defaults as defaultInteractions } from 'ol/interaction';
+import { DoubleClickZoom, DragPan, defaults as defaultInteractions } from 'ol/interaction';
 import type MapBrowserEvent from 'ol/MapBrowserEvent';
 import ImageLayer from 'ol/layer/Image';
 import VectorLayer from 'ol/layer/Vector';
@@ -31,6 +31,7 @@ import type { AnnotationStore, Cell, StoreChange } from '../core/store';
 import type { Ring } from '../core/types';
 import { PixelFrame } from './coords';
 import { StyleCache, type CellState } from './styles';
+import { GentleWheelZoom } from './wheelZoom';
 
 export type LayerName = 'image' | 'proposals' | 'cells';
 export type CellFeature = Feature<Polygon>;
@@ -135,7 +136,8 @@ export class EditorMap {
     );
     this.activeLayer = new VectorLayer({
       source: this.activeSource,
-      style: custom ? (f) => custom(String(f.getId()), f.get('c') ?? null, 'selected') : (f) => s.cell(f.get('c'), 'selected'),
+      // a refused cell stays red when selected (with its vertex handles, to be corrected)
+      style: (f) => (f.get('err') ? s.errorSelected : custom ? custom(String(f.getId()), f.get('c') ?? null, 'selected') : s.cell(f.get('c'), 'selected')),
       updateWhileInteracting: true,
       updateWhileAnimating: true,
       renderBuffer: 20,
@@ -166,8 +168,12 @@ export class EditorMap {
       shiftDragZoom: false,
       dragPan: false,
       keyboard: false,
-      doubleClickZoom: true,
+      // both replaced below
+      doubleClickZoom: false,
+      mouseWheelZoom: false,
     });
+    interactions.push(new ModifierFreeDoubleClickZoom());
+    interactions.push(new GentleWheelZoom());
     interactions.push(
       new DragPan({
         condition: (e: MapBrowserEvent) => {
@@ -506,6 +512,18 @@ export class EditorMap {
     for (const off of this.offs) off();
     this.map.setTarget(undefined);
     this.map.dispose();
+  }
+}
+
+/**
+ * Double-click zooms in, but a double-click with a modifier is never a zoom: OpenLayers
+ * zooms OUT on Shift+double-click, and two quick Shift-clicks are how a doctor adds
+ * cells to the selection.
+ */
+class ModifierFreeDoubleClickZoom extends DoubleClickZoom {
+  override handleEvent(e: MapBrowserEvent): boolean {
+    if (e.type === 'dblclick' && !noModifierKeys(e)) return true;
+    return super.handleEvent(e);
   }
 }
 

@@ -118,6 +118,16 @@ export class StyleCache {
     return s;
   }
 
+  /** A selected cell the server refused: red, with the white halo and vertex handles of the selection. */
+  readonly errorSelected: Style[] = [
+    new Style({ stroke: new Stroke({ color: 'rgba(255,255,255,0.95)', width: 5 }) }),
+    new Style({ fill: new Fill({ color: 'rgba(220,38,38,0.3)' }), stroke: new Stroke({ color: '#dc2626', width: 2.5, lineDash: [4, 3] }) }),
+    new Style({
+      geometry: vertices,
+      image: new Circle({ radius: 4, fill: new Fill({ color: '#ffffff' }), stroke: new Stroke({ color: '#dc2626', width: 2 }) }),
+    }),
+  ];
+
   /** Sketch (drawing in progress). */
   readonly sketchFill = new Style({ fill: new Fill({ color: 'rgba(34,211,238,0.14)' }) });
   readonly sketchLine = new Style({ stroke: new Stroke({ color: '#22d3ee', width: 2 }) });
