@@ -11,7 +11,7 @@ import json
 from typing import Any, cast
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, Prefetch, Q, QuerySet, TextField
+from django.db.models import Count, F, Prefetch, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from annotations.models import (
@@ -134,7 +134,16 @@ def image_list(*, project: Project, filters: dict[str, Any] | None = None) -> Qu
     search = filters.get("search")
     if search:
         queryset = queryset.filter(Q(file_name__icontains=search) | Q(slide_code__icontains=search))
-    return queryset.annotate(cell_count=Count("cells", filter=Q(cells__layer=Layer.ANNOTATION))).order_by("id")
+    return (
+        queryset.select_related("presegment_model")
+        .annotate(
+            cell_count=Count("cells", filter=Q(cells__layer=Layer.ANNOTATION)),
+            presegment_proposals=Count(
+                "cells", filter=Q(cells__layer=Layer.PROPOSAL, cells__model_version_id=F("presegment_model_id"))
+            ),
+        )
+        .order_by("id")
+    )
 
 
 CELL_FIELDS = (

@@ -14,6 +14,8 @@ from annotations.models import (
     Bethesda,
     CellClass,
     Image,
+    Layer,
+    PresegmentStatus,
     Project,
     ProjectMembership,
     Role,
@@ -151,6 +153,12 @@ class ImageOut(serializers.ModelSerializer):
     cell_count = serializers.IntegerField(read_only=True, default=None)
     thumbnail_url = serializers.SerializerMethodField()
     display_url = serializers.SerializerMethodField()
+    presegment_model_label = serializers.SerializerMethodField(
+        help_text="The model version of the last finished pre-segmentation (None: none)."
+    )
+    presegment_proposals = serializers.SerializerMethodField(
+        help_text="How many proposals the last finished pre-segmentation made (None: none finished)."
+    )
 
     class Meta:
         model = Image
@@ -168,6 +176,9 @@ class ImageOut(serializers.ModelSerializer):
             "status",
             "presegment_status",
             "presegment_error",
+            "presegment_model",
+            "presegment_model_label",
+            "presegment_proposals",
             "revision",
             "cell_count",
             "original_format",
@@ -185,6 +196,17 @@ class ImageOut(serializers.ModelSerializer):
 
     def get_display_url(self, image: Image) -> str:
         return _file_url(image, "display")
+
+    def get_presegment_model_label(self, image: Image) -> str | None:
+        return str(image.presegment_model) if image.presegment_model_id else None
+
+    def get_presegment_proposals(self, image: Image) -> int | None:
+        if image.presegment_status != PresegmentStatus.DONE or not image.presegment_model_id:
+            return None
+        counted = getattr(image, "presegment_proposals", None)  # image_list annotates it
+        if counted is not None:
+            return int(counted)
+        return image.cells.filter(layer=Layer.PROPOSAL, model_version_id=image.presegment_model_id).count()
 
 
 class ImageUploadIn(serializers.Serializer):

@@ -117,6 +117,7 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('snapshots', () => api.snapshots(1));
   await run('registry', () => api.registry(1, 2));
   await run('promoteModel', () => api.promoteModel(1, 'better'));
+  await run('modelGate', () => api.modelGate(1));
   await run('evaluateModel', () => api.evaluateModel(1, 2));
   await run('rollback', () => api.rollback(1, 'cellpose'));
   await run('schedule', () => api.schedule(1));

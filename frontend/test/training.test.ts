@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bestByMetric, buildJobConfig, curveCharts, defaultJobForm, formatDuration, isLive, jobDuration, jobFraction, progressText, stageFraction } from '../src/core/training';
+import { bestByMetric, buildJobConfig, curveCharts, defaultJobForm, formatDuration, gateHeadline, gateRows, isLive, jobDuration, jobFraction, presegmentNote, progressText, stageFraction } from '../src/core/training';
 import type { TrainingJob } from '../src/core/types';
 
 describe('job configuration', () => {
@@ -97,5 +97,46 @@ describe('registry', () => {
     expect([...best.get('dice')!]).toEqual([2, 4]);
     expect([...best.get('erythrocyte_fp')!]).toEqual([2]);
     expect(best.has('iou')).toBe(false);
+  });
+});
+
+describe('promotion gate verdict', () => {
+  const verdict = {
+    metric: 'f1_50',
+    guarded: ['dice', 'f1_50', 'erythrocyte_fp_rate'],
+    regressions: { dice: -0.6 },
+    candidate_metrics: { f1_50: 0, dice: 0, erythrocyte_fp_rate: 0.3 },
+    baseline_metrics: { f1_50: 0.6, dice: 0.6, erythrocyte_fp_rate: 0.1 },
+  };
+
+  it('lists the primary metric first, then the guarded ones, direction-aware', () => {
+    expect(gateRows(verdict)).toEqual([
+      { metric: 'f1_50', candidate: 0, baseline: 0.6, primary: true, regressed: false, worse: true },
+      { metric: 'dice', candidate: 0, baseline: 0.6, primary: false, regressed: true, worse: true },
+      { metric: 'erythrocyte_fp_rate', candidate: 0.3, baseline: 0.1, primary: false, regressed: false, worse: true },
+    ]);
+    expect(gateRows({ ...verdict, baseline_metrics: null })[0]).toMatchObject({ baseline: null, worse: false });
+  });
+
+  it('says whether the gate would promote', () => {
+    expect(gateHeadline({ promote: true, evaluated: true }).tone).toBe('good');
+    expect(gateHeadline({ promote: false, evaluated: true })).toEqual({ tone: 'bad', text: 'The promotion gate would NOT promote this version' });
+    expect(gateHeadline({ promote: false, evaluated: false }).tone).toBe('warn');
+  });
+});
+
+describe('pre-segmentation note', () => {
+  const img = { presegment_status: 'done' as const, presegment_error: '', presegment_model_label: 'Cellpose 3 v2', presegment_proposals: 0 };
+
+  it('warns when a run made no proposal, naming the model', () => {
+    expect(presegmentNote(img)).toEqual({ tone: 'warn', text: '0 proposals from Cellpose 3 v2' });
+    expect(presegmentNote({ ...img, presegment_proposals: 1 })).toEqual({ tone: 'muted', text: '1 proposal from Cellpose 3 v2' });
+    expect(presegmentNote({ ...img, presegment_proposals: 12 })?.text).toBe('12 proposals from Cellpose 3 v2');
+  });
+
+  it('reports failures, runs in progress and nothing for never pre-segmented images', () => {
+    expect(presegmentNote({ ...img, presegment_status: 'failed', presegment_error: 'CUDA OOM' })).toEqual({ tone: 'bad', text: 'Failed — CUDA OOM' });
+    expect(presegmentNote({ ...img, presegment_status: 'queued' })?.text).toBe('Queued');
+    expect(presegmentNote({ ...img, presegment_status: 'none' })).toBeNull();
   });
 });

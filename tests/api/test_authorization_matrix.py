@@ -150,6 +150,7 @@ TABLE: dict[str, str] = {
     "POST /api/v1/training/jobs/{job_id}/cancel": "admin",
     "GET /api/v1/training/models/{version_id}": "annotator",
     "POST /api/v1/training/models/{version_id}/evaluate": "admin",
+    "GET /api/v1/training/models/{version_id}/gate": "admin",
     "POST /api/v1/training/models/{version_id}/promote": "admin",
     "GET /api/v1/training/snapshots/{snapshot_id}": "annotator",
     "GET /api/v1/training/snapshots/{snapshot_id}/download/{layout}": "admin",

@@ -147,3 +147,26 @@ def test_proposal_boxes_are_x_y_width_height(image: Any, project: Any, annotator
     module.forwards(apps, None)
     stored = Cell.objects.get(pk=cell["id"])
     assert [stored.bbox_x, stored.bbox_y, stored.bbox_w, stored.bbox_h] == cell["bbox"]
+
+
+def test_images_tell_how_many_proposals_the_last_presegmentation_made(image: Any, project: Any, annotator: Any) -> None:
+    """A run that found nothing reads "0 proposals from <model>", not a plain "done"."""
+    from inference.services import proposals_store
+    from training.services.registry import model_version_baseline
+
+    other = image_create(project, seed=1, width=200, height=100)
+    client = client_for(annotator)
+    assert client.get(f"/api/v1/images/{image.pk}").json()["presegment_proposals"] is None
+    version = model_version_baseline(project=project)
+    assert proposals_store(image=image, model_version=version, contours=[]) == 0
+    _proposals(other, project, count=3)
+    Cell.objects.filter(pk=Cell.objects.filter(image=other, layer=Layer.PROPOSAL).first().pk).update(
+        state="accepted"
+    )  # acted-on proposals still count
+    type(other).objects.filter(pk=other.pk).update(presegment_status=PresegmentStatus.DONE, presegment_model=version)
+    detail = client.get(f"/api/v1/images/{image.pk}").json()
+    assert (detail["presegment_status"], detail["presegment_proposals"]) == ("done", 0)
+    assert (detail["presegment_model"], detail["presegment_model_label"]) == (version.pk, str(version))
+    rows = {r["id"]: r for r in client.get(f"/api/v1/projects/{project.pk}/images").json()["results"]}
+    assert rows[image.pk]["presegment_proposals"] == 0 and rows[other.pk]["presegment_proposals"] == 3
+    assert rows[other.pk]["presegment_model_label"] == str(version)

@@ -187,14 +187,20 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
     assert page.locator(f"tr[data-version='{v1.pk}'] .presegmenter").count() == 1
     assert page.locator("table.registry .presegmenter").count() == 1
     page.click(f"tr[data-version='{v2.pk}'] [data-action=promote]")
+    # the gate's verdict against the current pre-segmenter (v1) before a manual promotion
+    verdict = page.wait_for_selector(".dialog .gate-verdict[data-state=ready]")
+    assert verdict.get_attribute("data-promote") == "true"
+    assert "Against the current pre-segmenter (Cellpose 3 v1): f1_50 0.8060 vs 0.7460" in verdict.inner_text()
+    assert page.locator("[data-action=confirm-promote]").inner_text() == "Promote"
     page.fill(".dialog input", "better on clusters")
     page.click("[data-action=confirm-promote]")
     page.wait_for_selector(f"tr[data-version='{v2.pk}'][data-status=active]")
     page.wait_for_selector(f"tr[data-version='{v2.pk}'] .presegmenter")
     v2.refresh_from_db()
     assert v2.status == ModelStatus.ACTIVE and v2.replaced_id == v1.pk
-    page.click("[data-action=rollback][data-kind=cellpose]")
-    page.click(".dialog .btn-danger")
+    # roll back in one click, from the row of the version that replaced another
+    assert page.locator(f"tr[data-version='{v2.pk}'] [data-action=rollback-version]").inner_text() == "Roll back to v1"
+    page.click(f"tr[data-version='{v2.pk}'] [data-action=rollback-version]")
     page.wait_for_selector(f"tr[data-version='{v1.pk}'][data-status=active]")
     v1.refresh_from_db()
     assert v1.status == ModelStatus.ACTIVE
@@ -226,3 +232,60 @@ def test_admin_registry_schedule_and_agreement_screens(live_server: Any, page: A
     assert rounds.locator(".stat-value").inner_text() == "3"
     assert rounds.locator(".muted").inner_text() == "3 past consensus · 1 with disputes"
     shot(page, "21-agreement", full=True)
+
+
+def test_a_manual_promotion_shows_the_gates_verdict_and_a_zero_proposal_run_warns(live_server: Any, page: Any) -> None:
+    """A model scoring 0.000 everywhere: the promote dialog says the gate would not promote it
+    and why; promoted anyway, its empty pre-segmentation reads "0 proposals from <model>" in the
+    image list and the editor, not "Done"; one click in the registry rolls it back."""
+    from inference.services import proposals_store
+
+    admin = UserFactory(username="dr.head")
+    project = ProjectFactory(name="Thyroid FNA — gate", created_by=admin)
+    baseline = model_version_baseline(project=project)
+    snapshot = DatasetSnapshot.objects.create(project=project, number=1, counts={"test": {"images": 12}})
+    zero = model_version_files(project, "cellpose", {"cellpose.pth": b"0"}, name="broken export", snapshot=snapshot)
+    for version, base in ((baseline, 0.61), (zero, 0.0)):
+        metrics = {k: (0.0 if base == 0 else v) for k, v in _metrics(base).items()}
+        Evaluation.objects.create(model_version=version, snapshot=snapshot, overall=metrics, per_bethesda={})
+    image, _ = synthetic_image(project, seed=71, n_cells=6)
+
+    login(page, live_server.url, "dr.head")
+    page.goto(f"{live_server.url}/#/projects/{project.pk}/admin/models")
+    page.wait_for_selector(f"tr[data-version='{zero.pk}']")
+    page.click(f"tr[data-version='{zero.pk}'] [data-action=promote]")
+    verdict = page.wait_for_selector(".dialog .gate-verdict[data-state=ready]")
+    assert verdict.get_attribute("data-promote") == "false"
+    text = verdict.inner_text()
+    assert "The promotion gate would NOT promote this version" in text
+    assert "Against the current pre-segmenter (Watershed baseline v1): f1_50 0.0000 vs 0.6360" in text
+    assert page.locator(".gate-metrics tr[data-metric=f1_50] td").all_inner_texts()[1:] == ["0.000", "0.636"]
+    confirm = page.locator("[data-action=confirm-promote]")
+    assert confirm.inner_text() == "Promote anyway" and "btn-danger" in (confirm.get_attribute("class") or "")
+    shot(page, "22-promote-gate-verdict")
+    page.fill(".dialog input", "try it anyway")
+    confirm.click()
+    page.wait_for_selector(f"tr[data-version='{zero.pk}'][data-status=active] .presegmenter")
+
+    # its pre-segmentation finds nothing: a warning naming the model, not "Done"
+    proposals_store(image=image, model_version=zero, contours=[])
+    page.goto(f"{live_server.url}/#/projects/{project.pk}")
+    note = page.wait_for_selector(".image-card .presegment-note")
+    assert note.inner_text().strip() == "Model: 0 proposals from Cellpose 3 v1"
+    assert "warn" in (note.get_attribute("class") or "")
+    shot(page, "23-image-list-zero-proposals")
+    page.goto(f"{live_server.url}/#/projects/{project.pk}/images/{image.pk}")
+    note = page.wait_for_selector(".presegment-note")
+    assert note.inner_text().strip() == "Pre-segmentation: 0 proposals from Cellpose 3 v1"
+    shot(page, "24-editor-zero-proposals")
+
+    # the first Cellpose version replaced the watershed baseline: one click rolls it back
+    page.goto(f"{live_server.url}/#/projects/{project.pk}/admin/models")
+    page.wait_for_selector(f"tr[data-version='{zero.pk}'][data-status=active]")
+    assert page.locator("[data-action=rollback][data-kind=cellpose]").count() == 1
+    shot(page, "25-registry-zero-model-active")
+    page.click(f"tr[data-version='{zero.pk}'] [data-action=rollback-version]")
+    page.wait_for_selector(f"tr[data-version='{baseline.pk}'] .presegmenter")
+    zero.refresh_from_db()
+    assert zero.status == ModelStatus.RETIRED
+    shot(page, "26-registry-rolled-back")

@@ -229,6 +229,28 @@ class EvaluateIn(serializers.Serializer):
     snapshot = serializers.IntegerField(required=False, allow_null=True)
 
 
+class GateVerdictOut(serializers.Serializer):
+    """What the promotion gate would decide for a version against the current pre-segmenter."""
+
+    promote = serializers.BooleanField()
+    reason = serializers.CharField()
+    metric = serializers.CharField()
+    candidate = serializers.FloatField(allow_null=True)
+    baseline = serializers.IntegerField(allow_null=True, help_text="The current pre-segmenter (None: no other).")
+    baseline_label = serializers.CharField(allow_null=True)
+    baseline_value = serializers.FloatField(allow_null=True)
+    improvement = serializers.FloatField(allow_null=True)
+    margin = serializers.FloatField()
+    tolerance = serializers.FloatField()
+    regressions = serializers.DictField(child=serializers.FloatField())
+    guarded = serializers.ListField(child=serializers.CharField())
+    version = serializers.IntegerField()
+    snapshot = serializers.IntegerField(allow_null=True)
+    evaluated = serializers.BooleanField()
+    candidate_metrics = serializers.DictField(child=serializers.FloatField(allow_null=True), allow_null=True)
+    baseline_metrics = serializers.DictField(child=serializers.FloatField(allow_null=True), allow_null=True)
+
+
 class RollbackIn(serializers.Serializer):
     kind = serializers.ChoiceField(choices=ModelKind.choices)
 

@@ -18,6 +18,7 @@ urlpatterns = [
     path("projects/<int:project_id>/models", views.ModelVersionListView.as_view(), name="model-versions"),
     path("training/models/<int:version_id>", views.ModelDetailView.as_view(), name="model-detail"),
     path("training/models/<int:version_id>/promote", views.ModelPromoteView.as_view(), name="model-promote"),
+    path("training/models/<int:version_id>/gate", views.ModelGateView.as_view(), name="model-gate"),
     path("training/models/<int:version_id>/evaluate", views.ModelEvaluateView.as_view(), name="model-evaluate"),
     path("projects/<int:project_id>/training/rollback", views.ProjectRollbackView.as_view(), name="rollback"),
     path("projects/<int:project_id>/training/schedule", views.ProjectScheduleView.as_view(), name="schedule"),

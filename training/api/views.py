@@ -207,6 +207,15 @@ class ModelPromoteView(APIView):
         return Response(s.ModelVersionDetailOut(version).data)
 
 
+class ModelGateView(APIView):
+    @extend_schema(responses={200: s.GateVerdictOut}, tags=["training"])
+    def get(self, request: Request, version_id: int) -> Response:
+        version = selectors.model_version_get_for_user(
+            user=request_user(request), version_id=version_id, capability="train"
+        )
+        return Response(s.GateVerdictOut(registry.model_version_gate_verdict(version=version)).data)
+
+
 class ModelEvaluateView(APIView):
     @extend_schema(request=s.EvaluateIn, responses={202: dict}, tags=["training"])
     def post(self, request: Request, version_id: int) -> Response:

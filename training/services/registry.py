@@ -441,6 +441,67 @@ def promotion_gate(
     )
 
 
+def model_version_gate_verdict(*, version: ModelVersion) -> dict[str, Any]:
+    """What the promotion gate would decide for ``version`` against the current pre-segmenter,
+    from the evaluations already stored (read-only: evaluates nothing) on the reference snapshot
+    (else the version's own). ``evaluated`` is False when either side lacks an evaluation there;
+    the decision then does not promote and ``reason`` says what is missing."""
+    from training.selectors import reference_snapshot
+
+    policy = TrainingPolicy.objects.filter(project_id=version.project_id).first() or TrainingPolicy(
+        project_id=version.project_id
+    )
+    metric, margin, tolerance, guarded = gate_settings(policy)
+    current = presegmenter_find(project_id=version.project_id)
+    if current is None:  # a fresh project: the watershed baseline, when it was created
+        current = ModelVersion.objects.filter(project_id=version.project_id, kind=ModelKind.WATERSHED, number=1).first()
+    baseline = None if current is not None and current.pk == version.pk else current
+    snapshot = reference_snapshot(project_id=version.project_id) or version.snapshot
+    evaluations: dict[int, Evaluation] = {}
+    if snapshot is not None:
+        ids = [version.pk] + ([baseline.pk] if baseline is not None else [])
+        evaluations = {
+            e.model_version_id: e for e in Evaluation.objects.filter(snapshot=snapshot, model_version_id__in=ids)
+        }
+    candidate = evaluations.get(version.pk)
+    base = evaluations.get(baseline.pk) if baseline is not None else None
+    decision = gate_decide(
+        candidate=candidate.overall if candidate else {},
+        baseline=base.overall if base else None,
+        metric=metric,
+        margin=margin,
+        tolerance=tolerance,
+        guarded=guarded,
+        candidate_intervals=candidate.intervals if candidate else None,
+        baseline_intervals=base.intervals if base else None,
+    )
+    where = f"snapshot #{snapshot.number}" if snapshot is not None else "any snapshot"
+    if candidate is None:
+        decision.reason = f"{version} has not been evaluated on {where}: evaluate it first"
+    elif baseline is not None and base is None:
+        decision.reason = f"the current pre-segmenter {baseline} has not been evaluated on {where}"
+    elif baseline is None and decision.reason.startswith("the active model has no value"):
+        decision.reason = "there is no other model to compare with"
+    verdict = decision.to_dict()
+    verdict["baseline_value"] = verdict.pop("baseline")
+    return verdict | {
+        "version": version.pk,
+        "baseline": baseline.pk if baseline is not None else None,
+        "baseline_label": str(baseline) if baseline is not None else None,
+        "snapshot": snapshot.pk if snapshot is not None else None,
+        "evaluated": candidate is not None and (baseline is None or base is not None),
+        "guarded": list(guarded),
+        "candidate_metrics": _numbers(candidate.overall) if candidate else None,
+        "baseline_metrics": _numbers(base.overall) if base else None,
+    }
+
+
+def _numbers(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    return {
+        k: v for k, v in metrics.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    }
+
+
 def model_version_promote(
     *, version: ModelVersion, user: User | None, reason: str = "", decision: GateDecision | None = None
 ) -> ModelVersion:

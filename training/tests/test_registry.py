@@ -189,6 +189,34 @@ def test_promote_roll_back_and_tampered_artifacts(tmp_path: Path) -> None:
         registry.model_version_promote(version=v3, user=sp.admin)
 
 
+def test_gate_verdict_reads_the_stored_evaluations_against_the_presegmenter() -> None:
+    from training.models import DatasetSnapshot
+
+    sp = synthetic_project(splits={"train": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    project = sp.project
+    baseline = model_version_baseline(project=project)
+    zero, good = _version(project, ModelKind.CELLPOSE, "zero"), _version(project, ModelKind.CELLPOSE, "good")
+    # nothing evaluated yet: no promotion, and it says why (nothing is evaluated by the read)
+    verdict = registry.model_version_gate_verdict(version=zero)
+    assert (verdict["promote"], verdict["evaluated"], verdict["baseline"]) == (False, False, baseline.pk)
+    assert "has not been evaluated" in verdict["reason"]
+    snapshot = DatasetSnapshot.objects.create(project=project, number=1, counts={"test": {"images": 3}})
+    for version, f1 in ((baseline, 0.6), (zero, 0.0), (good, 0.8)):
+        Evaluation.objects.create(model_version=version, snapshot=snapshot, overall={"f1_50": f1, "dice": f1})
+    verdict = registry.model_version_gate_verdict(version=zero)
+    assert (verdict["promote"], verdict["evaluated"], verdict["snapshot"]) == (False, True, snapshot.pk)
+    assert (verdict["candidate"], verdict["baseline_value"], verdict["metric"]) == (0.0, 0.6, "f1_50")
+    assert "improvement -0.6000 < margin" in verdict["reason"]
+    assert verdict["baseline_label"] == str(baseline)
+    verdict = registry.model_version_gate_verdict(version=good)
+    assert verdict["promote"] is True and verdict["improvement"] == pytest.approx(0.2)
+    assert Evaluation.objects.count() == 3  # read-only
+    # against the version that pre-segments now, once promoted
+    registry.model_version_promote(version=good, user=sp.admin)
+    assert registry.model_version_gate_verdict(version=zero)["baseline"] == good.pk
+    assert registry.model_version_gate_verdict(version=good)["baseline"] is None
+
+
 # --- evaluation and the gate ---------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ import {
   type Corrections,
   type DatasetSnapshot,
   type EvaluationQueued,
+  type GateVerdict,
   type HistoryEntry,
   type ImageFilters,
   type ImageInfo,
@@ -410,6 +411,9 @@ export class ApiClient {
   }
   promoteModel(versionId: number, reason: string): Promise<ModelVersionDetail> {
     return this.call('post', 'training/models/{version_id}/promote', { version_id: versionId }, { body: { reason } });
+  }
+  modelGate(versionId: number): Promise<GateVerdict> {
+    return this.call('get', 'training/models/{version_id}/gate', { version_id: versionId });
   }
   evaluateModel(versionId: number, snapshot?: number | null): Promise<EvaluationQueued> {
     return this.call('post', 'training/models/{version_id}/evaluate', { version_id: versionId }, { body: snapshot ? { snapshot } : {} });

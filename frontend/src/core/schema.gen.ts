@@ -932,6 +932,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/training/models/{version_id}/gate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["training_models_gate_retrieve"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/training/models/{version_id}/promote": {
         parameters: {
             query?: never;
@@ -1433,6 +1449,38 @@ export interface components {
          * @enum {string}
          */
         ExportJobOutStatusEnum: "queued" | "running" | "done" | "failed" | "expired";
+        /** @description What the promotion gate would decide for a version against the current pre-segmenter. */
+        GateVerdictOut: {
+            promote: boolean;
+            reason: string;
+            metric: string;
+            /** Format: double */
+            candidate: number | null;
+            /** @description The current pre-segmenter (None: no other). */
+            baseline: number | null;
+            baseline_label: string | null;
+            /** Format: double */
+            baseline_value: number | null;
+            /** Format: double */
+            improvement: number | null;
+            /** Format: double */
+            margin: number;
+            /** Format: double */
+            tolerance: number;
+            regressions: {
+                [key: string]: number;
+            };
+            guarded: string[];
+            version: number;
+            snapshot: number | null;
+            evaluated: boolean;
+            candidate_metrics: {
+                [key: string]: number | null;
+            } | null;
+            baseline_metrics: {
+                [key: string]: number | null;
+            } | null;
+        };
         GeoJsonConflictOut: {
             detail: string;
             /** @description A stale revision: the current one. */
@@ -1612,6 +1660,11 @@ export interface components {
             status?: components["schemas"]["StatusBcfEnum"];
             presegment_status?: components["schemas"]["PresegmentStatusEnum"];
             presegment_error?: string;
+            presegment_model?: number | null;
+            /** @description The model version of the last finished pre-segmentation (None: none). */
+            readonly presegment_model_label: string | null;
+            /** @description How many proposals the last finished pre-segmentation made (None: none finished). */
+            readonly presegment_proposals: number | null;
             revision?: number;
             readonly cell_count: number;
             original_format: string;
@@ -2429,6 +2482,11 @@ export interface components {
             status?: components["schemas"]["StatusBcfEnum"];
             presegment_status?: components["schemas"]["PresegmentStatusEnum"];
             presegment_error?: string;
+            presegment_model?: number | null;
+            /** @description The model version of the last finished pre-segmentation (None: none). */
+            readonly presegment_model_label: string | null;
+            /** @description How many proposals the last finished pre-segmentation made (None: none finished). */
+            readonly presegment_proposals: number | null;
             revision?: number;
             readonly cell_count: number;
             original_format: string;
@@ -4672,6 +4730,27 @@ export interface operations {
                     "application/json": {
                         [key: string]: unknown;
                     };
+                };
+            };
+        };
+    };
+    training_models_gate_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                version_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GateVerdictOut"];
                 };
             };
         };

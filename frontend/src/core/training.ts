@@ -3,7 +3,7 @@
  * loss-curve series. Framework free, unit tested.
  */
 import { numericKeys, seriesFromPoints, type Series } from './chart';
-import type { CurvePoint, JobProgress, TrainingJob } from './types';
+import type { CurvePoint, GateVerdict, ImageInfo, JobProgress, TrainingJob } from './types';
 
 export type Stage = 'nnunet' | 'cellpose' | 'refinement';
 
@@ -259,3 +259,61 @@ export const METRIC_LABELS: Record<string, string> = {
   erythrocyte_fp: 'Ery FP',
   erythrocyte_fp_rate: 'Ery FP rate',
 };
+
+/** One metric of a gate verdict: the version's value against the pre-segmenter's. */
+export interface GateRow {
+  metric: string;
+  candidate: number | null;
+  baseline: number | null;
+  /** The gate's primary metric (the one that must improve by the margin). */
+  primary: boolean;
+  /** A guarded metric that regresses beyond the tolerance (vetoes the promotion). */
+  regressed: boolean;
+  /** Worse than the pre-segmenter (direction-aware), whether or not beyond the tolerance. */
+  worse: boolean;
+}
+
+type Verdict = Pick<GateVerdict, 'metric' | 'guarded' | 'regressions' | 'candidate_metrics' | 'baseline_metrics'>;
+
+/** The rows a promotion dialog shows: the primary metric first, then the guarded ones. */
+export function gateRows(v: Verdict): GateRow[] {
+  const names = [v.metric, ...v.guarded.filter((m) => m !== v.metric)];
+  return names.map((metric) => {
+    const candidate = v.candidate_metrics?.[metric] ?? null;
+    const baseline = v.baseline_metrics?.[metric] ?? null;
+    const worse = candidate != null && baseline != null && (LOWER_IS_BETTER.has(metric) ? candidate > baseline : candidate < baseline);
+    return { metric, candidate, baseline, primary: metric === v.metric, regressed: metric in v.regressions, worse };
+  });
+}
+
+/** The headline of a gate verdict. */
+export function gateHeadline(v: Pick<GateVerdict, 'promote' | 'evaluated'>): { tone: 'good' | 'warn' | 'bad'; text: string } {
+  if (v.promote) return { tone: 'good', text: 'The promotion gate would promote this version' };
+  if (!v.evaluated) return { tone: 'warn', text: 'The promotion gate cannot judge this version yet' };
+  return { tone: 'bad', text: 'The promotion gate would NOT promote this version' };
+}
+
+/**
+ * What to say about an image's last pre-segmentation: a run that made no proposal is a
+ * warning naming the model ("0 proposals from Cellpose 3 v2"), not a plain "done".
+ * Null when it was never pre-segmented.
+ */
+export function presegmentNote(img: Pick<ImageInfo, 'presegment_status' | 'presegment_error' | 'presegment_model_label' | 'presegment_proposals'>): { tone: 'warn' | 'bad' | 'muted'; text: string } | null {
+  const model = img.presegment_model_label ?? 'the model';
+  switch (img.presegment_status) {
+    case 'done': {
+      const n = img.presegment_proposals;
+      if (n == null) return { tone: 'muted', text: 'Done' };
+      if (n === 0) return { tone: 'warn', text: `0 proposals from ${model}` };
+      return { tone: 'muted', text: `${n} proposal${n === 1 ? '' : 's'} from ${model}` };
+    }
+    case 'failed':
+      return { tone: 'bad', text: `Failed${img.presegment_error ? ` — ${img.presegment_error}` : ''}` };
+    case 'queued':
+      return { tone: 'muted', text: 'Queued' };
+    case 'running':
+      return { tone: 'muted', text: 'Running' };
+    default:
+      return null;
+  }
+}

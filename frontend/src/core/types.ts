@@ -83,6 +83,8 @@ export type JobStatus = NonNullable<S['JobOut']['status']>;
 export type CancelledJob = S['CancelOut'];
 export type Rollback = S['RollbackOut'];
 export type ModelVersionDetail = S['ModelVersionDetailOut'];
+/** `GET training/models/{id}/gate`: what the promotion gate would decide (read-only). */
+export type GateVerdict = S['GateVerdictOut'];
 
 /** `GET admin/queue` (staff): what waits and runs, and the workers' heartbeats. */
 export type AdminQueue = S['AdminQueueOut'];

@@ -8,11 +8,12 @@ import type { ClassPalette } from '../core/classes';
 import { area } from '../core/geometry';
 import type { ProposalStore } from '../core/proposals';
 import type { Selection } from '../core/selection';
+import { presegmentNote } from '../core/training';
 import type { AnnotationStore } from '../core/store';
 import type { ImageInfo } from '../core/types';
 import type { ToolId } from '../tools';
 import type { EditorMap, LayerName } from '../view/editorMap';
-import { formatStatus, h, icon, kbd } from './dom';
+import { h, icon, kbd } from './dom';
 import { section } from './viewer';
 
 export interface EditorPanelHost {
@@ -229,7 +230,8 @@ export class EditorPanels {
     const image = this.host.image();
     const pre = image?.presegment_status;
     const el = this.proposalsEl;
-    const status = pre ? h('div', { class: 'muted small' }, icon('sparkles', 14), `Pre-segmentation: ${formatStatus(pre)}${image?.presegment_error ? ` — ${image.presegment_error}` : ''}`) : null;
+    const note = image && pre ? presegmentNote(image) : null;
+    const status = note ? h('div', { class: `small presegment-note ${note.tone}`, dataset: { presegment: pre ?? '' } }, icon(note.tone === 'muted' ? 'sparkles' : 'alert', 14), `Pre-segmentation: ${note.text}`) : null;
     if (!n) {
       el.replaceChildren(h('p', { class: 'muted small' }, 'No open proposals for this image.'), ...(status ? [status] : []));
       return;

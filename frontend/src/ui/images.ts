@@ -2,6 +2,7 @@ import { ApiError } from '../core/api';
 import { loadFilters, saveFilters, type StoredFilters } from '../core/navigation';
 import { nextFromQueue, preferredKinds, queueRoute, QUEUE_LABELS } from '../core/queue';
 import { routeHash } from '../core/router';
+import { presegmentNote } from '../core/training';
 import { BETHESDA, IMAGE_STATUSES, SPLITS, type ImageInfo, type Project, type QueueKind, type WorkQueue } from '../core/types';
 import type { App, Screen } from './app';
 import { append, formatStatus, h, icon, statusTone } from './dom';
@@ -215,11 +216,16 @@ export class ImagesScreen implements Screen {
           h('span', { class: 'muted', title: 'Cells' }, `${img.cell_count} cells`),
         ),
         this.cardAction(img),
-        img.presegment_status && !/done|success|complete|none/i.test(img.presegment_status)
-          ? h('div', { class: 'meta small muted' }, icon('sparkles', 14), `Model: ${formatStatus(img.presegment_status)}`)
-          : null,
+        this.presegmentLine(img),
       ),
     );
+  }
+
+  /** Pre-segmentation in progress, failed, or done without a single proposal (a warning). */
+  private presegmentLine(img: ImageInfo): HTMLElement | null {
+    const note = presegmentNote(img);
+    if (!note || (img.presegment_status === 'done' && note.tone === 'muted')) return null;
+    return h('div', { class: `meta small presegment-note ${note.tone}`, dataset: { presegment: img.presegment_status ?? '' } }, icon(note.tone === 'muted' ? 'sparkles' : 'alert', 14), `Model: ${note.text}`);
   }
 
   private role(): string | null {

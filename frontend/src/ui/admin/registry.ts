@@ -4,11 +4,11 @@
  * expand), promote (with a reason), roll back, evaluate; snapshot selector.
  */
 import { routeHash } from '../../core/router';
-import { bestByMetric, kindInfo, METRIC_LABELS } from '../../core/training';
-import type { DatasetSnapshot, ModelKind, Registry, RegistryRow } from '../../core/types';
+import { bestByMetric, gateHeadline, gateRows, kindInfo, METRIC_LABELS } from '../../core/training';
+import type { DatasetSnapshot, GateVerdict, ModelKind, Registry, RegistryRow } from '../../core/types';
 import { num } from '../charts';
 import { formatStatus, h, icon, statusTone } from '../dom';
-import { confirmDialog, dialog, toast } from '../overlay';
+import { dialog, toast } from '../overlay';
 import { errText } from '../viewer';
 import { AdminPanel, fmtDate, forbidden, loadingBlock } from './common';
 
@@ -85,7 +85,7 @@ export class RegistryPanel extends AdminPanel {
         return h(
           'div',
           { class: 'card pad active-card', dataset: { kind } },
-          h('div', { class: 'active-top' }, h('span', { class: 'muted small' }, kindInfo(kind).label), h('span', { class: 'grow' }), active && others.length ? h('button', { class: 'btn btn-sm btn-ghost', dataset: { action: 'rollback', kind }, title: 'Reactivate the version this one replaced', onclick: () => void this.rollback(kind) }, icon('undo', 14), 'Roll back') : null),
+          h('div', { class: 'active-top' }, h('span', { class: 'muted small' }, kindInfo(kind).label), h('span', { class: 'grow' }), active && kind !== 'watershed' ? h('button', { class: 'btn btn-sm btn-ghost', dataset: { action: 'rollback', kind }, title: this.rollbackTitle(active), onclick: () => void this.rollback(kind) }, icon('undo', 14), 'Roll back') : null),
           h('div', { class: 'active-line' }, active ? h('b', null, `v${active.number}`) : h('span', { class: 'muted' }, 'none active'), active ? h('span', { class: 'pill pill-good' }, 'Active') : null),
           active ? h('div', { class: 'muted small' }, active.promoted_at ? `since ${fmtDate(active.promoted_at)}` : active.name || 'built in') : h('div', { class: 'muted small' }, `${others.length} candidate${others.length === 1 ? '' : 's'}`),
         );
@@ -127,9 +127,22 @@ export class RegistryPanel extends AdminPanel {
         'td',
         { class: 'actions' },
         canPromote ? h('button', { class: 'btn btn-sm', dataset: { action: 'promote' }, onclick: () => void this.promote(v) }, 'Promote') : null,
+        // one click: a promotion that went wrong is undone where it shows (promote again to redo)
+        v.status === 'active' && v.kind !== 'watershed' ? h('button', { class: 'btn btn-sm btn-ghost', dataset: { action: 'rollback-version' }, title: this.rollbackTitle(v), onclick: () => void this.rollback(v.kind) }, icon('undo', 14), this.replacedLabel(v) ? `Roll back to ${this.replacedLabel(v)}` : 'Roll back') : null,
         !v.metrics ? h('button', { class: 'btn btn-sm btn-ghost', onclick: () => void this.evaluate(v) }, 'Evaluate') : null,
       ),
     );
+  }
+
+  /** The version ``v`` replaced in its kind (rolling back reactivates it). */
+  private replacedLabel(v: RegistryRow): string | null {
+    const before = v.replaced != null ? this.registry?.versions.find((x) => x.id === v.replaced) : undefined;
+    return before && before.status !== 'failed' ? `v${before.number}` : null;
+  }
+
+  private rollbackTitle(v: RegistryRow): string {
+    const before = this.replacedLabel(v);
+    return before ? `Retire v${v.number} and reactivate ${before}, the version it replaced` : `Retire v${v.number}: the next active model (else the watershed baseline) pre-segments again`;
   }
 
   private bethesdaRow(v: RegistryRow, metrics: string[]): HTMLElement {
@@ -144,15 +157,30 @@ export class RegistryPanel extends AdminPanel {
 
   private async promote(v: RegistryRow): Promise<void> {
     let reason = '';
+    const label = `${kindInfo(v.kind).label} v${v.number}`;
+    const verdictEl = h('div', { class: 'gate-verdict', dataset: { state: 'loading' } }, h('p', { class: 'muted small' }, 'Asking the promotion gate…'));
+    const confirm = h('button', { class: 'btn btn-primary', dataset: { action: 'confirm-promote' }, disabled: true }, 'Promote');
     const ok = await new Promise<boolean>((resolve) => {
       let result = false;
       const input = h('input', { placeholder: 'Why (kept in the audit log)', autofocus: true, oninput: (e: Event) => (reason = (e.target as HTMLInputElement).value) });
+      confirm.onclick = () => ((result = true), d.close());
       const d = dialog({
-        title: `Promote ${kindInfo(v.kind).label} v${v.number}?`,
-        body: [h('p', null, 'It becomes the active model of its kind and the project’s pre-segmenter: new pre-segmentations use it. The current one can be restored with “Roll back”.'), h('label', { class: 'field' }, h('span', null, 'Reason'), input)],
-        actions: [h('button', { class: 'btn', onclick: () => d.close() }, 'Cancel'), h('button', { class: 'btn btn-primary', dataset: { action: 'confirm-promote' }, onclick: () => ((result = true), d.close()) }, 'Promote')],
+        title: `Promote ${label}?`,
+        body: [verdictEl, h('p', null, 'It becomes the active model of its kind and the project’s pre-segmenter: new pre-segmentations use it. The current one can be restored with “Roll back”.'), h('label', { class: 'field' }, h('span', null, 'Reason'), input)],
+        actions: [h('button', { class: 'btn', onclick: () => d.close() }, 'Cancel'), confirm],
         onClose: () => resolve(result),
       });
+      this.app.api
+        .modelGate(v.id)
+        .then((verdict) => {
+          verdictEl.replaceWith(this.verdictBlock(verdict));
+          if (!verdict.promote) {
+            confirm.className = 'btn btn-danger';
+            confirm.textContent = 'Promote anyway';
+          }
+        })
+        .catch((e) => verdictEl.replaceChildren(h('p', { class: 'small gate-error' }, `The gate’s verdict is unavailable: ${errText(e)}`)))
+        .finally(() => (confirm.disabled = false));
     });
     if (!ok) return;
     try {
@@ -164,12 +192,45 @@ export class RegistryPanel extends AdminPanel {
     }
   }
 
+  /** The gate's verdict for a manual promotion: promote or not, why, and the metrics side by side. */
+  private verdictBlock(verdict: GateVerdict): HTMLElement {
+    const head = gateHeadline(verdict);
+    const fmt = (x: number | null) => (x == null ? '—' : x.toFixed(3));
+    const rows = gateRows(verdict).filter((r) => r.primary || r.candidate != null || r.baseline != null);
+    const against = verdict.baseline_label ?? 'no other model';
+    return h(
+      'div',
+      { class: `gate-verdict card pad tone-${head.tone}`, dataset: { promote: String(verdict.promote), state: 'ready' } },
+      h('div', { class: 'gate-head' }, h('span', { class: `pill pill-${head.tone}` }, verdict.promote ? 'Gate: promote' : 'Gate: do not promote'), h('b', null, head.text)),
+      h('p', { class: 'small gate-reason' }, `Against the current pre-segmenter (${against}): ${verdict.reason}.`),
+      rows.some((r) => r.candidate != null || r.baseline != null)
+        ? h(
+            'table',
+            { class: 'table mini gate-metrics' },
+            h('thead', null, h('tr', null, h('th', null, 'Metric'), h('th', { class: 'num' }, 'This version'), h('th', { class: 'num' }, against))),
+            h(
+              'tbody',
+              null,
+              rows.map((r) =>
+                h(
+                  'tr',
+                  { dataset: { metric: r.metric }, class: r.regressed ? 'regressed' : r.worse ? 'worse' : '' },
+                  h('td', null, METRIC_LABELS[r.metric] ?? r.metric, r.primary ? h('span', { class: 'muted small', title: `must improve by at least ${verdict.margin}` }, ' · decides') : r.regressed ? h('span', { class: 'small' }, ' regresses') : null),
+                  h('td', { class: 'num' }, fmt(r.candidate)),
+                  h('td', { class: 'num' }, fmt(r.baseline)),
+                ),
+              ),
+            ),
+          )
+        : null,
+    );
+  }
+
   private async rollback(kind: ModelKind): Promise<void> {
-    if (!(await confirmDialog('Roll back?', `The active ${kindInfo(kind).label} goes back to the version it replaced.`, 'Roll back', true))) return;
     try {
       const r = await this.app.api.rollback(this.project.id, kind);
       const active = this.registry?.versions.find((v) => v.id === r.active);
-      toast(active ? `Rolled back: v${active.number} is active again` : 'Rolled back: no active version of this kind now', 'success');
+      toast(active ? `Rolled back: v${active.number} is active again` : `Rolled back: no active ${kindInfo(kind).label} now; the next model pre-segments`, 'success');
       await this.load();
     } catch (e) {
       toast(`Could not roll back: ${errText(e)}`, 'error', 7000);
