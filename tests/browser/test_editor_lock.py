@@ -212,3 +212,25 @@ def test_submit_for_review_shows_a_summary_first(live_server: Any, page: Any) ->
     assert image.status in (ImageStatus.SUBMITTED, ImageStatus.IN_REVIEW)
     assert page.locator(".tool-btn[data-tool=draw]").is_disabled()
     assert "read only" in page.locator(".map-banner").inner_text()
+
+
+def test_an_image_locked_meanwhile_turns_read_only_at_the_refused_save(live_server: Any, page: Any) -> None:
+    admin = UserFactory(username="head")
+    project = ProjectFactory(name="Locked meanwhile", created_by=admin)
+    annie = member(project, Role.ANNOTATOR, username="annie")
+    image, outlines = synthetic_image(project, seed=61, n_cells=6)
+    annotate(image, annie, outlines[:2])
+
+    login(page, live_server.url, "annie")
+    page.goto(f"{live_server.url}/#/projects/{project.pk}/images/{image.pk}")
+    wait_editor_ready(page)
+    assert page.locator(".map-banner").is_hidden()
+    submit_for_review(image, annie)  # elsewhere (another tab)
+
+    page.mouse.click(*screen_of(page, *_centre(outlines[0]), image))
+    page.wait_for_selector(".selection-box .sel-head")
+    page.keyboard.press("Delete")
+    page.wait_for_selector(".map-banner:not([hidden])")
+    assert "read only" in page.locator(".map-banner").inner_text()
+    assert page.locator(".tool-btn[data-tool=draw]").is_disabled()
+    assert len(_annotation(image)) == 2

@@ -570,7 +570,19 @@ export class EditorScreen extends MapScreen {
     }
     if (s.status === 'error' && s.error?.status === 409) {
       toast(`Not saved: ${s.error.detail}`, 'error', 8000);
+      this.lockedMeanwhile(s.error.body);
     }
+  }
+
+  /** A save refused because the image was locked meanwhile (submitted elsewhere): read only from now on. */
+  private lockedMeanwhile(body: unknown): void {
+    const status = body && typeof body === 'object' && 'status' in body ? (body as { status: unknown }).status : null;
+    if (typeof status !== 'string' || !lockReason(status) || !this.image || this.readOnly) return;
+    this.image = { ...this.image, status: status as typeof this.image.status };
+    this.readOnly = true;
+    this.renderStatus();
+    this.renderReadOnly();
+    this.panels.renderAll();
   }
 
   /** The server refused cells (the other edits are being saved): say why, show the first one. */
