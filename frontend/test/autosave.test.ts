@@ -244,6 +244,11 @@ describe('AutosaveController', () => {
     expect(server.calls[2].body.cells[0].polygon).toEqual(sq(20, 10));
     expect(ctl.state.status).toBe('error');
     expect(ctl.state.errorKeys).toEqual(['s2']);
+    // a submit (or accepting proposals) waits for the correction, and says why (not "offline")
+    const run = vi.fn(async () => 'done');
+    const refusedRun = ctl.exclusive(run);
+    await expect(refusedRun).rejects.toMatchObject({ status: 400, detail: expect.stringContaining('shown in red') });
+    expect(run).not.toHaveBeenCalled();
   });
 
   it('edits made during an in-flight save are saved right after it', async () => {

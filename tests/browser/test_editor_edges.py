@@ -150,6 +150,7 @@ def test_a_refused_cell_is_red_with_a_sentence_and_the_other_edits_save(live_ser
     # correcting it (another class) saves it
     page.mouse.click(*at(140, 140))
     page.wait_for_selector(".selection-box .sel-head")
+    shot(page, "edges-refused-cell-selected")
     page.keyboard.press("1")
     wait_saved(page)
     assert len(_annotation(image)) == 2

@@ -367,11 +367,11 @@ export class AutosaveController {
    */
   async exclusive<T>(fn: () => Promise<T>): Promise<T> {
     const ok = await this.flush();
-    if (!ok)
-      throw new ApiError(
-        0,
-        this.conflict ? 'Resolve the conflict first' : this.refused.size ? 'a cell shown in red could not be saved: correct it first' : 'Unsaved changes could not be saved',
-      );
+    if (!ok) {
+      // not a network failure (status 0 reads "the server cannot be reached"): the server refused a cell
+      if (!this.conflict && this.refused.size) throw new ApiError(400, 'a cell shown in red could not be saved — correct it first');
+      throw new ApiError(0, this.conflict ? 'Resolve the conflict first' : 'Unsaved changes could not be saved');
+    }
     this.lockCount += 1;
     try {
       return await fn();
