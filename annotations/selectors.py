@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, F, Prefetch, Q, QuerySet, TextField
 from django.db.models.functions import Cast
@@ -234,3 +235,15 @@ def history_list(*, image: Image) -> QuerySet[AnnotationRevision]:
 
 def membership_list(*, project: Project) -> QuerySet[ProjectMembership]:
     return project.memberships.select_related("user").order_by("id")
+
+
+def user_find(*, login: str) -> Any | None:
+    """An active user by username, else by e-mail address (case-insensitive; only when exactly one
+    user has it). None when there is none."""
+    users = get_user_model().objects.filter(is_active=True)
+    login = login.strip()
+    found = users.filter(username=login).first()
+    if found is None and "@" in login:
+        matches = list(users.filter(email__iexact=login)[:2])
+        found = matches[0] if len(matches) == 1 else None
+    return found

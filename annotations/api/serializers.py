@@ -137,7 +137,7 @@ class MembershipOut(serializers.ModelSerializer):
 
 
 class MembershipIn(serializers.Serializer):
-    username = serializers.CharField(max_length=150)
+    username = serializers.CharField(max_length=254, help_text="An existing user's username or e-mail address.")
     role = serializers.ChoiceField(choices=Role.choices)
 
 

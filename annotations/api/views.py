@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib.auth import get_user_model, login, logout
+from django.contrib.auth import login, logout
 from django.http import FileResponse, Http404, HttpResponse
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -177,9 +177,11 @@ class MemberListView(APIView):
     def post(self, request: Request, project_id: int) -> Response:
         project = selectors.project_get_for_user(user=request_user(request), project_id=project_id, capability="manage")
         data = parse(s.MembershipIn, request.data)
-        user = get_user_model().objects.filter(username=data["username"]).first()
+        user = selectors.user_find(login=data["username"])
         if user is None:
-            raise ServiceValidationError("Unknown user.", {"username": f"no user named {data['username']!r}"})
+            raise ServiceValidationError(
+                "Unknown user.", {"username": f"no user with the username or e-mail address {data['username']!r}"}
+            )
         membership = projects.membership_set(project=project, user=user, role=data["role"])
         audit.audit_record(
             project=project,

@@ -117,6 +117,9 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('snapshots', () => api.snapshots(1));
   await run('registry', () => api.registry(1, 2));
   await run('promoteModel', () => api.promoteModel(1, 'better'));
+  await run('addMember', () => api.addMember(1, 'kim@clinic.example', 'expert'));
+  await run('setMemberRole', () => api.setMemberRole(1, 2, 'admin'));
+  await run('removeMember', () => api.removeMember(1, 2));
   await run('modelGate', () => api.modelGate(1));
   await run('evaluateModel', () => api.evaluateModel(1, 2));
   await run('rollback', () => api.rollback(1, 'cellpose'));

@@ -136,6 +136,19 @@ def test_member_errors(project: Any, admin_user: Any) -> None:
     assert client.delete(f"/api/v1/projects/{project.pk}/members/{only_admin.pk}").status_code == 409
 
 
+def test_members_are_invited_by_username_or_email(project: Any, admin_user: Any) -> None:
+    UserFactory(username="dr.sato", email="Sato@Clinic.example")
+    UserFactory(username="twin1", email="twin@clinic.example")
+    UserFactory(username="twin2", email="twin@clinic.example")
+    client = client_for(admin_user)
+    url = f"/api/v1/projects/{project.pk}/members"
+    added = client.post(url, {"username": " sato@clinic.example ", "role": "expert"}, format="json")
+    assert added.status_code == 201 and (added.json()["username"], added.json()["role"]) == ("dr.sato", "expert")
+    # an address two users share names nobody
+    response = client.post(url, {"username": "twin@clinic.example", "role": "expert"}, format="json")
+    assert response.status_code == 400 and "e-mail" in response.json()["errors"]["username"]
+
+
 def test_classes_are_editable(project: Any, admin_user: Any, annotator: Any) -> None:
     client = client_for(admin_user)
     created = client.post(

@@ -47,6 +47,7 @@ import {
   type ReviewDraftBody,
   type ReviewsOfRound,
   type ReviewSubmitResult,
+  type Role,
   type Rollback,
   type SaveCellsBody,
   type ServerCells,
@@ -324,6 +325,16 @@ export class ApiClient {
   }
   members(projectId: number): Promise<Member[]> {
     return this.call('get', 'projects/{project_id}/members', { project_id: projectId });
+  }
+  /** Adds an existing user (by username or e-mail address) to the project, or sets their role. */
+  addMember(projectId: number, login: string, role: Role): Promise<Member> {
+    return this.call('post', 'projects/{project_id}/members', { project_id: projectId }, { body: { username: login, role } });
+  }
+  setMemberRole(projectId: number, membershipId: number, role: Role): Promise<Member> {
+    return this.call('patch', 'projects/{project_id}/members/{membership_id}', { project_id: projectId, membership_id: membershipId }, { body: { role } });
+  }
+  removeMember(projectId: number, membershipId: number): Promise<void> {
+    return this.call('delete', 'projects/{project_id}/members/{membership_id}', { project_id: projectId, membership_id: membershipId });
   }
 
   // ---- reviews (blind: never ask for others' reviews before submitting one's own) ----

@@ -1816,6 +1816,7 @@ export interface components {
             role: components["schemas"]["RoleEnum"];
         };
         MembershipInRequest: {
+            /** @description An existing user's username or e-mail address. */
             username: string;
             role: components["schemas"]["RoleEnum"];
         };

@@ -83,6 +83,8 @@ const ICONS: Record<string, string> = {
   copy: '<rect x="9" y="9" width="12" height="12" rx="2"/><path d="M5 15H4a1 1 0 01-1-1V4a1 1 0 011-1h10a1 1 0 011 1v1"/>',
   refresh: '<path d="M20 11a8 8 0 00-14.8-4M4 4v4h4M4 13a8 8 0 0014.8 4M20 20v-4h-4"/>',
   webhook: '<circle cx="6" cy="17" r="2.5"/><circle cx="18" cy="17" r="2.5"/><circle cx="12" cy="6" r="2.5"/><path d="M10.7 8.2L7.3 14.8M8.5 17h7M13.3 8.2l3.4 6.6"/>',
+  users: '<circle cx="9" cy="8" r="3.2"/><path d="M3 20c0-3.3 2.7-6 6-6s6 2.7 6 6"/><path d="M16 4.5a3.2 3.2 0 010 6.4M18 14.3c2 .8 3 2.9 3 5.7"/>',
+  plus: '<path d="M12 5v14M5 12h14"/>',
 };
 
 export function icon(name: keyof typeof ICONS | string, size = 18): HTMLSpanElement {

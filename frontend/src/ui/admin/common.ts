@@ -15,6 +15,7 @@ const TABS: { tab: AdminTab; label: string; icon: string }[] = [
   { tab: 'models', label: 'Model registry', icon: 'layers' },
   { tab: 'schedule', label: 'Retraining schedule', icon: 'cloud' },
   { tab: 'agreement', label: 'Expert agreement', icon: 'check' },
+  { tab: 'members', label: 'Members', icon: 'users' },
   { tab: 'webhooks', label: 'Webhooks', icon: 'webhook' },
   { tab: 'workers', label: 'Workers & queue', icon: 'cpu' },
 ];

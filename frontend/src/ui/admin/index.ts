@@ -2,7 +2,7 @@
  * The administration screen of a project: the tabs (common.ts) and the panel of
  * the current one — training jobs (training.ts), the model registry
  * (registry.ts), the retraining schedule (schedule.ts), the expert-agreement
- * dashboard (agreement.ts), the project's webhooks (webhooks.ts), and for staff
+ * dashboard (agreement.ts), members and roles (members.ts), the project's webhooks (webhooks.ts), and for staff
  * the platform's workers and queues (workers.ts).
  */
 import { ApiError } from '../../core/api';
@@ -11,6 +11,7 @@ import type { Project } from '../../core/types';
 import type { App, Screen } from '../app';
 import { AgreementPanel } from './agreement';
 import { adminPage, forbidden, tabVisible, type AdminPanel } from './common';
+import { MembersPanel } from './members';
 import { RegistryPanel } from './registry';
 import { SchedulePanel } from './schedule';
 import { TrainingPanel } from './training';
@@ -22,6 +23,7 @@ const PANELS: Record<AdminTab, new (app: App, project: Project) => AdminPanel> =
   models: RegistryPanel,
   schedule: SchedulePanel,
   agreement: AgreementPanel,
+  members: MembersPanel,
   webhooks: WebhooksPanel,
   workers: WorkersPanel,
 };
