@@ -137,7 +137,14 @@ export class EditorMap {
     this.activeLayer = new VectorLayer({
       source: this.activeSource,
       // a refused cell stays red when selected (with its vertex handles, to be corrected)
-      style: (f) => (f.get('err') ? s.errorSelected : custom ? custom(String(f.getId()), f.get('c') ?? null, 'selected') : s.cell(f.get('c'), 'selected')),
+      style: (f) =>
+        f.get('err')
+          ? s.errorSelected
+          : custom
+            ? custom(String(f.getId()), f.get('c') ?? null, 'selected')
+            : this.canEdit && !this.canEdit(String(f.getId()))
+              ? s.selectedReadOnly(f.get('c')) // nothing to drag: no vertex handles
+              : s.cell(f.get('c'), 'selected'),
       updateWhileInteracting: true,
       updateWhileAnimating: true,
       renderBuffer: 20,
@@ -375,6 +382,7 @@ export class EditorMap {
   /** Re-evaluates `canEdit` for the selection (e.g. edit mode toggled). */
   syncEditable(): void {
     this.syncCollections();
+    this.activeLayer.changed(); // the vertex handles follow canEdit
   }
 
   setErrorKeys(keys: string[]): void {

@@ -27,6 +27,18 @@ export class StyleCache {
     this.props.clear();
   }
 
+  /** A selected cell that cannot be edited (read-only image): the selection's halo, no vertex handles. */
+  selectedReadOnly(classId: number | null | undefined): Style | Style[] {
+    const k = `${classId ?? 'x'}|selected-ro`;
+    let s = this.cells.get(k);
+    if (!s) {
+      const sel = this.cell(classId, 'selected');
+      s = Array.isArray(sel) ? sel.slice(0, 2) : sel;
+      this.cells.set(k, s);
+    }
+    return s;
+  }
+
   cell(classId: number | null | undefined, state: CellState): Style | Style[] {
     const k = `${classId ?? 'x'}|${state}`;
     let s = this.cells.get(k);
