@@ -10,6 +10,7 @@ import { JobScreen } from './ui/job';
 import { LoginScreen } from './ui/login';
 import { ProjectsScreen } from './ui/projects';
 import { ReviewScreen } from './ui/review';
+import { TokensScreen } from './ui/tokens';
 import { h } from './ui/dom';
 
 const root = document.getElementById('app')!;
@@ -19,6 +20,7 @@ type R<N extends Route['name']> = Extract<Route, { name: N }>;
 const app = new App(root, {
   login: (a, r) => new LoginScreen(a, r as R<'login'>),
   projects: (a) => new ProjectsScreen(a),
+  tokens: (a) => new TokensScreen(a),
   images: (a, r) => new ImagesScreen(a, (r as R<'images'>).projectId),
   editor: (a, r) => new EditorScreen(a, (r as R<'editor'>).projectId, (r as R<'editor'>).imageId),
   review: (a, r) => new ReviewScreen(a, (r as R<'review'>).projectId, (r as R<'review'>).imageId),

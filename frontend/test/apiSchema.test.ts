@@ -120,6 +120,9 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('addMember', () => api.addMember(1, 'kim@clinic.example', 'expert'));
   await run('setMemberRole', () => api.setMemberRole(1, 2, 'admin'));
   await run('removeMember', () => api.removeMember(1, 2));
+  await run('tokens', () => api.tokens());
+  await run('createToken', () => api.createToken({ name: 'ci', project: 1, expires_in_days: 30 }));
+  await run('revokeToken', () => api.revokeToken(3));
   await run('modelGate', () => api.modelGate(1));
   await run('evaluateModel', () => api.evaluateModel(1, 2));
   await run('rollback', () => api.rollback(1, 'cellpose'));

@@ -18,6 +18,8 @@ import {
   type Agreement,
   type ApiCell,
   type ApiResponse,
+  type ApiToken,
+  type ApiTokenCreated,
   type ApiRoute,
   type Assignment,
   type Assignments,
@@ -262,6 +264,15 @@ export class ApiClient {
   }
 
   // ---- projects ----
+  tokens(): Promise<ApiToken[]> {
+    return this.call('get', 'auth/tokens', {});
+  }
+  createToken(body: { name: string; project?: number; expires_in_days?: number }): Promise<ApiTokenCreated> {
+    return this.call('post', 'auth/tokens', {}, { body });
+  }
+  revokeToken(tokenId: number): Promise<void> {
+    return this.call('delete', 'auth/tokens/{token_id}', { token_id: tokenId });
+  }
   listProjects(page = 1, pageSize = 100): Promise<Paginated<Project>> {
     return this.page('get', 'projects', {}, { page, page_size: pageSize });
   }

@@ -10,6 +10,7 @@ export const PROJECT_ADMIN_TABS: readonly AdminTab[] = ['members', 'webhooks'];
 export type Route =
   | { name: 'login'; next?: string }
   | { name: 'projects' }
+  | { name: 'tokens' }
   | { name: 'images'; projectId: number }
   | { name: 'editor'; projectId: number; imageId: number }
   | { name: 'review'; projectId: number; imageId: number }
@@ -33,6 +34,7 @@ export function parseRoute(hash: string): Route {
     const next = params.get('next') ?? undefined;
     return next ? { name: 'login', next } : { name: 'login' };
   }
+  if (parts[0] === 'tokens' && parts.length === 1) return { name: 'tokens' };
   if (parts[0] === 'projects') {
     if (parts.length === 1) return { name: 'projects' };
     const projectId = posInt(parts[1]);
@@ -64,6 +66,8 @@ export function routeHash(r: Route): string {
       return r.next ? `#/login?next=${encodeURIComponent(r.next)}` : '#/login';
     case 'projects':
       return '#/projects';
+    case 'tokens':
+      return '#/tokens';
     case 'images':
       return `#/projects/${r.projectId}`;
     case 'editor':

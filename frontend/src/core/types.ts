@@ -57,6 +57,9 @@ export type QueryOf<R extends ApiRoute, M extends MethodOf<R>> = Operation<R, M>
 export type User = S['MeOut'];
 export type Role = S['MembershipBrief']['role'];
 export type Member = S['MembershipOut'];
+/** `auth/tokens`: a personal API token (the secret only in {@link ApiTokenCreated}, once). */
+export type ApiToken = S['TokenOut'];
+export type ApiTokenCreated = S['TokenCreatedOut'];
 export type HistoryEntry = S['HistoryOut'];
 export type Layer = NonNullable<QueryOf<'images/{image_id}/cells', 'get'>['layer']>;
 export type TransitionState = S['AllowedActionsOut'];
