@@ -71,12 +71,43 @@ export class SchedulePanel extends AdminPanel {
     this.render();
   }
 
+  /**
+   * A typed value: the draft and what shows it change in place, on `input`. A re-render on
+   * `change` (fired by the blur of the mousedown on "Save schedule") would replace the button
+   * under the pointer and swallow that first click.
+   */
+  private typed<K extends keyof TrainingPolicy>(k: K, v: TrainingPolicy[K]): void {
+    this.draft = { ...this.draft, [k]: v };
+    const cron = this.el.querySelector<HTMLElement>('[data-cron-text]');
+    if (cron) cron.textContent = describeCron(this.draft as TrainingPolicy);
+  }
+
+  private configTyped(text: string): void {
+    this.configText = text;
+    try {
+      const v = JSON.parse(text || '{}') as unknown;
+      if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('must be an object');
+      delete this.errors.job_config;
+      this.draft = { ...this.draft, job_config: v as Record<string, unknown> };
+    } catch (x) {
+      this.errors = { ...this.errors, job_config: `Not a JSON object: ${(x as Error).message}` };
+    }
+    const box = this.el.querySelector<HTMLElement>('[data-config-errors]');
+    if (box) box.replaceChildren(...this.configErrors());
+  }
+
+  private configErrors(): HTMLElement[] {
+    return Object.entries(this.errors)
+      .filter(([k]) => k.startsWith('job_config'))
+      .map(([k, v]) => h('div', { class: 'field-error' }, `${k}: ${String(v)}`));
+  }
+
   private render(): void {
     const p = this.policy!;
     const d = this.draft as TrainingPolicy;
     const err = (k: string) => (this.errors[k] ? h('div', { class: 'field-error' }, String(this.errors[k])) : null);
     const text = (k: 'cron_minute' | 'cron_hour' | 'cron_day_of_week' | 'cron_day_of_month' | 'cron_month_of_year', label: string) =>
-      h('label', { class: 'field compact' }, h('span', null, label), h('input', { value: d[k], dataset: { field: k }, onchange: (e: Event) => this.set(k, (e.target as HTMLInputElement).value) }), err(k));
+      h('label', { class: 'field compact' }, h('span', null, label), h('input', { value: d[k], dataset: { field: k }, oninput: (e: Event) => this.typed(k, (e.target as HTMLInputElement).value) }), err(k));
     const numField = (k: 'min_new_images' | 'gate_margin' | 'gate_tolerance', label: string, placeholder: string, step: string) =>
       h(
         'label',
@@ -88,9 +119,9 @@ export class SchedulePanel extends AdminPanel {
           value: d[k] == null ? '' : String(d[k]),
           placeholder,
           dataset: { field: k },
-          onchange: (e: Event) => {
+          oninput: (e: Event) => {
             const raw = (e.target as HTMLInputElement).value.trim();
-            this.set(k, (raw === '' ? (k === 'min_new_images' ? 1 : null) : Number(raw)) as never);
+            this.typed(k, (raw === '' ? (k === 'min_new_images' ? 1 : null) : Number(raw)) as never);
           },
         }),
         err(k),
@@ -105,7 +136,7 @@ export class SchedulePanel extends AdminPanel {
       h('div', { class: 'chips' }, CRON_PRESETS.map((c) => h('button', { type: 'button', class: 'chip-btn', onclick: () => ((this.draft = { ...this.draft, cron_minute: c.cron[0], cron_hour: c.cron[1], cron_day_of_week: c.cron[2], cron_day_of_month: c.cron[3], cron_month_of_year: c.cron[4] }), this.render()) }, c.label))),
       h('div', { class: 'form-row cron' }, text('cron_minute', 'Minute'), text('cron_hour', 'Hour'), text('cron_day_of_week', 'Day of week'), text('cron_day_of_month', 'Day of month'), text('cron_month_of_year', 'Month')),
       err('cron'),
-      h('p', { class: 'muted small' }, describeCron(d)),
+      h('p', { class: 'muted small', dataset: { cronText: '' } }, describeCron(d)),
       h('h3', { class: 'form-section' }, 'What'),
       h(
         'div',
@@ -121,7 +152,7 @@ export class SchedulePanel extends AdminPanel {
             {
               onchange: (e: Event) => {
                 const v = (e.target as HTMLSelectElement).value;
-                const cfg = { ...((d.job_config as Record<string, unknown>) ?? {}) };
+                const cfg = { ...((this.draft.job_config as Record<string, unknown>) ?? {}) }; // typed JSON may be newer than this render
                 if (v === 'default') delete cfg.preset;
                 else cfg.preset = v;
                 this.configText = JSON.stringify(cfg, null, 1);
@@ -142,22 +173,9 @@ export class SchedulePanel extends AdminPanel {
           rows: 4,
           spellcheck: 'false',
           value: this.configText,
-          onchange: (e: Event) => {
-            this.configText = (e.target as HTMLTextAreaElement).value;
-            try {
-              const v = JSON.parse(this.configText || '{}') as unknown;
-              if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error('must be an object');
-              delete this.errors.job_config;
-              this.set('job_config', v as Record<string, unknown>);
-            } catch (x) {
-              this.errors = { ...this.errors, job_config: `Not a JSON object: ${(x as Error).message}` };
-              this.render();
-            }
-          },
+          oninput: (e: Event) => this.configTyped((e.target as HTMLTextAreaElement).value),
         }),
-        Object.entries(this.errors)
-          .filter(([k]) => k.startsWith('job_config'))
-          .map(([k, v]) => h('div', { class: 'field-error' }, `${k}: ${String(v)}`)),
+        h('div', { dataset: { configErrors: '' } }, this.configErrors()),
       ),
       h('h3', { class: 'form-section' }, 'Promotion gate'),
       h('label', { class: 'check' }, h('input', { type: 'checkbox', checked: d.auto_promote, onchange: (e: Event) => this.set('auto_promote', (e.target as HTMLInputElement).checked) }), 'Promote a new model automatically when it passes the gate'),
