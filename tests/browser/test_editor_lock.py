@@ -212,6 +212,7 @@ def test_submit_for_review_shows_a_summary_first(live_server: Any, page: Any) ->
     assert image.status in (ImageStatus.SUBMITTED, ImageStatus.IN_REVIEW)
     assert page.locator(".tool-btn[data-tool=draw]").is_disabled()
     assert "read only" in page.locator(".map-banner").inner_text()
+    shot(page, "issue17-submitted-read-only")
 
 
 def test_an_image_locked_meanwhile_turns_read_only_at_the_refused_save(live_server: Any, page: Any) -> None:
