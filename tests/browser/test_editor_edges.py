@@ -13,8 +13,8 @@ import pytest
 from annotations.models import Cell, CellClass, Layer, Role
 from tests.browser.conftest import shot
 from tests.browser.helpers import (
-    ScreenMap,
     ProjectFactory,
+    ScreenMap,
     UserFactory,
     annotate,
     image_point,
