@@ -95,6 +95,8 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('getHistory', () => api.getHistory(1));
   await run('acceptProposals', () => api.acceptProposals(1, { revision: 0, ids: [1] }));
   await run('rejectProposals', () => api.rejectProposals(1, { ids: [1] }));
+  await run('presegmentImage', () => api.presegmentImage(1, 2));
+  await run('presegmentProject', () => api.presegmentProject(1));
   await run('transition', () => api.transition(1, 'submit'));
   await run('transitionState', () => api.transitionState(1));
   await run('queue', () => api.queue(1));

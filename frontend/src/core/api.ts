@@ -40,6 +40,8 @@ import {
   type PageQuery,
   type Paginated,
   type PathParamsOf,
+  type PresegmentQueued,
+  type ProjectPresegmentQueued,
   type Project,
   type ProposalsRejected,
   type QueryOf,
@@ -313,6 +315,15 @@ export class ApiClient {
   }
   rejectProposals(imageId: number, body: { ids?: number[]; all?: boolean }): Promise<ProposalsRejected> {
     return this.call('post', 'images/{image_id}/proposals/reject', { image_id: imageId }, { body });
+  }
+
+  /** 202: the image is queued (409 while it is locked for review). `modelVersion` null: the project's pre-segmenter. */
+  presegmentImage(imageId: number, modelVersion?: number | null): Promise<PresegmentQueued> {
+    return this.call('post', 'images/{image_id}/presegment', { image_id: imageId }, { body: modelVersion ? { model_version: modelVersion } : {} });
+  }
+  /** 202 with how many images were queued (every image not locked for review). Admins only. */
+  presegmentProject(projectId: number, modelVersion?: number | null): Promise<ProjectPresegmentQueued> {
+    return this.call('post', 'projects/{project_id}/presegment', { project_id: projectId }, { body: modelVersion ? { model_version: modelVersion } : {} });
   }
 
   // ---- workflow ----

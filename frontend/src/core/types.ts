@@ -276,6 +276,13 @@ export interface JobProgress {
   iterations?: number | null;
   loss?: number | null;
   step?: string | number | null;
+  /** evaluation stage: the version being scored ("Cellpose v2"), which of the job's, and the test image */
+  model_version?: number;
+  version?: string;
+  version_index?: number;
+  versions?: number;
+  image?: number | null;
+  images?: number | null;
 }
 export type CurvePoint = Record<string, number | null | undefined>;
 type JobJson = {
@@ -311,6 +318,11 @@ export type Registry = Omit<S['RegistryOut'], 'versions'> & { versions: Registry
 
 // schema too loose: training_models_evaluate_create — declared as `responses={202: dict}`: declare a serializer { model_version, snapshot }.
 export type EvaluationQueued = { model_version: number; snapshot: number };
+
+// schema too loose: images_presegment_create — declared as `responses={202: dict}`: declare { presegment_status, model_version }.
+export type PresegmentQueued = { presegment_status: string; model_version: number };
+// schema too loose: projects_presegment_create — declared as `responses={202: dict}`: declare { queued: integer }.
+export type ProjectPresegmentQueued = { queued: number };
 
 // schema too loose: images_proposals_reject_create — declared as `responses={200: dict}`: declare { rejected: integer }.
 export type ProposalsRejected = { rejected: number };
