@@ -162,10 +162,33 @@ def _waiting_order(*, project: Project, queryset: QuerySet[Image]) -> QuerySet[I
             .annotate(v=Avg("f1"))
             .values("v")[:1]
         )
-        return queryset.annotate(past_f1=Coalesce(Subquery(own), Subquery(slide))).order_by(
-            F("past_f1").asc(nulls_last=True), "id"
-        )
+        return queryset.annotate(
+            own_f1=Subquery(own), slide_f1=Subquery(slide), past_f1=Coalesce(Subquery(own), Subquery(slide))
+        ).order_by(F("past_f1").asc(nulls_last=True), "id")
     return queryset.order_by("id")
+
+
+def _waiting_reason(image: Image, order: str) -> tuple[str, float | None]:
+    """Why a waiting image stands where it does in the active-learning order (its annotations
+    from :func:`_waiting_order`)."""
+    if order == ActiveLearningOrder.UNCERTAINTY:
+        score = getattr(image, "mean_score", None)
+        return ("uncertainty", float(score)) if score is not None else ("no_proposals", None)
+    if order == ActiveLearningOrder.DISAGREEMENT:
+        own, slide = getattr(image, "own_f1", None), getattr(image, "slide_f1", None)
+        if own is not None:
+            return "disagreement_image", float(own)
+        if slide is not None:
+            return "disagreement_slide", float(slide)
+        return "no_history", None
+    return "upload_order", None
+
+
+def _with_reason(images: list[Any], reason: Any) -> list[Any]:
+    """Sets ``queue_reason`` (``(code, value)``, docs/api.md "work queue") on each image."""
+    for image in images:
+        image.queue_reason = reason(image) if callable(reason) else reason
+    return images
 
 
 def _live_reviews() -> Q:
@@ -182,10 +205,11 @@ def work_queue(*, user: UserLike, project: Project, limit: int = 5) -> dict[str,
     role = membership_role(user=user, project=project)
     capabilities = CAPABILITIES[role] if role else set()
     empty: QuerySet[Image] = Image.objects.none()
-    out: dict[str, Any] = {"order": verification_settings_get(project=project).active_learning_order}
+    order = verification_settings_get(project=project).active_learning_order
+    out: dict[str, Any] = {"order": order}
 
-    def section(queryset: QuerySet[Image]) -> dict[str, Any]:
-        return {"count": queryset.count(), "images": list(queryset[:limit])}
+    def section(queryset: QuerySet[Image], reason: Any = None) -> dict[str, Any]:
+        return {"count": queryset.count(), "images": _with_reason(list(queryset[:limit]), reason)}
 
     mine = project.images.filter(status=ImageStatus.ANNOTATING, annotator_id=user_id).order_by("id")
     waiting = _waiting_order(
@@ -193,8 +217,8 @@ def work_queue(*, user: UserLike, project: Project, limit: int = 5) -> dict[str,
         queryset=project.images.filter(status__in=[ImageStatus.NEW, ImageStatus.PRE_SEGMENTED]),
     )
     if "annotate" in capabilities:
-        own = section(mine)
-        rest = section(waiting)
+        own = section(mine, ("in_progress", None))
+        rest = section(waiting, lambda i: _waiting_reason(i, order))
         out["annotate"] = {"count": own["count"] + rest["count"], "images": (own["images"] + rest["images"])[:limit]}
     else:
         out["annotate"] = section(empty)
@@ -208,11 +232,14 @@ def work_queue(*, user: UserLike, project: Project, limit: int = 5) -> dict[str,
         .select_related("image")
         .order_by("created_at", "id")
     )
-    out["review"] = {"count": reviews.count(), "images": [r.image for r in reviews[:limit]]}
+    out["review"] = {
+        "count": reviews.count(),
+        "images": _with_reason([r.image for r in reviews[:limit]], ("assigned", None)),
+    }
     adjudicate = project.images.filter(status__in=[ImageStatus.DISPUTED, ImageStatus.ADJUDICATION]).order_by(
         "updated_at", "id"
     )
-    out["adjudicate"] = section(adjudicate if may_adjudicate(user=user, project=project) else empty)
+    out["adjudicate"] = section(adjudicate if may_adjudicate(user=user, project=project) else empty, ("disputed", None))
     understaffed = (
         project.images.filter(status__in=[ImageStatus.SUBMITTED, ImageStatus.IN_REVIEW])
         .annotate(
@@ -226,7 +253,9 @@ def work_queue(*, user: UserLike, project: Project, limit: int = 5) -> dict[str,
         .filter(live__lt=F("needed"))
         .order_by("id")
     )
-    out["assign"] = section(understaffed if "manage" in capabilities else empty)
+    out["assign"] = section(
+        understaffed if "manage" in capabilities else empty, lambda i: ("open_slots", float(i.needed - i.live))
+    )
     return out
 
 

@@ -260,6 +260,17 @@ class CellsOut(serializers.Serializer):
     cells = CellOut(many=True)
 
 
+class RevisionCellOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    class_id = serializers.IntegerField()
+    polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
+
+
+class RevisionOut(serializers.Serializer):
+    revision = serializers.IntegerField()
+    cells = RevisionCellOut(many=True, help_text="The annotation layer as it was at this revision.")
+
+
 class RestoreIn(serializers.Serializer):
     revision = serializers.IntegerField(required=False, help_text="Current revision (or If-Match).")
 

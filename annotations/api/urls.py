@@ -22,5 +22,6 @@ urlpatterns = [
     path("images/<int:image_id>/file", views.ImageFileView.as_view(), name="image-file"),
     path("images/<int:image_id>/cells", views.CellsView.as_view(), name="cells"),
     path("images/<int:image_id>/history", views.HistoryView.as_view(), name="history"),
+    path("images/<int:image_id>/history/<int:revision>", views.RevisionView.as_view(), name="revision"),
     path("images/<int:image_id>/history/<int:revision>/restore", views.RestoreView.as_view(), name="restore"),
 ]

@@ -26,7 +26,7 @@ from annotations.services import audit, projects, tokens
 from annotations.services import cells as cell_services
 from annotations.services import images as image_services
 from core.api.parsing import PAGE_PARAMETERS, base_revision, client_ip, paginate, paginated, parse, request_user
-from core.errors import ConflictError, ServiceValidationError
+from core.errors import ConflictError, NotFoundError, ServiceValidationError
 from core.idempotency import idempotent_call
 from core.login import user_login_check
 
@@ -446,6 +446,21 @@ class HistoryView(APIView):
     def get(self, request: Request, image_id: int) -> Response:
         image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
         return paginate(request, self, selectors.history_list(image=image), s.HistoryOut)
+
+
+class RevisionView(APIView):
+    @extend_schema(responses=s.RevisionOut, tags=["cells"], summary="The annotation layer as it was at a revision")
+    def get(self, request: Request, image_id: int, revision: int) -> Response:
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
+        if revision != 0 and not image.history.filter(revision=revision).exists():
+            raise NotFoundError("No such revision.")
+        cells = selectors.revision_state(image=image, revision=revision)
+        return Response(
+            {
+                "revision": revision,
+                "cells": [{"id": c["id"], "class_id": c["class_id"], "polygon": c["polygon"]} for c in cells],
+            }
+        )
 
 
 class RestoreView(APIView):

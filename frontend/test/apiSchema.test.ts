@@ -93,6 +93,10 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('getCells', () => api.getCells(1, 'proposal'));
   await run('saveCells', () => api.saveCells(1, { revision: 0, cells: [] }, 'key'));
   await run('getHistory', () => api.getHistory(1));
+  await run('getRevision', () => api.getRevision(1, 2));
+  await run('restoreRevision', () => api.restoreRevision(1, 2, 5));
+  await run('verificationSettings', () => api.verificationSettings(1));
+  await run('saveVerificationSettings', () => api.saveVerificationSettings(1, { quorum: null, adjudicators: [2] }));
   await run('acceptProposals', () => api.acceptProposals(1, { revision: 0, ids: [1] }));
   await run('rejectProposals', () => api.rejectProposals(1, { ids: [1] }));
   await run('presegmentImage', () => api.presegmentImage(1, 2));

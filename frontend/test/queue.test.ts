@@ -1,9 +1,9 @@
 import { describe, expect, it, vi } from 'vitest';
-import { firstOther, nextFromQueue, pickNext, preferredKinds, queueRoute } from '../src/core/queue';
+import { firstOther, nextFromQueue, pickNext, preferredKinds, queueReason, queueRoute } from '../src/core/queue';
 import { parseRoute, routeHash } from '../src/core/router';
 import type { WorkQueue } from '../src/core/types';
 
-const img = (id: number, status = 'new') => ({ id, file_name: `f${id}.png`, status, thumbnail_url: '' });
+const img = (id: number, status = 'new') => ({ id, file_name: `f${id}.png`, status, thumbnail_url: '', reason: 'upload_order', reason_value: null });
 const queue = (over: Partial<WorkQueue> = {}): WorkQueue => ({
   project: 1,
   order: 'none',
@@ -12,6 +12,21 @@ const queue = (over: Partial<WorkQueue> = {}): WorkQueue => ({
   adjudicate: { count: 0, images: [] },
   assign: { count: 0, images: [] },
   ...over,
+});
+
+describe('why an image comes next', () => {
+  it('words the server\'s reason with its value', () => {
+    expect(queueReason({ reason: 'uncertainty', reason_value: 0.4213 })).toBe('uncertain: mean proposal score 0.42');
+    expect(queueReason({ reason: 'disagreement_image', reason_value: 0.5 })).toBe('expert disagreement: past agreement F1 0.50');
+    expect(queueReason({ reason: 'disagreement_slide', reason_value: 0 })).toBe('expert disagreement on its slide: F1 0.00');
+    expect(queueReason({ reason: 'open_slots', reason_value: 1 })).toBe('1 reviewer missing');
+    expect(queueReason({ reason: 'open_slots', reason_value: 2 })).toBe('2 reviewers missing');
+    expect(queueReason({ reason: 'assigned', reason_value: null })).toBe('oldest assignment first');
+    expect(queueReason({ reason: 'in_progress', reason_value: null })).toBe('your image in progress');
+    expect(queueReason({ reason: 'uncertainty', reason_value: null })).toBe('uncertain: mean proposal score ?');
+    // a reason this client does not know yet is still shown
+    expect(queueReason({ reason: 'brand_new_rule', reason_value: null })).toBe('brand new rule');
+  });
 });
 
 describe('work queue navigation', () => {

@@ -175,6 +175,13 @@ class QueueImageOut(serializers.Serializer):
     file_name = serializers.CharField()
     status = serializers.CharField()
     thumbnail_url = serializers.CharField()
+    reason = serializers.CharField(
+        help_text="Why the image stands here: in_progress (your image), uncertainty (value: mean proposal "
+        "score), no_proposals, disagreement_image / disagreement_slide (value: past mean pair F1 of the image "
+        "/ its slide), no_history, upload_order, assigned (oldest assignment first), disputed (oldest first), "
+        "open_slots (value: reviewers missing)."
+    )
+    reason_value = serializers.FloatField(allow_null=True)
 
 
 class QueueSectionOut(serializers.Serializer):
@@ -283,6 +290,8 @@ def queue_image(image: Image) -> dict[str, Any]:
         "file_name": image.file_name,
         "status": image.status,
         "thumbnail_url": s.ImageOut().get_thumbnail_url(image),
+        "reason": getattr(image, "queue_reason", ("upload_order", None))[0],
+        "reason_value": getattr(image, "queue_reason", ("upload_order", None))[1],
     }
 
 

@@ -197,3 +197,44 @@ def test_disagreement_order_prefers_the_images_own_history(
     queue = work_queue(user=member(project, Role.ANNOTATOR), project=project, limit=10)
     # Own mean pair F1: own_low 0, middle 2/3, own_high 1.
     assert ids(queue, "annotate") == [own_low.pk, middle.pk, own_high.pk]
+
+
+def reasons(queue: dict[str, Any], section: str) -> list[tuple[str, float | None]]:
+    return [i.queue_reason for i in queue[section]["images"]]
+
+
+def test_each_image_says_why_it_comes_next(
+    project: Any, annotator: Any, admin_user: Any, experts: list[Any], class_id: int
+) -> None:
+    mine, scored, bare = (image_create(project, seed=s) for s in range(3))
+    annotate(mine, annotator, [rect(4, 4, 12, 12)], class_id)
+    proposals(scored, class_id, [0.25, 0.75])
+    assert reasons(work_queue(user=annotator, project=project), "annotate") == [
+        ("in_progress", None),
+        ("upload_order", None),
+        ("upload_order", None),
+    ]
+    verification_settings_update(project=project, user=admin_user, data={"active_learning_order": "uncertainty"})
+    queue = work_queue(user=annotator, project=project)
+    assert reasons(queue, "annotate") == [("in_progress", None), ("uncertainty", 0.5), ("no_proposals", None)]
+    assert ids(queue, "annotate") == [mine.pk, scored.pk, bare.pk]
+    verification_settings_update(project=project, user=admin_user, data={"active_learning_order": "disagreement"})
+    assert reasons(work_queue(user=annotator, project=project), "annotate")[1:] == [("no_history", None)] * 2
+    settings_set(project, experts_required=5)
+    understaffed = image_create(project, seed=7)
+    drive_to("in_review", image=understaffed, annotator=annotator, admin=admin_user, class_id=class_id)
+    admin_queue = work_queue(user=admin_user, project=project)
+    assert reasons(admin_queue, "assign") == [("open_slots", 2.0)]  # three experts for K = 5
+    reviewer = next(r.reviewer for r in understaffed.reviews.all())
+    assert reasons(work_queue(user=reviewer, project=project), "review") == [("assigned", None)]
+
+
+def test_queue_api_sends_the_reason(project: Any, annotator: Any, class_id: int) -> None:
+    from rest_framework.test import APIClient
+
+    image_create(project, seed=1)
+    client = APIClient()
+    client.force_authenticate(annotator)
+    body = client.get(f"/api/v1/me/queue?project={project.pk}").json()
+    assert body["annotate"]["images"][0]["reason"] == "upload_order"
+    assert body["annotate"]["images"][0]["reason_value"] is None

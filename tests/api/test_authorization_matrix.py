@@ -90,6 +90,7 @@ TABLE: dict[str, str] = {
     "PUT /api/v1/images/{image_id}/cells": "annotator",
     "GET /api/v1/images/{image_id}/file": "annotator",
     "GET /api/v1/images/{image_id}/history": "annotator",
+    "GET /api/v1/images/{image_id}/history/{revision}": "annotator",
     "POST /api/v1/images/{image_id}/history/{revision}/restore": "annotator",
     "POST /api/v1/images/{image_id}/import/geojson": "annotator",  # a cell write, like PUT cells
     "POST /api/v1/images/{image_id}/presegment": "annotator",

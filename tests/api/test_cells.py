@@ -243,6 +243,15 @@ def test_history_stores_deltas_and_restore_replays_them(image: Any, annotator: A
     changes = dict(AnnotationRevision.objects.filter(image=image).values_list("revision", "changes"))
     assert [c["id"] for c in changes[2]["upserted"]] == [b["id"]] and changes[2]["deleted"] == []
     assert [c["id"] for c in changes[3]["upserted"]] == [a["id"]] and changes[3]["deleted"] == [b["id"]]
+    # The layer at a revision, for a preview before restoring it.
+    at_two = client.get(f"/api/v1/images/{image.pk}/history/2").json()
+    assert at_two["revision"] == 2 and {c["id"]: c["polygon"][0] for c in at_two["cells"]} == {
+        a["id"]: [1, 1],
+        b["id"]: [40, 40],
+    }
+    assert set(at_two["cells"][0]) == {"id", "class_id", "polygon"}
+    assert client.get(f"/api/v1/images/{image.pk}/history/0").json() == {"revision": 0, "cells": []}
+    assert client.get(f"/api/v1/images/{image.pk}/history/99").status_code == 404
     restored = client.post(f"/api/v1/images/{image.pk}/history/2/restore", {"revision": 3}, format="json").json()
     assert {c["id"]: c["polygon"][0] for c in restored["cells"]} == {a["id"]: [1, 1], b["id"]: [40, 40]}
 

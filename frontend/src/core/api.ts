@@ -51,6 +51,7 @@ import {
   type ReviewDraftBody,
   type ReviewsOfRound,
   type ReviewSubmitResult,
+  type RevisionState,
   type Role,
   type Rollback,
   type SaveCellsBody,
@@ -63,6 +64,8 @@ import {
   type TransitionResult,
   type TransitionState,
   type User,
+  type VerificationSettings,
+  type VerificationSettingsUpdate,
   type Webhook,
   type WebhookCreated,
   type WebhookDelivery,
@@ -308,6 +311,14 @@ export class ApiClient {
   getHistory(imageId: number, page = 1): Promise<Paginated<HistoryEntry>> {
     return this.page('get', 'images/{image_id}/history', { image_id: imageId }, { page });
   }
+  /** The annotation layer as it was at `revision` (a preview; nothing changes). */
+  getRevision(imageId: number, revision: number): Promise<RevisionState> {
+    return this.call('get', 'images/{image_id}/history/{revision}', { image_id: imageId, revision });
+  }
+  /** A new revision equal to `revision`; `current` is the layer's revision now (409 when stale). */
+  restoreRevision(imageId: number, revision: number, current: number): Promise<ServerCells> {
+    return this.call('post', 'images/{image_id}/history/{revision}/restore', { image_id: imageId, revision }, { body: { revision: current } });
+  }
 
   // ---- proposals ----
   acceptProposals(imageId: number, body: { revision: number; ids?: number[]; all?: boolean }): Promise<ServerCells> {
@@ -344,6 +355,12 @@ export class ApiClient {
   }
   cancelAssignment(imageId: number, assignmentId: number): Promise<void> {
     return this.call('delete', 'images/{image_id}/assignments/{review_id}', { image_id: imageId, review_id: assignmentId });
+  }
+  verificationSettings(projectId: number): Promise<VerificationSettings> {
+    return this.call('get', 'projects/{project_id}/verification', { project_id: projectId });
+  }
+  saveVerificationSettings(projectId: number, body: VerificationSettingsUpdate): Promise<VerificationSettings> {
+    return this.call('patch', 'projects/{project_id}/verification', { project_id: projectId }, { body });
   }
   members(projectId: number): Promise<Member[]> {
     return this.call('get', 'projects/{project_id}/members', { project_id: projectId });

@@ -59,3 +59,38 @@ export async function nextFromQueue(api: QueueApi, projectId: number, kinds: Que
   const pick = pickNext(queue, kinds, currentId);
   return pick ? { ...pick, route: queueRoute(projectId, pick.kind, pick.image.id) } : null;
 }
+
+/**
+ * Why an image stands where it does in its queue (`reason`, `reason_value` of
+ * `GET me/queue`), as a short sentence: "uncertain: mean proposal score 0.42".
+ */
+export function queueReason(image: Pick<QueueImage, 'reason' | 'reason_value'>): string {
+  const v = image.reason_value;
+  const num = v == null || !Number.isFinite(v) ? '?' : v.toFixed(2);
+  switch (image.reason) {
+    case 'in_progress':
+      return 'your image in progress';
+    case 'uncertainty':
+      return `uncertain: mean proposal score ${num}`;
+    case 'no_proposals':
+      return 'no proposals yet (after the uncertain ones)';
+    case 'disagreement_image':
+      return `expert disagreement: past agreement F1 ${num}`;
+    case 'disagreement_slide':
+      return `expert disagreement on its slide: F1 ${num}`;
+    case 'no_history':
+      return 'no agreement history (after the disputed ones)';
+    case 'upload_order':
+      return 'upload order';
+    case 'assigned':
+      return 'oldest assignment first';
+    case 'disputed':
+      return 'oldest dispute first';
+    case 'open_slots': {
+      const n = v == null ? 0 : Math.round(v);
+      return `${n} reviewer${n === 1 ? '' : 's'} missing`;
+    }
+    default:
+      return image.reason ? image.reason.replace(/_/g, ' ') : '';
+  }
+}

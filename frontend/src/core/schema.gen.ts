@@ -234,6 +234,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/images/{image_id}/history/{revision}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The annotation layer as it was at a revision */
+        get: operations["images_history_retrieve_2"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/images/{image_id}/history/{revision}/restore": {
         parameters: {
             query?: never;
@@ -2200,6 +2217,10 @@ export interface components {
             file_name: string;
             status: string;
             thumbnail_url: string;
+            /** @description Why the image stands here: in_progress (your image), uncertainty (value: mean proposal score), no_proposals, disagreement_image / disagreement_slide (value: past mean pair F1 of the image / its slide), no_history, upload_order, assigned (oldest assignment first), disputed (oldest first), open_slots (value: reviewers missing). */
+            reason: string;
+            /** Format: double */
+            reason_value: number | null;
         };
         QueueOut: {
             project: number;
@@ -2277,6 +2298,16 @@ export interface components {
             round: components["schemas"]["RoundOut"];
             reviews: components["schemas"]["ReviewOut"][];
             assignments: components["schemas"]["AssignmentOut"][];
+        };
+        RevisionCellOut: {
+            id: number;
+            class_id: number;
+            polygon: number[][];
+        };
+        RevisionOut: {
+            revision: number;
+            /** @description The annotation layer as it was at this revision. */
+            cells: components["schemas"]["RevisionCellOut"][];
         };
         /**
          * @description * `annotator` - Annotator
@@ -3067,6 +3098,28 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PaginatedHistoryOut"];
+                };
+            };
+        };
+    };
+    images_history_retrieve_2: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                revision: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RevisionOut"];
                 };
             };
         };

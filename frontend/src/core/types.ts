@@ -61,6 +61,11 @@ export type Member = S['MembershipOut'];
 export type ApiToken = S['TokenOut'];
 export type ApiTokenCreated = S['TokenCreatedOut'];
 export type HistoryEntry = S['HistoryOut'];
+/** `GET images/{id}/history/{revision}`: the annotation layer as it was at a revision. */
+export type RevisionState = S['RevisionOut'];
+/** `GET/PATCH projects/{id}/verification`. */
+export type VerificationSettings = Required<S['VerificationSettingsIO']>;
+export type VerificationSettingsUpdate = S['PatchedVerificationSettingsIORequest'];
 export type Layer = NonNullable<QueryOf<'images/{image_id}/cells', 'get'>['layer']>;
 export type TransitionState = S['AllowedActionsOut'];
 export type TransitionAction = S['TransitionInRequest']['action'];

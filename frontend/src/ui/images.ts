@@ -1,6 +1,6 @@
 import { ApiError } from '../core/api';
 import { loadFilters, saveFilters, type StoredFilters } from '../core/navigation';
-import { nextFromQueue, preferredKinds, queueRoute, QUEUE_LABELS } from '../core/queue';
+import { nextFromQueue, preferredKinds, queueReason, queueRoute, QUEUE_LABELS } from '../core/queue';
 import { routeHash } from '../core/router';
 import { presegmentNote } from '../core/training';
 import { BETHESDA, IMAGE_STATUSES, SPLITS, type ImageInfo, type Project, type QueueKind, type WorkQueue } from '../core/types';
@@ -269,7 +269,7 @@ export class ImagesScreen implements Screen {
         const label = QUEUE_LABELS[kind];
         const body = [
           h('div', { class: 'queue-count' }, String(sec.count)),
-          h('div', { class: 'queue-text' }, h('b', null, label.title), h('span', { class: 'muted small' }, first ? `Next: ${first.file_name}` : label.empty)),
+          h('div', { class: 'queue-text' }, h('b', null, label.title), h('span', { class: 'muted small' }, first ? `Next: ${first.file_name}` : label.empty), first ? h('span', { class: 'queue-reason small', dataset: { reason: first.reason }, title: 'Why this image comes next' }, `Why: ${queueReason(first)}`) : null),
           first ? h('span', { class: 'queue-go' }, icon('next', 16)) : null,
         ];
         return first
