@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,6 +55,7 @@ __all__ = [
     "METRICS",
     "EvalCase",
     "EvalImage",
+    "EvalProgressFn",
     "EvaluationResult",
     "GateDecision",
     "bootstrap_intervals",
@@ -330,6 +331,8 @@ class EvalImage:
 
 # How predictions become what is stored: (instances, height, width) -> stored instances.
 StoredFn = Callable[[Sequence[Any], int, int], Sequence[Any]]
+# progress(image, images): image 1-based, images None when the count is unknown
+EvalProgressFn = Callable[[int, int | None], None]
 
 
 def _case(item: EvalImage, instances: Sequence[Any]) -> EvalCase:
@@ -348,17 +351,29 @@ def _case(item: EvalImage, instances: Sequence[Any]) -> EvalCase:
 
 
 def evaluate_backend(
-    backend: _Backend, images: Iterable[EvalImage], *, stored: StoredFn | None = None
+    backend: _Backend,
+    images: Iterable[EvalImage],
+    *,
+    stored: StoredFn | None = None,
+    progress: EvalProgressFn | None = None,
+    total: int | None = None,
 ) -> EvaluationResult:
     """Run ``backend.predict`` on every test image and evaluate (``timings``: predict / metrics seconds).
 
     With ``stored`` (e.g. :func:`cytoseg.contours.instances_as_stored`), the scored predictions
     are what storage keeps of them, and ``raw`` holds the overall summary of the raw masks.
+    ``progress(image, images)`` is called before each image is predicted (``image`` 1-based;
+    ``images`` is ``total``, else ``len(images)`` when it has one, else None): prediction is
+    what takes minutes, so callers can say which image is being scored.
     """
+    if total is None and isinstance(images, Sized):
+        total = len(images)
     cases: list[EvalCase] = []
     raw_cases: list[EvalCase] = []
     predict_seconds = 0.0
-    for item in images:
+    for index, item in enumerate(images, start=1):
+        if progress is not None:
+            progress(index, total)
         started = time.perf_counter()
         prediction = backend.predict(item.image)
         predict_seconds += time.perf_counter() - started

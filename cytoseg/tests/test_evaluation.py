@@ -150,6 +150,34 @@ def test_evaluate_backend_runs_the_model_on_each_image() -> None:
     assert result.timings["images"] == 2
 
 
+def test_evaluate_backend_reports_progress_before_each_image() -> None:
+    from cytoseg.backends.base import Instance, Prediction
+
+    seen: list[tuple[int, int | None]] = []
+
+    class Backend:
+        def predict(self, image: np.ndarray) -> object:
+            # the callback for this image came before its (slow) prediction
+            assert seen and seen[-1][0] == len(seen)
+            return Prediction(
+                instances=[Instance(x0=0, y0=0, mask=np.ones((4, 4), bool), label=1, score=0.5)], semantic=None
+            )
+
+    images = [
+        EvalImage(key=str(i), group="VI", image=np.zeros((10, 10, 3), np.uint8), gt=[A], gt_labels=[1])
+        for i in range(3)
+    ]
+    evaluate_backend(Backend(), images, progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    # a generator has no length: the count comes from ``total``, or is unknown
+    seen.clear()
+    evaluate_backend(Backend(), (x for x in images), progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, None), (2, None), (3, None)]
+    seen.clear()
+    evaluate_backend(Backend(), (x for x in images), progress=lambda i, n: seen.append((i, n)), total=3)
+    assert seen[-1] == (3, 3)
+
+
 def test_gate_promotes_only_with_margin_and_no_regression() -> None:
     base = {"dsb": 0.50, "dice": 0.80, "f1_50": 0.70, "erythrocyte_fp_rate": 0.10}
     better = {"dsb": 0.55, "dice": 0.79, "f1_50": 0.71, "erythrocyte_fp_rate": 0.11}

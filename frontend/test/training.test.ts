@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { bestByMetric, buildJobConfig, curveCharts, defaultJobForm, formatDuration, gateHeadline, gateRows, isLive, jobDuration, jobFraction, presegmentNote, progressText, stageFraction } from '../src/core/training';
+import { bestByMetric, buildJobConfig, curveCharts, defaultJobForm, evaluationFraction, evaluationText, formatDuration, gateHeadline, gateRows, isLive, jobDuration, jobFraction, presegmentNote, progressText, stageFraction } from '../src/core/training';
 import type { TrainingJob } from '../src/core/types';
 
 describe('job configuration', () => {
@@ -49,6 +49,30 @@ describe('job progress', () => {
     expect(jobFraction(job({ status: 'succeeded' }))).toBe(1);
     expect(jobFraction(job({ kind: 'cellpose', config: { evaluate: false }, progress: { stage: 'cellpose', epoch: 1, epochs: 1 } }))).toBeCloseTo(1);
     expect(jobFraction(job({ progress: { stage: 'mystery' } }))).toBeNull();
+  });
+
+  it('follows the evaluation stage version by version and image by image', () => {
+    const p = { stage: 'evaluate', phase: 'evaluate', model_version: 7, version: 'Cellpose 3 v2', version_index: 2, versions: 2, image: 3, images: 12 };
+    expect(evaluationText(p)).toBe('Evaluating Cellpose 3 v2: image 3 / 12 (model 2 of 2)');
+    expect(evaluationText({ ...p, versions: 1, version_index: 1 })).toBe('Evaluating Cellpose 3 v2: image 3 / 12');
+    expect(evaluationText({ ...p, image: null, images: null, versions: 1 })).toBe('Evaluating Cellpose 3 v2: loading the model');
+    expect(evaluationText({ stage: 'evaluate', phase: 'evaluate', model_version: 4 })).toBe('Evaluating model #4: loading the model');
+    expect(evaluationText({ stage: 'evaluate' })).toBe('Evaluating on the frozen test split');
+    expect(evaluationText({ stage: 'evaluate', phase: 'gate', version: 'nnU-Net v1', image: 2, images: 5 })).toBe('Promotion gate: evaluating nnU-Net v1: image 2 / 5');
+    expect(evaluationText({ stage: 'evaluate', phase: 'gate', version: 'Two-stage v3' })).toBe('Promotion gate: Two-stage v3 against the active model');
+    // the second of two versions, 2 of 12 images done: (1 + 2/12) / 2
+    expect(evaluationFraction(p)).toBeCloseTo(7 / 12);
+    expect(evaluationFraction({ ...p, version_index: 1, image: 1 })).toBe(0);
+    expect(evaluationFraction({ stage: 'evaluate' })).toBeNull();
+    expect(evaluationFraction({ stage: 'cellpose' })).toBeNull();
+    expect(evaluationFraction({ stage: 'evaluate', phase: 'gate', image: 3, images: 5 })).toBeCloseTo(0.4);
+    // the overall bar moves through the evaluation's 12 % instead of sitting at 94 %
+    const a = jobFraction(job({ progress: { ...p, version_index: 1, image: 1 } }))!;
+    const b = jobFraction(job({ progress: p }))!;
+    expect(a).toBeCloseTo(0.88);
+    expect(b).toBeGreaterThan(a);
+    expect(b).toBeLessThan(1);
+    expect(progressText(job({ progress: p }))).toBe('Evaluating Cellpose 3 v2: image 3 / 12 (model 2 of 2)');
   });
 
   it('counts iterations inside the current epoch', () => {

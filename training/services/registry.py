@@ -288,9 +288,11 @@ def model_version_evaluate(
     snapshot: DatasetSnapshot,
     device: str | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> Evaluation:
     """Run ``version`` on the snapshot's test images (ground truth: the snapshot's cells) and
-    store the metrics (``Evaluation``, mirrored into ``version.metrics``)."""
+    store the metrics (``Evaluation``, mirrored into ``version.metrics``). ``progress(image,
+    images)`` is called before each test image is predicted (see ``evaluate_backend``)."""
     from cytoseg.backends import backend_get
 
     if snapshot.project_id != version.project_id:
@@ -310,6 +312,8 @@ def model_version_evaluate(
         _eval_images(items, should_cancel),
         # what pre-segmentation stores, and so what doctors receive, is what is scored
         stored=lambda instances, height, width: instances_as_stored(instances, height, width, min_area=min_area),
+        progress=progress,
+        total=len(items),
     )
     seconds = float(result.timings.get("predict", 0.0) + result.timings.get("metrics", 0.0))
     evaluation, _ = Evaluation.objects.update_or_create(
@@ -393,14 +397,26 @@ def promotion_gate(
     policy: TrainingPolicy,
     device: str | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    progress: Callable[[ModelVersion, int, int | None], None] | None = None,
 ) -> GateDecision:
     """The gate's decision for ``version`` against ``baseline``, both evaluated on ``snapshot``
-    (the baseline is evaluated now when it has not been on this snapshot yet)."""
+    (the baseline is evaluated now when it has not been on this snapshot yet; ``progress(version,
+    image, images)`` then reports each of its test images)."""
+
+    def progress_of(evaluated: ModelVersion) -> Callable[[int, int | None], None] | None:
+        if progress is None:
+            return None
+        return lambda image, images: progress(evaluated, image, images)
+
     metric, margin, tolerance, guarded = gate_settings(policy)
     candidate = Evaluation.objects.filter(model_version=version, snapshot=snapshot).first()
     if candidate is None:
         candidate = model_version_evaluate(
-            version=version, snapshot=snapshot, device=device, should_cancel=should_cancel
+            version=version,
+            snapshot=snapshot,
+            device=device,
+            should_cancel=should_cancel,
+            progress=progress_of(version),
         )
     baseline_metrics: dict[str, Any] | None = None
     baseline_intervals: dict[str, Any] | None = None
@@ -409,7 +425,11 @@ def promotion_gate(
         if done is None:
             try:
                 done = model_version_evaluate(
-                    version=baseline, snapshot=snapshot, device=device, should_cancel=should_cancel
+                    version=baseline,
+                    snapshot=snapshot,
+                    device=device,
+                    should_cancel=should_cancel,
+                    progress=progress_of(baseline),
                 )
             except Exception as exc:
                 from cytoseg.trainers import TrainingCancelled
@@ -497,9 +517,7 @@ def model_version_gate_verdict(*, version: ModelVersion) -> dict[str, Any]:
 
 
 def _numbers(metrics: Mapping[str, Any]) -> dict[str, float | None]:
-    return {
-        k: v for k, v in metrics.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
-    }
+    return {k: v for k, v in metrics.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
 
 
 def model_version_promote(

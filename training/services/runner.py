@@ -136,6 +136,43 @@ class JobRunner:
 
         return report
 
+    @staticmethod
+    def _evaluate_progress(
+        version: ModelVersion,
+        image: int | None,
+        images: int | None,
+        *,
+        index: int | None = None,
+        count: int | None = None,
+        phase: str = "evaluate",
+    ) -> dict[str, Any]:
+        progress: dict[str, Any] = {
+            "stage": "evaluate",
+            "phase": phase,
+            "model_version": version.pk,
+            "version": str(version),
+            "image": image,
+            "images": images,
+        }
+        if index is not None:
+            progress["version_index"] = index
+            progress["versions"] = count
+        return progress
+
+    def evaluate_progress_fn(
+        self, version: ModelVersion, *, index: int | None = None, count: int | None = None, phase: str = "evaluate"
+    ) -> Callable[[int, int | None], None]:
+        """A progress callback for evaluating ``version``: which test image is being scored, so
+        the job screen does not sit on one percentage for the minutes evaluation takes. Written
+        at most once a second (the first image at once), like the trainers' iterations."""
+
+        def report(image: int, images: int | None) -> None:
+            self.progress = self._evaluate_progress(version, image, images, index=index, count=count, phase=phase)
+            if image == 1 or time.monotonic() - self._last_write >= 1.0:
+                self.write()
+
+        return report
+
     def should_cancel(self) -> bool:
         if self._cancel:
             return True
@@ -305,11 +342,15 @@ class JobRunner:
         auto = policy.auto_promote if auto is None else bool(auto)
         started = time.perf_counter()
         overall: dict[int, dict[str, Any]] = {}
-        for version in versions:
-            self.progress = {"stage": "evaluate", "phase": "evaluate", "model_version": version.pk}
+        for index, version in enumerate(versions, start=1):
+            self.progress = self._evaluate_progress(version, None, None, index=index, count=len(versions))
             self.write()
             evaluation = model_version_evaluate(
-                version=version, snapshot=job.snapshot, device=device, should_cancel=self.should_cancel
+                version=version,
+                snapshot=job.snapshot,
+                device=device,
+                should_cancel=self.should_cancel,
+                progress=self.evaluate_progress_fn(version, index=index, count=len(versions)),
             )
             overall[version.pk] = evaluation.overall
             self.note(f"evaluated {version}: " + _summary_line(evaluation.overall))
@@ -337,7 +378,7 @@ class JobRunner:
                 }
                 self.note(f"kept {version} as a candidate: {why}")
         if best is not None:
-            self.progress = {"stage": "evaluate", "phase": "gate", "model_version": best.pk}
+            self.progress = {"stage": "evaluate", "phase": "gate", "model_version": best.pk, "version": str(best)}
             self.write()
             baseline = baseline_for(best)
             decision = promotion_gate(
@@ -347,6 +388,10 @@ class JobRunner:
                 device=device,
                 policy=policy,
                 should_cancel=self.should_cancel,
+                # the gate may evaluate the active model on this snapshot first: minutes too
+                progress=lambda evaluated, image, images: self.evaluate_progress_fn(evaluated, phase="gate")(
+                    image, images
+                ),
             )
             entry: dict[str, Any] = {
                 **decision.to_dict(),

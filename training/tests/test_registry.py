@@ -308,6 +308,52 @@ def _scored(version: ModelVersion, snapshot: Any, overall: dict[str, float], int
     )
 
 
+def test_the_evaluation_stage_reports_each_version_and_test_image() -> None:
+    """A job used to sit on one percentage for the minutes evaluation takes (issue #17)."""
+    sp = synthetic_project(splits={"train": 1, "test": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    job = _job(sp)
+    nnunet = _version(sp.project, ModelKind.NNUNET, "n", job=job)
+    cellpose = _version(sp.project, ModelKind.CELLPOSE, "c", job=job)
+
+    def evaluate(*, version: ModelVersion, snapshot: Any, progress: Any = None, **_: Any) -> Evaluation:
+        for image in range(1, 4):
+            progress(image, 3)
+        _scored(version, snapshot, {"f1_50": 0.5})
+        return Evaluation.objects.get(model_version=version, snapshot=snapshot)
+
+    def run(clock: Any) -> list[dict[str, Any]]:
+        job_runner = runner.JobRunner(job)
+        rows: list[dict[str, Any]] = []
+
+        def write(**_: Any) -> None:
+            rows.append(dict(job_runner.progress))
+            job_runner._last_write = clock()
+
+        with (
+            mock.patch.object(runner, "model_version_evaluate", side_effect=evaluate),
+            mock.patch.object(runner, "promotion_gate", side_effect=RuntimeError("stop before the gate")),
+            mock.patch.object(runner.time, "monotonic", side_effect=clock),
+            mock.patch.object(job_runner, "write", side_effect=write),
+            pytest.raises(RuntimeError, match="stop before the gate"),
+        ):
+            job_runner.evaluate_and_gate([nnunet, cellpose], "cpu")
+        return [row for row in rows if row.get("phase") == "evaluate"]
+
+    # a slow model (two seconds between images): every image is written
+    ticks = iter(range(0, 1000, 2))
+    rows = run(lambda: float(next(ticks)))
+    assert [(row["version"], row["version_index"], row["versions"], row["image"], row["images"]) for row in rows] == [
+        (str(version), index, 2, image, images)
+        for index, version in enumerate([nnunet, cellpose], start=1)
+        for image, images in [(None, None), (1, 3), (2, 3), (3, 3)]
+    ]
+    assert rows[0]["stage"] == "evaluate" and rows[0]["model_version"] == nnunet.pk
+    assert rows[1]["version"].startswith("nnU-Net")
+    # a fast one: at most one write a second (the first image of each version at once)
+    rows = run(lambda: 5.0)
+    assert [(row["version_index"], row["image"]) for row in rows] == [(1, None), (1, 1), (2, None), (2, 1)]
+
+
 def test_a_job_evaluates_all_its_versions_and_promotes_only_the_best() -> None:
     """The nnU-Net version used to be promoted first and then veto the better two-stage one."""
     sp = synthetic_project(splits={"train": 1, "test": 1}, size=64, n_cells=3, n_erythrocytes=1)

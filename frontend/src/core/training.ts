@@ -129,11 +129,38 @@ export function jobFraction(job: Pick<TrainingJob, 'kind' | 'status' | 'progress
   if (!p.stage) return job.status === 'queued' ? null : 0;
   if (p.stage === 'done') return 1;
   if (p.stage === 'data') return 0.01;
-  if (p.stage === 'evaluate') return evaluates ? 0.03 + trainShare + 0.06 : 0.99;
+  if (p.stage === 'evaluate') return evaluates ? 0.03 + trainShare + (1 - 0.03 - trainShare) * (evaluationFraction(p) ?? 0.5) : 0.99;
   const i = stages.indexOf(p.stage);
   if (i < 0) return null;
   const per = trainShare / stages.length;
   return Math.min(1, 0.03 + per * i + per * stageFraction(p));
+}
+
+/**
+ * Progress in [0, 1] of the evaluation stage from the version and test image
+ * being scored (the image being predicted counts as not yet done); null when
+ * the runner did not say (older workers, or the gate's comparison).
+ */
+export function evaluationFraction(p: JobProgress): number | null {
+  if (p.stage !== 'evaluate') return null;
+  const images = Number(p.images) || 0;
+  const image = Number(p.image) || 0;
+  const versions = Number(p.versions) || 0;
+  const index = Number(p.version_index) || 0;
+  if (p.phase === 'gate') return images && image ? Math.max(0, Math.min(1, (image - 1) / images)) : null;
+  if (!versions || !index) return null;
+  const within = images && image ? (image - 1) / images : 0;
+  return Math.max(0, Math.min(1, (index - 1 + within) / versions));
+}
+
+/** What the evaluation stage is doing, e.g. "Evaluating Cellpose v2: image 3 / 12". */
+export function evaluationText(p: JobProgress): string {
+  const name = p.version || (p.model_version != null ? `model #${p.model_version}` : '');
+  const image = p.image != null && p.image > 0 ? `image ${p.image}${p.images ? ` / ${p.images}` : ''}` : '';
+  const of = p.versions && p.versions > 1 && p.version_index ? ` (model ${p.version_index} of ${p.versions})` : '';
+  if (p.phase === 'gate') return image ? `Promotion gate: evaluating ${name || 'the active model'}: ${image}` : `Promotion gate${name ? `: ${name} against the active model` : ''}`;
+  if (!name) return 'Evaluating on the frozen test split';
+  return `Evaluating ${name}: ${image || 'loading the model'}${of}`;
 }
 
 /** Progress within a training stage from its epoch / iteration counters. */
@@ -158,7 +185,7 @@ export function progressText(job: Pick<TrainingJob, 'status' | 'progress' | 'can
   const stage = STAGE_LABELS[p.stage ?? ''] ?? p.stage ?? '';
   if (job.cancel_requested) return `Cancelling… (${stage})`;
   if (p.phase === 'prepare') return `${stage}: preparing${p.step ? ` (${String(p.step).replace(/_/g, ' ')})` : ''}`;
-  if (p.stage === 'evaluate') return 'Evaluating on the frozen test split';
+  if (p.stage === 'evaluate') return evaluationText(p);
   const parts = [stage];
   if (p.epoch != null && p.epochs) parts.push(`epoch ${p.epoch}/${p.epochs}`);
   if (p.iteration != null && p.iterations) parts.push(`iteration ${p.iteration}/${p.iterations}`);

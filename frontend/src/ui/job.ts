@@ -4,7 +4,7 @@
  */
 import { ApiError } from '../core/api';
 import { routeHash } from '../core/router';
-import { curveCharts, formatDuration, isLive, jobDuration, jobFraction, kindInfo, progressText, STAGE_LABELS, statusLabel } from '../core/training';
+import { curveCharts, evaluationFraction, formatDuration, isLive, jobDuration, jobFraction, kindInfo, progressText, STAGE_LABELS, statusLabel } from '../core/training';
 import type { TrainingJob } from '../core/types';
 import { adminPage, forbidden, loadingBlock, progressBar } from './admin/common';
 import type { App, Screen } from './app';
@@ -116,7 +116,8 @@ export class JobScreen implements Screen {
     replaceChildren(
       this.progressEl,
       h('div', { class: 'progress-head' }, h('b', { dataset: { testid: 'job-progress-text' } }, progressText(j)), h('span', { class: 'grow' }), h('b', { class: 'big-pct', dataset: { testid: 'job-percent' } }, frac == null ? '—' : `${Math.round(frac * 100)}%`)),
-      progressBar(frac, { live, big: true }),
+      progressBar(frac, { live, big: true, label: 'Job progress' }),
+      this.evaluationBar(j),
       h('div', { class: 'stage-steps' }, this.stageSteps(j)),
       h('div', { class: 'facts' }, facts.map(([k, v]) => h('div', null, h('span', { class: 'muted small' }, k), h('span', null, v)))),
       j.error ? h('div', { class: 'job-error' }, icon('alert', 16), h('span', null, j.error)) : null,
@@ -156,6 +157,20 @@ export class JobScreen implements Screen {
         j.resolved_config && Object.keys(j.resolved_config).length ? h('details', null, h('summary', { class: 'muted small' }, 'Every hyper-parameter (resolved)'), h('pre', { class: 'small-pre' }, JSON.stringify(j.resolved_config, null, 1))) : null,
       );
     }
+  }
+
+  /** Evaluation takes minutes on a real test split: its own bar, by version and test image, so the job does not look stuck. */
+  private evaluationBar(j: TrainingJob): HTMLElement | null {
+    const p = j.progress ?? {};
+    if (j.status !== 'running' || p.stage !== 'evaluate') return null;
+    const frac = evaluationFraction(p);
+    // the headline above already says which model and image (progressText)
+    return h(
+      'div',
+      { class: 'eval-progress', dataset: { testid: 'job-evaluation' } },
+      h('div', { class: 'progress-head' }, h('span', { class: 'small' }, p.phase === 'gate' ? 'Promotion gate' : 'Evaluation on the frozen test split'), h('span', { class: 'grow' }), h('span', { class: 'muted small', dataset: { testid: 'job-evaluation-percent' } }, frac == null ? '' : `${Math.round(frac * 100)}%`)),
+      progressBar(frac, { live: true, label: 'Evaluation progress' }),
+    );
   }
 
   private stageSteps(j: TrainingJob): HTMLElement[] {

@@ -101,11 +101,12 @@ export function fmtDate(iso: string | null | undefined): string {
   return Number.isFinite(d.getTime()) ? d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' }) : '—';
 }
 
-export function progressBar(fraction: number | null, opts: { live?: boolean; big?: boolean } = {}): HTMLElement {
+export function progressBar(fraction: number | null, opts: { live?: boolean; big?: boolean; label?: string } = {}): HTMLElement {
   const pctv = fraction == null ? null : Math.round(fraction * 1000) / 10;
   return h(
     'div',
-    { class: `progress-bar ${opts.big ? 'big' : ''} ${fraction == null && opts.live ? 'indeterminate' : ''}`, role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': pctv == null ? '' : String(pctv) },
+    // a progressbar needs a name for screen readers; an unknown value leaves aria-valuenow out (indeterminate)
+    { class: `progress-bar ${opts.big ? 'big' : ''} ${fraction == null && opts.live ? 'indeterminate' : ''}`, role: 'progressbar', 'aria-label': opts.label ?? 'Progress', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': pctv == null ? null : String(pctv) },
     h('div', { class: `progress-fill ${opts.live ? 'live' : ''}`, style: { width: `${pctv ?? (opts.live ? 30 : 0)}%` } }),
   );
 }
