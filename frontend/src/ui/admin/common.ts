@@ -4,6 +4,7 @@
  * and progress displays.
  */
 import { ApiError } from '../../core/api';
+import { metricHelp, metricHelpId, metricLabel } from '../../core/metrics';
 import { PROJECT_ADMIN_TABS, routeHash, STAFF_TABS, type AdminTab } from '../../core/router';
 import type { Project } from '../../core/types';
 import type { App } from '../app';
@@ -15,6 +16,7 @@ const TABS: { tab: AdminTab; label: string; icon: string }[] = [
   { tab: 'models', label: 'Model registry', icon: 'layers' },
   { tab: 'schedule', label: 'Retraining schedule', icon: 'cloud' },
   { tab: 'agreement', label: 'Expert agreement', icon: 'check' },
+  { tab: 'verification', label: 'Verification', icon: 'users' },
   { tab: 'members', label: 'Members', icon: 'users' },
   { tab: 'webhooks', label: 'Webhooks', icon: 'webhook' },
   { tab: 'workers', label: 'Workers & queue', icon: 'cpu' },
@@ -108,5 +110,19 @@ export function progressBar(fraction: number | null, opts: { live?: boolean; big
     // a progressbar needs a name for screen readers; an unknown value leaves aria-valuenow out (indeterminate)
     { class: `progress-bar ${opts.big ? 'big' : ''} ${fraction == null && opts.live ? 'indeterminate' : ''}`, role: 'progressbar', 'aria-label': opts.label ?? 'Progress', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': pctv == null ? null : String(pctv) },
     h('div', { class: `progress-fill ${opts.live ? 'live' : ''}`, style: { width: `${pctv ?? (opts.live ? 30 : 0)}%` } }),
+  );
+}
+
+/**
+ * The legend under a metrics table: each abbreviation and what it means in
+ * plain words. Entries carry ids that the table heads' aria-describedby point
+ * to, so a screen reader reads the explanation with the column.
+ */
+export function metricLegend(metrics: string[], scope: string, open = true): HTMLElement {
+  return h(
+    'details',
+    { class: 'metric-legend', open, dataset: { testid: `${scope}-metric-legend` } },
+    h('summary', { class: 'muted small' }, 'What the metrics mean'),
+    h('dl', null, metrics.map((m) => [h('dt', null, metricLabel(m)), h('dd', { id: metricHelpId(m, scope), dataset: { metric: m } }, metricHelp(m))])),
   );
 }

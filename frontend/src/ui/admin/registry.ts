@@ -4,15 +4,16 @@
  * expand), promote (with a reason), roll back, evaluate; snapshot selector.
  */
 import { routeHash } from '../../core/router';
+import { metricHelp, metricHelpId, REGISTRY_KEY_METRICS } from '../../core/metrics';
 import { bestByMetric, gateHeadline, gateRows, kindInfo, METRIC_LABELS } from '../../core/training';
 import type { DatasetSnapshot, GateVerdict, ModelKind, Registry, RegistryRow } from '../../core/types';
 import { num } from '../charts';
 import { formatStatus, h, icon, statusTone } from '../dom';
 import { dialog, toast } from '../overlay';
 import { errText } from '../viewer';
-import { AdminPanel, fmtDate, forbidden, loadingBlock } from './common';
+import { AdminPanel, fmtDate, forbidden, loadingBlock, metricLegend } from './common';
 
-const KEY_METRICS = ['dice', 'iou', 'f1_50', 'f1_70', 'ranked_ap50', 'dsb', 'coco_AP', 'erythrocyte_fp_rate'];
+const KEY_METRICS = REGISTRY_KEY_METRICS;
 
 export class RegistryPanel extends AdminPanel {
   private snapshot: number | null = null;
@@ -91,14 +92,14 @@ export class RegistryPanel extends AdminPanel {
         );
       }),
     );
-    const head = h('tr', null, h('th', null, 'Version'), h('th', null, 'Status'), h('th', null, 'Created'), metrics.map((m) => h('th', { class: 'num', title: m }, METRIC_LABELS[m] ?? m)), h('th', null, ''));
+    const head = h('tr', null, h('th', null, 'Version'), h('th', null, 'Status'), h('th', null, 'Created'), metrics.map((m) => h('th', { class: 'num', title: metricHelp(m), 'aria-describedby': metricHelpId(m, 'registry'), dataset: { metric: m } }, METRIC_LABELS[m] ?? m)), h('th', null, ''));
     const rows: HTMLElement[] = [];
     for (const v of reg.versions) {
       rows.push(this.row(v, metrics, best));
       if (this.expanded.has(v.id)) rows.push(this.bethesdaRow(v, metrics));
     }
     const table = h('div', { class: 'table-wrap card' }, h('table', { class: 'table registry' }, h('thead', null, head), h('tbody', null, rows)));
-    this.el.replaceChildren(toolbar, activeCards, table, h('p', { class: 'muted small' }, 'Scored on the polygons as doctors receive them; under each value its 95% bootstrap interval over the test images (hover for the raw-mask figure). Best value of each metric in green. Metrics of versions not evaluated on this snapshot are empty: “Evaluate” computes them.'));
+    this.el.replaceChildren(toolbar, activeCards, table, h('p', { class: 'muted small' }, 'Scored on the polygons as doctors receive them; under each value its 95% bootstrap interval over the test images (hover for the raw-mask figure). Best value of each metric in green. Metrics of versions not evaluated on this snapshot are empty: “Evaluate” computes them.'), metricLegend(metrics, 'registry'));
   }
 
   private row(v: RegistryRow, metrics: string[], best: Map<string, Set<number>>): HTMLElement {
@@ -215,7 +216,7 @@ export class RegistryPanel extends AdminPanel {
                 h(
                   'tr',
                   { dataset: { metric: r.metric }, class: r.regressed ? 'regressed' : r.worse ? 'worse' : '' },
-                  h('td', null, METRIC_LABELS[r.metric] ?? r.metric, r.primary ? h('span', { class: 'muted small', title: `must improve by at least ${verdict.margin}` }, ' · decides') : r.regressed ? h('span', { class: 'small' }, ' regresses') : null),
+                  h('td', { title: metricHelp(r.metric) }, METRIC_LABELS[r.metric] ?? r.metric, r.primary ? h('span', { class: 'muted small', title: `must improve by at least ${verdict.margin}` }, ' · decides') : r.regressed ? h('span', { class: 'small' }, ' regresses') : null),
                   h('td', { class: 'num' }, fmt(r.candidate)),
                   h('td', { class: 'num' }, fmt(r.baseline)),
                 ),

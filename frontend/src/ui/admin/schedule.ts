@@ -5,12 +5,13 @@
  */
 import { ApiError } from '../../core/api';
 import { routeHash } from '../../core/router';
+import { metricHelp, metricHelpId } from '../../core/metrics';
 import { JOB_KINDS, METRIC_LABELS } from '../../core/training';
 import type { TrainingPolicy } from '../../core/types';
 import { h } from '../dom';
 import { toast } from '../overlay';
 import { errText, relTime } from '../viewer';
-import { AdminPanel, errorList, forbidden, loadingBlock, progressBar } from './common';
+import { AdminPanel, errorList, forbidden, loadingBlock, metricLegend, progressBar } from './common';
 
 const CRON_PRESETS: { label: string; cron: [string, string, string, string, string] }[] = [
   { label: 'Nightly 03:00', cron: ['0', '3', '*', '*', '*'] },
@@ -182,7 +183,7 @@ export class SchedulePanel extends AdminPanel {
       h(
         'div',
         { class: 'form-row' },
-        h('label', { class: 'field compact' }, h('span', null, 'Decisive metric'), h('select', { onchange: (e: Event) => this.set('gate_metric', (e.target as HTMLSelectElement).value) }, h('option', { value: '', selected: !d.gate_metric }, 'Platform default'), this.metricNames.map((m) => h('option', { value: m, selected: d.gate_metric === m }, METRIC_LABELS[m] ?? m))), err('gate_metric')),
+        h('label', { class: 'field compact' }, h('span', null, 'Decisive metric'), h('select', { onchange: (e: Event) => this.set('gate_metric', (e.target as HTMLSelectElement).value) }, h('option', { value: '', selected: !d.gate_metric }, 'Platform default'), this.metricNames.map((m) => h('option', { value: m, selected: d.gate_metric === m, title: metricHelp(m) }, METRIC_LABELS[m] ?? m))), err('gate_metric')),
         numField('gate_margin', 'Must beat the active model by', 'default', 'any'),
         numField('gate_tolerance', 'Tolerated loss on guarded metrics', 'default', 'any'),
       ),
@@ -196,9 +197,10 @@ export class SchedulePanel extends AdminPanel {
           this.metricNames.map((m) =>
             h(
               'label',
-              { class: 'check small' },
+              { class: 'check small', title: metricHelp(m) },
               h('input', {
                 type: 'checkbox',
+                'aria-describedby': metricHelpId(m, 'schedule'),
                 checked: (d.gate_guarded ?? []).includes(m),
                 onchange: (e: Event) => {
                   const on = (e.target as HTMLInputElement).checked;
@@ -214,6 +216,8 @@ export class SchedulePanel extends AdminPanel {
         ),
         err('gate_guarded'),
       ),
+      // all of them: folded, the form stays short
+      metricLegend(this.metricNames, 'schedule', false),
       errorList(Object.fromEntries(Object.entries(this.errors).filter(([k]) => !['cron', 'job_kind', 'gate_metric', 'gate_guarded', 'min_new_images', 'gate_margin', 'gate_tolerance'].includes(k) && !k.startsWith('cron_') && !k.startsWith('job_config')))),
       h('div', { class: 'form-actions' }, h('button', { type: 'button', class: 'btn btn-ghost', onclick: () => (this.reset(), this.render()) }, 'Discard changes'), h('span', { class: 'grow' }), h('button', { type: 'submit', class: 'btn btn-primary', dataset: { action: 'save-schedule' }, disabled: this.saving }, this.saving ? 'Saving…' : 'Save schedule')),
     );
