@@ -73,13 +73,13 @@ export function queueReason(image: Pick<QueueImage, 'reason' | 'reason_value'>):
     case 'uncertainty':
       return `uncertain: mean proposal score ${num}`;
     case 'no_proposals':
-      return 'no proposals yet (after the uncertain ones)';
+      return 'no proposals yet';
     case 'disagreement_image':
       return `expert disagreement: past agreement F1 ${num}`;
     case 'disagreement_slide':
       return `expert disagreement on its slide: F1 ${num}`;
     case 'no_history':
-      return 'no agreement history (after the disputed ones)';
+      return 'no agreement history yet';
     case 'upload_order':
       return 'upload order';
     case 'assigned':

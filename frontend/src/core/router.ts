@@ -1,11 +1,11 @@
 /** Hash routes (`#/projects/1/images/5`): parsing and building, framework free. */
 
-export type AdminTab = 'training' | 'models' | 'schedule' | 'agreement' | 'members' | 'webhooks' | 'workers';
-export const ADMIN_TABS: AdminTab[] = ['training', 'models', 'schedule', 'agreement', 'members', 'webhooks', 'workers'];
+export type AdminTab = 'training' | 'models' | 'schedule' | 'agreement' | 'verification' | 'members' | 'webhooks' | 'workers';
+export const ADMIN_TABS: AdminTab[] = ['training', 'models', 'schedule', 'agreement', 'verification', 'members', 'webhooks', 'workers'];
 /** Tabs for staff only (platform-wide, not the project's): shown to them whatever their role. */
 export const STAFF_TABS: readonly AdminTab[] = ['workers'];
 /** Tabs shown only once the project is known to be one the user administers (webhooks hold secrets). */
-export const PROJECT_ADMIN_TABS: readonly AdminTab[] = ['members', 'webhooks'];
+export const PROJECT_ADMIN_TABS: readonly AdminTab[] = ['verification', 'members', 'webhooks'];
 
 export type Route =
   | { name: 'login'; next?: string }

@@ -2,7 +2,7 @@
  * The administration screen of a project: the tabs (common.ts) and the panel of
  * the current one — training jobs (training.ts), the model registry
  * (registry.ts), the retraining schedule (schedule.ts), the expert-agreement
- * dashboard (agreement.ts), members and roles (members.ts), the project's webhooks (webhooks.ts), and for staff
+ * dashboard (agreement.ts), the verification settings (verification.ts), members and roles (members.ts), the project's webhooks (webhooks.ts), and for staff
  * the platform's workers and queues (workers.ts).
  */
 import { ApiError } from '../../core/api';
@@ -15,6 +15,7 @@ import { MembersPanel } from './members';
 import { RegistryPanel } from './registry';
 import { SchedulePanel } from './schedule';
 import { TrainingPanel } from './training';
+import { VerificationPanel } from './verification';
 import { WebhooksPanel } from './webhooks';
 import { WorkersPanel } from './workers';
 
@@ -23,6 +24,7 @@ const PANELS: Record<AdminTab, new (app: App, project: Project) => AdminPanel> =
   models: RegistryPanel,
   schedule: SchedulePanel,
   agreement: AgreementPanel,
+  verification: VerificationPanel,
   members: MembersPanel,
   webhooks: WebhooksPanel,
   workers: WorkersPanel,
