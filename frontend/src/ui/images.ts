@@ -269,7 +269,7 @@ export class ImagesScreen implements Screen {
         const label = QUEUE_LABELS[kind];
         const body = [
           h('div', { class: 'queue-count' }, String(sec.count)),
-          h('div', { class: 'queue-text' }, h('b', null, label.title), h('span', { class: 'muted small' }, first ? `Next: ${first.file_name}` : label.empty), first ? h('span', { class: 'queue-reason small', dataset: { reason: first.reason }, title: 'Why this image comes next' }, `Why: ${queueReason(first)}`) : null),
+          h('div', { class: 'queue-text' }, h('b', null, label.title), h('span', { class: 'muted small' }, first ? `Next: ${first.file_name}` : label.empty), first ? h('span', { class: 'queue-reason small', dataset: { reason: first.reason }, title: `Why this image comes next: ${queueReason(first)}` }, `Why: ${queueReason(first)}`) : null),
           first ? h('span', { class: 'queue-go' }, icon('next', 16)) : null,
         ];
         return first
