@@ -9,9 +9,9 @@ describe('model versions to choose from', () => {
   it('default first (naming the pre-segmenter), failed and refinement left out, newest first', () => {
     const reg = { presegmenter: 2, versions: [row(1, 'watershed', 1, 'active'), row(2, 'cellpose', 1, 'active'), row(3, 'cellpose', 2, 'failed'), row(4, 'refinement', 1), row(5, 'nnunet', 3)] };
     const c = versionChoices(reg);
-    expect(c[0]).toEqual({ id: null, label: 'Project default (Cellpose v1)' });
+    expect(c[0]).toEqual({ id: null, label: 'Project default (Cellpose 3 v1)' });
     expect(c.map((x) => x.id)).toEqual([null, 5, 2, 1]);
-    expect(c[2].label).toBe('Cellpose v1 (pre-segmenter)');
+    expect(c[2].label).toBe('Cellpose 3 v1 (pre-segmenter)');
     expect(versionChoices(null)).toEqual([{ id: null, label: 'Project default' }]);
   });
 });

@@ -5,6 +5,7 @@
  * and refusals as sentences.
  */
 import { ApiError } from './api';
+import { kindInfo } from './training';
 import type { ImageInfo, Registry, RegistryRow } from './types';
 
 export type PresegmentStatus = 'none' | 'queued' | 'running' | 'done' | 'failed';
@@ -22,8 +23,6 @@ export function presegmentLabel(s: string | null | undefined): string {
   return PRESEGMENT_LABELS[(s ?? 'none') as PresegmentStatus] ?? s ?? 'Not run';
 }
 
-const KIND_LABELS: Record<string, string> = { nnunet: 'nnU-Net', cellpose: 'Cellpose', two_stage: 'Two-stage', refinement: 'Refinement', watershed: 'Watershed', region_growing: 'Region growing' };
-
 export interface VersionChoice {
   /** null: the project's pre-segmenter (the server picks it) */
   id: number | null;
@@ -31,7 +30,7 @@ export interface VersionChoice {
 }
 
 export function versionLabel(v: Pick<RegistryRow, 'kind' | 'number' | 'name'>): string {
-  const kind = KIND_LABELS[v.kind] ?? v.kind;
+  const kind = kindInfo(v.kind).label.replace(/ baseline$/, '');
   return `${kind} v${v.number}${v.name && v.name !== `${kind} v${v.number}` ? ` — ${v.name}` : ''}`;
 }
 

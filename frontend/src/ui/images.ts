@@ -7,6 +7,9 @@ import { BETHESDA, IMAGE_STATUSES, SPLITS, type ImageInfo, type Project, type Qu
 import type { App, Screen } from './app';
 import { append, formatStatus, h, icon, statusTone } from './dom';
 import { toast } from './overlay';
+import { isLocked } from '../core/presegment';
+import { PresegmentPanel, presegmentImageDialog } from './presegment';
+import { UploadPanel } from './upload';
 
 const PAGE_SIZE = 48;
 const DEFAULT_STATUS: string[] = IMAGE_STATUSES;
@@ -30,6 +33,10 @@ export class ImagesScreen implements Screen {
   private queueEl!: HTMLElement;
   private projectLoad: Promise<Project> | null = null;
   private adminLink!: HTMLElement;
+  private tools!: HTMLElement;
+  private toolButtons!: HTMLElement;
+  private upload: UploadPanel | null = null;
+  private presegment: PresegmentPanel | null = null;
 
   constructor(
     private readonly app: App,
@@ -45,6 +52,13 @@ export class ImagesScreen implements Screen {
     this.pager = h('div', { class: 'pager' });
     this.filterBar = h('div', { class: 'filters' });
     this.queueEl = h('div', { class: 'queue', hidden: true });
+    this.tools = h('div', { class: 'image-tools' });
+    this.toolButtons = h(
+      'span',
+      { class: 'image-tool-buttons', hidden: true },
+      h('button', { class: 'btn', dataset: { action: 'open-upload' }, onclick: () => this.toggleUpload(), title: 'Upload image files to this project' }, icon('cloud', 16), 'Upload images'),
+      h('button', { class: 'btn', dataset: { action: 'open-presegment' }, onclick: () => this.togglePresegment(), title: 'Run the model on the project’s images' }, icon('sparkles', 16), 'Pre-segment'),
+    );
     this.adminLink = h('a', { class: 'btn', hidden: true, href: routeHash({ name: 'admin', projectId: this.projectId, tab: 'training' }) }, icon('layers', 16), 'Administration');
     root.append(
       this.app.topbar([h('a', { class: 'crumb', href: '#/projects' }, 'Projects'), h('span', { class: 'crumb-sep' }, '/'), this.crumb]),
@@ -56,9 +70,11 @@ export class ImagesScreen implements Screen {
           { class: 'page-head' },
           this.title,
           h('span', { class: 'grow' }),
+          this.toolButtons,
           this.adminLink,
           h('button', { class: 'btn btn-primary', dataset: { action: 'next-image' }, onclick: () => void this.openNext(), title: 'Open the next image of your work queue' }, 'Next image', icon('next', 16)),
         ),
+        this.tools,
         this.queueEl,
         this.filterBar,
         this.grid,
@@ -73,6 +89,7 @@ export class ImagesScreen implements Screen {
       this.crumb.textContent = this.project.name;
       this.title.textContent = this.project.name;
       this.adminLink.hidden = !this.isAdmin();
+      this.toolButtons.hidden = !this.isAdmin();
       void this.loadQueue();
     } catch (e) {
       if (!this.alive) return;
@@ -80,6 +97,38 @@ export class ImagesScreen implements Screen {
       return;
     }
     await this.load();
+  }
+
+  private toggleUpload(): void {
+    if (this.upload) {
+      this.upload.destroy();
+      this.upload.el.remove();
+      this.upload = null;
+      return;
+    }
+    this.upload = new UploadPanel(
+      this.projectId,
+      () => void this.load(),
+      () => this.toggleUpload(),
+    );
+    this.tools.prepend(this.upload.el);
+  }
+
+  private togglePresegment(): void {
+    if (this.presegment) {
+      this.presegment.destroy();
+      this.presegment.el.remove();
+      this.presegment = null;
+      return;
+    }
+    this.presegment = new PresegmentPanel(
+      this.app.api,
+      this.projectId,
+      () => void this.load(),
+      () => this.togglePresegment(),
+    );
+    this.tools.append(this.presegment.el);
+    void this.presegment.mount(this.isAdmin());
   }
 
   private errorBox(e: unknown): HTMLElement {
@@ -217,6 +266,7 @@ export class ImagesScreen implements Screen {
         ),
         this.cardAction(img),
         this.presegmentLine(img),
+        this.presegmentButton(img),
       ),
     );
   }
@@ -226,6 +276,17 @@ export class ImagesScreen implements Screen {
     const note = presegmentNote(img);
     if (!note || (img.presegment_status === 'done' && note.tone === 'muted')) return null;
     return h('div', { class: `meta small presegment-note ${note.tone}`, dataset: { presegment: img.presegment_status ?? '' } }, icon(note.tone === 'muted' ? 'sparkles' : 'alert', 14), `Model: ${note.text}`);
+  }
+
+  /** Run the model again on this image (not while it is locked for review). */
+  private presegmentButton(img: ImageInfo): HTMLElement | null {
+    if (isLocked(img.status) || !this.role()) return null;
+    const go = (e: Event) => {
+      e.preventDefault();
+      e.stopPropagation();
+      void presegmentImageDialog(this.app.api, img, this.isAdmin(), () => void this.load());
+    };
+    return h('span', { class: 'card-action presegment', role: 'button', tabindex: '0', title: 'Pre-segment this image with a model', dataset: { action: 'presegment-image' }, onclick: go, onkeydown: (e: KeyboardEvent) => e.key === 'Enter' && go(e) }, icon('sparkles', 14), img.presegment_status && img.presegment_status !== 'none' ? 'Pre-segment again' : 'Pre-segment');
   }
 
   private role(): string | null {
@@ -292,6 +353,8 @@ export class ImagesScreen implements Screen {
 
   unmount(): void {
     this.alive = false;
+    this.upload?.destroy();
+    this.presegment?.destroy();
     if (this.searchTimer) clearTimeout(this.searchTimer);
   }
 }
