@@ -61,7 +61,24 @@ def test_upload_many_files_with_metadata_progress_and_named_refusals(live_server
     page.fill(".upload-panel input[name=slide_code]", "S-2026-117")
     page.select_option(".upload-panel select[name=split]", "train")
     shot(page, "40-upload-files-chosen")
+    # a slow line (about 200 KB/s up): each file's own bar moves with the upload progress events
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 20, "downloadThroughput": -1, "uploadThroughput": 200 * 1024},
+    )
     page.click("[data-action=upload]")
+    page.wait_for_selector(".upload-file[data-state=uploading]")
+    page.wait_for_function(
+        "[...document.querySelectorAll('.upload-file[data-state=uploading] [role=progressbar]')]"
+        ".some(b => +b.getAttribute('aria-valuenow') > 0 && +b.getAttribute('aria-valuenow') < 100)"
+    )
+    shot(page, "40b-upload-in-progress")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
     page.wait_for_function(
         "document.querySelectorAll('.upload-file[data-state=done], .upload-file[data-state=failed]').length === 5",
         timeout=30_000,
@@ -79,6 +96,9 @@ def test_upload_many_files_with_metadata_progress_and_named_refusals(live_server
     # the list shows the new images
     page.wait_for_function("document.querySelectorAll('.image-card').length === 3")
     shot(page, "41-upload-done-with-refusals", full=True)
+    # a refused file can be taken off the list
+    dup.locator("[data-action=remove-file]").click()
+    assert page.locator(".upload-file").count() == 4
 
     stored = Image.objects.filter(project=project)
     assert sorted(stored.values_list("file_name", flat=True)) == ["field-001.png", "field-002.png", "field-003.png"]

@@ -107,6 +107,14 @@ export class UploadPanel {
     this.refresh();
   }
 
+  private remove(it: UploadItem): void {
+    if (this.busy) return;
+    this.items = this.items.filter((x) => x !== it);
+    this.rows.get(it.index)?.remove();
+    this.rows.delete(it.index);
+    this.refresh();
+  }
+
   private clear(): void {
     if (this.busy) return;
     this.items = [];
@@ -132,6 +140,9 @@ export class UploadPanel {
       h('div', { class: 'progress-bar upload-bar', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100', 'aria-valuenow': String(pct), 'aria-label': `Upload of ${it.name}` }, h('div', { class: `progress-fill ${it.state === 'uploading' ? 'live' : ''} ${it.state === 'failed' ? 'bad' : ''}`, style: { width: `${it.state === 'failed' ? 100 : pct}%` } })),
       h('span', { class: `upload-state pill pill-${it.state === 'done' ? 'good' : it.state === 'failed' ? 'bad' : it.state === 'uploading' ? 'active' : 'neutral'}` }, it.state === 'uploading' ? `${pct}%` : STATE_LABEL[it.state]),
     );
+    if (!this.busy && it.state !== 'done' && it.state !== 'uploading')
+      li.insertBefore(h('button', { class: 'icon-btn upload-remove', title: `Remove ${it.name} from the list`, 'aria-label': `Remove ${it.name} from the list`, dataset: { action: 'remove-file' }, onclick: () => this.remove(it) }, icon('x', 14)), li.children[4] ?? null);
+    else li.insertBefore(h('span'), li.children[4] ?? null);
     if (error) li.append(error);
   }
 
@@ -144,7 +155,7 @@ export class UploadPanel {
     const pending = this.items.filter((it) => it.state === 'waiting' || it.state === 'failed').length;
     this.uploadBtn.disabled = this.busy || !pending;
     const waiting = this.items.filter((it) => it.state === 'waiting').length;
-    this.uploadBtn.lastChild!.textContent = waiting ? `Upload ${waiting} file${waiting === 1 ? '' : 's'}` : pending ? 'Try the refused files again' : 'Upload';
+    this.uploadBtn.lastChild!.textContent = this.busy ? 'Uploading…' : waiting ? `Upload ${waiting} file${waiting === 1 ? '' : 's'}` : pending ? 'Try the refused files again' : 'Upload';
     this.clearBtn.disabled = this.busy || !this.items.length;
     const t = uploadTotals(this.items);
     this.totals.hidden = !this.items.length || (!this.busy && t.waiting === t.total);
@@ -176,6 +187,7 @@ export class UploadPanel {
     // refused files are tried again (after a fix of the metadata, or a removed duplicate)
     for (const it of this.items) if (it.state === 'failed') Object.assign(it, { state: 'waiting', error: null, loaded: 0 }), this.update(it);
     const todo = this.items.filter((it) => it.state === 'waiting');
+    for (const it of todo) this.update(it);
     this.refresh();
     let stored = 0;
     let stop = false;
@@ -220,6 +232,7 @@ export class UploadPanel {
     }
     this.busy = false;
     this.abort = null;
+    for (const it of this.items) this.update(it);
     this.refresh();
     const failed = this.items.filter((it) => it.state === 'failed').length;
     if (stored) this.onUploaded(stored);
