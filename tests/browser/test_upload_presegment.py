@@ -30,7 +30,9 @@ def png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_upload_many_files_with_metadata_progress_and_named_refusals(live_server: Any, page: Any, tmp_path: Path) -> None:
+def test_upload_many_files_with_metadata_progress_and_named_refusals(
+    live_server: Any, page: Any, tmp_path: Path
+) -> None:
     admin = UserFactory(username="dr.upload")
     project = ProjectFactory(name="Thyroid FNA — uploads", created_by=admin)
     files = {"field-001.png": png(1), "field-002.png": png(2), "copy-of-001.png": png(1), "notes.png": b"not an image"}
@@ -120,7 +122,9 @@ def test_presegment_project_with_version_progress_eta_and_failures(live_server: 
     page.goto(f"{live_server.url}/#/projects/{project.pk}")
     page.wait_for_selector(".image-card")
     page.click("[data-action=open-presegment]")
-    page.wait_for_selector(f".presegment-panel select[name=model_version] option[value='{cellpose.pk}']", state="attached")
+    page.wait_for_selector(
+        f".presegment-panel select[name=model_version] option[value='{cellpose.pk}']", state="attached"
+    )
     page.select_option(".presegment-panel select[name=model_version]", str(cellpose.pk))
     page.click("[data-action=presegment-project]")
     page.wait_for_selector(".presegment-progress .progress-bar")
