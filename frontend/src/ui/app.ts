@@ -136,8 +136,8 @@ export class App {
       { class: 'user' },
       h('span', { class: 'avatar', title: this.user.username }, this.user.username.slice(0, 1).toUpperCase()),
       h('span', { class: 'user-name' }, this.user.username),
-      h('a', { class: 'icon-btn', href: '#/tokens', title: 'API tokens', dataset: { action: 'tokens' } }, icon('key', 16)),
-      h('button', { class: 'icon-btn', title: 'Sign out', onclick: () => void this.logout() }, icon('logout', 16)),
+      h('a', { class: 'icon-btn', href: '#/tokens', title: 'API tokens', 'aria-label': 'API tokens', dataset: { action: 'tokens' } }, icon('key', 16)),
+      h('button', { class: 'icon-btn', title: 'Sign out', 'aria-label': 'Sign out', onclick: () => void this.logout() }, icon('logout', 16)),
     );
   }
 }

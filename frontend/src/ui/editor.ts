@@ -123,7 +123,7 @@ export class EditorScreen extends MapScreen {
       actions: [...this.historyControls(this.saveEl), this.nextButton('Next image', 'Next image of the list'), this.submitButton('Submit for review', 'Save and submit this image for expert review')],
       toolbarExtra: [
         h('span', { class: 'toolbar-sep' }),
-        h('button', { class: 'tool-btn', dataset: { action: 'snap' }, title: 'Snap to neighbouring contours (S)', onclick: () => this.toggleSnap() }, icon('magnet', 20), h('span', { class: 'tool-key' }, 'S')),
+        h('button', { class: 'tool-btn', dataset: { action: 'snap' }, title: 'Snap to neighbouring contours (S)', 'aria-label': 'Snap to neighbouring contours', 'aria-keyshortcuts': 'S', onclick: () => this.toggleSnap() }, icon('magnet', 20), h('span', { class: 'tool-key' }, 'S')),
       ],
       panel: this.panels.sections(),
     };

@@ -88,7 +88,7 @@ export class EditorPanels {
       return h(
         'div',
         { class: `layer-row ${s.visible ? '' : 'off'}` },
-        h('button', { class: 'icon-btn', title: s.visible ? `Hide ${label.toLowerCase()}` : `Show ${label.toLowerCase()}`, onclick: () => this.setLayer(name, { visible: !s.visible }) }, icon(s.visible ? 'eye' : 'eyeOff', 16)),
+        h('button', { class: 'icon-btn', title: s.visible ? `Hide ${label.toLowerCase()}` : `Show ${label.toLowerCase()}`, 'aria-label': `Show ${label.toLowerCase()}`, 'aria-pressed': String(s.visible), onclick: () => this.setLayer(name, { visible: !s.visible }) }, icon(s.visible ? 'eye' : 'eyeOff', 16)),
         legend,
         h('span', { class: 'layer-name' }, label),
         count !== null ? h('span', { class: 'layer-count', dataset: { count: name } }, count) : null,

@@ -150,11 +150,11 @@ export abstract class MapScreen implements Screen {
     const l = this.layout();
     const top = this.app.topbar(
       [h('a', { class: 'crumb', href: '#/projects' }, 'Projects'), h('span', { class: 'crumb-sep' }, '/'), this.crumbProject, h('span', { class: 'crumb-sep' }, '/'), this.titleEl, l.badge, this.statusPill],
-      [...l.actions, h('button', { class: 'icon-btn', title: 'Keyboard shortcuts (?)', onclick: () => this.toggleHelp() }, icon('help'))],
+      [...l.actions, h('button', { class: 'icon-btn', title: 'Keyboard shortcuts (?)', 'aria-label': 'Keyboard shortcuts', 'aria-keyshortcuts': '?', onclick: () => this.toggleHelp() }, icon('help'))],
     );
     this.shell = buildShell(top, l.className);
     this.shell.toolbar.append(
-      ...this.tools.map((t) => h('button', { class: 'tool-btn', dataset: { tool: t.id }, title: this.toolTitle(t), onclick: () => this.setTool(t.id) }, icon(t.id, 20), h('span', { class: 'tool-key' }, t.shortcut))),
+      ...this.tools.map((t) => h('button', { class: 'tool-btn', dataset: { tool: t.id }, title: this.toolTitle(t), 'aria-label': t.label, 'aria-keyshortcuts': t.shortcut, onclick: () => this.setTool(t.id) }, icon(t.id, 20), h('span', { class: 'tool-key' }, t.shortcut))),
       ...(l.toolbarExtra ?? []),
       ...zoomButtons(() => this.view),
     );
@@ -169,8 +169,8 @@ export abstract class MapScreen implements Screen {
 
   /** Save status, undo and redo, for {@link MapScreenLayout.actions}. */
   protected historyControls(saveEl: HTMLElement): Child[] {
-    this.undoBtn = h('button', { class: 'icon-btn', title: 'Undo (Ctrl+Z)', disabled: true, onclick: () => this.undo() }, icon('undo'));
-    this.redoBtn = h('button', { class: 'icon-btn', title: 'Redo (Ctrl+Shift+Z)', disabled: true, onclick: () => this.redo() }, icon('redo'));
+    this.undoBtn = h('button', { class: 'icon-btn', title: 'Undo (Ctrl+Z)', 'aria-label': 'Undo', 'aria-keyshortcuts': 'Control+Z', disabled: true, onclick: () => this.undo() }, icon('undo'));
+    this.redoBtn = h('button', { class: 'icon-btn', title: 'Redo (Ctrl+Shift+Z)', 'aria-label': 'Redo', 'aria-keyshortcuts': 'Control+Shift+Z', disabled: true, onclick: () => this.redo() }, icon('redo'));
     return [saveEl, h('span', { class: 'divider' }), this.undoBtn, this.redoBtn, h('span', { class: 'divider' })];
   }
 

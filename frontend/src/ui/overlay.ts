@@ -78,7 +78,7 @@ export function dialog(opts: {
       'header',
       { class: 'dialog-head' },
       h('h2', null, opts.title),
-      dismissible ? h('button', { class: 'icon-btn', title: 'Close (Esc)', onclick: close }, icon('x')) : null,
+      dismissible ? h('button', { class: 'icon-btn', title: 'Close (Esc)', 'aria-label': 'Close', onclick: close }, icon('x')) : null,
     ),
     h('div', { class: 'dialog-body' }, opts.body),
     opts.actions ? h('footer', { class: 'dialog-actions' }, opts.actions) : null,

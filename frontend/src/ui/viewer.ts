@@ -21,7 +21,8 @@ export interface Shell {
 
 export function buildShell(top: HTMLElement, className?: string): Shell {
   const toolbar = h('aside', { class: 'toolbar', 'aria-label': 'Tools' });
-  const mapEl = h('div', { class: 'map', tabindex: '0', 'aria-label': 'Image and cell contours' });
+  // role=application: the map takes the keyboard itself (tools, panning), and a plain div may not carry aria-label
+  const mapEl = h('div', { class: 'map', tabindex: '0', role: 'application', 'aria-label': 'Image and cell contours', 'aria-roledescription': 'annotation map' });
   const overlay = h('div', { class: 'map-overlay' }, h('div', { class: 'overlay-card' }, h('span', { class: 'spinner big' }), h('p', null, 'Loading image and cells…')));
   const banner = h('div', { class: 'map-banner', hidden: true });
   const panel = h('aside', { class: 'side-panel' });
@@ -41,9 +42,9 @@ export function buildShell(top: HTMLElement, className?: string): Shell {
 export function zoomButtons(view: () => EditorMap | null): HTMLElement[] {
   return [
     h('span', { class: 'grow' }),
-    h('button', { class: 'tool-btn', title: 'Zoom in (+)', onclick: () => view()?.zoomBy(1) }, icon('zoomIn', 20)),
-    h('button', { class: 'tool-btn', title: 'Zoom out (−)', onclick: () => view()?.zoomBy(-1) }, icon('zoomOut', 20)),
-    h('button', { class: 'tool-btn', title: 'Fit image (F)', onclick: () => view()?.fit(200) }, icon('fit', 20)),
+    h('button', { class: 'tool-btn', title: 'Zoom in (+)', 'aria-label': 'Zoom in', onclick: () => view()?.zoomBy(1) }, icon('zoomIn', 20)),
+    h('button', { class: 'tool-btn', title: 'Zoom out (−)', 'aria-label': 'Zoom out', onclick: () => view()?.zoomBy(-1) }, icon('zoomOut', 20)),
+    h('button', { class: 'tool-btn', title: 'Fit image (F)', 'aria-label': 'Fit image', 'aria-keyshortcuts': 'F', onclick: () => view()?.fit(200) }, icon('fit', 20)),
   ];
 }
 
