@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ApiError } from '../src/core/api';
-import { etaSeconds, formatEta, isLocked, presegmentLabel, progressText, refusalSentence, RunTracker, versionChoices } from '../src/core/presegment';
+import { statusesFromLists, etaSeconds, formatEta, isLocked, presegmentLabel, progressText, refusalSentence, RunTracker, versionChoices } from '../src/core/presegment';
 import type { Registry } from '../src/core/types';
 
 const row = (id: number, kind: string, number: number, status = 'candidate') => ({ id, kind, number, name: '', status, job: null, snapshot: null, replaced: null, promoted_at: null, created_at: '', metrics: null, per_bethesda: null, intervals: null, raw_metrics: null, presegmenter: false }) as unknown as Registry['versions'][number];
@@ -57,5 +57,17 @@ describe('refusals as sentences', () => {
     expect(refusalSentence(new ApiError(400, 'Unknown model version.', { model_version: 'not a model version of this project' }), 'image')).toMatch(/not one of this project/);
     expect(refusalSentence(new ApiError(0, 'x'), 'project')).toMatch(/cannot be reached/);
     expect(refusalSentence(new ApiError(500, 'Server error'), 'project')).toBe('Server error.');
+  });
+});
+
+describe('statuses from the queued / running / failed lists', () => {
+  it('an image of the run in none of them is done; others are ignored', () => {
+    const out = statusesFromLists([1, 2, 3, 4], { queued: [{ id: 1 }], running: [{ id: 2 }], failed: [{ id: 3, presegment_error: 'boom' }, { id: 9, presegment_error: 'old' }] });
+    expect(out).toEqual([
+      { id: 1, presegment_status: 'queued', presegment_error: '' },
+      { id: 2, presegment_status: 'running', presegment_error: '' },
+      { id: 3, presegment_status: 'failed', presegment_error: 'boom' },
+      { id: 4, presegment_status: 'done', presegment_error: '' },
+    ]);
   });
 });

@@ -98,6 +98,19 @@ export class RunTracker {
   }
 }
 
+/**
+ * The statuses of a run's images from the (small) lists of images queued, running and failed:
+ * an image of the run in none of them has finished (done). Polling these three lists costs far
+ * less than the whole image list of a large project.
+ */
+export function statusesFromLists(ids: number[], lists: { queued: Pick<ImageInfo, 'id'>[]; running: Pick<ImageInfo, 'id'>[]; failed: Pick<ImageInfo, 'id' | 'presegment_error'>[] }): Pick<ImageInfo, 'id' | 'presegment_status' | 'presegment_error'>[] {
+  const status = new Map<number, { s: string; e: string }>();
+  for (const img of lists.failed) status.set(img.id, { s: 'failed', e: img.presegment_error ?? '' });
+  for (const img of lists.queued) status.set(img.id, { s: 'queued', e: '' });
+  for (const img of lists.running) status.set(img.id, { s: 'running', e: '' });
+  return ids.map((id) => ({ id, presegment_status: (status.get(id)?.s ?? 'done') as ImageInfo['presegment_status'], presegment_error: status.get(id)?.e ?? '' }));
+}
+
 /** Seconds left at the rate so far (finished / elapsed); null before the first finished image. */
 export function etaSeconds(finished: number, total: number, elapsedSeconds: number): number | null {
   if (finished >= total) return 0;

@@ -4,7 +4,7 @@
  * and the run for one image (a dialog from its card). Logic in core/presegment.ts.
  */
 import { ApiError, type ApiClient } from '../core/api';
-import { formatEta, isLocked, presegmentLabel, progressText, refusalSentence, RunTracker, versionChoices, type VersionChoice } from '../core/presegment';
+import { formatEta, isLocked, presegmentLabel, progressText, refusalSentence, RunTracker, statusesFromLists, versionChoices, type VersionChoice } from '../core/presegment';
 import type { ImageInfo } from '../core/types';
 import { h, icon } from './dom';
 import { dialog, toast } from './overlay';
@@ -142,7 +142,11 @@ export class PresegmentPanel {
   private async poll(): Promise<void> {
     if (!this.alive || !this.tracker) return;
     try {
-      this.tracker.update(await allImages(this.api, this.projectId));
+      // one after the other, in the order an image moves, so that none is missed on its way
+      const queued = await allImages(this.api, this.projectId, 'queued');
+      const running = await allImages(this.api, this.projectId, 'running');
+      const failed = await allImages(this.api, this.projectId, 'failed');
+      this.tracker.update(statusesFromLists(this.tracker.ids, { queued, running, failed }));
     } catch {
       /* offline a moment: the next poll catches up */
     }
