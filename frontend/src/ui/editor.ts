@@ -17,6 +17,7 @@ import type { NotifyKind } from '../tools/tool';
 import type { App } from './app';
 import { h, icon, rafThrottle, listen, replaceChildren } from './dom';
 import { conflictDialog, editorHelp, reloginDialog, reviewersDialog } from './editorDialogs';
+import { HistoryPanel } from './editorHistory';
 import { EditorPanels } from './editorPanels';
 import { MapScreen, type HelpContent, type LoadFailure, type MapScreenLayout } from './mapScreen';
 import { confirmDialog, dialog, toast, type DialogHandle } from './overlay';
@@ -47,6 +48,8 @@ export class EditorScreen extends MapScreen {
   private relogin: DialogHandle | null = null;
   private offlineTicker: ReturnType<typeof setInterval> | null = null;
   private panels!: EditorPanels;
+  /** The History section: revisions, their preview on the map, restore (editorHistory.ts). */
+  private revisions!: HistoryPanel;
   private saveEl!: HTMLButtonElement;
   private workLinks: HTMLElement[] = [];
   /** The caller's review of this image: undefined = not asked, null = asking, 'none' = not assigned. */
@@ -118,6 +121,15 @@ export class EditorScreen extends MapScreen {
       acceptInView: () => this.acceptInView(),
       rejectInView: () => this.rejectInView(),
     });
+    this.revisions = new HistoryPanel({
+      api: this.app.api,
+      imageId: this.imageId,
+      store: this.store,
+      map: () => this.view,
+      autosave: () => this.autosave,
+      readOnly: () => !!lockReason(this.image?.status),
+      showPreview: (banner) => this.showPreview(banner),
+    });
     this.saveEl = h('button', { class: 'save-status save-saved', onclick: () => this.onSaveClick() }, h('span', { class: 'dot' }), h('span', null, 'Loading…'));
     return {
       actions: [...this.historyControls(this.saveEl), this.nextButton('Next image', 'Next image of the list'), this.submitButton('Submit for review', 'Save and submit this image for expert review')],
@@ -125,7 +137,7 @@ export class EditorScreen extends MapScreen {
         h('span', { class: 'toolbar-sep' }),
         h('button', { class: 'tool-btn', dataset: { action: 'snap' }, title: 'Snap to neighbouring contours (S)', 'aria-label': 'Snap to neighbouring contours', 'aria-keyshortcuts': 'S', onclick: () => this.toggleSnap() }, icon('magnet', 20), h('span', { class: 'tool-key' }, 'S')),
       ],
-      panel: this.panels.sections(),
+      panel: [...this.panels.sections(), this.revisions.section()],
     };
   }
 
@@ -282,6 +294,19 @@ export class EditorScreen extends MapScreen {
     this.renderHistory();
   }
 
+  /** A revision previewed on the map (banner) or not (null): nothing can be edited meanwhile. */
+  private showPreview(banner: HTMLElement | null): void {
+    this.readOnly = !!banner || !!lockReason(this.image?.status);
+    if (banner) this.selection.clear();
+    this.renderReadOnly();
+    this.panels.renderAll();
+    if (!banner) return;
+    const b = this.shell.banner;
+    b.hidden = false;
+    b.className = 'map-banner preview';
+    b.replaceChildren(banner);
+  }
+
   protected activeClassId(): number | null {
     return this.activeClass;
   }
@@ -318,6 +343,10 @@ export class EditorScreen extends MapScreen {
 
   protected onKey(e: KeyboardEvent): boolean {
     const key = e.key;
+    if (key === 'Escape' && this.revisions.previewing) {
+      this.revisions.closePreview();
+      return true;
+    }
     // read only: the keys that look (select, layers, Escape) work, the editing ones do nothing
     if (this.readOnly && !['v', 'V', 'p', 'P', 'h', 'H', 'Escape'].includes(key)) return false;
     const toolByKey = this.tools.find((x) => x.shortcut.toLowerCase() === key.toLowerCase() && !e.shiftKey);

@@ -511,6 +511,50 @@ export class EditorMap {
     return [this.cellLayer, this.activeLayer];
   }
 
+  // ---------------------------------------------------------------- revision preview
+
+  private previewLayer: VectorLayer<VectorSource<CellFeature>> | null = null;
+  private beforePreview: { cells: boolean; active: boolean; proposals: boolean } | null = null;
+
+  /**
+   * Shows other cells (an earlier revision) in place of the annotation layer, read only and
+   * outside the store and its history; null goes back to the current cells.
+   */
+  setPreview(cells: readonly { classId: number | null; polygon: Ring }[] | null): void {
+    if (this.previewLayer) {
+      this.map.removeLayer(this.previewLayer);
+      this.previewLayer = null;
+    }
+    if (cells === null) {
+      if (this.beforePreview) {
+        this.cellLayer.setVisible(this.beforePreview.cells);
+        this.activeLayer.setVisible(this.beforePreview.active);
+        this.proposalLayer.setVisible(this.beforePreview.proposals);
+      }
+      this.beforePreview = null;
+      return;
+    }
+    this.beforePreview ??= { cells: this.cellLayer.getVisible(), active: this.activeLayer.getVisible(), proposals: this.proposalLayer.getVisible() };
+    const source = new VectorSource<CellFeature>({ wrapX: false });
+    source.addFeatures(
+      cells.map((c) => {
+        const f = new Feature(new Polygon([this.frame.ringToMap(c.polygon)])) as CellFeature;
+        f.set('c', c.classId);
+        return f;
+      }),
+    );
+    const s = this.styles;
+    this.previewLayer = new VectorLayer({ source, style: (f) => s.outline(this.palette.color(f.get('c') as number | null), { dash: [6, 4], width: 2, fill: 0.16 }), className: 'ol-layer-preview' });
+    this.cellLayer.setVisible(false);
+    this.activeLayer.setVisible(false);
+    this.proposalLayer.setVisible(false);
+    this.map.addLayer(this.previewLayer);
+  }
+
+  get previewing(): boolean {
+    return this.previewLayer !== null;
+  }
+
   setCursor(cursor: string): void {
     const vp = this.map.getViewport() as HTMLElement | undefined;
     if (vp) vp.style.cursor = cursor;
