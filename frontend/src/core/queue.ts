@@ -10,9 +10,10 @@ export interface QueueApi {
 }
 
 export const QUEUE_LABELS: Record<QueueKind, { title: string; verb: string; empty: string }> = {
-  annotate: { title: 'To annotate', verb: 'Annotate next', empty: 'Nothing waiting for annotation' },
-  review: { title: 'To review', verb: 'Review next', empty: 'No review assigned to you' },
-  adjudicate: { title: 'To adjudicate', verb: 'Adjudicate next', empty: 'No disputed image' },
+  // the empty texts say what brings work here, not only that there is none (issue #17)
+  annotate: { title: 'To annotate', verb: 'Annotate next', empty: 'Nothing yet: uploads come here' },
+  review: { title: 'To review', verb: 'Review next', empty: 'Submitted images come here' },
+  adjudicate: { title: 'To adjudicate', verb: 'Adjudicate next', empty: 'No disputed image: reviewers agree' },
   assign: { title: 'Need reviewers', verb: 'Assign reviewers', empty: 'Every image in review is staffed' },
 };
 

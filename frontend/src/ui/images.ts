@@ -1,4 +1,5 @@
 import { ApiError } from '../core/api';
+import { firstRunSteps, showFirstRun } from '../core/firstRun';
 import { loadFilters, saveFilters, type StoredFilters } from '../core/navigation';
 import { nextFromQueue, preferredKinds, queueReason, queueRoute, QUEUE_LABELS } from '../core/queue';
 import { routeHash } from '../core/router';
@@ -157,7 +158,9 @@ export class ImagesScreen implements Screen {
       this.grid.replaceChildren(
         ...(res.results.length
           ? res.results.map((img) => this.card(img))
-          : [h('div', { class: 'empty' }, h('h3', null, 'No images'), h('p', { class: 'muted' }, this.hasFilters() ? 'No image matches these filters.' : 'This project has no images yet.'))]),
+          : showFirstRun(res.count, this.hasFilters())
+            ? [this.firstRun()]
+            : [h('div', { class: 'empty' }, h('h3', null, 'No image matches these filters'), h('p', { class: 'muted' }, 'Widen the status, split or Bethesda filters, or clear the search.'))]),
       );
       const from = res.count ? (this.page - 1) * PAGE_SIZE + 1 : 0;
       const to = (this.page - 1) * PAGE_SIZE + res.results.length;
@@ -177,6 +180,34 @@ export class ImagesScreen implements Screen {
     this.page = Math.max(1, p);
     void this.load();
     window.scrollTo({ top: 0 });
+  }
+
+  /** A new project: the steps to a first verified image, each with where it is done (core/firstRun.ts). */
+  private firstRun(): HTMLElement {
+    const steps = firstRunSteps({ projectId: this.projectId, role: this.role(), classes: this.project?.classes ?? [], images: 0 });
+    return h(
+      'section',
+      { class: 'empty first-run card pad', 'aria-labelledby': 'first-run-title', dataset: { testid: 'first-run' } },
+      h('h3', { id: 'first-run-title' }, 'Get started with this project'),
+      h('p', { class: 'muted' }, 'No images yet. Five steps lead to the first verified image:'),
+      h(
+        'ol',
+        { class: 'first-run-steps' },
+        steps.map((st) =>
+          h(
+            'li',
+            { class: st.done ? 'done' : '', dataset: { step: st.id } },
+            h('div', null, h('b', null, st.title), st.done ? h('span', { class: 'pill pill-good' }, 'Done') : null),
+            h('p', { class: 'muted small' }, st.text),
+            st.action?.open
+              ? h('button', { type: 'button', class: 'btn btn-sm', dataset: { action: `first-run-${st.action.open}` }, onclick: () => (st.action?.open === 'upload' ? this.upload || this.toggleUpload() : this.presegment || this.togglePresegment()) }, st.action.label)
+              : st.action?.href
+                ? h('a', { class: 'btn btn-sm', href: st.action.href }, st.action.label)
+                : null,
+          ),
+        ),
+      ),
+    );
   }
 
   private hasFilters(): boolean {

@@ -74,7 +74,7 @@ export class RegistryPanel extends AdminPanel {
       h('label', { class: 'check' }, h('input', { type: 'checkbox', checked: this.allMetrics, onchange: (e: Event) => ((this.allMetrics = (e.target as HTMLInputElement).checked), this.render()) }), 'All metrics'),
     );
     if (!reg.versions.length) {
-      this.el.replaceChildren(toolbar, h('div', { class: 'empty' }, h('h3', null, 'No model version yet'), h('p', { class: 'muted' }, 'Train a model from the Training tab: its versions appear here.')));
+      this.el.replaceChildren(toolbar, h('div', { class: 'empty', dataset: { testid: 'registry-empty' } }, h('h3', null, 'No model version yet'), h('p', { class: 'muted' }, 'Versions appear here when a training job finishes (or a model is uploaded through the API). Training needs verified images with a test split.'), h('a', { class: 'btn btn-primary', href: routeHash({ name: 'admin', projectId: this.project.id, tab: 'training' }) }, 'Start a training job')));
       return;
     }
     const activeCards = h(
