@@ -18,6 +18,7 @@ from tests.browser.helpers import (
     annotate,
     login,
     member,
+    submit_for_review,
     synthetic_image,
     wait_editor_ready,
 )
@@ -97,3 +98,15 @@ def test_history_lists_previews_and_restores_a_revision(live_server: Any, page: 
     assert "Restored revision 1" in page.locator(".revisions button[data-revision='4']").inner_text()
     assert page.locator(".revisions button[data-revision='4'] .current-pill").count() == 1
     shot(page, "52-editor-history-restored")
+
+    # a locked image (submitted): revisions can be previewed, not restored
+    submit_for_review(image, ana)
+    page.reload()
+    wait_editor_ready(page)
+    page.click("[data-action=history-show]")
+    page.click(".revisions button[data-revision='2']")
+    assert "Preview of revision 2" in page.wait_for_selector(".map-banner.preview").inner_text()
+    assert page.locator("[data-action=restore-revision]").count() == 0
+    page.click("[data-action=close-preview]")
+    # back to the image's own banner: it is locked
+    page.wait_for_selector(".map-banner.read-only")

@@ -8,9 +8,9 @@
  */
 import { ApiError, conflictState, type ApiClient } from '../core/api';
 import type { AutosaveController } from '../core/autosave';
-import { previewDiff, previewSentence, revisionRows, type RevisionRow } from '../core/revisions';
+import { previewDiff, previewSentence, revisionRows } from '../core/revisions';
 import type { AnnotationStore } from '../core/store';
-import type { Ring } from '../core/types';
+import type { HistoryEntry, Ring } from '../core/types';
 import type { EditorMap } from '../view/editorMap';
 import { h, icon } from './dom';
 import { confirmDialog, toast } from './overlay';
@@ -30,7 +30,10 @@ export interface HistoryHost {
 
 export class HistoryPanel {
   private readonly listEl = h('div', { class: 'history-list' });
-  private rows: RevisionRow[] | null = null;
+  private entries: HistoryEntry[] | null = null;
+  private listening = false;
+  /** The layer's revision when the list was drawn. */
+  private shownRevision = -1;
   private loading = false;
   private previewRevision: number | null = null;
   private busy = false;
@@ -52,7 +55,12 @@ export class HistoryPanel {
     this.render();
     try {
       const page = await this.host.api.getHistory(this.host.imageId);
-      this.rows = revisionRows(page.results, this.host.store.revision);
+      this.entries = page.results;
+      if (!this.listening) {
+        // a save makes a new revision: the list says so, and which one is current
+        this.host.store.events.on('state', () => this.host.store.revision !== this.shownRevision && this.render());
+        this.listening = true;
+      }
     } catch (e) {
       toast(`History not loaded: ${errText(e)}`, 'error');
     } finally {
@@ -62,13 +70,17 @@ export class HistoryPanel {
   }
 
   private render(): void {
-    if (this.rows === null) {
+    if (this.entries === null) {
       this.listEl.replaceChildren(
         h('button', { class: 'btn btn-sm', dataset: { action: 'history-show' }, disabled: this.loading, onclick: () => void this.load() }, icon('undo', 14), this.loading ? 'Loading…' : 'Show the revisions'),
       );
       return;
     }
-    if (!this.rows.length) {
+    const current = this.host.store.revision;
+    this.shownRevision = current;
+    const rows = revisionRows(this.entries, current);
+    const newer = current > (rows[0]?.revision ?? 0);
+    if (!rows.length && !newer) {
       this.listEl.replaceChildren(h('p', { class: 'muted small' }, 'Nothing saved yet: the first save is revision 1.'));
       return;
     }
@@ -76,7 +88,7 @@ export class HistoryPanel {
       h(
         'ol',
         { class: 'revisions', 'aria-label': 'Revisions, newest first' },
-        this.rows.map((r) =>
+        rows.map((r) =>
           h(
             'li',
             null,
@@ -96,7 +108,8 @@ export class HistoryPanel {
           ),
         ),
       ),
-      ...(this.rows.length >= 50 ? [h('p', { class: 'muted small' }, 'The 50 newest revisions.')] : []),
+      ...(newer ? [h('button', { class: 'btn btn-sm btn-ghost history-newer', dataset: { action: 'history-newer' }, onclick: () => void this.load() }, icon('refresh', 13), `Revision ${current} saved since: show it`)] : []),
+      ...(rows.length >= 50 ? [h('p', { class: 'muted small' }, 'The 50 newest revisions.')] : []),
     );
   }
 
