@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ApiError } from '../src/core/api';
-import { batchErrors, batches, cleanMetadata, fileSentence, responseError, uploadFiles, uploadItems, uploadTotals, type XhrLike } from '../src/core/upload';
+import { batchErrors, batches, duplicatesInSelection, fileSha256, cleanMetadata, fileSentence, responseError, uploadFiles, uploadItems, uploadTotals, type XhrLike } from '../src/core/upload';
 
 describe('batches', () => {
   it('one file per request by default, or by count and bytes', () => {
@@ -128,5 +128,16 @@ describe('uploadFiles', () => {
     const p = uploadFiles({ projectId: 3, files: [new File(['x'], 'a.png')], metadata: {} }, () => new FakeXhr(), '');
     FakeXhr.last.onerror!();
     await expect(p).rejects.toMatchObject({ status: 0 });
+  });
+});
+
+describe('duplicates within one selection', () => {
+  it('names the first file with the same bytes', async () => {
+    const a = await fileSha256(new File(['same'], 'a.png'));
+    const b = await fileSha256(new File(['other'], 'b.png'));
+    const c = await fileSha256(new File(['same'], 'c.png'));
+    expect(a).toMatch(/^[0-9a-f]{64}$/);
+    const d = duplicatesInSelection([{ name: 'a.png', sha256: a }, { name: 'b.png', sha256: b }, { name: 'c.png', sha256: c }, { name: 'd.png', sha256: null }]);
+    expect([...d]).toEqual([[2, 'a.png']]);
   });
 });

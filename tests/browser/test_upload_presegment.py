@@ -88,9 +88,10 @@ def test_upload_many_files_with_metadata_progress_and_named_refusals(
     # per-file results: three stored, the duplicate and the non-image refused with the server's reason
     for name in ("field-003.png", "field-001.png", "field-002.png"):
         assert page.locator(f".upload-file[data-file='{name}']").get_attribute("data-state") == "done"
+    # the same bytes twice in one selection: named in the browser, never sent
     dup = page.locator(".upload-file[data-file='copy-of-001.png']")
     assert dup.get_attribute("data-state") == "failed"
-    assert "Duplicate of 'field-001.png' already in this project" in dup.locator("[data-error=file]").inner_text()
+    assert "Duplicate of 'field-001.png' in this selection" in dup.locator("[data-error=file]").inner_text()
     bad = page.locator(".upload-file[data-file='notes.png']")
     assert bad.get_attribute("data-state") == "failed"
     assert bad.locator("[data-error=file]").inner_text().strip()
@@ -101,6 +102,17 @@ def test_upload_many_files_with_metadata_progress_and_named_refusals(
     # a refused file can be taken off the list
     dup.locator("[data-action=remove-file]").click()
     assert page.locator(".upload-file").count() == 4
+
+    # a file already in the project: the server's refusal names the image it duplicates
+    page.click("[data-action=clear-upload]")
+    assert page.locator(".upload-file").count() == 0
+    (tmp_path / "again-002.png").write_bytes(files["field-002.png"])
+    page.set_input_files(".upload-panel input[type=file]", [str(tmp_path / "again-002.png")])
+    page.wait_for_selector(".upload-file[data-file='again-002.png'][data-state=waiting]")
+    page.click("[data-action=upload]")
+    again = page.wait_for_selector(".upload-file[data-file='again-002.png'][data-state=failed] [data-error=file]")
+    assert "Duplicate of 'field-002.png' already in this project" in again.inner_text()
+    shot(page, "41b-upload-duplicate-in-project")
 
     stored = Image.objects.filter(project=project)
     assert sorted(stored.values_list("file_name", flat=True)) == ["field-001.png", "field-002.png", "field-003.png"]

@@ -66,6 +66,35 @@ export function batches<T extends FileLike>(files: T[], size = 1, maxBytes = Inf
   return out;
 }
 
+/**
+ * Files of one selection with the same content (SHA-256 of the bytes, as the server compares
+ * them): index → the name of the first file with that content. A null hash (not computed) never
+ * matches.
+ */
+export function duplicatesInSelection(files: { name: string; sha256: string | null }[]): Map<number, string> {
+  const first = new Map<string, string>();
+  const out = new Map<number, string>();
+  files.forEach((f, i) => {
+    if (!f.sha256) return;
+    const earlier = first.get(f.sha256);
+    if (earlier !== undefined) out.set(i, earlier);
+    else first.set(f.sha256, f.name);
+  });
+  return out;
+}
+
+/** SHA-256 of a file's bytes in hex; null where the browser cannot (no WebCrypto outside secure contexts). */
+export async function fileSha256(file: Blob): Promise<string | null> {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) return null;
+  try {
+    const digest = await subtle.digest('SHA-256', await file.arrayBuffer());
+    return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
+  } catch {
+    return null;
+  }
+}
+
 /** Metadata without empty values (the server draws the split itself when it is left out). */
 export function cleanMetadata(m: UploadMetadata): UploadMetadata {
   const out: UploadMetadata = {};

@@ -4,7 +4,7 @@
  * its own progress bar and its own error (core/upload.ts).
  */
 import { ApiError } from '../core/api';
-import { batchErrors, batches, formatBytes, METADATA_LABELS, totalsText, uploadFiles, uploadItems, uploadTotals, type UploadItem, type UploadMetadata } from '../core/upload';
+import { batchErrors, batches, duplicatesInSelection, fileSha256, formatBytes, METADATA_LABELS, totalsText, uploadFiles, uploadItems, uploadTotals, type UploadItem, type UploadMetadata } from '../core/upload';
 import { BETHESDA, SPLITS } from '../core/types';
 import { h, icon } from './dom';
 import { toast } from './overlay';
@@ -25,6 +25,8 @@ export class UploadPanel {
   private fieldErrors: HTMLElement;
   private meta: Record<keyof UploadMetadata, HTMLInputElement | HTMLSelectElement>;
   private busy = false;
+  private hashes = new Map<number, string | null>();
+  private hashing: Promise<unknown> = Promise.resolve();
   private abort: AbortController | null = null;
 
   constructor(
@@ -105,6 +107,22 @@ export class UploadPanel {
     }
     this.input.value = '';
     this.refresh();
+    // the same bytes twice in this selection: named before anything is sent
+    const hashing = Promise.all(items.map(async (it) => this.hashes.set(it.index, await fileSha256(this.files[it.index]))));
+    this.hashing = Promise.all([this.hashing, hashing]);
+    void hashing.then(() => this.markDuplicates());
+  }
+
+  private markDuplicates(): void {
+    const dups = duplicatesInSelection(this.items.map((it) => ({ name: it.name, sha256: this.hashes.get(it.index) ?? null })));
+    for (const [i, original] of dups) {
+      const it = this.items[i];
+      if (it.state !== 'waiting' || (this.busy && it.loaded)) continue;
+      const uploaded = this.items.some((o) => o.name === original && o.state === 'done');
+      Object.assign(it, { state: 'failed', error: `Duplicate of '${original}'${uploaded ? ', uploaded from this list' : ' in this selection'} — not sent.` });
+      this.update(it);
+    }
+    this.refresh();
   }
 
   private remove(it: UploadItem): void {
@@ -118,8 +136,7 @@ export class UploadPanel {
   private clear(): void {
     if (this.busy) return;
     this.items = [];
-    this.files = [];
-    this.rows.clear();
+    this.rows.clear(); // (the files stay behind their indices: a hash still being computed lands on its own)
     this.list.replaceChildren();
     this.refresh();
   }
@@ -186,14 +203,18 @@ export class UploadPanel {
     this.showFieldErrors({});
     // refused files are tried again (after a fix of the metadata, or a removed duplicate)
     for (const it of this.items) if (it.state === 'failed') Object.assign(it, { state: 'waiting', error: null, loaded: 0 }), this.update(it);
+    await this.hashing;
+    this.markDuplicates();
     const todo = this.items.filter((it) => it.state === 'waiting');
     for (const it of todo) this.update(it);
     this.refresh();
     let stored = 0;
     let stop = false;
     const metadata = this.metadata();
-    for (const batch of batches(todo, 1)) {
+    for (const planned of batches(todo, 1)) {
       if (stop || this.abort.signal.aborted) break;
+      const batch = planned.filter((it) => it.state === 'waiting');
+      if (!batch.length) continue;
       for (const it of batch) (it.state = 'uploading'), this.update(it);
       this.refresh();
       try {
@@ -236,7 +257,7 @@ export class UploadPanel {
     this.refresh();
     const failed = this.items.filter((it) => it.state === 'failed').length;
     if (stored) this.onUploaded(stored);
-    if (failed) toast(`${failed} file${failed === 1 ? ' was' : 's were'} refused — the reasons are next to each file`, 'error');
+    if (failed) toast(failed === 1 ? '1 file was refused — the reason is next to it' : `${failed} files were refused — the reasons are next to each file`, 'error');
     else if (stored) toast(`${stored} image${stored === 1 ? '' : 's'} uploaded`, 'success');
   }
 }
