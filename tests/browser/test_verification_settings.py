@@ -44,6 +44,10 @@ def test_admin_edits_verification_settings_and_the_queue_says_why(live_server: A
     assert "At most the number of reviewers (3)" in page.wait_for_selector("[data-error=quorum]").inner_text()
     assert "at most 1" in page.locator("[data-error=match_iou]").inner_text()
     assert page.locator("[data-error=experts_required]").count() == 0
+    # the error is the field's description for a screen reader
+    quorum = page.locator("input[name=quorum]")
+    assert quorum.get_attribute("aria-invalid") == "true"
+    assert quorum.get_attribute("aria-describedby") == "verification-error-quorum"
     shot(page, "46-verification-settings-errors")
     assert project.experts_required == 2
 

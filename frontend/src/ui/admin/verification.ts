@@ -54,13 +54,13 @@ export class VerificationPanel extends AdminPanel {
 
   private render(): void {
     const d = this.draft;
-    const err = (k: VerificationField) => (this.errors[k] ? h('span', { class: 'field-error', dataset: { error: k }, role: 'alert' }, this.errors[k]!) : null);
+    const err = (k: VerificationField) => (this.errors[k] ? h('span', { class: 'field-error', id: `verification-error-${k}`, dataset: { error: k }, role: 'alert' }, this.errors[k]!) : null);
     const num = (k: 'experts_required' | 'quorum' | 'match_iou', label: string, help: string, attrs: Record<string, string>) =>
       h(
         'label',
         { class: 'field compact' },
         h('span', null, label),
-        h('input', { type: 'text', inputmode: k === 'match_iou' ? 'decimal' : 'numeric', name: k, value: d[k], class: this.errors[k] ? 'invalid' : '', 'aria-invalid': this.errors[k] ? 'true' : null, dataset: { field: k }, oninput: (e: Event) => this.typed(k, (e.target as HTMLInputElement).value), ...attrs }),
+        h('input', { type: 'text', inputmode: k === 'match_iou' ? 'decimal' : 'numeric', name: k, value: d[k], class: this.errors[k] ? 'invalid' : '', 'aria-invalid': this.errors[k] ? 'true' : null, 'aria-describedby': this.errors[k] ? `verification-error-${k}` : null, dataset: { field: k }, oninput: (e: Event) => this.typed(k, (e.target as HTMLInputElement).value), ...attrs }),
         h('span', { class: 'muted small' }, help),
         err(k),
       );
@@ -109,7 +109,7 @@ export class VerificationPanel extends AdminPanel {
       'form',
       { class: 'card pad verification-form', novalidate: true, onsubmit: (e: Event) => (e.preventDefault(), void this.save()) },
       h('h2', { class: 'section-title' }, 'Review of each image'),
-      h('div', { class: 'form-row' }, num('experts_required', 'Reviewers per image (K)', 'Experts assigned when an image is submitted (1–10).', { 'aria-label': 'Reviewers per image' }), num('quorum', 'Quorum', 'Reviewers who must support a cell; empty = all K.', { placeholder: 'all', 'aria-label': 'Quorum' }), num('match_iou', 'Match IoU', 'Two contours are the same cell above this overlap (0–1].', { 'aria-label': 'Match IoU' })),
+      h('div', { class: 'form-row' }, num('experts_required', 'Reviewers per image (K)', 'Experts assigned when an image is submitted (1–10).', {}), num('quorum', 'Quorum', 'Reviewers who must support a cell; empty = all K.', { placeholder: 'all' }), num('match_iou', 'Match IoU', 'Two contours are the same cell above this overlap (0–1].', {})),
       h('p', { class: 'consensus-sentence', dataset: { consensus: '' } }, consensusSentence(d)),
       h('p', { class: 'muted small' }, 'Images already in review keep the rules they were submitted with.'),
       adjudicators,
