@@ -70,6 +70,19 @@ def test_main_screens_have_no_serious_accessibility_violations(live_server: Any,
     page.wait_for_selector(".image-grid:not(.is-loading) .image-card")
     page.wait_for_timeout(300)  # the grid fades in (opacity): contrast is judged on the settled page
     found += violations(page, "image list")
+    # its upload and pre-segmentation panels
+    page.click("[data-action=open-upload]")
+    page.wait_for_selector(".upload-panel")
+    page.click("[data-action=open-presegment]")
+    page.wait_for_timeout(500)
+    found += violations(page, "image list with its panels")
+
+    # a project without images: the guided start instead of the grid
+    empty = ProjectFactory(name="Empty project", created_by=admin)
+    page.goto(f"{live_server.url}/#/projects/{empty.pk}")
+    page.wait_for_selector("[data-testid=first-run]")
+    page.wait_for_timeout(300)
+    found += violations(page, "first run")
 
     page.goto(f"{live_server.url}/#/projects/{project.pk}/images/{image.pk}")
     wait_editor_ready(page)

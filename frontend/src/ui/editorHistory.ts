@@ -42,7 +42,7 @@ export class HistoryPanel {
 
   section(): HTMLElement {
     this.render();
-    return section(['History', h('button', { class: 'icon-btn panel-sub history-refresh', dataset: { action: 'history-refresh' }, title: 'Load the revisions again', onclick: () => void this.load() }, icon('refresh', 13))], this.listEl);
+    return section(['History', h('button', { class: 'icon-btn panel-sub history-refresh', dataset: { action: 'history-refresh' }, title: 'Load the revisions again', 'aria-label': 'Reload the history', onclick: () => void this.load() }, icon('refresh', 13))], this.listEl);
   }
 
   get previewing(): boolean {

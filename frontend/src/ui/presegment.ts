@@ -64,7 +64,7 @@ export class PresegmentPanel {
     this.el = h(
       'section',
       { class: 'card presegment-panel', 'aria-label': 'Pre-segmentation' },
-      h('div', { class: 'panel-head' }, h('h2', null, icon('sparkles', 18), 'Pre-segmentation'), h('span', { class: 'grow' }), h('button', { class: 'icon-btn', title: 'Close', onclick: () => this.onClose() }, icon('x'))),
+      h('div', { class: 'panel-head' }, h('h2', null, icon('sparkles', 18), 'Pre-segmentation'), h('span', { class: 'grow' }), h('button', { class: 'icon-btn', title: 'Close', 'aria-label': 'Close pre-segmentation', onclick: () => this.onClose() }, icon('x'))),
       h('p', { class: 'muted small' }, 'The model proposes cell outlines on every image that is not locked for review (submitted, in review, disputed, in adjudication or verified images are skipped). Run it again after a better model is trained.'),
       h('div', { class: 'presegment-form' }, h('label', { class: 'field' }, h('span', null, 'Model version'), this.select), this.runBtn),
       this.message,

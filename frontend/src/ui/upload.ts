@@ -37,7 +37,8 @@ export class UploadPanel {
     this.input = h('input', { type: 'file', multiple: true, accept: 'image/*,.tif,.tiff', hidden: true, name: 'files', onchange: () => this.add([...(this.input.files ?? [])]) });
     const drop = h(
       'div',
-      { class: 'dropzone', tabindex: '0', role: 'button', 'aria-label': 'Drop image files here, or press Enter to choose files', dataset: { drop: 'images' }, onclick: () => this.input.click(), onkeydown: (e: KeyboardEvent) => (e.key === 'Enter' || e.key === ' ') && (e.preventDefault(), this.input.click()) },
+      // no aria-label: the visible text names the button (axe: label-content-name-mismatch)
+      { class: 'dropzone', tabindex: '0', role: 'button', dataset: { drop: 'images' }, onclick: () => this.input.click(), onkeydown: (e: KeyboardEvent) => (e.key === 'Enter' || e.key === ' ') && (e.preventDefault(), this.input.click()) },
       icon('image', 28),
       h('div', null, h('b', null, 'Drop image files here'), h('span', { class: 'muted' }, ' or '), h('span', { class: 'link' }, 'choose files')),
       h('div', { class: 'muted small' }, 'PNG, JPEG or TIFF; many at once. Every file is checked by the server; a refused file is named below with the reason.'),
@@ -71,7 +72,7 @@ export class UploadPanel {
     this.el = h(
       'section',
       { class: 'card upload-panel', 'aria-label': 'Upload images' },
-      h('div', { class: 'panel-head' }, h('h2', null, icon('cloud', 18), 'Upload images'), h('span', { class: 'grow' }), h('button', { class: 'icon-btn', title: 'Close', onclick: () => this.close() }, icon('x'))),
+      h('div', { class: 'panel-head' }, h('h2', null, icon('cloud', 18), 'Upload images'), h('span', { class: 'grow' }), h('button', { class: 'icon-btn', title: 'Close', 'aria-label': 'Close upload', onclick: () => this.close() }, icon('x'))),
       drop,
       this.input,
       h('p', { class: 'muted small' }, 'These details apply to every file of this upload; the split, left automatic, is drawn from each image’s content.'),
