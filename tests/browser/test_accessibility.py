@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from annotations.models import Role
 from tests.browser.conftest import ROOT, VIEWPORT, PageErrors, shot
 from tests.browser.helpers import ProjectFactory, UserFactory, login, member, synthetic_image, wait_editor_ready
+from training.services import jobs
+from training.tests.factories import synthetic_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -95,4 +98,12 @@ def test_main_screens_have_no_serious_accessibility_violations(live_server: Any,
         page.wait_for_selector(".loading-block", state="detached", timeout=10_000)
         page.wait_for_timeout(300)
         found += violations(page, f"admin {tab}")
+    # a training job's screen
+    synthetic_project(project=project, splits={"train": 1, "test": 1}, size=64, n_cells=3, n_erythrocytes=1)
+    with mock.patch("core.queue.task_send"):
+        job = jobs.training_job_start(project=project, user=admin, kind="cellpose", config={"preset": "tiny"})
+    page.goto(f"{live_server.url}/#/projects/{project.pk}/admin/jobs/{job.pk}")
+    page.wait_for_selector(".job-progress [role=progressbar]")
+    page.wait_for_timeout(300)
+    found += violations(page, "training job")
     assert not found, "axe found serious or critical violations:\n" + "\n".join(found)
