@@ -13,8 +13,18 @@ from unittest import mock
 import pytest
 
 from annotations.models import Role
+from review.models import Review
 from tests.browser.conftest import ROOT, VIEWPORT, PageErrors, shot
-from tests.browser.helpers import ProjectFactory, UserFactory, login, member, synthetic_image, wait_editor_ready
+from tests.browser.helpers import (
+    ProjectFactory,
+    UserFactory,
+    annotate,
+    login,
+    member,
+    submit_for_review,
+    synthetic_image,
+    wait_editor_ready,
+)
 from training.services import jobs
 from training.tests.factories import synthetic_project
 
@@ -61,7 +71,9 @@ def test_main_screens_have_no_serious_accessibility_violations(live_server: Any,
     page = axe_page
     admin = UserFactory(username="dr.head")
     project = ProjectFactory(name="Accessible project", created_by=admin)
-    member(project, Role.ANNOTATOR, username="dr.ruiz")
+    annotator = member(project, Role.ANNOTATOR, username="dr.ruiz")
+    for name in ("dr.kim", "dr.osei"):
+        member(project, Role.EXPERT, username=name)
     image, _ = synthetic_image(project, seed=21, bethesda="IV", split="train")
     found: list[str] = []
 
@@ -106,4 +118,17 @@ def test_main_screens_have_no_serious_accessibility_violations(live_server: Any,
     page.wait_for_selector(".job-progress [role=progressbar]")
     page.wait_for_timeout(300)
     found += violations(page, "training job")
+    # an expert's review of a submitted image
+    submitted, outlines = synthetic_image(project, seed=22, bethesda="II", split="train")
+    annotate(submitted, annotator, outlines[:4])
+    submit_for_review(submitted, annotator)
+    reviewer = Review.objects.filter(image=submitted, status="assigned").select_related("reviewer").first()
+    assert reviewer is not None
+    page.click("button[aria-label='Sign out']")
+    page.wait_for_selector("input[name=username]")
+    login(page, live_server.url, reviewer.reviewer.username)
+    page.goto(f"{live_server.url}/#/projects/{project.pk}/images/{submitted.pk}/review")
+    wait_editor_ready(page)
+    found += violations(page, "review")
+    shot(page, "a11y-review")
     assert not found, "axe found serious or critical violations:\n" + "\n".join(found)
