@@ -67,3 +67,9 @@ def test_registry_and_schedule_explain_their_metrics(live_server: Any, page: Any
     box = guarded.locator("input")
     assert page.locator(f"[id='{box.get_attribute('aria-describedby')}']").count() == 1
     shot(page, "schedule-metric-legend", full=True)
+    # opened stays opened when the panel renders again (it polls its status), here after a tab switch
+    page.click("nav.tabs a:has-text('Model registry')")
+    page.wait_for_selector("table.registry")
+    page.click("nav.tabs a:has-text('Retraining schedule')")
+    page.locator("[data-testid=schedule-metric-legend]").wait_for()
+    assert page.locator("[data-testid=schedule-metric-legend]").get_attribute("open") is not None

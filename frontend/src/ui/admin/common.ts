@@ -118,10 +118,18 @@ export function progressBar(fraction: number | null, opts: { live?: boolean; big
  * plain words. Entries carry ids that the table heads' aria-describedby point
  * to, so a screen reader reads the explanation with the column.
  */
+// whether the user opened or folded each legend: the panels re-render (polling), which must not undo it
+const legendOpen = new Map<string, boolean>();
+
 export function metricLegend(metrics: string[], scope: string, open = true): HTMLElement {
   return h(
     'details',
-    { class: 'metric-legend', open, dataset: { testid: `${scope}-metric-legend` } },
+    {
+      class: 'metric-legend',
+      open: legendOpen.get(scope) ?? open,
+      dataset: { testid: `${scope}-metric-legend` },
+      ontoggle: (e: Event) => legendOpen.set(scope, (e.currentTarget as HTMLDetailsElement).open),
+    },
     h('summary', { class: 'muted small' }, 'What the metrics mean'),
     h('dl', null, metrics.map((m) => [h('dt', null, metricLabel(m)), h('dd', { id: metricHelpId(m, scope), dataset: { metric: m } }, metricHelp(m))])),
   );
