@@ -11,7 +11,7 @@ the ``two_stage`` backend separates them with Cellpose.
 Artifacts: the model folder itself, or a folder with an ``nnunet/`` subfolder
 holding it. Settings: :class:`cytoseg.backends.settings.NnUNetSettings`.
 
-Loading never hands a file to ``torch.load(weights_only=False)``: nnU-Net's own
+Loading never hands a file to an unpickling (not weights-only) ``torch.load``: nnU-Net's own
 ``initialize_from_trained_model_folder`` does, so this backend reads the checkpoints
 itself (:func:`cytoseg.backends.packages.nnunet_checkpoint_load`, weights-only),
 checks the class names in ``plans.json`` against an allow-list, builds the network

@@ -50,6 +50,35 @@ def annotate(image: Image, user: Any, polygons: list[list[list[float]]], class_i
     return list(Cell.objects.filter(image=image, layer=Layer.ANNOTATION).order_by("id").values_list("pk", flat=True))
 
 
+def proposals_create(image: Image, outlines: list[list[list[float]]], *, area: float | None = None) -> list[Cell]:
+    """Proposals of the project's baseline model on ``image``, one per outline (thyroid cells,
+    score 0.9), as pre-segmentation would store them."""
+    from training.services.registry import model_version_baseline
+
+    version = model_version_baseline(project=image.project)
+    class_id = image.project.classes.get(model_label=1).pk
+    out = []
+    for poly in outlines:
+        xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+        w, h = max(xs) - min(xs), max(ys) - min(ys)
+        out.append(
+            Cell.objects.create(
+                image=image,
+                layer=Layer.PROPOSAL,
+                cell_class_id=class_id,
+                polygon=poly,
+                bbox_x=min(xs),
+                bbox_y=min(ys),
+                bbox_w=w,
+                bbox_h=h,
+                area=w * h if area is None else area,
+                score=0.9,
+                model_version=version,
+            )
+        )
+    return out
+
+
 def login(page: Any, base_url: str, username: str, password: str = PASSWORD) -> None:
     page.goto(f"{base_url}/#/login")
     page.fill("input[name=username]", username)

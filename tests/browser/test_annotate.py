@@ -15,12 +15,12 @@ from tests.browser.helpers import (
     annotate,
     login,
     member,
+    proposals_create,
     screen_of,
     synthetic_image,
     wait_editor_ready,
     wait_saved,
 )
-from training.services.registry import model_version_baseline
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -102,26 +102,7 @@ def test_annotator_accepts_and_rejects_model_proposals(live_server: Any, page: A
     project = ProjectFactory(name="Proposals", created_by=admin)
     member(project, Role.ANNOTATOR, username="annie")
     image, outlines = synthetic_image(project, seed=21, n_cells=8)
-    version = model_version_baseline(project=project)
-    class_id = project.classes.get(model_label=1).pk
-    proposals = []
-    for poly in outlines[:5]:
-        xs, ys = [p[0] for p in poly], [p[1] for p in poly]
-        proposals.append(
-            Cell.objects.create(
-                image=image,
-                layer=Layer.PROPOSAL,
-                cell_class_id=class_id,
-                polygon=poly,
-                bbox_x=min(xs),
-                bbox_y=min(ys),
-                bbox_w=max(xs) - min(xs),
-                bbox_h=max(ys) - min(ys),
-                area=100,
-                score=0.9,
-                model_version=version,
-            )
-        )
+    proposals = proposals_create(image, outlines[:5], area=100)
 
     login(page, live_server.url, "annie")
     page.goto(f"{live_server.url}/#/projects/{project.pk}/images/{image.pk}")

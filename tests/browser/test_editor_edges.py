@@ -21,12 +21,12 @@ from tests.browser.helpers import (
     login,
     map_box,
     member,
+    proposals_create,
     screen_of,
     synthetic_image,
     wait_editor_ready,
     wait_saved,
 )
-from training.services.registry import model_version_baseline
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -203,23 +203,8 @@ def test_accept_all_in_view_takes_partly_visible_proposals(live_server: Any, pag
     project = ProjectFactory(name="In view", created_by=UserFactory(username="head"))
     member(project, Role.ANNOTATOR, username="dr.wheel")
     image, _ = synthetic_image(project, seed=34)
-    version = model_version_baseline(project=project)
-    class_id = project.classes.get(model_label=1).pk
     squares = [_square(x, y, 44) for x in range(10, 600, 70) for y in range(10, 440, 70)]
-    for poly in squares:
-        Cell.objects.create(
-            image=image,
-            layer=Layer.PROPOSAL,
-            cell_class_id=class_id,
-            polygon=poly,
-            bbox_x=poly[0][0],
-            bbox_y=poly[0][1],
-            bbox_w=44,
-            bbox_h=44,
-            area=44 * 44,
-            score=0.9,
-            model_version=version,
-        )
+    proposals_create(image, squares)
     _open(page, live_server, "dr.wheel", project, image)
     box = map_box(page)
     page.click("button[title^='Zoom in']")

@@ -18,38 +18,14 @@ from tests.browser.helpers import (
     login,
     map_box,
     member,
+    proposals_create,
     screen_of,
     submit_for_review,
     synthetic_image,
     wait_editor_ready,
 )
-from training.services.registry import model_version_baseline
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def _proposals(project: Any, image: Image, outlines: list[list[list[float]]]) -> list[Cell]:
-    version = model_version_baseline(project=project)
-    class_id = project.classes.get(model_label=1).pk
-    out = []
-    for poly in outlines:
-        xs, ys = [p[0] for p in poly], [p[1] for p in poly]
-        out.append(
-            Cell.objects.create(
-                image=image,
-                layer=Layer.PROPOSAL,
-                cell_class_id=class_id,
-                polygon=poly,
-                bbox_x=min(xs),
-                bbox_y=min(ys),
-                bbox_w=max(xs) - min(xs),
-                bbox_h=max(ys) - min(ys),
-                area=100,
-                score=0.9,
-                model_version=version,
-            )
-        )
-    return out
 
 
 def _centre(poly: list[list[float]]) -> tuple[float, float]:
@@ -65,7 +41,7 @@ def test_accepted_and_rejected_proposals_stay_closed_after_a_reload(live_server:
     project = ProjectFactory(name="Proposals reload", created_by=admin)
     member(project, Role.ANNOTATOR, username="annie")
     image, outlines = synthetic_image(project, seed=21, n_cells=8)
-    proposals = _proposals(project, image, outlines[:5])
+    proposals = proposals_create(image, outlines[:5], area=100)
 
     login(page, live_server.url, "annie")
     page.goto(f"{live_server.url}/#/projects/{project.pk}/images/{image.pk}")
@@ -104,7 +80,7 @@ def test_a_locked_image_opens_read_only(live_server: Any, page: Any) -> None:
     project = ProjectFactory(name="Locked", created_by=admin)
     annie = member(project, Role.ANNOTATOR, username="annie")
     image, outlines = synthetic_image(project, seed=41, n_cells=6)
-    _proposals(project, image, outlines[2:4])
+    proposals_create(image, outlines[2:4], area=100)
     annotate(image, annie, outlines[:2])
     submit_for_review(image, annie)
     Image.objects.filter(pk=image.pk).update(status=ImageStatus.VERIFIED)
@@ -179,7 +155,7 @@ def test_submit_for_review_shows_a_summary_first(live_server: Any, page: Any) ->
     project = ProjectFactory(name="Submit", created_by=admin)
     annie = member(project, Role.ANNOTATOR, username="annie")
     image, outlines = synthetic_image(project, seed=51, n_cells=8)
-    _proposals(project, image, outlines[3:6])
+    proposals_create(image, outlines[3:6], area=100)
     annotate(image, annie, outlines[:2])
 
     login(page, live_server.url, "annie")
