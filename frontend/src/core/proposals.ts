@@ -5,6 +5,7 @@
 import { Emitter } from './events';
 import { isOpenProposal } from './editorState';
 import { bbox, bboxIntersects, normalizeRing, ringIntersectsBox, type BBox } from './geometry';
+import { nextKey, readingOrder } from './review';
 import type { ApiCell, Ring } from './types';
 
 export interface Proposal {
@@ -59,6 +60,17 @@ export class ProposalStore {
   }
   ids(): number[] {
     return [...this.items.keys()];
+  }
+
+  /**
+   * The proposal after (dir 1) or before (dir -1) `current` in reading order (rows top to
+   * bottom, left to right: the review screen's order of cells), wrapping around; null when
+   * none is open. `current` null or gone: the first (or last) one.
+   */
+  next(current: number | null, dir: 1 | -1 = 1): number | null {
+    const order = readingOrder([...this.items.values()].map((p) => ({ key: String(p.id), polygon: p.polygon })));
+    const k = nextKey(order, current !== null && this.items.has(current) ? String(current) : null, dir);
+    return k === null ? null : Number(k);
   }
 
   /**

@@ -1,3 +1,4 @@
+import { BrushTool, EraserTool } from './brushTool';
 import { ClassifyTool, DeleteTool, MergeTool } from './clickTools';
 import { DrawPolygonTool } from './drawTool';
 import { SelectTool } from './selectTool';
@@ -7,5 +8,5 @@ import type { Tool } from './tool';
 export type { Tool, ToolContext, ToolId } from './tool';
 
 export function createTools(): Tool[] {
-  return [new SelectTool(), new DrawPolygonTool(), new SplitTool(), new MergeTool(), new DeleteTool(), new ClassifyTool()];
+  return [new SelectTool(), new DrawPolygonTool(), new SplitTool(), new MergeTool(), new DeleteTool(), new ClassifyTool(), new BrushTool(), new EraserTool()];
 }

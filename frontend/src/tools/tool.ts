@@ -10,7 +10,7 @@ import type { AnnotationStore } from '../core/store';
 import { Snap } from 'ol/interaction';
 import type { EditorMap } from '../view/editorMap';
 
-export type ToolId = 'select' | 'draw' | 'split' | 'merge' | 'delete' | 'classify';
+export type ToolId = 'select' | 'draw' | 'split' | 'merge' | 'delete' | 'classify' | 'segment' | 'box' | 'brush' | 'eraser';
 
 export type NotifyKind = 'info' | 'success' | 'warn' | 'error';
 

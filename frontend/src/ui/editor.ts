@@ -10,6 +10,7 @@ import { lockReason, submitSummary } from '../core/editorState';
 import { findNextImage, loadFilters } from '../core/navigation';
 import { nextFromQueue, queueRoute } from '../core/queue';
 import { routeHash } from '../core/router';
+import { proposalKey } from '../core/selection';
 import type { AnnotationStore } from '../core/store';
 import type { CellsResponse, Project } from '../core/types';
 import { createTools, type Tool, type ToolId } from '../tools';
@@ -361,6 +362,7 @@ export class EditorScreen extends MapScreen {
     else if (key === 's' || key === 'S') this.toggleSnap();
     else if (key === 'p' || key === 'P') this.panels.toggleLayer('proposals');
     else if (key === 'h' || key === 'H') this.panels.toggleLayer('cells');
+    else if (key === 'n' || key === 'N') this.nextProposal(e.shiftKey ? -1 : 1);
     else if (key === 'Delete' || key === 'Backspace') {
       const cells = this.selection.cells();
       if (cells.length) this.store.removeCells(cells);
@@ -379,6 +381,19 @@ export class EditorScreen extends MapScreen {
   }
 
   // ================================================================ proposals
+
+  /** N / Shift+N: selects the next (previous) open proposal in reading order and centres it. */
+  nextProposal(dir: 1 | -1 = 1): void {
+    const id = this.proposals.next(this.selection.proposals()[0] ?? null, dir);
+    if (id === null) {
+      toast('No open proposals', 'info');
+      return;
+    }
+    const key = proposalKey(id);
+    this.panels.showLayer('proposals');
+    this.selection.set([key]);
+    this.view?.centerOn([key]);
+  }
 
   private async acceptIds(ids: number[], what: string): Promise<void> {
     if (!ids.length) {

@@ -189,6 +189,10 @@ export function editorHelp(tools: Tool[], palette: ClassPalette): HTMLElement[] 
       row(['Backspace'], 'Remove the last vertex'),
       row(['Esc'], 'Cancel drawing, then clear the selection'),
       row(['Space', 'Drag'], 'Pan while drawing'),
+      h('h4', null, 'Brush and eraser'),
+      row(['Drag'], 'Paint on the selected cell (brush adds, eraser removes; one stroke = one undo)'),
+      row(['[', ']'], 'Smaller / larger radius'),
+      row(['Ctrl', 'Wheel'], 'Radius (also Alt+wheel; the wheel alone zooms)'),
     ),
     h(
       'section',
@@ -212,6 +216,7 @@ export function editorHelp(tools: Tool[], palette: ClassPalette): HTMLElement[] 
       row(['R'], 'Reject selected proposals'),
       row(['Shift', 'A'], 'Accept all proposals in view'),
       row(['Shift', 'R'], 'Reject all proposals in view'),
+      row(['N'], 'Next proposal (selected and centred; Shift+N: previous)'),
       row(['P'], 'Show / hide proposals'),
       row(['H'], 'Show / hide my cells'),
       h('h4', null, 'View'),

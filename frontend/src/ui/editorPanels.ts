@@ -75,6 +75,11 @@ export class EditorPanels {
     this.setLayer(name, { visible: !this.layerState[name].visible });
   }
 
+  /** Shows a layer (a proposal chosen with N must be visible). */
+  showLayer(name: LayerName): void {
+    if (!this.layerState[name].visible) this.setLayer(name, { visible: true });
+  }
+
   private setLayer(name: LayerName, patch: Partial<LayerState>): void {
     const s = (this.layerState[name] = { ...this.layerState[name], ...patch });
     this.host.map()?.setLayerVisible(name, s.visible);
@@ -246,6 +251,7 @@ export class EditorPanels {
         h('button', { class: 'btn btn-sm btn-accept', title: 'Accept every proposal in view (Shift+A)', onclick: () => void this.host.acceptInView() }, 'Accept all in view'),
         h('button', { class: 'btn btn-sm btn-reject', title: 'Reject every proposal in view (Shift+R)', onclick: () => void this.host.rejectInView() }, 'Reject all in view'),
       )]),
+      h('p', { class: 'muted small', dataset: { hint: 'next-proposal' } }, h('kbd', null, 'N'), ' next proposal · ', h('kbd', null, 'Shift'), '+', h('kbd', null, 'N'), ' previous'),
       ...(status ? [status] : []),
     );
   }
