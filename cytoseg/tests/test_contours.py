@@ -1,4 +1,7 @@
-"""Masks -> polygons -> masks: the polygon convention must give the masks back."""
+"""Masks -> polygons -> masks: the polygon convention must give the masks back.
+
+The staircase method is exact (pixel edges); the smooth one (the default) keeps every cell's
+rasterised IoU >= MIN_IOU with far fewer vertices."""
 
 from __future__ import annotations
 
@@ -8,11 +11,15 @@ from shapely.geometry import Polygon
 
 from cytoseg.backends.base import Instance
 from cytoseg.contours import (
+    MIN_IOU,
     ContourResult,
+    instances_as_stored,
     instances_to_polygons,
     mask_to_polygon,
+    mask_to_smooth_polygon,
     polygon_rasterize,
 )
+from cytoseg.synthetic import generate_field
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,8 +49,8 @@ def _star_blob(
     return np.hypot(xx - cx, yy - cy) <= r
 
 
-def _roundtrip(inst: Instance, *, height: int, width: int, tolerance: float = 0.5) -> float:
-    res = instances_to_polygons([inst], min_area=0.0, tolerance=tolerance)
+def _roundtrip(inst: Instance, *, height: int, width: int, tolerance: float = 0.5, method: str = "staircase") -> float:
+    res = instances_to_polygons([inst], min_area=0.0, tolerance=tolerance, method=method)  # type: ignore[arg-type]
     assert len(res) == 1
     back = polygon_rasterize(res[0].points, height=height, width=width)
     return _iou(back, inst.full_mask(height=height, width=width))
@@ -68,7 +75,7 @@ def test_square_polygon_runs_along_pixel_edges() -> None:
 def test_offset_bbox_area_and_types() -> None:
     mask = np.ones((3, 4), dtype=bool)
     inst = Instance(x0=10, y0=20, mask=mask, label=2, score=0.75)
-    (res,) = instances_to_polygons([inst], min_area=1.0)
+    (res,) = instances_to_polygons([inst], min_area=1.0, method="staircase")
     assert isinstance(res, ContourResult)
     assert res.bbox == (10.0, 20.0, 14.0, 23.0)
     assert res.area == pytest.approx(12.0)
@@ -78,20 +85,36 @@ def test_offset_bbox_area_and_types() -> None:
     assert Polygon(res.points).is_valid
 
 
-def test_single_pixel_and_one_pixel_line() -> None:
+def test_smooth_offset_bbox_and_types() -> None:
+    inst = Instance(x0=10, y0=20, mask=np.ones((3, 4), dtype=bool), label=2, score=0.75)
+    (res,) = instances_to_polygons([inst], min_area=1.0)
+    assert res.label == 2 and res.score == pytest.approx(0.75) and res.index == 0
+    assert np.allclose(res.bbox, (10.0, 20.0, 14.0, 23.0), atol=0.5)
+    assert res.points[0] != res.points[-1]
+    assert Polygon(res.points).is_valid
+    assert np.array_equal(polygon_rasterize(res.points, height=30, width=30), inst.full_mask(height=30, width=30))
+
+
+@pytest.mark.parametrize("method", ["staircase", "smooth"])
+def test_single_pixel_and_one_pixel_line(method: str) -> None:
     for mask in (np.ones((1, 1), bool), np.ones((1, 9), bool), np.ones((7, 1), bool)):
         inst = Instance(x0=3, y0=4, mask=mask, label=1, score=1.0)
-        assert _roundtrip(inst, height=16, width=16) == 1.0
+        assert _roundtrip(inst, height=16, width=16, method=method) == 1.0
 
 
-def test_holes_are_dropped() -> None:
+@pytest.mark.parametrize("method", ["staircase", "smooth"])
+def test_holes_are_dropped(method: str) -> None:
     mask = np.ones((9, 9), dtype=bool)
     mask[3:6, 3:6] = False
     inst = Instance(x0=0, y0=0, mask=mask, label=1, score=1.0)
-    (res,) = instances_to_polygons([inst], min_area=0.0)
+    (res,) = instances_to_polygons([inst], min_area=0.0, method=method)  # type: ignore[arg-type]
     back = polygon_rasterize(res.points, height=9, width=9)
-    assert back.all()  # the outline is filled
-    assert res.area == pytest.approx(81.0)
+    assert Polygon(res.points).is_valid and len(Polygon(res.points).interiors) == 0
+    if method == "staircase":
+        assert back.all()  # the outline is filled
+        assert res.area == pytest.approx(81.0)
+    else:  # filled too, up to the rounded corners
+        assert np.count_nonzero(back) / 81 >= MIN_IOU
 
 
 def test_largest_component_kept() -> None:
@@ -99,7 +122,7 @@ def test_largest_component_kept() -> None:
     mask[2:12, 2:12] = True  # 100 px
     mask[15:18, 20:23] = True  # 9 px, separate
     mask[12, 12] = True  # touches the big square only at a corner
-    (res,) = instances_to_polygons([Instance(0, 0, mask, 1, 1.0)], min_area=0.0)
+    (res,) = instances_to_polygons([Instance(0, 0, mask, 1, 1.0)], min_area=0.0, method="staircase")
     back = polygon_rasterize(res.points, height=20, width=30)
     assert np.count_nonzero(back) == 100
     assert back[2:12, 2:12].all()
@@ -111,9 +134,10 @@ def test_min_area_drops_fragments_and_index_maps_back() -> None:
     tiny = Instance(20, 20, np.ones((1, 2), bool), 1, 0.9)
     empty = Instance(5, 5, np.zeros((3, 3), bool), 1, 0.9)
     other = Instance(30, 0, np.ones((5, 5), bool), 2, 0.4)
-    res = instances_to_polygons([big, tiny, empty, other], min_area=4.0)
-    assert [r.index for r in res] == [0, 3]
-    assert [r.label for r in res] == [1, 2]
+    for method in ("staircase", "smooth"):
+        res = instances_to_polygons([big, tiny, empty, other], min_area=4.0, method=method)  # type: ignore[arg-type]
+        assert [r.index for r in res] == [0, 3]
+        assert [r.label for r in res] == [1, 2]
 
 
 def test_rasterize_uses_pixel_centres() -> None:
@@ -146,7 +170,8 @@ def test_roundtrip_exact_without_simplification() -> None:
         assert _roundtrip(_crop_instance(mask), height=48, width=48, tolerance=0.0) == 1.0
 
 
-def test_roundtrip_random_blobs() -> None:
+@pytest.mark.parametrize("method", ["staircase", "smooth"])
+def test_roundtrip_random_blobs(method: str) -> None:
     """Rasterised polygons give the masks back: IoU >= 0.95 each, mean >= 0.98."""
     rng = np.random.default_rng(0)
     height, width = 64, 80
@@ -171,7 +196,7 @@ def test_roundtrip_random_blobs() -> None:
                 mask[r : min(r + int(radius) + 6, height), c] = True
         if np.count_nonzero(mask) < 10:
             continue
-        ious.append(_roundtrip(_crop_instance(mask), height=height, width=width))
+        ious.append(_roundtrip(_crop_instance(mask), height=height, width=width, method=method))
     assert len(ious) > 150
     assert min(ious) >= 0.95
     assert float(np.mean(ious)) >= 0.98
@@ -196,3 +221,135 @@ def test_roundtrip_synthetic_field() -> None:
         ious.append(_iou(back, inst.full_mask(height=256, width=256)))
     assert len(results) == len(instances) > 10
     assert float(np.median(ious)) >= 0.98
+
+
+# --- the smooth method -----------------------------------------------------------------
+
+
+def _field_instances(seed: int, difficulty: str) -> list[Instance]:
+    field = generate_field(seed=seed, width=256, height=256, difficulty=difficulty)
+    labels = field.label_map()
+    out = []
+    for i, cell in enumerate(field.cells):
+        visible = labels == i + 1
+        if np.count_nonzero(visible) >= 10:
+            crop = _crop_instance(visible)
+            out.append(Instance(crop.x0, crop.y0, crop.mask, cell.label, 1.0))
+    return out
+
+
+def _outline(inst: Instance) -> np.ndarray:
+    """What a polygon can stand for: the staircase outline (largest part, holes filled)."""
+    exact = mask_to_polygon(inst.mask, tolerance=0.0)
+    assert exact is not None
+    h, w = inst.mask.shape
+    return polygon_rasterize(list(exact.exterior.coords)[:-1], height=h, width=w)
+
+
+def _vertices_and_ious(instances: list[Instance], method: str) -> tuple[list[int], list[float]]:
+    results = instances_to_polygons(instances, min_area=0.0, method=method)  # type: ignore[arg-type]
+    assert [r.index for r in results] == list(range(len(instances)))
+    vertices, ious = [], []
+    for res in results:
+        inst = instances[res.index]
+        poly = Polygon(res.points)
+        assert poly.is_valid and poly.geom_type == "Polygon" and not poly.interiors
+        h, w = inst.mask.shape
+        back = polygon_rasterize(np.asarray(res.points) - (inst.x0, inst.y0), height=h, width=w)
+        vertices.append(len(res.points))
+        ious.append(_iou(back, _outline(inst)))
+    return vertices, ious
+
+
+@pytest.mark.parametrize("difficulty", ["normal", "hard"])
+def test_smooth_synthetic_fields_per_cell_iou_and_few_vertices(difficulty: str) -> None:
+    instances = [inst for seed in (11, 12, 13) for inst in _field_instances(seed, difficulty)]
+    assert len(instances) > 40
+    smooth_v, smooth_iou = _vertices_and_ious(instances, "smooth")
+    stair_v, _ = _vertices_and_ious(instances, "staircase")
+    assert min(smooth_iou) >= MIN_IOU  # per cell, not on average
+    assert float(np.mean(smooth_iou)) >= 0.97
+    # Clearly below the staircase: under half its vertices on average.
+    assert float(np.mean(smooth_v)) < 0.5 * float(np.mean(stair_v))
+
+
+def test_smooth_full_synthetic_masks_against_the_mask_itself() -> None:
+    """The generator's whole (unoccluded) cells are single blobs: IoU with the mask itself."""
+    cells = [*generate_field(seed=21, width=256, height=256).cells]
+    cells += generate_field(seed=22, width=256, height=256, difficulty="hard").cells
+    instances = [Instance(c.x0, c.y0, c.mask, c.label, 1.0) for c in cells]
+    results = instances_to_polygons(instances, min_area=0.0)
+    assert len(results) == len(instances)
+    for res in results:
+        inst = instances[res.index]
+        h, w = inst.mask.shape
+        back = polygon_rasterize(np.asarray(res.points) - (inst.x0, inst.y0), height=h, width=w)
+        assert _iou(back, inst.mask) >= MIN_IOU
+
+
+def test_small_erythrocyte_has_few_vertices() -> None:
+    """A 15 px erythrocyte: about 30 staircase vertices, a dozen smooth ones."""
+    rng = np.random.default_rng(5)
+    smooth_v, stair_v = [], []
+    for _ in range(20):
+        mask = _star_blob(rng, 24, 24, *rng.uniform(11.5, 12.5, 2), 7.5, 0.05)
+        inst = _crop_instance(mask)
+        (smooth,) = instances_to_polygons([inst], min_area=0.0)
+        (stair,) = instances_to_polygons([inst], min_area=0.0, method="staircase")
+        back = polygon_rasterize(smooth.points, height=24, width=24)
+        assert _iou(back, mask) >= MIN_IOU
+        smooth_v.append(len(smooth.points))
+        stair_v.append(len(stair.points))
+    assert float(np.mean(stair_v)) >= 20
+    assert float(np.mean(smooth_v)) <= 14
+    assert max(smooth_v) < min(stair_v)
+
+
+def test_smooth_is_deterministic() -> None:
+    instances = _field_instances(31, "hard")
+    first = instances_to_polygons(instances, min_area=0.0)
+    second = instances_to_polygons(instances, min_area=0.0)
+    assert [r.points for r in first] == [r.points for r in second]
+
+
+def test_smooth_lowers_the_tolerance_per_cell() -> None:
+    """A tolerance far too coarse for a cell is lowered until the cell keeps MIN_IOU; a
+    stricter min_iou keeps more vertices; min_iou 1.0 gives the mask back exactly."""
+    rng = np.random.default_rng(8)
+    mask = _star_blob(rng, 40, 40, 20, 20, 9, 0.3)
+    coarse = mask_to_smooth_polygon(mask, tolerance=6.0)
+    strict = mask_to_smooth_polygon(mask, tolerance=6.0, min_iou=0.99)
+    exact = mask_to_smooth_polygon(mask, tolerance=6.0, min_iou=1.0)
+    assert coarse is not None and strict is not None and exact is not None
+    pts = [list(p.exterior.coords)[:-1] for p in (coarse, strict, exact)]
+    ious = [_iou(polygon_rasterize(p, height=40, width=40), mask) for p in pts]
+    assert ious[0] >= MIN_IOU and ious[1] >= 0.99 and ious[2] == 1.0
+    assert len(pts[0]) <= len(pts[1]) <= len(pts[2])
+
+
+def test_invalid_arguments_are_refused() -> None:
+    inst = Instance(0, 0, np.ones((4, 4), bool), 1, 1.0)
+    for kwargs in (
+        {"tolerance": -0.1},
+        {"tolerance": float("nan")},
+        {"tolerance": float("inf")},
+        {"method": "spline"},
+        {"min_iou": 0.0},
+        {"min_iou": 1.5},
+    ):
+        with pytest.raises(ValueError):
+            instances_to_polygons([inst], **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        mask_to_polygon(inst.mask, tolerance=-1.0)
+    with pytest.raises(ValueError):
+        mask_to_smooth_polygon(inst.mask, sigma=-1.0)
+
+
+def test_instances_as_stored_uses_the_method() -> None:
+    instances = _field_instances(41, "normal")
+    smooth = instances_as_stored(instances, 256, 256, min_area=20.0)
+    stair = instances_as_stored(instances, 256, 256, min_area=20.0, method="staircase")
+    assert len(smooth) == len(stair) > 5
+    for a, b in zip(smooth, stair, strict=True):
+        ious = _iou(a.full_mask(height=256, width=256), b.full_mask(height=256, width=256))
+        assert ious >= MIN_IOU
