@@ -18,9 +18,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cytoseg.crops import CropGeometry, label_map_from_instances, semantic_from_instances
+from cytoseg.maps import ImageMaps
 
 __all__ = [
     "BackendError",
+    "ImageMaps",
     "Instance",
     "Prediction",
     "SegmentationBackend",
@@ -65,6 +67,9 @@ class Prediction:
     instances: list[Instance]
     semantic: np.ndarray | None  # (H, W) uint8 0/1/2 where the backend has one
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    # the dense outputs a click is resolved against (cytoseg.interactive), where the backend
+    # has them (Cellpose's flows, nnU-Net's foreground); None for the classical backends
+    maps: ImageMaps | None = None
 
 
 class SegmentationBackend(abc.ABC):
@@ -92,6 +97,12 @@ class SegmentationBackend(abc.ABC):
     @abc.abstractmethod
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment ``image``, an (H, W, 3) uint8 RGB array."""
+
+    def maps(self, image: np.ndarray) -> ImageMaps | None:
+        """The dense maps of ``image`` for interactive segmentation (``cytoseg.interactive``),
+        without the instance post-processing of :meth:`predict`; None for a backend that has
+        none (the classical ones: a click then runs the backend itself on a window)."""
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} device={self.device!r}>"

@@ -29,6 +29,7 @@ from scipy import ndimage as ndi
 
 from cytoseg.backends.base import (
     BackendError,
+    ImageMaps,
     Instance,
     Prediction,
     SegmentationBackend,
@@ -181,6 +182,23 @@ class CellposeBackend(SegmentationBackend):
         labels = {int(k): self.label for k in ids}
         return instances_from_label_map(masks, labels=labels, scores=scores)
 
+    def outputs_maps(self, outputs: CellposeOutputs) -> ImageMaps:
+        """The network outputs as interactive maps (flows, cell probability, threshold, diameter)."""
+        height, width = outputs.cellprob.shape
+        return ImageMaps(
+            height=height,
+            width=width,
+            flows=outputs.dP,
+            cellprob=outputs.cellprob,
+            cellprob_threshold=self.cellprob_threshold,
+            diameter=self.diameter,
+            label=self.label,
+        )
+
+    def maps(self, image: np.ndarray) -> ImageMaps:
+        """Flows and cell probability of ``image`` (the network pass only)."""
+        return self.outputs_maps(self.network(image))
+
     def predict(self, image: np.ndarray) -> Prediction:
         """Instances of ``image`` (label ``label``), no semantic map."""
         t0 = time.perf_counter()
@@ -194,4 +212,5 @@ class CellposeBackend(SegmentationBackend):
             instances=instances,
             semantic=None,
             timings={"cellpose_net": t1 - t0, "cellpose_masks": t2 - t1, "instances": t3 - t2},
+            maps=self.outputs_maps(outputs),
         )

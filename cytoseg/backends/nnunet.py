@@ -33,6 +33,7 @@ from scipy import ndimage as ndi
 
 from cytoseg.backends.base import (
     BackendError,
+    ImageMaps,
     Instance,
     Prediction,
     SegmentationBackend,
@@ -47,6 +48,7 @@ __all__ = [
     "NnUNetMaps",
     "components_to_instances",
     "folds_available",
+    "nnunet_image_maps",
     "nnunet_model_folder_find",
     "nnunet_network_load",
     "nnunet_seeded_instances",
@@ -187,6 +189,18 @@ class NnUNetMaps:
     core: np.ndarray | None = None
 
 
+def nnunet_image_maps(maps: NnUNetMaps) -> ImageMaps:
+    """nnU-Net's maps for interactive segmentation: the probability of any foreground class
+    (erythrocytes are clicked too; the class map names them) and the class map."""
+    height, width = maps.semantic.shape
+    return ImageMaps(
+        height=height,
+        width=width,
+        foreground=1.0 - maps.probabilities[0],
+        semantic=maps.semantic,
+    )
+
+
 def nnunet_seeded_instances(maps: NnUNetMaps) -> list[Instance]:
     """Instances of nnU-Net alone from its seed class (core or rim): the two-stage ``assign``
     rule without Cellpose (``cytoseg.backends.combine``)."""
@@ -269,6 +283,10 @@ class NnUNetBackend(SegmentationBackend):
             probs = merged
         return NnUNetMaps(semantic=semantic, probabilities=probs, boundary=extra["boundary"], core=extra["core"])
 
+    def maps(self, image: np.ndarray) -> ImageMaps:
+        """Foreground probability (1 - P(background)) and class map of ``image``."""
+        return nnunet_image_maps(self.predict_maps(image))
+
     def _run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         maps = self.predict_maps(image)
         return maps.semantic, maps.probabilities
@@ -286,7 +304,8 @@ class NnUNetBackend(SegmentationBackend):
             instances = components_to_instances(semantic, probs, min_area=self.min_instance_area)
         t2 = time.perf_counter()
         timings = {"nnunet": t1 - t0, "components": t2 - t1}
-        return Prediction(instances=instances, semantic=semantic, timings=timings), probs
+        prediction = Prediction(instances=instances, semantic=semantic, timings=timings, maps=nnunet_image_maps(maps))
+        return prediction, probs
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Semantic map and connected-component instances of ``image``."""

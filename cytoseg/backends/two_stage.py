@@ -31,6 +31,7 @@ from scipy import ndimage as ndi
 
 from cytoseg.backends.base import (
     BackendError,
+    ImageMaps,
     Instance,
     Prediction,
     SegmentationBackend,
@@ -154,6 +155,20 @@ class TwoStageBackend(SegmentationBackend):
             erythrocyte_radius=cfg.erythrocyte_radius,
         )
 
+    def image_maps(self, maps: NnUNetMaps, outputs: CellposeOutputs) -> ImageMaps:
+        """Cellpose's flows and cell probability with nnU-Net's foreground and class map."""
+        from cytoseg.backends.nnunet import nnunet_image_maps
+
+        nn = nnunet_image_maps(maps)
+        cp = self.cellpose.outputs_maps(outputs)
+        cp.foreground, cp.semantic = nn.foreground, nn.semantic
+        return cp
+
+    def maps(self, image: np.ndarray) -> ImageMaps:
+        """Both networks' maps of ``image``, without the mask reconstruction and combination."""
+        img = image_check(image)
+        return self.image_maps(self.nnunet.predict_maps(img), self.cellpose.network(img))
+
     def predict(self, image: np.ndarray) -> Prediction:
         """nnU-Net maps, Cellpose's network, then the combination rule (``combine``)."""
         img = image_check(image)
@@ -182,6 +197,7 @@ class TwoStageBackend(SegmentationBackend):
             instances=kept,
             semantic=maps.semantic,
             timings={"nnunet": t1 - t0, "cellpose_net": t2 - t1, **stages},
+            maps=self.image_maps(maps, outputs),
         )
 
     def assign(self, image: np.ndarray, maps: NnUNetMaps, outputs: CellposeOutputs) -> list[Instance]:
