@@ -170,6 +170,21 @@ export class AnnotationStore {
     return key;
   }
 
+  /** Several new cells in one undo step (e.g. the cells of a box prompt); returns their keys. */
+  addCells(cells: { polygon: Ring; classId: number | null }[], label = 'add cells'): string[] {
+    const keys = cells.map(() => this.newLocalKey());
+    if (!keys.length) return [];
+    this.history.execute(
+      new CellsCommand(
+        this,
+        label,
+        keys.map((k) => [k, null]),
+        keys.map((k, i) => [k, { key: k, classId: cells[i].classId, polygon: this.userRing(cells[i].polygon) }]),
+      ),
+    );
+    return keys;
+  }
+
   updatePolygon(key: string, polygon: Ring, label = 'edit contour'): boolean {
     const old = this.cells.get(key);
     if (!old) return false;

@@ -4,6 +4,7 @@
  * active tool sees keys first through `onKey` (return true = consumed).
  */
 import type { ClassPalette } from '../core/classes';
+import type { Segmenter } from '../core/interactive';
 import type { ProposalStore } from '../core/proposals';
 import type { Selection } from '../core/selection';
 import type { AnnotationStore } from '../core/store';
@@ -21,6 +22,8 @@ export interface ToolContext {
   palette: ClassPalette;
   /** The OpenLayers view; absent in unit tests of the tools' logic. */
   view?: EditorMap;
+  /** Click and box prompts on the server (the editor's image); absent on the screens without them. */
+  segmenter?: Segmenter;
   /** Class given to new cells and by the classify tool. */
   activeClassId(): number | null;
   snapEnabled(): boolean;

@@ -12,6 +12,7 @@
  * rendering and keys through the abstract methods below.
  */
 import { ClassPalette } from '../core/classes';
+import type { Segmenter } from '../core/interactive';
 import { ProposalStore } from '../core/proposals';
 import { nextFromQueue } from '../core/queue';
 import { routeHash } from '../core/router';
@@ -265,6 +266,11 @@ export abstract class MapScreen implements Screen {
     return false;
   }
 
+  /** The server's click and box prompts for this image (the editor has them). */
+  protected segmenter(): Segmenter | undefined {
+    return undefined;
+  }
+
   private toolContext(): ToolContext {
     return {
       store: this.store,
@@ -272,6 +278,7 @@ export abstract class MapScreen implements Screen {
       proposals: this.proposals,
       palette: this.palette,
       view: this.view ?? undefined,
+      segmenter: this.segmenter(),
       activeClassId: () => this.activeClassId(),
       snapEnabled: () => this.snapEnabled(),
       notify: (m, k) => toast(m, k),
