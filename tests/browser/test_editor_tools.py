@@ -82,6 +82,15 @@ def test_brush_a_bulge_in_and_erase_a_bite_out_each_one_undo(live_server: Any, p
     for _ in range(3):
         page.keyboard.press("]")  # 8 -> 14 px (three 20 % steps, rounded to half pixels)
     page.mouse.move(*screen_of(page, 340, 180, image))
+    # Ctrl+wheel resizes the brush (one notch up, one down) instead of zooming
+    zoom = page.locator(".statusbar .zoom").inner_text()
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -100)
+    page.wait_for_timeout(100)
+    page.mouse.wheel(0, 100)
+    page.keyboard.up("Control")
+    page.wait_for_timeout(200)
+    assert page.locator(".statusbar .zoom").inner_text() == zoom
     shot(page, "tools-brush-cursor")
 
     # paint from inside the right edge outwards: a bulge

@@ -251,7 +251,7 @@ export class EditorPanels {
         h('button', { class: 'btn btn-sm btn-accept', title: 'Accept every proposal in view (Shift+A)', onclick: () => void this.host.acceptInView() }, 'Accept all in view'),
         h('button', { class: 'btn btn-sm btn-reject', title: 'Reject every proposal in view (Shift+R)', onclick: () => void this.host.rejectInView() }, 'Reject all in view'),
       )]),
-      h('p', { class: 'muted small', dataset: { hint: 'next-proposal' } }, h('kbd', null, 'N'), ' next proposal · ', h('kbd', null, 'Shift'), '+', h('kbd', null, 'N'), ' previous'),
+      h('p', { class: 'muted small', dataset: { hint: 'next-proposal' } }, kbd('N'), ' / ', kbd('Shift+N'), ' next / previous proposal'),
       ...(status ? [status] : []),
     );
   }
