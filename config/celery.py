@@ -1,6 +1,7 @@
 """The Celery application. Queues: ``default`` (CPU work), ``gpu`` (pre-segmentation, one image at a
 time) and ``training`` (training and evaluation jobs, on a worker of their own, so that a long
-training job never delays the pre-segmentation of new uploads)."""
+training job never delays the pre-segmentation of new uploads) and ``interactive`` (the maps a
+click waits for, on a worker of its own: a click never waits behind either of the others)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("cytoplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = (Queue("default"), Queue("gpu"), Queue("training"))
+app.conf.task_queues = (Queue("default"), Queue("gpu"), Queue("training"), Queue("interactive"))
 app.autodiscover_tasks()
 
 

@@ -356,6 +356,13 @@ GPU_TASK_SOFT_TIME_LIMIT = env_int("GPU_TASK_SOFT_TIME_LIMIT", 600, minimum=1)
 GPU_TASK_TIME_LIMIT = env_int("GPU_TASK_TIME_LIMIT", 660, minimum=1)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE", "auto")
 PRESEGMENT_MIN_AREA = env_float("PRESEGMENT_MIN_AREA", 20.0)
+# Click-to-segment (inference.interactive): each web process holds the maps of recent images
+# (INTERACTIVE_MAPS_CACHE_MB, float16, ~7 MB per 1024x768 field); an image without maps gets
+# them from the `interactive` queue's worker (INTERACTIVE_MAPS_WORKER; off: the web process
+# computes them itself), the click waiting for them up to INTERACTIVE_MAPS_TIMEOUT seconds.
+INTERACTIVE_MAPS_CACHE_MB = env_int("INTERACTIVE_MAPS_CACHE_MB", 128, minimum=8)
+INTERACTIVE_MAPS_WORKER = env_bool("INTERACTIVE_MAPS_WORKER", True)
+INTERACTIVE_MAPS_TIMEOUT = env_int("INTERACTIVE_MAPS_TIMEOUT", 30, minimum=1)
 # Liveness of pre-segmentation (inference.services): a running image's worker writes a
 # heartbeat every PRESEGMENT_HEARTBEAT_SECONDS; the watchdog re-queues an image whose heartbeat
 # is older than PRESEGMENT_HEARTBEAT_TIMEOUT (its worker died) up to PRESEGMENT_MAX_ATTEMPTS

@@ -56,3 +56,13 @@ class RateLimitedError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.retry_after = retry_after
+
+
+class UnavailableError(Exception):
+    """The work is under way elsewhere and did not finish in time; the same request may be
+    sent again after ``retry_after`` seconds (HTTP 503)."""
+
+    def __init__(self, detail: str, retry_after: int = 2) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after

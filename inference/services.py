@@ -29,6 +29,7 @@ from cytoseg.backends import backend_get
 from cytoseg.contours import instances_to_polygons
 from cytoseg.device import device_default
 from cytoseg.imaging import read_rgb
+from inference.interactive import image_maps_store
 from training.models import ModelVersion
 from training.services.artifacts import artifacts_for
 from training.services.registry import model_version_for_project, model_version_settings
@@ -254,6 +255,15 @@ def image_presegment_run(*, image_id: int, model_version_id: int, retry: bool = 
         started = time.perf_counter()
         count = proposals_store(image=image, model_version=version, contours=contours)
         timings["db_write"] = time.perf_counter() - started
+        if prediction.maps is not None:
+            # kept for click-to-segment: a click then costs milliseconds (inference.interactive);
+            # without them the first click computes them, so a failure here fails nothing
+            started = time.perf_counter()
+            try:
+                image_maps_store(image=image, model_version=version, maps=prediction.maps)
+            except Exception:
+                logger.warning("Could not keep the maps of image %s", image_id, exc_info=True)
+            timings["maps_store"] = time.perf_counter() - started
     except Exception as exc:
         Image.objects.filter(pk=image_id).update(
             presegment_status=PresegmentStatus.FAILED, presegment_error=f"{type(exc).__name__}: {exc}"[:2000]

@@ -1,4 +1,5 @@
-"""Celery adapters: ids in, one service call. GPU work runs on the ``gpu`` queue."""
+"""Celery adapters: ids in, one service call. GPU work runs on the ``gpu`` queue, the maps a click
+waits for on the ``interactive`` queue."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.conf import settings
 from django.db import OperationalError, close_old_connections
 
 from annotations.models import Image, PresegmentStatus
+from inference.interactive import INTERACTIVE_QUEUE, image_maps_compute
 from inference.services import image_presegment_run, presegment_reap
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,20 @@ def presegment_image(self: Any, image_id: int, model_version_id: int) -> dict[st
     if result.skipped:
         return {"skipped": "another run has or had the image"}
     return {"cells": result.cell_count, "timings": result.timings}
+
+
+@shared_task(
+    name="inference.image_maps",
+    queue=INTERACTIVE_QUEUE,
+    acks_late=True,
+    soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def image_maps(image_id: int, model_version_id: int) -> dict[str, Any]:
+    """The model's maps of one image for click-to-segment, on the ``interactive`` queue: its own
+    worker, so that a click never waits behind pre-segmentation or training."""
+    result = image_maps_compute(image_id=image_id, model_version_id=model_version_id)
+    return {"computed": result.computed, "seconds": round(result.seconds, 3)}
 
 
 @shared_task(name="inference.watchdog", queue="default", acks_late=True)

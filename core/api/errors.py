@@ -23,6 +23,7 @@ from core.errors import (
     PermissionDeniedError,
     RateLimitedError,
     ServiceValidationError,
+    UnavailableError,
 )
 
 
@@ -37,6 +38,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return Response(
             {"detail": exc.detail},
             status=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    if isinstance(exc, UnavailableError):
+        return Response(
+            {"detail": exc.detail},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(exc.retry_after)},
         )
     if isinstance(exc, NotFoundError | Http404):

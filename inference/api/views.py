@@ -14,7 +14,7 @@ from annotations import selectors
 from annotations.api.serializers import CellsOut, cell_out
 from core.api.parsing import base_revision, parse, request_user
 from core.errors import ServiceValidationError
-from inference import proposals, services
+from inference import interactive, proposals, services
 from inference import selectors as inference_selectors
 from training.models import ModelVersion
 
@@ -88,6 +88,116 @@ class ProposalRejectView(APIView):
             image=image, user=request_user(request), ids=data.get("ids"), select_all=data["all"]
         )
         return Response({"rejected": count})
+
+
+# --- click-to-segment and box prompts ---------------------------------------------------------
+
+
+def _point_field(help_text: str) -> serializers.ListField:
+    return serializers.ListField(child=serializers.FloatField(), min_length=2, max_length=2, help_text=help_text)
+
+
+class SegmentClickIn(serializers.Serializer):
+    positive = serializers.ListField(
+        child=_point_field("[x, y] in image pixels"),
+        min_length=1,
+        max_length=interactive.MAX_POINTS,
+        help_text="Points inside the cell, [[x, y], ...] (1..20); several merge into one cell.",
+    )
+    negative = serializers.ListField(
+        child=_point_field("[x, y] in image pixels"),
+        required=False,
+        default=list,
+        max_length=interactive.MAX_POINTS,
+        help_text="Points outside it (0..20): what they fall in is removed or split off.",
+    )
+
+
+class SegmentBoxIn(serializers.Serializer):
+    box = serializers.ListField(
+        child=serializers.FloatField(), min_length=4, max_length=4, help_text="[x0, y0, x1, y1] in image pixels."
+    )
+
+
+class SegmentTimingsOut(serializers.Serializer):
+    total_ms = serializers.FloatField(help_text="Server time of the request; further stages by name.")
+
+
+class SegmentCellOut(serializers.Serializer):
+    polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
+    class_id = serializers.IntegerField(allow_null=True, help_text="The project's class for the label, if it has one.")
+    label = serializers.IntegerField(help_text="1 cell, 2 erythrocyte.")  # type: ignore[assignment]  # the API field name
+    score = serializers.FloatField()
+
+
+class SegmentClickOut(serializers.Serializer):
+    polygon = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField()), allow_null=True, help_text="Null: no cell there."
+    )
+    class_id = serializers.IntegerField(allow_null=True)
+    label = serializers.IntegerField(  # type: ignore[assignment]  # the API field name
+        allow_null=True, help_text="1 cell, 2 erythrocyte."
+    )
+    score = serializers.FloatField(allow_null=True)
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # the API field name
+        choices=["model", "baseline"], help_text="model: the active model's maps; baseline: the classical baseline."
+    )
+    model_version = serializers.IntegerField(allow_null=True, help_text="The model version that outlined it.")
+    reason = serializers.CharField(allow_null=True, help_text="Why polygon is null.")
+    timings = SegmentTimingsOut()
+
+
+class SegmentBoxOut(serializers.Serializer):
+    cells = SegmentCellOut(many=True)
+    source = serializers.ChoiceField(  # type: ignore[assignment]  # the API field name
+        choices=["model", "baseline"], help_text="model: the active model's maps; baseline: the classical baseline."
+    )
+    model_version = serializers.IntegerField(allow_null=True)
+    timings = SegmentTimingsOut()
+
+
+def _timings(values: dict[str, float]) -> dict[str, float]:
+    return {"total_ms": values.get("total_ms", 0.0), **values}
+
+
+class SegmentClickView(APIView):
+    @extend_schema(request=SegmentClickIn, responses={200: SegmentClickOut}, tags=["proposals"])
+    def post(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
+        data = parse(SegmentClickIn, request.data)
+        result = interactive.image_click_segment(image=image, positive=data["positive"], negative=data["negative"])
+        out = result.outline
+        return Response(
+            {
+                "polygon": out.polygon,
+                "class_id": out.class_id,
+                "label": out.label,
+                "score": out.score,
+                "source": result.source,
+                "model_version": result.model_version,
+                "reason": result.reason,
+                "timings": _timings(result.timings),
+            }
+        )
+
+
+class SegmentBoxView(APIView):
+    @extend_schema(request=SegmentBoxIn, responses={200: SegmentBoxOut}, tags=["proposals"])
+    def post(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
+        data = parse(SegmentBoxIn, request.data)
+        result = interactive.image_box_segment(image=image, box=data["box"])
+        cells = [
+            {"polygon": c.polygon, "class_id": c.class_id, "label": c.label, "score": c.score} for c in result.cells
+        ]
+        return Response(
+            {
+                "cells": cells,
+                "source": result.source,
+                "model_version": result.model_version,
+                "timings": _timings(result.timings),
+            }
+        )
 
 
 # --- the queues and workers (staff) ----------------------------------------------------------

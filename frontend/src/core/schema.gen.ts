@@ -383,6 +383,38 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/images/{image_id}/segment/box": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["images_segment_box_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/images/{image_id}/segment/click": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post: operations["images_segment_click_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/images/{image_id}/transition": {
         parameters: {
             query?: never;
@@ -2335,11 +2367,70 @@ export interface components {
                 [key: string]: unknown;
             };
         };
+        SegmentBoxInRequest: {
+            /** @description [x0, y0, x1, y1] in image pixels. */
+            box: number[];
+        };
+        SegmentBoxOut: {
+            cells: components["schemas"]["SegmentCellOut"][];
+            /**
+             * @description model: the active model's maps; baseline: the classical baseline.
+             *
+             *     * `model` - model
+             *     * `baseline` - baseline
+             */
+            source: components["schemas"]["SourceB6bEnum"];
+            model_version: number | null;
+            timings: components["schemas"]["SegmentTimingsOut"];
+        };
+        SegmentCellOut: {
+            polygon: number[][];
+            /** @description The project's class for the label, if it has one. */
+            class_id: number | null;
+            /** @description 1 cell, 2 erythrocyte. */
+            label: number;
+            /** Format: double */
+            score: number;
+        };
+        SegmentClickInRequest: {
+            /** @description Points inside the cell, [[x, y], ...] (1..20); several merge into one cell. */
+            positive: number[][];
+            /** @description Points outside it (0..20): what they fall in is removed or split off. */
+            negative?: number[][];
+        };
+        SegmentClickOut: {
+            /** @description Null: no cell there. */
+            polygon: number[][] | null;
+            class_id: number | null;
+            /** @description 1 cell, 2 erythrocyte. */
+            label: number | null;
+            /** Format: double */
+            score: number | null;
+            /**
+             * @description model: the active model's maps; baseline: the classical baseline.
+             *
+             *     * `model` - model
+             *     * `baseline` - baseline
+             */
+            source: components["schemas"]["SourceB6bEnum"];
+            /** @description The model version that outlined it. */
+            model_version: number | null;
+            /** @description Why polygon is null. */
+            reason: string | null;
+            timings: components["schemas"]["SegmentTimingsOut"];
+        };
+        SegmentTimingsOut: {
+            /**
+             * Format: double
+             * @description Server time of the request; further stages by name.
+             */
+            total_ms: number;
+        };
         SnapshotDetailOut: {
             readonly id: number;
             project: number;
             number: number;
-            source?: components["schemas"]["SourceEnum"];
+            source?: components["schemas"]["SourceCb4Enum"];
             options?: unknown;
             /** @description {split: {images, cells}} */
             counts?: unknown;
@@ -2354,7 +2445,7 @@ export interface components {
         };
         SnapshotInRequest: {
             /** @default verified */
-            source?: components["schemas"]["SourceEnum"];
+            source?: components["schemas"]["SourceCb4Enum"];
             /** @description Synthetic cluster augmentation (paper C), cytoseg.augment.AugmentConfig: count, seed, fill_fraction, cluster_size, rotation_deg, colour_jitter, brightness, noise_sigma, darken, max_overlap, ... */
             synthetic?: unknown;
         };
@@ -2371,7 +2462,7 @@ export interface components {
             readonly id: number;
             project: number;
             number: number;
-            source?: components["schemas"]["SourceEnum"];
+            source?: components["schemas"]["SourceCb4Enum"];
             options?: unknown;
             /** @description {split: {images, cells}} */
             counts?: unknown;
@@ -2384,11 +2475,17 @@ export interface components {
             readonly created_at: string;
         };
         /**
+         * @description * `model` - model
+         *     * `baseline` - baseline
+         * @enum {string}
+         */
+        SourceB6bEnum: "model" | "baseline";
+        /**
          * @description * `verified` - Verified layer of verified images
          *     * `annotation` - Annotation layer of images an admin marked complete
          * @enum {string}
          */
-        SourceEnum: "verified" | "annotation";
+        SourceCb4Enum: "verified" | "annotation";
         /**
          * @description * `train` - Train
          *     * `validation` - Validation
@@ -3380,6 +3477,56 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SubmitOut"];
+                };
+            };
+        };
+    };
+    images_segment_box_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SegmentBoxInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SegmentBoxOut"];
+                };
+            };
+        };
+    };
+    images_segment_click_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SegmentClickInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SegmentClickOut"];
                 };
             };
         };

@@ -1,0 +1,405 @@
+"""Click-to-segment and box prompts: the interactive path (issue #13).
+
+A click is answered in the web process from the active model's maps of the image
+(:mod:`cytoseg.interactive`): the maps are held in a small per-process LRU (``_MAPS``), loaded
+from the default storage on a miss (``maps/<project>/<image>/<model version>.npz``, written by
+pre-segmentation, :func:`image_maps_store`), and computed on demand where there are none: by the
+``inference.image_maps`` task on the ``interactive`` queue, served by a worker of its own (so a
+click never waits behind pre-segmentation on ``gpu`` or a training job on ``training``), the
+web waiting for it up to ``INTERACTIVE_MAPS_TIMEOUT`` seconds; with ``INTERACTIVE_MAPS_WORKER``
+off the web computes them itself. Before a model is trained (the active version is a classical
+baseline) a click runs the baseline on a window around it and needs no maps.
+
+Nothing here writes cells: the client adds the returned outline to the annotation layer
+through the usual cells API (undo, revisions and conflicts stay where they are).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from django.conf import settings
+from django.core.cache import cache
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+from annotations.models import Image
+from annotations.services.workflow import annotation_write_check
+from core.errors import ConflictError, ServiceValidationError, UnavailableError
+from core.queue import task_enqueue
+from cytoseg.backends import backend_get
+from cytoseg.backends.base import Instance, SegmentationBackend
+from cytoseg.contours import instances_to_polygons
+from cytoseg.device import device_default
+from cytoseg.imaging import read_rgb
+from cytoseg.interactive import box_segment, click_segment
+from cytoseg.maps import ImageMaps, maps_dump, maps_load
+from training.models import ModelKind, ModelVersion
+from training.services.artifacts import artifacts_for
+from training.services.registry import model_version_baseline, model_version_for_project, model_version_settings
+
+logger = logging.getLogger(__name__)
+
+MAPS_TASK = "inference.image_maps"
+INTERACTIVE_QUEUE = "interactive"
+# kinds whose backend has maps; the others (the classical baselines) answer a click themselves
+MAPS_KINDS = (ModelKind.TWO_STAGE, ModelKind.CELLPOSE, ModelKind.NNUNET)
+MAX_POINTS = 20
+_POLL_SECONDS = 0.02
+
+
+# --- maps in storage -----------------------------------------------------------------------
+
+
+def maps_folder(*, project_id: int, image_id: int) -> str:
+    return f"maps/{project_id}/{image_id}"
+
+
+def maps_key(*, project_id: int, image_id: int, model_version_id: int) -> str:
+    """Where the maps of one image by one model version are kept in the default storage."""
+    return f"{maps_folder(project_id=project_id, image_id=image_id)}/{model_version_id}.npz"
+
+
+def _ready_key(image_id: int, model_version_id: int) -> str:
+    return f"interactive-maps:{image_id}:{model_version_id}"
+
+
+def image_maps_store(*, image: Image, model_version: ModelVersion, maps: ImageMaps) -> str:
+    """Keep ``maps`` as the image's maps by ``model_version``, replacing any earlier ones (of
+    this or another version: only the latest run's are kept). Returns the storage key."""
+    key = maps_key(project_id=image.project_id, image_id=image.pk, model_version_id=model_version.pk)
+    data = maps_dump(maps)
+    if default_storage.exists(key):
+        default_storage.delete(key)
+    saved = default_storage.save(key, ContentFile(data))
+    if saved != key:  # a concurrent writer took the name: keep one copy under the name read
+        default_storage.delete(saved)
+    image_maps_delete(image_id=image.pk, project_id=image.project_id, keep=key)
+    _maps_remember((image.pk, model_version.pk), maps_load(data))
+    cache.set(_ready_key(image.pk, model_version.pk), "ready", timeout=3600)
+    return key
+
+
+def image_maps_delete(*, image_id: int, project_id: int, keep: str | None = None) -> int:
+    """Delete the kept maps of an image (all but ``keep``); the number deleted."""
+    folder = maps_folder(project_id=project_id, image_id=image_id)
+    try:
+        _, files = default_storage.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    deleted = 0
+    for name in files:
+        key = f"{folder}/{name}"
+        if key != keep:
+            default_storage.delete(key)
+            deleted += 1
+    with _LOCK:
+        for cached in [k for k in _MAPS if k[0] == image_id and (keep is None or _key_of(k, project_id) != keep)]:
+            _MAPS.pop(cached, None)
+    return deleted
+
+
+def _key_of(cached: tuple[int, int], project_id: int) -> str:
+    return maps_key(project_id=project_id, image_id=cached[0], model_version_id=cached[1])
+
+
+# --- the per-process LRU of maps and decoded images ------------------------------------------
+
+_LOCK = threading.Lock()
+_MAPS: OrderedDict[tuple[int, int], ImageMaps] = OrderedDict()
+_IMAGES: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+_IMAGES_MAX = 8
+
+
+def _maps_remember(key: tuple[int, int], maps: ImageMaps) -> None:
+    budget = settings.INTERACTIVE_MAPS_CACHE_MB * 1024 * 1024
+    with _LOCK:
+        _MAPS[key] = maps
+        _MAPS.move_to_end(key)
+        while len(_MAPS) > 1 and sum(m.nbytes for m in _MAPS.values()) > budget:
+            _MAPS.popitem(last=False)
+
+
+def _maps_cached(key: tuple[int, int]) -> ImageMaps | None:
+    with _LOCK:
+        maps = _MAPS.get(key)
+        if maps is not None:
+            _MAPS.move_to_end(key)
+        return maps
+
+
+def interactive_cache_clear() -> None:
+    """Forget every held map and image (tests; a process that must free memory)."""
+    with _LOCK:
+        _MAPS.clear()
+        _IMAGES.clear()
+
+
+def _image_rgb(image: Image) -> np.ndarray:
+    if not image.display:
+        raise ConflictError("Click-to-segment needs the image's display PNG; this image is a tiled slide.")
+    key = (image.pk, str(image.display.name))
+    with _LOCK:
+        rgb = _IMAGES.get(key)
+        if rgb is not None:
+            _IMAGES.move_to_end(key)
+            return rgb
+    with image.display.open("rb") as handle:
+        rgb = read_rgb(handle.read())
+    with _LOCK:
+        _IMAGES[key] = rgb
+        while len(_IMAGES) > _IMAGES_MAX:
+            _IMAGES.popitem(last=False)
+    return rgb
+
+
+# --- computing maps ---------------------------------------------------------------------------
+
+
+def _device() -> str:
+    return device_default() if settings.INFERENCE_DEVICE == "auto" else settings.INFERENCE_DEVICE
+
+
+def _backend(version: ModelVersion) -> SegmentationBackend:
+    return backend_get(
+        name=version.kind,
+        artifacts=artifacts_for(version),
+        settings=model_version_settings(version=version),
+        device=_device(),
+    )
+
+
+@dataclass
+class MapsResult:
+    image_id: int
+    model_version_id: int
+    computed: bool
+    seconds: float = 0.0
+
+
+def image_maps_compute(*, image_id: int, model_version_id: int) -> MapsResult:
+    """Compute and keep the maps of one image by one model version (the interactive task's
+    service); nothing to do when they are kept already. A failure is left in the cache for the
+    click waiting on it, and raised."""
+    started = time.perf_counter()
+    image = Image.objects.get(pk=image_id)
+    version = ModelVersion.objects.select_related("project").get(pk=model_version_id)
+    if version.project_id != image.project_id:
+        raise ValueError("The model version belongs to another project.")
+    key = maps_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk)
+    if default_storage.exists(key):
+        cache.set(_ready_key(image_id, model_version_id), "ready", timeout=3600)
+        return MapsResult(image_id=image_id, model_version_id=model_version_id, computed=False)
+    try:
+        maps = _backend(version).maps(_image_rgb(image))
+        if maps is None:
+            raise ValueError(f"a {version.kind} model has no maps")
+        image_maps_store(image=image, model_version=version, maps=maps)
+    except Exception as exc:
+        cache.set(_ready_key(image_id, model_version_id), f"failed: {type(exc).__name__}: {exc}"[:500], timeout=60)
+        raise
+    return MapsResult(
+        image_id=image_id, model_version_id=model_version_id, computed=True, seconds=time.perf_counter() - started
+    )
+
+
+def _maps_load(image: Image, version: ModelVersion, timings: dict[str, float]) -> ImageMaps:
+    """The maps of ``image`` by ``version``: held, kept in storage, or computed now."""
+    cached_key = (image.pk, version.pk)
+    maps = _maps_cached(cached_key)
+    if maps is not None:
+        timings["maps_memory"] = 0.0
+        return maps
+    key = maps_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk)
+    started = time.perf_counter()
+    if not default_storage.exists(key):
+        _maps_request(image, version)
+        timings["maps_compute_ms"] = (time.perf_counter() - started) * 1000
+        maps = _maps_cached(cached_key)  # a compute in this process left them here
+        if maps is not None:
+            return maps
+        started = time.perf_counter()
+    with default_storage.open(key, "rb") as handle:
+        maps = maps_load(handle.read())
+    _maps_remember(cached_key, maps)
+    timings["maps_storage_ms"] = (time.perf_counter() - started) * 1000
+    return maps
+
+
+def _maps_request(image: Image, version: ModelVersion) -> None:
+    """Have the maps computed: here, or by the interactive worker while this request waits."""
+    if not settings.INTERACTIVE_MAPS_WORKER:
+        image_maps_compute(image_id=image.pk, model_version_id=version.pk)
+        return
+    ready = _ready_key(image.pk, version.pk)
+    state = cache.get(ready)
+    if state == "ready" or state is None or str(state).startswith("failed"):
+        # one task per image and version at a time: later clicks wait for the same one
+        if cache.add(f"{ready}:queued", 1, timeout=settings.INTERACTIVE_MAPS_TIMEOUT):
+            cache.delete(ready)
+            task_enqueue(MAPS_TASK, args=[image.pk, version.pk], queue=INTERACTIVE_QUEUE)
+    deadline = time.monotonic() + settings.INTERACTIVE_MAPS_TIMEOUT
+    while time.monotonic() < deadline:
+        state = cache.get(ready)
+        if state == "ready":
+            cache.delete(f"{ready}:queued")
+            return
+        if state is not None and str(state).startswith("failed"):
+            cache.delete(f"{ready}:queued")
+            raise ConflictError(f"The model could not compute this image's maps ({str(state)[8:]}).")
+        time.sleep(_POLL_SECONDS)
+    raise UnavailableError(
+        "The model's maps of this image are still being computed; click again in a moment.", retry_after=2
+    )
+
+
+# --- clicks and boxes -------------------------------------------------------------------------
+
+
+@dataclass
+class Outline:
+    polygon: list[list[float]] | None
+    label: int | None
+    class_id: int | None
+    score: float | None = None
+
+
+@dataclass
+class ClickResult:
+    outline: Outline
+    source: str  # "model" or "baseline"
+    model_version: int | None
+    reason: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BoxResult:
+    cells: list[Outline]
+    source: str
+    model_version: int | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _points(raw: Sequence[Sequence[float]], image: Image, name: str) -> list[tuple[float, float]]:
+    out = []
+    for i, point in enumerate(raw):
+        x, y = float(point[0]), float(point[1])
+        if not (0 <= x < image.width and 0 <= y < image.height):
+            raise ServiceValidationError(
+                "A point lies outside the image.",
+                {f"{name}.{i}": f"({x:g}, {y:g}) is outside the {image.width}x{image.height} image"},
+            )
+        out.append((x, y))
+    return out
+
+
+def _classes(image: Image) -> dict[int, int]:
+    by_label: dict[int, int] = {}
+    for class_id, label in image.project.classes.order_by("order", "id").values_list("pk", "model_label"):
+        by_label.setdefault(label, class_id)
+    return by_label
+
+
+def _outlines(instances: list[Instance], classes: dict[int, int]) -> list[Outline]:
+    contours = instances_to_polygons(instances, min_area=settings.PRESEGMENT_MIN_AREA)
+    return [
+        Outline(
+            polygon=[[round(x, 2), round(y, 2)] for x, y in c.points],
+            label=c.label,
+            class_id=classes.get(c.label),
+            score=round(c.score, 4),
+        )
+        for c in contours
+    ]
+
+
+def _sources(image: Image, timings: dict[str, float]) -> tuple[ModelVersion, ImageMaps | None, SegmentationBackend]:
+    """The active version, its maps of the image (None for a classical one) and the classical
+    baseline a click falls back to."""
+    version = model_version_for_project(project=image.project)
+    baseline_version = version if version.kind not in MAPS_KINDS else None
+    if baseline_version is None or baseline_version.kind not in (ModelKind.WATERSHED, ModelKind.REGION_GROWING):
+        baseline_version = model_version_baseline(project=image.project)
+    baseline = _backend(baseline_version)
+    maps = _maps_load(image, version, timings) if version.kind in MAPS_KINDS else None
+    return version, maps, baseline
+
+
+def image_click_segment(
+    *, image: Image, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = ()
+) -> ClickResult:
+    """The outline of the cell the clicks point at, by the project's active model (from its
+    maps of the image, computed first where there are none) or, before any model is trained or
+    where the model sees no cell there, the classical baseline on a window around the clicks.
+
+    ``positive`` (1..20) and ``negative`` (0..20) are ``[x, y]`` image pixels; a point outside
+    the image is a ServiceValidationError naming it (``positive.0``). The image must be open
+    for annotation (its cells editable)."""
+    started = time.perf_counter()
+    annotation_write_check(image=image)
+    pos = _points(positive, image, "positive")
+    neg = _points(negative, image, "negative")
+    timings: dict[str, float] = {}
+    version, maps, baseline = _sources(image, timings)
+    t = time.perf_counter()
+    rgb = _image_rgb(image)
+    timings["image_ms"] = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    source = "model" if maps is not None else "baseline"
+    instance = click_segment(image=rgb, maps=maps, positive=pos, negative=neg, baseline=baseline)
+    reason = None
+    if instance is None and maps is not None:
+        # the model sees no cell there (below even the relaxed thresholds): the baseline may
+        instance = click_segment(image=rgb, maps=None, positive=pos, negative=neg, baseline=baseline)
+        source = "baseline"
+    timings["segment_ms"] = (time.perf_counter() - t) * 1000
+    t = time.perf_counter()
+    outlines = _outlines([instance], _classes(image)) if instance is not None else []
+    timings["contour_ms"] = (time.perf_counter() - t) * 1000
+    if instance is None:
+        reason = "no cell found at the clicked point"
+    elif not outlines:
+        reason = "the cell found there is smaller than the smallest kept cell"
+    outline = outlines[0] if outlines else Outline(polygon=None, label=None, class_id=None)
+    timings["total_ms"] = (time.perf_counter() - started) * 1000
+    return ClickResult(
+        outline=outline,
+        source=source,
+        model_version=version.pk if source == "model" else None,
+        reason=reason,
+        timings={k: round(v, 2) for k, v in timings.items()},
+    )
+
+
+def image_box_segment(*, image: Image, box: Sequence[float]) -> BoxResult:
+    """The outlines of the cells whose centres lie inside ``box`` ``[x0, y0, x1, y1]`` (image
+    pixels, x0 < x1, y0 < y1, inside the image), by the active model's maps or the baseline."""
+    started = time.perf_counter()
+    annotation_write_check(image=image)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (0 <= x0 < x1 <= image.width and 0 <= y0 < y1 <= image.height):
+        raise ServiceValidationError(
+            "The box is empty or not inside the image.",
+            {"box": f"[x0, y0, x1, y1] with 0 <= x0 < x1 <= {image.width} and 0 <= y0 < y1 <= {image.height}"},
+        )
+    timings: dict[str, float] = {}
+    version, maps, baseline = _sources(image, timings)
+    rgb = _image_rgb(image)
+    t = time.perf_counter()
+    instances = box_segment(image=rgb, maps=maps, box=(x0, y0, x1, y1), baseline=baseline)
+    timings["segment_ms"] = (time.perf_counter() - t) * 1000
+    cells = _outlines(instances, _classes(image))
+    timings["total_ms"] = (time.perf_counter() - started) * 1000
+    return BoxResult(
+        cells=cells,
+        source="model" if maps is not None else "baseline",
+        model_version=version.pk if maps is not None else None,
+        timings={k: round(v, 2) for k, v in timings.items()},
+    )
