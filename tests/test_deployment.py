@@ -46,7 +46,7 @@ WORKER_HOST_FILE = ROOT / "docker" / "worker-host.compose.yml"
 DOCKERIGNORE = ROOT / ".dockerignore"
 SETTINGS_FILE = ROOT / "config" / "settings.py"
 
-APP_SERVICES = ("web", "worker-gpu", "worker-training", "worker-cpu", "beat")
+APP_SERVICES = ("web", "worker-gpu", "worker-training", "worker-interactive", "worker-cpu", "beat")
 INFRA_SERVICES = ("postgres", "redis", "objectstore")
 GPU_SERVICES = ("worker-gpu", "worker-training")
 ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_float", "env_list", "env_url"}
@@ -426,9 +426,15 @@ def test_web_runs_gunicorn_on_the_wsgi_application(compose: dict[str, Any]) -> N
 
 
 def test_celery_commands_name_the_app_queues_and_scheduler(compose: dict[str, Any]) -> None:
-    assert set(celery_services(compose)) == {"worker-gpu", "worker-training", "worker-cpu", "beat"}
+    assert set(celery_services(compose)) == {
+        "worker-gpu",
+        "worker-training",
+        "worker-interactive",
+        "worker-cpu",
+        "beat",
+    }
     known_queues = {queue.name for queue in find_app("config").conf.task_queues}
-    assert {"default", "gpu", "training"} <= known_queues
+    assert {"default", "gpu", "training", "interactive"} <= known_queues
     consumed: set[str] = set()
     for name in celery_services(compose):
         args = service_command(compose, name)
@@ -446,6 +452,27 @@ def test_celery_commands_name_the_app_queues_and_scheduler(compose: dict[str, An
             assert scheduler == settings.CELERY_BEAT_SCHEDULER == "django_celery_beat.schedulers:DatabaseScheduler"
             assert issubclass(symbol_by_name(scheduler), Scheduler)
     assert consumed == known_queues, f"no worker consumes {known_queues - consumed}"
+
+
+def test_clicks_have_a_worker_and_queue_of_their_own(compose: dict[str, Any]) -> None:
+    """The maps a click waits for (issue #13) are computed on the ``interactive`` queue, which
+    only its own worker consumes, here and in bin/run: never behind pre-segmentation or training."""
+    from inference import tasks
+
+    assert tasks.image_maps.queue == "interactive"
+    for name in celery_services(compose):
+        args = service_command(compose, name)
+        if "worker" not in args:
+            continue
+        queues = set((option(args, "-Q", "--queues") or "").split(","))
+        if name == "worker-interactive":
+            assert queues == {"interactive"} and option(args, "--concurrency") == "1"
+        else:
+            assert "interactive" not in queues, f"{name} must not take the clicks' tasks"
+    run = (ROOT / "bin" / "run").read_text()
+    workers = re.findall(r'"(\w+)=celery -A config worker -Q (\S+) ', run)
+    assert ("interactive", "interactive") in workers
+    assert all("interactive" not in queues for name, queues in workers if name != "interactive")
 
 
 def test_gpu_worker_reserves_one_nvidia_gpu_and_runs_one_task_at_a_time(compose: dict[str, Any]) -> None:
