@@ -140,6 +140,14 @@ class PresegmentStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class TileStatus(models.TextChoices):
+    NONE = "none", "Not tiled"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Building"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
 class Image(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="images")
     file_name = models.CharField(max_length=255)
@@ -172,6 +180,17 @@ class Image(models.Model):
     presegment_attempts = models.PositiveSmallIntegerField(default=0)
     # Revision of the annotation layer; every accepted write increments it.
     revision = models.PositiveIntegerField(default=0)
+    # Large images and whole slides (annotations.services.slides): no display PNG; a worker
+    # builds a DeepZoom tile pyramid (cytoseg.tiles) under tile_root in the storage.
+    tiled = models.BooleanField(default=False)
+    tile_status = models.CharField(max_length=16, choices=TileStatus.choices, default=TileStatus.NONE)
+    tile_error = models.TextField(blank=True)
+    tile_root = models.CharField(max_length=500, blank=True)
+    tile_size = models.PositiveSmallIntegerField(default=256)
+    # From the file's metadata when it says (OpenSlide properties, OME-XML, TIFF resolution).
+    mpp_x = models.FloatField(null=True, blank=True, help_text="Microns per pixel, horizontally.")
+    mpp_y = models.FloatField(null=True, blank=True, help_text="Microns per pixel, vertically.")
+    objective_power = models.FloatField(null=True, blank=True, help_text="The scanner's objective magnification.")
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -270,6 +270,8 @@ REST_FRAMEWORK = {
         "anon": _throttle_rate("API_THROTTLE_ANON", "120/min"),
         # generous: autosave, thumbnails and tiles of one busy editor stay far below it
         "user": _throttle_rate("API_THROTTLE_USER", "3000/min"),
+        # a slide viewer's tiles (core.api.throttling.TileThrottle)
+        "tiles": _throttle_rate("API_THROTTLE_TILES", "60000/min"),
     },
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -288,6 +290,16 @@ SPECTACULAR_SETTINGS = {
 IMAGE_MAX_UPLOAD_BYTES = env_int("IMAGE_MAX_UPLOAD_BYTES", 64 * 1024 * 1024, minimum=1024)
 IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 64_000_000, minimum=1)
 IMAGE_MAX_FILES_PER_UPLOAD = env_int("IMAGE_MAX_FILES_PER_UPLOAD", 200, minimum=1)
+# Large images and whole slides (annotations.services.slides): an image with a side above
+# TILED_MIN_SIDE, or a pyramidal or scanner file, is stored as is and served as a tile pyramid a
+# worker builds (queue ``default``); the web process reads only its header. SLIDE_SCRATCH_DIR is
+# the worker's scratch for the pyramid before it is copied into the storage.
+TILED_MIN_SIDE = env_int("TILED_MIN_SIDE", 4096, minimum=256)
+SLIDE_MAX_UPLOAD_BYTES = env_int("SLIDE_MAX_UPLOAD_BYTES", 8 * 1024**3, minimum=1024)
+SLIDE_MAX_PIXELS = env_int("SLIDE_MAX_PIXELS", 20_000_000_000, minimum=1)
+SLIDE_TILE_SIZE = env_int("SLIDE_TILE_SIZE", 256, minimum=64)
+SLIDE_SCRATCH_DIR = Path(env_str("SLIDE_SCRATCH_DIR", str(VAR_DIR / "slides")))
+SLIDE_TASK_TIME_LIMIT = env_int("SLIDE_TASK_TIME_LIMIT", 6 * 3600, minimum=60)
 CELL_MAX_VERTICES = env_int("CELL_MAX_VERTICES", 10_000, minimum=3)
 CELL_MAX_PER_IMAGE = env_int("CELL_MAX_PER_IMAGE", 20_000, minimum=1)
 # One login throttle for the API and the admin (core.login.ThrottledModelBackend).

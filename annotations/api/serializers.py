@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from annotations.models import (
@@ -20,8 +21,11 @@ from annotations.models import (
     ProjectMembership,
     Role,
     Split,
+    TileStatus,
 )
+from annotations.services.slides import tile_geometry
 from core.api.parsing import StrictSerializer
+from cytoseg.slides import TILE_SUFFIX
 
 
 class LoginIn(serializers.Serializer):
@@ -149,6 +153,30 @@ def _file_url(image: Image, variant: str) -> str:
     return reverse("api:image-file", kwargs={"image_id": image.pk}) + f"?variant={variant}"
 
 
+class TilesOut(serializers.Serializer):
+    """Where and how a tiled image's DeepZoom pyramid is served (``cytoseg.tiles``)."""
+
+    url = serializers.CharField(help_text="Template: replace {level}, {col} and {row}.")
+    tile_size = serializers.IntegerField()
+    levels = serializers.IntegerField(help_text="Level levels-1 is full resolution; each level below halves it.")
+    min_level = serializers.IntegerField(help_text="The coarsest level worth showing: the whole image in one tile.")
+    format = serializers.CharField()
+
+
+def _tiles(image: Image) -> dict[str, Any] | None:
+    if not image.tiled or image.tile_status != TileStatus.DONE:
+        return None
+    geometry = tile_geometry(image)
+    base = reverse("api:image-detail", kwargs={"image_id": image.pk})
+    return {
+        "url": f"{base}/tiles/{{level}}/{{col}}_{{row}}.{TILE_SUFFIX}",
+        "tile_size": geometry.tile_size,
+        "levels": geometry.levels,
+        "min_level": geometry.single_tile_level(),
+        "format": TILE_SUFFIX,
+    }
+
+
 class ImageOut(serializers.ModelSerializer):
     cell_count = serializers.IntegerField(read_only=True, default=None)
     thumbnail_url = serializers.SerializerMethodField()
@@ -158,6 +186,9 @@ class ImageOut(serializers.ModelSerializer):
     )
     presegment_proposals = serializers.SerializerMethodField(
         help_text="How many proposals the last finished pre-segmentation made (None: none finished)."
+    )
+    tiles = serializers.SerializerMethodField(
+        help_text="A tiled image's pyramid once built (None: not tiled, or not built yet; see tile_status)."
     )
 
     class Meta:
@@ -187,6 +218,13 @@ class ImageOut(serializers.ModelSerializer):
             "sha256",
             "thumbnail_url",
             "display_url",
+            "tiled",
+            "tile_status",
+            "tile_error",
+            "tiles",
+            "mpp_x",
+            "mpp_y",
+            "objective_power",
             "created_at",
             "updated_at",
         ]
@@ -196,6 +234,10 @@ class ImageOut(serializers.ModelSerializer):
 
     def get_display_url(self, image: Image) -> str:
         return _file_url(image, "display")
+
+    @extend_schema_field(TilesOut(allow_null=True))
+    def get_tiles(self, image: Image) -> dict[str, Any] | None:
+        return _tiles(image)
 
     def get_presegment_model_label(self, image: Image) -> str | None:
         return str(image.presegment_model) if image.presegment_model_id else None

@@ -20,6 +20,7 @@ urlpatterns = [
     path("projects/<int:project_id>/images", views.ImageListView.as_view(), name="images"),
     path("images/<int:image_id>", views.ImageDetailView.as_view(), name="image-detail"),
     path("images/<int:image_id>/file", views.ImageFileView.as_view(), name="image-file"),
+    path("images/<int:image_id>/tiles/<int:level>/<str:tile>", views.ImageTileView.as_view(), name="image-tile"),
     path("images/<int:image_id>/cells", views.CellsView.as_view(), name="cells"),
     path("images/<int:image_id>/history", views.HistoryView.as_view(), name="history"),
     path("images/<int:image_id>/history/<int:revision>", views.RevisionView.as_view(), name="revision"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django.contrib.auth import login, logout
@@ -25,7 +26,9 @@ from annotations.models import ApiToken, AuditEvent, Layer, ProjectMembership, R
 from annotations.services import audit, projects, tokens
 from annotations.services import cells as cell_services
 from annotations.services import images as image_services
+from annotations.services import slides as slide_services
 from core.api.parsing import PAGE_PARAMETERS, base_revision, client_ip, paginate, paginated, parse, request_user
+from core.api.throttling import TileThrottle
 from core.errors import ConflictError, NotFoundError, ServiceValidationError
 from core.idempotency import idempotent_call
 from core.login import user_login_check
@@ -373,10 +376,46 @@ class ImageFileView(APIView):
         if variant == "original":  # the format the upload was decoded as
             content_type = ORIGINAL_TYPES.get(image.original_format.upper())
         stored = getattr(image, field)
+        if not stored.name:  # a tiled image has no display PNG; its thumbnail comes with its pyramid
+            raise NotFoundError("A tiled image is served as tiles." if variant == "display" else "Not built yet.")
         response = FileResponse(stored.open("rb"), content_type=content_type or "application/octet-stream")
         if variant == "original":
             response["Content-Disposition"] = f'attachment; filename="{image.file_name}"'
         response["Cache-Control"] = "private, max-age=86400"
+        return response
+
+
+TILE_NAME = re.compile(r"(?P<col>[0-9]{1,7})_(?P<row>[0-9]{1,7})\.(?P<ext>[a-z]{3,4})")
+
+
+class ImageTileView(APIView):
+    """One tile of a tiled image's pyramid: only the tile file is read (the web process never
+    decodes a slide)."""
+
+    throttle_classes = [TileThrottle]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "tile", str, OpenApiParameter.PATH, description="{col}_{row}.{format} (the format of the image's tiles)"
+            ),
+            OpenApiParameter("level", int, OpenApiParameter.PATH, description="0 (one pixel) .. levels-1 (full size)"),
+        ],
+        responses={(200, "image/jpeg"): bytes},
+        tags=["images"],
+        operation_id="image_tile",
+    )
+    def get(self, request: Request, image_id: int, level: int, tile: str) -> FileResponse:
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
+        found = TILE_NAME.fullmatch(tile)
+        if found is None:
+            raise NotFoundError("No such tile: the name is {col}_{row}.{format}.")
+        col, row, ext = int(found["col"]), int(found["row"]), found["ext"]
+        handle = slide_services.image_tile_open(image=image, level=level, col=col, row=row, ext=ext)
+        response = FileResponse(handle, content_type="image/jpeg")
+        # A built pyramid never changes (a rebuild writes a new folder): the folder is the ETag.
+        response["Cache-Control"] = "private, max-age=86400"
+        response["ETag"] = f'"{image.tile_root.rsplit("/", 1)[-1]}"'
         return response
 
 

@@ -21,6 +21,7 @@ from annotations.models import (
 )
 from annotations.services.audit import audit_record
 from annotations.services.projects import DEFAULT_SPLIT_RATIOS
+from annotations.services.slides import PreparedSlide, folder_delete, slide_prepare, slide_store
 from annotations.signals import images_uploaded
 from core.errors import ServiceValidationError
 from cytoseg.imaging import DecodedImage, ImageRejected, encode_png, encode_thumbnail, image_decode
@@ -88,11 +89,26 @@ def image_upload_many(
         )
     metadata = {k: v for k, v in metadata.items() if k in METADATA_FIELDS}
     errors: dict[str, str] = dict(_validate_metadata(metadata))
-    prepared: list[_Prepared] = []
+    prepared: list[_Prepared | PreparedSlide] = []
     seen: dict[str, str] = {}
     existing = dict(project.images.values_list("sha256", "file_name"))
     for index, upload in enumerate(files):
         name = (upload.name or f"upload-{index}").rsplit("/", 1)[-1][:255]
+        # A large image or a slide (by its header) is stored as is and tiled by a worker.
+        try:
+            slide = slide_prepare(upload=upload, name=name)
+        except ImageRejected as exc:
+            errors[f"files.{index}"] = f"{name}: {exc}"
+            continue
+        if slide is not None:
+            if slide.sha256 in existing or slide.sha256 in seen:
+                where = "already in this project" if slide.sha256 in existing else "in this upload"
+                other = existing.get(slide.sha256) or seen.get(slide.sha256)
+                errors[f"files.{index}"] = f"{name}: duplicate of {other!r} {where}"
+                continue
+            seen[slide.sha256] = name
+            prepared.append(slide)
+            continue
         if upload.size is not None and upload.size > settings.IMAGE_MAX_UPLOAD_BYTES:
             errors[f"files.{index}"] = (
                 f"{name}: {upload.size} bytes exceeds the limit of {settings.IMAGE_MAX_UPLOAD_BYTES}"
@@ -145,8 +161,24 @@ def stored_files_delete(paths: list[str]) -> None:
 
 
 def _image_store(
-    *, project: Project, item: _Prepared, metadata: dict[str, Any], user: User, written: list[str]
+    *, project: Project, item: _Prepared | PreparedSlide, metadata: dict[str, Any], user: User, written: list[str]
 ) -> Image:
+    if isinstance(item, PreparedSlide):
+        return slide_store(
+            prepared=item,
+            folder=f"projects/{project.pk}/images/{item.sha256[:2]}/{item.sha256}",
+            save_fields={
+                "project": project,
+                "file_name": item.name,
+                "bethesda": metadata.get("bethesda") or "",
+                "stain": str(metadata["stain"]) if metadata.get("stain") is not None else "Diff-Quik",
+                "magnification": metadata.get("magnification") or "",
+                "slide_code": metadata.get("slide_code") or "",
+                "split": metadata.get("split") or split_for(project=project, sha256=item.sha256),
+                "uploaded_by": user,
+            },
+            written=written,
+        )
     decoded = item.decoded
     folder = f"projects/{project.pk}/images/{decoded.sha256[:2]}/{decoded.sha256}"
     extension = {"JPEG": "jpg", "PNG": "png", "TIFF": "tif"}.get(decoded.original_format, "bin")
@@ -225,5 +257,8 @@ def image_update(*, image: Image, data: dict[str, Any], user: User, can_manage: 
 
 def image_delete(*, image: Image) -> None:
     paths = [f.name for f in (image.original, image.display, image.thumbnail) if f.name]
+    tile_root = image.tile_root
     image.delete()
     transaction.on_commit(lambda: stored_files_delete(paths))
+    if tile_root:
+        transaction.on_commit(lambda: folder_delete(tile_root))

@@ -29,3 +29,10 @@ class AnonThrottle(_FailOpen, AnonRateThrottle):
 
 class UserThrottle(_FailOpen, UserRateThrottle):
     """Requests of a signed-in user or token, per user."""
+
+
+class TileThrottle(_FailOpen, UserRateThrottle):
+    """Tiles of a slide, per user: one pan of the viewer asks for dozens of them, so they have
+    a budget of their own (``API_THROTTLE_TILES``) instead of eating the user's."""
+
+    scope = "tiles"

@@ -415,6 +415,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/images/{image_id}/tiles/{level}/{tile}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * @description One tile of a tiled image's pyramid: only the tile file is read (the web process never
+         *     decodes a slide).
+         */
+        get: operations["image_tile"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/images/{image_id}/transition": {
         parameters: {
             query?: never;
@@ -1723,6 +1743,26 @@ export interface components {
             sha256: string;
             readonly thumbnail_url: string;
             readonly display_url: string;
+            tiled?: boolean;
+            tile_status?: components["schemas"]["TileStatusEnum"];
+            tile_error?: string;
+            /** @description A tiled image's pyramid once built (None: not tiled, or not built yet; see tile_status). */
+            readonly tiles: components["schemas"]["TilesOut"] | null;
+            /**
+             * Format: double
+             * @description Microns per pixel, horizontally.
+             */
+            mpp_x?: number | null;
+            /**
+             * Format: double
+             * @description Microns per pixel, vertically.
+             */
+            mpp_y?: number | null;
+            /**
+             * Format: double
+             * @description The scanner's objective magnification.
+             */
+            objective_power?: number | null;
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
@@ -2552,6 +2592,26 @@ export interface components {
             submitted_now: boolean;
             image_status: string;
         };
+        /**
+         * @description * `none` - Not tiled
+         *     * `queued` - Queued
+         *     * `running` - Building
+         *     * `done` - Done
+         *     * `failed` - Failed
+         * @enum {string}
+         */
+        TileStatusEnum: "none" | "queued" | "running" | "done" | "failed";
+        /** @description Where and how a tiled image's DeepZoom pyramid is served (``cytoseg.tiles``). */
+        TilesOut: {
+            /** @description Template: replace {level}, {col} and {row}. */
+            url: string;
+            tile_size: number;
+            /** @description Level levels-1 is full resolution; each level below halves it. */
+            levels: number;
+            /** @description The coarsest level worth showing: the whole image in one tile. */
+            min_level: number;
+            format: string;
+        };
         TokenCreatedOut: {
             readonly id: number;
             name: string;
@@ -2625,6 +2685,26 @@ export interface components {
             sha256: string;
             readonly thumbnail_url: string;
             readonly display_url: string;
+            tiled?: boolean;
+            tile_status?: components["schemas"]["TileStatusEnum"];
+            tile_error?: string;
+            /** @description A tiled image's pyramid once built (None: not tiled, or not built yet; see tile_status). */
+            readonly tiles: components["schemas"]["TilesOut"] | null;
+            /**
+             * Format: double
+             * @description Microns per pixel, horizontally.
+             */
+            mpp_x?: number | null;
+            /**
+             * Format: double
+             * @description Microns per pixel, vertically.
+             */
+            mpp_y?: number | null;
+            /**
+             * Format: double
+             * @description The scanner's objective magnification.
+             */
+            objective_power?: number | null;
             /** Format: date-time */
             readonly created_at: string;
             /** Format: date-time */
@@ -3527,6 +3607,31 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SegmentClickOut"];
+                };
+            };
+        };
+    };
+    image_tile: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                /** @description 0 (one pixel) .. levels-1 (full size) */
+                level: number;
+                /** @description {col}_{row}.{format} (the format of the image's tiles) */
+                tile: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/jpeg": string;
                 };
             };
         };
