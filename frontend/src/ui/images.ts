@@ -296,10 +296,19 @@ export class ImagesScreen implements Screen {
           h('span', { class: 'muted', title: 'Cells' }, `${img.cell_count} cells`),
         ),
         this.cardAction(img),
+        this.tilesLine(img),
         this.presegmentLine(img),
         this.presegmentButton(img),
       ),
     );
+  }
+
+  /** A large image or slide whose tile pyramid is still being built, or failed (with why). */
+  private tilesLine(img: ImageInfo): HTMLElement | null {
+    if (!img.tiled || img.tile_status === 'done') return null;
+    const failed = img.tile_status === 'failed';
+    const text = failed ? `Slide tiles failed: ${img.tile_error}` : 'Slide: building its tiles…';
+    return h('div', { class: `meta small presegment-note ${failed ? 'bad' : 'muted'}`, dataset: { tiles: img.tile_status ?? '' } }, icon(failed ? 'alert' : 'sparkles', 14), text);
   }
 
   /** Pre-segmentation in progress, failed, or done without a single proposal (a warning). */

@@ -203,6 +203,7 @@ export abstract class MapScreen implements Screen {
       width: image.width,
       height: image.height,
       imageUrl: imageUrl ?? image.display_url ?? this.app.api.imageFileUrl(image.id, 'display'),
+      tiles: image.tiles,
       palette: this.palette,
       store: this.store,
       proposals: this.proposals,

@@ -16,11 +16,9 @@ import { Polygon } from 'ol/geom';
 import type { Pixel } from 'ol/pixel';
 import { DoubleClickZoom, DragPan, defaults as defaultInteractions } from 'ol/interaction';
 import type MapBrowserEvent from 'ol/MapBrowserEvent';
-import ImageLayer from 'ol/layer/Image';
 import VectorLayer from 'ol/layer/Vector';
 import VectorImageLayer from 'ol/layer/VectorImage';
 import { Projection } from 'ol/proj';
-import ImageStatic from 'ol/source/ImageStatic';
 import VectorSource from 'ol/source/Vector';
 import { noModifierKeys, primaryAction } from 'ol/events/condition';
 import type { ClassPalette } from '../core/classes';
@@ -30,6 +28,7 @@ import { isProposalKey, proposalKey, type Selection } from '../core/selection';
 import type { AnnotationStore, Cell, StoreChange } from '../core/store';
 import type { Ring } from '../core/types';
 import { PixelFrame } from './coords';
+import { imageLayerCreate, maxResolutionFor, type BaseImageLayer, type TilesInfo } from './imageLayer';
 import { StyleCache, type CellState } from './styles';
 import { GentleWheelZoom } from './wheelZoom';
 
@@ -41,6 +40,8 @@ export interface EditorMapOptions {
   width: number;
   height: number;
   imageUrl: string;
+  /** A large image's tile pyramid: the image layer fetches tiles instead of `imageUrl`. */
+  tiles?: TilesInfo | null;
   palette: ClassPalette;
   store: AnnotationStore;
   proposals: ProposalStore;
@@ -69,8 +70,7 @@ export class EditorMap {
   readonly frame: PixelFrame;
   readonly projection: Projection;
   readonly styles: StyleCache;
-  readonly imageSource: ImageStatic;
-  readonly imageLayer: ImageLayer<ImageStatic>;
+  readonly imageLayer: BaseImageLayer;
   readonly cellSource = new VectorSource<CellFeature>({ wrapX: false });
   readonly activeSource = new VectorSource<CellFeature>({ wrapX: false });
   readonly proposalSource = new VectorSource<CellFeature>({ wrapX: false });
@@ -109,15 +109,14 @@ export class EditorMap {
     this.projection = new Projection({ code: 'image-pixels', units: 'pixels', extent: this.frame.extent });
     this.styles = new StyleCache(opts.palette);
 
-    this.imageSource = new ImageStatic({
-      url: opts.imageUrl,
-      imageExtent: this.frame.extent,
+    this.imageLayer = imageLayerCreate({
+      width: opts.width,
+      height: opts.height,
       projection: this.projection,
-      interpolate: true,
+      imageUrl: opts.imageUrl,
+      tiles: opts.tiles,
+      onState: (state) => (this.imageState = state),
     });
-    this.imageSource.on('imageloadend', () => (this.imageState = 'loaded'));
-    this.imageSource.on('imageloaderror', () => (this.imageState = 'error'));
-    this.imageLayer = new ImageLayer({ source: this.imageSource, className: 'ol-layer-image' });
 
     const s = this.styles;
     this.renderMode = opts.renderMode ?? 'image';
@@ -162,7 +161,7 @@ export class EditorMap {
       center: [opts.width / 2, opts.height / 2],
       resolution: 1,
       minResolution: 1 / 32,
-      maxResolution: 16,
+      maxResolution: maxResolutionFor(opts.width, opts.height),
       constrainResolution: false,
       smoothResolutionConstraint: true,
       extent: [-opts.width, -opts.height, opts.width * 2, opts.height * 2],
