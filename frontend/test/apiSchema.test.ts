@@ -99,6 +99,8 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('saveVerificationSettings', () => api.saveVerificationSettings(1, { quorum: null, adjudicators: [2] }));
   await run('acceptProposals', () => api.acceptProposals(1, { revision: 0, ids: [1] }));
   await run('rejectProposals', () => api.rejectProposals(1, { ids: [1] }));
+  await run('segmentClick', () => api.segmentClick(1, { positive: [[10, 12]], negative: [] }));
+  await run('segmentBox', () => api.segmentBox(1, { box: [0, 0, 50, 40] }));
   await run('presegmentImage', () => api.presegmentImage(1, 2));
   await run('presegmentProject', () => api.presegmentProject(1));
   await run('transition', () => api.transition(1, 'submit'));

@@ -1,7 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { ApiError } from '../src/core/api';
 import { ClassPalette } from '../src/core/classes';
-import { boxCellsToAdd, iou, resultClass, serverRing, type BoxOutcome, type ClickOutcome, type Segmenter } from '../src/core/interactive';
+import { apiSegmenter, boxCellsToAdd, iou, resultClass, serverRing, type BoxOutcome, type ClickOutcome, type Segmenter } from '../src/core/interactive';
 import { ProposalStore } from '../src/core/proposals';
 import { Selection } from '../src/core/selection';
 import { AnnotationStore } from '../src/core/store';
@@ -215,5 +215,22 @@ describe('box tool', () => {
     await t.ask([10, 10, 60, 60]);
     expect(notify).toHaveBeenLastCalledWith('Could not segment the box: The model is busy', 'error');
     expect(store.version).toBe(0);
+  });
+});
+
+describe('the API segmenter', () => {
+  it('sends the prompt in image pixels and maps the answers to the client shapes', async () => {
+    const api = {
+      segmentClick: vi.fn(async () => ({ polygon: [[0, 0], [10, 0], [10, 10], [0, 0]], class_id: 11, label: 1, score: 0.8, source: 'baseline' as const, model_version: null, reason: null, timings: { total_ms: 5 } })),
+      segmentBox: vi.fn(async () => ({ cells: [{ polygon: [[0, 0], [10, 0], [10, 10]], class_id: null, label: 2, score: 0.7 }], source: 'model' as const, model_version: 4, timings: { total_ms: 9 } })),
+    };
+    const s = apiSegmenter(api, 7);
+    const r = await s.click([[1.234, 2.345]], [[3, 4]]);
+    expect(api.segmentClick).toHaveBeenCalledWith(7, { positive: [[1.23, 2.35]], negative: [[3, 4]] });
+    expect(r).toEqual({ polygon: [[0, 0], [10, 0], [10, 10]], classId: 11, label: 1, source: 'baseline', modelVersion: null, reason: null });
+    const b = await s.box([0.111, 0, 50, 40]);
+    expect(api.segmentBox).toHaveBeenCalledWith(7, { box: [0.11, 0, 50, 40] });
+    expect(b.cells[0]).toEqual({ polygon: [[0, 0], [10, 0], [10, 10]], classId: null, label: 2 });
+    expect(b.modelVersion).toBe(4);
   });
 });

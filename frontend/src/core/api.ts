@@ -55,6 +55,10 @@ import {
   type Role,
   type Rollback,
   type SaveCellsBody,
+  type SegmentBoxBody,
+  type SegmentBoxResult,
+  type SegmentClickBody,
+  type SegmentClickResult,
   type ServerCells,
   type TrainingJobBrief,
   type TrainingJobDetail,
@@ -326,6 +330,15 @@ export class ApiClient {
   }
   rejectProposals(imageId: number, body: { ids?: number[]; all?: boolean }): Promise<ProposalsRejected> {
     return this.call('post', 'images/{image_id}/proposals/reject', { image_id: imageId }, { body });
+  }
+
+  /** Click-to-segment: the contour of the cell under the positive points (null with a reason); 503 while the model's maps are not ready. */
+  segmentClick(imageId: number, body: SegmentClickBody): Promise<SegmentClickResult> {
+    return this.call('post', 'images/{image_id}/segment/click', { image_id: imageId }, { body });
+  }
+  /** Box prompt: the instances whose centre lies in the box. */
+  segmentBox(imageId: number, body: SegmentBoxBody): Promise<SegmentBoxResult> {
+    return this.call('post', 'images/{image_id}/segment/box', { image_id: imageId }, { body });
   }
 
   /** 202: the image is queued (409 while it is locked for review). `modelVersion` null: the project's pre-segmenter. */

@@ -6,7 +6,7 @@
 import polygonClipping from 'polygon-clipping';
 import type { ClassPalette } from './classes';
 import { area, bbox, bboxIntersects, isValidRing, makeValid, normalizeRing, type BBox } from './geometry';
-import type { Point, Ring } from './types';
+import type { Point, Ring, SegmentBoxBody, SegmentBoxResult, SegmentClickBody, SegmentClickResult } from './types';
 
 /** One cell the server outlined. */
 export interface SegmentedCell {
@@ -39,6 +39,42 @@ export interface Segmenter {
   click(positive: Point[], negative: Point[]): Promise<ClickOutcome>;
   /** A box [x0, y0, x1, y1] in image pixels. */
   box(box: BBox): Promise<BoxOutcome>;
+}
+
+/** The adapter calls the tools need (`ApiClient.segmentClick` / `segmentBox`). */
+export interface SegmentApi {
+  segmentClick(imageId: number, body: SegmentClickBody): Promise<SegmentClickResult>;
+  segmentBox(imageId: number, body: SegmentBoxBody): Promise<SegmentBoxResult>;
+}
+
+/** Most points of each kind one prompt may send (the server refuses more). */
+export const MAX_PROMPT_POINTS = 20;
+
+const pt2 = (p: Point): Point => [Math.round(p[0] * 100) / 100, Math.round(p[1] * 100) / 100];
+
+/** The {@link Segmenter} of one image over the API, in the client's shapes. */
+export function apiSegmenter(api: SegmentApi, imageId: number): Segmenter {
+  return {
+    async click(positive, negative) {
+      const r = await api.segmentClick(imageId, { positive: positive.map(pt2), negative: negative.map(pt2) });
+      return {
+        polygon: r.polygon ? normalizeRing(r.polygon) : null,
+        classId: r.class_id,
+        label: r.label,
+        source: r.source,
+        modelVersion: r.model_version,
+        reason: r.reason,
+      };
+    },
+    async box(b) {
+      const r = await api.segmentBox(imageId, { box: b.map((v) => Math.round(v * 100) / 100) });
+      return {
+        cells: r.cells.map((c) => ({ polygon: normalizeRing(c.polygon), classId: c.class_id, label: c.label })),
+        source: r.source,
+        modelVersion: r.model_version,
+      };
+    },
+  };
 }
 
 /**

@@ -94,6 +94,12 @@ export type ModelVersionDetail = S['ModelVersionDetailOut'];
 /** `GET training/models/{id}/gate`: what the promotion gate would decide (read-only). */
 export type GateVerdict = S['GateVerdictOut'];
 
+/** `POST images/{id}/segment/click` and `.../segment/box` (click-to-segment, box prompt; core/interactive.ts). */
+export type SegmentClickBody = S['SegmentClickInRequest'];
+export type SegmentClickResult = S['SegmentClickOut'];
+export type SegmentBoxBody = S['SegmentBoxInRequest'];
+export type SegmentBoxResult = S['SegmentBoxOut'];
+
 /** `GET admin/queue` (staff): what waits and runs, and the workers' heartbeats. */
 export type AdminQueue = S['AdminQueueOut'];
 export type WorkerInfo = S['WorkerOut'];

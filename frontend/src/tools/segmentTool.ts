@@ -19,7 +19,7 @@ import type MapBrowserEvent from 'ol/MapBrowserEvent';
 import { Circle, Fill, Stroke, Style } from 'ol/style';
 import { ApiError } from '../core/api';
 import { pointInRing } from '../core/geometry';
-import { resultClass, serverRing, sourceText, type ClickOutcome } from '../core/interactive';
+import { MAX_PROMPT_POINTS, resultClass, serverRing, sourceText, type ClickOutcome } from '../core/interactive';
 import type { Point } from '../core/types';
 import type { Tool, ToolContext } from './tool';
 
@@ -127,6 +127,11 @@ export class SegmentTool implements Tool {
     if (!ctx) return Promise.resolve();
     if (!ctx.segmenter) {
       ctx.notify('Click-to-segment is not available here', 'warn');
+      return Promise.resolve();
+    }
+    const p = this.prompt;
+    if (kind !== 'new' && p && (kind === 'negative' ? p.negative : p.positive).length >= MAX_PROMPT_POINTS) {
+      ctx.notify(`At most ${MAX_PROMPT_POINTS} points of each kind in one prompt — Esc starts a new one`, 'warn');
       return Promise.resolve();
     }
     if (kind === 'negative') {

@@ -7,6 +7,7 @@ import { ApiError, conflictState } from '../core/api';
 import { AutosaveController, refusalSentence, type AutosaveState, type Conflict } from '../core/autosave';
 import { LocalBackup, restoreBackup, type Backup } from '../core/backup';
 import { lockReason, submitSummary } from '../core/editorState';
+import { apiSegmenter, type Segmenter } from '../core/interactive';
 import { findNextImage, loadFilters } from '../core/navigation';
 import { nextFromQueue, queueRoute } from '../core/queue';
 import { routeHash } from '../core/router';
@@ -314,6 +315,10 @@ export class EditorScreen extends MapScreen {
 
   protected override snapEnabled(): boolean {
     return this.snap;
+  }
+
+  protected override segmenter(): Segmenter {
+    return apiSegmenter(this.app.api, this.imageId);
   }
 
   private toggleSnap(): void {
