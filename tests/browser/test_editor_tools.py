@@ -182,3 +182,98 @@ def test_n_selects_and_centres_the_next_proposal(live_server: Any, page: Any) ->
     page.wait_for_selector(".toast >> text=Accepted 1 proposal")
     cells = _annotation(image)
     assert len(cells) == 1 and cells[0].polygon == third.polygon
+
+
+def _cell_count(page: Any) -> int:
+    text = page.locator(".cell-count").inner_text()
+    m = re.match(r"(\d+) cells?", text)
+    assert m, text
+    return int(m.group(1))
+
+
+def _iou(a: list[list[float]], b: list[list[float]]) -> float:
+    pa, pb = Polygon(a), Polygon(b)
+    return pa.intersection(pb).area / pa.union(pb).area
+
+
+def _isolated(truth: list[list[list[float]]]) -> list[list[float]]:
+    """The largest true cell that stands alone (no other cell within 8 px): clusters are
+    the model's business, the baseline on a window separates a lone cell reliably."""
+    polys = [Polygon(p) for p in truth]
+    alone = [p for i, p in enumerate(truth) if all(polys[i].distance(q) > 8 for j, q in enumerate(polys) if j != i)]
+    assert alone, "the synthetic field has a lone cell"
+    return max(alone, key=lambda p: Polygon(p).area)
+
+
+def test_click_a_missed_cell_gets_its_contour_and_undo_removes_it(live_server: Any, page: Any) -> None:
+    project = ProjectFactory(name="Click", created_by=UserFactory(username="head"))
+    member(project, Role.ANNOTATOR, username="dr.click")
+    image, truth = synthetic_image(project, seed=43)
+    # no model is trained: the server outlines the clicked cell with the classical baseline
+    target = _isolated(truth)
+    inside = Polygon(target).representative_point()
+    _open(page, live_server, "dr.click", project, image)
+    assert _cell_count(page) == 0
+
+    page.keyboard.press("w")
+    assert "active" in (page.locator('[data-tool="segment"]').get_attribute("class") or "")
+    page.mouse.click(*screen_of(page, inside.x, inside.y, image))
+    page.wait_for_function("document.querySelector('.cell-count').textContent.startsWith('1 cell')")
+    page.wait_for_selector(".toast >> text=classical baseline")
+    shot(page, "tools-click-segment")
+    wait_saved(page)
+    cells = _annotation(image)
+    assert len(cells) == 1
+    assert Polygon(cells[0].polygon).is_valid
+    assert _iou(cells[0].polygon, target) > 0.6, (cells[0].polygon, target)
+    assert cells[0].cell_class_id == project.classes.get(model_label=1).pk
+
+    # Shift+click another point of the same cell refines it: still one cell, one more undo step
+    page.keyboard.down("Shift")
+    page.mouse.click(*screen_of(page, inside.x + 2, inside.y + 1, image))
+    page.keyboard.up("Shift")
+    page.wait_for_function("document.querySelector('[aria-label=Undo]').title.includes('refine segmented cell')")
+    assert _cell_count(page) == 1
+    page.keyboard.press("Escape")  # ends the prompt
+
+    # undo takes the cell away again (the refinement first, then the click)
+    _undo(page)
+    _undo(page)
+    page.wait_for_function("document.querySelector('.cell-count').textContent.startsWith('0 cells')")
+    wait_saved(page)
+    assert _annotation(image) == []
+
+    # a click on empty background: no cell, the server's reason is shown, nothing is added
+    page.mouse.click(*screen_of(page, 4, 4, image))
+    page.wait_for_selector(".toast >> text=No contour here")
+    assert _cell_count(page) == 0
+
+
+def test_box_adds_the_cells_inside_in_one_undo_step(live_server: Any, page: Any) -> None:
+    project = ProjectFactory(name="Box", created_by=UserFactory(username="head"))
+    member(project, Role.ANNOTATOR, username="dr.box")
+    image, truth = synthetic_image(project, seed=44)
+    target = _isolated(truth)
+    x0, y0, x1, y1 = Polygon(target).bounds
+    _open(page, live_server, "dr.box", project, image)
+
+    page.keyboard.press("q")
+    _stroke(page, image, [(x0 - 8, y0 - 8), ((x0 + x1) / 2, (y0 + y1) / 2), (x1 + 8, y1 + 8)])
+    page.wait_for_selector(".toast >> text=from the box")
+    n = _cell_count(page)
+    assert n >= 1
+    shot(page, "tools-box")
+    wait_saved(page)
+    cells = _annotation(image)
+    assert len(cells) == n
+    assert max(_iou(c.polygon, target) for c in cells) > 0.6
+
+    # the same box again adds nothing: those cells are drawn already
+    _stroke(page, image, [(x0 - 8, y0 - 8), (x1 + 8, y1 + 8)])
+    page.wait_for_selector(".toast >> text=No new cell in the box")
+    assert _cell_count(page) == n
+
+    _undo(page)
+    page.wait_for_function("document.querySelector('.cell-count').textContent.startsWith('0 cells')")
+    wait_saved(page)
+    assert _annotation(image) == []
