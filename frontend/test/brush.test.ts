@@ -289,3 +289,18 @@ describe('next proposal', () => {
     expect(new ProposalStore().next(null)).toBeNull();
   });
 });
+
+describe('strokes at the edge of the image', () => {
+  it('a bulge painted past the edge is cut to the image', () => {
+    const r = applyStroke(sq(0, 0, 40), [
+      [20, 30],
+      [20, 60],
+    ], 6, 'add', { bounds: [100, 50] });
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(isValidRing(r.ring)).toBe(true);
+    expect(Math.max(...r.ring.map(([, y]) => y))).toBe(50);
+    const cell = strokeCell([[95, 10], [120, 10]], 5, 4, [100, 50]);
+    expect(cell.ok && Math.max(...cell.ring.map(([x]) => x))).toBe(100);
+  });
+});

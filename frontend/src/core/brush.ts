@@ -106,8 +106,8 @@ function thinPath(path: readonly Point[], radius: number): Point[] {
 }
 
 /** The outer ring of a stroke that is one piece (a new cell painted with the brush), or why not. */
-export function strokeCell(path: readonly Point[], radius: number, minArea = 4): BrushResult {
-  const s = strokeArea(path, radius);
+export function strokeCell(path: readonly Point[], radius: number, minArea = 4, bounds?: readonly [number, number]): BrushResult {
+  const s = clipTo(strokeArea(path, radius), bounds);
   if (!s.length) return { ok: false, reason: 'The stroke is empty' };
   // a stroke is connected by construction; several pieces only come from clipping noise
   const pieces = s.map((p) => normalizeRing(p[0])).sort((a, b) => area(b) - area(a));
@@ -121,7 +121,13 @@ export function strokeCell(path: readonly Point[], radius: number, minArea = 4):
  * the inside of a cell cannot give a contour). Pieces the eraser cuts off that are smaller
  * than `crumb` px² (slivers at the edge of a stroke) are dropped; a real second part is refused.
  */
-export function applyStroke(cell: readonly Point[], path: readonly Point[], radius: number, mode: BrushMode, opts: { minArea?: number; crumb?: number } = {}): BrushResult {
+export function applyStroke(
+  cell: readonly Point[],
+  path: readonly Point[],
+  radius: number,
+  mode: BrushMode,
+  opts: { minArea?: number; crumb?: number; bounds?: readonly [width: number, height: number] } = {},
+): BrushResult {
   const minArea = opts.minArea ?? 4;
   const ring = normalizeRing(cell);
   if (ring.length < 3) return { ok: false, reason: 'The cell has no contour' };
@@ -134,6 +140,7 @@ export function applyStroke(cell: readonly Point[], path: readonly Point[], radi
       return { ok: false, reason: mode === 'add' ? 'The stroke does not touch the cell — paint from inside the cell outwards' : 'The eraser did not touch the cell' };
     }
     result = mode === 'add' ? polygonClipping.union(toPc(ring), stroke) : polygonClipping.difference(toPc(ring), stroke);
+    result = clipTo(result, opts.bounds);
   } catch {
     return { ok: false, reason: 'The stroke could not be applied to this contour' };
   }
@@ -150,6 +157,28 @@ export function applyStroke(cell: readonly Point[], path: readonly Point[], radi
     return { ok: false, reason: 'The eraser would make a hole inside the cell — erase from the edge of the cell' };
   }
   return finish(normalizeRing(only[0]), radius, minArea, 'The result is too small to be a cell');
+}
+
+/**
+ * Cut to the image `[0, w] × [0, h]`: a stroke past the edge must not leave vertices outside
+ * (the store would clamp them onto the edge, folding the outline onto itself there).
+ */
+function clipTo(m: PcMulti, bounds: readonly [number, number] | undefined): PcMulti {
+  if (!bounds || !m.length) return m;
+  const [w, h] = bounds;
+  try {
+    return polygonClipping.intersection(m, [
+      [
+        [0, 0],
+        [w, 0],
+        [w, h],
+        [0, h],
+        [0, 0],
+      ],
+    ]);
+  } catch {
+    return m;
+  }
 }
 
 function polyArea(p: PcPolygon): number {

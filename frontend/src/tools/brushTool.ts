@@ -194,7 +194,7 @@ abstract class PaintTool implements Tool {
         ctx.notify('Start the eraser on a cell, or select the cell to erase from', 'warn');
         return null;
       }
-      const r = strokeCell(path, radius);
+      const r = strokeCell(path, radius, 4, this.bounds());
       if (!r.ok) {
         ctx.notify(r.reason, 'warn');
         return null;
@@ -205,13 +205,19 @@ abstract class PaintTool implements Tool {
     }
     const cell = ctx.store.get(key);
     if (!cell) return null;
-    const r = applyStroke(cell.polygon, path, radius, this.mode);
+    const r = applyStroke(cell.polygon, path, radius, this.mode, { bounds: this.bounds() });
     if (!r.ok) {
       ctx.notify(`${r.reason} — the cell is unchanged`, 'warn');
       return null;
     }
     ctx.store.updatePolygon(key, r.ring, this.mode === 'add' ? 'brush' : 'erase');
     return key;
+  }
+
+  /** The image's size (strokes are cut to it); unknown without a map (unit tests). */
+  private bounds(): [number, number] | undefined {
+    const f = this.ctx?.view?.frame;
+    return f ? [f.width, f.height] : undefined;
   }
 
   /** The smallest cell containing `pt` (nested cells: the inner one is meant). */
