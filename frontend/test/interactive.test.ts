@@ -168,6 +168,27 @@ describe('click-to-segment tool', () => {
     expect(store.size).toBe(1); // the stale first answer never became a step of its own
   });
 
+  it('a slow answer is announced once it takes long; a quick one is not', async () => {
+    vi.useFakeTimers();
+    try {
+      let release!: () => void;
+      const click = vi.fn(() => new Promise<ClickOutcome>((r) => (release = () => r(outcome(sq(300, 300, 20))))));
+      const { c, notify } = setup({ click });
+      const t = new SegmentTool();
+      t.activate(c);
+      const done = t.click([310, 310], 'new', null);
+      await vi.advanceTimersByTimeAsync(500);
+      expect(notify).not.toHaveBeenCalled();
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(notify).toHaveBeenCalledWith(expect.stringContaining('Still outlining'), 'info');
+      release();
+      await done;
+      expect(t.busy).toBe(false);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('an alt-click without a prompt asks for a click inside a cell first', async () => {
     const click = vi.fn();
     const { c, notify } = setup({ click });

@@ -16,7 +16,7 @@ import { Fill, Stroke, Style } from 'ol/style';
 import type { BBox } from '../core/geometry';
 import { boxCellsToAdd, resultClass, sourceText } from '../core/interactive';
 import type { Point } from '../core/types';
-import { requestError } from './segmentTool';
+import { requestError, slowNotice } from './segmentTool';
 import type { Tool, ToolContext } from './tool';
 
 /** The smallest box (image pixels a side) worth asking about: a smaller drag is a slip. */
@@ -135,6 +135,7 @@ export class BoxTool implements Tool {
     this.show(box);
     this.sketch.setStyle(boxPendingStyle);
     v?.setCursor('progress');
+    const slow = slowNotice(ctx);
     try {
       const out = await ctx.segmenter.box(box);
       if (this.ctx !== ctx) return [];
@@ -156,6 +157,7 @@ export class BoxTool implements Tool {
       if (this.ctx === ctx) ctx.notify(`Could not segment the box: ${requestError(e)}`, 'error');
       return [];
     } finally {
+      clearTimeout(slow);
       this.busy = false;
       this.sketch.setGeometry(undefined);
       this.sketch.setStyle(boxStyle);

@@ -57,6 +57,17 @@ export function requestError(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/** After this long without an answer the tool says it is still working. */
+export const SLOW_MS = 1200;
+
+/**
+ * A notice when the answer takes long: the first click on an image the model has no kept maps
+ * of waits for them to be computed (seconds on a CPU), which a mere "progress" cursor hides.
+ */
+export function slowNotice(ctx: ToolContext | null): ReturnType<typeof setTimeout> {
+  return setTimeout(() => ctx?.notify('Still outlining — the first prompt on an image can take a few seconds while the model prepares it', 'info'), SLOW_MS);
+}
+
 export class SegmentTool implements Tool {
   readonly id = 'segment' as const;
   readonly label = 'Click to segment';
@@ -185,7 +196,9 @@ export class SegmentTool implements Tool {
       } while (this.again && this.prompt);
     };
     this.ctx?.view?.setCursor('progress');
+    const slow = slowNotice(this.ctx);
     this.running = run().finally(() => {
+      clearTimeout(slow);
       this.running = null;
       this.again = false;
       if (this.ctx) {
