@@ -49,8 +49,12 @@ export function imageLayerCreate(opts: {
     return new ImageLayer({ source, className: 'ol-layer-image' });
   }
   const tiles = opts.tiles;
+  // Zoomify fetches the centre tile of the full resolution with its own URL template once (to
+  // detect "retina" tiles): the template names that level, and {TileGroup} (ignored by the
+  // server) stops Zoomify appending its own path, so that probe is a real tile.
+  const probe = tiles.url.replace('{level}', String(tiles.levels - 1)).replace('{col}', '{x}').replace('{row}', '{y}');
   const source = new Zoomify({
-    url: tiles.url,
+    url: `${probe}?group={TileGroup}`,
     size: [opts.width, opts.height],
     tileSize: tiles.tile_size,
     extent,
@@ -58,7 +62,9 @@ export function imageLayerCreate(opts: {
     interpolate: true,
     transition: 0,
   });
-  source.setTileUrlFunction((coord) => tileUrl(tiles, coord));
+  // Zoomify numbers its tiers from 0; the server's levels from the one-pixel level. The key
+  // drops any tile made with Zoomify's own URL function.
+  source.setTileUrlFunction((coord) => tileUrl(tiles, coord), tiles.url);
   // Loaded once any tile shows; an error only while none has (one missing tile is not a broken image).
   let loaded = false;
   source.on('tileloadend', () => {
