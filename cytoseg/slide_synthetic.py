@@ -41,10 +41,14 @@ class SyntheticSlide:
     # (index into fields, x0, y0) per grid cell, row by row
     placements: list[tuple[int, int, int]]
 
-    def cell_count(self) -> int:
-        """Instances (cells and erythrocytes) whose crop starts inside the slide."""
+    def cell_count(self, label: int | None = None) -> int:
+        """Instances whose crop starts inside the slide: all, or those of one ``label``."""
         return sum(
-            sum(1 for c in self.fields[i].cells if x0 + c.x0 < self.width and y0 + c.y0 < self.height)
+            sum(
+                1
+                for c in self.fields[i].cells
+                if x0 + c.x0 < self.width and y0 + c.y0 < self.height and label in (None, c.label)
+            )
             for i, x0, y0 in self.placements
         )
 

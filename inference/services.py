@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from annotations.models import LOCKED_STATUSES, Cell, CellSource, Image, Layer, PresegmentStatus, Project
 from annotations.services.workflow import annotation_write_check, image_presegmented
+from core.errors import ServiceValidationError
 from core.events import event_emit
 from core.processes import pid_alive
 from core.queue import outbox_pending, task_enqueue
@@ -43,6 +44,11 @@ def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None
     # Proposals are what verified cells' provenance points back to: once an image is submitted
     # they must stay as they were (correction analytics), so pre-segmenting again is refused.
     annotation_write_check(image=image)
+    if image.tiled:  # no display PNG to read whole: slides are pre-segmented by tiles (not yet)
+        raise ServiceValidationError(
+            "A whole slide cannot be pre-segmented yet.",
+            {"image": "tiled images (large images and slides) are not pre-segmented yet"},
+        )
     version = model_version or model_version_for_project(project=image.project)
     Image.objects.filter(pk=image.pk).update(
         presegment_status=PresegmentStatus.QUEUED,
@@ -59,7 +65,7 @@ def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None
 
 def project_presegment_enqueue(*, project: Project, model_version: ModelVersion | None = None) -> int:
     version = model_version or model_version_for_project(project=project)
-    images = list(project.images.exclude(status__in=LOCKED_STATUSES))
+    images = list(project.images.exclude(status__in=LOCKED_STATUSES).exclude(tiled=True))
     for image in images:
         image_presegment_enqueue(image=image, model_version=version)
     return len(images)
@@ -68,7 +74,7 @@ def project_presegment_enqueue(*, project: Project, model_version: ModelVersion 
 def presegment_on_upload(*, images: list[Image]) -> None:
     """Pre-segment freshly uploaded images when their project asks for it."""
     for image in images:
-        if image.project.auto_presegment:
+        if image.project.auto_presegment and not image.tiled:
             image_presegment_enqueue(image=image)
 
 

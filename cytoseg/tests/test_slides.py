@@ -39,6 +39,8 @@ def test_synthetic_slide_is_a_mosaic_with_known_instances(slide: SyntheticSlide)
     assert len(slide.placements) == 3 * 3
     instances = list(slide.instances())
     assert len(instances) == slide.cell_count() > 100
+    assert slide.cell_count(label=1) + slide.cell_count(label=2) == slide.cell_count()
+    assert slide.cell_count(label=1) == sum(1 for inst in instances if inst.label == 1)
     for inst in instances[:50]:
         assert 0 <= inst.x0 < slide.width and 0 <= inst.y0 < slide.height
         assert inst.mask.any() or inst.mask.size == 0

@@ -265,3 +265,19 @@ def test_the_web_never_decodes_the_whole_image(project: Any, admin_user: Any, tm
     assert tiles_peak < decoded_bytes / 20, tiles_peak
     assert upload_rss_growth < decoded_bytes / 4, upload_rss_growth
     assert tiles_rss_growth < decoded_bytes / 4, tiles_rss_growth
+
+
+def test_a_slide_is_not_pre_segmented_whole(
+    slide: SyntheticSlide, project: Any, admin_user: Any, tmp_path: Path
+) -> None:
+    """Pre-segmentation reads a display PNG whole: a slide waits for tiled pre-segmentation
+    (a later part of issue #14) instead of blocking the GPU worker."""
+    project.auto_presegment = True
+    project.save(update_fields=["auto_presegment"])
+    path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff")
+    client = client_for(admin_user)
+    image_id = _post(client, project, path).json()[0]["id"]
+    assert not OutboxMessage.objects.filter(name="inference.presegment_image").exists()
+    refused = client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json")
+    assert refused.status_code == 400 and "image" in refused.json()["errors"], refused.content
+    assert Image.objects.get(pk=image_id).presegment_status == "none"
