@@ -15,6 +15,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,7 +112,9 @@ def slide_store(*, prepared: PreparedSlide, folder: str, save_fields: dict[str, 
     if info.reader == "openslide":
         extension = info.format.lower()
     prepared.upload.seek(0)
-    original = default_storage.save(f"{folder}/original.{extension}", File(prepared.upload))
+    # A Django upload spooled to disk is moved into disk storage, not copied (file_move_safe).
+    content = prepared.upload if isinstance(prepared.upload, File) else File(prepared.upload)
+    original = default_storage.save(f"{folder}/original.{extension}", content)
     written.append(original)
     magnification = save_fields.pop("magnification") or (f"{info.objective_power:g}x" if info.objective_power else "")
     image = Image.objects.create(
@@ -155,13 +158,25 @@ def _local_original(image: Image, scratch: Path) -> Path:
         return target
 
 
+class _ScratchFile(File):  # type: ignore[type-arg]
+    """A scratch file disk storage may move instead of copying (it does so for any content with
+    a temporary file path); object storage uploads it as any file."""
+
+    def __init__(self, handle: IO[bytes], path: Path) -> None:
+        super().__init__(handle)
+        self.path = path
+
+    def temporary_file_path(self) -> str:
+        return str(self.path)
+
+
 def _tiles_upload(root: Path, prefix: str, geometry: TileGeometry) -> None:
     """Copy every tile file into the storage under ``prefix`` (threads: object storage takes
     one request per tile, and the requests wait on the network, not the CPU)."""
 
     def put(relative: str) -> None:
         with (root / relative).open("rb") as handle:
-            saved = default_storage.save(f"{prefix}/{relative}", File(handle))
+            saved = default_storage.save(f"{prefix}/{relative}", _ScratchFile(handle, root / relative))
         if saved != f"{prefix}/{relative}":  # a fresh folder per build: a rename is a bug
             raise RuntimeError(f"tile stored as {saved}")
 
@@ -203,18 +218,24 @@ def image_pyramid_build(*, image_id: int, on_progress: Callable[[float], None] |
     scratch = Path(tempfile.mkdtemp(prefix=f"pyramid-{image_id}-", dir=settings.SLIDE_SCRATCH_DIR))
     folder = str(image.original.name).rsplit("/", 1)[0]
     prefix = f"{folder}/tiles-{uuid.uuid4().hex[:12]}"
+    thumbnail = ""
     try:
         from cytoseg.slides import pyramid_build
 
+        started = time.perf_counter()
         source = _local_original(image, scratch)
         info, geometry, root = pyramid_build(source, scratch / "out", tile_size=image.tile_size, progress=on_progress)
         if (info.width, info.height) != (image.width, image.height):
             raise ImageRejected(f"the file is {info.width}x{info.height}, its header said {image.width}x{image.height}")
+        built = time.perf_counter()
+        # the thumbnail first: storing the tiles may move them out of scratch
+        thumbnail = _thumbnail_save(root / str(geometry.single_tile_level()) / f"0_0.{TILE_SUFFIX}", folder)
         _tiles_upload(root, prefix, geometry)
-        thumb_level = geometry.single_tile_level()
-        thumbnail = _thumbnail_save(root / str(thumb_level) / f"0_0.{TILE_SUFFIX}", folder)
+        timings = {"pyramid_s": round(built - started, 2), "store_s": round(time.perf_counter() - built, 2)}
     except Exception as exc:
         folder_delete(prefix)
+        if thumbnail:
+            default_storage.delete(thumbnail)
         reason = str(exc) if isinstance(exc, ImageRejected) else f"{type(exc).__name__}: {exc}"
         Image.objects.filter(pk=image_id).update(tile_status=TileStatus.FAILED, tile_error=reason[:2000])
         logger.warning("Pyramid of image %s failed: %s", image_id, reason)
@@ -228,20 +249,21 @@ def image_pyramid_build(*, image_id: int, on_progress: Callable[[float], None] |
         if current is None:  # deleted while building
             transaction.on_commit(lambda: _build_discard(prefix, thumbnail))
             return {"skipped": "deleted"}
-        old_root = current.tile_root
+        old_root, old_thumbnail = current.tile_root, str(current.thumbnail.name or "")
         current.tile_root = prefix
         current.thumbnail = thumbnail
         current.tile_status = TileStatus.DONE
         current.tile_error = ""
         current.save(update_fields=["tile_root", "thumbnail", "tile_status", "tile_error", "updated_at"])
     if old_root and old_root != prefix:
-        transaction.on_commit(lambda: folder_delete(old_root))
-    return {"levels": geometry.levels, "tiles": geometry.tile_total()}
+        transaction.on_commit(lambda: _build_discard(old_root, old_thumbnail))
+    return {"levels": geometry.levels, "tiles": geometry.tile_total(), **timings}
 
 
 def _build_discard(prefix: str, thumbnail: str) -> None:
     folder_delete(prefix)
-    default_storage.delete(thumbnail)
+    if thumbnail:
+        default_storage.delete(thumbnail)
 
 
 def _thumbnail_save(tile: Path, folder: str) -> str:
