@@ -36,7 +36,7 @@ from skimage.segmentation import watershed as sk_watershed
 
 from cytoseg.backends.base import Instance, SegmentationBackend
 from cytoseg.crops import label_map_from_instances
-from cytoseg.maps import ImageMaps, maps_dump, maps_load
+from cytoseg.maps import ImageMaps, maps_dump, maps_load, maps_merge
 
 __all__ = [
     "DEFAULT_DIAMETER",
@@ -47,11 +47,14 @@ __all__ = [
     "flows_follow",
     "maps_dump",
     "maps_load",
+    "maps_merge",
+    "window_maps",
 ]
 
 DEFAULT_DIAMETER = 30.0  # pixels; a window size for maps and baselines that do not know theirs
 RELAX_LOGITS = 3.0  # how far below the model's cell-probability threshold a click still reaches
 _MAX_GROW = 2  # the window doubles at most this often when the cell touches its edge
+WINDOW_MARGIN = 32  # context computed around a window of maps and then dropped (edge effects)
 
 Point = tuple[float, float]
 
@@ -531,3 +534,34 @@ def box_segment(
             continue
         out.append(_instance(window, mask, label=classes(mask), score=score(mask)))
     return out
+
+
+def window_maps(
+    backend: SegmentationBackend, image: np.ndarray, *, r0: int, r1: int, c0: int, c1: int, margin: int = WINDOW_MARGIN
+) -> ImageMaps | None:
+    """The backend's maps of rows r0:r1, columns c0:c1 of ``image`` (an ``ImageMaps`` of that
+    window's size; None for a backend without maps), computed on the window widened by
+    ``margin`` pixels of context where the image has them, so that a first click on an image
+    costs a network pass over a window rather than over the whole field."""
+    height, width = image.shape[:2]
+    o0, o1 = max(0, r0 - margin), min(height, r1 + margin)
+    p0, p1 = max(0, c0 - margin), min(width, c1 + margin)
+    maps = backend.maps(np.ascontiguousarray(image[o0:o1, p0:p1]))
+    if maps is None:
+        return None
+    sl = (slice(r0 - o0, r1 - o0), slice(c0 - p0, c1 - p0))
+
+    def cut(arr: np.ndarray | None) -> np.ndarray | None:
+        return None if arr is None else np.ascontiguousarray(arr[(..., *sl)])
+
+    return ImageMaps(
+        height=r1 - r0,
+        width=c1 - c0,
+        flows=cut(maps.flows),
+        cellprob=cut(maps.cellprob),
+        foreground=cut(maps.foreground),
+        semantic=cut(maps.semantic),
+        cellprob_threshold=maps.cellprob_threshold,
+        diameter=maps.diameter,
+        label=maps.label,
+    )

@@ -38,8 +38,8 @@ from cytoseg.backends.base import Instance, SegmentationBackend
 from cytoseg.contours import instances_to_polygons
 from cytoseg.device import device_default
 from cytoseg.imaging import read_rgb
-from cytoseg.interactive import box_segment, click_segment
-from cytoseg.maps import ImageMaps, maps_dump, maps_load
+from cytoseg.interactive import box_segment, click_segment, window_maps
+from cytoseg.maps import ImageMaps, maps_dump, maps_load, maps_merge
 from training.models import ModelKind, ModelVersion
 from training.services.artifacts import artifacts_for
 from training.services.registry import model_version_baseline, model_version_for_project, model_version_settings
@@ -51,6 +51,11 @@ INTERACTIVE_QUEUE = "interactive"
 # kinds whose backend has maps; the others (the classical baselines) answer a click themselves
 MAPS_KINDS = (ModelKind.TWO_STAGE, ModelKind.CELLPOSE, ModelKind.NNUNET)
 MAX_POINTS = 20
+# the side of the window of maps a first click on an image without maps computes (a network
+# pass over it rather than the whole field; pre-segmentation keeps the whole field's)
+WINDOW = 256
+CLICK_MARGIN = 64  # maps needed around a click's points: the cell under it fits
+BOX_MARGIN = 24
 _POLL_SECONDS = 0.02
 
 
@@ -66,8 +71,9 @@ def maps_key(*, project_id: int, image_id: int, model_version_id: int) -> str:
     return f"{maps_folder(project_id=project_id, image_id=image_id)}/{model_version_id}.npz"
 
 
-def _ready_key(image_id: int, model_version_id: int) -> str:
-    return f"interactive-maps:{image_id}:{model_version_id}"
+def _ready_key(image_id: int, model_version_id: int, region: Sequence[int] | None = None) -> str:
+    where = "all" if region is None else "-".join(str(int(v)) for v in region)
+    return f"interactive-maps:{image_id}:{model_version_id}:{where}"
 
 
 def image_maps_store(*, image: Image, model_version: ModelVersion, maps: ImageMaps) -> str:
@@ -82,7 +88,6 @@ def image_maps_store(*, image: Image, model_version: ModelVersion, maps: ImageMa
         default_storage.delete(saved)
     image_maps_delete(image_id=image.pk, project_id=image.project_id, keep=key)
     _maps_remember((image.pk, model_version.pk), maps_load(data))
-    cache.set(_ready_key(image.pk, model_version.pk), "ready", timeout=3600)
     return key
 
 
@@ -175,6 +180,9 @@ def _backend(version: ModelVersion) -> SegmentationBackend:
     )
 
 
+Region = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1
+
+
 @dataclass
 class MapsResult:
     image_id: int
@@ -183,77 +191,130 @@ class MapsResult:
     seconds: float = 0.0
 
 
-def image_maps_compute(*, image_id: int, model_version_id: int) -> MapsResult:
+def _stored(key: str) -> ImageMaps | None:
+    if not default_storage.exists(key):
+        return None
+    with default_storage.open(key, "rb") as handle:
+        return maps_load(handle.read())
+
+
+def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence[int] | None = None) -> MapsResult:
     """Compute and keep the maps of one image by one model version (the interactive task's
-    service); nothing to do when they are kept already. A failure is left in the cache for the
-    click waiting on it, and raised."""
+    service): of the whole image, or (``region`` ``[r0, r1, c0, c1]``) of that window only,
+    merged into the partial maps kept so far. Nothing to do where the kept maps cover it
+    already. A failure is left in the cache for the click waiting on it, and raised."""
     started = time.perf_counter()
-    image = Image.objects.get(pk=image_id)
-    version = ModelVersion.objects.select_related("project").get(pk=model_version_id)
-    if version.project_id != image.project_id:
-        raise ValueError("The model version belongs to another project.")
-    key = maps_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk)
-    if default_storage.exists(key):
-        cache.set(_ready_key(image_id, model_version_id), "ready", timeout=3600)
-        return MapsResult(image_id=image_id, model_version_id=model_version_id, computed=False)
+    ready = _ready_key(image_id, model_version_id, region)
     try:
-        maps = _backend(version).maps(_image_rgb(image))
+        image = Image.objects.get(pk=image_id)
+        version = ModelVersion.objects.select_related("project").get(pk=model_version_id)
+        if version.project_id != image.project_id:
+            raise ValueError("The model version belongs to another project.")
+        key = maps_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk)
+        kept = _stored(key)
+        whole = (0, image.height, 0, image.width)
+        r0, r1, c0, c1 = region if region is not None else whole
+        if kept is not None and kept.covers(r0, r1, c0, c1):
+            cache.set(ready, "ready", timeout=600)
+            return MapsResult(image_id=image_id, model_version_id=model_version_id, computed=False)
+        backend = _backend(version)
+        rgb = _image_rgb(image)
+        if region is None:
+            maps = backend.maps(rgb)
+        else:
+            part = window_maps(backend, rgb, r0=r0, r1=r1, c0=c0, c1=c1)
+            maps = (
+                None if part is None else maps_merge(kept, part, y0=r0, x0=c0, height=rgb.shape[0], width=rgb.shape[1])
+            )
         if maps is None:
             raise ValueError(f"a {version.kind} model has no maps")
         image_maps_store(image=image, model_version=version, maps=maps)
     except Exception as exc:
-        cache.set(_ready_key(image_id, model_version_id), f"failed: {type(exc).__name__}: {exc}"[:500], timeout=60)
+        cache.set(ready, f"failed: {type(exc).__name__}: {exc}"[:500], timeout=60)
         raise
+    cache.set(ready, "ready", timeout=600)
     return MapsResult(
         image_id=image_id, model_version_id=model_version_id, computed=True, seconds=time.perf_counter() - started
     )
 
 
-def _maps_load(image: Image, version: ModelVersion, timings: dict[str, float]) -> ImageMaps:
-    """The maps of ``image`` by ``version``: held, kept in storage, or computed now."""
+def _need(image: Image, points: Sequence[tuple[float, float]], margin: float) -> Region:
+    """The window of maps a request needs: around its points, at least ``WINDOW`` on a side."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    r0, r1 = int(min(ys) - margin), int(max(ys) + margin) + 1
+    c0, c1 = int(min(xs) - margin), int(max(xs) + margin) + 1
+    return max(0, r0), min(image.height, r1), max(0, c0), min(image.width, c1)
+
+
+def _grown(image: Image, need: Region) -> Region:
+    """``need`` widened to ``WINDOW`` pixels on a side (where the image has them): the window
+    computed on demand, so that the next clicks nearby find their maps there."""
+    r0, r1, c0, c1 = need
+
+    def widen(lo: int, hi: int, size: int) -> tuple[int, int]:
+        extra = max(0, WINDOW - (hi - lo))
+        lo, hi = lo - extra // 2, hi + extra - extra // 2
+        if lo < 0:
+            lo, hi = 0, min(size, hi - lo)
+        if hi > size:
+            lo, hi = max(0, lo - (hi - size)), size
+        return lo, hi
+
+    r0, r1 = widen(r0, r1, image.height)
+    c0, c1 = widen(c0, c1, image.width)
+    return r0, r1, c0, c1
+
+
+def _maps_load(image: Image, version: ModelVersion, need: Region, timings: dict[str, float]) -> ImageMaps:
+    """The maps of ``image`` by ``version`` covering ``need``: held, kept in storage, or (for a
+    window around ``need``) computed now."""
     cached_key = (image.pk, version.pk)
     maps = _maps_cached(cached_key)
-    if maps is not None:
+    if maps is not None and maps.covers(*need):
         timings["maps_memory"] = 0.0
         return maps
     key = maps_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk)
     started = time.perf_counter()
-    if not default_storage.exists(key):
-        _maps_request(image, version)
-        timings["maps_compute_ms"] = (time.perf_counter() - started) * 1000
-        maps = _maps_cached(cached_key)  # a compute in this process left them here
-        if maps is not None:
-            return maps
-        started = time.perf_counter()
-    with default_storage.open(key, "rb") as handle:
-        maps = maps_load(handle.read())
-    _maps_remember(cached_key, maps)
+    maps = _stored(key)
     timings["maps_storage_ms"] = (time.perf_counter() - started) * 1000
+    if maps is not None:
+        _maps_remember(cached_key, maps)
+        if maps.covers(*need):
+            return maps
+    started = time.perf_counter()
+    _maps_request(image, version, _grown(image, need))
+    timings["maps_compute_ms"] = (time.perf_counter() - started) * 1000
+    maps = _maps_cached(cached_key)  # a compute in this process left them here
+    if maps is None or not maps.covers(*need):
+        maps = _stored(key)
+        if maps is None or not maps.covers(*need):
+            raise UnavailableError("The model's maps of this part of the image are not ready; click again.")
+        _maps_remember(cached_key, maps)
     return maps
 
 
-def _maps_request(image: Image, version: ModelVersion) -> None:
-    """Have the maps computed: here, or by the interactive worker while this request waits."""
+def _maps_request(image: Image, version: ModelVersion, region: Region) -> None:
+    """Have the maps of ``region`` computed: here, or by the interactive worker while this
+    request waits."""
     if not settings.INTERACTIVE_MAPS_WORKER:
-        image_maps_compute(image_id=image.pk, model_version_id=version.pk)
+        image_maps_compute(image_id=image.pk, model_version_id=version.pk, region=list(region))
         return
-    ready = _ready_key(image.pk, version.pk)
-    state = cache.get(ready)
-    if state == "ready" or state is None or str(state).startswith("failed"):
-        # one task per image and version at a time: later clicks wait for the same one
-        if cache.add(f"{ready}:queued", 1, timeout=settings.INTERACTIVE_MAPS_TIMEOUT):
-            cache.delete(ready)
-            task_enqueue(MAPS_TASK, args=[image.pk, version.pk], queue=INTERACTIVE_QUEUE)
+    ready = _ready_key(image.pk, version.pk, region)
+    cache.delete(ready)
+    # one task per window at a time: a second click waiting for the same one does not send another
+    if cache.add(f"{ready}:queued", 1, timeout=settings.INTERACTIVE_MAPS_TIMEOUT):
+        task_enqueue(MAPS_TASK, args=[image.pk, version.pk, list(region)], queue=INTERACTIVE_QUEUE)
     deadline = time.monotonic() + settings.INTERACTIVE_MAPS_TIMEOUT
-    while time.monotonic() < deadline:
-        state = cache.get(ready)
-        if state == "ready":
-            cache.delete(f"{ready}:queued")
-            return
-        if state is not None and str(state).startswith("failed"):
-            cache.delete(f"{ready}:queued")
-            raise ConflictError(f"The model could not compute this image's maps ({str(state)[8:]}).")
-        time.sleep(_POLL_SECONDS)
+    try:
+        while time.monotonic() < deadline:
+            state = cache.get(ready)
+            if state == "ready":
+                return
+            if state is not None and str(state).startswith("failed"):
+                raise ConflictError(f"The model could not compute this image's maps ({str(state)[8:]}).")
+            time.sleep(_POLL_SECONDS)
+    finally:
+        cache.delete(f"{ready}:queued")
     raise UnavailableError(
         "The model's maps of this image are still being computed; click again in a moment.", retry_after=2
     )
@@ -320,7 +381,9 @@ def _outlines(instances: list[Instance], classes: dict[int, int]) -> list[Outlin
     ]
 
 
-def _sources(image: Image, timings: dict[str, float]) -> tuple[ModelVersion, ImageMaps | None, SegmentationBackend]:
+def _sources(
+    image: Image, need: Region, timings: dict[str, float]
+) -> tuple[ModelVersion, ImageMaps | None, SegmentationBackend]:
     """The active version, its maps of the image (None for a classical one) and the classical
     baseline a click falls back to."""
     version = model_version_for_project(project=image.project)
@@ -328,7 +391,7 @@ def _sources(image: Image, timings: dict[str, float]) -> tuple[ModelVersion, Ima
     if baseline_version is None or baseline_version.kind not in (ModelKind.WATERSHED, ModelKind.REGION_GROWING):
         baseline_version = model_version_baseline(project=image.project)
     baseline = _backend(baseline_version)
-    maps = _maps_load(image, version, timings) if version.kind in MAPS_KINDS else None
+    maps = _maps_load(image, version, need, timings) if version.kind in MAPS_KINDS else None
     return version, maps, baseline
 
 
@@ -347,7 +410,7 @@ def image_click_segment(
     pos = _points(positive, image, "positive")
     neg = _points(negative, image, "negative")
     timings: dict[str, float] = {}
-    version, maps, baseline = _sources(image, timings)
+    version, maps, baseline = _sources(image, _need(image, pos + neg, CLICK_MARGIN), timings)
     t = time.perf_counter()
     rgb = _image_rgb(image)
     timings["image_ms"] = (time.perf_counter() - t) * 1000
@@ -390,7 +453,7 @@ def image_box_segment(*, image: Image, box: Sequence[float]) -> BoxResult:
             {"box": f"[x0, y0, x1, y1] with 0 <= x0 < x1 <= {image.width} and 0 <= y0 < y1 <= {image.height}"},
         )
     timings: dict[str, float] = {}
-    version, maps, baseline = _sources(image, timings)
+    version, maps, baseline = _sources(image, _need(image, [(x0, y0), (x1, y1)], BOX_MARGIN), timings)
     rgb = _image_rgb(image)
     t = time.perf_counter()
     instances = box_segment(image=rgb, maps=maps, box=(x0, y0, x1, y1), baseline=baseline)

@@ -52,10 +52,11 @@ def presegment_image(self: Any, image_id: int, model_version_id: int) -> dict[st
     soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
     time_limit=settings.GPU_TASK_TIME_LIMIT,
 )
-def image_maps(image_id: int, model_version_id: int) -> dict[str, Any]:
-    """The model's maps of one image for click-to-segment, on the ``interactive`` queue: its own
-    worker, so that a click never waits behind pre-segmentation or training."""
-    result = image_maps_compute(image_id=image_id, model_version_id=model_version_id)
+def image_maps(image_id: int, model_version_id: int, region: list[int] | None = None) -> dict[str, Any]:
+    """The model's maps of one image (or of a window of it, ``[r0, r1, c0, c1]``) for
+    click-to-segment, on the ``interactive`` queue: its own worker, so that a click never waits
+    behind pre-segmentation or training."""
+    result = image_maps_compute(image_id=image_id, model_version_id=model_version_id, region=region)
     return {"computed": result.computed, "seconds": round(result.seconds, 3)}
 
 

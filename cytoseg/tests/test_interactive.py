@@ -239,3 +239,45 @@ def test_backends_give_their_maps(two_stage_artifacts: Path) -> None:
         got = click_segment(image=f.image, maps=maps, positive=[(inst.x0 + x, inst.y0 + y)])
         found += got is not None
     assert found >= min(3, len(pred.instances))
+
+
+class _EchoBackend:
+    """A stand-in backend whose maps repeat the image it is given (and say where it was cut)."""
+
+    name = "echo"
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, int]] = []
+
+    def maps(self, image: np.ndarray) -> ImageMaps:
+        h, w = image.shape[:2]
+        self.shapes.append((h, w))
+        red = image[:, :, 0].astype(np.float32)
+        return ImageMaps(height=h, width=w, flows=np.stack([red, -red]), cellprob=red, diameter=12.0)
+
+
+def test_window_maps_are_computed_with_context_and_merged() -> None:
+    from cytoseg.interactive import window_maps
+    from cytoseg.maps import UNKNOWN_LOGIT, maps_merge
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, size=(H, W, 3), dtype=np.uint8)
+    backend = _EchoBackend()
+    part = window_maps(backend, image, r0=10, r1=74, c0=100, c1=164, margin=16)  # type: ignore[arg-type]
+    assert part is not None and (part.height, part.width) == (64, 64)
+    assert backend.shapes == [(64 + 10 + 16, 64 + 32)]  # the context stops at the image's edge
+    assert np.array_equal(part.cellprob, image[10:74, 100:164, 0].astype(np.float32))
+    merged = maps_merge(None, part, y0=10, x0=100, height=H, width=W)
+    assert merged.covers(10, 74, 100, 164) and not merged.covers(0, 74, 100, 164)
+    assert float(merged.cellprob[0, 0]) == UNKNOWN_LOGIT  # type: ignore[index]
+    other = window_maps(backend, image, r0=100, r1=150, c0=0, c1=40)  # type: ignore[arg-type]
+    assert other is not None
+    both = maps_merge(merged, other, y0=100, x0=0, height=H, width=W)
+    assert both.covers(10, 74, 100, 164) and both.covers(100, 150, 0, 40)
+    assert np.allclose(both.cellprob[100:150, 0:40], image[100:150, 0:40, 0], atol=0.5)  # type: ignore[index]
+    back = maps_load(maps_dump(both))
+    assert back.known is not None and np.array_equal(back.known, both.known)  # type: ignore[arg-type]
+    full = ImageMaps(height=H, width=W, cellprob=np.zeros((H, W), np.float32))
+    assert maps_merge(full, other, y0=0, x0=0, height=H, width=W) is full  # whole-field maps stay as they are
+    # a click where no window has been computed finds nothing there
+    assert click_segment(image=image, maps=both, positive=[(5.5, 5.5)]) is None

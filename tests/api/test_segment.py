@@ -141,13 +141,20 @@ def test_click_from_kept_maps(image: Image, synthetic: SyntheticField, project: 
 
 
 @override_settings(INTERACTIVE_MAPS_WORKER=False)
-def test_image_without_maps_gets_them_on_demand(image: Image, synthetic: SyntheticField, project: Any) -> None:
+def test_image_without_maps_gets_them_on_demand(project: Any) -> None:
+    """The first click computes the maps of a window around it (not the whole field); a box
+    elsewhere adds another window; deleting the image deletes them."""
+    big = generate_field(seed=6, width=640, height=480, n_cells=40)
+    image = _upload(project, big)
     version = _cellpose_version(project)
     key = interactive.maps_key(project_id=project.pk, image_id=image.pk, model_version_id=version.pk)
     assert not default_storage.exists(key)
     annotator = member(project, Role.ANNOTATOR)
+    lm = big.label_map()
+    cells = [k for k in range(1, int(lm.max()) + 1) if (lm == k).sum() >= 150]
+    point = _inside(lm == cells[0])
     response = client_for(annotator).post(
-        f"/api/v1/images/{image.pk}/segment/click", {"positive": [_inside(_big_cell(synthetic))]}, format="json"
+        f"/api/v1/images/{image.pk}/segment/click", {"positive": [point]}, format="json"
     )
     assert response.status_code == 200, response.content
     body = response.json()
@@ -155,6 +162,23 @@ def test_image_without_maps_gets_them_on_demand(image: Image, synthetic: Synthet
     assert body["source"] in ("model", "baseline")  # an untrained network: whatever it sees
     if body["source"] == "model":
         assert body["model_version"] == version.pk
+    with default_storage.open(key, "rb") as handle:
+        kept = interactive.maps_load(handle.read())
+    x, y = int(point[0]), int(point[1])
+    assert kept.known is not None and kept.known[y, x] and kept.known.sum() == interactive.WINDOW**2
+    # a second click nearby needs no computing; a box elsewhere adds another window
+    again = (
+        client_for(annotator)
+        .post(f"/api/v1/images/{image.pk}/segment/click", {"positive": [point]}, format="json")
+        .json()
+    )
+    assert "maps_compute_ms" not in again["timings"] and "maps_memory" in again["timings"]
+    corner = [0, 0, 40, 40] if y > 240 else [600, 440, 640, 480]
+    box = client_for(annotator).post(f"/api/v1/images/{image.pk}/segment/box", {"box": corner}, format="json")
+    assert box.status_code == 200 and "maps_compute_ms" in box.json()["timings"]
+    with default_storage.open(key, "rb") as handle:
+        wider = interactive.maps_load(handle.read())
+    assert wider.known is not None and wider.known[corner[1], corner[0]] and wider.known.sum() > kept.known.sum()
     # deleting the image deletes its maps
     from annotations.services.images import image_delete
 
@@ -171,7 +195,7 @@ def test_the_interactive_worker_computes_missing_maps(image: Image, synthetic: S
 
     def send(name: str, *, args: list[Any], queue: str, task_id: str | None = None) -> None:
         sent.append((name, list(args), queue))
-        interactive.image_maps_compute(image_id=args[0], model_version_id=args[1])
+        interactive.image_maps_compute(image_id=args[0], model_version_id=args[1], region=args[2])
 
     annotator = member(project, Role.ANNOTATOR)
     with (
@@ -182,7 +206,11 @@ def test_the_interactive_worker_computes_missing_maps(image: Image, synthetic: S
             f"/api/v1/images/{image.pk}/segment/click", {"positive": [_inside(_big_cell(synthetic))]}, format="json"
         )
     assert response.status_code == 200, response.content
-    assert sent == [("inference.image_maps", [image.pk, version.pk], "interactive")]
+    assert [(name, args[:2], queue) for name, args, queue in sent] == [
+        ("inference.image_maps", [image.pk, version.pk], "interactive")
+    ]
+    r0, r1, c0, c1 = sent[0][1][2]  # a window around the click (here all of this small image)
+    assert (r1 - r0, c1 - c0) == (min(interactive.WINDOW, H), min(interactive.WINDOW, W))
     # a worker that does not answer in time: 503 with Retry-After, nothing else changes
     interactive.interactive_cache_clear()
     interactive.image_maps_delete(image_id=image.pk, project_id=project.pk)
