@@ -187,6 +187,9 @@ class Image(models.Model):
     tile_error = models.TextField(blank=True)
     tile_root = models.CharField(max_length=500, blank=True)
     tile_size = models.PositiveSmallIntegerField(default=256)
+    # Builds started: a worker killed mid-build (out of memory) gives the task back, so a slide
+    # that kills every worker must stop being retried.
+    tile_attempts = models.PositiveSmallIntegerField(default=0)
     # From the file's metadata when it says (OpenSlide properties, OME-XML, TIFF resolution).
     mpp_x = models.FloatField(null=True, blank=True, help_text="Microns per pixel, horizontally.")
     mpp_y = models.FloatField(null=True, blank=True, help_text="Microns per pixel, vertically.")

@@ -41,6 +41,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name="image",
+            name="tile_attempts",
+            field=models.PositiveSmallIntegerField(default=0),
+        ),
+        migrations.AddField(
+            model_name="image",
             name="tile_status",
             field=models.CharField(
                 choices=[

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.core.files.base import File
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from annotations.models import Image, TileStatus
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 PYRAMID_TASK = "annotations.pyramid_build"
 PYRAMID_QUEUE = "default"
+PYRAMID_MAX_ATTEMPTS = 3
 _CHUNK = 1024 * 1024
 
 
@@ -208,9 +210,15 @@ def image_pyramid_build(*, image_id: int, on_progress: Callable[[float], None] |
     """Build the tile pyramid of a tiled image (worker side). Claims the image (queued, or
     running again after a lost worker), writes the pyramid under a new folder, records the
     geometry and a thumbnail, and marks it done; any failure is recorded with its reason."""
-    claimed = Image.objects.filter(
-        pk=image_id, tiled=True, tile_status__in=[TileStatus.QUEUED, TileStatus.RUNNING]
-    ).update(tile_status=TileStatus.RUNNING, tile_error="", updated_at=timezone.now())
+    waiting = Image.objects.filter(pk=image_id, tiled=True, tile_status__in=[TileStatus.QUEUED, TileStatus.RUNNING])
+    if waiting.filter(tile_attempts__gte=PYRAMID_MAX_ATTEMPTS).update(
+        tile_status=TileStatus.FAILED,
+        tile_error=f"The worker stopped {PYRAMID_MAX_ATTEMPTS} times while building the pyramid (out of memory?).",
+    ):
+        return {"failed": "too many attempts"}
+    claimed = waiting.update(
+        tile_status=TileStatus.RUNNING, tile_error="", tile_attempts=F("tile_attempts") + 1, updated_at=timezone.now()
+    )
     if not claimed:
         return {"skipped": "not a tiled image waiting for its pyramid"}
     image = Image.objects.get(pk=image_id)

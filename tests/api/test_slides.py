@@ -281,3 +281,20 @@ def test_a_slide_is_not_pre_segmented_whole(
     refused = client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json")
     assert refused.status_code == 400 and "image" in refused.json()["errors"], refused.content
     assert Image.objects.get(pk=image_id).presegment_status == "none"
+
+
+def test_a_slide_that_keeps_killing_the_worker_fails(
+    slide: SyntheticSlide, project: Any, admin_user: Any, tmp_path: Path
+) -> None:
+    path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff")
+    image_id = _post(client_for(admin_user), project, path).json()[0]["id"]
+    # three builds started and never finished (each delivery of the task claims it again)
+    Image.objects.filter(pk=image_id).update(tile_status=TileStatus.RUNNING, tile_attempts=3)
+    assert image_pyramid_build(image_id=image_id) == {"failed": "too many attempts"}
+    image = Image.objects.get(pk=image_id)
+    assert image.tile_status == TileStatus.FAILED and "3 times" in image.tile_error
+    # a running build of a worker that died is claimed again, and counted
+    Image.objects.filter(pk=image_id).update(tile_status=TileStatus.RUNNING, tile_attempts=1)
+    assert "levels" in image_pyramid_build(image_id=image_id)
+    image = Image.objects.get(pk=image_id)
+    assert image.tile_status == TileStatus.DONE and image.tile_attempts == 2
