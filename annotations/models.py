@@ -249,6 +249,9 @@ class Cell(models.Model):
     geometry_digest = models.CharField(max_length=32, blank=True, default="")
     # Proposals only: "" open, "accepted" (copied into the annotation layer), "rejected".
     state = models.CharField(max_length=16, blank=True, default="")
+    # Annotation layer only: the layer's revision that last wrote this cell (added or changed it).
+    # A delta save finds what others changed after its base revision from it (services/cell_deltas.py).
+    revision = models.PositiveIntegerField(default=0)
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -259,6 +262,10 @@ class Cell(models.Model):
         indexes = [
             models.Index(fields=["image", "layer"]),
             models.Index(fields=["image", "layer", "model_version"]),
+            # Viewport reads (GET cells?bbox=) and the delta save's "written after base" check.
+            # PostgreSQL also gets a GiST index on the bounding box (migration 0012).
+            models.Index(fields=["image", "layer", "bbox_x"], name="cell_bbox_x_idx"),
+            models.Index(fields=["image", "layer", "revision"], name="cell_revision_idx"),
         ]
         ordering = ["id"]
 

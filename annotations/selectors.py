@@ -8,10 +8,12 @@ capability gets 403. A token scoped to a project reaches that project only.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, cast
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import connection
 from django.db.models import Count, F, Prefetch, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
@@ -164,6 +166,7 @@ CELL_FIELDS = (
     "provenance",
     "state",
     "geometry_digest",
+    "revision",
     "created_at",
     "updated_at",
 )
@@ -179,22 +182,11 @@ def _iso(value: Any) -> str | None:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def cells_json(*, image: Image, layer: str = Layer.ANNOTATION, model_version_id: int | None = None) -> str:
-    """The API JSON array of one layer's cells, built without decoding the stored polygons.
-
-    This is the hottest read: polygons are fetched as JSON text and spliced into the output,
-    which skips a JSON parse and a JSON dump of every vertex.
-    """
-    queryset = Cell.objects.filter(image_id=image.pk, layer=layer)
-    if model_version_id is not None:
-        queryset = queryset.filter(model_version_id=model_version_id)
-    rows = (
-        queryset.order_by("id")
-        .annotate(polygon_text=Cast("polygon", TextField()))
-        .values_list(*_CELL_META_FIELDS, "polygon_text")
-    )
+def _cells_json(rows: Any) -> tuple[str, int, int | None]:
+    """The API JSON array of cell rows (meta fields + polygon text), their count and last id."""
     dumps = json.dumps
     parts = []
+    last_id: int | None = None
     for row in rows:
         meta = dict(zip(_CELL_META_FIELDS, row, strict=False))
         body = dumps(
@@ -210,12 +202,107 @@ def cells_json(*, image: Image, layer: str = Layer.ANNOTATION, model_version_id:
                 "area": meta["area"],
                 "provenance": meta["provenance"],
                 "state": meta["state"],
+                "revision": meta["revision"],
                 "created_at": _iso(meta["created_at"]),
                 "updated_at": _iso(meta["updated_at"]),
             }
         )
         parts.append(f'{body[:-1]}, "polygon": {row[-1]}}}')
-    return "[" + ", ".join(parts) + "]"
+        last_id = meta["id"]
+    return "[" + ", ".join(parts) + "]", len(parts), last_id
+
+
+def _cells_queryset(*, image: Image, layer: str, model_version_id: int | None) -> QuerySet[Cell]:
+    queryset = Cell.objects.filter(image_id=image.pk, layer=layer)
+    if model_version_id is not None:
+        queryset = queryset.filter(model_version_id=model_version_id)
+    return queryset
+
+
+def cells_json(*, image: Image, layer: str = Layer.ANNOTATION, model_version_id: int | None = None) -> str:
+    """The API JSON array of one layer's cells, built without decoding the stored polygons.
+
+    This is the hottest read: polygons are fetched as JSON text and spliced into the output,
+    which skips a JSON parse and a JSON dump of every vertex.
+    """
+    rows = (
+        _cells_queryset(image=image, layer=layer, model_version_id=model_version_id)
+        .order_by("id")
+        .annotate(polygon_text=Cast("polygon", TextField()))
+        .values_list(*_CELL_META_FIELDS, "polygon_text")
+    )
+    return _cells_json(rows)[0]
+
+
+def cells_by_ids_json(*, image: Image, ids: list[int], layer: str = Layer.ANNOTATION) -> str:
+    """The API JSON array of the cells of ``ids`` that exist in the layer (by id)."""
+    rows = (
+        Cell.objects.filter(image_id=image.pk, layer=layer, pk__in=ids)
+        .order_by("id")
+        .annotate(polygon_text=Cast("polygon", TextField()))
+        .values_list(*_CELL_META_FIELDS, "polygon_text")
+    )
+    return _cells_json(rows)[0]
+
+
+# The expression of the PostgreSQL GiST index of migration 0012 (repeated exactly, or the planner
+# does not use the index): each image's boxes in a band of their own along y.
+BOX_EXPRESSION = (
+    "box(point(bbox_x, bbox_y + image_id * 1e7::float8), "
+    "point(bbox_x + bbox_w, bbox_y + bbox_h + image_id * 1e7::float8))"
+)
+
+
+def cells_in_box_filter(queryset: QuerySet[Cell], *, image_id: int, box: tuple[float, float, float, float]) -> Any:
+    """``queryset`` narrowed to the cells whose bounding box intersects ``box`` (x0, y0, x1, y1;
+    touching edges count), by the GiST index on PostgreSQL and the bbox_x btree elsewhere."""
+    x0, y0, x1, y1 = box
+    queryset = queryset.filter(
+        bbox_x__lte=x1,
+        bbox_y__lte=y1,
+        bbox_x__gte=x0 - F("bbox_w"),
+        bbox_y__gte=y0 - F("bbox_h"),
+    )
+    if connection.vendor == "postgresql":
+        band = image_id * 1e7
+        queryset = queryset.extra(
+            where=[f"{BOX_EXPRESSION} && box(point(%s, %s), point(%s, %s))"],
+            params=[x0, y0 + band, x1, y1 + band],
+        )
+    return queryset
+
+
+@dataclass
+class CellsPage:
+    json: str  # the API JSON array of the cells
+    count: int
+    next_after: int | None  # the id to continue after when the page was full, else None
+
+
+def cells_in_box_json(
+    *,
+    image: Image,
+    box: tuple[float, float, float, float],
+    layer: str = Layer.ANNOTATION,
+    model_version_id: int | None = None,
+    limit: int,
+    after: int | None = None,
+) -> CellsPage:
+    """One page (by id, at most ``limit``) of the cells of a layer whose bounding box intersects
+    ``box``: a viewport read of a large image, which never loads the rest of the layer."""
+    queryset = cells_in_box_filter(
+        _cells_queryset(image=image, layer=layer, model_version_id=model_version_id), image_id=image.pk, box=box
+    )
+    if after is not None:
+        queryset = queryset.filter(pk__gt=after)
+    rows = list(
+        queryset.order_by("id")
+        .annotate(polygon_text=Cast("polygon", TextField()))
+        .values_list(*_CELL_META_FIELDS, "polygon_text")[: limit + 1]
+    )
+    text, count, _ = _cells_json(rows[:limit])
+    more = len(rows) > limit
+    return CellsPage(json=text, count=count, next_after=rows[limit - 1][0] if more else None)
 
 
 def revision_state(*, image: Image, revision: int) -> list[dict[str, Any]]:

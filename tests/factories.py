@@ -74,6 +74,63 @@ def image_create(project: Project, *, seed: int = 0, width: int = 64, height: in
     ]
 
 
+def annotation_cells_bulk_create(
+    *, image: Image, class_id: int, polygons: list[list[list[float]]], action: str = "import"
+) -> list[int]:
+    """Many annotation cells at once (bulk inserts, one history revision): a slide's layer for a
+    test without a whole-layer save. The polygons must be simple and inside the image."""
+    from annotations.models import AnnotationRevision, Cell, Layer
+    from cytoseg.geometry import geometry_digest
+
+    revision = image.revision + 1
+    cells = []
+    for points in polygons:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(points))))
+        cells.append(
+            Cell(
+                image=image,
+                layer=Layer.ANNOTATION,
+                cell_class_id=class_id,
+                polygon=points,
+                bbox_x=min(xs),
+                bbox_y=min(ys),
+                bbox_w=max(xs) - min(xs),
+                bbox_h=max(ys) - min(ys),
+                area=area,
+                geometry_digest=geometry_digest(points),
+                revision=revision,
+            )
+        )
+    created = Cell.objects.bulk_create(cells, batch_size=5000)
+    ids = [c.pk for c in created]
+    AnnotationRevision.objects.create(
+        image=image,
+        revision=revision,
+        action=action,
+        summary={"added": len(ids), "changed": 0, "deleted": 0},
+        changes={
+            "upserted": [
+                {
+                    "id": pk,
+                    "class_id": class_id,
+                    "polygon": points,
+                    "source": "manual",
+                    "score": None,
+                    "model_version_id": None,
+                    "author_id": None,
+                    "provenance": {},
+                }
+                for pk, points in zip(ids, polygons, strict=True)
+            ],
+            "deleted": [],
+        },
+    )
+    Image.objects.filter(pk=image.pk).update(revision=revision)
+    image.revision = revision
+    return ids
+
+
 def square(x: float, y: float, size: float = 10) -> list[list[float]]:
     return [[x, y], [x + size, y], [x + size, y + size], [x, y + size]]
 

@@ -288,6 +288,7 @@ class CellOut(serializers.Serializer):
     area = serializers.FloatField()
     provenance = serializers.DictField()
     state = serializers.CharField()
+    revision = serializers.IntegerField(help_text="Annotation layer: the layer's revision that last wrote this cell.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
@@ -300,6 +301,51 @@ class CellsReplaceIn(serializers.Serializer):
 class CellsOut(serializers.Serializer):
     revision = serializers.IntegerField()
     cells = CellOut(many=True)
+    next_after = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="With bbox: the page was full; ask again with after=<this id> for the rest (null: no more).",
+    )
+
+
+class CellAddedIn(serializers.Serializer):
+    class_id = serializers.IntegerField()
+    polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()))
+
+
+class CellChangedIn(serializers.Serializer):
+    id = serializers.IntegerField()
+    revision = serializers.IntegerField(
+        required=False, help_text="The cell's revision as read (checked instead of base_revision)."
+    )
+    class_id = serializers.IntegerField(required=False)
+    polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()), required=False)
+
+
+class CellsDeltaIn(serializers.Serializer):
+    base_revision = serializers.IntegerField(
+        required=False, help_text="The revision the delta is based on (or If-Match)."
+    )
+    added = CellAddedIn(many=True, required=False)
+    changed = CellChangedIn(many=True, required=False)
+    deleted = serializers.ListField(
+        child=serializers.IntegerField(), required=False, help_text="Cell ids (or {id, revision} objects)."
+    )
+
+
+class CellsDeltaOut(serializers.Serializer):
+    revision = serializers.IntegerField()
+    added = CellOut(many=True, help_text="The added cells with their ids, in request order.")
+    changed = CellOut(many=True)
+    deleted = serializers.ListField(child=serializers.IntegerField())
+
+
+class CellsDeltaConflictOut(serializers.Serializer):
+    detail = serializers.CharField()
+    revision = serializers.IntegerField()
+    conflicts = serializers.ListField(child=serializers.DictField(), help_text="{item, id, reason, revision} each.")
+    cells = CellOut(many=True, help_text="The server's current version of the cells concerned.")
+    deleted = serializers.ListField(child=serializers.IntegerField(), help_text="Cells concerned that no longer exist.")
 
 
 class RevisionCellOut(serializers.Serializer):
@@ -332,6 +378,7 @@ def cell_out(row: dict[str, Any]) -> dict[str, Any]:
         "area": row["area"],
         "provenance": row["provenance"],
         "state": row["state"],
+        "revision": row["revision"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -24,6 +25,7 @@ from annotations import selectors
 from annotations.api import serializers as s
 from annotations.models import ApiToken, AuditEvent, Layer, ProjectMembership, Role
 from annotations.services import audit, projects, tokens
+from annotations.services import cell_deltas as cell_delta_services
 from annotations.services import cells as cell_services
 from annotations.services import images as image_services
 from annotations.services import slides as slide_services
@@ -427,9 +429,53 @@ def _cells_response(revision: int, rows: list[dict[str, Any]], code: int = 200) 
     return Response(body, status=code, headers={"ETag": f'"{revision}"'})
 
 
+# A viewport read answers at most this many cells per page (more: next_after says where to go on).
+CELLS_PAGE_DEFAULT = 5000
+CELLS_PAGE_MAX = 20000
+
+
+def _bbox_param(raw: str) -> tuple[float, float, float, float]:
+    parts = raw.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ServiceValidationError("Invalid bbox.", {"bbox": "must be x0,y0,x1,y1: four numbers (image pixels)"})
+    x0, y0, x1, y1 = values
+    if x1 <= x0 or y1 <= y0:
+        raise ServiceValidationError("Invalid bbox.", {"bbox": "x1 must exceed x0 and y1 must exceed y0"})
+    return x0, y0, x1, y1
+
+
+def _int_param(request: Request, name: str, *, low: int, high: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+        bound = f" from {low} to {high}" if high is not None else f" of at least {low}"
+        raise ServiceValidationError(f"Invalid {name}.", {name: f"must be an integer{bound}"})
+    return int(raw)
+
+
 class CellsView(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("layer", str, enum=Layer.values), OpenApiParameter("model_version", int)],
+        parameters=[
+            OpenApiParameter("layer", str, enum=Layer.values),
+            OpenApiParameter("model_version", int),
+            OpenApiParameter(
+                "bbox",
+                str,
+                description="x0,y0,x1,y1 (image pixels): only the cells whose bounding box meets this box, a page "
+                "at a time (large images and slides)",
+            ),
+            OpenApiParameter(
+                "limit",
+                int,
+                description=f"With bbox: cells per page (default {CELLS_PAGE_DEFAULT}, at most {CELLS_PAGE_MAX})",
+            ),
+            OpenApiParameter("after", int, description="With bbox: the next_after of the previous page"),
+        ],
         responses=s.CellsOut,
         tags=["cells"],
     )
@@ -441,11 +487,74 @@ class CellsView(APIView):
         model_version = request.query_params.get("model_version")
         if model_version is not None and not model_version.isdigit():
             raise ServiceValidationError("Invalid filter.", {"model_version": "must be an id"})
-        cells = selectors.cells_json(
-            image=image, layer=layer, model_version_id=int(model_version) if model_version else None
-        )
-        body = f'{{"revision": {image.revision}, "cells": {cells}}}'
+        model_version_id = int(model_version) if model_version else None
+        bbox = request.query_params.get("bbox")
+        if bbox is None:
+            for name in ("limit", "after"):
+                if name in request.query_params:
+                    raise ServiceValidationError(f"Invalid {name}.", {name: "only with bbox"})
+            cells = selectors.cells_json(image=image, layer=layer, model_version_id=model_version_id)
+            body = f'{{"revision": {image.revision}, "cells": {cells}}}'
+        else:
+            box = _bbox_param(bbox)
+            limit = _int_param(request, "limit", low=1, high=CELLS_PAGE_MAX) or CELLS_PAGE_DEFAULT
+            page = selectors.cells_in_box_json(
+                image=image,
+                box=box,
+                layer=layer,
+                model_version_id=model_version_id,
+                limit=limit,
+                after=_int_param(request, "after", low=0),
+            )
+            next_after = "null" if page.next_after is None else str(page.next_after)
+            body = f'{{"revision": {image.revision}, "cells": {page.json}, "next_after": {next_after}}}'
         return HttpResponse(body, content_type="application/json", headers={"ETag": f'"{image.revision}"'})
+
+    @extend_schema(
+        request=s.CellsDeltaIn,
+        responses={200: s.CellsDeltaOut, 409: s.CellsDeltaConflictOut},
+        tags=["cells"],
+        summary="Save a delta of the annotation layer (added, changed, deleted cells)",
+    )
+    def patch(self, request: Request, image_id: int) -> HttpResponse:
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
+        data = request.data
+        if not isinstance(data, dict):
+            raise ServiceValidationError("Expected a JSON object with base_revision, added, changed and deleted.")
+        body_revision = data.get("base_revision", data.get("revision"))
+        if body_revision is not None and not (isinstance(body_revision, int) and not isinstance(body_revision, bool)):
+            raise ServiceValidationError("Invalid base_revision.", {"base_revision": "must be an integer"})
+        try:
+            base = base_revision(request, body_revision)
+        except ServiceValidationError as exc:
+            if "revision" in exc.errors:
+                raise ServiceValidationError(exc.detail, {"base_revision": exc.errors["revision"]}) from exc
+            raise
+
+        def run() -> tuple[int, dict[str, Any]]:
+            result = cell_delta_services.cells_delta_apply(
+                image=image, user=request_user(request), base_revision=base, data=data
+            )
+            return 200, {
+                "revision": result.revision,
+                "added": [s.cell_out(r) for r in result.added],
+                "changed": [s.cell_out(r) for r in result.changed],
+                "deleted": result.deleted,
+            }
+
+        code, body = idempotent_call(
+            user=request_user(request),
+            key=request.headers.get("Idempotency-Key"),
+            scope=f"cells_delta:{image.pk}",
+            payload={"base_revision": base, "delta": data},
+            run=run,
+        )
+        return HttpResponse(
+            json.dumps(body, cls=JSONEncoder),
+            status=code,
+            content_type="application/json",
+            headers={"ETag": f'"{body["revision"]}"'},
+        )
 
     @extend_schema(request=s.CellsReplaceIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
     def put(self, request: Request, image_id: int) -> HttpResponse:

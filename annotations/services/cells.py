@@ -164,8 +164,10 @@ def annotation_layer_write(
         "bbox_h",
         "area",
         "geometry_digest",
+        "revision",
         "updated_at",
     ]
+    revision = base_revision + 1
     for item in desired:
         polygon = item["polygon"]
         found: dict[str, Any] | None = existing.get(item["id"]) if item.get("id") is not None else None
@@ -183,7 +185,7 @@ def annotation_layer_write(
             if not same_shape or record["cell_class_id"] != item["class_id"]:
                 geometry = cell_geometry(polygon)
                 del geometry["polygon"]
-                record.update(cell_class_id=item["class_id"], **geometry, updated_at=now)
+                record.update(cell_class_id=item["class_id"], **geometry, revision=revision, updated_at=now)
                 fields = {f: record[f] for f in update_fields[1:]}
                 to_update.append(Cell(pk=record["id"], polygon=polygon.points, **fields))
             order.append(record)
@@ -199,6 +201,7 @@ def annotation_layer_write(
                 model_version_id=item.get("model_version_id"),
                 provenance=item.get("provenance") or {},
                 author_id=item.get("author_id", user.pk if user else None),
+                revision=revision,
                 created_at=now,
                 updated_at=now,
             )
@@ -217,7 +220,6 @@ def annotation_layer_write(
         record["polygon"] = json.loads(record["polygon_text"])
     rows = sorted(({f: r[f] for f in CELL_FIELDS} for r in [*untouched, *order]), key=lambda r: r["id"])
     summary = {"added": len(to_create), "changed": len(to_update), "deleted": len(deleted)}
-    revision = base_revision + 1
     Image.objects.filter(pk=image.pk).update(revision=revision, updated_at=now)
     annotation_write_started(image=locked, user=user)  # first write: annotator recorded, status annotating
     image.status, image.annotator_id = locked.status, locked.annotator_id

@@ -199,7 +199,8 @@ export interface paths {
         delete?: never;
         options?: never;
         head?: never;
-        patch?: never;
+        /** Save a delta of the annotation layer (added, changed, deleted cells) */
+        patch: operations["images_cells_partial_update"];
         trace?: never;
     };
     "/api/v1/images/{image_id}/file": {
@@ -1249,6 +1250,17 @@ export interface components {
             status: string;
             cancel_requested: boolean;
         };
+        CellAddedInRequest: {
+            class_id: number;
+            polygon: number[][];
+        };
+        CellChangedInRequest: {
+            id: number;
+            /** @description The cell's revision as read (checked instead of base_revision). */
+            revision?: number;
+            class_id?: number;
+            polygon?: number[][];
+        };
         CellClass: {
             readonly id: number;
             name: string;
@@ -1283,14 +1295,37 @@ export interface components {
                 [key: string]: unknown;
             };
             state: string;
+            /** @description Annotation layer: the layer's revision that last wrote this cell. */
+            revision: number;
             /** Format: date-time */
             created_at: string;
             /** Format: date-time */
             updated_at: string;
         };
+        CellsDeltaConflictOut: {
+            detail: string;
+            revision: number;
+            /** @description {item, id, reason, revision} each. */
+            conflicts: {
+                [key: string]: unknown;
+            }[];
+            /** @description The server's current version of the cells concerned. */
+            cells: components["schemas"]["CellOut"][];
+            /** @description Cells concerned that no longer exist. */
+            deleted: number[];
+        };
+        CellsDeltaOut: {
+            revision: number;
+            /** @description The added cells with their ids, in request order. */
+            added: components["schemas"]["CellOut"][];
+            changed: components["schemas"]["CellOut"][];
+            deleted: number[];
+        };
         CellsOut: {
             revision: number;
             cells: components["schemas"]["CellOut"][];
+            /** @description With bbox: the page was full; ask again with after=<this id> for the rest (null: no more). */
+            next_after?: number | null;
         };
         CellsReplaceInRequest: {
             /** @description Or send If-Match. */
@@ -2057,6 +2092,14 @@ export interface components {
             name?: string;
             color?: string;
             model_label?: number;
+        };
+        PatchedCellsDeltaInRequest: {
+            /** @description The revision the delta is based on (or If-Match). */
+            base_revision?: number;
+            added?: components["schemas"]["CellAddedInRequest"][];
+            changed?: components["schemas"]["CellChangedInRequest"][];
+            /** @description Cell ids (or {id, revision} objects). */
+            deleted?: number[];
         };
         PatchedImagePatchInRequest: {
             bethesda?: components["schemas"]["BethesdaEnum"] | components["schemas"]["BlankEnum"];
@@ -3175,7 +3218,13 @@ export interface operations {
     images_cells_retrieve: {
         parameters: {
             query?: {
+                /** @description With bbox: the next_after of the previous page */
+                after?: number;
+                /** @description x0,y0,x1,y1 (image pixels): only the cells whose bounding box meets this box, a page at a time (large images and slides) */
+                bbox?: string;
                 layer?: "annotation" | "proposal" | "verified";
+                /** @description With bbox: cells per page (default 5000, at most 20000) */
+                limit?: number;
                 model_version?: number;
             };
             header?: never;
@@ -3225,6 +3274,39 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["CellsOut"];
+                };
+            };
+        };
+    };
+    images_cells_partial_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["PatchedCellsDeltaInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CellsDeltaOut"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CellsDeltaConflictOut"];
                 };
             };
         };
