@@ -2,7 +2,8 @@
 
 1. builds a large synthetic slide from the project's own generator (``cytoseg.slide_synthetic``:
    a mosaic of synthetic fields with known masks, about 250,000 instances at 40,000 x 30,000)
-   and writes it as a pyramidal JPEG TIFF with libvips;
+   and writes it as a pyramidal JPEG TIFF with libvips (``--kind``: an SVS-like Aperio TIFF, read
+   through OpenSlide, or a plain JPEG, PNG or TIFF);
 2. starts the platform as in production: gunicorn (one worker process) and one Celery worker on
    the ``default`` queue (prefork, one child), on a test database of its own;
 3. uploads the slide over HTTP (multipart, streamed) and times upload -> 201 and upload -> tile
@@ -57,6 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", default="40000x30000", help="slide WIDTHxHEIGHT (default 40000x30000)")
     p.add_argument("--quick", action="store_true", help="a 4096x3072 slide (the CI size)")
     p.add_argument("--rebuild", action="store_true", help="write the slide file again even if it exists")
+    p.add_argument(
+        "--kind",
+        default="pyramidal-tiff",
+        choices=["pyramidal-tiff", "svs", "jpeg", "png", "tiff"],
+        help="file format of the slide (default pyramidal-tiff; svs: an Aperio TIFF read through OpenSlide)",
+    )
     p.add_argument("--port", type=int, default=8140)
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the pyramid")
     p.add_argument("--workdir", type=Path, default=BENCH_DIR)
@@ -126,7 +133,8 @@ class PeakMemory:
 def slide_file(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     from cytoseg.slide_synthetic import slide_synthetic, slide_write
 
-    path = args.workdir / f"slide-{args.width}x{args.height}.tif"
+    suffix = {"jpeg": "jpg", "png": "png", "svs": "svs"}.get(args.kind, "tif")
+    path = args.workdir / f"slide-{args.width}x{args.height}-{args.kind}.{suffix}"
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists() and not args.rebuild:
         log(f"slide {path} exists (--rebuild to write it again)")
@@ -137,7 +145,7 @@ def slide_file(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     cells = slide.cell_count()
     log(f"slide {args.width}x{args.height}: {len(slide.fields)} distinct fields rendered in {rendered:.1f} s")
     started = time.perf_counter()
-    slide_write(slide, path, kind="pyramidal-tiff", mpp=0.25, magnification=40)
+    slide_write(slide, path, kind=args.kind, mpp=0.25, magnification=40)
     meta = {
         "instances": cells,
         "cells": slide.cell_count(label=1),
@@ -356,9 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"uploading {path.name} ({path.stat().st_size / 1e6:.0f} MB)")
             started = time.perf_counter()
             with path.open("rb") as handle:
-                response = client.post(
-                    f"/api/v1/projects/{project.pk}/images", files={"files": (path.name, handle, "image/tiff")}
-                )
+                upload = {"files": (path.name, handle, "application/octet-stream")}
+                response = client.post(f"/api/v1/projects/{project.pk}/images", files=upload)
             upload_s = time.perf_counter() - started
             if response.status_code != 201:
                 raise SystemExit(f"upload: {response.status_code} {response.text[:500]}")
@@ -416,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = results["browser"]
     print()
     print(f"whole slide {args.width}x{args.height}, {meta['instances']} instances "
-          f"({meta.get('cells', '?')} cells, {meta.get('erythrocytes', '?')} erythrocytes), pyramidal JPEG TIFF "
+          f"({meta.get('cells', '?')} cells, {meta.get('erythrocytes', '?')} erythrocytes), {args.kind} "
           f"{meta['bytes'] / 1e6:.0f} MB; {os.cpu_count()} cores")  # fmt: skip
     print(f"upload (HTTP, streamed)            {results['upload_s']:8.1f} s")
     print(f"upload -> pyramid built            {results['upload_to_pyramid_s']:8.1f} s  ({tile_count} tiles)")

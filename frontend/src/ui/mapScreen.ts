@@ -212,6 +212,11 @@ export abstract class MapScreen implements Screen {
     });
     this.view.fit();
     this.shell.overlay.hidden = true;
+    if (image.tiled && !image.tiles) {
+      // a slide is shown by its tiles only: say why the map is empty instead of showing nothing
+      const why = image.tile_status === 'failed' ? `its tiles could not be built: ${image.tile_error}` : 'its tiles are still being built; open it again in a moment';
+      toast(`This slide cannot be shown yet: ${why}`, image.tile_status === 'failed' ? 'error' : 'info', 10000);
+    }
     return this.view;
   }
 
