@@ -384,6 +384,13 @@ PRESEGMENT_HEARTBEAT_SECONDS = env_int("PRESEGMENT_HEARTBEAT_SECONDS", 10, minim
 PRESEGMENT_HEARTBEAT_TIMEOUT = env_int("PRESEGMENT_HEARTBEAT_TIMEOUT", 60, minimum=2)
 PRESEGMENT_MAX_ATTEMPTS = env_int("PRESEGMENT_MAX_ATTEMPTS", 3, minimum=1)
 PRESEGMENT_QUEUED_TIMEOUT = env_int("PRESEGMENT_QUEUED_TIMEOUT", 6 * 3600, minimum=60)
+# Tiled pre-segmentation of large images and slides (inference.tiled, cytoseg.tiled): cores of
+# PRESEGMENT_TILE_SIZE px, each read with PRESEGMENT_TILE_MARGIN px around it (0: two of the
+# model's cell diameters, cytoseg.tiled.margin_for), PRESEGMENT_TILES_PER_TASK tiles per task
+# (one batch per backend call): the tasks of one slide are shared by every worker of the queue.
+PRESEGMENT_TILE_SIZE = env_int("PRESEGMENT_TILE_SIZE", 1024, minimum=128)
+PRESEGMENT_TILE_MARGIN = env_int("PRESEGMENT_TILE_MARGIN", 0, minimum=0)
+PRESEGMENT_TILES_PER_TASK = env_int("PRESEGMENT_TILES_PER_TASK", 4, minimum=1)
 
 LOGGING = {
     "version": 1,

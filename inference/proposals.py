@@ -1,24 +1,22 @@
-"""Proposals: accepting model proposals into the annotation layer (with provenance) or rejecting them."""
+"""Proposals: storing a model's proposals (pre-segmentation), accepting them into the annotation
+layer (with provenance) or rejecting them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from annotations.models import (
-    Cell,
-    CellSource,
-    Image,
-    Layer,
-)
+from annotations.models import Cell, CellSource, Image, Layer, PresegmentStatus
 from annotations.services.audit import audit_record
 from annotations.services.cells import LayerWrite, annotation_layer_write
-from annotations.services.workflow import annotation_write_check
+from annotations.services.workflow import annotation_write_check, image_presegmented
 from core.errors import ServiceValidationError
 from cytoseg.geometry import CleanPolygon
+from training.models import ModelVersion
 
 
 def _proposal_query(*, image: Image, ids: list[int] | None, select_all: bool) -> Any:
@@ -87,4 +85,64 @@ def proposals_reject(*, image: Image, user: User, ids: list[int] | None, select_
             action="proposals.reject",
             after={"count": count, "ids": ids, "all": select_all},
         )
+    return count
+
+
+_STORE_BATCH = 2000
+
+
+def proposals_store(*, image: Image, model_version: ModelVersion, contours: Iterable[Any]) -> int:
+    """Replace ``model_version``'s proposals of ``image`` with ``contours`` (anything with
+    ``label``, ``points``, ``bbox`` as x_min, y_min, x_max, y_max, ``area`` and ``score``: a
+    ``ContourResult`` or a stitched ``TileCell``) in one transaction, built and inserted
+    ``_STORE_BATCH`` at a time (a whole slide has hundreds of thousands)."""
+    by_label: dict[int, int] = {}
+    for cell_class in image.project.classes.order_by("order", "id"):
+        by_label.setdefault(cell_class.model_label, cell_class.pk)
+    now = timezone.now()
+    provenance = {"model_kind": model_version.kind, "model_number": model_version.number}
+
+    def cell(contour: Any, class_id: int) -> Cell:
+        # the contour's bbox is (x_min, y_min, x_max, y_max); the store and COCO keep [x, y, w, h]
+        x0, y0, x1, y1 = contour.bbox
+        return Cell(
+            image_id=image.pk,
+            layer=Layer.PROPOSAL,
+            cell_class_id=class_id,
+            polygon=[[float(px), float(py)] for px, py in contour.points],
+            bbox_x=x0,
+            bbox_y=y0,
+            bbox_w=x1 - x0,
+            bbox_h=y1 - y0,
+            area=contour.area,
+            score=float(contour.score),
+            source=CellSource.MODEL,
+            model_version=model_version,
+            provenance=dict(provenance),
+            created_at=now,
+            updated_at=now,
+        )
+
+    count = 0
+    with transaction.atomic():
+        Cell.objects.filter(image_id=image.pk, layer=Layer.PROPOSAL, model_version=model_version).delete()
+        batch: list[Cell] = []
+        for contour in contours:
+            class_id = by_label.get(contour.label)
+            if class_id is None:
+                continue  # the project has no class for this label (e.g. no erythrocyte class)
+            batch.append(cell(contour, class_id))
+            if len(batch) >= _STORE_BATCH:
+                Cell.objects.bulk_create(batch, batch_size=500)
+                count += len(batch)
+                batch = []
+        Cell.objects.bulk_create(batch, batch_size=500)
+        count += len(batch)
+        updates: dict[str, Any] = {
+            "presegment_status": PresegmentStatus.DONE,
+            "presegment_error": "",
+            "presegment_model": model_version,
+        }
+        Image.objects.filter(pk=image.pk).update(**updates)
+        image_presegmented(image=image)
     return count

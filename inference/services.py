@@ -7,8 +7,6 @@ that version's proposals in one transaction. The doctors' annotation layer is ne
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,17 +18,18 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from annotations.models import LOCKED_STATUSES, Cell, CellSource, Image, Layer, PresegmentStatus, Project
-from annotations.services.workflow import annotation_write_check, image_presegmented
-from core.errors import ServiceValidationError
+from annotations.models import LOCKED_STATUSES, Image, PresegmentStatus, Project
+from annotations.services.workflow import annotation_write_check
 from core.events import event_emit
-from core.processes import pid_alive
 from core.queue import outbox_pending, task_enqueue
 from cytoseg.backends import backend_get
 from cytoseg.contours import instances_to_polygons
 from cytoseg.device import device_default
 from cytoseg.imaging import read_rgb
 from inference.interactive import image_maps_store
+from inference.liveness import worker_gone, worker_name
+from inference.proposals import proposals_store
+from inference.tiled import image_tiles_enqueue, tiles_reap
 from training.models import ModelVersion
 from training.services.artifacts import artifacts_for
 from training.services.registry import model_version_for_project, model_version_settings
@@ -44,28 +43,28 @@ def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None
     # Proposals are what verified cells' provenance points back to: once an image is submitted
     # they must stay as they were (correction analytics), so pre-segmenting again is refused.
     annotation_write_check(image=image)
-    if image.tiled:  # no display PNG to read whole: slides are pre-segmented by tiles (not yet)
-        raise ServiceValidationError(
-            "A whole slide cannot be pre-segmented yet.",
-            {"image": "tiled images (large images and slides) are not pre-segmented yet"},
-        )
     version = model_version or model_version_for_project(project=image.project)
-    Image.objects.filter(pk=image.pk).update(
-        presegment_status=PresegmentStatus.QUEUED,
-        presegment_error="",
-        presegment_model=version,
-        presegment_queued_at=timezone.now(),
-        presegment_attempts=0,
-    )
-    image.presegment_status = PresegmentStatus.QUEUED
-    image_id, version_id = image.pk, version.pk
-    task_enqueue(PRESEGMENT_TASK, args=[image_id, version_id], queue="gpu")
+    with transaction.atomic():
+        Image.objects.filter(pk=image.pk).update(
+            presegment_status=PresegmentStatus.QUEUED,
+            presegment_error="",
+            presegment_model=version,
+            presegment_queued_at=timezone.now(),
+            presegment_attempts=0,
+        )
+        image.presegment_status = PresegmentStatus.QUEUED
+        if image.tiled:
+            # a large image or slide is never read whole: its tiles are tasks of their own
+            # (inference.tiled), which every GPU worker shares
+            image_tiles_enqueue(image=image, model_version=version)
+        else:
+            task_enqueue(PRESEGMENT_TASK, args=[image.pk, version.pk], queue="gpu")
     return version
 
 
 def project_presegment_enqueue(*, project: Project, model_version: ModelVersion | None = None) -> int:
     version = model_version or model_version_for_project(project=project)
-    images = list(project.images.exclude(status__in=LOCKED_STATUSES).exclude(tiled=True))
+    images = list(project.images.exclude(status__in=LOCKED_STATUSES))
     for image in images:
         image_presegment_enqueue(image=image, model_version=version)
     return len(images)
@@ -74,7 +73,7 @@ def project_presegment_enqueue(*, project: Project, model_version: ModelVersion 
 def presegment_on_upload(*, images: list[Image]) -> None:
     """Pre-segment freshly uploaded images when their project asks for it."""
     for image in images:
-        if image.project.auto_presegment and not image.tiled:
+        if image.project.auto_presegment:
             image_presegment_enqueue(image=image)
 
 
@@ -85,10 +84,6 @@ class PresegmentResult:
     cell_count: int
     timings: dict[str, float] = field(default_factory=dict)
     skipped: bool = False  # a duplicate delivery: another run has (or had) the image
-
-
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _claim(image_id: int, model_version_id: int, *, retry: bool) -> bool:
@@ -102,7 +97,7 @@ def _claim(image_id: int, model_version_id: int, *, retry: bool) -> bool:
     worker = Image.objects.filter(pk=image_id, presegment_status=PresegmentStatus.RUNNING).values_list(
         "presegment_worker", flat=True
     )
-    dead = [w for w in worker if w and _pid_gone(w)]
+    dead = [w for w in worker if w and worker_gone(w)]
     if dead:
         mine |= Q(presegment_status=PresegmentStatus.RUNNING, presegment_worker=dead[0])
     if retry:
@@ -111,7 +106,7 @@ def _claim(image_id: int, model_version_id: int, *, retry: bool) -> bool:
         Image.objects.filter(mine, pk=image_id, presegment_model_id=model_version_id).update(
             presegment_status=PresegmentStatus.RUNNING,
             presegment_error="",
-            presegment_worker=_worker_name(),
+            presegment_worker=worker_name(),
             presegment_heartbeat_at=now,
             presegment_attempts=F("presegment_attempts") + 1,
         )
@@ -145,12 +140,6 @@ class _Heartbeat:
             connection.close()
 
 
-def _pid_gone(worker: str) -> bool:
-    """Whether ``worker`` ("host:pid") ran on this host and its process is gone."""
-    host, _, pid = worker.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
-
-
 def presegment_reap(*, now: Any = None) -> dict[str, list[int]]:
     """Find pre-segmentations without a live task behind them and re-queue them (through the
     outbox), or fail them with the reason after PRESEGMENT_MAX_ATTEMPTS runs:
@@ -158,13 +147,15 @@ def presegment_reap(*, now: Any = None) -> dict[str, list[int]]:
     * running, but the heartbeat is older than PRESEGMENT_HEARTBEAT_TIMEOUT or the worker's
       process (on this host) is gone: the worker was killed;
     * queued for longer than PRESEGMENT_QUEUED_TIMEOUT with no message waiting in the outbox:
-      the broker lost the task.
+      the broker lost the task;
+    * a tiled image's tiles the same way, one by one (:func:`inference.tiled.tiles_reap`).
 
     Returns ``{"requeued": [...], "failed": [...]}`` (image ids)."""
     now = now or timezone.now()
     stale = now - timedelta(seconds=settings.PRESEGMENT_HEARTBEAT_TIMEOUT)
     out: dict[str, list[int]] = {"requeued": [], "failed": []}
-    running = Image.objects.filter(presegment_status=PresegmentStatus.RUNNING).values_list(
+    # a tiled image's run lives in its tiles (inference.tiled.tiles_reap)
+    running = Image.objects.filter(presegment_status=PresegmentStatus.RUNNING, tiled=False).values_list(
         "pk", "presegment_worker", "presegment_heartbeat_at", "presegment_attempts", "presegment_model_id"
     )
     lost: list[tuple[int, str, int, int | None, PresegmentStatus]] = []
@@ -172,14 +163,14 @@ def presegment_reap(*, now: Any = None) -> dict[str, list[int]]:
         if beat is None or beat < stale:
             last = beat.isoformat() if beat else "never"
             reason = f"no heartbeat for more than {settings.PRESEGMENT_HEARTBEAT_TIMEOUT} s (last {last})"
-        elif _pid_gone(worker):
+        elif worker_gone(worker):
             reason = f"the worker process {worker} is gone (killed or crashed)"
         else:
             continue
         lost.append((pk, f"{reason}; the worker was lost", attempts, version_id, PresegmentStatus.RUNNING))
     waited = now - timedelta(seconds=settings.PRESEGMENT_QUEUED_TIMEOUT)
     queued = Image.objects.filter(
-        presegment_status=PresegmentStatus.QUEUED, presegment_queued_at__lt=waited
+        presegment_status=PresegmentStatus.QUEUED, presegment_queued_at__lt=waited, tiled=False
     ).values_list("pk", "presegment_attempts", "presegment_model_id")
     for image_id, runs, model_id in queued:
         if model_id is not None and outbox_pending(name=PRESEGMENT_TASK, args=[image_id, model_id]):
@@ -209,6 +200,9 @@ def presegment_reap(*, now: Any = None) -> dict[str, list[int]]:
                 task_enqueue(PRESEGMENT_TASK, args=[lost_id, lost_model], queue="gpu")
                 out["requeued"].append(lost_id)
         logger.warning("Pre-segmentation of image %s: %s", lost_id, reason)
+    tiled = tiles_reap(now=now)
+    out["requeued"] += tiled["requeued"]
+    out["failed"] += tiled["failed"]
     return out
 
 
@@ -230,7 +224,7 @@ def image_presegment_run(*, image_id: int, model_version_id: int, retry: bool = 
     version = ModelVersion.objects.select_related("project").get(pk=model_version_id)
     if version.project_id != image.project_id:
         raise ValueError("The model version belongs to another project.")
-    if not _claim(image_id, model_version_id, retry=retry):
+    if image.tiled or not _claim(image_id, model_version_id, retry=retry):  # a tiled image: inference.tiled
         return PresegmentResult(image_id=image_id, model_version_id=version.pk, cell_count=0, skipped=True)
     timings: dict[str, float] = {}
     heartbeat = _Heartbeat(image_id)
@@ -284,49 +278,3 @@ def image_presegment_run(*, image_id: int, model_version_id: int, retry: bool = 
     finally:
         heartbeat.stop()
     return PresegmentResult(image_id=image_id, model_version_id=version.pk, cell_count=count, timings=timings)
-
-
-def proposals_store(*, image: Image, model_version: ModelVersion, contours: list[Any]) -> int:
-    """Replace ``model_version``'s proposals of ``image`` with ``contours`` in one transaction."""
-    by_label: dict[int, int] = {}
-    for cell_class in image.project.classes.order_by("order", "id"):
-        by_label.setdefault(cell_class.model_label, cell_class.pk)
-    now = timezone.now()
-    cells = []
-    for contour in contours:
-        class_id = by_label.get(contour.label)
-        if class_id is None:
-            continue  # the project has no class for this label (e.g. no erythrocyte class)
-        # the contour's bbox is (x_min, y_min, x_max, y_max); the store and COCO keep [x, y, w, h]
-        x0, y0, x1, y1 = contour.bbox
-        x, y, w, h = x0, y0, x1 - x0, y1 - y0
-        cells.append(
-            Cell(
-                image_id=image.pk,
-                layer=Layer.PROPOSAL,
-                cell_class_id=class_id,
-                polygon=[[float(px), float(py)] for px, py in contour.points],
-                bbox_x=x,
-                bbox_y=y,
-                bbox_w=w,
-                bbox_h=h,
-                area=contour.area,
-                score=float(contour.score),
-                source=CellSource.MODEL,
-                model_version=model_version,
-                provenance={"model_kind": model_version.kind, "model_number": model_version.number},
-                created_at=now,
-                updated_at=now,
-            )
-        )
-    with transaction.atomic():
-        Cell.objects.filter(image_id=image.pk, layer=Layer.PROPOSAL, model_version=model_version).delete()
-        Cell.objects.bulk_create(cells, batch_size=500)
-        updates: dict[str, Any] = {
-            "presegment_status": PresegmentStatus.DONE,
-            "presegment_error": "",
-            "presegment_model": model_version,
-        }
-        Image.objects.filter(pk=image.pk).update(**updates)
-        image_presegmented(image=image)
-    return len(cells)

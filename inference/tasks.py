@@ -15,6 +15,8 @@ from django.db import OperationalError, close_old_connections
 from annotations.models import Image, PresegmentStatus
 from inference.interactive import INTERACTIVE_QUEUE, image_maps_compute
 from inference.services import image_presegment_run, presegment_reap
+from inference.tiled import QUEUE as TILES_QUEUE
+from inference.tiled import STITCH_TASK, TILES_TASK, image_tiles_run, image_tiles_stitch
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,43 @@ def presegment_image(self: Any, image_id: int, model_version_id: int) -> dict[st
     if result.skipped:
         return {"skipped": "another run has or had the image"}
     return {"cells": result.cell_count, "timings": result.timings}
+
+
+@shared_task(
+    name=TILES_TASK,
+    queue=TILES_QUEUE,
+    acks_late=True,
+    autoretry_for=(OperationalError, ConnectionError),
+    retry_backoff=True,
+    max_retries=3,
+    soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def presegment_tiles(image_id: int, model_version_id: int, task: int) -> dict[str, Any]:
+    """One batch of a tiled image's tiles (``image_tiles_run``); the last one stitches."""
+    result = image_tiles_run(image_id=image_id, model_version_id=model_version_id, task=task)
+    out: dict[str, Any] = {"tiles": result.tiles, "timings": result.timings}
+    if result.skipped:
+        out["skipped"] = result.skipped
+    if result.cell_count is not None:
+        out["cells"] = result.cell_count
+    return out
+
+
+@shared_task(
+    name=STITCH_TASK,
+    queue=TILES_QUEUE,
+    acks_late=True,
+    autoretry_for=(OperationalError, ConnectionError),
+    retry_backoff=True,
+    max_retries=3,
+    soft_time_limit=settings.GPU_TASK_SOFT_TIME_LIMIT,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def presegment_stitch(image_id: int, model_version_id: int) -> dict[str, Any]:
+    """Stitch a tiled run whose stitch was lost (the watchdog's; normally the last tile task
+    stitches)."""
+    return {"cells": image_tiles_stitch(image_id=image_id, model_version_id=model_version_id)}
 
 
 @shared_task(

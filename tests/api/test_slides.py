@@ -267,20 +267,19 @@ def test_the_web_never_decodes_the_whole_image(project: Any, admin_user: Any, tm
     assert tiles_rss_growth < decoded_bytes / 4, tiles_rss_growth
 
 
-def test_a_slide_is_not_pre_segmented_whole(
+def test_a_slide_is_pre_segmented_by_tiles_never_whole(
     slide: SyntheticSlide, project: Any, admin_user: Any, tmp_path: Path
 ) -> None:
-    """Pre-segmentation reads a display PNG whole: a slide waits for tiled pre-segmentation
-    (a later part of issue #14) instead of blocking the GPU worker."""
+    """Pre-segmentation of a slide on upload goes by tile tasks (inference.tiled), never the
+    single-image task that reads a display PNG whole (tests/api/test_tiled_presegment.py runs them)."""
     project.auto_presegment = True
     project.save(update_fields=["auto_presegment"])
     path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff")
     client = client_for(admin_user)
     image_id = _post(client, project, path).json()[0]["id"]
     assert not OutboxMessage.objects.filter(name="inference.presegment_image").exists()
-    refused = client.post(f"/api/v1/images/{image_id}/presegment", {}, format="json")
-    assert refused.status_code == 400 and "image" in refused.json()["errors"], refused.content
-    assert Image.objects.get(pk=image_id).presegment_status == "none"
+    assert OutboxMessage.objects.filter(name="inference.presegment_tiles", args__0=image_id).exists()
+    assert Image.objects.get(pk=image_id).presegment_status == "queued"
 
 
 def test_a_slide_that_keeps_killing_the_worker_fails(
