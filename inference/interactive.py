@@ -57,6 +57,7 @@ WINDOW = 256
 CLICK_MARGIN = 64  # maps needed around a click's points: the cell under it fits
 BOX_MARGIN = 24
 _POLL_SECONDS = 0.02
+_READY_GRACE = 5.0  # seconds: a window marked ready just before a click looked at the storage
 
 
 # --- maps in storage -----------------------------------------------------------------------
@@ -87,7 +88,7 @@ def image_maps_store(*, image: Image, model_version: ModelVersion, maps: ImageMa
     if saved != key:  # a concurrent writer took the name: keep one copy under the name read
         default_storage.delete(saved)
     image_maps_delete(image_id=image.pk, project_id=image.project_id, keep=key)
-    _maps_remember((image.pk, model_version.pk), maps_load(data))
+    _maps_remember((image.pk, model_version.pk), maps.compact())
     return key
 
 
@@ -215,7 +216,7 @@ def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence
         whole = (0, image.height, 0, image.width)
         r0, r1, c0, c1 = region if region is not None else whole
         if kept is not None and kept.covers(r0, r1, c0, c1):
-            cache.set(ready, "ready", timeout=600)
+            cache.set(ready, {"at": time.time(), "error": None}, timeout=600)
             return MapsResult(image_id=image_id, model_version_id=model_version_id, computed=False)
         backend = _backend(version)
         rgb = _image_rgb(image)
@@ -230,9 +231,9 @@ def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence
             raise ValueError(f"a {version.kind} model has no maps")
         image_maps_store(image=image, model_version=version, maps=maps)
     except Exception as exc:
-        cache.set(ready, f"failed: {type(exc).__name__}: {exc}"[:500], timeout=60)
+        cache.set(ready, {"at": time.time(), "error": f"{type(exc).__name__}: {exc}"[:500]}, timeout=600)
         raise
-    cache.set(ready, "ready", timeout=600)
+    cache.set(ready, {"at": time.time(), "error": None}, timeout=600)
     return MapsResult(
         image_id=image_id, model_version_id=model_version_id, computed=True, seconds=time.perf_counter() - started
     )
@@ -295,12 +296,13 @@ def _maps_load(image: Image, version: ModelVersion, need: Region, timings: dict[
 
 def _maps_request(image: Image, version: ModelVersion, region: Region) -> None:
     """Have the maps of ``region`` computed: here, or by the interactive worker while this
-    request waits."""
+    request waits (the task marks the window ready in the cache with the time it finished)."""
     if not settings.INTERACTIVE_MAPS_WORKER:
         image_maps_compute(image_id=image.pk, model_version_id=version.pk, region=list(region))
         return
     ready = _ready_key(image.pk, version.pk, region)
-    cache.delete(ready)
+    # a mark older than this request's own look at the storage is another request's, since gone
+    since = time.time() - _READY_GRACE
     # one task per window at a time: a second click waiting for the same one does not send another
     if cache.add(f"{ready}:queued", 1, timeout=settings.INTERACTIVE_MAPS_TIMEOUT):
         task_enqueue(MAPS_TASK, args=[image.pk, version.pk, list(region)], queue=INTERACTIVE_QUEUE)
@@ -308,10 +310,10 @@ def _maps_request(image: Image, version: ModelVersion, region: Region) -> None:
     try:
         while time.monotonic() < deadline:
             state = cache.get(ready)
-            if state == "ready":
+            if isinstance(state, dict) and state.get("at", 0.0) >= since:
+                if state.get("error"):
+                    raise ConflictError(f"The model could not compute this image's maps ({state['error']}).")
                 return
-            if state is not None and str(state).startswith("failed"):
-                raise ConflictError(f"The model could not compute this image's maps ({str(state)[8:]}).")
             time.sleep(_POLL_SECONDS)
     finally:
         cache.delete(f"{ready}:queued")

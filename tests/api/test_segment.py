@@ -226,6 +226,18 @@ def test_the_interactive_worker_computes_missing_maps(image: Image, synthetic: S
             f"/api/v1/images/{image.pk}/segment/click", {"positive": [[10, 10]]}, format="json"
         )
     assert late.status_code == 503 and late["Retry-After"] and "being computed" in late.json()["detail"]
+    # a worker whose model fails: 409 with the reason, and the next click sends the task again
+    broken = mock.patch("inference.interactive.window_maps", side_effect=RuntimeError("weights unreadable"))
+    with broken, mock.patch("core.queue.task_send", side_effect=send) as sent_again:
+        with mock.patch("django.db.transaction.on_commit", side_effect=lambda fn, *a, **k: fn()):
+            failed = client_for(annotator).post(
+                f"/api/v1/images/{image.pk}/segment/click", {"positive": [[10, 10]]}, format="json"
+            )
+            assert failed.status_code == 409 and "weights unreadable" in failed.json()["detail"]
+            client_for(annotator).post(
+                f"/api/v1/images/{image.pk}/segment/click", {"positive": [[10, 10]]}, format="json"
+            )
+    assert sent_again.call_count == 2
 
 
 def test_presegmentation_keeps_the_maps(image: Image, project: Any) -> None:
