@@ -260,6 +260,11 @@ def pyramid_build(
 def _pyramid_openslide(
     path: Path, root: Path, geometry: TileGeometry, *, quality: int, progress: Callable[[float], None] | None
 ) -> None:
+    """One tile at a time, rows in parallel threads: OpenSlide's reads and Pillow's resampling
+    and JPEG encoding release the GIL (and OpenSlide handles are thread-safe)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import openslide
     from openslide.deepzoom import DeepZoomGenerator
 
@@ -268,21 +273,27 @@ def _pyramid_openslide(
             generator = DeepZoomGenerator(slide, tile_size=geometry.tile_size, overlap=0, limit_bounds=False)
             if generator.level_count != geometry.levels:
                 raise ImageRejected("the slide's DeepZoom levels do not match its size")
-            total, done = geometry.tile_total(), 0
-            for level in range(geometry.levels):
+
+            def row_write(level: int, row: int) -> int:
                 folder = root / str(level)
-                folder.mkdir(parents=True, exist_ok=True)
-                cols, rows = geometry.tile_counts(level)
-                for row in range(rows):
-                    for col in range(cols):
-                        tile = generator.get_tile(level, (col, row)).convert("RGB")
-                        x0, y0, x1, y1 = geometry.tile_box(level, col, row)
-                        if tile.size != (x1 - x0, y1 - y0):  # OpenSlide rounds the tiniest levels
-                            tile = tile.resize((x1 - x0, y1 - y0))
-                        tile.save(folder / f"{col}_{row}.{TILE_SUFFIX}", format="JPEG", quality=quality)
-                        done += 1
-                    if progress is not None:
-                        progress(done / total)
+                cols, _ = geometry.tile_counts(level)
+                for col in range(cols):
+                    tile = generator.get_tile(level, (col, row)).convert("RGB")
+                    x0, y0, x1, y1 = geometry.tile_box(level, col, row)
+                    if tile.size != (x1 - x0, y1 - y0):  # OpenSlide rounds the tiniest levels
+                        tile = tile.resize((x1 - x0, y1 - y0))
+                    tile.save(folder / f"{col}_{row}.{TILE_SUFFIX}", format="JPEG", quality=quality)
+                return cols
+
+            total, done = geometry.tile_total(), 0
+            with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+                for level in range(geometry.levels):
+                    (root / str(level)).mkdir(parents=True, exist_ok=True)
+                    _, rows = geometry.tile_counts(level)
+                    for written in pool.map(lambda row, level=level: row_write(level, row), range(rows)):
+                        done += written
+                        if progress is not None:
+                            progress(done / total)
     except openslide.OpenSlideError as exc:
         raise ImageRejected(f"the slide cannot be read ({exc})") from exc
 
