@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ApiError } from '../src/core/api';
-import { batchErrors, batches, duplicatesInSelection, fileSha256, cleanMetadata, fileSentence, responseError, uploadFiles, uploadItems, uploadTotals, type XhrLike } from '../src/core/upload';
+import { batchErrors, batches, duplicatesInSelection, fileSha256, HASH_MAX_BYTES, cleanMetadata, fileSentence, responseError, uploadFiles, uploadItems, uploadTotals, type XhrLike } from '../src/core/upload';
 
 describe('batches', () => {
   it('one file per request by default, or by count and bytes', () => {
@@ -139,5 +139,13 @@ describe('duplicates within one selection', () => {
     expect(a).toMatch(/^[0-9a-f]{64}$/);
     const d = duplicatesInSelection([{ name: 'a.png', sha256: a }, { name: 'b.png', sha256: b }, { name: 'c.png', sha256: c }, { name: 'd.png', sha256: null }]);
     expect([...d]).toEqual([[2, 'a.png']]);
+  });
+
+  it('does not read a whole slide into the tab to hash it', async () => {
+    // a Blob that claims gigabytes: the size alone decides, its bytes are never read
+    let read = false;
+    const slide = { size: HASH_MAX_BYTES + 1, arrayBuffer: () => ((read = true), Promise.resolve(new ArrayBuffer(4))) } as unknown as Blob;
+    expect(await fileSha256(slide)).toBeNull();
+    expect(read).toBe(false);
   });
 });

@@ -83,10 +83,17 @@ export function duplicatesInSelection(files: { name: string; sha256: string | nu
   return out;
 }
 
-/** SHA-256 of a file's bytes in hex; null where the browser cannot (no WebCrypto outside secure contexts). */
+/**
+ * Files above this are not hashed in the browser: WebCrypto digests a whole buffer, and a
+ * whole slide (gigabytes) would have to sit in the tab's memory. The server still names them
+ * if they duplicate an image of the project.
+ */
+export const HASH_MAX_BYTES = 256 * 1024 * 1024;
+
+/** SHA-256 of a file's bytes in hex; null where the browser cannot (no WebCrypto outside secure contexts, or a file above HASH_MAX_BYTES). */
 export async function fileSha256(file: Blob): Promise<string | null> {
   const subtle = globalThis.crypto?.subtle;
-  if (!subtle) return null;
+  if (!subtle || file.size > HASH_MAX_BYTES) return null;
   try {
     const digest = await subtle.digest('SHA-256', await file.arrayBuffer());
     return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, '0')).join('');
