@@ -178,6 +178,9 @@ class Image(models.Model):
     presegment_worker = models.CharField(max_length=255, blank=True)
     presegment_heartbeat_at = models.DateTimeField(null=True, blank=True)
     presegment_attempts = models.PositiveSmallIntegerField(default=0)
+    # A tiled image's pre-segmentation goes tile by tile (inference.tiled): its progress.
+    presegment_tiles_done = models.PositiveIntegerField(default=0)
+    presegment_tiles_total = models.PositiveIntegerField(default=0)
     # Revision of the annotation layer; every accepted write increments it.
     revision = models.PositiveIntegerField(default=0)
     # Large images and whole slides (annotations.services.slides): no display PNG; a worker

@@ -7,10 +7,11 @@ A tiled image (``Image.tiled``: a large image or slide, no display PNG) is never
 (through the outbox, with the image's row): every worker of the queue takes some, so several
 share one slide. A task claims its queued tiles, reads each one's region of the original at full
 resolution (``cytoseg.tiled.region_reader``: OpenSlide or libvips, bounded memory), predicts them
-as one batch, and records each tile done with the cells it owns (progress: tiles done / total,
-:func:`tiles_progress`). The task that finds every tile done stitches the tiles' cells
-(``cytoseg.tiled.cells_stitch``: no cell kept twice or cut at a border) and stores them as the
-image's proposals in batches, under the image's row lock, so it happens once.
+as one batch, and records each tile done with the cells it owns (progress: the image's
+``presegment_tiles_done`` of ``presegment_tiles_total``, which the image list shows). The task
+that finds every tile done stitches the tiles' cells (``cytoseg.tiled.cells_stitch``: no cell
+kept twice or cut at a border) and stores them as the image's proposals in batches, under the
+image's row lock, so it happens once.
 
 Liveness reuses the single-image design: a heartbeat on the claimed tile rows (and the image)
 from a thread; the watchdog (:func:`tiles_reap`, called by ``presegment_reap``) puts the tiles of
@@ -96,6 +97,7 @@ def image_tiles_enqueue(*, image: Image, model_version: ModelVersion) -> int:
             ],
             batch_size=1000,
         )
+        Image.objects.filter(pk=image.pk).update(presegment_tiles_done=0, presegment_tiles_total=plan.count)
         for task in range(-(-plan.count // per_task)):
             task_enqueue(TILES_TASK, args=[image.pk, model_version.pk, task], queue=QUEUE)
     return plan.count
@@ -109,11 +111,6 @@ def tiles_progress(*, image_ids: list[int]) -> dict[int, tuple[int, int]]:
         .annotate(total=Count("id"), done=Count("id", filter=Q(status=TileRunStatus.DONE)))
     )
     return {row["image_id"]: (row["done"], row["total"]) for row in rows}
-
-
-def _progress_note(image_id: int) -> str:
-    done, total = tiles_progress(image_ids=[image_id]).get(image_id, (0, 0))
-    return f"tile {done} / {total}"
 
 
 # --- the local original ------------------------------------------------------------------------
@@ -297,6 +294,7 @@ def image_tiles_run(*, image_id: int, model_version_id: int, task: int) -> Tiles
                 )
                 if not done:
                     raise _Superseded
+                Image.objects.filter(pk=image_id).update(presegment_tiles_done=F("presegment_tiles_done") + 1)
                 result.tiles.append(index)
             result.timings["tiles"] = time.perf_counter() - started
         except _Superseded:

@@ -187,6 +187,12 @@ class ImageOut(serializers.ModelSerializer):
     presegment_proposals = serializers.SerializerMethodField(
         help_text="How many proposals the last finished pre-segmentation made (None: none finished)."
     )
+    presegment_tiles_done = serializers.IntegerField(
+        read_only=True, help_text="A tiled image's pre-segmentation: tiles done of presegment_tiles_total."
+    )
+    presegment_tiles_total = serializers.IntegerField(
+        read_only=True, help_text="Tiles of a tiled image's pre-segmentation (0: not tiled, or never run)."
+    )
     tiles = serializers.SerializerMethodField(
         help_text="A tiled image's pyramid once built (None: not tiled, or not built yet; see tile_status)."
     )
@@ -210,6 +216,8 @@ class ImageOut(serializers.ModelSerializer):
             "presegment_model",
             "presegment_model_label",
             "presegment_proposals",
+            "presegment_tiles_done",
+            "presegment_tiles_total",
             "revision",
             "cell_count",
             "original_format",

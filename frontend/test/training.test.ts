@@ -160,6 +160,9 @@ describe('pre-segmentation note', () => {
 
   it('reports failures, runs in progress and nothing for never pre-segmented images', () => {
     expect(presegmentNote({ ...img, presegment_status: 'failed', presegment_error: 'CUDA OOM' })).toEqual({ tone: 'bad', text: 'Failed — CUDA OOM' });
+    expect(presegmentNote({ ...img, presegment_status: 'running', presegment_tiles_done: 3, presegment_tiles_total: 16 })?.text).toBe('Running — tile 3 / 16');
+    expect(presegmentNote({ ...img, presegment_status: 'queued', presegment_tiles_done: 0, presegment_tiles_total: 16 })?.text).toBe('Queued — 16 tiles');
+    expect(presegmentNote({ ...img, presegment_status: 'running', presegment_tiles_total: 0 })?.text).toBe('Running');
     expect(presegmentNote({ ...img, presegment_status: 'queued' })?.text).toBe('Queued');
     expect(presegmentNote({ ...img, presegment_status: 'none' })).toBeNull();
   });

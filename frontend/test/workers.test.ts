@@ -53,6 +53,8 @@ describe('workers & queue: how a worker is shown', () => {
 
   it('says what a task does in words', () => {
     expect(taskText({ name: 'inference.presegment_image', args: '[5, 2]' })).toBe('Pre-segmenting image 5');
+    expect(taskText({ name: 'inference.presegment_tiles', args: '[5, 2, 7]' })).toBe('Pre-segmenting image 5 (tiles)');
+    expect(taskText({ name: 'inference.presegment_stitch', args: '[5, 2]' })).toBe("Stitching image 5's tiles");
     expect(taskText({ name: 'training.run_job', args: '(12,)' })).toBe('Training job 12');
     expect(taskText({ name: 'interchange.export_run', args: '[3]' })).toBe('Export 3');
     expect(taskText({ name: 'core.outbox_dispatch', args: '()' })).toBe('core.outbox_dispatch');

@@ -72,7 +72,7 @@ def _no_duplicates(cells: list[Cell]) -> None:
 
 
 def test_a_tiled_image_is_pre_segmented_by_tile_tasks_with_progress(
-    queued: tuple[Image, int], slide: SyntheticSlide
+    queued: tuple[Image, int], slide: SyntheticSlide, admin_user: Any
 ) -> None:
     image, version_id = queued
     assert image.tiled and image.presegment_status == PresegmentStatus.QUEUED
@@ -87,6 +87,8 @@ def test_a_tiled_image_is_pre_segmented_by_tile_tasks_with_progress(
         assert tiled.tiles_progress(image_ids=[image.pk]) == {image.pk: (4 * (task + 1), 16)}
         running = Image.objects.get(pk=image.pk)
         assert running.presegment_status == PresegmentStatus.RUNNING
+        shown = client_for(admin_user).get(f"/api/v1/images/{image.pk}").json()
+        assert (shown["presegment_tiles_done"], shown["presegment_tiles_total"]) == (4 * (task + 1), 16)
     last = tiled.image_tiles_run(image_id=image.pk, model_version_id=version_id, task=3)
     assert last.cell_count is not None and last.cell_count > 100
     done = Image.objects.get(pk=image.pk)
@@ -182,3 +184,4 @@ def test_pre_segmenting_again_replaces_the_run(
         again = client_for(admin_user).post(f"/api/v1/images/{image.pk}/presegment", {}, format="json")
     assert again.status_code == 202
     assert tiled.tiles_progress(image_ids=[image.pk]) == {image.pk: (0, 16)}
+    assert Image.objects.get(pk=image.pk).presegment_tiles_done == 0

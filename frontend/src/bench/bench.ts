@@ -332,7 +332,7 @@ async function run(): Promise<void> {
   };
   const image: ImageInfo = {
     id: 1, project: 1, file_name: `synthetic_${N}_cells.png`, width: W, height: H, bethesda: 'II', stain: 'Diff-Quik', magnification: '40x', slide_code: 'BENCH',
-    split: 'test', status: 'annotating', presegment_status: 'done', presegment_error: '', presegment_model: null, presegment_model_label: null, presegment_proposals: null, revision: 1, cell_count: N, original_format: 'png', bit_depth: 8, size_bytes: 0, sha256: '',
+    split: 'test', status: 'annotating', presegment_status: 'done', presegment_error: '', presegment_model: null, presegment_model_label: null, presegment_proposals: null, presegment_tiles_done: 0, presegment_tiles_total: 0, revision: 1, cell_count: N, original_format: 'png', bit_depth: 8, size_bytes: 0, sha256: '',
     thumbnail_url: imageUrl, display_url: imageUrl, created_at: now, updated_at: now,
     tiled: false, tile_status: 'none', tile_error: '', tiles: null, mpp_x: null, mpp_y: null, objective_power: null,
   };

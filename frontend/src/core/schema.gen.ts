@@ -1769,6 +1769,10 @@ export interface components {
             readonly presegment_model_label: string | null;
             /** @description How many proposals the last finished pre-segmentation made (None: none finished). */
             readonly presegment_proposals: number | null;
+            /** @description A tiled image's pre-segmentation: tiles done of presegment_tiles_total. */
+            readonly presegment_tiles_done: number;
+            /** @description Tiles of a tiled image's pre-segmentation (0: not tiled, or never run). */
+            readonly presegment_tiles_total: number;
             revision?: number;
             readonly cell_count: number;
             original_format: string;
@@ -2719,6 +2723,10 @@ export interface components {
             readonly presegment_model_label: string | null;
             /** @description How many proposals the last finished pre-segmentation made (None: none finished). */
             readonly presegment_proposals: number | null;
+            /** @description A tiled image's pre-segmentation: tiles done of presegment_tiles_total. */
+            readonly presegment_tiles_done: number;
+            /** @description Tiles of a tiled image's pre-segmentation (0: not tiled, or never run). */
+            readonly presegment_tiles_total: number;
             revision?: number;
             readonly cell_count: number;
             original_format: string;

@@ -325,10 +325,13 @@ export function gateHeadline(v: Pick<GateVerdict, 'promote' | 'evaluated'>): { t
 /**
  * What to say about an image's last pre-segmentation: a run that made no proposal is a
  * warning naming the model ("0 proposals from Cellpose 3 v2"), not a plain "done".
- * Null when it was never pre-segmented.
+ * Null when it was never pre-segmented. A tiled image's run says how many of its tiles are done.
  */
-export function presegmentNote(img: Pick<ImageInfo, 'presegment_status' | 'presegment_error' | 'presegment_model_label' | 'presegment_proposals'>): { tone: 'warn' | 'bad' | 'muted'; text: string } | null {
+export function presegmentNote(img: Pick<ImageInfo, 'presegment_status' | 'presegment_error' | 'presegment_model_label' | 'presegment_proposals'> & Partial<Pick<ImageInfo, 'presegment_tiles_done' | 'presegment_tiles_total'>>): { tone: 'warn' | 'bad' | 'muted'; text: string } | null {
   const model = img.presegment_model_label ?? 'the model';
+  // a large image or slide goes tile by tile: its progress
+  const tiles = img.presegment_tiles_total ?? 0;
+  const done = img.presegment_tiles_done ?? 0;
   switch (img.presegment_status) {
     case 'done': {
       const n = img.presegment_proposals;
@@ -339,9 +342,9 @@ export function presegmentNote(img: Pick<ImageInfo, 'presegment_status' | 'prese
     case 'failed':
       return { tone: 'bad', text: `Failed${img.presegment_error ? ` — ${img.presegment_error}` : ''}` };
     case 'queued':
-      return { tone: 'muted', text: 'Queued' };
+      return { tone: 'muted', text: tiles ? `Queued — ${tiles} tiles` : 'Queued' };
     case 'running':
-      return { tone: 'muted', text: 'Running' };
+      return { tone: 'muted', text: tiles ? `Running — tile ${done} / ${tiles}` : 'Running' };
     default:
       return null;
   }

@@ -63,6 +63,10 @@ export function taskText(t: Pick<WorkerTask, 'name' | 'args'>): string {
   switch (t.name) {
     case 'inference.presegment_image':
       return first != null ? `Pre-segmenting image ${first}` : 'Pre-segmenting';
+    case 'inference.presegment_tiles':
+      return first != null ? `Pre-segmenting image ${first} (tiles)` : 'Pre-segmenting tiles';
+    case 'inference.presegment_stitch':
+      return first != null ? `Stitching image ${first}'s tiles` : 'Stitching tiles';
     case 'training.run_job':
       return first != null ? `Training job ${first}` : 'Training';
     case 'interchange.export_run':
