@@ -34,7 +34,7 @@ export class UploadPanel {
     private readonly onUploaded: (count: number) => void,
     private readonly onClose: () => void,
   ) {
-    this.input = h('input', { type: 'file', multiple: true, accept: 'image/*,.tif,.tiff,.svs,.ndpi,.scn,.bif,.vms,.vmu', hidden: true, name: 'files', onchange: () => this.add([...(this.input.files ?? [])]) });
+    this.input = h('input', { type: 'file', multiple: true, accept: 'image/*,.tif,.tiff,.svs,.ndpi,.scn,.bif,.vmu', hidden: true, name: 'files', onchange: () => this.add([...(this.input.files ?? [])]) });
     const drop = h(
       'div',
       // no aria-label: the visible text names the button (axe: label-content-name-mismatch)
