@@ -34,7 +34,7 @@ def celery_worker(
     log_path: Path,
     env: dict[str, str] | None = None,
     name: str = "test",
-    queues: str = "default,gpu,training",
+    queues: str = "default,gpu,training,interactive",
     purge: bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a worker on ``queues`` (all by default); stop it (and print its log tail) on exit."""
