@@ -92,6 +92,8 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('getImage', () => api.getImage(1));
   await run('getCells', () => api.getCells(1, 'proposal'));
   await run('saveCells', () => api.saveCells(1, { revision: 0, cells: [] }, 'key'));
+  await run('getCellsInBox', () => api.getCellsInBox(1, [0, 0, 100, 50], { layer: 'proposal', after: 3, limit: 10 }));
+  await run('saveCellsDelta', () => api.saveCellsDelta(1, { base_revision: 0, added: [], changed: [], deleted: [5] }, 'key'));
   await run('getHistory', () => api.getHistory(1));
   await run('getRevision', () => api.getRevision(1, 2));
   await run('restoreRevision', () => api.restoreRevision(1, 2, 5));

@@ -55,6 +55,9 @@ import {
   type Role,
   type Rollback,
   type SaveCellsBody,
+  type DeltaBody,
+  type DeltaConflictItem,
+  type DeltaResponse,
   type SegmentBoxBody,
   type SegmentBoxResult,
   type SegmentClickBody,
@@ -312,6 +315,21 @@ export class ApiClient {
       headers: idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : undefined,
     });
   }
+  /**
+   * One page of the cells of a layer whose bounding box meets `bbox` ([x0, y0, x1, y1], image
+   * pixels): the viewport read of a large image. `next_after` set: more remain (ask with `after`).
+   */
+  getCellsInBox(imageId: number, bbox: readonly number[], opts: { layer?: Layer; after?: number; limit?: number; signal?: AbortSignal } = {}): Promise<ServerCells> {
+    const query = { layer: opts.layer ?? 'annotation', bbox: bbox.map((v) => Math.round(v)).join(','), ...(opts.after !== undefined ? { after: opts.after } : {}), ...(opts.limit !== undefined ? { limit: opts.limit } : {}) };
+    return this.call('get', 'images/{image_id}/cells', { image_id: imageId }, { query, signal: opts.signal });
+  }
+  /** Saves a delta of the annotation layer. 409 carries `{detail, revision, conflicts, cells, deleted}`. */
+  saveCellsDelta(imageId: number, body: DeltaBody, idempotencyKey?: string): Promise<DeltaResponse> {
+    return this.call('patch', 'images/{image_id}/cells', { image_id: imageId }, {
+      body: body as unknown as BodyOf<'images/{image_id}/cells', 'patch'>,
+      headers: idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : undefined,
+    }) as unknown as Promise<DeltaResponse>;
+  }
   getHistory(imageId: number, page = 1): Promise<Paginated<HistoryEntry>> {
     return this.page('get', 'images/{image_id}/history', { image_id: imageId }, { page });
   }
@@ -512,6 +530,13 @@ function defaultDetail(status: number): string {
     default:
       return status >= 500 ? 'Server error' : `HTTP ${status}`;
   }
+}
+
+/** 409 body of a delta save (`PATCH images/{id}/cells`): the conflicts and the server's version of the cells concerned. */
+export function deltaConflictState(err: ApiError): { revision: number; conflicts: DeltaConflictItem[]; cells: ApiCell[]; deleted: number[] } | null {
+  const b = err.body as { revision?: unknown; conflicts?: unknown; cells?: unknown; deleted?: unknown } | null;
+  if (err.status !== 409 || !b || typeof b.revision !== 'number' || !Array.isArray(b.conflicts) || !Array.isArray(b.cells)) return null;
+  return { revision: b.revision, conflicts: b.conflicts as DeltaConflictItem[], cells: b.cells as ApiCell[], deleted: Array.isArray(b.deleted) ? (b.deleted as number[]) : [] };
 }
 
 /** 409 body of `PUT images/{id}/cells` and `proposals/accept`. */

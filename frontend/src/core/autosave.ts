@@ -20,10 +20,10 @@
  * - other 4xx: edits are kept, status `error` (field errors mapped to cell keys),
  *   the next edit or `retryNow()` tries again.
  */
-import { ApiError, conflictState } from './api';
+import { ApiError, conflictState, deltaConflictState } from './api';
 import { Emitter } from './events';
-import type { AnnotationStore, Cell, SaveSnapshot } from './store';
-import type { ApiCell, CellsResponse, SaveCellsBody } from './types';
+import { AnnotationStore, type Cell, type DeltaSnapshot, type SaveSnapshot } from './store';
+import type { ApiCell, CellsResponse, DeltaBody, DeltaResponse, SaveCellsBody } from './types';
 
 export type SaveStatus = 'saved' | 'saving' | 'unsaved' | 'offline' | 'conflict' | 'error';
 
@@ -51,6 +51,17 @@ export interface AutosaveState {
 
 export interface SaveApi {
   saveCells(imageId: number, body: SaveCellsBody, idempotencyKey?: string): Promise<CellsResponse>;
+  /** Needed in `delta` mode. */
+  saveCellsDelta?(imageId: number, body: DeltaBody, idempotencyKey?: string): Promise<DeltaResponse>;
+}
+
+/** A 409 to a delta save, resolved by taking the server's version of the cells concerned. */
+export interface DeltaConflictResolved {
+  /** Store keys of the server's cells concerned (to show them). */
+  keys: string[];
+  /** How many of our edits were dropped. */
+  dropped: number;
+  detail: string;
 }
 
 export interface AutosaveOptions {
@@ -62,11 +73,35 @@ export interface AutosaveOptions {
   backoffMaxMs?: number;
   newIdempotencyKey?: () => string;
   now?: () => number;
+  /**
+   * `layer` (default): every save is the whole layer (`PUT`). `delta` (large images, whose store
+   * holds only the cells near the view): only the changed cells (`PATCH`); a 409 takes the
+   * server's version of the cells it names and saves the rest again ({@link DeltaConflictResolved}).
+   */
+  mode?: 'layer' | 'delta';
 }
 
 interface Attempt {
-  snap: SaveSnapshot;
+  snap: SaveSnapshot | DeltaSnapshot;
   key: string;
+}
+
+function isDelta(snap: SaveSnapshot | DeltaSnapshot): snap is DeltaSnapshot {
+  return 'addedKeys' in snap;
+}
+
+/** The store keys of a delta's items named by a 400 (`added.3.polygon`, `changed.0`), with the reason. */
+export function deltaErrorsOf(fieldErrors: Record<string, unknown>, snap: DeltaSnapshot): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const [k, v] of Object.entries(fieldErrors)) {
+    const m = /^(added|changed|deleted)\.(\d+)(?:\.|$)/.exec(k);
+    if (!m) continue;
+    const keys = m[1] === 'added' ? snap.addedKeys : m[1] === 'changed' ? snap.changedKeys : snap.deletedKeys;
+    const key = keys[Number(m[2])];
+    const text = Array.isArray(v) ? v.join('; ') : String(v);
+    if (key) out.set(key, [out.get(key), text].filter(Boolean).join('; '));
+  }
+  return out;
 }
 
 export function randomKey(): string {
@@ -113,7 +148,8 @@ export function refusalSentence(reason: string): string {
 }
 
 export class AutosaveController {
-  readonly events = new Emitter<{ state: AutosaveState; refused: { keys: string[]; reasons: string[] } }>();
+  readonly events = new Emitter<{ state: AutosaveState; refused: { keys: string[]; reasons: string[] }; deltaConflict: DeltaConflictResolved; behind: { revision: number } }>();
+  readonly mode: 'layer' | 'delta';
   readonly debounceMs: number;
   private readonly backoffInitialMs: number;
   private readonly backoffMaxMs: number;
@@ -152,6 +188,11 @@ export class AutosaveController {
     this.backoffMaxMs = opts.backoffMaxMs ?? 30000;
     this.newKey = opts.newIdempotencyKey ?? randomKey;
     this.now = opts.now ?? (() => Date.now());
+    this.mode = opts.mode ?? 'layer';
+  }
+
+  private snapshot(): SaveSnapshot | DeltaSnapshot {
+    return this.mode === 'delta' ? this.store.deltaSnapshot(this.heldKeys()) : this.store.snapshot(this.heldKeys());
   }
 
   /** Starts watching the store. */
@@ -242,7 +283,7 @@ export class AutosaveController {
         if (this.status !== 'error') this.setStatus('saved');
         return Promise.resolve();
       }
-      attempt = { snap: this.store.snapshot(this.heldKeys()), key: this.newKey() };
+      attempt = { snap: this.snapshot(), key: this.newKey() };
     }
     const run = this.run(attempt).finally(() => {
       this.inflight = null;
@@ -260,11 +301,19 @@ export class AutosaveController {
     this.retryAt = null;
     this.setStatus('saving');
     try {
-      const resp = await this.api.saveCells(this.imageId, attempt.snap.body, attempt.key);
+      const snap = attempt.snap;
+      if (isDelta(snap)) {
+        const empty = AnnotationStore.deltaEmpty(snap);
+        if (!empty && !this.api.saveCellsDelta) throw new ApiError(0, 'this client cannot save by delta');
+        const resp = empty ? null : await this.api.saveCellsDelta!(this.imageId, snap.body, attempt.key);
+        if (!this.store.markDeltaSaved(snap, resp) && resp) this.events.emit('behind', { revision: resp.revision });
+      } else {
+        const resp = await this.api.saveCells(this.imageId, snap.body, attempt.key);
+        this.store.markSaved(snap, resp);
+      }
       this.pending = null;
       this.failures = 0;
       this.errorKeys = [];
-      this.store.markSaved(attempt.snap, resp);
       this.lastSavedAt = this.now();
       if (attempt.snap.held.length && this.refused.size) {
         // everything else is saved; the refused cells wait for an edit (no save loop)
@@ -275,8 +324,16 @@ export class AutosaveController {
       this.setStatus(this.store.isDirty ? 'unsaved' : 'saved');
     } catch (e) {
       const err = e instanceof ApiError ? e : new ApiError(0, String((e as Error)?.message ?? e));
-      const conflict = conflictState(err);
-      if (conflict) {
+      const deltaConflict = isDelta(attempt.snap) ? deltaConflictState(err) : null;
+      const conflict = isDelta(attempt.snap) ? null : conflictState(err);
+      if (deltaConflict && isDelta(attempt.snap)) {
+        // edits that meet others' edits take the server's version; the rest is sent again
+        this.pending = null;
+        this.failures = 0;
+        const taken = this.store.takeServerVersion(attempt.snap, deltaConflict.conflicts, deltaConflict.cells);
+        this.events.emit('deltaConflict', { ...taken, detail: err.detail });
+        this.setStatus(this.store.isDirty ? 'unsaved' : 'saved');
+      } else if (conflict) {
         this.pending = null;
         this.failures = 0;
         this.conflict = {
@@ -308,7 +365,7 @@ export class AutosaveController {
         if (fresh.length) {
           this.events.emit('refused', { keys: fresh, reasons: fresh.map((k) => this.refused.get(k) ?? '') });
           // save the rest now, the refused cells held back (the set only grows: this ends)
-          await this.run({ snap: this.store.snapshot(this.heldKeys()), key: this.newKey() });
+          await this.run({ snap: this.snapshot(), key: this.newKey() });
           return;
         }
         this.errorKeys = this.keysOfFieldErrors(err, attempt.snap);
@@ -322,8 +379,16 @@ export class AutosaveController {
   }
 
   /** Records the cells a 400 names as refused; returns the keys refused for the first time. */
-  private refuse(err: ApiError, snap: SaveSnapshot): string[] {
+  private refuse(err: ApiError, snap: SaveSnapshot | DeltaSnapshot): string[] {
     const fresh: string[] = [];
+    if (isDelta(snap)) {
+      for (const [k, reason] of deltaErrorsOf(err.fieldErrors, snap)) {
+        if (this.refused.has(k) || !this.store.has(k)) continue;
+        this.refused.set(k, reason);
+        fresh.push(k);
+      }
+      return fresh;
+    }
     for (const [i, reason] of cellErrorsOf(err.fieldErrors)) {
       const k = snap.keys[i];
       if (!k || this.refused.has(k) || !this.store.has(k)) continue;
@@ -333,7 +398,8 @@ export class AutosaveController {
     return fresh;
   }
 
-  private keysOfFieldErrors(err: ApiError, snap: SaveSnapshot): string[] {
+  private keysOfFieldErrors(err: ApiError, snap: SaveSnapshot | DeltaSnapshot): string[] {
+    if (isDelta(snap)) return [...deltaErrorsOf(err.fieldErrors, snap).keys()];
     const keys: string[] = [];
     for (const i of cellErrorsOf(err.fieldErrors).keys()) {
       const k = snap.keys[i];

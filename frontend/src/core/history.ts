@@ -59,6 +59,11 @@ export class History {
     return cmd;
   }
 
+  /** Every command that undo or redo may still run (their cells must stay in the store). */
+  commands(): readonly Command[] {
+    return [...this.undoStack, ...this.redoStack];
+  }
+
   clear(): void {
     if (!this.undoStack.length && !this.redoStack.length) return;
     this.undoStack = [];

@@ -15,7 +15,7 @@
 import { Emitter } from './events';
 import { clampRing, normalizeRing } from './geometry';
 import { History, type Command } from './history';
-import type { ApiCell, CellPayload, CellsResponse, Point, Ring, SaveCellsBody } from './types';
+import type { ApiCell, CellPayload, CellsResponse, DeltaBody, DeltaConflictItem, DeltaResponse, Point, Ring, SaveCellsBody } from './types';
 
 export interface Cell {
   readonly key: string;
@@ -29,6 +29,8 @@ export interface CellMeta {
   model_version?: string | number | null;
   author?: number | string | null;
   updated_at?: string;
+  /** The layer's revision that last wrote the cell (what a delta save checks the edit against). */
+  revision?: number;
 }
 
 export type ChangeOrigin = 'user' | 'undo' | 'redo' | 'server';
@@ -58,6 +60,21 @@ export interface SaveSnapshot {
   held: string[];
 }
 
+/** What one delta save sends (`PATCH images/{id}/cells`); the keys of each list, in order. */
+export interface DeltaSnapshot {
+  body: DeltaBody;
+  addedKeys: string[];
+  changedKeys: string[];
+  deletedKeys: string[];
+  /** Keys whose changes cancel out (edited and undone): clean once this save succeeds. */
+  unchangedKeys: string[];
+  version: number;
+  held: string[];
+}
+
+/** A box [x0, y0, x1, y1] in image pixels. */
+export type Box = readonly [number, number, number, number];
+
 type Patch = [key: string, cell: Cell | null][];
 
 let localCounter = 0;
@@ -77,6 +94,10 @@ export class CellsCommand implements Command {
   ) {}
   do(): void {
     this.store.writeCells(this.after, this.store.replaying ?? 'user');
+  }
+  /** The cells this command writes (kept in the store while it may be undone or redone). */
+  keys(): string[] {
+    return this.after.map(([k]) => k);
   }
   undo(): void {
     this.store.writeCells(this.before, 'undo');
@@ -564,6 +585,217 @@ export class AnnotationStore {
     this.emitState();
   }
 
+  // ------------------------------------------------------------ large images: cells by viewport, saves by delta
+
+  /**
+   * Merges one viewport read (the cells whose box meets `box`, at `resp.revision`) without
+   * touching the history or the user's unsaved edits: new and changed server cells come in (a
+   * copy older than the one we know is ignored), and when `complete` (the read was not cut by
+   * the page limit) a clean cell in the box that the server no longer has goes. The store's base
+   * revision becomes the read's: what lies in view is now known as of it. Returns null (nothing
+   * applied) for a read older than the store's revision (a save overtook it): read again.
+   */
+  applyRegion(resp: CellsResponse, box: Box, complete: boolean): StoreChange | null {
+    if (resp.revision < this.revision) return null;
+    const patch: Patch = [];
+    const ids = new Set<number>();
+    for (const c of resp.cells) {
+      ids.add(c.id);
+      const key = this.keyByServerId.get(c.id) ?? serverKey(c.id);
+      const known = this.meta.get(key)?.revision;
+      if (known !== undefined && c.revision !== undefined && c.revision < known) continue;
+      const cell = this.cellFromApi(key, c);
+      if (!cell) continue;
+      this.linkServerId(key, c.id);
+      this.serverIds.add(c.id);
+      this.meta.set(key, metaOf(c));
+      if (this.changedAt.has(key)) {
+        this.lastSaved.set(key, cell); // the user's edit wins; its base is the server's copy
+        continue;
+      }
+      const old = this.cells.get(key);
+      if (!old || old.classId !== cell.classId || !sameRing(old.polygon, cell.polygon)) patch.push([key, cell]);
+    }
+    if (complete) {
+      for (const [key, cell] of this.cells) {
+        const id = this.serverIdByKey.get(key);
+        if (id === undefined || ids.has(id) || !this.serverIds.has(id) || this.changedAt.has(key)) continue;
+        if (!boxesMeet(ringBox(cell.polygon), box)) continue;
+        patch.push([key, null]); // deleted on the server (or moved out of the box)
+        this.serverIds.delete(id);
+      }
+    }
+    this.revision = resp.revision;
+    const change = this.writeServerCells(patch);
+    this.emitState();
+    return change;
+  }
+
+  /**
+   * Forgets the clean cells lying wholly outside `keep` (far from the view), except `pinned`
+   * ones (selected) and those the undo history may still write: the store stays small on a
+   * slide, and a dropped cell comes back from the server when it is in view again.
+   */
+  dropOutside(keep: Box, pinned: Iterable<string> = []): number {
+    const stay = new Set(pinned);
+    for (const cmd of this.history.commands()) if (cmd instanceof CellsCommand) for (const k of cmd.keys()) stay.add(k);
+    const patch: Patch = [];
+    for (const [key, cell] of this.cells) {
+      if (stay.has(key) || this.changedAt.has(key) || this.held.has(key)) continue;
+      if (boxesMeet(ringBox(cell.polygon), keep)) continue;
+      patch.push([key, null]);
+    }
+    this.writeServerCells(patch);
+    for (const [key] of patch) {
+      const id = this.serverIdByKey.get(key);
+      if (id !== undefined) {
+        this.serverIds.delete(id);
+        this.keyByServerId.delete(id);
+      }
+      this.serverIdByKey.delete(key);
+      this.meta.delete(key);
+    }
+    return patch.length;
+  }
+
+  /**
+   * The body of a delta save (`PATCH images/{id}/cells`): only the cells changed since the last
+   * save. `hold`: refused cells, left out (they stay dirty). A changed or deleted cell carries the
+   * revision of its server copy, so a save never overwrites what another doctor saved meanwhile.
+   */
+  deltaSnapshot(hold?: ReadonlySet<string>): DeltaSnapshot {
+    const snap: DeltaSnapshot = {
+      body: { base_revision: this.revision, added: [], changed: [], deleted: [] },
+      addedKeys: [],
+      changedKeys: [],
+      deletedKeys: [],
+      unchangedKeys: [],
+      version: this.version,
+      held: [],
+    };
+    for (const key of this.changedAt.keys()) {
+      if (hold?.has(key)) {
+        snap.held.push(key);
+        continue;
+      }
+      const cell = this.cells.get(key);
+      const id = this.serverIdByKey.get(key);
+      const onServer = id !== undefined && this.serverIds.has(id);
+      const revision = this.meta.get(key)?.revision;
+      const polygon = cell?.polygon.map((p) => [p[0], p[1]] as Point);
+      if (cell && polygon && onServer) {
+        const saved = this.lastSaved.get(key);
+        if (saved && saved.classId === cell.classId && sameRing(saved.polygon, cell.polygon)) snap.unchangedKeys.push(key);
+        else {
+          snap.body.changed.push({ id: id!, ...(revision !== undefined ? { revision } : {}), class_id: cell.classId, polygon });
+          snap.changedKeys.push(key);
+        }
+      } else if (cell && polygon) {
+        snap.body.added.push({ class_id: cell.classId, polygon });
+        snap.addedKeys.push(key);
+      } else if (onServer) {
+        snap.body.deleted.push(revision !== undefined ? { id: id!, revision } : id!);
+        snap.deletedKeys.push(key);
+      } else snap.unchangedKeys.push(key); // drawn and deleted before any save
+    }
+    return snap;
+  }
+
+  /** True when the delta sends nothing (its edits cancelled out): no request is needed. */
+  static deltaEmpty(snap: DeltaSnapshot): boolean {
+    return !snap.body.added.length && !snap.body.changed.length && !snap.body.deleted.length;
+  }
+
+  /**
+   * A delta save of `snap` succeeded with `resp` (null: nothing had to be sent). New cells get
+   * their ids (the answer keeps the request's order); edits made meanwhile stay dirty. Returns
+   * false when others saved between our base and this save (`resp.revision` is not the next
+   * one): the base revision then stays, and the caller reads the view again.
+   */
+  markDeltaSaved(snap: DeltaSnapshot, resp: DeltaResponse | null): boolean {
+    if (resp) {
+      snap.addedKeys.forEach((key, i) => {
+        const c = resp.added[i];
+        if (!c) return;
+        this.linkServerId(key, c.id);
+        this.serverIds.add(c.id);
+        this.meta.set(key, metaOf(c));
+        this.lastSaved.set(key, { key, classId: c.class_id ?? null, polygon: normalizeRing(c.polygon) });
+      });
+      snap.changedKeys.forEach((key, i) => {
+        const c = resp.changed[i];
+        if (!c) return;
+        this.meta.set(key, metaOf(c));
+        this.lastSaved.set(key, { key, classId: c.class_id ?? null, polygon: normalizeRing(c.polygon) });
+      });
+      for (const key of snap.deletedKeys) {
+        const id = this.serverIdByKey.get(key);
+        if (id !== undefined) this.serverIds.delete(id);
+        this.lastSaved.delete(key);
+      }
+    }
+    const sent = new Set([...snap.addedKeys, ...snap.changedKeys, ...snap.deletedKeys, ...snap.unchangedKeys]);
+    for (const key of sent) if ((this.changedAt.get(key) ?? Infinity) <= snap.version) this.changedAt.delete(key);
+    this.savedVersion = Math.max(this.savedVersion, snap.version);
+    this.held = new Set(snap.held);
+    const inStep = !resp || resp.revision === this.revision + 1;
+    if (resp && inStep) this.revision = resp.revision;
+    this.emitState();
+    return inStep;
+  }
+
+  /**
+   * After a 409 to a delta save: every cell of `snap` that a conflict names takes the server's
+   * version (`cells`; gone when `deleted` or absent), our edit of it dropped (not undoable: a
+   * server update); an added cell that overlapped another's new outline is removed, and that
+   * outline comes in. The rest of our edits stay dirty and are sent again. Returns the keys of
+   * the server's cells concerned (to show them) and how many edits were dropped.
+   */
+  takeServerVersion(snap: DeltaSnapshot, conflicts: readonly DeltaConflictItem[], cells: readonly ApiCell[]): { keys: string[]; dropped: number } {
+    const byItem = (item: string): string | undefined => {
+      const [list, index] = item.split('.');
+      const keys = list === 'added' ? snap.addedKeys : list === 'changed' ? snap.changedKeys : list === 'deleted' ? snap.deletedKeys : [];
+      return keys[Number(index)];
+    };
+    const patch: Patch = [];
+    const dropped = new Set<string>();
+    for (const c of conflicts) {
+      const key = byItem(c.item);
+      if (key === undefined || dropped.has(key)) continue;
+      dropped.add(key);
+      this.changedAt.delete(key);
+      if (snap.addedKeys.includes(key)) patch.push([key, null]);
+      else {
+        // back to the copy we had from the server (the server's newer one follows where it has one)
+        const saved = this.lastSaved.get(key);
+        patch.push([key, saved ?? null]);
+      }
+    }
+    const shown: string[] = [];
+    const server = new Map(cells.map((c) => [c.id, c]));
+    for (const c of conflicts) {
+      const key = this.keyByServerId.get(c.id) ?? serverKey(c.id);
+      const found = server.get(c.id);
+      if (!found) {
+        if (this.cells.has(key)) patch.push([key, null]);
+        this.serverIds.delete(c.id);
+        this.lastSaved.delete(key);
+        continue;
+      }
+      const cell = this.cellFromApi(key, found);
+      if (!cell) continue;
+      this.linkServerId(key, c.id);
+      this.serverIds.add(c.id);
+      this.meta.set(key, metaOf(found));
+      patch.push([key, cell]);
+      shown.push(key);
+    }
+    // later entries win: the server's versions come after the reverted copies
+    this.writeServerCells(dedupeLast(patch));
+    this.emitState();
+    return { keys: [...new Set(shown)], dropped: dropped.size };
+  }
+
   // ------------------------------------------------------------ helpers
 
   private linkServerId(key: string, id: number): void {
@@ -585,7 +817,34 @@ export class AnnotationStore {
 }
 
 function metaOf(c: ApiCell): CellMeta {
-  return { source: c.source, score: c.score, model_version: c.model_version, author: c.author, updated_at: c.updated_at };
+  return { source: c.source, score: c.score, model_version: c.model_version, author: c.author, updated_at: c.updated_at, ...(c.revision !== undefined ? { revision: c.revision } : {}) };
+}
+
+/** The patch with each key once, at its last entry's value. */
+function dedupeLast(patch: Patch): Patch {
+  const last = new Map<string, Cell | null>();
+  for (const [k, c] of patch) last.set(k, c);
+  return [...last];
+}
+
+/** The bounding box [x0, y0, x1, y1] of a ring. */
+export function ringBox(ring: readonly (readonly number[])[]): Box {
+  let x0 = Infinity;
+  let y0 = Infinity;
+  let x1 = -Infinity;
+  let y1 = -Infinity;
+  for (const p of ring) {
+    if (p[0] < x0) x0 = p[0];
+    if (p[0] > x1) x1 = p[0];
+    if (p[1] < y0) y0 = p[1];
+    if (p[1] > y1) y1 = p[1];
+  }
+  return [x0, y0, x1, y1];
+}
+
+/** Whether two boxes meet (touching edges count, as the server's bbox read). */
+export function boxesMeet(a: Box, b: Box): boolean {
+  return a[0] <= b[2] && b[0] <= a[2] && a[1] <= b[3] && b[1] <= a[3];
 }
 
 function sameRing(a: Ring, b: Ring): boolean {

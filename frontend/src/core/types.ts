@@ -133,7 +133,7 @@ export type AdjudicationDecisionIO = Omit<S['AdjudicationDecisionInRequest'], 'p
  * cell that has none yet (drawn unclassified, see {@link CellPayload}). Tests, the benchmark
  * and the local backup build these.
  */
-export type ApiCell = Pick<ServerCell, 'id' | 'polygon'> & { class_id: ServerCell['class_id'] | null } & Partial<Pick<ServerCell, 'layer' | 'source' | 'score' | 'model_version' | 'author' | 'updated_at' | 'label' | 'state'>>;
+export type ApiCell = Pick<ServerCell, 'id' | 'polygon'> & { class_id: ServerCell['class_id'] | null } & Partial<Pick<ServerCell, 'layer' | 'source' | 'score' | 'model_version' | 'author' | 'updated_at' | 'label' | 'state' | 'revision'>>;
 export type CellsResponse = Pick<ServerCells, 'revision'> & { cells: ApiCell[] };
 
 /**
@@ -144,6 +144,28 @@ export type CellsResponse = Pick<ServerCells, 'revision'> & { cells: ApiCell[] }
  */
 export type CellPayload = Omit<S['CellInRequest'], 'class_id' | 'polygon'> & { class_id: number | null; polygon: Point[] };
 export type SaveCellsBody = Omit<S['CellsReplaceInRequest'], 'revision' | 'cells'> & { revision: number; cells: CellPayload[] };
+
+/**
+ * The body of `PATCH images/{id}/cells` (saves by delta, large images): the cells added,
+ * changed and deleted since `base_revision`. A changed or deleted cell carries its `revision` as
+ * the client read it, so the server checks it against that copy (the schema's
+ * `CellsDeltaInRequest` types deletions as plain ids; `{id, revision}` is accepted too).
+ */
+export interface DeltaBody {
+  base_revision: number;
+  added: { class_id: number | null; polygon: Point[] }[];
+  changed: { id: number; revision?: number; class_id: number | null; polygon: Point[] }[];
+  deleted: (number | { id: number; revision: number })[];
+}
+/** The answer of a delta save: the new revision, the added cells (request order, with ids), the changed ones. */
+export type DeltaResponse = Omit<S['CellsDeltaOut'], 'added' | 'changed'> & { added: ServerCell[]; changed: ServerCell[] };
+/** One conflict of a 409 answer to a delta save: which item of the delta met which server cell. */
+export interface DeltaConflictItem {
+  item: string;
+  id: number;
+  reason: 'changed' | 'deleted' | 'overlaps';
+  revision: number;
+}
 
 // ====================================================================== where the schema is too loose
 //

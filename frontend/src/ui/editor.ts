@@ -11,6 +11,7 @@ import { apiSegmenter, type Segmenter } from '../core/interactive';
 import { findNextImage, loadFilters } from '../core/navigation';
 import { nextFromQueue, queueRoute } from '../core/queue';
 import { routeHash } from '../core/router';
+import { ViewportLoader, type ViewportLoad } from '../core/viewportCells';
 import { proposalKey } from '../core/selection';
 import type { AnnotationStore } from '../core/store';
 import type { CellsResponse, Project } from '../core/types';
@@ -54,6 +55,9 @@ export class EditorScreen extends MapScreen {
   private revisions!: HistoryPanel;
   private saveEl!: HTMLButtonElement;
   private workLinks: HTMLElement[] = [];
+  /** A tiled image (slide): its cells are read by viewport and saved by delta (null otherwise). */
+  private viewport: ViewportLoader | null = null;
+  private zoomInShown = false;
   /** The caller's review of this image: undefined = not asked, null = asking, 'none' = not assigned. */
   private myReviewStatus: string | null | undefined = undefined;
 
@@ -77,6 +81,7 @@ export class EditorScreen extends MapScreen {
     if (this.offlineTicker) clearInterval(this.offlineTicker);
     if (this.backup) this.backup.flush(this.store);
     this.autosave?.stop();
+    this.viewport?.stop();
     this.conflict?.close();
     this.relogin?.close();
   }
@@ -131,6 +136,7 @@ export class EditorScreen extends MapScreen {
       autosave: () => this.autosave,
       readOnly: () => !!lockReason(this.image?.status),
       showPreview: (banner) => this.showPreview(banner),
+      loadLayer: (resp) => this.loadLayer(resp),
     });
     this.saveEl = h('button', { class: 'save-status save-saved', onclick: () => this.onSaveClick() }, h('span', { class: 'dot' }), h('span', null, 'Loading…'));
     return {
@@ -167,15 +173,19 @@ export class EditorScreen extends MapScreen {
 
   private async loadImage(): Promise<void> {
     const api = this.app.api;
-    const [project, image, cells, props] = await Promise.all([
+    const image = await api.getImage(this.imageId);
+    // a slide's layer may hold 100,000 cells: they are read by viewport (see viewportCells.ts)
+    const tiled = !!image.tiles;
+    const [project, cells, props] = await Promise.all([
       api.getProject(this.projectId),
-      api.getImage(this.imageId),
-      api.getCells(this.imageId, 'annotation'),
-      api.getCells(this.imageId, 'proposal').catch((e: unknown) => {
-        if (e instanceof ApiError && e.status === 401) throw e;
-        toast('Model proposals could not be loaded', 'warn');
-        return { revision: 0, cells: [] } as CellsResponse;
-      }),
+      tiled ? Promise.resolve<CellsResponse>({ revision: image.revision, cells: [] }) : api.getCells(this.imageId, 'annotation'),
+      tiled
+        ? Promise.resolve<CellsResponse>({ revision: 0, cells: [] })
+        : api.getCells(this.imageId, 'proposal').catch((e: unknown) => {
+            if (e instanceof ApiError && e.status === 401) throw e;
+            toast('Model proposals could not be loaded', 'warn');
+            return { revision: 0, cells: [] } as CellsResponse;
+          }),
     ]);
     if (!this.alive) return;
     const dataArrivedAt = performance.now();
@@ -195,10 +205,45 @@ export class EditorScreen extends MapScreen {
     view.map.once('rendercomplete', () => {
       this.opts.onInteractive?.({ dataArrivedAt, interactiveAt: performance.now() });
     });
-    this.autosave = new AutosaveController({ api, store: this.store, imageId: this.imageId }).start();
-    this.backup = new LocalBackup(safeLocalStorage(), this.imageId);
+    this.autosave = new AutosaveController({ api, store: this.store, imageId: this.imageId, mode: tiled ? 'delta' : 'layer' }).start();
+    if (tiled) {
+      // The local backup mirrors the whole store, which here is only the cells near the view;
+      // restoring it would read as deleting the rest, so a slide has none (its saves are small
+      // and frequent).
+      this.viewport = new ViewportLoader({
+        api,
+        store: this.store,
+        imageId: this.imageId,
+        width: image.width,
+        height: image.height,
+        pinned: () => this.selection.cells(),
+        proposals: (c) => this.proposals.load(c),
+        onLoad: (load) => this.onViewportLoad(load),
+        onError: (e) => toast(`Cells could not be loaded: ${errText(e)}`, 'error'),
+      });
+      const viewport = this.viewport;
+      view.map.on('moveend', () => viewport.viewChanged(view.viewExtentApi()));
+      viewport.viewChanged(view.viewExtentApi());
+    } else this.backup = new LocalBackup(safeLocalStorage(), this.imageId);
     this.begin();
-    this.checkBackup(cells);
+    if (!tiled) this.checkBackup(cells);
+  }
+
+  /** A viewport read of a slide's cells arrived: say when the view holds more than one read shows. */
+  private onViewportLoad(load: ViewportLoad): void {
+    this.shell.mapEl.dataset.cellsLoaded = String(load.cells);
+    if (!load.complete && !this.zoomInShown) toast(`This view holds more cells than are shown (${load.cells}): zoom in to see and edit them all`, 'info', 6000);
+    this.zoomInShown = !load.complete;
+  }
+
+  /** The layer the server answered whole (a restore, a 409): a slide reads its view again instead. */
+  private loadLayer(resp: CellsResponse): void {
+    if (!this.viewport) {
+      this.store.load(resp);
+      return;
+    }
+    this.store.load({ revision: resp.revision, cells: [] });
+    void this.viewport.reload();
   }
 
   private checkBackup(server: CellsResponse): void {
@@ -254,6 +299,12 @@ export class EditorScreen extends MapScreen {
       this.proposals.events.on('reset', refreshProposals),
       as.events.on('state', (s) => this.onSaveState(s)),
       as.events.on('refused', (r) => this.onRefused(r.keys, r.reasons)),
+      as.events.on('deltaConflict', (c) => {
+        const n = c.dropped;
+        toast(`${n} of your edit${n === 1 ? '' : 's'} met edits another person saved meanwhile: the server's version of ${n === 1 ? 'that cell is' : 'those cells are'} shown (selected). Your other edits are being saved.`, 'warn', 10000);
+        if (c.keys.length) this.selection.set(c.keys);
+      }),
+      as.events.on('behind', () => void this.viewport?.reload()),
       as.installBeforeUnload(window),
       listen(window, 'online', () => {
         if (as.state.status === 'offline') void as.retryNow();
@@ -416,10 +467,14 @@ export class EditorScreen extends MapScreen {
         const c = e instanceof ApiError ? conflictState(e) : null;
         if (!c || this.store.isDirty) throw e;
         // our base revision was stale but nothing is unsaved: catch up and retry once
-        this.store.applyServerUpdate(c, true);
-        resp = await this.autosave.exclusive(() => api.acceptProposals(this.imageId, { revision: this.store.revision, ids }));
+        if (this.viewport) await this.viewport.reload();
+        else this.store.applyServerUpdate(c, true);
+        const base = this.viewport ? c.revision : this.store.revision;
+        resp = await this.autosave.exclusive(() => api.acceptProposals(this.imageId, { revision: base, ids }));
       }
-      this.store.applyServerUpdate(resp);
+      // a slide reads its view again (the answer is the whole layer, the store only the view's cells)
+      if (this.viewport) await this.viewport.reload();
+      else this.store.applyServerUpdate(resp);
       this.proposals.remove(ids);
       toast(`Accepted ${ids.length} proposal${ids.length === 1 ? '' : 's'}`, 'success');
     } catch (e) {

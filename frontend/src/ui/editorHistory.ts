@@ -12,6 +12,7 @@ import { previewDiff, previewSentence, revisionRows } from '../core/revisions';
 import type { AnnotationStore } from '../core/store';
 import type { HistoryEntry, Ring } from '../core/types';
 import type { EditorMap } from '../view/editorMap';
+import type { CellsResponse } from '../core/types';
 import { h, icon } from './dom';
 import { confirmDialog, toast } from './overlay';
 import { errText, relTime, section } from './viewer';
@@ -26,6 +27,8 @@ export interface HistoryHost {
   readOnly(): boolean;
   /** The banner over the map during a preview (null: the preview ended); the editor locks editing meanwhile. */
   showPreview(banner: HTMLElement | null): void;
+  /** Shows a layer the server answered whole (a restore, a 409); default: the store loads it. */
+  loadLayer?(resp: CellsResponse): void;
 }
 
 export class HistoryPanel {
@@ -169,13 +172,15 @@ export class HistoryPanel {
       const call = () => this.host.api.restoreRevision(this.host.imageId, revision, store.revision);
       const resp = autosave ? await autosave.exclusive(call) : await call();
       this.closePreview();
-      store.load(resp);
+      if (this.host.loadLayer) this.host.loadLayer(resp);
+      else store.load(resp);
       toast(`Revision ${revision} restored (now revision ${resp.revision})`, 'success', 4000);
     } catch (e) {
       const c = e instanceof ApiError ? conflictState(e) : null;
       if (c) {
         this.closePreview();
-        store.load(c);
+        if (this.host.loadLayer) this.host.loadLayer(c);
+        else store.load(c);
         toast('The image was saved elsewhere meanwhile: its latest cells are shown now. Choose the revision again to restore it.', 'error', 8000);
       } else toast(`Not restored: ${errText(e)}`, 'error', 7000);
     } finally {
