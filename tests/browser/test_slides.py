@@ -14,9 +14,19 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from annotations.models import Image, Role, TileStatus
 from annotations.services import images as image_services
+from cytoseg.contours import mask_to_polygon
 from cytoseg.slide_synthetic import slide_synthetic, slide_write
 from tests.browser.conftest import shot
-from tests.browser.helpers import ProjectFactory, UserFactory, image_point, login, map_box, member, wait_editor_ready
+from tests.browser.helpers import (
+    ProjectFactory,
+    UserFactory,
+    annotate,
+    image_point,
+    login,
+    map_box,
+    member,
+    wait_editor_ready,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -24,12 +34,20 @@ WIDTH, HEIGHT = 4096, 3072  # the CI-sized slide of the issue
 TILE = re.compile(r"/api/v1/images/(\d+)/tiles/(\d+)/(\d+)_(\d+)\.jpeg$")
 
 
-def _slide_upload(project: Any, tmp_path: Path) -> Image:
+def _slide_upload(project: Any, tmp_path: Path) -> tuple[Image, list[list[list[float]]]]:
+    """The slide uploaded, and the true outlines of its cells around the centre (slide pixels)."""
     slide = slide_synthetic(width=WIDTH, height=HEIGHT, distinct=3, seed=11)
     path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff", mpp=0.25)
     admin = project.memberships.filter(role=Role.ADMIN).first().user
     upload = SimpleUploadedFile("slide.tif", path.read_bytes(), content_type="image/tiff")
-    return image_services.image_upload_many(project=project, files=[upload], metadata={}, uploaded_by=admin)[0]
+    image = image_services.image_upload_many(project=project, files=[upload], metadata={}, uploaded_by=admin)[0]
+    outlines = []
+    for inst in slide.instances():
+        near = abs(inst.x0 - WIDTH / 2) < 250 and abs(inst.y0 - HEIGHT / 2) < 180
+        poly = mask_to_polygon(inst.mask, x0=inst.x0, y0=inst.y0, tolerance=1.0) if near and inst.label == 1 else None
+        if poly is not None and poly.area > 200:
+            outlines.append([[round(float(x), 1), round(float(y), 1)] for x, y in list(poly.exterior.coords)[:-1]])
+    return image, outlines
 
 
 def _wait_tiles_built(image: Image, timeout: float = 120) -> None:
@@ -44,10 +62,14 @@ def _wait_tiles_built(image: Image, timeout: float = 120) -> None:
 
 def test_slide_opens_pans_and_zooms_by_tiles(live_server: Any, page: Any, celery_worker: Any, tmp_path: Path) -> None:
     project = ProjectFactory(name="Slides", created_by=UserFactory(username="head"))
-    member(project, Role.ANNOTATOR, username="dr.slide")
-    image = _slide_upload(project, tmp_path)
+    doctor = member(project, Role.ANNOTATOR, username="dr.slide")
+    image, outlines = _slide_upload(project, tmp_path)
     assert image.tiled and image.tile_status == TileStatus.QUEUED
     _wait_tiles_built(image)
+    # the true outlines of cells near the centre, as annotations: in the zoomed screenshot they
+    # lie on the cells of the full-resolution tiles (cells stay in full-resolution pixels)
+    assert len(outlines) >= 5
+    annotate(image, doctor, outlines)
 
     tiles: list[tuple[int, int, int, int]] = []
     other_images: list[str] = []
