@@ -158,15 +158,17 @@ describe('cells by viewport', () => {
     expect(store.revision).toBe(2);
   });
 
-  it('a page cut by the limit is merged but reported incomplete', async () => {
+  it('a view holding more cells than one read shows none and says so', async () => {
     const server = fakeServer(grid());
     const store = new AnnotationStore();
     store.load({ revision: 1, cells: [] });
     const loads: boolean[] = [];
     const loader = new ViewportLoader({ api: server.api, store, imageId: 1, width: 10000, height: 10000, debounceMs: 10, limit: 20, onLoad: (l) => loads.push(l.complete) });
+    await viewAt(loader, [0, 0, 2000, 2000]);
+    expect(store.size).toBe(9);
     await viewAt(loader, [0, 0, 10000, 10000]);
-    expect(store.size).toBe(20);
-    expect(loads).toEqual([false]);
+    expect(store.size).toBe(0); // not a band of the first 20 cells by id
+    expect(loads).toEqual([true, false]);
   });
 
   it('a read overtaken by a save is made again', async () => {

@@ -10,7 +10,15 @@
  *   {@link AnnotationStore.applyServerUpdate}/{@link AnnotationStore.load} and never
  *   enter the history;
  * - dirty tracking: `version` counts user changes, `savedVersion` is the version
- *   last acknowledged by the server; `dirtyKeys` the cells touched since.
+ *   last acknowledged by the server; `dirtyKeys` the cells touched since;
+ * - large images (slides): the store holds only the cells near the view
+ *   ({@link AnnotationStore.applyRegion}, {@link AnnotationStore.dropOutside}) and saves by delta
+ *   ({@link AnnotationStore.deltaSnapshot}, {@link AnnotationStore.markDeltaSaved},
+ *   {@link AnnotationStore.takeServerVersion}).
+ *
+ * One module of ~850 lines on purpose: every path that writes cells (user edits, undo, server
+ * loads, viewport reads, both save kinds, conflicts) shares the same private maps (server ids,
+ * last-saved copies, dirty versions, revisions), and splitting them would expose those maps.
  */
 import { Emitter } from './events';
 import { clampRing, normalizeRing } from './geometry';

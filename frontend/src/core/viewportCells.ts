@@ -7,8 +7,9 @@
  * unsaved edit) and drops the clean cells far outside the view ({@link AnnotationStore.dropOutside}:
  * not the selected ones, not those the undo history may still write). A newer view cancels the
  * read in flight. A read overtaken by a save (older than the store's revision) is made again.
- * A page cut by the server's limit (a view zoomed out over many cells) is merged but reported
- * as incomplete: the editor asks the doctor to zoom in.
+ * A page cut by the server's limit (a view zoomed out over many cells) is not shown (a band of
+ * the first cells by id would read as if the rest had none): the clean cells go and the load is
+ * reported incomplete, so the editor asks the doctor to zoom in.
  */
 import type { AnnotationStore, Box } from './store';
 import type { ApiCell, CellsResponse } from './types';
@@ -24,7 +25,7 @@ export interface ViewportApi {
 export interface ViewportLoad {
   box: Box;
   cells: number;
-  /** False: the page limit cut the read (zoom in to see every cell). */
+  /** False: the view holds more cells than one read may bring: none are shown (zoom in). */
   complete: boolean;
   dropped: number;
 }
@@ -112,7 +113,13 @@ export class ViewportLoader {
       ]);
       if (signal.aborted || this.stopped) return;
       const complete = resp.next_after === undefined || resp.next_after === null;
-      if (store.applyRegion(resp, box, complete) === null) {
+      if (!complete) {
+        const dropped = store.dropOutside([-1, -1, -1, -1], this.opts.pinned?.() ?? []);
+        if (props) this.opts.proposals?.([]);
+        this.opts.onLoad?.({ box, cells: 0, complete, dropped });
+        return;
+      }
+      if (store.applyRegion(resp, box, true) === null) {
         // a save overtook this read: read again (the store stays as it is meanwhile)
         if (tries > 1) await this.load(extent, signal, tries - 1);
         return;

@@ -232,7 +232,7 @@ export class EditorScreen extends MapScreen {
   /** A viewport read of a slide's cells arrived: say when the view holds more than one read shows. */
   private onViewportLoad(load: ViewportLoad): void {
     this.shell.mapEl.dataset.cellsLoaded = String(load.cells);
-    if (!load.complete && !this.zoomInShown) toast(`This view holds more cells than are shown (${load.cells}): zoom in to see and edit them all`, 'info', 6000);
+    if (!load.complete && !this.zoomInShown) toast('This view holds too many cells to show: zoom in to see and edit them', 'info', 6000);
     this.zoomInShown = !load.complete;
   }
 

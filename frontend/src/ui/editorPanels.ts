@@ -128,7 +128,8 @@ export class EditorPanels {
     const counts = new Map<number | null, number>();
     for (const c of store.all()) counts.set(c.classId, (counts.get(c.classId) ?? 0) + 1);
     const total = store.size;
-    this.countEl.textContent = `${total} cell${total === 1 ? '' : 's'}`;
+    // a slide's store holds only the cells near the view (viewportCells.ts): say so
+    this.countEl.textContent = `${total} cell${total === 1 ? '' : 's'}${this.host.image()?.tiles ? ' near the view' : ''}`;
     const rows = palette.ordered.map((c, i) =>
       h(
         'button',
