@@ -70,10 +70,12 @@ def source_layer(source: str) -> str:
 
 
 def eligible_images(*, project: Project, source: str) -> QuerySet[Image]:
-    """Images of ``project`` that ``source`` takes into a snapshot."""
+    """Images of ``project`` that ``source`` takes into a snapshot. Not whole slides (tiled
+    images): training reads an image whole, a slide only by regions (a later part of issue #14)."""
+    images = project.images.exclude(tiled=True)
     if source == DatasetSource.VERIFIED:
-        return project.images.filter(status=ImageStatus.VERIFIED)
-    return project.images.filter(training_completion__isnull=False)
+        return images.filter(status=ImageStatus.VERIFIED)
+    return images.filter(training_completion__isnull=False)
 
 
 def _cells_sha(cells: list[dict[str, Any]]) -> str:

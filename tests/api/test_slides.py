@@ -297,3 +297,19 @@ def test_a_slide_that_keeps_killing_the_worker_fails(
     assert "levels" in image_pyramid_build(image_id=image_id)
     image = Image.objects.get(pk=image_id)
     assert image.tile_status == TileStatus.DONE and image.tile_attempts == 2
+
+
+def test_a_slide_stays_out_of_training_snapshots(
+    slide: SyntheticSlide, project: Any, admin_user: Any, tmp_path: Path
+) -> None:
+    """Training reads an image whole: a verified slide is left out of the snapshots (training
+    by regions is a later part of issue #14) instead of failing the job."""
+    from tests.factories import image_create
+    from training.models import DatasetSource
+    from training.snapshots import eligible_images
+
+    path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff")
+    slide_id = _post(client_for(admin_user), project, path).json()[0]["id"]
+    small = image_create(project, seed=5, split="train")
+    Image.objects.filter(pk__in=[slide_id, small.pk]).update(status="verified")
+    assert list(eligible_images(project=project, source=DatasetSource.VERIFIED)) == [small]
