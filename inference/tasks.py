@@ -3,12 +3,13 @@ waits for on the ``interactive`` queue."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
 from django.db import OperationalError, close_old_connections
 
@@ -117,3 +118,18 @@ def _reap_at_worker_start(sender: Any = None, **kwargs: Any) -> None:
         logger.exception("Could not check for orphaned pre-segmentations")
     finally:
         close_old_connections()
+
+
+@worker_process_init.connect
+def _interactive_preload(**_: Any) -> None:
+    """A pool process of a worker on the ``interactive`` queue imports the model libraries when
+    it starts rather than on its first task: that task is a click waiting (tens of seconds of
+    imports on a busy CPU). The worker's main process never imports them (see config.celery)."""
+    queues = set(current_app.amqp.queues.consume_from or {})
+    if INTERACTIVE_QUEUE not in queues:
+        return
+    try:
+        for module in ("cytoseg.backends.cellpose", "cytoseg.backends.nnunet"):  # torch, Cellpose, nnU-Net
+            importlib.import_module(module)
+    except Exception:  # a missing library fails the task later, with its message
+        logger.warning("Could not preload the model libraries", exc_info=True)
