@@ -380,62 +380,83 @@ def _cut_merge(cut: list[TileCell]) -> list[TileCell]:
     return out
 
 
-def cells_stitch(cells: Iterable[TileCell], *, duplicate_iou: float = DUPLICATE_IOU) -> list[TileCell]:
-    """The image's instances from every tile's kept cells: the inner ones as they are; of the
-    border ones that overlap with IoU >= ``duplicate_iou``, only the one whose centroid lies
-    deepest in its own core; cut fragments of one large cell merged (:func:`_cut_merge`), and
-    dropped where another tile holds the cell whole (they overlap it by ``CUT_OVERLAP`` of
-    their own area). Holds polygons of the border and cut cells only (a thin band along the
-    core lines); the others are boxes on a grid, made polygons only when a candidate meets one."""
-    out: list[TileCell] = []
+def _duplicates(cell: TileCell, poly: Any, other: TileCell, other_poly: Any, duplicate_iou: float) -> bool:
+    """Whether candidate ``cell`` repeats ``other`` (a cell of another tile already kept): by
+    IoU for a whole cell, by ``CUT_OVERLAP`` of its own area for a cut one."""
+    inter = poly.intersection(other_poly).area
+    if cell.cut:
+        return bool(inter >= CUT_OVERLAP * poly.area)
+    union = poly.area + other_poly.area - inter
+    return bool(union > 0 and inter / union >= duplicate_iou)
+
+
+def _meets(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return not (b[0] > a[2] or b[2] < a[0] or b[1] > a[3] or b[3] < a[1])
+
+
+def stitch_stream(
+    source: Callable[[], Iterable[TileCell]], *, duplicate_iou: float = DUPLICATE_IOU
+) -> Iterator[TileCell]:
+    """The image's instances from every tile's kept cells (``source()`` gives them; it is called
+    twice): the inner ones as they are; of the border ones that overlap with IoU >=
+    ``duplicate_iou``, only the one whose centroid lies deepest in its own core; cut fragments
+    of one large cell merged (:func:`_cut_merge`), and dropped where another tile holds the cell
+    whole (they overlap it by ``CUT_OVERLAP`` of their own area).
+
+    Memory: the first pass keeps the border and cut cells only (a thin band along the core
+    lines); the second yields the inner cells as it reads them, checking each against the
+    candidates it meets; the kept candidates come last. A slide's 250,000 cells never need to be
+    held at once."""
     border: list[TileCell] = []
     cut: list[TileCell] = []
-    for cell in cells:
+    for cell in source():
         if cell.cut:
             cut.append(cell)
-        else:
-            (border if cell.border else out).append(cell)
-    grid: dict[tuple[int, int], list[list[Any]]] = {}  # [cell, polygon or None]
-    for cell in out:
-        entry: list[Any] = [cell, None]
-        for key in _buckets(cell.bbox):
-            grid.setdefault(key, []).append(entry)
+        elif cell.border:
+            border.append(cell)
     # whole cells by depth, then the merged fragments of large ones
     candidates = sorted(border, key=lambda c: -c.depth) + sorted(_cut_merge(cut), key=lambda c: -c.depth)
-    for cell in candidates:
-        keys = _buckets(cell.bbox)
-        poly = _polygon(cell)
-        duplicate = False
-        seen: set[int] = set()
-        x0, y0, x1, y1 = cell.bbox
-        for key in keys:
-            for entry in grid.get(key, ()):
-                other = entry[0]
-                if id(other) in seen or other.tile == cell.tile:
-                    continue
-                seen.add(id(other))
-                ox0, oy0, ox1, oy1 = other.bbox
-                if ox0 > x1 or ox1 < x0 or oy0 > y1 or oy1 < y0:
-                    continue
-                if entry[1] is None:
-                    entry[1] = _polygon(other)
-                inter = poly.intersection(entry[1]).area
-                if cell.cut:
-                    duplicate = inter >= CUT_OVERLAP * poly.area
-                else:
-                    union = poly.area + entry[1].area - inter
-                    duplicate = union > 0 and inter / union >= duplicate_iou
-                if duplicate:
-                    break
-            if duplicate:
-                break
-        if duplicate:
+    polys = [_polygon(c) for c in candidates]
+    grid: dict[tuple[int, int], list[int]] = {}
+    for i, cell in enumerate(candidates):
+        for key in _buckets(cell.bbox):
+            grid.setdefault(key, []).append(i)
+    dropped: set[int] = set()
+    for cell in source():
+        if cell.cut or cell.border:
             continue
-        out.append(cell)
-        entry = [cell, poly]
+        yield cell
+        near = {i for key in _buckets(cell.bbox) for i in grid.get(key, ())} - dropped
+        inner_poly = None
+        for i in near:
+            other = candidates[i]
+            if other.tile == cell.tile or not _meets(other.bbox, cell.bbox):
+                continue
+            inner_poly = inner_poly if inner_poly is not None else _polygon(cell)
+            if _duplicates(other, polys[i], cell, inner_poly, duplicate_iou):
+                dropped.add(i)
+    kept: dict[tuple[int, int], list[int]] = {}
+    for i, cell in enumerate(candidates):
+        if i in dropped:
+            continue
+        keys = _buckets(cell.bbox)
+        seen = {j for key in keys for j in kept.get(key, ())}
+        if any(
+            candidates[j].tile != cell.tile
+            and _meets(candidates[j].bbox, cell.bbox)
+            and _duplicates(cell, polys[i], candidates[j], polys[j], duplicate_iou)
+            for j in seen
+        ):
+            continue
+        yield cell
         for key in keys:
-            grid.setdefault(key, []).append(entry)
-    return out
+            kept.setdefault(key, []).append(i)
+
+
+def cells_stitch(cells: Iterable[TileCell], *, duplicate_iou: float = DUPLICATE_IOU) -> list[TileCell]:
+    """:func:`stitch_stream` over cells held in memory."""
+    held = list(cells)
+    return list(stitch_stream(lambda: held, duplicate_iou=duplicate_iou))
 
 
 def stitch_summary(cells: Sequence[TileCell]) -> dict[str, int]:
