@@ -343,3 +343,40 @@ def test_delta_query_count_does_not_grow_with_the_layer(project: Any, annotator:
     # (with the review rows pointing at the cells), the update, the insert, the image, its first
     # status change and audit, the history row, savepoints
     assert a == b and b <= 24, (a, b)
+
+
+def test_migration_fills_cell_revisions_from_the_history(image: Any, annotator: Any, class_id: int) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("annotations.migrations.0012_cell_revision")
+    client = client_for(annotator)
+    put = client.put(
+        _url(image),
+        {
+            "revision": 0,
+            "cells": [
+                {"class_id": class_id, "polygon": square(1, 1)},
+                {"class_id": class_id, "polygon": square(50, 50)},
+            ],
+        },
+        format="json",
+    ).json()
+    a, b = (c["id"] for c in put["cells"])
+    client.put(
+        _url(image),
+        {
+            "revision": 1,
+            "cells": [
+                {"id": a, "class_id": class_id, "polygon": square(1, 1)},
+                {"id": b, "class_id": class_id, "polygon": square(60, 60)},
+            ],
+        },
+        format="json",
+    )
+    expected = dict(Cell.objects.filter(image=image).values_list("pk", "revision"))
+    assert expected == {a: 1, b: 2}
+    Cell.objects.filter(image=image).update(revision=0)  # as before the migration
+    migration.cell_revisions_from_history(apps, None)
+    assert dict(Cell.objects.filter(image=image).values_list("pk", "revision")) == expected
