@@ -310,3 +310,37 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
+
+
+class Region(models.Model):
+    """A region of interest a doctor drew on an image (issue #14): a simple polygon in
+    full-resolution image pixels. On a tiled image it is the unit of pre-segmentation,
+    verification and training: a cell belongs to it when its centroid lies inside
+    (``cytoseg.regions``). ``status`` follows the image workflow's states."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="regions")
+    name = models.CharField(max_length=100)
+    polygon = models.JSONField()
+    # Bounding box of the polygon (whole pixels, cut to the image): tile selection, cell queries.
+    bbox_x = models.PositiveIntegerField()
+    bbox_y = models.PositiveIntegerField()
+    bbox_w = models.PositiveIntegerField()
+    bbox_h = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=ImageStatus.choices, default=ImageStatus.NEW)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["image", "status"])]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} on image {self.image_id}"
+
+    @property
+    def crop(self) -> tuple[int, int, int, int]:
+        """The region's bounding box as x0, y0, x1, y1 (exclusive ends)."""
+        return self.bbox_x, self.bbox_y, self.bbox_x + self.bbox_w, self.bbox_y + self.bbox_h

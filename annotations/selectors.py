@@ -25,6 +25,7 @@ from annotations.models import (
     Layer,
     Project,
     ProjectMembership,
+    Region,
     Role,
 )
 from core.errors import NotFoundError, PermissionDeniedError
@@ -102,6 +103,21 @@ def image_get_for_user(*, user: UserLike, image_id: int, capability: str = "view
         raise NotFoundError("No such image.")
     _check(user=user, project=image.project, capability=capability)
     return image
+
+
+def region_get_for_user(*, user: UserLike, image_id: int, region_id: int, capability: str = "view") -> Region:
+    """A region of the image, if ``user`` may ``capability`` in its project (404 otherwise)."""
+    image = image_get_for_user(user=user, image_id=image_id, capability=capability)
+    region = Region.objects.filter(pk=region_id, image_id=image.pk).first()
+    if region is None:
+        raise NotFoundError("No such region on this image.")
+    region.image = image
+    return region
+
+
+def region_list(*, image: Image) -> QuerySet[Region]:
+    """The image's regions, oldest first."""
+    return Region.objects.filter(image_id=image.pk).order_by("id")
 
 
 def project_list_for_user(*, user: UserLike) -> QuerySet[Project]:

@@ -33,6 +33,9 @@ class PresegmentTile(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     cells = models.JSONField(default=list, blank=True)  # TileCell.to_json() each; emptied once stitched
+    # A run over a region of interest (issue #14): its polygon, frozen at enqueue (the region may
+    # be redrawn or deleted meanwhile); the stitch keeps only the cells whose centroid is inside.
+    region_polygon = models.JSONField(null=True, blank=True)
     cell_count = models.PositiveIntegerField(default=0)
     seconds = models.FloatField(default=0.0)
     error = models.TextField(blank=True)

@@ -11,11 +11,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotations.models import Cell, CellSource, Image, Layer, PresegmentStatus
+from annotations.selectors import cells_in_box_filter
 from annotations.services.audit import audit_record
 from annotations.services.cells import LayerWrite, annotation_layer_write
 from annotations.services.workflow import annotation_write_check, image_presegmented
 from core.errors import ServiceValidationError
 from cytoseg.geometry import CleanPolygon
+from cytoseg.regions import cells_inside
 from training.models import ModelVersion
 
 
@@ -91,11 +93,15 @@ def proposals_reject(*, image: Image, user: User, ids: list[int] | None, select_
 _STORE_BATCH = 2000
 
 
-def proposals_store(*, image: Image, model_version: ModelVersion, contours: Iterable[Any]) -> int:
+def proposals_store(
+    *, image: Image, model_version: ModelVersion, contours: Iterable[Any], within: list[Any] | None = None
+) -> int:
     """Replace ``model_version``'s proposals of ``image`` with ``contours`` (anything with
     ``label``, ``points``, ``bbox`` as x_min, y_min, x_max, y_max, ``area`` and ``score``: a
     ``ContourResult`` or a stitched ``TileCell``) in one transaction, built and inserted
-    ``_STORE_BATCH`` at a time (a whole slide has hundreds of thousands)."""
+    ``_STORE_BATCH`` at a time (a whole slide has hundreds of thousands). ``within``: a region's
+    polygon: only that version's proposals whose centroid lies in it are replaced (a region's
+    run leaves the rest of the slide's proposals as they were)."""
     by_label: dict[int, int] = {}
     for cell_class in image.project.classes.order_by("order", "id"):
         by_label.setdefault(cell_class.model_label, cell_class.pk)
@@ -125,7 +131,20 @@ def proposals_store(*, image: Image, model_version: ModelVersion, contours: Iter
 
     count = 0
     with transaction.atomic():
-        Cell.objects.filter(image_id=image.pk, layer=Layer.PROPOSAL, model_version=model_version).delete()
+        old = Cell.objects.filter(image_id=image.pk, layer=Layer.PROPOSAL, model_version=model_version)
+        if within is None:
+            old.delete()
+        else:
+            xs, ys = [p[0] for p in within], [p[1] for p in within]
+            rows = list(
+                cells_in_box_filter(old, image_id=image.pk, box=(min(xs), min(ys), max(xs), max(ys))).values_list(
+                    "id", "polygon"
+                )
+            )
+            inside = cells_inside(within, [polygon for _, polygon in rows])
+            doomed = [cell_id for (cell_id, _), keep in zip(rows, inside, strict=True) if keep]
+            for start in range(0, len(doomed), _STORE_BATCH):
+                Cell.objects.filter(pk__in=doomed[start : start + _STORE_BATCH]).delete()
         batch: list[Cell] = []
         for contour in contours:
             class_id = by_label.get(contour.label)

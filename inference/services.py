@@ -18,8 +18,9 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from annotations.models import LOCKED_STATUSES, Image, PresegmentStatus, Project
-from annotations.services.workflow import annotation_write_check
+from annotations.models import LOCKED_STATUSES, Image, PresegmentStatus, Project, Region
+from annotations.services.workflow import annotation_write_check, status_label
+from core.errors import ConflictError, ServiceValidationError
 from core.events import event_emit
 from core.queue import outbox_pending, task_enqueue
 from cytoseg.backends import backend_get
@@ -38,8 +39,18 @@ logger = logging.getLogger(__name__)
 PRESEGMENT_TASK = "inference.presegment_image"
 
 
-def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None = None) -> ModelVersion:
-    """Mark the image queued and enqueue the GPU task once the transaction commits."""
+def image_presegment_enqueue(
+    *, image: Image, model_version: ModelVersion | None = None, region: Region | None = None
+) -> ModelVersion:
+    """Mark the image queued and enqueue the GPU task once the transaction commits. ``region``
+    (a tiled image's region of interest): only the tiles it meets, proposals only inside it."""
+    if region is not None and not image.tiled:
+        raise ServiceValidationError(
+            "Only a large image or slide is pre-segmented by region.",
+            {"region": "this image is pre-segmented whole; leave region out"},
+        )
+    if region is not None and region.status in LOCKED_STATUSES:
+        raise ConflictError(f"The region is {status_label(region.status)}; its proposals are locked.")
     # Proposals are what verified cells' provenance points back to: once an image is submitted
     # they must stay as they were (correction analytics), so pre-segmenting again is refused.
     annotation_write_check(image=image)
@@ -56,7 +67,7 @@ def image_presegment_enqueue(*, image: Image, model_version: ModelVersion | None
         if image.tiled:
             # a large image or slide is never read whole: its tiles are tasks of their own
             # (inference.tiled), which every GPU worker shares
-            image_tiles_enqueue(image=image, model_version=version)
+            image_tiles_enqueue(image=image, model_version=version, region=region)
         else:
             task_enqueue(PRESEGMENT_TASK, args=[image.pk, version.pk], queue="gpu")
     return version

@@ -38,11 +38,12 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from annotations.models import Image, PresegmentStatus
+from annotations.models import Image, PresegmentStatus, Region
 from core.events import event_emit
 from core.queue import outbox_pending, task_enqueue
 from cytoseg.backends import backend_get
 from cytoseg.device import device_default
+from cytoseg.regions import cells_inside, tiles_for_region
 from cytoseg.tiled import RegionReader, TileCell, TilePlan, cells_stitch, margin_for, region_reader, tiles_segment
 from inference.liveness import worker_gone, worker_name
 from inference.models import PresegmentTile, TileRunStatus
@@ -73,11 +74,16 @@ def tile_plan(*, image: Image, model_version: ModelVersion) -> TilePlan:
     return TilePlan(image.width, image.height, tile=tile, margin=min(margin, tile))
 
 
-def image_tiles_enqueue(*, image: Image, model_version: ModelVersion) -> int:
+def image_tiles_enqueue(*, image: Image, model_version: ModelVersion, region: Region | None = None) -> int:
     """Replace the image's tile rows by a new run's and enqueue its tile tasks (the caller has
     marked the image queued; all in one transaction, the messages sent once it commits).
-    Returns the number of tiles."""
+    With ``region``, only the tiles whose core meets the region's polygon. Returns the number
+    of tiles."""
     plan = tile_plan(image=image, model_version=model_version)
+    if region is None:
+        indices = list(range(plan.count))
+    else:
+        indices = tiles_for_region(plan.columns, plan.rows, plan.tile, plan.width, plan.height, region.polygon)
     per_task = settings.PRESEGMENT_TILES_PER_TASK
     now = timezone.now()
     with transaction.atomic():
@@ -88,19 +94,20 @@ def image_tiles_enqueue(*, image: Image, model_version: ModelVersion) -> int:
                     image_id=image.pk,
                     model_version=model_version,
                     index=index,
-                    task=index // per_task,
+                    task=position // per_task,
                     tile_size=plan.tile,
                     margin=plan.margin,
                     queued_at=now,
+                    region_polygon=None if region is None else region.polygon,
                 )
-                for index in range(plan.count)
+                for position, index in enumerate(indices)
             ],
             batch_size=1000,
         )
-        Image.objects.filter(pk=image.pk).update(presegment_tiles_done=0, presegment_tiles_total=plan.count)
-        for task in range(-(-plan.count // per_task)):
+        Image.objects.filter(pk=image.pk).update(presegment_tiles_done=0, presegment_tiles_total=len(indices))
+        for task in range(-(-len(indices) // per_task)):
             task_enqueue(TILES_TASK, args=[image.pk, model_version.pk, task], queue=QUEUE)
-    return plan.count
+    return len(indices)
 
 
 def tiles_progress(*, image_ids: list[int]) -> dict[int, tuple[int, int]]:
@@ -346,7 +353,12 @@ def image_tiles_stitch(*, image_id: int, model_version_id: int) -> int | None:
             version = ModelVersion.objects.get(pk=model_version_id)
             rows = PresegmentTile.objects.filter(image_id=image_id).order_by("index").values_list("cells", flat=True)
             cells = cells_stitch(TileCell.from_json(row) for tile in rows.iterator(chunk_size=32) for row in tile)
-            count = proposals_store(image=image, model_version=version, contours=cells)
+            # a region's run: its tiles reach past it; keep the cells whose centroid is inside
+            region = PresegmentTile.objects.filter(image_id=image_id).values_list("region_polygon", flat=True)[0]
+            if region is not None:
+                inside = cells_inside(region, [c.points for c in cells])
+                cells = [c for c, keep in zip(cells, inside, strict=True) if keep]
+            count = proposals_store(image=image, model_version=version, contours=cells, within=region)
             PresegmentTile.objects.filter(image_id=image_id).update(cells=[])
     except Exception as exc:
         reason = f"stitching the tiles: {type(exc).__name__}: {exc}"

@@ -19,6 +19,7 @@ from annotations.models import (
     PresegmentStatus,
     Project,
     ProjectMembership,
+    Region,
     Role,
     Split,
     TileStatus,
@@ -406,3 +407,30 @@ class AuditOut(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
         fields = ["id", "project", "image", "actor", "action", "target", "before", "after", "created_at"]
+
+
+class RegionOut(serializers.ModelSerializer):
+    polygon = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField()),
+        help_text="[[x, y], ...] in full-resolution pixels.",
+    )
+    bbox = serializers.SerializerMethodField(help_text="[x0, y0, x1, y1]: whole pixels covering the region.")
+
+    class Meta:
+        model = Region
+        fields = ["id", "image", "name", "polygon", "bbox", "status", "created_by", "created_at", "updated_at"]
+        read_only_fields = fields
+
+    def get_bbox(self, region: Region) -> list[int]:
+        return list(region.crop)
+
+
+class RegionIn(serializers.Serializer):
+    # Shapes only: the service checks the geometry against the image and names the field.
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    polygon = serializers.JSONField(help_text="[[x, y], ...]: at least 3 points inside the image, a simple polygon.")
+
+
+class RegionPatchIn(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    polygon = serializers.JSONField(required=False)

@@ -23,6 +23,8 @@ urlpatterns = [
     path("images/<int:image_id>/tiles/<int:level>/<str:tile>", views.ImageTileView.as_view(), name="image-tile"),
     path("images/<int:image_id>/cells", views.CellsView.as_view(), name="cells"),
     path("images/<int:image_id>/history", views.HistoryView.as_view(), name="history"),
+    path("images/<int:image_id>/regions", views.RegionsView.as_view(), name="regions"),
+    path("images/<int:image_id>/regions/<int:region_id>", views.RegionDetailView.as_view(), name="region-detail"),
     path("images/<int:image_id>/history/<int:revision>", views.RevisionView.as_view(), name="revision"),
     path("images/<int:image_id>/history/<int:revision>/restore", views.RestoreView.as_view(), name="restore"),
 ]

@@ -28,6 +28,7 @@ from annotations.services import audit, projects, tokens
 from annotations.services import cell_deltas as cell_delta_services
 from annotations.services import cells as cell_services
 from annotations.services import images as image_services
+from annotations.services import regions as region_services
 from annotations.services import slides as slide_services
 from core.api.parsing import PAGE_PARAMETERS, base_revision, client_ip, paginate, paginated, parse, request_user
 from core.api.throttling import TileThrottle
@@ -621,3 +622,48 @@ class RestoreView(APIView):
             image=image, user=request_user(request), target_revision=revision, base_revision=base
         )
         return _cells_response(result.revision, result.cells)
+
+
+# --- regions of interest (issue #14) -------------------------------------------------------------
+
+
+class RegionsView(APIView):
+    @extend_schema(responses=s.RegionOut(many=True), tags=["regions"])
+    def get(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
+        return Response(s.RegionOut(selectors.region_list(image=image), many=True).data)
+
+    @extend_schema(request=s.RegionIn, responses={201: s.RegionOut}, tags=["regions"])
+    def post(self, request: Request, image_id: int) -> Response:
+        image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
+        data = parse(s.RegionIn, request.data)
+        region = region_services.region_create(
+            image=image, user=request_user(request), polygon=data["polygon"], name=data.get("name")
+        )
+        return Response(s.RegionOut(region).data, status=status.HTTP_201_CREATED)
+
+
+class RegionDetailView(APIView):
+    @extend_schema(responses=s.RegionOut, tags=["regions"])
+    def get(self, request: Request, image_id: int, region_id: int) -> Response:
+        region = selectors.region_get_for_user(user=request_user(request), image_id=image_id, region_id=region_id)
+        return Response(s.RegionOut(region).data)
+
+    @extend_schema(request=s.RegionPatchIn, responses=s.RegionOut, tags=["regions"])
+    def patch(self, request: Request, image_id: int, region_id: int) -> Response:
+        region = selectors.region_get_for_user(
+            user=request_user(request), image_id=image_id, region_id=region_id, capability="annotate"
+        )
+        if not isinstance(request.data, dict):
+            raise ServiceValidationError("Expected a JSON object.")
+        parse(s.RegionPatchIn, request.data)  # shapes; unknown fields are named by the service
+        region = region_services.region_update(region=region, user=request_user(request), data=dict(request.data))
+        return Response(s.RegionOut(region).data)
+
+    @extend_schema(responses={204: None}, tags=["regions"])
+    def delete(self, request: Request, image_id: int, region_id: int) -> Response:
+        region = selectors.region_get_for_user(
+            user=request_user(request), image_id=image_id, region_id=region_id, capability="annotate"
+        )
+        region_services.region_delete(region=region, user=request_user(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)

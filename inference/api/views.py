@@ -23,6 +23,14 @@ class PresegmentIn(serializers.Serializer):
     model_version = serializers.IntegerField(required=False, allow_null=True)
 
 
+class ImagePresegmentIn(PresegmentIn):
+    region = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text="A region of interest of this (tiled) image: only its tiles, proposals only inside it.",
+    )
+
+
 class ProposalSelectionIn(serializers.Serializer):
     revision = serializers.IntegerField(required=False)
     ids = serializers.ListField(child=serializers.IntegerField(), required=False)
@@ -39,12 +47,17 @@ def _version(project_id: int, version_id: int | None) -> ModelVersion | None:
 
 
 class ImagePresegmentView(APIView):
-    @extend_schema(request=PresegmentIn, responses={202: dict}, tags=["proposals"])
+    @extend_schema(request=ImagePresegmentIn, responses={202: dict}, tags=["proposals"])
     def post(self, request: Request, image_id: int) -> Response:
         image = selectors.image_get_for_user(user=request_user(request), image_id=image_id, capability="annotate")
-        data = parse(PresegmentIn, request.data)
+        data = parse(ImagePresegmentIn, request.data)
+        region = None
+        if data.get("region") is not None:
+            region = selectors.region_list(image=image).filter(pk=data["region"]).first()
+            if region is None:
+                raise ServiceValidationError("Unknown region.", {"region": "not a region of this image"})
         version = services.image_presegment_enqueue(
-            image=image, model_version=_version(image.project_id, data.get("model_version"))
+            image=image, model_version=_version(image.project_id, data.get("model_version")), region=region
         )
         return Response(
             {"presegment_status": image.presegment_status, "model_version": version.pk}, status=status.HTTP_202_ACCEPTED

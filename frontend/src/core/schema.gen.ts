@@ -332,6 +332,38 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/images/{image_id}/regions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["images_regions_list"];
+        put?: never;
+        post: operations["images_regions_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/images/{image_id}/regions/{region_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["images_regions_retrieve"];
+        put?: never;
+        post?: never;
+        delete: operations["images_regions_destroy"];
+        options?: never;
+        head?: never;
+        patch: operations["images_regions_partial_update"];
+        trace?: never;
+    };
     "/api/v1/images/{image_id}/reviews": {
         parameters: {
             query?: never;
@@ -1807,6 +1839,11 @@ export interface components {
             /** Format: date-time */
             readonly updated_at: string;
         };
+        ImagePresegmentInRequest: {
+            model_version?: number | null;
+            /** @description A region of interest of this (tiled) image: only its tiles, proposals only inside it. */
+            region?: number | null;
+        };
         ImageUploadInRequest: {
             /** @description One or many image files. */
             files: string[];
@@ -2164,6 +2201,10 @@ export interface components {
                 [key: string]: unknown;
             };
         };
+        PatchedRegionPatchInRequest: {
+            name?: string;
+            polygon?: unknown;
+        };
         PatchedVerificationSettingsIORequest: {
             experts_required?: number;
             quorum?: number | null;
@@ -2352,6 +2393,26 @@ export interface components {
         QueueSectionOut: {
             count: number;
             images: components["schemas"]["QueueImageOut"][];
+        };
+        RegionInRequest: {
+            name?: string;
+            /** @description [[x, y], ...]: at least 3 points inside the image, a simple polygon. */
+            polygon: unknown;
+        };
+        RegionOut: {
+            readonly id: number;
+            readonly image: number;
+            readonly name: string;
+            /** @description [[x, y], ...] in full-resolution pixels. */
+            polygon: number[][];
+            /** @description [x0, y0, x1, y1]: whole pixels covering the region. */
+            readonly bbox: number[];
+            readonly status: components["schemas"]["StatusBcfEnum"];
+            readonly created_by: number | null;
+            /** Format: date-time */
+            readonly created_at: string;
+            /** Format: date-time */
+            readonly updated_at: string;
         };
         RegistryOut: {
             /** @description The snapshot whose test split the metrics are on. */
@@ -3481,7 +3542,7 @@ export interface operations {
         };
         requestBody?: {
             content: {
-                "application/json": components["schemas"]["PresegmentInRequest"];
+                "application/json": components["schemas"]["ImagePresegmentInRequest"];
             };
         };
         responses: {
@@ -3553,6 +3614,121 @@ export interface operations {
                     "application/json": {
                         [key: string]: unknown;
                     };
+                };
+            };
+        };
+    };
+    images_regions_list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegionOut"][];
+                };
+            };
+        };
+    };
+    images_regions_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RegionInRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegionOut"];
+                };
+            };
+        };
+    };
+    images_regions_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegionOut"];
+                };
+            };
+        };
+    };
+    images_regions_destroy: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description No response body */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    images_regions_partial_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["PatchedRegionPatchInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegionOut"];
                 };
             };
         };

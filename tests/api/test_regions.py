@@ -1,0 +1,164 @@
+"""Regions of interest (issue #14) through the API: create, change, delete with validation and
+permissions, and a region's pre-segmentation (only the tiles it meets, proposals only inside)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from annotations.models import AuditEvent, Cell, Image, ImageStatus, Layer, PresegmentStatus, Region
+from cytoseg.regions import cells_inside
+from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic, slide_write
+from inference import tiled
+from inference.models import PresegmentTile
+from tests.api.conftest import client_for
+from tests.factories import image_create
+from training.services.registry import model_version_baseline
+
+pytestmark = pytest.mark.django_db
+
+SIDE = 1024
+# an L-shaped region: its bounding box covers tiles whose cores it does not meet
+L_SHAPE = [[40, 40], [500, 40], [500, 200], [200, 200], [200, 500], [40, 500]]
+
+
+@pytest.fixture(autouse=True)
+def _tiled_settings(settings: Any) -> None:
+    settings.TILED_MIN_SIDE = 512
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 0
+    settings.PRESEGMENT_TILE_SIZE = 256
+    settings.PRESEGMENT_TILE_MARGIN = 64
+    settings.PRESEGMENT_TILES_PER_TASK = 4
+
+
+@pytest.fixture(scope="module")
+def slide() -> SyntheticSlide:
+    return slide_synthetic(width=SIDE, height=SIDE, field_width=512, field_height=512, distinct=4, seed=3)
+
+
+@pytest.fixture
+def slide_image(slide: SyntheticSlide, project: Any, admin_user: Any, tmp_path: Path) -> Image:
+    project.auto_presegment = False
+    project.save(update_fields=["auto_presegment"])
+    path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff", quality=95)
+    with path.open("rb") as handle, mock.patch("core.queue.task_send"):
+        response = client_for(admin_user).post(
+            f"/api/v1/projects/{project.pk}/images", {"files": [handle]}, format="multipart"
+        )
+    assert response.status_code == 201, response.content
+    return Image.objects.get(pk=response.json()[0]["id"])
+
+
+def test_regions_are_created_listed_changed_and_deleted(project: Any, annotator: Any) -> None:
+    image = image_create(project, width=640, height=480)
+    client = client_for(annotator)
+    url = f"/api/v1/images/{image.pk}/regions"
+    made = client.post(url, {"polygon": [[10, 10], [300.5, 10], [300.5, 200], [10, 200]]}, format="json")
+    assert made.status_code == 201, made.content
+    body = made.json()
+    assert body["name"] == "Region 1" and body["status"] == "new" and body["bbox"] == [10, 10, 301, 200]
+    assert body["created_by"] == annotator.pk
+    second = client.post(url, {"name": " Follicles ", "polygon": [[400, 300], [600, 300], [500, 470]]}, format="json")
+    assert second.json()["name"] == "Follicles"
+    assert [r["name"] for r in client.get(url).json()] == ["Region 1", "Follicles"]
+    rid = body["id"]
+    changed = client.patch(f"{url}/{rid}", {"name": "Top", "polygon": [[0, 0], [640, 0], [0, 480]]}, format="json")
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["name"] == "Top" and changed.json()["bbox"] == [0, 0, 640, 480]
+    assert client.delete(f"{url}/{rid}").status_code == 204
+    assert [r["name"] for r in client.get(url).json()] == ["Follicles"]
+    actions = set(AuditEvent.objects.filter(image=image).values_list("action", flat=True))
+    assert {"region.create", "region.update", "region.delete"} <= actions
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "words"),
+    [
+        ({"polygon": [[0, 0], [10, 0]]}, "polygon", "at least 3 points"),
+        ({"polygon": [[0, 0], [700, 0], [0, 100]]}, "polygon", "outside the image"),
+        ({"polygon": [[0, 0], [100, 100], [100, 0], [0, 100]]}, "polygon", "not a simple polygon"),
+        ({"polygon": [[0, 0], [10, 10], [20, 20]]}, "polygon", "zero area"),
+        ({"polygon": [[0, 0], ["a", 1], [5, 5]]}, "polygon", "point 1"),
+        ({"polygon": "square"}, "polygon", "list"),
+        ({"polygon": [[0, 0], [10, 0], [0, 10]], "name": "  "}, "name", "non-empty"),
+        ({}, "polygon", ""),
+    ],
+)
+def test_a_bad_region_is_refused_naming_the_field(
+    project: Any, annotator: Any, payload: dict[str, Any], field: str, words: str
+) -> None:
+    image = image_create(project, width=640, height=480)
+    response = client_for(annotator).post(f"/api/v1/images/{image.pk}/regions", payload, format="json")
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert field in errors and words in str(errors[field])
+    assert not Region.objects.exists()
+
+
+def test_region_permissions_follow_the_image(project: Any, annotator: Any, expert: Any, outsider: Any) -> None:
+    image = image_create(project, width=640, height=480)
+    url = f"/api/v1/images/{image.pk}/regions"
+    triangle = {"polygon": [[0, 0], [100, 0], [0, 100]]}
+    assert client_for(outsider).post(url, triangle, format="json").status_code == 404
+    assert client_for(outsider).get(url).status_code == 404
+    rid = client_for(annotator).post(url, triangle, format="json").json()["id"]
+    other = image_create(project, seed=1, width=640, height=480)
+    assert client_for(annotator).get(f"/api/v1/images/{other.pk}/regions/{rid}").status_code == 404
+    assert client_for(expert).get(f"{url}/{rid}").status_code == 200
+    bad = client_for(annotator).patch(f"{url}/{rid}", {"status": "verified"}, format="json")
+    assert bad.status_code == 400 and "status" in bad.json()["errors"]
+    # a region under review is locked, like an image's annotations
+    Region.objects.filter(pk=rid).update(status=ImageStatus.IN_REVIEW)
+    assert client_for(annotator).patch(f"{url}/{rid}", triangle, format="json").status_code == 409
+    assert client_for(annotator).delete(f"{url}/{rid}").status_code == 409
+
+
+def test_a_region_is_pre_segmented_alone_proposals_only_inside(slide_image: Image, admin_user: Any) -> None:
+    image = slide_image
+    client = client_for(admin_user)
+    version = model_version_baseline(project=image.project)
+    rid = client.post(f"/api/v1/images/{image.pk}/regions", {"polygon": L_SHAPE}, format="json").json()["id"]
+    # an unknown region and a region of a small image are refused, naming the field
+    unknown = client.post(f"/api/v1/images/{image.pk}/presegment", {"region": rid + 99}, format="json")
+    assert unknown.status_code == 400 and "region" in unknown.json()["errors"]
+    with mock.patch("core.queue.task_send"):
+        answer = client.post(
+            f"/api/v1/images/{image.pk}/presegment", {"model_version": version.pk, "region": rid}, format="json"
+        )
+    assert answer.status_code == 202, answer.content
+    # 256 px cores: the L meets tiles 0, 1 (top row) and 4 (second row), not 5 (inside its bbox)
+    tiles = PresegmentTile.objects.filter(image=image).order_by("index")
+    assert list(tiles.values_list("index", flat=True)) == [0, 1, 4]
+    assert Image.objects.get(pk=image.pk).presegment_tiles_total == 3
+    # proposals elsewhere on the slide (an earlier run) are kept
+    outside = Cell.objects.create(
+        image=image,
+        layer=Layer.PROPOSAL,
+        cell_class=image.project.classes.first(),
+        polygon=[[900, 900], [920, 900], [920, 920], [900, 920]],
+        bbox_x=900,
+        bbox_y=900,
+        bbox_w=20,
+        bbox_h=20,
+        area=400,
+        model_version=version,
+        source="model",
+    )
+    result = tiled.image_tiles_run(image_id=image.pk, model_version_id=version.pk, task=0)
+    assert result.tiles == [0, 1, 4] and result.cell_count and result.cell_count > 10
+    done = Image.objects.get(pk=image.pk)
+    assert done.presegment_status == PresegmentStatus.DONE
+    proposals = list(Cell.objects.filter(image=image, layer=Layer.PROPOSAL).exclude(pk=outside.pk))
+    assert len(proposals) == result.cell_count
+    assert all(cells_inside(L_SHAPE, [c.polygon for c in proposals]))
+    assert Cell.objects.filter(pk=outside.pk).exists()
+    # a region on a small image is pre-segmented whole instead
+    small = image_create(image.project, width=64, height=48)
+    small_region = client.post(
+        f"/api/v1/images/{small.pk}/regions", {"polygon": [[0, 0], [30, 0], [0, 30]]}, format="json"
+    ).json()["id"]
+    refused = client.post(f"/api/v1/images/{small.pk}/presegment", {"region": small_region}, format="json")
+    assert refused.status_code == 400 and "region" in refused.json()["errors"]
