@@ -447,6 +447,8 @@ CELERY_BEAT_SCHEDULE = {
 EXPORT_ASYNC_CELL_THRESHOLD = env_int("EXPORT_ASYNC_CELL_THRESHOLD", 200_000, minimum=1)
 EXPORT_ASYNC_IMAGE_THRESHOLD = env_int("EXPORT_ASYNC_IMAGE_THRESHOLD", 1000, minimum=1)
 EXPORT_JOB_TTL_HOURS = env_int("EXPORT_JOB_TTL_HOURS", 24, minimum=1)
+# nnU-Net / Cellpose exports of a tiled image (a whole slide) are cut into crops of this side (px).
+EXPORT_CROP_SIZE = env_int("EXPORT_CROP_SIZE", 1024, minimum=64)
 COCO_IMPORT_MAX_BYTES = env_int("COCO_IMPORT_MAX_BYTES", 100 * 1024 * 1024, minimum=1024)
 COCO_IMPORT_MAX_ZIP_BYTES = env_int("COCO_IMPORT_MAX_ZIP_BYTES", 4 * 1024**3, minimum=1024)
 

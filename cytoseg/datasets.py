@@ -45,6 +45,8 @@ __all__ = [
     "cellpose_dataset_files",
     "cellpose_dataset_write",
     "core_label_map",
+    "crop_grid",
+    "crop_polygons",
     "instance_label_map",
     "nnunet_raw_dataset_files",
     "nnunet_raw_dataset_write",
@@ -175,6 +177,51 @@ def instance_label_map(*, polygons: Sequence[Sequence[Sequence[float]]], height:
     for index, points in enumerate(polygons, start=1):
         _paint(out, points, index)
     return out
+
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive ends), image pixels
+
+
+def crop_grid(*, width: int, height: int, size: int) -> list[Box]:
+    """The crops a large image is exported as: squares of ``size`` pixels from the top-left
+    corner, row by row, partitioning the image (the last column and row narrower where the image
+    ends)."""
+    if size <= 0 or width <= 0 or height <= 0:
+        raise ValueError("size, width and height must be positive")
+    return [
+        (x0, y0, min(x0 + size, width), min(y0 + size, height))
+        for y0 in range(0, height, size)
+        for x0 in range(0, width, size)
+    ]
+
+
+def crop_polygons(
+    polygons: Sequence[Sequence[Sequence[float]]], labels: Sequence[int], box: Box
+) -> tuple[list[list[list[float]]], list[int], list[int]]:
+    """The polygons that have a pixel in ``box`` (pixel-centre rule), shifted into the crop's
+    coordinates, with their labels and their indices in ``polygons`` (order kept: paint order).
+    Painting them into a crop-sized map (:func:`semantic_label_map`, :func:`instance_label_map`)
+    clips each to the crop, so a cell cut by a crop border is exactly its part inside."""
+    x0, y0, x1, y1 = box
+    kept: list[list[list[float]]] = []
+    kept_labels: list[int] = []
+    indices: list[int] = []
+    for index, (points, label) in enumerate(zip(polygons, labels, strict=True)):
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if len(pts) < 3:
+            continue
+        wx0 = max(math.floor(float(pts[:, 0].min())), x0)
+        wy0 = max(math.floor(float(pts[:, 1].min())), y0)
+        wx1 = min(math.ceil(float(pts[:, 0].max())), x1)
+        wy1 = min(math.ceil(float(pts[:, 1].max())), y1)
+        if wx1 <= wx0 or wy1 <= wy0:
+            continue
+        if not polygon_rasterize(pts - (wx0, wy0), height=wy1 - wy0, width=wx1 - wx0).any():
+            continue
+        kept.append((pts - (x0, y0)).tolist())
+        kept_labels.append(int(label))
+        indices.append(index)
+    return kept, kept_labels, indices
 
 
 def _png_rgb(case: DatasetCase) -> bytes:

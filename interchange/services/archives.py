@@ -7,7 +7,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -15,9 +15,10 @@ from django.core.files.storage import default_storage
 from django.db.models import QuerySet
 
 from annotations.models import CellClass, Image, Layer, Project
-from core.streaming import ZipEntry, zip_stream
+from core.streaming import ChunkBuffer, ZipEntry, zip_stream
 from cytoseg.geometry import polygon_is_numeric
 from interchange.services.coco import ProgressFn, coco_export_stream, frozen, hex_rgb
+from interchange.services.crops import tiled_image_cases
 from interchange.services.selection import (
     IMAGE_BATCH,
     ExportFilters,
@@ -50,6 +51,13 @@ def _read(stored: Any) -> bytes:
         return bytes(handle.read())
 
 
+def _read_chunks(name: str, size: int = 1024 * 1024) -> Iterator[bytes]:
+    """A stored file in chunks: a whole slide's original never sits in memory."""
+    with default_storage.open(name, "rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
 def coco_zip_stream(
     *,
     project: Project,
@@ -77,8 +85,10 @@ def coco_zip_stream(
             ),
         )
         done = 0
-        for image in images.filter(pk__lte=upto).only("pk", "original").iterator(chunk_size=50):
-            yield f"images/{names[image.pk]}", _read(image.original)
+        for image in images.filter(pk__lte=upto).only("pk", "original", "tiled").iterator(chunk_size=50):
+            name = f"images/{names[image.pk]}"
+            # a whole slide's original (gigabytes) streams through; small files as before
+            yield name, (_read_chunks(str(image.original.name)) if image.tiled else _read(image.original))
             done += 1
             if progress is not None:
                 progress(done)
@@ -86,79 +96,137 @@ def coco_zip_stream(
     return zip_stream(entries())
 
 
-def _image_cells(
-    project: Project, filters: ExportFilters, fields: Sequence[str], *, include_empty: bool = True
-) -> Iterator[tuple[dict[str, Any], list[tuple[Any, ...]]]]:
-    """(image row, its selected cells as ``values_list`` rows of ``cell_class_id, polygon`` + ...)
-    per image, in id order; cells by id (paint order)."""
+class _CellCursor:
+    """One streamed cell query (``image_id, id, ...`` rows by image, then id) shared by the
+    images of a batch: :meth:`cells` hands out one image's rows as they come."""
+
+    def __init__(self, rows: Iterable[tuple[Any, ...]], project_id: int) -> None:
+        self._rows = iter(rows)
+        self._next = next(self._rows, None)
+        self._project_id = project_id
+
+    def cells(self, image_id: int) -> Iterator[tuple[Any, ...]]:
+        # rows of an earlier image its consumer did not read to the end are passed over
+        while self._next is not None and self._next[0] < image_id:
+            self._next = next(self._rows, None)
+        while self._next is not None and self._next[0] == image_id:
+            row, self._next = self._next, next(self._rows, None)
+            if polygon_is_numeric(row[3]):
+                yield row
+            else:  # written before the API refused such polygons: left out, not fatal
+                logger.warning("export of project %s skipped cell %s: malformed polygon", self._project_id, row[1])
+
+
+def _image_cell_streams(
+    project: Project, filters: ExportFilters, fields: Sequence[str], *, whole: bool = True
+) -> Iterator[tuple[dict[str, Any], Iterator[tuple[Any, ...]]]]:
+    """(image row, its selected cells as ``values_list`` rows of ``image_id, id, cell_class_id,
+    polygon, layer``, streamed) per image, in id order; cells by id (paint order). One query per
+    image batch; read an image's cells before asking for the next image. ``whole=False`` leaves
+    out the cells of tiled images (exported by crops, each with its own queries)."""
     images = export_images(project=project, filters=filters)
     counts = export_cell_counts(project=project, filters=filters)
-    for batch in image_batches(images, counts, fields):
-        with_cells = [row["id"] for row in batch if counts.get(row["id"])]
+    for batch in image_batches(images, counts, (*fields, "tiled")):
+        with_cells = [row["id"] for row in batch if counts.get(row["id"]) and (whole or not row["tiled"])]
         rows = (
             cells_for(with_cells, filters, "image_id", "id", "cell_class_id", "polygon", "layer")
             if with_cells
             else iter(())
         )
-        iterator = iter(rows)
-        current = next(iterator, None)
+        cursor = _CellCursor(rows, project.pk)
         for image in batch:
-            cells: list[tuple[Any, ...]] = []
-            while current is not None and current[0] == image["id"]:
-                if polygon_is_numeric(current[3]):
-                    cells.append(current)
-                else:  # written before the API refused such polygons: left out, not fatal
-                    logger.warning("export of project %s skipped cell %s: malformed polygon", project.pk, current[1])
-                current = next(iterator, None)
-            if cells or include_empty:
-                yield image, cells
+            yield image, cursor.cells(image["id"])
+
+
+def _image_cells(
+    project: Project, filters: ExportFilters, fields: Sequence[str], *, include_empty: bool = True
+) -> Iterator[tuple[dict[str, Any], list[tuple[Any, ...]]]]:
+    """As :func:`_image_cell_streams` (tiled images left out of the query, their lists empty),
+    each image's cells as a list; images without cells only with ``include_empty``."""
+    for image, stream in _image_cell_streams(project, filters, fields, whole=False):
+        cells = list(stream)
+        if cells or include_empty or image["tiled"]:
+            yield image, cells
+
+
+def geojson_feature(cell: tuple[Any, ...], classes: Mapping[int, CellClass], object_type: str) -> dict[str, Any]:
+    """QuPath's GeoJSON Feature of one cell row (``image_id, id, cell_class_id, polygon, layer``):
+    a Polygon in the image's full-resolution pixels with ``properties.objectType`` and
+    ``properties.classification`` ``{name, color: [r, g, b]}``."""
+    _, cell_id, class_id, polygon, layer = cell
+    ring = [list(p) for p in polygon]
+    ring.append(list(polygon[0]))
+    cell_class = classes[class_id]
+    kind = object_type or ("detection" if layer == Layer.PROPOSAL else "annotation")
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"cytoplatform:cell:{cell_id}")),
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "objectType": kind,
+            "classification": {"name": cell_class.name, "color": hex_rgb(cell_class.color)},
+            "isLocked": False,
+        },
+    }
 
 
 def geojson_feature_collection(
     cells: Iterable[tuple[Any, ...]], classes: Mapping[int, CellClass], object_type: str
 ) -> dict[str, Any]:
-    """QuPath's GeoJSON for one image: a FeatureCollection of Polygon features with
-    ``properties.objectType`` and ``properties.classification`` ``{name, color: [r, g, b]}``."""
-    features = []
-    for _, cell_id, class_id, polygon, layer in cells:
-        ring = [list(p) for p in polygon]
-        ring.append(list(polygon[0]))
-        cell_class = classes[class_id]
-        kind = object_type or ("detection" if layer == Layer.PROPOSAL else "annotation")
-        features.append(
-            {
-                "type": "Feature",
-                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"cytoplatform:cell:{cell_id}")),
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {
-                    "objectType": kind,
-                    "classification": {"name": cell_class.name, "color": hex_rgb(cell_class.color)},
-                    "isLocked": False,
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
+    """QuPath's GeoJSON for one image: a FeatureCollection of :func:`geojson_feature`."""
+    return {"type": "FeatureCollection", "features": [geojson_feature(c, classes, object_type) for c in cells]}
+
+
+def geojson_chunks(
+    cells: Iterable[tuple[Any, ...]],
+    classes: Mapping[int, CellClass],
+    object_type: str,
+    counted: Callable[[int], None] | None = None,
+) -> Iterator[bytes]:
+    """The bytes of :func:`geojson_feature_collection` (the same text), written feature by
+    feature: a slide's 250,000 cells never sit in memory. ``counted`` gets the number of
+    features written after each chunk and at the end."""
+    out = ChunkBuffer()
+    out.add('{"type": "FeatureCollection", "features": [')
+    separator, count = "", 0
+    for cell in cells:
+        out.add(separator + json.dumps(geojson_feature(cell, classes, object_type)))
+        separator = ", "
+        count += 1
+        if out.full:
+            if counted is not None:
+                counted(count)
+            yield out.take()
+    out.add("]}")
+    if counted is not None:
+        counted(count)
+    yield out.take()
 
 
 def geojson_zip_stream(
     *, project: Project, filters: ExportFilters, object_type: str = "", progress: ProgressFn | None = None
 ) -> Iterator[bytes]:
-    """A zip with one ``<image stem>.geojson`` per image, in the layout QuPath imports."""
+    """A zip with one ``<image stem>.geojson`` per image, in the layout QuPath imports,
+    each streamed (bounded memory whatever the number of cells of an image)."""
     classes = {c.pk: c for c in project.classes.all()}
 
     def entries() -> Iterator[ZipEntry]:
-        done = 0
+        done = [0, 0]  # cells of the images finished, cells of the current one
+
+        def counted(count: int) -> None:
+            done[1] = count
+            if progress is not None:
+                progress(done[0] + count)
+
         taken: set[str] = set()
-        for image, cells in _image_cells(project, filters, ("file_name",)):
+        for image, cells in _image_cell_streams(project, filters, ("file_name",)):
             stem = PurePosixPath(image["file_name"].replace("/", "_")).stem or "image"
             if stem.lower() in taken:
                 stem = f"{stem}-{image['id']}"
             taken.add(stem.lower())
-            collection = geojson_feature_collection(cells, classes, object_type)
-            yield f"{stem}.geojson", json.dumps(collection).encode()
-            done += len(cells)
-            if progress is not None:
-                progress(done)
+            done[1] = 0
+            yield f"{stem}.geojson", geojson_chunks(cells, classes, object_type, counted)
+            done[0] += done[1]
 
     return zip_stream(entries())
 
@@ -171,19 +239,22 @@ def _dataset_cases(
     labels = dict(project.classes.values_list("pk", "model_label"))
     done = 0
     for image, cells in _image_cells(
-        project, filters, ("width", "height", "split", "display"), include_empty=include_empty
+        project, filters, ("width", "height", "split", "display", "original"), include_empty=include_empty
     ):
-        with default_storage.open(image["display"], "rb") as handle:
-            display = bytes(handle.read())
-        yield DatasetCase(
-            case_id=f"case_{image['id']:06d}",
-            split=image["split"] or "train",
-            image=display,
-            height=image["height"],
-            width=image["width"],
-            polygons=[c[3] for c in cells],
-            labels=[labels[c[2]] for c in cells],
-        )
+        if image["tiled"]:  # a whole slide: crops read at full resolution (interchange.services.crops)
+            yield from tiled_image_cases(image=image, filters=filters, labels=labels, include_empty=include_empty)
+        else:
+            with default_storage.open(image["display"], "rb") as handle:
+                display = bytes(handle.read())
+            yield DatasetCase(
+                case_id=f"case_{image['id']:06d}",
+                split=image["split"] or "train",
+                image=display,
+                height=image["height"],
+                width=image["width"],
+                polygons=[c[3] for c in cells],
+                labels=[labels[c[2]] for c in cells],
+            )
         done += 1
         if progress is not None:
             progress(done)

@@ -46,7 +46,10 @@ def hex_rgb(color: str) -> list[int]:
 
 
 def _coco_image(row: Mapping[str, Any], file_name: str) -> dict[str, Any]:
-    return {
+    """An image entry: ``width`` and ``height`` are always the full-resolution (level 0) size,
+    the pixels the annotations' coordinates are in, also for a whole slide; ``mpp_x``,
+    ``mpp_y`` (microns per pixel) and ``objective_power`` only where the file's metadata said."""
+    entry = {
         "id": row["id"],
         "file_name": file_name,
         "width": row["width"],
@@ -61,6 +64,10 @@ def _coco_image(row: Mapping[str, Any], file_name: str) -> dict[str, Any]:
         "status": row["status"],
         "sha256": row["sha256"],
     }
+    for key in ("mpp_x", "mpp_y", "objective_power"):
+        if row.get(key) is not None:
+            entry[key] = row[key]
+    return entry
 
 
 IMAGE_FIELDS = (
@@ -75,6 +82,9 @@ IMAGE_FIELDS = (
     "slide_code",
     "status",
     "sha256",
+    "mpp_x",
+    "mpp_y",
+    "objective_power",
 )
 
 

@@ -15,9 +15,10 @@ from typing import IO
 from django.contrib.auth.models import User
 from django.core.files import File
 from django.core.files.storage import default_storage
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from annotations.models import Project
+from annotations.models import Image, Project
 from core.errors import ConflictError, GoneError
 from core.events import event_emit
 from core.queue import task_enqueue
@@ -103,24 +104,32 @@ def export_stream(
     )
 
 
+def _export_images(project: Project, options: ExportOptions) -> QuerySet[Image]:
+    return export_images(project=project, filters=options.filters, include_empty=options.include_empty)
+
+
 def _export_size(project: Project, options: ExportOptions) -> tuple[int, int]:
     """(cells, images) an export holds."""
     counts = export_cell_counts(project=project, filters=options.filters)
-    images = export_images(project=project, filters=options.filters, include_empty=options.include_empty)
-    return sum(counts.values()), images.count()
+    return sum(counts.values()), _export_images(project, options).count()
 
 
 def export_request(
     *, project: Project, user: User, kind: str, params: Mapping[str, str], accept_gzip: bool = False
 ) -> ExportStream | ExportJob:
     """Start an export: validate the parameters, then stream it, or (``async=1``, or more than
-    EXPORT_ASYNC_CELL_THRESHOLD cells, or more than EXPORT_ASYNC_IMAGE_THRESHOLD images for the
-    kinds that carry image files) queue a job."""
+    EXPORT_ASYNC_CELL_THRESHOLD cells, or for the kinds that carry image files more than
+    EXPORT_ASYNC_IMAGE_THRESHOLD images or any tiled image: a slide's original or its crops are
+    read by a worker, not in a web request) queue a job."""
     options, wants_async = export_options_parse(project=project, kind=kind, params=params)
     if not wants_async:
         cells, images = _export_size(project, options)
         wants_async = cells > setting("EXPORT_ASYNC_CELL_THRESHOLD", EXPORT_ASYNC_CELL_THRESHOLD) or (
-            kind in IMAGE_KINDS and images > setting("EXPORT_ASYNC_IMAGE_THRESHOLD", EXPORT_ASYNC_IMAGE_THRESHOLD)
+            kind in IMAGE_KINDS
+            and (
+                images > setting("EXPORT_ASYNC_IMAGE_THRESHOLD", EXPORT_ASYNC_IMAGE_THRESHOLD)
+                or _export_images(project, options).filter(tiled=True).exists()
+            )
         )
     if wants_async:
         return export_job_create(project=project, user=user, options=options)

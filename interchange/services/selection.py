@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
 
 from annotations.models import Bethesda, Cell, CellClass, Image, ImageStatus, Layer, Project, Split
 from core.errors import ServiceValidationError
@@ -33,6 +33,9 @@ CELL_BATCH = 20_000  # cells per image batch (whole images; one image may exceed
 
 
 CELL_CHUNK = 2_000  # rows per fetch of a cell query
+
+
+EXPORT_CROP_SIZE = 1_024  # px: the side of the crops a tiled image's nnU-Net / Cellpose export is cut into
 
 
 KINDS = ("coco", "coco_zip", "geojson", "nnunet", "cellpose")
@@ -277,3 +280,14 @@ def cells_for(image_ids: Sequence[int], filters: ExportFilters, *fields: Any, **
     if annotations:
         queryset = queryset.annotate(**annotations)
     return queryset.order_by("image_id", "id").values_list(*fields).iterator(chunk_size=CELL_CHUNK)
+
+
+def cells_in_band(image_id: int, filters: ExportFilters, y0: float, y1: float, *fields: Any) -> Iterator[Any]:
+    """``values_list`` rows of the selected cells of one image whose bounding box meets the
+    horizontal band ``y0 <= y < y1`` (full-resolution pixels), by id (paint order), streamed."""
+    queryset = (
+        Cell.objects.filter(_cell_filter(filters), image_id=image_id, bbox_y__lt=y1)
+        .alias(bottom=F("bbox_y") + F("bbox_h"))
+        .filter(bottom__gt=y0)
+    )
+    return queryset.order_by("id").values_list(*fields).iterator(chunk_size=CELL_CHUNK)
