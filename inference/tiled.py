@@ -9,7 +9,7 @@ share one slide. A task claims its queued tiles, reads each one's region of the 
 resolution (``cytoseg.tiled.region_reader``: OpenSlide or libvips, bounded memory), predicts them
 as one batch, and records each tile done with the cells it owns (progress: the image's
 ``presegment_tiles_done`` of ``presegment_tiles_total``, which the image list shows). The task
-that finds every tile done stitches the tiles' cells (``cytoseg.tiled.cells_stitch``: no cell
+that finds every tile done stitches the tiles' cells (``cytoseg.tiled.stitch_stream``: no cell
 kept twice or cut at a border) and stores them as the image's proposals in batches, under the
 image's row lock, so it happens once.
 
@@ -27,6 +27,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -44,7 +45,7 @@ from core.queue import outbox_pending, task_enqueue
 from cytoseg.backends import backend_get
 from cytoseg.device import device_default
 from cytoseg.regions import cells_inside, tiles_for_region
-from cytoseg.tiled import RegionReader, TileCell, TilePlan, cells_stitch, margin_for, region_reader, tiles_segment
+from cytoseg.tiled import RegionReader, TileCell, TilePlan, margin_for, region_reader, stitch_stream, tiles_segment
 from inference.liveness import worker_gone, worker_name
 from inference.models import PresegmentTile, TileRunStatus
 from inference.proposals import proposals_store
@@ -332,6 +333,24 @@ def _image_fail(image: Image, model_version_id: int, reason: str) -> None:
         )
 
 
+def _tile_cells(image_id: int, chunk: int = 32) -> Iterator[TileCell]:
+    """The kept cells of every tile of the image, read ``chunk`` tiles per query (each query
+    complete before the caller writes: no cursor stays open under the inserts)."""
+    last = -1
+    while True:
+        rows = list(
+            PresegmentTile.objects.filter(image_id=image_id, index__gt=last)
+            .order_by("index")
+            .values_list("index", "cells")[:chunk]
+        )
+        if not rows:
+            return
+        for index, cells in rows:
+            last = index
+            for row in cells:
+                yield TileCell.from_json(row)
+
+
 def image_tiles_stitch(*, image_id: int, model_version_id: int) -> int | None:
     """Stitch a run whose every tile is done and store its proposals (under the image's row
     lock: once, however many tasks finish together). None when the run is not complete, or
@@ -351,13 +370,14 @@ def image_tiles_stitch(*, image_id: int, model_version_id: int) -> int | None:
             if image is None or pending.exists():
                 return None
             version = ModelVersion.objects.get(pk=model_version_id)
-            rows = PresegmentTile.objects.filter(image_id=image_id).order_by("index").values_list("cells", flat=True)
-            cells = cells_stitch(TileCell.from_json(row) for tile in rows.iterator(chunk_size=32) for row in tile)
+            # two passes over the rows, streamed: a slide's cells are never all held at once
+            cells: Iterable[TileCell] = stitch_stream(lambda: _tile_cells(image_id))
             # a region's run: its tiles reach past it; keep the cells whose centroid is inside
             region = PresegmentTile.objects.filter(image_id=image_id).values_list("region_polygon", flat=True)[0]
             if region is not None:
-                inside = cells_inside(region, [c.points for c in cells])
-                cells = [c for c, keep in zip(cells, inside, strict=True) if keep]
+                held = list(cells)
+                inside = cells_inside(region, [c.points for c in held])
+                cells = [c for c, keep in zip(held, inside, strict=True) if keep]
             count = proposals_store(image=image, model_version=version, contours=cells, within=region)
             PresegmentTile.objects.filter(image_id=image_id).update(cells=[])
     except Exception as exc:
