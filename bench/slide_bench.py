@@ -14,7 +14,9 @@
    the time until the first tile is drawn, then pan and zoom: frames per second
    (requestAnimationFrame ticks while the mouse drags / the wheel turns) and the tiles fetched;
 6. peak resident memory (VmHWM) of the web process and of the worker's child that built the
-   pyramid.
+   pyramid;
+7. with ``--presegment``: tiled pre-segmentation of the slide file against the single-image path,
+   seconds per megapixel and peak memory (``bench/tiled_bench.py``, the watershed backend).
 
     .venv/bin/python bench/slide_bench.py                   # 40,000 x 30,000
     .venv/bin/python bench/slide_bench.py --quick           # 4096 x 3072 (CI size)
@@ -67,6 +69,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8140)
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the pyramid")
     p.add_argument("--workdir", type=Path, default=BENCH_DIR)
+    p.add_argument(
+        "--presegment",
+        action="store_true",
+        help="also time tiled pre-segmentation of the slide against the single-image path "
+        "(bench/tiled_bench.py; the whole-image pass only up to 64 megapixels)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.size = "4096x3072"
@@ -439,6 +447,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(idle after start {results['web_idle_rss_mb']:.0f} MB)"
     )
     print(f"peak RSS worker (pool child)       {results['worker_peak_rss_mb']:8.0f} MB")
+    if args.presegment:
+        from tiled_bench import tiled_bench  # a sibling script, not a package
+
+        single = args.width * args.height <= 64_000_000
+        pre = tiled_bench(path, width=args.width, height=args.height, single=single)
+        results["presegment"] = pre
+        for name in ("single", "tiled"):
+            if name in pre:
+                row = pre[name]
+                print(
+                    f"pre-segmentation, {name:<6} path     {row['seconds_per_mp']:8.2f} s/MP  ({row['seconds']:.0f} s, "
+                    f"{row['cells']} cells, peak RSS {row['peak_rss_mb']:.0f} MB; {pre['backend']}, CPU)"
+                )
     (args.workdir / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nresults: {args.workdir / 'results.json'}")
     return 0
