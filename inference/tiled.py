@@ -232,12 +232,20 @@ def _tiles_claim(image_id: int, model_version_id: int, task: int, worker: str) -
             rows.filter(mine).select_for_update(skip_locked=True).order_by("index").values_list("index", flat=True)
         )
         if claimed:
-            rows.filter(index__in=claimed).update(
+            # the update checks the state again: without row locks (SQLite) two workers may
+            # read the same tiles, and only the one whose update still finds them has them
+            now = timezone.now()
+            rows.filter(mine, index__in=claimed).update(
                 status=TileRunStatus.RUNNING,
                 worker=worker,
-                heartbeat_at=timezone.now(),
+                heartbeat_at=now,
                 attempts=F("attempts") + 1,
                 error="",
+            )
+            claimed = list(
+                rows.filter(index__in=claimed, status=TileRunStatus.RUNNING, worker=worker, heartbeat_at=now)
+                .order_by("index")
+                .values_list("index", flat=True)
             )
     return claimed
 
