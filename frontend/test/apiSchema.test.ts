@@ -105,6 +105,10 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('segmentBox', () => api.segmentBox(1, { box: [0, 0, 50, 40] }));
   await run('presegmentImage', () => api.presegmentImage(1, 2));
   await run('presegmentProject', () => api.presegmentProject(1));
+  await run('presegmentRegion', () => api.presegmentRegion(1, 3));
+  await run('listRegions', () => api.listRegions(1));
+  await run('createRegion', () => api.createRegion(1, [[0, 0], [10, 0], [0, 10]], 'Top'));
+  await run('deleteRegion', () => api.deleteRegion(1, 3));
   await run('transition', () => api.transition(1, 'submit'));
   await run('transitionState', () => api.transitionState(1));
   await run('queue', () => api.queue(1));

@@ -51,7 +51,7 @@ function ctx(activeClass: number | null = 2) {
 describe('tools share one interface', () => {
   it('every tool has an id, a label, a shortcut, a hint and activate/deactivate', () => {
     const tools = createTools();
-    expect(tools.map((t) => t.id)).toEqual(['select', 'draw', 'split', 'merge', 'delete', 'classify', 'segment', 'box', 'brush', 'eraser']);
+    expect(tools.map((t) => t.id)).toEqual(['select', 'draw', 'split', 'merge', 'delete', 'classify', 'segment', 'box', 'brush', 'eraser', 'region']);
     for (const t of tools) {
       expect(t.label).toBeTruthy();
       expect(t.shortcut).toMatch(/^[A-Z]$/);

@@ -38,6 +38,7 @@ import {
   type ModelKind,
   type ModelVersionDetail,
   type PageQuery,
+  type RegionInfo,
   type Paginated,
   type PathParamsOf,
   type PresegmentQueued,
@@ -363,6 +364,23 @@ export class ApiClient {
   presegmentImage(imageId: number, modelVersion?: number | null): Promise<PresegmentQueued> {
     return this.call('post', 'images/{image_id}/presegment', { image_id: imageId }, { body: modelVersion ? { model_version: modelVersion } : {} });
   }
+  /** Pre-segment only a region of a tiled image: the tiles it meets, proposals only inside it. */
+  presegmentRegion(imageId: number, regionId: number): Promise<PresegmentQueued> {
+    return this.call('post', 'images/{image_id}/presegment', { image_id: imageId }, { body: { region: regionId } });
+  }
+
+  // ---------------------------------------------------------------- regions of interest
+  listRegions(imageId: number): Promise<RegionInfo[]> {
+    return this.call('get', 'images/{image_id}/regions', { image_id: imageId });
+  }
+  /** 400 names `polygon` (at least 3 points, inside the image, simple) or `name`. */
+  createRegion(imageId: number, polygon: number[][], name?: string): Promise<RegionInfo> {
+    return this.call('post', 'images/{image_id}/regions', { image_id: imageId }, { body: name ? { polygon, name } : { polygon } });
+  }
+  deleteRegion(imageId: number, regionId: number): Promise<void> {
+    return this.call('delete', 'images/{image_id}/regions/{region_id}', { image_id: imageId, region_id: regionId });
+  }
+
   /** 202 with how many images were queued (every image not locked for review). Admins only. */
   presegmentProject(projectId: number, modelVersion?: number | null): Promise<ProjectPresegmentQueued> {
     return this.call('post', 'projects/{project_id}/presegment', { project_id: projectId }, { body: modelVersion ? { model_version: modelVersion } : {} });

@@ -199,6 +199,8 @@ export type Project = Omit<Required<S['ProjectOut']>, 'my_role' | 'classes'> & {
 
 // schema too loose: images_retrieve, projects_images_list, images_transition_create — ImageOut's fields with model defaults (bethesda, stain, magnification, slide_code, status, presegment_status, presegment_error, revision, bit_depth) are optional although always sent: mark them read-only in ImageOut (and TransitionOut) so they are required in responses.
 export type ImageInfo = Required<S['ImageOut']>;
+/** A region of interest of an image (issue #14): a polygon in full-resolution pixels. */
+export type RegionInfo = S['RegionOut'];
 export type TransitionResult = Required<S['TransitionOut']>;
 
 // schema too loose: images_reviews_mine_retrieve, images_reviews_mine_update, images_reviews_mine_submit_create, images_reviews_retrieve — ReviewOut is built by hand (_review_out): SubmitOut.image_status is a plain string (declare the image status enum), `counts` is an open dict (declare accepted / rejected / edited / added), comments carry `created_at` and added cells their `id` (declare both, read-only); and an edit's `class_id` is null when the expert kept the annotator's class, which DecisionIO does not allow (declare allow_null: corrected in ResponseCorrections below).

@@ -6,12 +6,13 @@
 import type { ClassPalette } from '../core/classes';
 import type { Segmenter } from '../core/interactive';
 import type { ProposalStore } from '../core/proposals';
+import type { RegionList } from '../core/regions';
 import type { Selection } from '../core/selection';
 import type { AnnotationStore } from '../core/store';
 import { Snap } from 'ol/interaction';
 import type { EditorMap } from '../view/editorMap';
 
-export type ToolId = 'select' | 'draw' | 'split' | 'merge' | 'delete' | 'classify' | 'segment' | 'box' | 'brush' | 'eraser';
+export type ToolId = 'select' | 'draw' | 'split' | 'merge' | 'delete' | 'classify' | 'segment' | 'box' | 'brush' | 'eraser' | 'region';
 
 export type NotifyKind = 'info' | 'success' | 'warn' | 'error';
 
@@ -24,6 +25,8 @@ export interface ToolContext {
   view?: EditorMap;
   /** Click and box prompts on the server (the editor's image); absent on the screens without them. */
   segmenter?: Segmenter;
+  /** The image's regions of interest (the editor has them). */
+  regions?: RegionList;
   /** Class given to new cells and by the classify tool. */
   activeClassId(): number | null;
   snapEnabled(): boolean;

@@ -60,6 +60,7 @@ const ICONS: Record<string, string> = {
   box: '<path d="M4 8V4h4M16 4h4v4M20 16v4h-4M8 20H4v-4"/><circle cx="12" cy="12" r="3.5"/>',
   brush: '<path d="M18.4 2.6a2 2 0 012.9 2.9L11 15.8 8.2 13z"/><path d="M7.5 14.5C5 14.5 4 16.5 4 18c0 1.2-.7 2-2 2.5 1.5 1 6 1.5 7.8-.5 1.2-1.3 1-3.2-.3-4.5"/>',
   eraser: '<path d="M7 21h13"/><path d="M3.6 14.6l9.9-9.9a2 2 0 012.8 0l3 3a2 2 0 010 2.8L11 18.8a4 4 0 01-5.6 0l-1.8-1.4a2 2 0 010-2.8z"/><path d="M9 9l6 6"/>',
+  region: '<path d="M4 7V4h3M10 4h4M17 4h3v3M20 10v4M20 17v3h-3M14 20h-4M7 20H4v-3M4 14v-4"/>',
   undo: '<path d="M9 14L4 9l5-5"/><path d="M4 9h11a5 5 0 010 10h-3"/>',
   redo: '<path d="M15 14l5-5-5-5"/><path d="M20 9H9a5 5 0 000 10h3"/>',
   zoomIn: '<circle cx="11" cy="11" r="7"/><path d="M21 21l-4.3-4.3M11 8v6M8 11h6"/>',

@@ -4,6 +4,7 @@
  * Its side panel is in editorPanels.ts, its dialogs in editorDialogs.ts.
  */
 import { ApiError, conflictState } from '../core/api';
+import { RegionList } from '../core/regions';
 import { AutosaveController, refusalSentence, type AutosaveState, type Conflict } from '../core/autosave';
 import { LocalBackup, restoreBackup, type Backup } from '../core/backup';
 import { lockReason, submitSummary } from '../core/editorState';
@@ -24,7 +25,7 @@ import { HistoryPanel } from './editorHistory';
 import { EditorPanels } from './editorPanels';
 import { MapScreen, type HelpContent, type LoadFailure, type MapScreenLayout } from './mapScreen';
 import { confirmDialog, dialog, toast, type DialogHandle } from './overlay';
-import { errText } from './viewer';
+import { errText, section } from './viewer';
 
 export interface EditorOptions {
   /** Image URL override (the benchmark page generates its image). */
@@ -58,6 +59,9 @@ export class EditorScreen extends MapScreen {
   /** A tiled image (slide): its cells are read by viewport and saved by delta (null otherwise). */
   private viewport: ViewportLoader | null = null;
   private zoomInShown = false;
+  /** Regions of interest (issue #14): drawn with the region tool, listed in their panel. */
+  private regions: RegionList | null = null;
+  private readonly regionsEl = h('div', { class: 'region-list' });
   /** The caller's review of this image: undefined = not asked, null = asking, 'none' = not assigned. */
   private myReviewStatus: string | null | undefined = undefined;
 
@@ -145,7 +149,7 @@ export class EditorScreen extends MapScreen {
         h('span', { class: 'toolbar-sep' }),
         h('button', { class: 'tool-btn', dataset: { action: 'snap' }, title: 'Snap to neighbouring contours (S)', 'aria-label': 'Snap to neighbouring contours', 'aria-keyshortcuts': 'S', onclick: () => this.toggleSnap() }, icon('magnet', 20), h('span', { class: 'tool-key' }, 'S')),
       ],
-      panel: [...this.panels.sections(), this.revisions.section()],
+      panel: [...this.panels.sections(), section('Regions of interest', this.regionsEl), this.revisions.section()],
     };
   }
 
@@ -225,8 +229,51 @@ export class EditorScreen extends MapScreen {
       view.map.on('moveend', () => viewport.viewChanged(view.viewExtentApi()));
       viewport.viewChanged(view.viewExtentApi());
     } else this.backup = new LocalBackup(safeLocalStorage(), this.imageId);
+    this.regions = new RegionList(api, this.imageId, image.width, image.height);
+    const regions = this.regions;
+    regions.onChange((list) => {
+      this.view?.setRegions(list);
+      this.renderRegions();
+    });
+    regions.load().catch((e: unknown) => toast(`Regions could not be loaded: ${errText(e)}`, 'warn'));
+    this.renderRegions();
     this.begin();
     if (!tiled) this.checkBackup(cells);
+  }
+
+  protected override regionList(): RegionList | undefined {
+    return this.regions ?? undefined;
+  }
+
+  /** The regions panel: each region with its actions (pre-segment only it on a slide, delete). */
+  private renderRegions(): void {
+    const regions = this.regions;
+    if (!regions) return;
+    const tiled = !!this.image?.tiles;
+    const rows = regions.regions.map((r) =>
+      h(
+        'div',
+        { class: 'region-row', dataset: { region: String(r.id) } },
+        h('button', { class: 'link-btn region-name', title: 'Show this region', onclick: () => this.view?.fitBox(r.bbox as [number, number, number, number]) }, r.name),
+        h('span', { class: 'region-status' }, r.status),
+        tiled && !this.readOnly
+          ? h('button', { class: 'btn btn-small', dataset: { action: 'presegment-region' }, title: 'Pre-segment only this region', onclick: () => void this.presegmentRegion(r.id) }, 'Pre-segment')
+          : null,
+        !this.readOnly
+          ? h('button', { class: 'icon-btn', title: 'Delete this region', 'aria-label': `Delete ${r.name}`, onclick: () => void regions.remove(r.id).catch((e: unknown) => toast(errText(e), 'error')) }, icon('x', 16))
+          : null,
+      ),
+    );
+    replaceChildren(this.regionsEl, ...(rows.length ? rows : [h('p', { class: 'muted' }, 'None yet. Draw one with the region tool (G).')]));
+  }
+
+  private async presegmentRegion(regionId: number): Promise<void> {
+    try {
+      await this.regions?.presegment(regionId);
+      toast('Pre-segmenting the region: its proposals appear here when it is done', 'success');
+    } catch (e) {
+      toast(`Not queued: ${errText(e)}`, 'error');
+    }
   }
 
   /** A viewport read of a slide's cells arrived: say when the view holds more than one read shows. */

@@ -19,6 +19,7 @@ import { routeHash } from '../core/router';
 import { Selection } from '../core/selection';
 import { AnnotationStore } from '../core/store';
 import type { ImageInfo, Project, QueueKind } from '../core/types';
+import type { RegionList } from '../core/regions';
 import type { Tool, ToolContext, ToolId } from '../tools';
 import { EditorMap, type EditorMapOptions } from '../view/editorMap';
 import type { App, Screen } from './app';
@@ -277,6 +278,11 @@ export abstract class MapScreen implements Screen {
     return undefined;
   }
 
+  /** The image's regions of interest (the editor has them). */
+  protected regionList(): RegionList | undefined {
+    return undefined;
+  }
+
   private toolContext(): ToolContext {
     return {
       store: this.store,
@@ -285,6 +291,7 @@ export abstract class MapScreen implements Screen {
       palette: this.palette,
       view: this.view ?? undefined,
       segmenter: this.segmenter(),
+      regions: this.regionList(),
       activeClassId: () => this.activeClassId(),
       snapEnabled: () => this.snapEnabled(),
       notify: (m, k) => toast(m, k),

@@ -9,7 +9,7 @@
  */
 import Collection from 'ol/Collection';
 import Feature, { type FeatureLike } from 'ol/Feature';
-import type { Style } from 'ol/style';
+import { Fill, Stroke, Style, Text } from 'ol/style';
 import OlMap from 'ol/Map';
 import View from 'ol/View';
 import { Polygon } from 'ol/geom';
@@ -75,6 +75,9 @@ export class EditorMap {
   readonly activeSource = new VectorSource<CellFeature>({ wrapX: false });
   readonly proposalSource = new VectorSource<CellFeature>({ wrapX: false });
   readonly sketchSource = new VectorSource({ wrapX: false, useSpatialIndex: false });
+  /** Regions of interest (issue #14): dashed outlines with their names, under the cells. */
+  readonly regionSource = new VectorSource({ wrapX: false });
+  readonly regionLayer: VectorLayer<VectorSource>;
   readonly cellLayer: BigLayer;
   readonly activeLayer: VectorLayer<VectorSource<CellFeature>>;
   readonly proposalLayer: BigLayer;
@@ -149,6 +152,15 @@ export class EditorMap {
       renderBuffer: 20,
       className: 'ol-layer-active',
     });
+    this.regionLayer = new VectorLayer({
+      source: this.regionSource,
+      style: (f) =>
+        new Style({
+          stroke: new Stroke({ color: '#f59e0b', width: 2.5, lineDash: [10, 6] }),
+          text: new Text({ text: String(f.get('name') ?? ''), overflow: true, placement: 'point', textAlign: 'left', textBaseline: 'bottom', fill: new Fill({ color: '#f59e0b' }), stroke: new Stroke({ color: '#111', width: 3 }), font: 'bold 13px sans-serif' }),
+        }),
+      className: 'ol-layer-regions',
+    });
     this.sketchLayer = new VectorLayer({
       source: this.sketchSource,
       updateWhileInteracting: true,
@@ -193,7 +205,7 @@ export class EditorMap {
 
     this.map = new OlMap({
       target: opts.target,
-      layers: [this.imageLayer, this.proposalLayer, this.cellLayer, this.activeLayer, this.sketchLayer],
+      layers: [this.imageLayer, this.regionLayer, this.proposalLayer, this.cellLayer, this.activeLayer, this.sketchLayer],
       view: this.view,
       controls: [],
       interactions,
@@ -563,6 +575,27 @@ export class EditorMap {
     for (const off of this.offs) off();
     this.map.setTarget(undefined);
     this.map.dispose();
+  }
+
+  /** Fits the view to a box in full-resolution pixels (x0, y0, x1, y1), with a little room. */
+  fitBox(box: [number, number, number, number], duration = 250): void {
+    const a = this.frame.toMap([box[0], box[1]]);
+    const b = this.frame.toMap([box[2], box[3]]);
+    const extent = [Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+    this.view.fit(extent, { duration, padding: [40, 40, 40, 40], size: this.map.getSize() });
+  }
+
+  /** Shows the image's regions of interest (full-resolution rings; the label at the first point). */
+  setRegions(regions: readonly { id: number; name: string; polygon: number[][] }[]): void {
+    this.regionSource.clear(true);
+    this.regionSource.addFeatures(
+      regions.map((r) => {
+        const ring = r.polygon.map((p) => this.frame.toMap([p[0], p[1]]));
+        const f = new Feature({ geometry: new Polygon([[...ring, ring[0]]]), name: r.name });
+        f.setId(`region-${r.id}`);
+        return f;
+      }),
+    );
   }
 }
 
