@@ -321,15 +321,27 @@ def cells_in_box_json(
     return CellsPage(json=text, count=count, next_after=rows[limit - 1][0] if more else None)
 
 
-def revision_state(*, image: Image, revision: int) -> list[dict[str, Any]]:
-    """The annotation layer as it was at ``revision``, replayed from the history's deltas."""
+def revision_state(
+    *, image: Image, revision: int, box: tuple[float, float, float, float] | None = None
+) -> list[dict[str, Any]]:
+    """The annotation layer as it was at ``revision``, replayed from the history's deltas; with
+    ``box`` (x0, y0, x1, y1) only the cells whose bounding box meets it (a slide's view)."""
     state: dict[int, dict[str, Any]] = {}
     for changes in image.history.filter(revision__lte=revision).order_by("revision").values_list("changes", flat=True):
         for cell in changes.get("upserted", []):
             state[cell["id"]] = cell
         for cell_id in changes.get("deleted", []):
             state.pop(cell_id, None)
-    return [state[k] for k in sorted(state)]
+    cells = [state[k] for k in sorted(state)]
+    if box is None:
+        return cells
+    x0, y0, x1, y1 = box
+
+    def meets(points: list[list[float]]) -> bool:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        return min(xs) <= x1 and max(xs) >= x0 and min(ys) <= y1 and max(ys) >= y0
+
+    return [c for c in cells if c["polygon"] and meets(c["polygon"])]
 
 
 def history_list(*, image: Image) -> QuerySet[AnnotationRevision]:

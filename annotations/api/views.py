@@ -598,12 +598,23 @@ class HistoryView(APIView):
 
 
 class RevisionView(APIView):
-    @extend_schema(responses=s.RevisionOut, tags=["cells"], summary="The annotation layer as it was at a revision")
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "bbox", str, description="x0,y0,x1,y1: only the cells whose bounding box meets it (a slide's view)"
+            )
+        ],
+        responses=s.RevisionOut,
+        tags=["cells"],
+        summary="The annotation layer as it was at a revision",
+    )
     def get(self, request: Request, image_id: int, revision: int) -> Response:
         image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
+        bbox = request.query_params.get("bbox")
+        box = _bbox_param(bbox) if bbox is not None else None
         if revision != 0 and not image.history.filter(revision=revision).exists():
             raise NotFoundError("No such revision.")
-        cells = selectors.revision_state(image=image, revision=revision)
+        cells = selectors.revision_state(image=image, revision=revision, box=box)
         return Response(
             {
                 "revision": revision,

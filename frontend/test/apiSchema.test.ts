@@ -95,7 +95,7 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('getCellsInBox', () => api.getCellsInBox(1, [0, 0, 100, 50], { layer: 'proposal', after: 3, limit: 10 }));
   await run('saveCellsDelta', () => api.saveCellsDelta(1, { base_revision: 0, added: [], changed: [], deleted: [5] }, 'key'));
   await run('getHistory', () => api.getHistory(1));
-  await run('getRevision', () => api.getRevision(1, 2));
+  await run('getRevision', () => api.getRevision(1, 2, [0, 0, 10, 10]));
   await run('restoreRevision', () => api.restoreRevision(1, 2, 5));
   await run('verificationSettings', () => api.verificationSettings(1));
   await run('saveVerificationSettings', () => api.saveVerificationSettings(1, { quorum: null, adjudicators: [2] }));

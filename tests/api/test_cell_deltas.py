@@ -380,3 +380,15 @@ def test_migration_fills_cell_revisions_from_the_history(image: Any, annotator: 
     Cell.objects.filter(image=image).update(revision=0)  # as before the migration
     migration.cell_revisions_from_history(apps, None)
     assert dict(Cell.objects.filter(image=image).values_list("pk", "revision")) == expected
+
+
+def test_history_preview_of_a_box(image: Any, annotator: Any, class_id: int) -> None:
+    ids = _grid(image, class_id, columns=3, rows=2)
+    client = client_for(annotator)
+    assert _patch(client, image, 1, deleted=[ids[0]]).status_code == 200
+    url = f"/api/v1/images/{image.pk}/history/1?bbox=0,0,150,100"
+    assert sorted(c["id"] for c in client.get(url).json()["cells"]) == [ids[0], ids[1]]
+    assert [c["id"] for c in client.get(f"/api/v1/images/{image.pk}/history/2?bbox=0,0,150,100").json()["cells"]] == [
+        ids[1]
+    ]
+    assert client.get(f"/api/v1/images/{image.pk}/history/1?bbox=1,2").status_code == 400

@@ -335,8 +335,9 @@ export class ApiClient {
     return this.page('get', 'images/{image_id}/history', { image_id: imageId }, { page });
   }
   /** The annotation layer as it was at `revision` (a preview; nothing changes). */
-  getRevision(imageId: number, revision: number): Promise<RevisionState> {
-    return this.call('get', 'images/{image_id}/history/{revision}', { image_id: imageId, revision });
+  getRevision(imageId: number, revision: number, bbox?: readonly number[]): Promise<RevisionState> {
+    const query = bbox ? { bbox: bbox.map((v) => Math.round(v)).join(',') } : undefined;
+    return this.call('get', 'images/{image_id}/history/{revision}', { image_id: imageId, revision }, { query });
   }
   /** A new revision equal to `revision`; `current` is the layer's revision now (409 when stale). */
   restoreRevision(imageId: number, revision: number, current: number): Promise<ServerCells> {

@@ -3432,7 +3432,10 @@ export interface operations {
     };
     images_history_retrieve_2: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description x0,y0,x1,y1: only the cells whose bounding box meets it (a slide's view) */
+                bbox?: string;
+            };
             header?: never;
             path: {
                 image_id: number;

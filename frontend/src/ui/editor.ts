@@ -12,7 +12,7 @@ import { apiSegmenter, type Segmenter } from '../core/interactive';
 import { findNextImage, loadFilters } from '../core/navigation';
 import { nextFromQueue, queueRoute } from '../core/queue';
 import { routeHash } from '../core/router';
-import { ViewportLoader, type ViewportLoad } from '../core/viewportCells';
+import { ViewportLoader, widen, type ViewportLoad } from '../core/viewportCells';
 import { proposalKey } from '../core/selection';
 import type { AnnotationStore } from '../core/store';
 import type { CellsResponse, Project } from '../core/types';
@@ -141,6 +141,7 @@ export class EditorScreen extends MapScreen {
       readOnly: () => !!lockReason(this.image?.status),
       showPreview: (banner) => this.showPreview(banner),
       loadLayer: (resp) => this.loadLayer(resp),
+      previewBox: () => (this.viewport && this.view ? widen(this.view.viewExtentApi(), 0.5, this.image?.width ?? 0, this.image?.height ?? 0) : null),
     });
     this.saveEl = h('button', { class: 'save-status save-saved', onclick: () => this.onSaveClick() }, h('span', { class: 'dot' }), h('span', null, 'Loading…'));
     return {

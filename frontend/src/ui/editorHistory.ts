@@ -12,6 +12,7 @@ import { previewDiff, previewSentence, revisionRows } from '../core/revisions';
 import type { AnnotationStore } from '../core/store';
 import type { HistoryEntry, Ring } from '../core/types';
 import type { EditorMap } from '../view/editorMap';
+import { boxesMeet, ringBox, type Box } from '../core/store';
 import type { CellsResponse } from '../core/types';
 import { h, icon } from './dom';
 import { confirmDialog, toast } from './overlay';
@@ -29,6 +30,8 @@ export interface HistoryHost {
   showPreview(banner: HTMLElement | null): void;
   /** Shows a layer the server answered whole (a restore, a 409); default: the store loads it. */
   loadLayer?(resp: CellsResponse): void;
+  /** A slide: the box [x0, y0, x1, y1] a preview shows (the store holds only the cells near the view). */
+  previewBox?(): Box | null;
 }
 
 export class HistoryPanel {
@@ -122,8 +125,11 @@ export class HistoryPanel {
     if (!map || this.busy) return;
     this.busy = true;
     try {
-      const state = await this.host.api.getRevision(this.host.imageId, revision);
-      const now = [...this.host.store.all()].map((c) => ({ id: this.host.store.serverIdOf(c.key), class_id: c.classId, polygon: c.polygon }));
+      const box = this.host.previewBox?.() ?? null;
+      const state = await this.host.api.getRevision(this.host.imageId, revision, box ?? undefined);
+      const now = [...this.host.store.all()]
+        .filter((c) => !box || boxesMeet(ringBox(c.polygon), box))
+        .map((c) => ({ id: this.host.store.serverIdOf(c.key), class_id: c.classId, polygon: c.polygon }));
       const sentence = previewSentence(revision, previewDiff(state.cells, now));
       map.setPreview(state.cells.map((c) => ({ classId: c.class_id, polygon: c.polygon as Ring })));
       this.previewRevision = revision;
