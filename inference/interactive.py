@@ -57,6 +57,7 @@ WINDOW = 256
 CLICK_MARGIN = 64  # maps needed around a click's points: the cell under it fits
 BOX_MARGIN = 24
 _POLL_SECONDS = 0.02
+_CONTEXT_SECONDS = 5.0
 _READY_GRACE = 5.0  # seconds: a window marked ready just before a click looked at the storage
 
 
@@ -145,6 +146,7 @@ def interactive_cache_clear() -> None:
     with _LOCK:
         _MAPS.clear()
         _IMAGES.clear()
+        _CONTEXTS.clear()
 
 
 def _image_rgb(image: Image) -> np.ndarray:
@@ -383,18 +385,50 @@ def _outlines(instances: list[Instance], classes: dict[int, int]) -> list[Outlin
     ]
 
 
+@dataclass
+class _ProjectContext:
+    version: ModelVersion
+    baseline: SegmentationBackend
+    classes: dict[int, int]
+    until: float
+
+
+_CONTEXTS: dict[int, _ProjectContext] = {}
+
+
+def _project_context(image: Image) -> _ProjectContext:
+    """The project's active version, classical baseline and classes, remembered by this
+    process for ``_CONTEXT_SECONDS``: a doctor's clicks come in bursts, and these queries are
+    most of a warm click's database time (a promotion reaches clicks within those seconds)."""
+    now = time.monotonic()
+    with _LOCK:
+        context = _CONTEXTS.get(image.project_id)
+    if context is not None and context.until > now:
+        return context
+    version = model_version_for_project(project=image.project)
+    baseline_version = version if version.kind not in MAPS_KINDS else None
+    if baseline_version is None or baseline_version.kind not in (ModelKind.WATERSHED, ModelKind.REGION_GROWING):
+        baseline_version = model_version_baseline(project=image.project)
+    context = _ProjectContext(
+        version=version,
+        baseline=_backend(baseline_version),
+        classes=_classes(image),
+        until=now + _CONTEXT_SECONDS,
+    )
+    with _LOCK:
+        _CONTEXTS[image.project_id] = context
+    return context
+
+
 def _sources(
     image: Image, need: Region, timings: dict[str, float]
 ) -> tuple[ModelVersion, ImageMaps | None, SegmentationBackend]:
     """The active version, its maps of the image (None for a classical one) and the classical
     baseline a click falls back to."""
-    version = model_version_for_project(project=image.project)
-    baseline_version = version if version.kind not in MAPS_KINDS else None
-    if baseline_version is None or baseline_version.kind not in (ModelKind.WATERSHED, ModelKind.REGION_GROWING):
-        baseline_version = model_version_baseline(project=image.project)
-    baseline = _backend(baseline_version)
+    context = _project_context(image)
+    version = context.version
     maps = _maps_load(image, version, need, timings) if version.kind in MAPS_KINDS else None
-    return version, maps, baseline
+    return version, maps, context.baseline
 
 
 def image_click_segment(
@@ -426,7 +460,7 @@ def image_click_segment(
         source = "baseline"
     timings["segment_ms"] = (time.perf_counter() - t) * 1000
     t = time.perf_counter()
-    outlines = _outlines([instance], _classes(image)) if instance is not None else []
+    outlines = _outlines([instance], _project_context(image).classes) if instance is not None else []
     timings["contour_ms"] = (time.perf_counter() - t) * 1000
     if instance is None:
         reason = "no cell found at the clicked point"
@@ -460,7 +494,7 @@ def image_box_segment(*, image: Image, box: Sequence[float]) -> BoxResult:
     t = time.perf_counter()
     instances = box_segment(image=rgb, maps=maps, box=(x0, y0, x1, y1), baseline=baseline)
     timings["segment_ms"] = (time.perf_counter() - t) * 1000
-    cells = _outlines(instances, _classes(image))
+    cells = _outlines(instances, _project_context(image).classes)
     timings["total_ms"] = (time.perf_counter() - started) * 1000
     return BoxResult(
         cells=cells,
