@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from annotations.models import Bethesda, Cell, CellClass, Image, ImageStatus, Layer, Project, Split
+from annotations.selectors import cells_in_box_filter
 from core.errors import ServiceValidationError
 
 logger = logging.getLogger(__name__)
@@ -282,12 +283,10 @@ def cells_for(image_ids: Sequence[int], filters: ExportFilters, *fields: Any, **
     return queryset.order_by("image_id", "id").values_list(*fields).iterator(chunk_size=CELL_CHUNK)
 
 
-def cells_in_band(image_id: int, filters: ExportFilters, y0: float, y1: float, *fields: Any) -> Iterator[Any]:
-    """``values_list`` rows of the selected cells of one image whose bounding box meets the
-    horizontal band ``y0 <= y < y1`` (full-resolution pixels), by id (paint order), streamed."""
-    queryset = (
-        Cell.objects.filter(_cell_filter(filters), image_id=image_id, bbox_y__lt=y1)
-        .alias(bottom=F("bbox_y") + F("bbox_h"))
-        .filter(bottom__gt=y0)
-    )
+def cells_in_box(image_id: int, filters: ExportFilters, box: tuple[float, float, float, float], *fields: Any) -> Any:
+    """``values_list`` rows of the selected cells of one image whose bounding box meets ``box``
+    (x0, y0, x1, y1, full-resolution pixels; the GiST index on PostgreSQL), by id (paint
+    order), streamed."""
+    selected = Cell.objects.filter(_cell_filter(filters), image_id=image_id)
+    queryset = cells_in_box_filter(selected, image_id=image_id, box=box)
     return queryset.order_by("id").values_list(*fields).iterator(chunk_size=CELL_CHUNK)

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from annotations.models import Cell, Image
+from annotations.models import Cell, Image, Region
+from annotations.services.regions import region_create
 from cytoseg.contours import mask_to_polygon, polygon_rasterize
 from cytoseg.datasets import crop_grid, crop_polygons, instance_label_map, semantic_label_map
+from cytoseg.regions import cells_inside, region_mask
 from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic, slide_write
 from interchange.services import archives, jobs, selection
 from interchange.services import coco as coco_export
@@ -146,12 +148,15 @@ def test_nnunet_and_cellpose_exports_of_a_slide_are_crops_whose_masks_match_the_
     slide_image: tuple[Image, list[int]], slide: SyntheticSlide, project: Any, admin_user: Any
 ) -> None:
     image, _ = slide_image
+    # no cell reaches into the bottom-right crop: it is left out (and back with include_empty)
+    Cell.objects.filter(image=image, bbox_x__gt=WIDTH - CROP - 200, bbox_y__gt=HEIGHT - CROP - 200).delete()
     rows = list(Cell.objects.filter(image=image).order_by("id").values_list("polygon", "cell_class__model_label"))
     polygons, labels = [r[0] for r in rows], [r[1] for r in rows]
     semantic = semantic_label_map(polygons=polygons, labels=labels, height=HEIGHT, width=WIDTH)
     instances = instance_label_map(polygons=polygons, height=HEIGHT, width=WIDTH)
     boxes = crop_grid(width=WIDTH, height=HEIGHT, size=CROP)
     with_cells = {box for box in boxes if semantic[box[1] : box[3], box[0] : box[2]].any()}
+    assert len(with_cells) == len(boxes) - 1
     client = client_for(admin_user)
 
     archive = _run_job(client, project, "nnunet")
@@ -186,6 +191,43 @@ def test_nnunet_and_cellpose_exports_of_a_slide_are_crops_whose_masks_match_the_
 
     everything = _run_job(client, project, "cellpose", "?include_empty=1")
     assert len([n for n in everything.namelist() if n.endswith("_masks.png")]) == len(boxes)
+
+
+@pytest.mark.django_db
+def test_a_slide_with_verified_regions_is_exported_as_those_regions(
+    slide_image: tuple[Image, list[int]], slide: SyntheticSlide, project: Any
+) -> None:
+    image, _ = slide_image
+    outline = [[500.0, 300.0], [2100.0, 420.0], [1800.0, 1500.0], [600.0, 1300.0]]  # bbox 1600 x 1200
+    verified = region_create(image=image, user=None, polygon=outline)
+    Region.objects.filter(pk=verified.pk).update(status="verified")
+    region_create(
+        image=image, user=None, polygon=[[3000.0, 2000.0], [3500.0, 2000.0], [3500.0, 2500.0]]
+    )  # not verified
+    rows = list(Cell.objects.filter(image=image).order_by("id").values_list("polygon", "cell_class__model_label"))
+    keep = cells_inside(outline, [r[0] for r in rows])
+    polygons = [r[0] for r, k in zip(rows, keep, strict=True) if k]
+    assert 50 < len(polygons) < len(rows) / 2
+    instances = instance_label_map(polygons=polygons, height=HEIGHT, width=WIDTH)
+    options = selection.ExportOptions(kind="cellpose")
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(archives.cellpose_zip_stream(project=project, options=options))))
+    masks = sorted(n for n in archive.namelist() if n.endswith("_masks.png"))
+    prefix = f"train/case_{image.pk:06d}_r{verified.pk}_"
+    corners = [(500, 300), (1524, 300), (500, 1324), (1524, 1324)]  # the region's box in crops from its corner
+    assert masks == sorted(f"{prefix}x{x}_y{y}_masks.png" for x, y in corners)
+    seen = set()
+    for name in masks:
+        x0, y0 = (int(v) for v in name.removeprefix(prefix).removesuffix("_masks.png").replace("x", "").split("_y"))
+        x1, y1 = min(x0 + CROP, 2100), min(y0 + CROP, 1500)
+        crop = _png(archive, name).astype(np.int64)
+        whole = instances[y0:y1, x0:x1].astype(np.int64)
+        assert crop.shape == whole.shape and np.array_equal(crop > 0, whole > 0)  # the region's cells, clipped
+        seen |= set(np.unique(whole)) - {0}
+        pixels = np.asarray(PILImage.open(io.BytesIO(archive.read(name.replace("_masks", "")))).convert("RGB"))
+        outside = ~region_mask(outline, (x0, y0, x1, y1))
+        assert (pixels[outside] == 255).all()  # nobody annotated there: white
+        assert np.array_equal(pixels[~outside], slide.region(x0, y0, x1, y1)[~outside])
+    assert seen == set(np.unique(instances)) - {0}
 
 
 def test_crop_polygons_keeps_cells_with_a_pixel_in_the_crop_clipped() -> None:
