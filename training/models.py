@@ -126,7 +126,7 @@ class DatasetSnapshot(models.Model):
 
 
 class SnapshotItem(models.Model):
-    """One image of a snapshot with its cells as they were: ``cells`` is
+    """One image (or one region of a slide) of a snapshot with its cells as they were: ``cells`` is
     ``[{"id", "polygon", "label", "class_id"}, ...]`` in paint order (label 1 cell, 2 erythrocyte)."""
 
     snapshot = models.ForeignKey(DatasetSnapshot, on_delete=models.CASCADE, related_name="items")
@@ -140,6 +140,14 @@ class SnapshotItem(models.Model):
     revision = models.PositiveIntegerField(help_text="Annotation revision of the image when snapshotted.")
     cells = models.JSONField(default=list)
     cells_sha256 = models.CharField(max_length=64)
+    # A tiled image (a slide) is trained on by its verified regions (issue #14): one item per
+    # region, its bounding box (``crop``: x0, y0, x1, y1 in full-resolution pixels) read from the
+    # original, white outside the region's outline (``mask``, in crop coordinates). The cells and
+    # width/height are then the crop's. Frozen here: redrawing or deleting the region later
+    # changes nothing a job trained on. Empty for a whole image.
+    region = models.ForeignKey("annotations.Region", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    crop = models.JSONField(null=True, blank=True)
+    mask = models.JSONField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["snapshot", "split"])]

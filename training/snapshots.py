@@ -12,6 +12,13 @@ A snapshot stores one ``SnapshotItem`` per image with the split, the annotation 
 a copy of the cells (polygon, semantic label), so later edits never change what a job trained
 or was evaluated on.
 
+A whole slide (a tiled image) is never one item: it is trained on by its regions of interest
+(issue #14), one item per region that the source takes (``verified``: the regions the experts
+verified; ``annotation``: the regions of a slide marked complete): the region's bounding box
+read from the original at full resolution, white outside the region's outline, with the cells
+whose centroid lies inside it, so a slide with three verified regions trains on those three
+regions only.
+
 The frozen test split: the first time an image lands in a snapshot's test split it is added to
 ``FrozenTestImage`` for good; from then on it is always test and never feeds training, whatever
 its ``split`` says later. The test split only grows, and never with an image that an earlier
@@ -25,6 +32,7 @@ synthetic cluster images of ``cytoseg.augment`` when the snapshot asks for them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -34,9 +42,11 @@ import numpy as np
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max, QuerySet
+from PIL import Image as PILImage
 
-from annotations.models import Cell, Image, ImageStatus, Layer, Project, Split
+from annotations.models import Cell, Image, ImageStatus, Layer, Project, Region, Split
 from annotations.services.audit import audit_record
+from annotations.services.regions import image_crop_rgb, region_cell_ids
 from core.errors import ServiceValidationError
 from core.streaming import ZipEntry, zip_stream
 from cytoseg.augment import AugmentConfig, SyntheticImage, cells_from_polygons, synthetic_images
@@ -56,6 +66,7 @@ __all__ = [
     "dataset_snapshot_create",
     "eligible_images",
     "snapshot_cases",
+    "snapshot_item_rgb",
     "snapshot_load",
     "snapshot_zip_stream",
     "source_layer",
@@ -71,7 +82,7 @@ def source_layer(source: str) -> str:
 
 def eligible_images(*, project: Project, source: str) -> QuerySet[Image]:
     """Images of ``project`` that ``source`` takes into a snapshot. Not whole slides (tiled
-    images): training reads an image whole, a slide only by regions (a later part of issue #14)."""
+    images): training reads an image whole, a slide only by its regions (``_regions_eligible``)."""
     images = project.images.exclude(tiled=True)
     if source == DatasetSource.VERIFIED:
         return images.filter(status=ImageStatus.VERIFIED)
@@ -81,6 +92,65 @@ def eligible_images(*, project: Project, source: str) -> QuerySet[Image]:
 def _cells_sha(cells: list[dict[str, Any]]) -> str:
     payload = [[c["label"], c["polygon"]] for c in cells]
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()
+
+
+_MOVED_TO_TEST = "moved to test after it was used for training; left out"
+
+
+def _regions_eligible(
+    *, project: Project, source: str, frozen: set[int], trained: set[int]
+) -> list[tuple[Region, str | None]]:
+    """The regions of the project's slides (tiled images) that ``source`` takes, each with its
+    split (the image's, under the frozen test rule; None: left out). ``verified``: the regions
+    verified by the experts; ``annotation``: every region of a slide an admin marked complete."""
+    regions = Region.objects.filter(image__project=project, image__tiled=True).select_related("image")
+    if source == DatasetSource.VERIFIED:
+        regions = regions.filter(status=ImageStatus.VERIFIED)
+    else:
+        regions = regions.filter(image__training_completion__isnull=False)
+    out: list[tuple[Region, str | None]] = []
+    for region in regions.order_by("image_id", "id"):
+        image = region.image
+        if image.pk in frozen:
+            out.append((region, Split.TEST))
+        elif image.split == Split.TEST:
+            out.append((region, None if image.pk in trained else Split.TEST))
+        else:
+            out.append((region, image.split))
+    return out
+
+
+def _region_item(*, snapshot: DatasetSnapshot, region: Region, split: str, layer: str) -> SnapshotItem:
+    """A slide's region as a snapshot item: the cells of ``layer`` whose centroid lies inside it,
+    in the coordinates of its bounding box."""
+    x0, y0, x1, y1 = region.crop
+    ids = region_cell_ids(region=region, layer=layer)
+    rows = (
+        Cell.objects.filter(pk__in=ids)
+        .order_by("id")
+        .values_list("id", "polygon", "cell_class_id", "cell_class__model_label")
+    )
+    cells = [
+        {"id": cell_id, "polygon": [[x - x0, y - y0] for x, y in polygon], "label": label, "class_id": class_id}
+        for cell_id, polygon, class_id, label in rows
+    ]
+    image = region.image
+    return SnapshotItem(
+        snapshot=snapshot,
+        image=image,
+        image_sha256=image.sha256,
+        file_name=f"{image.file_name} / {region.name}",
+        split=split,
+        bethesda=image.bethesda,
+        width=x1 - x0,
+        height=y1 - y0,
+        revision=image.revision,
+        cells=cells,
+        cells_sha256=_cells_sha(cells),
+        region=region,
+        crop=[x0, y0, x1, y1],
+        mask=[[x - x0, y - y0] for x, y in region.polygon],
+    )
 
 
 def dataset_snapshot_create(
@@ -144,9 +214,7 @@ def dataset_snapshot_create(
                 split = Split.TEST
             elif image.split == Split.TEST:
                 if image.pk in trained:
-                    excluded.append(
-                        {"image": image.pk, "reason": "moved to test after it was used for training; left out"}
-                    )
+                    excluded.append({"image": image.pk, "reason": _MOVED_TO_TEST})
                     continue
                 split = Split.TEST
                 newly_frozen.append(FrozenTestImage(project=project, image=image))
@@ -168,6 +236,14 @@ def dataset_snapshot_create(
                     cells_sha256=_cells_sha(cells),
                 )
             )
+        for region, region_split in _regions_eligible(project=project, source=source, frozen=frozen, trained=trained):
+            if region_split is None:
+                excluded.append({"image": region.image_id, "region": region.pk, "reason": _MOVED_TO_TEST})
+                continue
+            if region_split == Split.TEST and region.image_id not in frozen:
+                frozen.add(region.image_id)
+                newly_frozen.append(FrozenTestImage(project=project, image_id=region.image_id))
+            items.append(_region_item(snapshot=snapshot, region=region, split=region_split, layer=layer))
         if not items:
             what = "verified images" if source == DatasetSource.VERIFIED else "images marked complete"
             raise ServiceValidationError("Nothing to snapshot.", {"source": f"the project has no {what}"})
@@ -178,7 +254,8 @@ def dataset_snapshot_create(
         for item in items:
             counts[item.split]["images"] += 1
             counts[item.split]["cells"] += len(item.cells)
-            digest.update(f"{item.image_id}:{item.split}:{item.image_sha256}:{item.cells_sha256};".encode())
+            where = "" if item.crop is None else f"@{item.region_id}:{item.crop}"
+            digest.update(f"{item.image_id}{where}:{item.split}:{item.image_sha256}:{item.cells_sha256};".encode())
         snapshot.counts = counts
         snapshot.excluded = excluded
         snapshot.sha256 = digest.hexdigest()
@@ -190,12 +267,30 @@ def dataset_snapshot_create(
 
 
 def _case_id(item: SnapshotItem) -> str:
+    if item.crop is not None:
+        return f"image_{item.image_id}_region_{item.region_id}"
     return f"image_{item.image_id}"
+
+
+def snapshot_item_rgb(item: SnapshotItem) -> np.ndarray:
+    """The item's pixels: the display image, or a region's crop of the original (white outside
+    the region) read at full resolution."""
+    if item.crop is None:
+        return read_rgb(_image_bytes(item))
+    if item.image is None:
+        raise ValueError(f"image {item.file_name!r} of snapshot {item.snapshot_id} was deleted")
+    x0, y0, x1, y1 = (int(v) for v in item.crop)
+    mask = None if item.mask is None else [[x + x0, y + y0] for x, y in item.mask]
+    return image_crop_rgb(image=item.image, crop=(x0, y0, x1, y1), polygon=mask)
 
 
 def _image_bytes(item: SnapshotItem) -> bytes:
     if item.image is None:
         raise ValueError(f"image {item.file_name!r} of snapshot {item.snapshot_id} was deleted")
+    if item.crop is not None:
+        out = io.BytesIO()
+        PILImage.fromarray(snapshot_item_rgb(item)).save(out, format="PNG")
+        return out.getvalue()
     with item.image.display.open("rb") as handle:
         return handle.read()
 
@@ -313,7 +408,7 @@ def snapshot_load(snapshot: DatasetSnapshot, *, splits: Iterable[str] = tuple(Sp
     data = SnapshotData(train=[], validation=[], test=[], synthetic=0)
     train_sources: list[tuple[np.ndarray, SnapshotItem]] = []
     for item in _items(snapshot, splits):
-        rgb = read_rgb(_image_bytes(item))
+        rgb = snapshot_item_rgb(item)
         if rgb.shape[:2] != (item.height, item.width):
             raise ValueError(
                 f"image {item.file_name!r} is {rgb.shape[:2]}, the snapshot says {item.height}x{item.width}"
@@ -321,7 +416,12 @@ def snapshot_load(snapshot: DatasetSnapshot, *, splits: Iterable[str] = tuple(Sp
         polygons = [c["polygon"] for c in item.cells]
         labels = [int(c["label"]) for c in item.cells]
         case = LoadedCase(
-            key=str(item.image_id), split=item.split, group=item.bethesda, image=rgb, polygons=polygons, labels=labels
+            key=_case_id(item).removeprefix("image_"),
+            split=item.split,
+            group=item.bethesda,
+            image=rgb,
+            polygons=polygons,
+            labels=labels,
         )
         getattr(data, item.split).append(case)
         if item.split == Split.TRAIN:

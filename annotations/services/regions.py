@@ -159,14 +159,19 @@ def _original_local(image: Image) -> Iterator[Path]:
         yield target
 
 
-def region_crop_rgb(*, region: Region) -> np.ndarray:
-    """The region's bounding box read from the original at full resolution (OpenSlide or
-    libvips: never the whole slide), white outside the region's polygon."""
-    image = region.image
+def image_crop_rgb(*, image: Image, crop: tuple[int, int, int, int], polygon: list[list[float]] | None) -> np.ndarray:
+    """``crop`` (x0, y0, x1, y1) of the image read from the original at full resolution
+    (OpenSlide or libvips: never the whole slide); white outside ``polygon`` (full-resolution
+    pixels) when given."""
     with _original_local(image) as path:
         reader = region_reader(path)
         try:
-            rgb = reader.read(region.crop)
+            rgb = reader.read(crop)
         finally:
             reader.close()
-    return region_crop_mask(rgb, region.polygon, region.crop)
+    return rgb if polygon is None else region_crop_mask(rgb, polygon, crop)
+
+
+def region_crop_rgb(*, region: Region) -> np.ndarray:
+    """The region's bounding box at full resolution, white outside the region's polygon."""
+    return image_crop_rgb(image=region.image, crop=region.crop, polygon=region.polygon)

@@ -15,7 +15,8 @@ from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic, slide_write
 from inference import tiled
 from inference.models import PresegmentTile
 from tests.api.conftest import client_for
-from tests.factories import image_create
+from tests.factories import image_create, square
+from training import snapshots
 from training.services.registry import model_version_baseline
 
 pytestmark = pytest.mark.django_db
@@ -162,3 +163,81 @@ def test_a_region_is_pre_segmented_alone_proposals_only_inside(slide_image: Imag
     ).json()["id"]
     refused = client.post(f"/api/v1/images/{small.pk}/presegment", {"region": small_region}, format="json")
     assert refused.status_code == 400 and "region" in refused.json()["errors"]
+
+
+def _verified_cells(image: Image, squares: list[list[list[float]]]) -> list[int]:
+    class_id = image.project.classes.get(model_label=1).pk
+    cells = Cell.objects.bulk_create(
+        [
+            Cell(
+                image=image,
+                layer=Layer.VERIFIED,
+                cell_class_id=class_id,
+                polygon=points,
+                bbox_x=points[0][0],
+                bbox_y=points[0][1],
+                bbox_w=20,
+                bbox_h=20,
+                area=400,
+                source="consensus",
+            )
+            for points in squares
+        ]
+    )
+    return [c.pk for c in cells]
+
+
+def test_a_slide_with_three_verified_regions_trains_on_those_three_only(
+    slide_image: Image, admin_user: Any, settings: Any
+) -> None:
+    image = slide_image
+    project = image.project
+    client = client_for(admin_user)
+    shapes = {
+        "A": [[50, 60], [300, 60], [300, 250], [50, 250]],
+        "B": [[600, 100], [900, 100], [750, 400]],  # a triangle: its bbox's corners are outside it
+        "C": [[100, 600], [400, 600], [400, 900], [100, 900]],
+        "draft": [[600, 600], [900, 600], [900, 900], [600, 900]],  # drawn, never verified
+    }
+    regions = {
+        name: client.post(f"/api/v1/images/{image.pk}/regions", {"name": name, "polygon": poly}, format="json").json()
+        for name, poly in shapes.items()
+    }
+    Region.objects.filter(name__in=["A", "B", "C"]).update(status=ImageStatus.VERIFIED)
+    inside = {
+        "A": _verified_cells(image, [square(80, 80, 20), square(200, 150, 20)]),
+        "B": _verified_cells(image, [square(740, 150, 20)]),
+        "C": _verified_cells(image, [square(150, 650, 20), square(300, 800, 20), square(370, 870, 20)]),
+    }
+    # verified cells outside every verified region: in the draft region, in B's bbox but outside
+    # the triangle, and nowhere near a region
+    outside = _verified_cells(image, [square(700, 700, 20), square(610, 360, 20), square(980, 20, 20)])
+    snapshot = snapshots.dataset_snapshot_create(project=project, user=admin_user)
+    items = list(snapshot.items.order_by("id"))
+    assert [item.region_id for item in items] == [regions[n]["id"] for n in ("A", "B", "C")]
+    assert all(item.image_id == image.pk for item in items)
+    for item, name in zip(items, ("A", "B", "C"), strict=True):
+        assert sorted(c["id"] for c in item.cells) == sorted(inside[name])
+        assert item.crop == regions[name]["bbox"]
+        x0, y0, x1, y1 = item.crop
+        assert (item.width, item.height) == (x1 - x0, y1 - y0)
+        # cells in the crop's coordinates
+        assert all(0 <= x <= item.width and 0 <= y <= item.height for c in item.cells for x, y in c["polygon"])
+    kept = {c["id"] for item in items for c in item.cells}
+    assert not kept & set(outside)
+    assert (
+        snapshot.counts["train"]["images"] + snapshot.counts["validation"]["images"] + snapshot.counts["test"]["images"]
+        == 3
+    )
+    # the training data: each region's crop read from the slide at full resolution, white
+    # outside the region (B's bbox corners), the slide's pixels inside
+    data = snapshots.snapshot_load(snapshot)
+    cases = data.train + data.validation + data.test
+    assert sorted(case.key for case in cases) == sorted(f"{image.pk}_region_{regions[n]['id']}" for n in "ABC")
+    b = next(case for case in cases if case.key.endswith(f"region_{regions['B']['id']}"))
+    assert b.image.shape == (300, 300, 3)
+    assert (b.image[-3, 2] == 255).all() and (b.image[-3, -3] == 255).all()  # outside the triangle
+    assert b.image[150:250, 120:180].std() > 5  # inside: the slide, not a flat fill
+    assert b.semantic.shape == (300, 300) and b.semantic.max() == 1
+    files = list(snapshots.snapshot_cases(snapshot))
+    assert len(files) == 3 and all(f.image[:8] == b"\x89PNG\r\n\x1a\n" for f in files)

@@ -40,7 +40,6 @@ from cytoseg.evaluation import (
     evaluate_backend,
     gate_decide,
 )
-from cytoseg.imaging import read_rgb
 from training.models import (
     DatasetSnapshot,
     Evaluation,
@@ -60,6 +59,7 @@ from training.services.artifacts import (
     artifacts_upload,
 )
 from training.services.config import device_for
+from training.snapshots import snapshot_item_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +268,7 @@ def _eval_images(items: list[SnapshotItem], should_cancel: Callable[[], bool] | 
         if item.image is None:
             logger.warning("snapshot %s: image %s was deleted; not evaluated", item.snapshot_id, item.file_name)
             continue
-        with item.image.display.open("rb") as handle:
-            rgb = read_rgb(handle.read())
+        rgb = snapshot_item_rgb(item)  # a slide's region: its crop of the original
         gt = cells_from_polygons(
             [c["polygon"] for c in item.cells], [c["label"] for c in item.cells], height=item.height, width=item.width
         )
