@@ -54,7 +54,7 @@ __all__ = [
 DEFAULT_DIAMETER = 30.0  # pixels; a window size for maps and baselines that do not know theirs
 RELAX_LOGITS = 3.0  # how far below the model's cell-probability threshold a click still reaches
 _MAX_GROW = 2  # the window doubles at most this often when the cell touches its edge
-WINDOW_MARGIN = 32  # context computed around a window of maps and then dropped (edge effects)
+WINDOW_MARGIN = 24  # context computed around a window of maps and then dropped (edge effects)
 
 Point = tuple[float, float]
 

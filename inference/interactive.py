@@ -53,7 +53,7 @@ MAPS_KINDS = (ModelKind.TWO_STAGE, ModelKind.CELLPOSE, ModelKind.NNUNET)
 MAX_POINTS = 20
 # the side of the window of maps a first click on an image without maps computes (a network
 # pass over it rather than the whole field; pre-segmentation keeps the whole field's)
-WINDOW = 256
+WINDOW = 160
 CLICK_MARGIN = 64  # maps needed around a click's points: the cell under it fits
 BOX_MARGIN = 24
 _POLL_SECONDS = 0.02
