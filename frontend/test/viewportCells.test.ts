@@ -226,6 +226,33 @@ describe('saves by delta', () => {
     expect(store.isDirty).toBe(false);
   });
 
+  it('a 409: a new cell over another doctor\'s new cell goes, a cell deleted meanwhile goes, and the rest is saved', async () => {
+    const { server, store, loader, autosave } = setup();
+    const seen: { keys: string[]; dropped: number }[] = [];
+    autosave.events.on('deltaConflict', (c) => seen.push({ keys: c.keys, dropped: c.dropped }));
+    await viewAt(loader, [0, 0, 2000, 2000]);
+    // meanwhile another doctor adds a cell at (500, 500) and deletes cell 12
+    server.state.revision += 1;
+    server.state.rows.set(500, { id: 500, class_id: 1, polygon: sq(500, 500, 30), revision: server.state.revision });
+    server.state.rows.delete(12);
+    server.state.deletedAt.set(12, server.state.revision);
+    const mine = store.addCell(sq(510, 510, 30), 1);
+    store.setClass([serverKey(12)], 2);
+    store.updatePolygon(serverKey(2), sq(1100, 100, 70));
+    await vi.advanceTimersByTimeAsync(900);
+    await autosave.flush();
+    expect(seen).toEqual([{ keys: [serverKey(500)], dropped: 2 }]);
+    expect(store.has(mine)).toBe(false);
+    expect(store.get(serverKey(500))!.polygon).toEqual(sq(500, 500, 30));
+    expect(store.has(serverKey(12))).toBe(false);
+    expect(server.state.rows.get(2)!.polygon).toEqual(sq(1100, 100, 70));
+    expect(store.isDirty).toBe(false);
+    // the history is left as it was: undoing the class change brings the (deleted) cell back as a new one
+    store.undo();
+    store.undo();
+    expect(store.has(serverKey(12))).toBe(true);
+  });
+
   it('two editors in different regions both save', async () => {
     const a = setup();
     const server = a.server;
