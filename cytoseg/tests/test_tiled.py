@@ -19,6 +19,7 @@ from cytoseg.tiled import (
     cells_stitch,
     margin_for,
     region_reader,
+    stitch_stream,
     stitch_summary,
     tile_cells,
     tiled_predict,
@@ -197,3 +198,25 @@ def test_tiles_segment_reports_each_tile_as_it_finishes(rgb: np.ndarray) -> None
     for cell in out[0][1]:
         cx = (cell.bbox[0] + cell.bbox[2]) / 2
         assert x0 - MARGIN <= cx <= x1 + MARGIN
+
+
+def test_a_border_copy_of_a_cell_another_tile_keeps_inside_its_core_is_dropped() -> None:
+    """Two reads may place one cell's centroid a few pixels apart: the copy that lands just
+    outside its own core (kept as a border candidate) gives way to the one deep in its core,
+    and the result streams in two passes over the same source."""
+    square = [(240.0, 100.0), (262.0, 100.0), (262.0, 122.0), (240.0, 122.0)]
+    inner = TileCell(0, 1, 0.9, 484.0, (240.0, 100.0, 262.0, 122.0), square, 9.0, False, False)
+    shifted = [(x + 1.0, y) for x, y in square]
+    copy = TileCell(1, 1, 0.9, 484.0, (241.0, 100.0, 263.0, 122.0), shifted, -3.0, True, False)
+    other = TileCell(
+        1, 1, 0.9, 484.0, (300.0, 100.0, 322.0, 122.0), [(x + 60.0, y) for x, y in square], -2.0, True, False
+    )
+    calls = []
+
+    def source() -> list[TileCell]:
+        calls.append(1)
+        return [copy, inner, other]
+
+    kept = list(stitch_stream(source))
+    assert len(calls) == 2
+    assert kept == [inner, other]
