@@ -23,7 +23,7 @@ from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from annotations.models import ApiToken, Cell, Image, Layer, ProjectMembership, Role
+from annotations.models import ApiToken, Cell, Image, Layer, ProjectMembership, Region, Role
 from annotations.services import cells as cell_services
 from annotations.services.tokens import api_token_create
 from interchange.models import ExportJob
@@ -94,6 +94,11 @@ TABLE: dict[str, str] = {
     "POST /api/v1/images/{image_id}/history/{revision}/restore": "annotator",
     "POST /api/v1/images/{image_id}/import/geojson": "annotator",  # a cell write, like PUT cells
     "POST /api/v1/images/{image_id}/presegment": "annotator",
+    "GET /api/v1/images/{image_id}/regions": "annotator",
+    "POST /api/v1/images/{image_id}/regions": "annotator",
+    "GET /api/v1/images/{image_id}/regions/{region_id}": "annotator",
+    "PATCH /api/v1/images/{image_id}/regions/{region_id}": "annotator",
+    "DELETE /api/v1/images/{image_id}/regions/{region_id}": "annotator",
     "POST /api/v1/images/{image_id}/proposals/accept": "annotator",
     "POST /api/v1/images/{image_id}/proposals/reject": "annotator",
     "GET /api/v1/images/{image_id}/reviews": "admin",
@@ -215,6 +220,9 @@ def world() -> World:
         project=project, url="https://hooks.example.com/in", events=["model.promoted"], secret="whsec_x"
     )
     review = _review_assignment(image, annotator, expert, admin)
+    region = Region.objects.create(
+        image=image, name="ROI", polygon=[[0, 0], [30, 0], [0, 30]], bbox_x=0, bbox_y=0, bbox_w=30, bbox_h=30
+    )
     clients = {
         "anonymous": _client(),
         "no_project": _client(UserFactory()),
@@ -241,6 +249,7 @@ def world() -> World:
         "snapshot_id": snapshot.pk,
         "layout": "nnunet",
         "webhook_id": webhook.pk,
+        "region_id": region.pk,
     }
     assert Cell.objects.filter(image=image, layer=Layer.ANNOTATION).exists()
     return World(clients, params)
