@@ -304,8 +304,9 @@ def cells_delta_apply(*, image: Image, user: User, base_revision: int, data: obj
             server = json.loads(selectors.cells_by_ids_json(image=image, ids=concerned))
             present = {c["id"] for c in server}
             raise ConflictError(
-                f"{len(conflicts)} of your edits meet edits saved by others since revision {base_revision} "
-                f"(now {locked.revision}); nothing was saved. Take the server's version of those cells.",
+                f"{len(conflicts)} of your edits meet edits saved meanwhile (after the copies you read; the "
+                f"layer is now at revision {locked.revision}); nothing was saved. Take the server's version of "
+                "those cells and send the rest again.",
                 {
                     "revision": locked.revision,
                     "conflicts": conflicts,
