@@ -17,6 +17,9 @@
    pyramid;
 7. with ``--presegment``: tiled pre-segmentation of the slide file against the single-image path,
    seconds per megapixel and peak memory (``bench/tiled_bench.py``, the watershed backend).
+8. with ``--export``: the slide's ground truth as its annotation layer, then COCO, GeoJSON,
+   nnU-Net and Cellpose exports as worker jobs: seconds, download, bytes and the worker's peak
+   memory for each (``bench/export_bench.py``).
 
     .venv/bin/python bench/slide_bench.py                   # 40,000 x 30,000
     .venv/bin/python bench/slide_bench.py --quick           # 4096 x 3072 (CI size)
@@ -74,6 +77,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time tiled pre-segmentation of the slide against the single-image path "
         "(bench/tiled_bench.py; the whole-image pass only up to 64 megapixels)",
+    )
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="also time the exports of the slide with its ground truth as the layer (bench/export_bench.py)",
     )
     args = p.parse_args(argv)
     if args.quick:
@@ -424,6 +432,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "worker_peak_rss_mb": max(v for k, v in worker_peaks.items() if k != worker.pid) / 2**20,
             "worker_master_rss_mb": worker_peaks.get(worker.pid, 0) / 2**20,
         }
+        if args.export:
+            from export_bench import export_bench  # a sibling script, not a package
+
+            log("exports: the slide's ground truth as its layer, then each export as a job")
+            with httpx.Client(base_url=base, headers=headers, timeout=600) as client:
+                results["export"] = export_bench(
+                    client, project_id=project.pk, image_id=image_id, width=args.width, height=args.height,
+                    worker_pid=worker.pid,
+                )  # fmt: skip
     finally:
         if web is not None and worker is not None:
             platform_stop(web, worker)
@@ -460,6 +477,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"pre-segmentation, {name:<6} path     {row['seconds_per_mp']:8.2f} s/MP  ({row['seconds']:.0f} s, "
                     f"{row['cells']} cells, peak RSS {row['peak_rss_mb']:.0f} MB; {pre['backend']}, CPU)"
                 )
+    if "export" in results:
+        fill = results["export"]["fill"]
+        print(f"layer filled ({fill['cells']} cells)       {fill['seconds']:8.1f} s")
+        for kind in ("coco", "geojson", "nnunet", "cellpose"):
+            row = results["export"][kind]
+            print(
+                f"export {kind:<9} (job)            {row['job_s']:8.1f} s  (download {row['download_s']:.1f} s, "
+                f"{row['bytes'] / 1e6:.0f} MB; worker peak RSS {row['worker_peak_rss_mb']:.0f} MB)"
+            )
     (args.workdir / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nresults: {args.workdir / 'results.json'}")
     return 0
