@@ -185,3 +185,31 @@ def test_pre_segmenting_again_replaces_the_run(
     assert again.status_code == 202
     assert tiled.tiles_progress(image_ids=[image.pk]) == {image.pk: (0, 16)}
     assert Image.objects.get(pk=image.pk).presegment_tiles_done == 0
+
+
+def test_on_object_storage_each_host_reads_one_local_copy_removed_by_the_stitch(
+    queued: tuple[Image, int], settings: Any, tmp_path: Path
+) -> None:
+    """Object storage has no local path: the first tile task on a host streams the original
+    into SLIDE_SCRATCH_DIR once, the host's next tasks read that copy, the stitch removes it."""
+    image, version_id = queued
+    settings.SLIDE_SCRATCH_DIR = tmp_path / "scratch"
+    copies = tmp_path / "scratch" / "presegment"
+    opened: list[str] = []
+    real_path = tiled.default_storage.path
+
+    def storage_open(name: str, mode: str = "rb") -> Any:
+        opened.append(name)
+        return open(real_path(name), mode)  # what an S3 object's stream gives
+
+    with (
+        mock.patch.object(tiled.default_storage, "path", side_effect=NotImplementedError),
+        mock.patch.object(tiled.default_storage, "open", side_effect=storage_open),
+    ):
+        for task in range(3):
+            tiled.image_tiles_run(image_id=image.pk, model_version_id=version_id, task=task)
+            assert [p.name for p in copies.iterdir()] == [f"{image.pk}-{image.sha256[:16]}.tif"]
+        assert opened == [str(image.original.name)]  # streamed once
+        last = tiled.image_tiles_run(image_id=image.pk, model_version_id=version_id, task=3)
+    assert last.cell_count and Image.objects.get(pk=image.pk).presegment_status == PresegmentStatus.DONE
+    assert list(copies.iterdir()) == []
