@@ -135,6 +135,7 @@ def _image_cell_streams(
         )
         cursor = _CellCursor(rows, project.pk)
         for image in batch:
+            image["cell_count"] = counts.get(image["id"], 0)
             yield image, cursor.cells(image["id"])
 
 
@@ -142,10 +143,11 @@ def _image_cells(
     project: Project, filters: ExportFilters, fields: Sequence[str], *, include_empty: bool = True
 ) -> Iterator[tuple[dict[str, Any], list[tuple[Any, ...]]]]:
     """As :func:`_image_cell_streams` (tiled images left out of the query, their lists empty),
-    each image's cells as a list; images without cells only with ``include_empty``."""
+    each image's cells as a list; images without cells only with ``include_empty`` (a tiled
+    image without selected cells is not even opened)."""
     for image, stream in _image_cell_streams(project, filters, fields, whole=False):
         cells = list(stream)
-        if cells or include_empty or image["tiled"]:
+        if cells or include_empty or (image["tiled"] and image["cell_count"]):
             yield image, cells
 
 

@@ -228,6 +228,11 @@ def test_a_slide_with_verified_regions_is_exported_as_those_regions(
         assert (pixels[outside] == 255).all()  # nobody annotated there: white
         assert np.array_equal(pixels[~outside], slide.region(x0, y0, x1, y1)[~outside])
     assert seen == set(np.unique(instances)) - {0}
+    # without selected cells a slide is not even opened (on object storage: not copied)
+    Cell.objects.filter(image=image).delete()
+    with mock.patch("interchange.services.crops.original_local_path", side_effect=AssertionError("opened")):
+        empty = zipfile.ZipFile(io.BytesIO(b"".join(archives.cellpose_zip_stream(project=project, options=options))))
+    assert empty.namelist() == []
 
 
 def test_crop_polygons_keeps_cells_with_a_pixel_in_the_crop_clipped() -> None:
