@@ -23,8 +23,9 @@ from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from annotations.models import ApiToken, Cell, Image, Layer, ProjectMembership, Region, Role
+from annotations.models import ApiToken, Cell, Image, Layer, ProjectMembership, Region, Role, TileStatus
 from annotations.services import cells as cell_services
+from annotations.services.slides import image_pyramid_build
 from annotations.services.tokens import api_token_create
 from interchange.models import ExportJob
 from tests.factories import ProjectFactory, UserFactory, image_create, member, square
@@ -88,12 +89,16 @@ TABLE: dict[str, str] = {
     "DELETE /api/v1/images/{image_id}/assignments/{review_id}": "admin",
     "GET /api/v1/images/{image_id}/cells": "annotator",
     "PUT /api/v1/images/{image_id}/cells": "annotator",
+    "PATCH /api/v1/images/{image_id}/cells": "annotator",  # a delta save, like PUT cells
     "GET /api/v1/images/{image_id}/file": "annotator",
     "GET /api/v1/images/{image_id}/history": "annotator",
     "GET /api/v1/images/{image_id}/history/{revision}": "annotator",
     "POST /api/v1/images/{image_id}/history/{revision}/restore": "annotator",
     "POST /api/v1/images/{image_id}/import/geojson": "annotator",  # a cell write, like PUT cells
     "POST /api/v1/images/{image_id}/presegment": "annotator",
+    "POST /api/v1/images/{image_id}/segment/click": "annotator",
+    "POST /api/v1/images/{image_id}/segment/box": "annotator",
+    "GET /api/v1/images/{image_id}/tiles/{level}/{tile}": "annotator",  # every member reads the pixels
     "GET /api/v1/images/{image_id}/regions": "annotator",
     "POST /api/v1/images/{image_id}/regions": "annotator",
     "GET /api/v1/images/{image_id}/regions/{region_id}": "annotator",
@@ -223,6 +228,10 @@ def world() -> World:
     region = Region.objects.create(
         image=image, name="ROI", polygon=[[0, 0], [30, 0], [0, 30]], bbox_x=0, bbox_y=0, bbox_w=30, bbox_h=30
     )
+    # a tiled image with a real (small) pyramid, so that the tile endpoint has a tile to serve
+    slide = image_create(project, width=80, height=60)
+    Image.objects.filter(pk=slide.pk).update(tiled=True, tile_status=TileStatus.QUEUED)
+    assert "levels" in image_pyramid_build(image_id=slide.pk)
     clients = {
         "anonymous": _client(),
         "no_project": _client(UserFactory()),
@@ -250,6 +259,9 @@ def world() -> World:
         "layout": "nnunet",
         "webhook_id": webhook.pk,
         "region_id": region.pk,
+        "slide_id": slide.pk,
+        "level": 0,
+        "tile": "0_0.jpeg",
     }
     assert Cell.objects.filter(image=image, layer=Layer.ANNOTATION).exists()
     return World(clients, params)
@@ -282,6 +294,8 @@ def _operations() -> list[tuple[str, str]]:
 def _url(method: str, path: str, params: dict[str, Any]) -> str:
     def fill(match: re.Match[str]) -> str:
         name = match.group(1)
+        if name == "image_id" and "/tiles/" in path:
+            name = "slide_id"
         if name == "job_id":
             name = "training_job_id" if path.startswith("/api/v1/training/") else "export_job_id"
         return str(params[name])
