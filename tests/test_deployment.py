@@ -470,9 +470,12 @@ def test_clicks_have_a_worker_and_queue_of_their_own(compose: dict[str, Any]) ->
         else:
             assert "interactive" not in queues, f"{name} must not take the clicks' tasks"
     run = (ROOT / "bin" / "run").read_text()
-    workers = re.findall(r'"(\w+)=celery -A config worker -Q (\S+) ', run)
-    assert ("interactive", "interactive") in workers
-    assert all("interactive" not in queues for name, queues in workers if name != "interactive")
+    workers = re.findall(r'"(\w+)=(nice -n \d+ )?celery -A config worker -Q (\S+) ', run)
+    assert ("interactive", "", "interactive") in workers, "the clicks' worker runs at normal priority"
+    others = [(name, nice, queues) for name, nice, queues in workers if name != "interactive"]
+    assert others and all("interactive" not in queues and nice for _, nice, queues in others), (
+        "the batch workers yield the CPU to clicks"
+    )
 
 
 def test_gpu_worker_reserves_one_nvidia_gpu_and_runs_one_task_at_a_time(compose: dict[str, Any]) -> None:
