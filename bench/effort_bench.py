@@ -23,7 +23,8 @@ The scripted doctor
   carries its class. The work is done when every cell has reached it and no other polygon is left.
 * **Drawing** a cell (mode a, and wherever drawing is the fallback): the doctor clicks the vertices
   a careful human places, the ground-truth outline simplified at ``DRAW_TOLERANCE`` (1 px; lower
-  for the few tiny cells that would otherwise miss the IoU), then closes the polygon with a key.
+  where the polygon would keep an IoU under 0.95 with the outline:
+  ``cytoseg.contours.mask_to_smooth_polygon``), then closes the polygon with a key.
   Operations: one ``vertex`` per vertex, one ``close``.
 * **Matching** proposals to ground truth: one to one, IoU >= 0.5 (``match_one_to_one``). A proposal
   matched at IoU >= ``REACH_IOU`` is accepted (``accept``; a wrong class also costs a ``class``
@@ -35,7 +36,9 @@ The scripted doctor
   still short, adds the outline vertex farthest from the polygon (``insert``: drag a new vertex out
   of the nearest edge), until it does. When that would cost more operations than deleting the
   proposal and drawing the cell, the doctor does the latter (``reject`` + drawing).
-* **Click-to-segment** (mode c, for every missed or bad cell; a bad proposal is first rejected):
+* **Click-to-segment** (mode c, for every missed cell, and for a bad one unless polygon editing
+  as in (b) costs fewer operations, the doctor seeing how far off the proposal is; a bad
+  proposal that is clicked is first rejected):
   a positive ``click`` at the cell's interior point (maximum of the mask's distance transform);
   then up to ``MAX_EXTRA_CLICKS`` (3) more at the centre of the largest error region (positive
   where the result misses ground truth, negative where it spills over), as long as each brings
@@ -149,7 +152,7 @@ OPERATIONS = tuple(SECONDS)
 
 @dataclass
 class Cell:
-    """One ground-truth cell: its mask (image-sized crop) and class."""
+    """One ground-truth cell: its mask (a crop whose top-left pixel is (x0, y0)) and class."""
 
     x0: int
     y0: int
@@ -205,11 +208,12 @@ def one_polygon(geom: shapely.Geometry | None) -> Polygon | None:
 
 
 def drawn_polygon(cell: Cell) -> Polygon:
-    """The polygon a careful human draws: the outline simplified at DRAW_TOLERANCE, finer for
-    the tiny cells where that would miss REACH_IOU."""
+    """The polygon a careful human draws: the outline simplified at DRAW_TOLERANCE (finer
+    where a cell would fall below the smooth contours' IoU of 0.95 with its outline, see
+    ``mask_to_smooth_polygon``; and where it would miss REACH_IOU)."""
     tolerance = DRAW_TOLERANCE
     while True:
-        poly = mask_to_smooth_polygon(cell.mask, x0=cell.x0, y0=cell.y0, tolerance=tolerance, min_iou=REACH_IOU)
+        poly = mask_to_smooth_polygon(cell.mask, x0=cell.x0, y0=cell.y0, tolerance=tolerance)
         if poly is None:  # cannot happen for a non-empty mask; the staircase is exact
             poly = mask_to_polygon(cell.mask, x0=cell.x0, y0=cell.y0, tolerance=0.0)
         assert poly is not None
@@ -227,7 +231,7 @@ def vertices(poly: Polygon) -> list[tuple[float, float]]:
 
 @dataclass
 class Tally:
-    """Operations by kind, the seconds they cost and the cells they were spent on."""
+    """Operations by kind and the seconds they cost (KLM, with M for each decision)."""
 
     ops: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -418,7 +422,7 @@ def _deepest(region: np.ndarray, window: tuple[int, int, int, int]) -> tuple[flo
     """Image (x, y) of the pixel centre of ``region`` farthest from its border."""
     dist = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
     r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return window[0] + c + 0.5, window[1] + r + 0.5
+    return float(window[0] + c + 0.5), float(window[1] + r + 0.5)
 
 
 def _largest_error(poly: Polygon | None, cell: Cell) -> tuple[np.ndarray, bool]:
@@ -478,7 +482,8 @@ def stroke_path(region: np.ndarray, cell: Cell) -> tuple[list[tuple[float, float
             _, _, vt = np.linalg.svd(pts - centre, full_matrices=False)
             proj = (pts - centre) @ vt[0]
             half = max(0.0, (proj.max() - proj.min()) / 2 - radius)
-            path = [tuple(map(float, centre - half * vt[0])), tuple(map(float, centre + half * vt[0]))]
+            a, b = centre - half * vt[0], centre + half * vt[0]
+            path = [(float(a[0]), float(a[1])), (float(b[0]), float(b[1]))]
     return path, radius
 
 
@@ -548,14 +553,22 @@ def click_to_truth(cell: Cell, click: ClickFn, image_size: tuple[int, int]) -> t
 
 def mode_click(field_: Field, click: ClickFn) -> Tally:
     """(c) proposals, then click-to-segment and the brush for the missed and bad cells (a bad
-    proposal is rejected first)."""
+    proposal is rejected first, or edited as in (b) where that costs fewer operations)."""
     t = Tally()
     pairs, todo = review_proposals(field_, t)
     height, width = field_.image.shape[:2]
     for i in todo:
-        if i in pairs:
-            t.add("reject")
-        t.merge(click_to_truth(field_.cells[i], click, (height, width))[1])
+        cell = field_.cells[i]
+        j = pairs.get(i)
+        clicked = click_to_truth(cell, click, (height, width))[1]
+        if j is None:
+            t.merge(clicked)
+            continue
+        # a bad proposal: rejected and clicked, or edited as in (b) where that is cheaper
+        clicked.add("reject")
+        poly, label = field_.proposals[j]
+        edited = fix_by_editing(poly, cell, label=label)[1]
+        t.merge(edited if edited.total < clicked.total else clicked)
     return t
 
 

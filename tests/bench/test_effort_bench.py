@@ -160,3 +160,14 @@ def test_ground_truth_keeps_the_largest_part_and_drops_small_ones() -> None:
     tiny = Instance(x0=0, y0=0, mask=np.ones((3, 3), bool), label=1, score=1.0)
     (cell,) = eb.ground_truth([Instance(x0=5, y0=5, mask=mask, label=2, score=1.0), tiny])
     assert cell.label == 2 and np.count_nonzero(cell.mask) == 100
+
+
+def test_bad_proposal_one_vertex_off_is_edited_in_c() -> None:
+    cell = _disk(30, 30, 6)
+    pts = eb.vertices(eb.drawn_polygon(cell))
+    x, y = pts[0]
+    pts[0] = (30 + (x - 30) * 3, 30 + (y - 30) * 3)  # one vertex dragged far out
+    bad = Polygon(pts)
+    assert eb.MATCH_IOU <= eb.cell_iou(bad, cell) < eb.REACH_IOU
+    tally = eb.mode_click(_field([cell], [(bad, 1)]), lambda pos, neg: None)
+    assert dict(tally.ops) == {"move": 1}
