@@ -82,8 +82,13 @@ per cell      M                            1.35 once per ground-truth cell and p
 Result: a table of mode x model -> operations per ground-truth cell, seconds per cell, and the
 (a)/(c) operation ratio against the issue's goal of 5x.
 
-    .venv/bin/python bench/effort_bench.py           # 3 test fields of 256x256; ~15 min on 2 cores the first time
-    .venv/bin/python bench/effort_bench.py --quick   # smoke run: one 128x128 field, baseline only, under a minute
+    .venv/bin/python bench/effort_bench.py           # 3 test fields of 256x256: ~1 min once the model is cached
+    .venv/bin/python bench/effort_bench.py --quick   # smoke run: one 128x128 field, baseline only, ~10 s
+
+Training the fast preset's model (nnU-Net 12 x 25 iterations, Cellpose 120 epochs of 16 crops of
+128 px, 4 training fields) took 10 + 69 min on the 2-core machine while it ran other jobs (load
+about 8); idle it is a fraction of that. ``--quick --models fast`` trains a throwaway model in
+about a minute to smoke-test that path.
 
 This script is one piece (over 600 lines) for the reason ``paper_table.py`` is: one story from
 data to table, read top to bottom, with the doctor's rules next to their definition above.
