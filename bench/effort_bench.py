@@ -36,9 +36,11 @@ The scripted doctor
   still short, adds the outline vertex farthest from the polygon (``insert``: drag a new vertex out
   of the nearest edge), until it does. When that would cost more operations than deleting the
   proposal and drawing the cell, the doctor does the latter (``reject`` + drawing).
-* **Click-to-segment** (mode c, for every missed cell, and for a bad one unless polygon editing
-  as in (b) costs fewer operations, the doctor seeing how far off the proposal is; a bad
-  proposal that is clicked is first rejected):
+* **A bad proposal in (c)** is fixed the cheapest of three ways, the doctor seeing how far off
+  it is: polygon editing as in (b); accepting it (``accept``) and brushing it (the strokes below,
+  then polygon editing for what they leave); or rejecting it and clicking as for a missed cell.
+* **Click-to-segment** (mode c, for every missed cell; a bad proposal that is clicked is first
+  rejected):
   a positive ``click`` at the cell's interior point (maximum of the mask's distance transform);
   then up to ``MAX_EXTRA_CLICKS`` (3) more at the centre of the largest error region (positive
   where the result misses ground truth, negative where it spills over), as long as each brings
@@ -501,6 +503,28 @@ def brush(poly: Polygon | None, path: Sequence[tuple[float, float]], radius: flo
     return one_polygon(poly.union(stroke) if add else poly.difference(stroke))
 
 
+def strokes_to_truth(poly: Polygon | None, score: float, cell: Cell, t: Tally) -> tuple[Polygon | None, float]:
+    """Up to ``MAX_STROKES`` brush strokes over the largest remaining error of ``poly`` (IoU
+    ``score``), each counted in ``t``; a stroke that does not help is undone and ends the
+    brushing. Returns the outline and its IoU."""
+    for _ in range(MAX_STROKES):
+        if score >= REACH_IOU:
+            break
+        region, missing = _largest_error(poly, cell)
+        if np.count_nonzero(region) < 2:
+            break
+        path, radius = stroke_path(region, cell)
+        length = LineString(path).length if len(path) > 1 else 0.0
+        candidate = brush(poly, path, radius, add=missing)
+        t.add("stroke", extra_seconds=STEERING_B * length / (2 * radius))
+        candidate_score = cell_iou(candidate, cell)
+        if candidate_score <= score:
+            t.add("undo")
+            break
+        poly, score = candidate, candidate_score
+    return poly, score
+
+
 def click_to_truth(cell: Cell, click: ClickFn, image_size: tuple[int, int]) -> tuple[Polygon, Tally]:
     """(c) for one missed or bad cell: clicks, then brush strokes, then editing or drawing."""
     t = Tally()
@@ -531,21 +555,7 @@ def click_to_truth(cell: Cell, click: ClickFn, image_size: tuple[int, int]) -> t
             t.add("undo")
             break
         poly, score = candidate, candidate_score
-    for _ in range(MAX_STROKES):
-        if score >= REACH_IOU:
-            break
-        region, missing = _largest_error(poly, cell)
-        if np.count_nonzero(region) < 2:
-            break
-        path, radius = stroke_path(region, cell)
-        length = LineString(path).length if len(path) > 1 else 0.0
-        candidate = brush(poly, path, radius, add=missing)
-        t.add("stroke", extra_seconds=STEERING_B * length / (2 * radius))
-        candidate_score = cell_iou(candidate, cell)
-        if candidate_score <= score:
-            t.add("undo")
-            break
-        poly, score = candidate, candidate_score
+    poly, score = strokes_to_truth(poly, score, cell, t)
     if score >= REACH_IOU and poly is not None:
         return poly, t
     if poly is None:
@@ -556,9 +566,22 @@ def click_to_truth(cell: Cell, click: ClickFn, image_size: tuple[int, int]) -> t
     return drawn, t
 
 
+def brush_proposal(poly: Polygon, label: int, cell: Cell) -> Tally:
+    """(c) for a bad proposal kept: accepted (a class key if its class is wrong), then brushed;
+    polygon editing (or redrawing) for what the strokes leave."""
+    t = Tally()
+    t.add("accept")
+    if label != cell.label:
+        t.add("class")
+    brushed, score = strokes_to_truth(poly, cell_iou(poly, cell), cell, t)
+    if score < REACH_IOU:
+        t.merge(fix_by_editing(brushed if brushed is not None else poly, cell)[1])
+    return t
+
+
 def mode_click(field_: Field, click: ClickFn) -> Tally:
     """(c) proposals, then click-to-segment and the brush for the missed and bad cells (a bad
-    proposal is rejected first, or edited as in (b) where that costs fewer operations)."""
+    proposal is edited as in (b), accepted and brushed, or rejected and clicked: the cheapest)."""
     t = Tally()
     pairs, todo = review_proposals(field_, t)
     height, width = field_.image.shape[:2]
@@ -569,11 +592,13 @@ def mode_click(field_: Field, click: ClickFn) -> Tally:
         if j is None:
             t.merge(clicked)
             continue
-        # a bad proposal: rejected and clicked, or edited as in (b) where that is cheaper
+        # a bad proposal: rejected and clicked, accepted and brushed, or edited as in (b),
+        # whichever costs fewest operations (the doctor sees which fix the outline needs)
         clicked.add("reject")
         poly, label = field_.proposals[j]
         edited = fix_by_editing(poly, cell, label=label)[1]
-        t.merge(edited if edited.total < clicked.total else clicked)
+        brushed = brush_proposal(poly, label, cell)
+        t.merge(min((edited, brushed, clicked), key=lambda option: option.total))
     return t
 
 
