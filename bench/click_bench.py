@@ -434,15 +434,14 @@ def main(argv: list[str] | None = None) -> int:
                       "--train-size", str(args.train_size), "--seed", str(args.seed + 1)],
                 folder=str(args.workdir / "load-run" / "nnunet"),
             )  # fmt: skip
-            procs["training"] = start(
-                "training", ["nice", "-n", str(args.training_nice), sys.executable, "-c", code], logs, env
-            )
+            training = start("training", ["nice", "-n", str(args.training_nice), sys.executable, "-c", code], logs, env)
+            procs["training"] = training
             log("training run started; waiting for it to reach its training loop")
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 if "epoch" in (logs / "training.log").read_text(errors="replace").lower():
                     break
-                if procs["training"].poll() is not None:
+                if training.poll() is not None:
                     raise SystemExit(f"the training run ended; see {logs / 'training.log'}")
                 time.sleep(2)
         load = "while training" if not args.no_training_load else "idle"
