@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -174,11 +175,30 @@ def _device() -> str:
     return device_default() if settings.INFERENCE_DEVICE == "auto" else settings.INFERENCE_DEVICE
 
 
-def _backend(version: ModelVersion) -> SegmentationBackend:
+# A first click's window of maps is computed for one answer, while the doctor waits: without
+# nnU-Net's flip test-time augmentation (4 passes in 2D) and as one Cellpose tile, several times
+# less work on a CPU. Pre-segmentation keeps the version's own settings for the whole-field maps
+# that later replace the window's.
+_WINDOW_SETTINGS: dict[str, dict[str, Any]] = {
+    "nnunet": {"use_mirroring": False},
+    "cellpose": {"bsize": 0, "augment": False},
+}
+
+
+def _window_settings(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` of a model of ``kind`` with the window's speed settings over them."""
+    if kind == "two_stage":
+        stages = {stage: {**(settings.get(stage) or {}), **fast} for stage, fast in _WINDOW_SETTINGS.items()}
+        return {**settings, **stages}
+    return {**settings, **_WINDOW_SETTINGS.get(kind, {})}
+
+
+def _backend(version: ModelVersion, *, window: bool = False) -> SegmentationBackend:
+    settings = model_version_settings(version=version)
     return backend_get(
         name=version.kind,
         artifacts=artifacts_for(version),
-        settings=model_version_settings(version=version),
+        settings=_window_settings(version.kind, settings) if window else settings,
         device=_device(),
     )
 
@@ -220,7 +240,7 @@ def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence
         if kept is not None and kept.covers(r0, r1, c0, c1):
             cache.set(ready, {"at": time.time(), "error": None}, timeout=600)
             return MapsResult(image_id=image_id, model_version_id=model_version_id, computed=False)
-        backend = _backend(version)
+        backend = _backend(version, window=region is not None)
         rgb = _image_rgb(image)
         if region is None:
             maps = backend.maps(rgb)

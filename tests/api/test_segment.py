@@ -306,3 +306,16 @@ def test_permissions(image: Image, project: Any, outsider: Any) -> None:
     assert client_for(annotator).post(url, body, format="json").status_code == 409
     box = client_for(annotator).post(f"/api/v1/images/{image.pk}/segment/box", {"box": [0, 0, 9, 9]}, format="json")
     assert box.status_code == 409
+
+
+def test_a_first_clicks_window_runs_without_test_time_augmentation_and_as_one_tile() -> None:
+    # the window's maps are computed while the doctor waits; the version's own settings stay
+    # as they are for pre-segmentation's whole-field maps
+    two_stage = {"combine": "assign", "nnunet": {"use_mirroring": True, "tile_step_size": 0.5}, "cellpose": {}}
+    window = interactive._window_settings("two_stage", two_stage)
+    assert window["nnunet"] == {"use_mirroring": False, "tile_step_size": 0.5}
+    assert window["cellpose"] == {"bsize": 0, "augment": False}
+    assert window["combine"] == "assign" and two_stage["nnunet"]["use_mirroring"] is True
+    assert interactive._window_settings("cellpose", {"bsize": 224})["bsize"] == 0
+    assert interactive._window_settings("nnunet", {})["use_mirroring"] is False
+    assert interactive._window_settings("watershed", {"sigma": 1.0}) == {"sigma": 1.0}
