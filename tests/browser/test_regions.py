@@ -86,4 +86,9 @@ def test_draw_a_region_and_pre_segment_only_it(live_server: Any, page: Any, tmp_
         "n => (document.querySelector('.proposal-box')?.textContent ?? '').includes(`${n}`)", arg=len(proposals)
     )
     assert f"{len(proposals)}" in page.locator(".proposal-box").inner_text()
+    # the layer panel counts them too, once the view's proposals are read (after the panel's
+    # first render; the box above may already name the run's count from the image)
+    page.wait_for_function(
+        "n => document.querySelector('[data-count=\"proposals\"]')?.textContent === `${n}`", arg=len(proposals)
+    )
     shot(page, "region-pre-segmented")

@@ -87,6 +87,16 @@ export class EditorPanels {
     this.renderLayers();
   }
 
+  /** The layer rows' counts, in place: cells and proposals arrive after the panel's first
+   * render (a slide's by viewport), and rebuilding the rows would cut an opacity drag short. */
+  private renderLayerCounts(): void {
+    const counts: Partial<Record<LayerName, number>> = { cells: this.host.store.size, proposals: this.host.proposals.size };
+    for (const el of this.layersEl.querySelectorAll<HTMLElement>('[data-count]')) {
+      const n = counts[el.dataset.count as LayerName];
+      if (n !== undefined) el.textContent = String(n);
+    }
+  }
+
   renderLayers(): void {
     const row = (name: LayerName, label: string, legend: HTMLElement, count: string | null) => {
       const s = this.layerState[name];
@@ -122,6 +132,7 @@ export class EditorPanels {
   // ================================================================ classes
 
   renderCounts(): void {
+    this.renderLayerCounts();
     const { store, proposals } = this.host;
     const palette = this.host.palette();
     const active = this.host.activeClass();
@@ -232,6 +243,7 @@ export class EditorPanels {
   // ================================================================ proposals
 
   renderProposals(): void {
+    this.renderLayerCounts();
     const n = this.host.proposals.size;
     const image = this.host.image();
     const pre = image?.presegment_status;
