@@ -6,35 +6,11 @@ import Feature from 'ol/Feature';
 import { LineString, MultiPoint, Point as OlPoint, Polygon } from 'ol/geom';
 import type MapBrowserEvent from 'ol/MapBrowserEvent';
 import type { Snap } from 'ol/interaction';
-import PointerInteraction from 'ol/interaction/Pointer';
 import type { Point, Ring } from '../core/types';
 import { finalizeDrawnRing } from './finalize';
+import { PolygonDrawInteraction } from './drawInteraction';
 import { PolygonDrawMachine, type PointerInput } from './polygonMachine';
 import { addSnap, type Tool, type ToolContext } from './tool';
-
-class DrawInteraction extends PointerInteraction {
-  constructor(private readonly tool: DrawPolygonTool) {
-    super();
-  }
-  override handleEvent(e: MapBrowserEvent): boolean {
-    // double-clicks are recognised by the machine itself; keep them from zooming
-    if (e.type === 'dblclick' || e.type === 'click' || e.type === 'singleclick') return false;
-    return super.handleEvent(e);
-  }
-  protected override handleDownEvent(e: MapBrowserEvent): boolean {
-    return this.tool.onDown(e as MapBrowserEvent<PointerEvent>);
-  }
-  protected override handleDragEvent(e: MapBrowserEvent): void {
-    this.tool.onMove(e);
-  }
-  protected override handleMoveEvent(e: MapBrowserEvent): void {
-    this.tool.onMove(e);
-  }
-  protected override handleUpEvent(e: MapBrowserEvent): boolean {
-    this.tool.onUp(e);
-    return false;
-  }
-}
 
 export class DrawPolygonTool implements Tool {
   readonly id = 'draw' as const;
@@ -45,7 +21,7 @@ export class DrawPolygonTool implements Tool {
 
   readonly machine: PolygonDrawMachine;
   private ctx: ToolContext | null = null;
-  private interaction: DrawInteraction | null = null;
+  private interaction: PolygonDrawInteraction | null = null;
   private snap: Snap | null = null;
   private usedFreehand = false;
   private lastRes = 1;
@@ -73,7 +49,7 @@ export class DrawPolygonTool implements Tool {
     this.sketchClose.setStyle(v.styles.sketchGuide);
     this.sketchVertices.setStyle(v.styles.sketchVertex);
     this.sketchFirst.setStyle(v.styles.sketchFirstVertex);
-    this.interaction = new DrawInteraction(this);
+    this.interaction = new PolygonDrawInteraction(this);
     v.map.addInteraction(this.interaction);
     this.snap = addSnap(ctx, v);
   }

@@ -7,34 +7,11 @@
 import Feature from 'ol/Feature';
 import { LineString, Polygon } from 'ol/geom';
 import type MapBrowserEvent from 'ol/MapBrowserEvent';
-import PointerInteraction from 'ol/interaction/Pointer';
 import { ApiError } from '../core/api';
 import type { Point, Ring } from '../core/types';
+import { PolygonDrawInteraction } from './drawInteraction';
 import { PolygonDrawMachine, type PointerInput } from './polygonMachine';
 import type { Tool, ToolContext } from './tool';
-
-class RegionInteraction extends PointerInteraction {
-  constructor(private readonly tool: RegionTool) {
-    super();
-  }
-  override handleEvent(e: MapBrowserEvent): boolean {
-    if (e.type === 'dblclick' || e.type === 'click' || e.type === 'singleclick') return false;
-    return super.handleEvent(e);
-  }
-  protected override handleDownEvent(e: MapBrowserEvent): boolean {
-    return this.tool.onDown(e as MapBrowserEvent<PointerEvent>);
-  }
-  protected override handleDragEvent(e: MapBrowserEvent): void {
-    this.tool.onMove(e);
-  }
-  protected override handleMoveEvent(e: MapBrowserEvent): void {
-    this.tool.onMove(e);
-  }
-  protected override handleUpEvent(e: MapBrowserEvent): boolean {
-    this.tool.onUp(e);
-    return false;
-  }
-}
 
 export class RegionTool implements Tool {
   readonly id = 'region' as const;
@@ -44,7 +21,7 @@ export class RegionTool implements Tool {
 
   readonly machine: PolygonDrawMachine;
   private ctx: ToolContext | null = null;
-  private interaction: RegionInteraction | null = null;
+  private interaction: PolygonDrawInteraction | null = null;
   private lastRes = 1;
   private readonly sketchArea = new Feature<Polygon>();
   private readonly sketchPath = new Feature<LineString>();
@@ -65,7 +42,7 @@ export class RegionTool implements Tool {
     v.setCursor('crosshair');
     this.sketchArea.setStyle(v.styles.sketchFill);
     this.sketchPath.setStyle(v.styles.sketchLine);
-    this.interaction = new RegionInteraction(this);
+    this.interaction = new PolygonDrawInteraction(this);
     v.map.addInteraction(this.interaction);
   }
 
