@@ -260,6 +260,8 @@ def test_box_adds_the_cells_inside_in_one_undo_step(live_server: Any, page: Any)
     page.keyboard.press("q")
     _stroke(page, image, [(x0 - 8, y0 - 8), ((x0 + x1) / 2, (y0 + y1) / 2), (x1 + 8, y1 + 8)])
     page.wait_for_selector(".toast >> text=from the box")
+    # the counts panel renders on the next animation frame after the toast
+    page.wait_for_function("!document.querySelector('.cell-count').textContent.startsWith('0 cells')")
     n = _cell_count(page)
     assert n >= 1
     shot(page, "tools-box")
