@@ -425,6 +425,17 @@ class ImageTileView(APIView):
 # --- cells ---------------------------------------------------------------------------------
 
 
+def _saved_response(code: int, body: dict[str, Any]) -> HttpResponse:
+    """A save's answer (whole-layer PUT or delta PATCH), encoded directly with DRF's encoder:
+    this is the autosave hot path."""
+    return HttpResponse(
+        json.dumps(body, cls=JSONEncoder),
+        status=code,
+        content_type="application/json",
+        headers={"ETag": f'"{body["revision"]}"'},
+    )
+
+
 def _cells_response(revision: int, rows: list[dict[str, Any]], code: int = 200) -> Response:
     body = {"revision": revision, "cells": [s.cell_out(r) for r in rows]}
     return Response(body, status=code, headers={"ETag": f'"{revision}"'})
@@ -550,12 +561,7 @@ class CellsView(APIView):
             payload={"base_revision": base, "delta": data},
             run=run,
         )
-        return HttpResponse(
-            json.dumps(body, cls=JSONEncoder),
-            status=code,
-            content_type="application/json",
-            headers={"ETag": f'"{body["revision"]}"'},
-        )
+        return _saved_response(code, body)
 
     @extend_schema(request=s.CellsReplaceIn, responses={200: s.CellsOut, 409: s.CellsOut}, tags=["cells"])
     def put(self, request: Request, image_id: int) -> HttpResponse:
@@ -581,13 +587,7 @@ class CellsView(APIView):
             payload={"revision": base, "cells": cells},
             run=run,
         )
-        # Encoded directly (same encoder as DRF's renderer): this is the autosave hot path.
-        return HttpResponse(
-            json.dumps(body, cls=JSONEncoder),
-            status=code,
-            content_type="application/json",
-            headers={"ETag": f'"{body["revision"]}"'},
-        )
+        return _saved_response(code, body)
 
 
 class HistoryView(APIView):
