@@ -130,6 +130,10 @@ def test_worker_group_killed_during_presegmentation_is_requeued_and_finished(tmp
         first.wait(10)
     image = Image.objects.get(pk=image_id)
     assert image.presegment_status == PresegmentStatus.RUNNING  # what it used to stay, for hours
+    # a SIGKILLed process takes a moment to be gone (seen in a CI run); the watchdog looks
+    # again every few minutes anyway
+    pid = int(image.presegment_worker.rpartition(":")[2])
+    wait_until(lambda: not pid_alive(pid), 30, lambda: f"pool child {pid} still alive")
     # the watchdog sees the dead worker (its process is gone; elsewhere its heartbeat stops)
     assert presegment_reap() == {"requeued": [image_id], "failed": []}
     assert Image.objects.get(pk=image_id).presegment_status == PresegmentStatus.QUEUED
