@@ -115,9 +115,10 @@ def region_get_for_user(*, user: UserLike, image_id: int, region_id: int, capabi
     return region
 
 
-def region_list(*, image: Image) -> QuerySet[Region]:
-    """The image's regions, oldest first."""
-    return Region.objects.filter(image_id=image.pk).order_by("id")
+def region_list(*, image: Image, status: str | None = None) -> QuerySet[Region]:
+    """The image's regions (in ``status`` when given), oldest first."""
+    regions = Region.objects.filter(image_id=image.pk)
+    return (regions if status is None else regions.filter(status=status)).order_by("id")
 
 
 def project_list_for_user(*, user: UserLike) -> QuerySet[Project]:

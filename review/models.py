@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from annotations.models import Cell, CellClass, Image, Project
+from annotations.models import Cell, CellClass, Image, Project, Region
 
 
 class ActiveLearningOrder(models.TextChoices):
@@ -43,13 +43,21 @@ class RoundStatus(models.TextChoices):
 
 
 class VerificationRound(models.Model):
-    """One pass of an image through review: starts at submit, ends verified or reopened.
+    """One pass of an image, or of one region of a slide, through review: starts at submit,
+    ends verified or reopened.
 
     The project's K, quorum and IoU threshold are frozen here when the round starts so that
-    changing the settings never changes the rules for an image already in review.
+    changing the settings never changes the rules for an image already in review. With a
+    ``region`` the round verifies that region of a tiled image only: its cells are the
+    annotation cells whose centroid lies inside, and its transitions move the region's status,
+    not the image's. Rounds are numbered per image (``region`` empty) and per region; deleting a
+    region (refused while it is locked) deletes its rounds' history with it.
     """
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="verification_rounds")
+    region = models.ForeignKey(
+        Region, null=True, blank=True, on_delete=models.CASCADE, related_name="verification_rounds"
+    )
     number = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=RoundStatus.choices, default=RoundStatus.OPEN)
     experts_required = models.PositiveSmallIntegerField()
@@ -67,7 +75,22 @@ class VerificationRound(models.Model):
 
     class Meta:
         db_table = "annotations_verificationround"
-        constraints = [models.UniqueConstraint(fields=["image", "number"], name="uniq_round_number_per_image")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["image", "number"], condition=models.Q(region__isnull=True), name="uniq_round_number_per_image"
+            ),
+            models.UniqueConstraint(
+                fields=["region", "number"],
+                condition=models.Q(region__isnull=False),
+                name="uniq_round_number_per_region",
+            ),
+            # One unfinished round per region at a time (two regions of a slide may both be in review).
+            models.UniqueConstraint(
+                fields=["region"],
+                condition=models.Q(region__isnull=False, status__in=["open", "disputed"]),
+                name="uniq_live_round_per_region",
+            ),
+        ]
         ordering = ["image_id", "number"]
 
 

@@ -14,6 +14,7 @@ from annotations.models import (
     ImageStatus,
     Layer,
     Project,
+    Region,
     Role,
 )
 from annotations.selectors import CAPABILITIES, UserLike, membership_role
@@ -64,47 +65,50 @@ def adjudicator_check(*, user: UserLike, project: Project) -> None:
         raise PermissionDeniedError("Only project admins and the project's adjudicators may adjudicate.")
 
 
-def round_current(*, image: Image) -> VerificationRound | None:
-    """The image's latest verification round, if it was ever submitted."""
-    return image.verification_rounds.order_by("-number").first()
+def round_current(*, image: Image, region: Region | None = None) -> VerificationRound | None:
+    """The latest verification round of the image as a whole (``region`` None) or of one of its
+    regions, if it was ever submitted."""
+    return VerificationRound.objects.filter(image_id=image.pk, region=region).order_by("-number").first()
 
 
-def review_mine(*, image: Image, user: UserLike) -> Review | None:
-    """The caller's live (assigned or submitted) review of the image's latest round."""
-    current = round_current(image=image)
+def review_mine(*, image: Image, user: UserLike, region: Region | None = None) -> Review | None:
+    """The caller's live (assigned or submitted) review of the latest round of the image (region)."""
+    current = round_current(image=image, region=region)
     if current is None:
         return None
     return (
         Review.objects.filter(round=current, reviewer_id=cast(int, user.pk))
         .exclude(status=ReviewStatus.CANCELLED)
-        .select_related("round")
+        .select_related("round", "reviewer")
         .prefetch_related("decisions", "comments")
         .first()
     )
 
 
-def assignment_list(*, image: Image) -> list[Review]:
-    """Every assignment of the image (all rounds, newest round first), without decisions."""
+def assignment_list(*, image: Image, region: Region | None = None) -> list[Review]:
+    """Every assignment of the image's own rounds or of one region's (newest round first), without
+    decisions."""
     return list(
-        Review.objects.filter(image=image)
+        Review.objects.filter(image=image, round__region=region)
         .select_related("reviewer", "round", "assigned_by")
         .order_by("-round__number", "id")
     )
 
 
 def reviews_visible(
-    *, image: Image, user: UserLike, round_number: int | None = None
+    *, image: Image, user: UserLike, round_number: int | None = None, region: Region | None = None
 ) -> tuple[VerificationRound, list[Review]]:
-    """The submitted reviews of one round (default: the latest), if ``user`` may read them.
+    """The submitted reviews of one round of the image (or of its ``region``; default: the
+    latest), if ``user`` may read them.
 
     Reviews are blind: an expert reads the others' reviews of a round only after submitting
     their own in that round; adjudicators and admins may, unless they have an open review of
     that round themselves. Drafts are never shown.
     """
-    rounds = image.verification_rounds.order_by("-number")
+    rounds = VerificationRound.objects.filter(image_id=image.pk, region=region).order_by("-number")
     chosen = rounds.filter(number=round_number).first() if round_number is not None else rounds.first()
     if chosen is None:
-        raise NotFoundError("This image has no review round.")
+        raise NotFoundError(f"This {'image' if region is None else 'region'} has no review round.")
     own = set(
         Review.objects.filter(round=chosen, reviewer_id=cast(int, user.pk))
         .exclude(status=ReviewStatus.CANCELLED)
@@ -117,16 +121,19 @@ def reviews_visible(
         raise PermissionDeniedError("Reviews are blind: you may read the other reviews after submitting your own.")
     reviews = list(
         Review.objects.filter(round=chosen, status=ReviewStatus.SUBMITTED)
-        .select_related("reviewer")
+        .select_related("reviewer", "round")
         .prefetch_related("decisions", "comments")
         .order_by("id")
     )
     return chosen, reviews
 
 
-def disputes_for_adjudication(*, image: Image) -> tuple[VerificationRound | None, list[Dispute], dict[int, str]]:
-    """The disputes of the latest round and the user names of everyone in their versions."""
-    current = round_current(image=image)
+def disputes_for_adjudication(
+    *, image: Image, region: Region | None = None
+) -> tuple[VerificationRound | None, list[Dispute], dict[int, str]]:
+    """The disputes of the latest round of the image (or of its ``region``) and the user names
+    of everyone in their versions."""
+    current = round_current(image=image, region=region)
     if current is None:
         return None, [], {}
     disputes = list(current.disputes.select_related("resolved_by").order_by("id"))
@@ -192,14 +199,27 @@ def _with_reason(images: list[Any], reason: Any) -> list[Any]:
 
 
 def _live_reviews() -> Q:
-    return ~Q(reviews__status=ReviewStatus.CANCELLED) & Q(reviews__round__status=RoundStatus.OPEN)
+    """Live reviews of an image's own open round (not of its regions')."""
+    return (
+        ~Q(reviews__status=ReviewStatus.CANCELLED)
+        & Q(reviews__round__status=RoundStatus.OPEN)
+        & Q(reviews__round__region__isnull=True)
+    )
+
+
+def _with_region(image: Image, region: Region | None) -> Image:
+    """Marks a queue entry as one region of the image (``queue_region``) rather than the image."""
+    image.queue_region = region  # type: ignore[attr-defined]
+    return image
 
 
 def work_queue(*, user: UserLike, project: Project, limit: int = 5) -> dict[str, Any]:
     """The caller's next images: to annotate (their own images in progress first, then waiting
     images in the active-learning order), to review, to adjudicate and (admins) to assign.
 
-    Each list is capped at ``limit``; ``count`` gives the full number. A fixed number of queries.
+    The review, adjudicate and assign lists hold whole images and slides' regions (an entry's
+    ``queue_region``): a slide with two regions in review is there twice. Each list is capped at
+    ``limit``; ``count`` gives the full number. A fixed number of queries.
     """
     user_id = cast(int, user.pk)
     role = membership_role(user=user, project=project)
@@ -223,23 +243,34 @@ def work_queue(*, user: UserLike, project: Project, limit: int = 5) -> dict[str,
     else:
         out["annotate"] = section(empty)
     reviews = (
-        Review.objects.filter(
-            reviewer_id=user_id,
-            status=ReviewStatus.ASSIGNED,
-            image__project=project,
-            image__status=ImageStatus.IN_REVIEW,
+        Review.objects.filter(reviewer_id=user_id, status=ReviewStatus.ASSIGNED, image__project=project)
+        .filter(
+            Q(round__region__isnull=True, image__status=ImageStatus.IN_REVIEW)
+            | Q(round__region__status=ImageStatus.IN_REVIEW)
         )
-        .select_related("image")
+        .select_related("image", "round__region")
         .order_by("created_at", "id")
     )
     out["review"] = {
         "count": reviews.count(),
-        "images": _with_reason([r.image for r in reviews[:limit]], ("assigned", None)),
+        "images": _with_reason([_with_region(r.image, r.round.region) for r in reviews[:limit]], ("assigned", None)),
     }
-    adjudicate = project.images.filter(status__in=[ImageStatus.DISPUTED, ImageStatus.ADJUDICATION]).order_by(
-        "updated_at", "id"
-    )
-    out["adjudicate"] = section(adjudicate if may_adjudicate(user=user, project=project) else empty, ("disputed", None))
+    disputed = [ImageStatus.DISPUTED, ImageStatus.ADJUDICATION]
+    if may_adjudicate(user=user, project=project):
+        images = project.images.filter(status__in=disputed).order_by("updated_at", "id")
+        regions = (
+            Region.objects.filter(image__project=project, status__in=disputed)
+            .select_related("image")
+            .order_by("updated_at", "id")
+        )
+        listed = list(images[:limit])
+        listed += [_with_region(r.image, r) for r in regions[: limit - len(listed)]] if len(listed) < limit else []
+        out["adjudicate"] = {
+            "count": images.count() + regions.count(),
+            "images": _with_reason(listed, ("disputed", None)),
+        }
+    else:
+        out["adjudicate"] = section(empty)
     understaffed = (
         project.images.filter(status__in=[ImageStatus.SUBMITTED, ImageStatus.IN_REVIEW])
         .annotate(
@@ -253,9 +284,28 @@ def work_queue(*, user: UserLike, project: Project, limit: int = 5) -> dict[str,
         .filter(live__lt=F("needed"))
         .order_by("id")
     )
-    out["assign"] = section(
-        understaffed if "manage" in capabilities else empty, lambda i: ("open_slots", float(i.needed - i.live))
-    )
+    if "manage" in capabilities:
+        open_slots = lambda i: ("open_slots", float(i.needed - i.live))  # noqa: E731
+        region_rounds = (
+            VerificationRound.objects.filter(image__project=project, region__isnull=False, status=RoundStatus.OPEN)
+            .annotate(live=Count("reviews", filter=~Q(reviews__status=ReviewStatus.CANCELLED), distinct=True))
+            .filter(live__lt=F("experts_required"))
+            .select_related("region__image")
+            .order_by("id")
+        )
+        listed = list(understaffed[:limit])
+        if len(listed) < limit:
+            for r in region_rounds[: limit - len(listed)]:
+                region = cast(Region, r.region)  # the query's region__isnull=False
+                image = _with_region(region.image, region)
+                image.live, image.needed = r.live, r.experts_required  # type: ignore[attr-defined]
+                listed.append(image)
+        out["assign"] = {
+            "count": understaffed.count() + region_rounds.count(),
+            "images": _with_reason(listed, open_slots),
+        }
+    else:
+        out["assign"] = section(empty)
     return out
 
 

@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from annotations import selectors
 from annotations.api import serializers as s
-from annotations.models import ApiToken, AuditEvent, Layer, ProjectMembership, Role
+from annotations.models import ApiToken, AuditEvent, ImageStatus, Layer, ProjectMembership, Role
 from annotations.services import audit, projects, tokens
 from annotations.services import cell_deltas as cell_delta_services
 from annotations.services import cells as cell_services
@@ -639,10 +639,19 @@ class RestoreView(APIView):
 
 
 class RegionsView(APIView):
-    @extend_schema(responses=s.RegionOut(many=True), tags=["regions"])
+    @extend_schema(
+        parameters=[OpenApiParameter("status", str, description="Only the regions in this workflow status.")],
+        responses=s.RegionOut(many=True),
+        tags=["regions"],
+    )
     def get(self, request: Request, image_id: int) -> Response:
         image = selectors.image_get_for_user(user=request_user(request), image_id=image_id)
-        return Response(s.RegionOut(selectors.region_list(image=image), many=True).data)
+        wanted = request.query_params.get("status")
+        if wanted is not None and wanted not in ImageStatus.values:
+            raise ServiceValidationError(
+                "Invalid filter.", {"status": f"must be one of {', '.join(ImageStatus.values)}"}
+            )
+        return Response(s.RegionOut(selectors.region_list(image=image, status=wanted), many=True).data)
 
     @extend_schema(request=s.RegionIn, responses={201: s.RegionOut}, tags=["regions"])
     def post(self, request: Request, image_id: int) -> Response:

@@ -34,7 +34,7 @@ from annotations import selectors
 from annotations.models import AnnotationRevision, Cell, CellClass, CellSource, Image, Layer
 from annotations.selectors import CELL_FIELDS
 from annotations.services.cells import _snapshot, cell_geometry
-from annotations.services.workflow import annotation_write_check, annotation_write_started
+from annotations.services.workflow import annotation_write_check, annotation_write_started, region_write_check
 from core.errors import ConflictError, ServiceValidationError
 from cytoseg.geometry import CleanPolygon, GeometryError, polygons_clean
 
@@ -314,6 +314,14 @@ def cells_delta_apply(*, image: Image, user: User, base_revision: int, data: obj
                     "deleted": [pk for pk in concerned if pk not in present],
                 },
             )
+        region_write_check(
+            image_id=image.pk,
+            polygons=(
+                [a.polygon.points for a in delta.added]
+                + [c.polygon.points for c in delta.changed if c.polygon is not None]
+                + [row["polygon"] for row in current.values()]
+            ),
+        )
         return _write(image=image, locked=locked, user=user, delta=delta, base=base_revision, current=current)
 
 

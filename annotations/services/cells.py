@@ -25,7 +25,7 @@ from annotations.models import (
     Layer,
 )
 from annotations.selectors import CELL_FIELDS
-from annotations.services.workflow import annotation_write_check, annotation_write_started
+from annotations.services.workflow import annotation_write_check, annotation_write_started, region_write_check
 from core.errors import ConflictError, ServiceValidationError
 from cytoseg.geometry import CleanPolygon, GeometryError, geometry_digest, polygons_clean
 
@@ -208,6 +208,13 @@ def annotation_layer_write(
             to_create.append(cell)
             order.append({"_new": cell})
     deleted = [] if keep_missing else [pk for pk in existing if pk not in kept]
+    region_write_check(
+        image_id=image.pk,
+        polygons=(
+            [c.polygon for c in (*to_update, *to_create)]
+            + [json.loads(existing[pk]["polygon_text"]) for pk in (*deleted, *(c.pk for c in to_update))]
+        ),
+    )
     if deleted:
         Cell.objects.filter(pk__in=deleted).delete()
     if to_update:

@@ -1,8 +1,13 @@
 """The image lifecycle: the one table of the states an image passes through and the edges between
 them, the lock on annotations from submission until reopening, and the only way to change an
-image's status (``image_status_set``). The review app drives the verification actions through it."""
+image's status (``image_status_set``). A slide's region of interest goes through the same states
+on its own (``REGION_TRANSITIONS``, ``region_status_set``), and the annotation cells inside a
+region under review are locked like a submitted image's (``region_write_check``). The review app
+drives the verification actions through it."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 from django.contrib.auth.models import User
 from django.utils import timezone
@@ -11,9 +16,11 @@ from annotations.models import (
     LOCKED_STATUSES,
     Image,
     ImageStatus,
+    Region,
 )
 from annotations.services.audit import audit_record
 from core.errors import ConflictError
+from cytoseg.regions import cells_inside
 
 # action -> (states it may start from, state it leads to). ``close_review`` ends in whatever
 # the consensus decides (verified or disputed).
@@ -44,6 +51,24 @@ EDGES: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+# A region of a slide is submitted for verification straight from being drawn (new), after its
+# pre-segmentation, or after a reopen (annotating); the rest is the image's table.
+REGION_TRANSITIONS: dict[str, tuple[frozenset[str], str | None]] = {
+    "submit": (
+        frozenset({ImageStatus.NEW, ImageStatus.PRE_SEGMENTED, ImageStatus.ANNOTATING}),
+        ImageStatus.SUBMITTED,
+    ),
+    "close_review": TRANSITIONS["close_review"],
+    "start_adjudication": TRANSITIONS["start_adjudication"],
+    "reopen": TRANSITIONS["reopen"],
+}
+
+REGION_EDGES: frozenset[tuple[str, str]] = EDGES | {
+    (ImageStatus.NEW, ImageStatus.SUBMITTED),
+    (ImageStatus.PRE_SEGMENTED, ImageStatus.SUBMITTED),
+}
+
+
 def status_label(status: str) -> str:
     return str(ImageStatus(status).label).lower()
 
@@ -66,6 +91,55 @@ def image_status_set(*, image: Image, to: str, actor: User | None, action: str) 
         before={"status": before},
         after={"status": to},
     )
+
+
+def region_status_set(*, region: Region, to: str, actor: User | None, action: str) -> None:
+    """Move ``region`` (locked by the caller) along one edge of the region workflow and audit it."""
+    before = region.status
+    if (before, to) not in REGION_EDGES:
+        raise ConflictError(
+            f"A region that is {status_label(before)} cannot become {status_label(to)}.", {"status": before}
+        )
+    Region.objects.filter(pk=region.pk).update(status=to, updated_at=timezone.now())
+    region.status = to
+    audit_record(
+        project=region.image.project,
+        image=region.image,
+        actor=actor,
+        action="region.transition",
+        target=f"{region.name} ({action})",
+        before={"region": region.pk, "status": before},
+        after={"region": region.pk, "status": to},
+    )
+
+
+def region_lock(region: Region) -> Region:
+    """``region`` locked for update (its status refreshed from the row). Callers lock the image
+    first: every path that locks both takes them in that order."""
+    locked = Region.objects.select_for_update().get(pk=region.pk)
+    region.status, region.polygon = locked.status, locked.polygon
+    locked.image = region.image
+    return locked
+
+
+def region_write_check(*, image_id: int, polygons: Iterable[Sequence[Sequence[float]]]) -> None:
+    """Refuse (409) an annotation write whose added, changed or deleted cells (``polygons``: their
+    outlines before and after) have a centroid inside a region under review or verified: those
+    cells are what the experts decide on, as a submitted image's are. One query, and
+    ``polygons`` is not even read, when the image has no such region."""
+    locked = list(
+        Region.objects.filter(image_id=image_id, status__in=LOCKED_STATUSES).values_list("name", "status", "polygon")
+    )
+    if not locked:
+        return
+    outlines = list(polygons)
+    for name, status, outline in locked:
+        if outlines and any(cells_inside(outline, outlines)):
+            raise ConflictError(
+                f"The region {name!r} is {status_label(status)}; the cells inside it are locked until an "
+                "admin reopens it.",
+                {"status": status, "region": name},
+            )
 
 
 def image_presegmented(*, image: Image) -> None:

@@ -33,7 +33,7 @@ function dispute(id: number, over: Partial<Dispute> = {}): Dispute {
 
 function model(disputes: Dispute[]): AdjudicationModel {
   const m = new AdjudicationModel();
-  const a: Adjudication = { image: 1, status: 'disputed', round: null, agreed: 4, disputes };
+  const a: Adjudication = { image: 1, region: null, status: 'disputed', round: null, agreed: 4, disputes };
   m.load(a);
   return m;
 }

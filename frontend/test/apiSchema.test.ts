@@ -109,6 +109,9 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('listRegions', () => api.listRegions(1));
   await run('createRegion', () => api.createRegion(1, [[0, 0], [10, 0], [0, 10]], 'Top'));
   await run('deleteRegion', () => api.deleteRegion(1, 3));
+  await run('getRegion', () => api.getRegion(1, 3));
+  await run('regionTransition', () => api.regionTransition(1, 3, 'reopen'));
+  await run('submitRegion', () => api.submitRegion(1, 3));
   await run('transition', () => api.transition(1, 'submit'));
   await run('transitionState', () => api.transitionState(1));
   await run('queue', () => api.queue(1));
@@ -120,6 +123,11 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('saveMyReview', () => api.saveMyReview(1, { decisions: [], added: [], comments: [] }));
   await run('submitMyReview', () => api.submitMyReview(1, true));
   await run('reviews', () => api.reviews(1, 2));
+  // the same reviews of one region of a slide
+  await run('myReview', () => api.myReview(1, 3));
+  await run('saveMyReview', () => api.saveMyReview(1, { decisions: [], added: [], comments: [] }, 3));
+  await run('submitMyReview', () => api.submitMyReview(1, false, 3));
+  await run('reviews', () => api.reviews(1, 2, 3));
   await run('adjudication', () => api.adjudication(1));
   await run('adjudicate', () => api.adjudicate(1, [], 'key'));
   await run('agreement', () => api.agreement(1, 2));

@@ -10,7 +10,7 @@ from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
 
 from annotations.api import serializers as s
-from annotations.models import Image, Layer
+from annotations.models import Image, Layer, Region
 from annotations.services import workflow
 from review import selectors
 from review.models import Dispute, Review, ReviewDecisionKind, VerificationRound
@@ -38,6 +38,26 @@ class AllowedActionsOut(serializers.Serializer):
     allowed_actions = serializers.ListField(child=serializers.CharField())
 
 
+class RegionTransitionIn(serializers.Serializer):
+    action = serializers.ChoiceField(choices=list(workflow.REGION_TRANSITIONS))
+
+
+class RegionActionsOut(serializers.Serializer):
+    region = serializers.IntegerField()
+    status = serializers.CharField(help_text="The region's status (the image workflow's values).")
+    image_status = serializers.CharField()
+    allowed_actions = serializers.ListField(child=serializers.CharField())
+
+
+class RegionTransitionOut(s.RegionOut):
+    image_status = serializers.CharField(source="image.status", read_only=True)
+    allowed_actions = serializers.ListField(child=serializers.CharField(), read_only=True)
+
+    class Meta(s.RegionOut.Meta):
+        fields = [*s.RegionOut.Meta.fields, "image_status", "allowed_actions"]
+        read_only_fields = fields
+
+
 class AssignmentOut(serializers.Serializer):
     id = serializers.IntegerField()
     round = serializers.IntegerField()
@@ -54,6 +74,9 @@ class AssignmentOut(serializers.Serializer):
 
 class RoundOut(serializers.Serializer):
     number = serializers.IntegerField()
+    region = serializers.IntegerField(
+        allow_null=True, help_text="The slide's region the round verifies; null: the whole image."
+    )
     status = serializers.CharField()
     experts_required = serializers.IntegerField()
     quorum = serializers.IntegerField()
@@ -100,6 +123,7 @@ class DraftIn(serializers.Serializer):
 class ReviewOut(serializers.Serializer):
     id = serializers.IntegerField()
     image = serializers.IntegerField()
+    region = serializers.IntegerField(allow_null=True, help_text="The region under review; null: the whole image.")
     round = serializers.IntegerField()
     reviewer = serializers.IntegerField()
     username = serializers.CharField()
@@ -118,6 +142,7 @@ class SubmitIn(serializers.Serializer):
 class SubmitOut(ReviewOut):
     submitted_now = serializers.BooleanField(help_text="False when the review was already submitted.")
     image_status = serializers.CharField()
+    region_status = serializers.CharField(allow_null=True, help_text="For a region's review: the region's status.")
 
 
 class ReviewsOut(serializers.Serializer):
@@ -153,7 +178,8 @@ class DisputeOut(serializers.Serializer):
 
 class AdjudicationOut(serializers.Serializer):
     image = serializers.IntegerField()
-    status = serializers.CharField()
+    region = serializers.IntegerField(allow_null=True)
+    status = serializers.CharField(help_text="The image's status, or the region's for a region's round.")
     round = RoundOut(allow_null=True)
     agreed = serializers.IntegerField(help_text="Cells verified by consensus, not in dispute.")
     disputes = DisputeOut(many=True)
@@ -182,6 +208,11 @@ class QueueImageOut(serializers.Serializer):
         "open_slots (value: reviewers missing)."
     )
     reason_value = serializers.FloatField(allow_null=True)
+    region = serializers.IntegerField(
+        allow_null=True, help_text="A slide's region to review, adjudicate or staff; null: the whole image."
+    )
+    region_name = serializers.CharField(allow_null=True)
+    region_status = serializers.CharField(allow_null=True)
 
 
 class QueueSectionOut(serializers.Serializer):
@@ -227,6 +258,7 @@ def round_out(verification_round: VerificationRound | None) -> dict[str, Any] | 
         return None
     return {
         "number": verification_round.number,
+        "region": verification_round.region_id,
         "status": verification_round.status,
         "experts_required": verification_round.experts_required,
         "quorum": verification_round.quorum,
@@ -267,6 +299,7 @@ def review_out(review: Review) -> dict[str, Any]:
     return {
         "id": review.pk,
         "image": review.image_id,
+        "region": review.round.region_id,
         "round": review.round.number,
         "reviewer": review.reviewer_id,
         "username": review.reviewer.username,
@@ -285,7 +318,11 @@ def review_out(review: Review) -> dict[str, Any]:
 
 
 def queue_image(image: Image) -> dict[str, Any]:
+    region: Region | None = getattr(image, "queue_region", None)
     return {
+        "region": None if region is None else region.pk,
+        "region_name": None if region is None else region.name,
+        "region_status": None if region is None else region.status,
         "id": image.pk,
         "file_name": image.file_name,
         "status": image.status,
@@ -331,4 +368,20 @@ def settings_body(project: Any) -> dict[str, Any]:
         "match_iou": project.match_iou,
         "adjudicators": selectors.adjudicator_ids(project=project) if stored.pk else [],
         "active_learning_order": stored.active_learning_order,
+    }
+
+
+def region_actions_body(region: Region, user: User) -> dict[str, Any]:
+    return {
+        "region": region.pk,
+        "status": region.status,
+        "image_status": region.image.status,
+        "allowed_actions": review_workflow.transitions_allowed(user=user, image=region.image, region=region),
+    }
+
+
+def region_transition_body(region: Region, user: User) -> dict[str, Any]:
+    return dict(s.RegionOut(region).data) | {
+        "image_status": region.image.status,
+        "allowed_actions": review_workflow.transitions_allowed(user=user, image=region.image, region=region),
     }

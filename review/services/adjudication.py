@@ -1,4 +1,4 @@
-"""Adjudication of disputed cells, after which the image is verified."""
+"""Adjudication of disputed cells, after which the image (or the slide's region) is verified."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from django.utils import timezone
 from annotations.models import (
     Image,
     ImageStatus,
+    Region,
 )
 from annotations.services.audit import audit_record
-from annotations.services.workflow import image_lock, image_status_set, status_label
+from annotations.services.workflow import image_lock, region_lock, status_label
 from core.errors import ConflictError, PermissionDeniedError, ServiceValidationError
 from cytoseg.geometry import GeometryError, polygon_clean
 from review import selectors
@@ -20,7 +21,7 @@ from review.models import (
     Dispute,
     DisputeStatus,
 )
-from review.services.rounds import image_verify
+from review.services.rounds import image_verify, subject_status, subject_status_set
 
 
 def _adjudication_parse(
@@ -37,7 +38,7 @@ def _adjudication_parse(
         dispute_id = item.get("dispute_id") if isinstance(item, dict) else None
         dispute = disputes.get(dispute_id) if isinstance(dispute_id, int) else None
         if dispute is None or not isinstance(item, dict):
-            errors[key] = "dispute_id is not a dispute of this image's current round"
+            errors[key] = "dispute_id is not a dispute of the current round"
             continue
         if dispute.pk in seen:
             errors[key] = f"dispute {dispute.pk} is decided twice"
@@ -81,27 +82,37 @@ def _adjudication_parse(
     return out
 
 
-def adjudication_decide(*, image: Image, user: User, decisions: object) -> Image:
-    """Decide disputed cells: keep one expert's version (``choice`` = review id), the annotator's
-    cell (``annotation``), the adjudicator's own polygon (``own`` + ``polygon``) or ``reject``;
-    ``polygon``/``class_id`` may refine a chosen version. Decisions may come in several calls
-    (a decided dispute may be decided again until the image is verified); the image moves to
-    adjudication on the first and is verified when no dispute is left open."""
+def adjudication_decide(*, image: Image, user: User, decisions: object, region: Region | None = None) -> Image:
+    """Decide disputed cells of the image's (or its ``region``'s) current round: keep one
+    expert's version (``choice`` = review id), the annotator's cell (``annotation``), the
+    adjudicator's own polygon (``own`` + ``polygon``) or ``reject``; ``polygon``/``class_id``
+    may refine a chosen version. Decisions may come in several calls (a decided dispute may be
+    decided again until verified); the image (region) moves to adjudication on the first and is
+    verified when no dispute is left open."""
     if not selectors.may_adjudicate(user=user, project=image.project):
         raise PermissionDeniedError("Only project admins and the project's adjudicators may adjudicate.")
     with transaction.atomic():
         locked = image_lock(image)
-        if locked.status not in (ImageStatus.DISPUTED, ImageStatus.ADJUDICATION):
+        subject = None if region is None else region_lock(region)
+        if subject is not None:
+            subject.image = locked
+        status = subject_status(locked, subject)
+        if status not in (ImageStatus.DISPUTED, ImageStatus.ADJUDICATION):
+            what = "images are" if subject is None else "regions are"
             raise ConflictError(
-                f"The image is {status_label(locked.status)}; only disputed images are adjudicated.",
-                {"status": locked.status},
+                f"The {'image' if subject is None else 'region'} is {status_label(status)}; only disputed {what} "
+                "adjudicated.",
+                {"status": status},
             )
-        current = selectors.round_current(image=locked)
+        current = selectors.round_current(image=locked, region=subject)
         assert current is not None  # a disputed image has a round
+        current.region = subject
         disputes = {d.pk: d for d in current.disputes.select_for_update()}
         parsed = _adjudication_parse(image=locked, disputes=disputes, decisions=decisions)
-        if locked.status == ImageStatus.DISPUTED:
-            image_status_set(image=locked, to=ImageStatus.ADJUDICATION, actor=user, action="start_adjudication")
+        if status == ImageStatus.DISPUTED:
+            subject_status_set(
+                image=locked, region=subject, to=ImageStatus.ADJUDICATION, actor=user, action="start_adjudication"
+            )
         now = timezone.now()
         for dispute, choice, polygon, class_id in parsed:
             before = {"status": dispute.status, "choice": dispute.choice}

@@ -1,4 +1,7 @@
-"""An expert's blind review: the draft (decisions, added cells, comments) and its submission."""
+"""An expert's blind review: the draft (decisions, added cells, comments) and its submission.
+
+A review of a slide's region decides on the annotation cells inside the region only, and the
+cells an expert adds or redraws must lie in it (centroid inside, ``cytoseg.regions``' rule)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,13 @@ from django.utils import timezone
 from annotations.models import (
     Image,
     ImageStatus,
-    Layer,
+    Region,
 )
 from annotations.services.audit import audit_record
-from annotations.services.workflow import image_lock, status_label
+from annotations.services.workflow import image_lock, region_lock, status_label
 from core.errors import ConflictError, PermissionDeniedError, ServiceValidationError
 from cytoseg.geometry import GeometryError, polygon_clean
+from cytoseg.regions import cells_inside
 from review import selectors
 from review.models import (
     Review,
@@ -27,14 +31,18 @@ from review.models import (
     ReviewDecisionKind,
     ReviewStatus,
 )
-from review.services.rounds import round_consensus
+from review.services.rounds import round_cells, round_consensus, subject_status
 
 COMMENT_MAX_CHARS = 2000
 
 
-def _review_for_update(*, image: Image, user: User) -> tuple[Image, Review]:
+def _review_for_update(*, image: Image, user: User, region: Region | None = None) -> tuple[Image, Review]:
+    """The image (and region) locked, and the caller's live review of the current round."""
     locked_image = image_lock(image)
-    current = selectors.round_current(image=locked_image)
+    subject = None if region is None else region_lock(region)
+    if subject is not None:
+        subject.image = locked_image
+    current = selectors.round_current(image=locked_image, region=subject)
     review = (
         Review.objects.select_for_update()
         .filter(round=current, reviewer=user)
@@ -44,15 +52,17 @@ def _review_for_update(*, image: Image, user: User) -> tuple[Image, Review]:
         else None
     )
     if review is None:
-        raise PermissionDeniedError("You are not assigned to review this image.")
+        raise PermissionDeniedError(f"You are not assigned to review this {'image' if region is None else 'region'}.")
+    review.round.region = subject
     return locked_image, review
 
 
 def _draft_parse(
-    *, image: Image, decisions: object, added: object, comments: object
+    *, image: Image, decisions: object, added: object, comments: object, region: Region | None = None
 ) -> tuple[list[ReviewDecision], list[ReviewComment]]:
     """Validate a draft; errors are keyed ``decisions.<i>``, ``added.<i>``, ``comments.<i>``."""
-    annotation = {c["pk"]: c for c in image.cells.filter(layer=Layer.ANNOTATION).values("pk", "cell_class_id")}
+    annotation = {c["pk"]: c for c in round_cells(image=image, region=region).values("pk", "cell_class_id")}
+    where = "this image" if region is None else "this region"
     classes = set(image.project.classes.values_list("pk", flat=True))
     errors: dict[str, Any] = {}
     rows: list[ReviewDecision] = []
@@ -60,12 +70,16 @@ def _draft_parse(
 
     def polygon(raw: object, key: str) -> list[list[float]] | None:
         try:
-            return polygon_clean(
+            points = polygon_clean(
                 raw, width=image.width, height=image.height, max_vertices=settings.CELL_MAX_VERTICES
             ).points
         except GeometryError as exc:
             errors[key] = str(exc)
             return None
+        if region is not None and not cells_inside(region.polygon, [points])[0]:
+            errors[key] = "the cell's centroid lies outside the region under review"
+            return None
+        return points
 
     def as_list(value: object, name: str) -> list[Any]:
         if value is None:
@@ -83,7 +97,7 @@ def _draft_parse(
             continue
         cell_id, kind, class_id = item.get("cell_id"), item.get("decision"), item.get("class_id")
         if not isinstance(cell_id, int) or isinstance(cell_id, bool) or cell_id not in annotation:
-            errors[key] = f"cell_id {cell_id!r} is not an annotation cell of this image"
+            errors[key] = f"cell_id {cell_id!r} is not an annotation cell of {where}"
         elif cell_id in seen:
             errors[key] = f"cell {cell_id} is decided twice"
         elif kind not in (ReviewDecisionKind.ACCEPT, ReviewDecisionKind.REJECT, ReviewDecisionKind.EDIT):
@@ -112,7 +126,7 @@ def _draft_parse(
         if not isinstance(text, str) or not text.strip() or len(text) > COMMENT_MAX_CHARS:
             errors[key] = f"text must be 1 to {COMMENT_MAX_CHARS} characters"
         elif cell_id is not None and cell_id not in annotation:
-            errors[key] = f"cell_id {cell_id!r} is not an annotation cell of this image"
+            errors[key] = f"cell_id {cell_id!r} is not an annotation cell of {where}"
         else:
             notes.append(ReviewComment(cell_id=cell_id, text=text.strip()))
     if len(rows) > settings.CELL_MAX_PER_IMAGE * 2:
@@ -123,23 +137,33 @@ def _draft_parse(
 
 
 def _review_writable(*, image: Image, review: Review) -> None:
+    region = review.round.region
+    what = "image" if region is None else "region"
     if review.status == ReviewStatus.SUBMITTED:
-        raise ConflictError("Your review of this image is submitted and can no longer change.", {"status": "submitted"})
-    if image.status != ImageStatus.IN_REVIEW:
         raise ConflictError(
-            f"The image is {status_label(image.status)}; reviews are written while it is in review.",
-            {"status": image.status},
+            f"Your review of this {what} is submitted and can no longer change.", {"status": "submitted"}
+        )
+    status = subject_status(image, region)
+    if status != ImageStatus.IN_REVIEW:
+        raise ConflictError(
+            f"The {what} is {status_label(status)}; reviews are written while it is in review.",
+            {"status": status},
         )
 
 
-def review_draft_save(*, image: Image, user: User, decisions: object, added: object, comments: object) -> Review:
-    """Replace the caller's draft review of ``image``: a decision per annotation cell (accept,
-    reject, or edit with the expert's own polygon and optionally class), added cells and
-    comments. Only the author sees a draft; 409 once submitted or when the image is not in review."""
+def review_draft_save(
+    *, image: Image, user: User, decisions: object, added: object, comments: object, region: Region | None = None
+) -> Review:
+    """Replace the caller's draft review of ``image`` (or of its ``region``): a decision per
+    annotation cell (accept, reject, or edit with the expert's own polygon and optionally
+    class), added cells and comments. Only the author sees a draft; 409 once submitted or when
+    the image (region) is not in review."""
     with transaction.atomic():
-        locked, review = _review_for_update(image=image, user=user)
+        locked, review = _review_for_update(image=image, user=user, region=region)
         _review_writable(image=locked, review=review)
-        rows, notes = _draft_parse(image=locked, decisions=decisions, added=added, comments=comments)
+        rows, notes = _draft_parse(
+            image=locked, decisions=decisions, added=added, comments=comments, region=review.round.region
+        )
         review.decisions.all().delete()
         review.comments.all().delete()
         ReviewDecision.objects.bulk_create(ReviewDecision(review=review, **_decision_fields(r)) for r in rows)
@@ -166,20 +190,24 @@ def _decision_fields(row: ReviewDecision) -> dict[str, Any]:
     }
 
 
-def review_submit(*, image: Image, user: User, accept_undecided: bool = False) -> tuple[Review, bool]:
-    """Submit the caller's review; returns it and whether this call submitted it.
+def review_submit(
+    *, image: Image, user: User, accept_undecided: bool = False, region: Region | None = None
+) -> tuple[Review, bool]:
+    """Submit the caller's review of ``image`` (or of its ``region``); returns it and whether
+    this call submitted it.
 
     Idempotent: submitting an already submitted review changes nothing. Every annotation cell
-    needs a decision, unless ``accept_undecided`` accepts the undecided ones. When the last
-    reviewer of the round submits, the consensus runs (verified, or disputed for adjudication).
+    (of the region) needs a decision, unless ``accept_undecided`` accepts the undecided ones.
+    When the last reviewer of the round submits, the consensus runs (verified, or disputed for
+    adjudication).
     """
     with transaction.atomic():
-        locked, review = _review_for_update(image=image, user=user)
+        locked, review = _review_for_update(image=image, user=user, region=region)
         if review.status == ReviewStatus.SUBMITTED:
             return review, False
         _review_writable(image=locked, review=review)
         decided = set(review.decisions.filter(cell__isnull=False).values_list("cell_id", flat=True))
-        cells = set(locked.cells.filter(layer=Layer.ANNOTATION).values_list("pk", flat=True))
+        cells = set(round_cells(image=locked, region=review.round.region).values_list("pk", flat=True))
         undecided = sorted(cells - decided)
         if undecided and not accept_undecided:
             raise ServiceValidationError(

@@ -1,5 +1,7 @@
 """The end of a round: consensus of the submitted reviews, disputes, and the verified (gold) layer
-with agreement and correction records."""
+with agreement and correction records. A round of a slide's region works on the annotation cells
+inside the region and replaces only the verified cells inside it; the region's status moves,
+not the image's (``subject_status_set``)."""
 
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ from annotations.models import (
     Image,
     ImageStatus,
     Layer,
+    Region,
 )
 from annotations.services.audit import audit_record
 from annotations.services.cells import cell_geometry
-from annotations.services.workflow import image_status_set
+from annotations.services.regions import region_cell_ids
+from annotations.services.workflow import image_status_set, region_status_set
 from core.events import event_emit
 from cytoseg.geometry import CleanPolygon, GeometryError, polygon_clean
 from review.consensus import (
@@ -51,8 +55,27 @@ from review.models import (
 )
 
 
-def _annotation_cells(image: Image) -> dict[int, dict[str, Any]]:
-    rows = image.cells.filter(layer=Layer.ANNOTATION).values(
+def subject_status(image: Image, region: Region | None) -> str:
+    """The status the round's transitions act on: the region's when it has one, else the image's."""
+    return image.status if region is None else region.status
+
+
+def subject_status_set(*, image: Image, region: Region | None, to: str, actor: User | None, action: str) -> None:
+    """Move the region (when given) or the image along the workflow; both locked by the caller."""
+    if region is None:
+        image_status_set(image=image, to=to, actor=actor, action=action)
+    else:
+        region_status_set(region=region, to=to, actor=actor, action=action)
+
+
+def round_cells(*, image: Image, region: Region | None, layer: str = Layer.ANNOTATION) -> Any:
+    """The cells of ``layer`` a round concerns: the image's, or those whose centroid lies in its region."""
+    cells = image.cells.filter(layer=layer)
+    return cells if region is None else cells.filter(pk__in=region_cell_ids(region=region, layer=layer))
+
+
+def _annotation_cells(image: Image, region: Region | None = None) -> dict[int, dict[str, Any]]:
+    rows = round_cells(image=image, region=region).values(
         "pk", "cell_class_id", "polygon", "provenance", "author_id", "source", "model_version_id", "score"
     )
     return {r["pk"]: dict(r) for r in rows}
@@ -132,10 +155,11 @@ def _agreed_entry(cell: ConsensusCell, reviewers: dict[int, int], rejected_by: l
 def round_consensus(*, image: Image, verification_round: VerificationRound, actor: User | None) -> None:
     """Match the round's submitted reviews, record pair agreement, and either verify the image
     or open disputes for adjudication (image locked by the caller)."""
+    region = verification_round.region
     reviews = list(
         verification_round.reviews.filter(status=ReviewStatus.SUBMITTED).prefetch_related("decisions").order_by("id")
     )
-    annotation = _annotation_cells(image)
+    annotation = _annotation_cells(image, region)
     expert_reviews, decisions = _expert_reviews(reviews, annotation)
     cache: RasterCache = {}
     result = consensus_build(
@@ -217,20 +241,31 @@ def round_consensus(*, image: Image, verification_round: VerificationRound, acto
         image=image,
         actor=actor,
         action="consensus",
-        target=f"round {verification_round.number}",
+        target=_round_label(verification_round),
         after=verification_round.summary,
     )
     if disputes:
         verification_round.status = RoundStatus.DISPUTED
         verification_round.save(update_fields=["status"])
-        image_status_set(image=image, to=ImageStatus.DISPUTED, actor=actor, action="consensus")
+        subject_status_set(image=image, region=region, to=ImageStatus.DISPUTED, actor=actor, action="consensus")
         event_emit(
             project_id=image.project_id,
             event="dispute.opened",
-            data={"image": image.pk, "round": verification_round.number, "disputes": len(disputes)},
+            data={"image": image.pk, "round": verification_round.number, "disputes": len(disputes)}
+            | _region_data(region),
         )
     else:
         image_verify(image=image, verification_round=verification_round, actor=actor, cache=cache)
+
+
+def _round_label(verification_round: VerificationRound) -> str:
+    region = verification_round.region
+    where = "" if region is None else f" of region {region.name!r}"
+    return f"round {verification_round.number}{where}"
+
+
+def _region_data(region: Region | None) -> dict[str, Any]:
+    return {} if region is None else {"region": region.pk}
 
 
 def polygon_stored(points: list[list[float]], image: Image) -> CleanPolygon:
@@ -247,9 +282,14 @@ def image_verify(
     *, image: Image, verification_round: VerificationRound, actor: User | None, cache: RasterCache | None = None
 ) -> None:
     """Write the verified (gold) layer from the agreed cells and the adjudicated disputes, with
-    provenance; record correction analytics and each review's agreement with the result."""
+    provenance; record correction analytics and each review's agreement with the result.
+
+    For a round of a region (locked by the caller), only the verified cells and model proposals
+    whose centroid lies in the region are replaced and judged, and the correction records of
+    the region's earlier rounds are replaced: the rest of the slide is untouched."""
     cache = {} if cache is None else cache
-    annotation = _annotation_cells(image)
+    region = verification_round.region
+    annotation = _annotation_cells(image, region)
     final: list[dict[str, Any]] = [dict(entry) for entry in verification_round.agreed]
     for dispute in verification_round.disputes.filter(status=DisputeStatus.RESOLVED).order_by("id"):
         if dispute.polygon is None or dispute.cell_class_id is None:
@@ -272,9 +312,11 @@ def image_verify(
         )
     proposals = {
         p["pk"]: p
-        for p in image.cells.filter(layer=Layer.PROPOSAL).values("pk", "polygon", "model_version_id", "state")
+        for p in round_cells(image=image, region=region, layer=Layer.PROPOSAL).values(
+            "pk", "polygon", "model_version_id", "state"
+        )
     }
-    Cell.objects.filter(image=image, layer=Layer.VERIFIED).delete()
+    round_cells(image=image, region=region, layer=Layer.VERIFIED).delete()
     now = timezone.now()
     cells: list[Cell] = []
     records: list[CorrectionRecord] = []
@@ -289,14 +331,18 @@ def image_verify(
             width=image.width,
             cache=cache,
         )
-        provenance = entry | {
-            "round": verification_round.number,
-            "annotation_author_id": origin["author_id"] if origin else None,
-            "annotation_source": origin["source"] if origin else None,
-            "proposal_id": proposal["pk"] if proposal else None,
-            "correction": kind,
-            "proposal_iou": iou,
-        }
+        provenance = (
+            entry
+            | _region_data(region)
+            | {
+                "round": verification_round.number,
+                "annotation_author_id": origin["author_id"] if origin else None,
+                "annotation_source": origin["source"] if origin else None,
+                "proposal_id": proposal["pk"] if proposal else None,
+                "correction": kind,
+                "proposal_iou": iou,
+            }
+        )
         del provenance["polygon"], provenance["class_id"]
         clean = polygon_stored(entry["polygon"], image)
         cell = Cell(
@@ -338,7 +384,9 @@ def image_verify(
         for p in proposals.values()
         if p["pk"] not in used
     )
-    CorrectionRecord.objects.filter(image=image).delete()
+    earlier = CorrectionRecord.objects.filter(image=image)
+    earlier = earlier.filter(round__region__isnull=True) if region is None else earlier.filter(round__region=region)
+    earlier.delete()
     CorrectionRecord.objects.bulk_create(records)
     gold = [c.polygon for c in cells]
     reviews = list(verification_round.reviews.filter(status=ReviewStatus.SUBMITTED).prefetch_related("decisions"))
@@ -356,13 +404,15 @@ def image_verify(
         project=image.project,
         image=image,
         actor=actor,
-        action="image.verified",
-        target=f"round {verification_round.number}",
-        after={"verified_cells": len(cells), "corrections": dict(Counter(r.kind for r in records))},
+        action="image.verified" if region is None else "region.verified",
+        target=_round_label(verification_round),
+        after={"verified_cells": len(cells), "corrections": dict(Counter(r.kind for r in records))}
+        | _region_data(region),
     )
-    image_status_set(image=image, to=ImageStatus.VERIFIED, actor=actor, action="verify")
+    subject_status_set(image=image, region=region, to=ImageStatus.VERIFIED, actor=actor, action="verify")
     event_emit(
         project_id=image.project_id,
         event="image.verified",
-        data={"image": image.pk, "round": verification_round.number, "verified_cells": len(cells)},
+        data={"image": image.pk, "round": verification_round.number, "verified_cells": len(cells)}
+        | _region_data(region),
     )

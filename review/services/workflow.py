@@ -1,5 +1,10 @@
-"""The verification actions on an image (submit, close a round early, start adjudication, reopen)
-with their role rules, and the assignment of experts to a round."""
+"""The verification actions on an image, or on one region of a slide (submit, close a round early,
+start adjudication, reopen), with their role rules, and the assignment of experts to a round.
+
+A round with a ``region`` verifies that region only: its status moves instead of the image's,
+its cells are the annotation cells whose centroid lies inside, and the image stays editable
+outside it. Two regions of one slide may be in review at once; every path locks the image row
+first, then the region's."""
 
 from __future__ import annotations
 
@@ -10,19 +15,23 @@ from django.utils import timezone
 
 from annotations import selectors as access
 from annotations.models import (
+    LOCKED_STATUSES,
     Cell,
     Image,
     ImageStatus,
     Layer,
     Project,
+    Region,
     Role,
 )
 from annotations.services.audit import audit_record
+from annotations.services.regions import region_cell_ids
 from annotations.services.workflow import (
+    REGION_TRANSITIONS,
     TRANSITIONS,
     annotation_write_started,
     image_lock,
-    image_status_set,
+    region_lock,
     status_label,
 )
 from core.errors import ConflictError, PermissionDeniedError, ServiceValidationError
@@ -35,7 +44,7 @@ from review.models import (
     RoundStatus,
     VerificationRound,
 )
-from review.services.rounds import round_consensus
+from review.services.rounds import round_consensus, subject_status, subject_status_set
 
 
 def capability_require(user: User, project: Project, capability: str, why: str) -> None:
@@ -43,7 +52,7 @@ def capability_require(user: User, project: Project, capability: str, why: str) 
         raise PermissionDeniedError(why)
 
 
-def _transition_allowed(*, user: User, image: Image, action: str) -> str | None:
+def _transition_allowed(*, user: User, image: Image, action: str, region: Region | None = None) -> str | None:
     """Why ``user`` may not take ``action`` because of their role (None: they may)."""
     project = image.project
     if action == "start":
@@ -52,9 +61,14 @@ def _transition_allowed(*, user: User, image: Image, action: str) -> str | None:
     if action == "submit":
         if not access.user_can(user=user, project=project, capability="annotate"):
             return "Your role may not annotate."
-        if image.annotator_id not in (None, user.pk) and not access.user_can(
-            user=user, project=project, capability="manage"
+        authors = {image.annotator_id} if region is None else {image.annotator_id, region.created_by_id}
+        if (
+            None not in authors
+            and user.pk not in authors
+            and not access.user_can(user=user, project=project, capability="manage")
         ):
+            if region is not None:
+                return "Only the region's author, the image's annotator or a project admin may submit it."
             return "Only the image's annotator or a project admin may submit it."
         return None
     if action == "start_adjudication":
@@ -64,20 +78,24 @@ def _transition_allowed(*, user: User, image: Image, action: str) -> str | None:
     return None if ok else "Only a project admin may do this."
 
 
-def transitions_allowed(*, user: User, image: Image) -> list[str]:
-    """The actions ``user`` may take on ``image`` now: role and state, and for ``close_review``
-    the quorum of submitted reviews (one query, only when the rest allows it)."""
+def transitions_allowed(*, user: User, image: Image, region: Region | None = None) -> list[str]:
+    """The actions ``user`` may take on ``image`` (or on its ``region``) now: role and state,
+    and for ``close_review`` the quorum of submitted reviews (one query, only when the rest
+    allows it). A region is submitted only on a tiled image that is not under review whole."""
+    table = TRANSITIONS if region is None else REGION_TRANSITIONS
+    status = subject_status(image, region)
     return [
         action
-        for action, (sources, _) in TRANSITIONS.items()
-        if image.status in sources
-        and _transition_allowed(user=user, image=image, action=action) is None
-        and (action != "close_review" or _quorum_reached(image))
+        for action, (sources, _) in table.items()
+        if status in sources
+        and _transition_allowed(user=user, image=image, action=action, region=region) is None
+        and (action != "close_review" or _quorum_reached(image, region))
+        and (region is None or action != "submit" or (image.tiled and image.status not in LOCKED_STATUSES))
     ]
 
 
-def _quorum_reached(image: Image) -> bool:
-    current = selectors.round_current(image=image)
+def _quorum_reached(image: Image, region: Region | None = None) -> bool:
+    current = selectors.round_current(image=image, region=region)
     if current is None or current.status != RoundStatus.OPEN:
         return False
     return current.reviews.filter(status=ReviewStatus.SUBMITTED).count() >= current.quorum
@@ -94,42 +112,95 @@ def image_transition(*, image: Image, user: User, action: str) -> Image:
     withdrawn). 400 for an unknown action, 403 for the wrong role, 409 for the wrong state;
     nothing changes on refusal.
     """
-    if action not in TRANSITIONS:
-        raise ServiceValidationError("Unknown action.", {"action": f"must be one of {', '.join(TRANSITIONS)}"})
-    refusal = _transition_allowed(user=user, image=image, action=action)
-    if refusal is not None:
-        raise PermissionDeniedError(refusal)
-    with transaction.atomic():
-        locked = image_lock(image)
-        sources, target = TRANSITIONS[action]
-        if locked.status not in sources:
-            allowed = ", ".join(status_label(s) for s in sorted(sources))
-            raise ConflictError(
-                f"Cannot {action.replace('_', ' ')} an image that is {status_label(locked.status)} "
-                f"(allowed from: {allowed}).",
-                {"status": locked.status, "allowed_actions": transitions_allowed(user=user, image=locked)},
-            )
-        if action == "start":
-            annotation_write_started(image=locked, user=user)
-        elif action == "submit":
-            _image_submit(image=locked, user=user)
-        elif action == "close_review":
-            _round_close_early(image=locked, user=user)
-        elif action == "reopen":
-            _image_reopen(image=locked, user=user)
-        else:
-            assert target is not None
-            image_status_set(image=locked, to=target, actor=user, action=action)
+    _transition(image=image, region=None, user=user, action=action)
     image.refresh_from_db()
     return image
 
 
-def _image_submit(*, image: Image, user: User) -> None:
+def region_transition(*, region: Region, user: User, action: str) -> Region:
+    """Take one verification action on a region of a slide (``region.image`` loaded); the only
+    public way to change a region's status.
+
+    Actions: ``submit`` (new, pre-segmented or annotating -> submitted -> in review: a round of
+    the region, K experts assigned, who decide on the region's annotation cells only; 400
+    naming ``region`` when the image is not tiled or the region has no annotation cell, 409 when
+    the image is under review whole), ``close_review``, ``start_adjudication`` and ``reopen``
+    (admin: back to annotating, the region's verified cells withdrawn), as for an image. The
+    image's own status does not change. 400 for an unknown action, 403 for the wrong role, 409
+    for the wrong state; nothing changes on refusal.
+    """
+    _transition(image=region.image, region=region, user=user, action=action)
+    region.refresh_from_db()
+    return region
+
+
+def _transition(*, image: Image, region: Region | None, user: User, action: str) -> None:
+    table = TRANSITIONS if region is None else REGION_TRANSITIONS
+    if action not in table:
+        raise ServiceValidationError("Unknown action.", {"action": f"must be one of {', '.join(table)}"})
+    refusal = _transition_allowed(user=user, image=image, action=action, region=region)
+    if refusal is not None:
+        raise PermissionDeniedError(refusal)
+    with transaction.atomic():
+        locked = image_lock(image)
+        subject = None if region is None else region_lock(region)
+        if subject is not None:
+            subject.image = locked
+        sources, target = table[action]
+        status = subject_status(locked, subject)
+        if status not in sources:
+            allowed = ", ".join(status_label(s) for s in sorted(sources))
+            what = "an image" if subject is None else "a region"
+            raise ConflictError(
+                f"Cannot {action.replace('_', ' ')} {what} that is {status_label(status)} (allowed from: {allowed}).",
+                {
+                    "status": status,
+                    "allowed_actions": transitions_allowed(user=user, image=locked, region=subject),
+                },
+            )
+        if action == "start":
+            annotation_write_started(image=locked, user=user)
+        elif action == "submit":
+            _round_start(image=locked, region=subject, user=user)
+        elif action == "close_review":
+            _round_close_early(image=locked, region=subject, user=user)
+        elif action == "reopen":
+            _reopen(image=locked, region=subject, user=user)
+        else:
+            assert target is not None
+            subject_status_set(image=locked, region=subject, to=target, actor=user, action=action)
+
+
+def _region_submittable(*, image: Image, region: Region) -> None:
+    """Refuse a region's submission where the slide is not verified by region (400 or 409)."""
+    if not image.tiled:
+        raise ServiceValidationError(
+            "Only a slide (a tiled image) is verified by region.",
+            {"region": "this image is verified whole; submit the image without a region"},
+        )
+    if image.status in LOCKED_STATUSES:
+        raise ConflictError(
+            f"The image is {status_label(image.status)} as a whole; its regions are not submitted on their own.",
+            {"status": image.status},
+        )
+    if not region_cell_ids(region=region, layer=Layer.ANNOTATION):
+        raise ServiceValidationError(
+            "Nothing to verify in this region.",
+            {"region": "has no annotation cell (a cell is in a region when its centroid lies inside)"},
+        )
+
+
+def _round_start(*, image: Image, region: Region | None, user: User) -> None:
+    """A new round of the image, or of its ``region`` (locked by the caller), with K experts."""
+    if region is not None:
+        _region_submittable(image=image, region=region)
     project = image.project
     k = project.experts_required
-    previous = image.verification_rounds.order_by("-number").values_list("number", flat=True).first() or 0
+    rounds = VerificationRound.objects.filter(image=image, region=region)
+    previous = rounds.order_by("-number").values_list("number", flat=True).first() or 0
     verification_round = VerificationRound.objects.create(
         image=image,
+        region=region,
         number=previous + 1,
         experts_required=k,
         quorum=min(project.quorum or k, k),
@@ -137,12 +208,11 @@ def _image_submit(*, image: Image, user: User) -> None:
         base_revision=image.revision,
         started_by=user,
     )
-    image_status_set(image=image, to=ImageStatus.SUBMITTED, actor=user, action="submit")
-    event_emit(
-        project_id=image.project_id,
-        event="image.submitted",
-        data={"image": image.pk, "round": verification_round.number, "submitted_by": user.pk},
-    )
+    subject_status_set(image=image, region=region, to=ImageStatus.SUBMITTED, actor=user, action="submit")
+    data: dict[str, object] = {"image": image.pk, "round": verification_round.number, "submitted_by": user.pk}
+    if region is not None:
+        data["region"] = region.pk
+    event_emit(project_id=image.project_id, event="image.submitted", data=data)
     _reviews_fill(image=image, verification_round=verification_round, actor=user)
 
 
@@ -157,8 +227,11 @@ def _reviews_fill(*, image: Image, verification_round: VerificationRound, actor:
     if needed > 0:
         project = image.project
         taken = set(verification_round.reviews.values_list("reviewer_id", flat=True))
-        if image.annotator_id is not None:
-            taken.add(image.annotator_id)
+        # Never the image's annotator; for a region, nor who drew or submitted it.
+        authors = {image.annotator_id}
+        if verification_round.region is not None:
+            authors |= {verification_round.region.created_by_id, verification_round.started_by_id}
+        taken |= {a for a in authors if a is not None}
         in_project = Q(reviews__image__project=project)
         candidates = list(
             User.objects.filter(memberships__project=project, memberships__role=Role.EXPERT, is_active=True)
@@ -190,41 +263,51 @@ def _reviews_fill(*, image: Image, verification_round: VerificationRound, actor:
                 action="review.unstaffed",
                 after={"round": verification_round.number, "open_slots": needed - len(created)},
             )
-    if image.status == ImageStatus.SUBMITTED and live + len(created) > 0:
-        image_status_set(image=image, to=ImageStatus.IN_REVIEW, actor=actor, action="assign")
+    region = verification_round.region
+    if subject_status(image, region) == ImageStatus.SUBMITTED and live + len(created) > 0:
+        subject_status_set(image=image, region=region, to=ImageStatus.IN_REVIEW, actor=actor, action="assign")
     return created
 
 
-def _round_open(image: Image) -> VerificationRound:
-    current = selectors.round_current(image=image)
+def _round_open(image: Image, region: Region | None = None) -> VerificationRound:
+    current = selectors.round_current(image=image, region=region)
     if current is None or current.status != RoundStatus.OPEN:
-        raise ConflictError("The image has no open review round.", {"status": image.status})
+        what = "image" if region is None else "region"
+        raise ConflictError(f"The {what} has no open review round.", {"status": subject_status(image, region)})
+    current.region = region
     return current
 
 
-def review_assign(*, image: Image, actor: User, reviewer: User) -> Review:
+def review_assign(*, image: Image, actor: User, reviewer: User, region: Region | None = None) -> Review:
     """An admin assigns ``reviewer`` (an expert or admin of the project, not the image's
-    annotator) to the image's open round, up to K reviewers."""
+    annotator) to the open round of the image (or of its ``region``), up to K reviewers."""
     capability_require(actor, image.project, "manage", "Only a project admin may assign reviewers.")
     with transaction.atomic():
         locked = image_lock(image)
-        if locked.status not in (ImageStatus.SUBMITTED, ImageStatus.IN_REVIEW):
+        subject = None if region is None else region_lock(region)
+        status = subject_status(locked, subject)
+        what = "images" if subject is None else "regions"
+        if status not in (ImageStatus.SUBMITTED, ImageStatus.IN_REVIEW):
             raise ConflictError(
-                f"Reviewers are assigned to submitted images; this one is {status_label(locked.status)}.",
-                {"status": locked.status},
+                f"Reviewers are assigned to submitted {what}; this one is {status_label(status)}.",
+                {"status": status},
             )
-        verification_round = _round_open(locked)
+        verification_round = _round_open(locked, subject)
         if not access.user_can(user=reviewer, project=locked.project, capability="review"):
             raise ServiceValidationError("Not a reviewer.", {"reviewer": "must be an expert or admin of this project"})
         if reviewer.pk == locked.annotator_id:
             raise ServiceValidationError("Not independent.", {"reviewer": "the image's annotator cannot review it"})
+        if subject is not None and reviewer.pk in (subject.created_by_id, verification_round.started_by_id):
+            raise ServiceValidationError(
+                "Not independent.", {"reviewer": "who drew or submitted the region cannot review it"}
+            )
         live = verification_round.reviews.exclude(status=ReviewStatus.CANCELLED)
         if live.filter(reviewer=reviewer).exists():
-            raise ServiceValidationError("Already assigned.", {"reviewer": "already reviews this image"})
+            raise ServiceValidationError("Already assigned.", {"reviewer": f"already reviews this {what[:-1]}"})
         if live.count() >= verification_round.experts_required:
             raise ConflictError(
-                f"The image already has {verification_round.experts_required} reviewers; unassign one first.",
-                {"status": locked.status},
+                f"The {what[:-1]} already has {verification_round.experts_required} reviewers; unassign one first.",
+                {"status": status},
             )
         review = Review.objects.create(
             round=verification_round, image=locked, reviewer=reviewer, manual=True, assigned_by=actor
@@ -235,10 +318,11 @@ def review_assign(*, image: Image, actor: User, reviewer: User) -> Review:
             actor=actor,
             action="review.assign",
             target=reviewer.username,
-            after={"review": review.pk, "reviewer": reviewer.pk, "manual": True},
+            after={"review": review.pk, "reviewer": reviewer.pk, "manual": True}
+            | ({} if subject is None else {"region": subject.pk}),
         )
-        if locked.status == ImageStatus.SUBMITTED:
-            image_status_set(image=locked, to=ImageStatus.IN_REVIEW, actor=actor, action="assign")
+        if status == ImageStatus.SUBMITTED:
+            subject_status_set(image=locked, region=subject, to=ImageStatus.IN_REVIEW, actor=actor, action="assign")
     return review
 
 
@@ -281,51 +365,64 @@ def reviews_release_if_ineligible(*, project: Project, user: User) -> int:
         return 0
     open_reviews = list(
         Review.objects.filter(reviewer=user, image__project=project, status=ReviewStatus.ASSIGNED).select_related(
-            "image__project", "round"
+            "image__project", "round__region"
         )
     )
     with transaction.atomic():
         for review in open_reviews:
             image = image_lock(review.image)
+            verification_round = review.round
+            if verification_round.region is not None:
+                region = region_lock(verification_round.region)
+                region.image = image
+                verification_round.region = region
             _review_cancel(review=review, actor=None, reason="reviewer no longer an expert of the project")
-            if review.round.status == RoundStatus.OPEN:
-                _reviews_fill(image=image, verification_round=review.round, actor=None)
+            if verification_round.status == RoundStatus.OPEN:
+                _reviews_fill(image=image, verification_round=verification_round, actor=None)
     return len(open_reviews)
 
 
-def _round_close_early(*, image: Image, user: User) -> None:
-    verification_round = _round_open(image)
+def _round_close_early(*, image: Image, region: Region | None, user: User) -> None:
+    verification_round = _round_open(image, region)
     submitted = verification_round.reviews.filter(status=ReviewStatus.SUBMITTED).count()
     if submitted < verification_round.quorum:
         raise ConflictError(
             f"Only {submitted} review(s) submitted; closing needs at least the quorum ({verification_round.quorum}).",
-            {"status": image.status},
+            {"status": subject_status(image, region)},
         )
     for review in verification_round.reviews.filter(status=ReviewStatus.ASSIGNED).select_related("image__project"):
         _review_cancel(review=review, actor=user, reason="round closed early by an admin")
     round_consensus(image=image, verification_round=verification_round, actor=user)
 
 
-def _image_reopen(*, image: Image, user: User) -> None:
+def _reopen(*, image: Image, region: Region | None, user: User) -> None:
     """Back to annotating: open reviews are cancelled (drafts discarded), an unfinished round is
     cancelled, and the verified layer and its correction records are withdrawn (the reviews,
-    disputes and agreement of earlier rounds stay as history)."""
-    current = selectors.round_current(image=image)
+    disputes and agreement of earlier rounds stay as history). For a region, only its round and
+    the verified cells inside it (and its rounds' correction records) are concerned."""
+    current = selectors.round_current(image=image, region=region)
+    what = "image" if region is None else "region"
     if current is not None:
         for review in current.reviews.filter(status=ReviewStatus.ASSIGNED).select_related("image__project"):
-            _review_cancel(review=review, actor=user, reason="image reopened")
+            _review_cancel(review=review, actor=user, reason=f"{what} reopened")
         if current.status in (RoundStatus.OPEN, RoundStatus.DISPUTED):
             current.status = RoundStatus.CANCELLED
             current.closed_at = timezone.now()
             current.save(update_fields=["status", "closed_at"])
-    withdrawn, _ = Cell.objects.filter(image=image, layer=Layer.VERIFIED).delete()
-    CorrectionRecord.objects.filter(image=image).delete()
+    if region is None:
+        withdrawn, _ = Cell.objects.filter(image=image, layer=Layer.VERIFIED).delete()
+        CorrectionRecord.objects.filter(image=image).delete()
+    else:
+        ids = region_cell_ids(region=region, layer=Layer.VERIFIED)
+        withdrawn, _ = Cell.objects.filter(pk__in=ids).delete()
+        CorrectionRecord.objects.filter(image=image, round__region=region).delete()
     if withdrawn:
         audit_record(
             project=image.project,
             image=image,
             actor=user,
             action="verified.withdraw",
-            before={"verified_cells": withdrawn},
+            target="" if region is None else region.name,
+            before={"verified_cells": withdrawn} | ({} if region is None else {"region": region.pk}),
         )
-    image_status_set(image=image, to=ImageStatus.ANNOTATING, actor=user, action="reopen")
+    subject_status_set(image=image, region=region, to=ImageStatus.ANNOTATING, actor=user, action="reopen")

@@ -106,6 +106,17 @@ TABLE: dict[str, str] = {
     "DELETE /api/v1/images/{image_id}/regions/{region_id}": "annotator",
     "POST /api/v1/images/{image_id}/proposals/accept": "annotator",
     "POST /api/v1/images/{image_id}/proposals/reject": "annotator",
+    # a slide's region in review on its own round (issue #14): as the image's review endpoints
+    "GET /api/v1/images/{image_id}/regions/{region_id}/transition": "annotator",
+    "POST /api/v1/images/{image_id}/regions/{region_id}/transition": "annotator",
+    "GET /api/v1/images/{image_id}/regions/{region_id}/assignments": "annotator",
+    "POST /api/v1/images/{image_id}/regions/{region_id}/assignments": "admin",
+    "GET /api/v1/images/{image_id}/regions/{region_id}/reviews": "admin",
+    "GET /api/v1/images/{image_id}/regions/{region_id}/reviews/mine": "expert",
+    "PUT /api/v1/images/{image_id}/regions/{region_id}/reviews/mine": "expert",
+    "POST /api/v1/images/{image_id}/regions/{region_id}/reviews/mine/submit": "expert",
+    "GET /api/v1/images/{image_id}/regions/{region_id}/adjudication": "admin",
+    "POST /api/v1/images/{image_id}/regions/{region_id}/adjudication": "admin",
     "GET /api/v1/images/{image_id}/reviews": "admin",
     "GET /api/v1/images/{image_id}/reviews/mine": "expert",
     "PUT /api/v1/images/{image_id}/reviews/mine": "expert",
@@ -178,6 +189,9 @@ EXCEPTIONS: dict[str, dict[str, str]] = {
     "GET /api/v1/images/{image_id}/reviews/mine": {"admin": "no"},
     "PUT /api/v1/images/{image_id}/reviews/mine": {"admin": "no"},
     "POST /api/v1/images/{image_id}/reviews/mine/submit": {"admin": "no"},
+    "GET /api/v1/images/{image_id}/regions/{region_id}/reviews/mine": {"admin": "no"},
+    "PUT /api/v1/images/{image_id}/regions/{region_id}/reviews/mine": {"admin": "no"},
+    "POST /api/v1/images/{image_id}/regions/{region_id}/reviews/mine/submit": {"admin": "no"},
 }
 
 
@@ -232,6 +246,7 @@ def world() -> World:
     slide = image_create(project, width=80, height=60)
     Image.objects.filter(pk=slide.pk).update(tiled=True, tile_status=TileStatus.QUEUED)
     assert "levels" in image_pyramid_build(image_id=slide.pk)
+    slide_region = _region_in_review(slide, annotator, expert, admin, cell_class.pk)
     clients = {
         "anonymous": _client(),
         "no_project": _client(UserFactory()),
@@ -260,6 +275,7 @@ def world() -> World:
         "webhook_id": webhook.pk,
         "region_id": region.pk,
         "slide_id": slide.pk,
+        "slide_region_id": slide_region,
         "level": 0,
         "tile": "0_0.jpeg",
     }
@@ -281,6 +297,28 @@ def _review_assignment(image: Image, annotator: Any, expert: Any, admin: Any) ->
     return int(review.pk)
 
 
+def _region_in_review(slide: Image, annotator: Any, expert: Any, admin: Any, class_id: int) -> int:
+    """A region of the slide with one cell, submitted for verification: the expert reviews it."""
+    from review.models import Review
+    from review.services.workflow import region_transition, review_assign
+
+    cell_services.cells_replace(
+        image=slide, user=annotator, base_revision=0, cells=[{"class_id": class_id, "polygon": square(5, 5)}]
+    )
+    slide.refresh_from_db()
+    region = Region.objects.create(
+        image=slide, name="ROI", polygon=[[0, 0], [40, 0], [0, 40]], bbox_x=0, bbox_y=0, bbox_w=40, bbox_h=40
+    )
+    region_transition(region=region, user=annotator, action="submit")
+    if not Review.objects.filter(round__region=region, reviewer=expert).exists():
+        review_assign(image=slide, actor=admin, reviewer=expert, region=region)
+    return int(region.pk)
+
+
+# The review endpoints of a region act on a slide's region (``slide_region_id`` on ``slide_id``).
+_REGION_REVIEW = re.compile(r"/regions/\{region_id\}/(transition|assignments|reviews|adjudication)")
+
+
 def _operations() -> list[tuple[str, str]]:
     schema = SchemaGenerator().get_schema(request=None, public=True)
     return [
@@ -292,10 +330,14 @@ def _operations() -> list[tuple[str, str]]:
 
 
 def _url(method: str, path: str, params: dict[str, Any]) -> str:
+    region_review = _REGION_REVIEW.search(path) is not None
+
     def fill(match: re.Match[str]) -> str:
         name = match.group(1)
-        if name == "image_id" and "/tiles/" in path:
+        if name == "image_id" and ("/tiles/" in path or region_review):
             name = "slide_id"
+        if name == "region_id" and region_review:
+            name = "slide_region_id"
         if name == "job_id":
             name = "training_job_id" if path.startswith("/api/v1/training/") else "export_job_id"
         return str(params[name])

@@ -38,7 +38,9 @@ import {
   type ModelKind,
   type ModelVersionDetail,
   type PageQuery,
+  type RegionAction,
   type RegionInfo,
+  type RegionTransitionResult,
   type Paginated,
   type PathParamsOf,
   type PresegmentQueued,
@@ -381,6 +383,16 @@ export class ApiClient {
   deleteRegion(imageId: number, regionId: number): Promise<void> {
     return this.call('delete', 'images/{image_id}/regions/{region_id}', { image_id: imageId, region_id: regionId });
   }
+  getRegion(imageId: number, regionId: number): Promise<RegionInfo> {
+    return this.call('get', 'images/{image_id}/regions/{region_id}', { image_id: imageId, region_id: regionId });
+  }
+  /** A verification action on a slide's region (`submit`: its own review round; 400 names `region`, 409 the status). */
+  regionTransition(imageId: number, regionId: number, action: RegionAction): Promise<RegionTransitionResult> {
+    return this.call('post', 'images/{image_id}/regions/{region_id}/transition', { image_id: imageId, region_id: regionId }, { body: { action } });
+  }
+  submitRegion(imageId: number, regionId: number): Promise<RegionTransitionResult> {
+    return this.regionTransition(imageId, regionId, 'submit');
+  }
 
   /** 202 with how many images were queued (every image not locked for review). Admins only. */
   presegmentProject(projectId: number, modelVersion?: number | null): Promise<ProjectPresegmentQueued> {
@@ -427,16 +439,22 @@ export class ApiClient {
   }
 
   // ---- reviews (blind: never ask for others' reviews before submitting one's own) ----
-  myReview(imageId: number): Promise<Review> {
+  // `regionId`: the review of that region of a slide (its own round) rather than of the image.
+  myReview(imageId: number, regionId?: number | null): Promise<Review> {
+    if (regionId) return this.call('get', 'images/{image_id}/regions/{region_id}/reviews/mine', { image_id: imageId, region_id: regionId });
     return this.call('get', 'images/{image_id}/reviews/mine', { image_id: imageId });
   }
-  saveMyReview(imageId: number, body: ReviewDraftBody): Promise<Review> {
+  saveMyReview(imageId: number, body: ReviewDraftBody, regionId?: number | null): Promise<Review> {
+    if (regionId) return this.call('put', 'images/{image_id}/regions/{region_id}/reviews/mine', { image_id: imageId, region_id: regionId }, { body });
     return this.call('put', 'images/{image_id}/reviews/mine', { image_id: imageId }, { body });
   }
-  submitMyReview(imageId: number, acceptUndecided = false): Promise<ReviewSubmitResult> {
-    return this.call('post', 'images/{image_id}/reviews/mine/submit', { image_id: imageId }, { body: { accept_undecided: acceptUndecided } });
+  submitMyReview(imageId: number, acceptUndecided = false, regionId?: number | null): Promise<ReviewSubmitResult> {
+    const body = { accept_undecided: acceptUndecided };
+    if (regionId) return this.call('post', 'images/{image_id}/regions/{region_id}/reviews/mine/submit', { image_id: imageId, region_id: regionId }, { body });
+    return this.call('post', 'images/{image_id}/reviews/mine/submit', { image_id: imageId }, { body });
   }
-  reviews(imageId: number, round?: number): Promise<ReviewsOfRound> {
+  reviews(imageId: number, round?: number, regionId?: number | null): Promise<ReviewsOfRound> {
+    if (regionId) return this.call('get', 'images/{image_id}/regions/{region_id}/reviews', { image_id: imageId, region_id: regionId }, { query: { round } });
     return this.call('get', 'images/{image_id}/reviews', { image_id: imageId }, { query: { round } });
   }
 

@@ -364,6 +364,112 @@ export interface paths {
         patch: operations["images_regions_partial_update"];
         trace?: never;
     };
+    "/api/v1/images/{image_id}/regions/{region_id}/adjudication": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Disputed cells with every expert's version */
+        get: operations["images_regions_adjudication_retrieve"];
+        put?: never;
+        /** Decide disputed cells */
+        post: operations["images_regions_adjudication_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/images/{image_id}/regions/{region_id}/assignments": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Reviewers of the image (all rounds, no decisions) */
+        get: operations["images_regions_assignments_retrieve"];
+        put?: never;
+        /** Assign a reviewer by hand */
+        post: operations["images_regions_assignments_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/images/{image_id}/regions/{region_id}/reviews": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Submitted reviews of a round (after submitting your own, or as adjudicator/admin) */
+        get: operations["images_regions_reviews_retrieve"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/images/{image_id}/regions/{region_id}/reviews/mine": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Your review (draft or submitted) of the latest round */
+        get: operations["images_regions_reviews_mine_retrieve"];
+        /** Replace your draft: decisions, added cells, comments */
+        put: operations["images_regions_reviews_mine_update"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/images/{image_id}/regions/{region_id}/reviews/mine/submit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Submit your review (idempotent; the last one runs the consensus) */
+        post: operations["images_regions_reviews_mine_submit_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/images/{image_id}/regions/{region_id}/transition": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The region's status and the actions you may take */
+        get: operations["images_regions_transition_retrieve"];
+        put?: never;
+        /** Take a verification action on a slide's region: submit, close_review, start_adjudication, reopen */
+        post: operations["images_regions_transition_create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/images/{image_id}/reviews": {
         parameters: {
             query?: never;
@@ -1151,15 +1257,6 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         /**
-         * @description * `start` - start
-         *     * `submit` - submit
-         *     * `close_review` - close_review
-         *     * `start_adjudication` - start_adjudication
-         *     * `reopen` - reopen
-         * @enum {string}
-         */
-        ActionEnum: "start" | "submit" | "close_review" | "start_adjudication" | "reopen";
-        /**
          * @description * `none` - none
          *     * `uncertainty` - uncertainty
          *     * `disagreement` - disagreement
@@ -1186,6 +1283,8 @@ export interface components {
         };
         AdjudicationOut: {
             image: number;
+            region: number | null;
+            /** @description The image's status, or the region's for a region's round. */
             status: string;
             round: components["schemas"]["RoundOut"] | null;
             /** @description Cells verified by consensus, not in dispute. */
@@ -2381,6 +2480,10 @@ export interface components {
             reason: string;
             /** Format: double */
             reason_value: number | null;
+            /** @description A slide's region to review, adjudicate or staff; null: the whole image. */
+            region: number | null;
+            region_name: string | null;
+            region_status: string | null;
         };
         QueueOut: {
             project: number;
@@ -2393,6 +2496,13 @@ export interface components {
         QueueSectionOut: {
             count: number;
             images: components["schemas"]["QueueImageOut"][];
+        };
+        RegionActionsOut: {
+            region: number;
+            /** @description The region's status (the image workflow's values). */
+            status: string;
+            image_status: string;
+            allowed_actions: string[];
         };
         RegionInRequest: {
             name?: string;
@@ -2413,6 +2523,34 @@ export interface components {
             readonly created_at: string;
             /** Format: date-time */
             readonly updated_at: string;
+        };
+        /**
+         * @description * `submit` - submit
+         *     * `close_review` - close_review
+         *     * `start_adjudication` - start_adjudication
+         *     * `reopen` - reopen
+         * @enum {string}
+         */
+        RegionTransitionInActionEnum: "submit" | "close_review" | "start_adjudication" | "reopen";
+        RegionTransitionInRequest: {
+            action: components["schemas"]["RegionTransitionInActionEnum"];
+        };
+        RegionTransitionOut: {
+            readonly id: number;
+            readonly image: number;
+            readonly name: string;
+            /** @description [[x, y], ...] in full-resolution pixels. */
+            polygon: number[][];
+            /** @description [x0, y0, x1, y1]: whole pixels covering the region. */
+            readonly bbox: number[];
+            readonly status: components["schemas"]["StatusBcfEnum"];
+            readonly created_by: number | null;
+            /** Format: date-time */
+            readonly created_at: string;
+            /** Format: date-time */
+            readonly updated_at: string;
+            readonly image_status: string;
+            readonly allowed_actions: string[];
         };
         RegistryOut: {
             /** @description The snapshot whose test split the metrics are on. */
@@ -2461,6 +2599,8 @@ export interface components {
         ReviewOut: {
             id: number;
             image: number;
+            /** @description The region under review; null: the whole image. */
+            region: number | null;
             round: number;
             reviewer: number;
             username: string;
@@ -2505,6 +2645,8 @@ export interface components {
         };
         RoundOut: {
             number: number;
+            /** @description The slide's region the round verifies; null: the whole image. */
+            region: number | null;
             status: string;
             experts_required: number;
             quorum: number;
@@ -2684,6 +2826,8 @@ export interface components {
         SubmitOut: {
             id: number;
             image: number;
+            /** @description The region under review; null: the whole image. */
+            region: number | null;
             round: number;
             reviewer: number;
             username: string;
@@ -2699,6 +2843,8 @@ export interface components {
             /** @description False when the review was already submitted. */
             submitted_now: boolean;
             image_status: string;
+            /** @description For a region's review: the region's status. */
+            region_status: string | null;
         };
         /**
          * @description * `none` - Not tiled
@@ -2761,8 +2907,17 @@ export interface components {
             queued: number;
             running: number;
         };
+        /**
+         * @description * `start` - start
+         *     * `submit` - submit
+         *     * `close_review` - close_review
+         *     * `start_adjudication` - start_adjudication
+         *     * `reopen` - reopen
+         * @enum {string}
+         */
+        TransitionInActionEnum: "start" | "submit" | "close_review" | "start_adjudication" | "reopen";
         TransitionInRequest: {
-            action: components["schemas"]["ActionEnum"];
+            action: components["schemas"]["TransitionInActionEnum"];
         };
         TransitionOut: {
             readonly id: number;
@@ -3623,7 +3778,10 @@ export interface operations {
     };
     images_regions_list: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Only the regions in this workflow status. */
+                status?: string;
+            };
             header?: never;
             path: {
                 image_id: number;
@@ -3733,6 +3891,276 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["RegionOut"];
                 };
+            };
+        };
+    };
+    images_regions_adjudication_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdjudicationOut"];
+                };
+            };
+        };
+    };
+    images_regions_adjudication_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AdjudicationInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdjudicationOut"];
+                };
+            };
+            /** @description No response body */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    images_regions_assignments_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AssignmentsOut"];
+                };
+            };
+        };
+    };
+    images_regions_assignments_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AssignInRequest"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AssignmentOut"];
+                };
+            };
+        };
+    };
+    images_regions_reviews_retrieve: {
+        parameters: {
+            query?: {
+                round?: number;
+            };
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewsOut"];
+                };
+            };
+        };
+    };
+    images_regions_reviews_mine_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewOut"];
+                };
+            };
+        };
+    };
+    images_regions_reviews_mine_update: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["DraftInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReviewOut"];
+                };
+            };
+        };
+    };
+    images_regions_reviews_mine_submit_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["SubmitInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SubmitOut"];
+                };
+            };
+        };
+    };
+    images_regions_transition_retrieve: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegionActionsOut"];
+                };
+            };
+        };
+    };
+    images_regions_transition_create: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                image_id: number;
+                region_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RegionTransitionInRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RegionTransitionOut"];
+                };
+            };
+            /** @description No response body */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No response body */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No response body */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };

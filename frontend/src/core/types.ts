@@ -201,9 +201,12 @@ export type Project = Omit<Required<S['ProjectOut']>, 'my_role' | 'classes'> & {
 export type ImageInfo = Required<S['ImageOut']>;
 /** A region of interest of an image (issue #14): a polygon in full-resolution pixels. */
 export type RegionInfo = S['RegionOut'];
+/** A region after a verification action (`POST images/{i}/regions/{r}/transition`). */
+export type RegionTransitionResult = S['RegionTransitionOut'];
+export type RegionAction = S['RegionTransitionInRequest']['action'];
 export type TransitionResult = Required<S['TransitionOut']>;
 
-// schema too loose: images_reviews_mine_retrieve, images_reviews_mine_update, images_reviews_mine_submit_create, images_reviews_retrieve — ReviewOut is built by hand (_review_out): SubmitOut.image_status is a plain string (declare the image status enum), `counts` is an open dict (declare accepted / rejected / edited / added), comments carry `created_at` and added cells their `id` (declare both, read-only); and an edit's `class_id` is null when the expert kept the annotator's class, which DecisionIO does not allow (declare allow_null: corrected in ResponseCorrections below).
+// schema too loose: images_reviews_mine_retrieve, images_reviews_mine_update, images_reviews_mine_submit_create, images_reviews_retrieve (and the same under images/{i}/regions/{r}/) — ReviewOut is built by hand (_review_out): SubmitOut.image_status is a plain string (declare the image status enum), `counts` is an open dict (declare accepted / rejected / edited / added), comments carry `created_at` and added cells their `id` (declare both, read-only); and an edit's `class_id` is null when the expert kept the annotator's class, which DecisionIO does not allow (declare allow_null: corrected in ResponseCorrections below).
 /** A decision in a draft body (`PUT images/{i}/reviews/mine`). */
 export type ReviewDecisionIO = Omit<S['DecisionIORequest'], 'polygon'> & { polygon?: Point[] };
 export type ReviewAddedIO = Omit<S['AddedIORequest'], 'polygon'> & { polygon: Point[] };
@@ -219,7 +222,7 @@ export type Review = Omit<S['ReviewOut'], 'counts' | 'decisions' | 'added' | 'co
   added: (Omit<S['AddedIO'], 'polygon'> & { id?: number; polygon: Point[] })[];
   comments: (S['CommentIO'] & { created_at?: string })[];
 };
-export type ReviewSubmitResult = Review & Pick<S['SubmitOut'], 'submitted_now'> & { image_status: ImageStatus };
+export type ReviewSubmitResult = Review & Pick<S['SubmitOut'], 'submitted_now'> & { image_status: ImageStatus; region_status: ImageStatus | null };
 export type ReviewsOfRound = Omit<S['ReviewsOut'], 'reviews'> & { reviews: Review[] };
 
 // schema too loose: images_adjudication_retrieve, images_adjudication_create — DisputeOut.annotation is an open dict: declare { polygon, class_id } (nullable); versions' and the candidate's polygons as pairs (see the cells above); AdjudicationOut.status is a plain string: declare the image status enum.
@@ -384,6 +387,10 @@ export interface ResponseCorrections {
   'put images/{image_id}/reviews/mine': ReviewOutSent<S['ReviewOut']>;
   'post images/{image_id}/reviews/mine/submit': ReviewOutSent<S['SubmitOut']>;
   'get images/{image_id}/reviews': Omit<S['ReviewsOut'], 'reviews'> & { reviews: ReviewOutSent<S['ReviewOut']>[] };
+  'get images/{image_id}/regions/{region_id}/reviews/mine': ReviewOutSent<S['ReviewOut']>;
+  'put images/{image_id}/regions/{region_id}/reviews/mine': ReviewOutSent<S['ReviewOut']>;
+  'post images/{image_id}/regions/{region_id}/reviews/mine/submit': ReviewOutSent<S['SubmitOut']>;
+  'get images/{image_id}/regions/{region_id}/reviews': Omit<S['ReviewsOut'], 'reviews'> & { reviews: ReviewOutSent<S['ReviewOut']>[] };
 }
 
 /** `method route` of every operation of the schema. */
