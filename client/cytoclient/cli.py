@@ -3,6 +3,9 @@
 The server and token come from ``--url``, ``CYTO_URL`` and ``CYTO_TOKEN``, or the file ``cyto
 login`` writes (:mod:`cytoclient.config`). Results go to stdout (``--json`` for scripts),
 progress bars and errors to stderr. Exit codes: see ``EXIT_*`` below and docs/client.md.
+
+One module past the usual size: each command is a short function over the client, and the
+parser that ties them together reads best in one place.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from cytoclient.config import ENV_TOKEN, ENV_URL, config_path, config_write, set
 from cytoclient.errors import (
     ApiError,
     ConfigurationError,
+    ConflictError,
     CytoError,
     IncompatibleServerError,
     JobFailedError,
@@ -450,6 +454,155 @@ def cmd_queue(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _json_arg(text: str, option: str) -> Any:
+    """A JSON value given inline, as ``@file.json``, or ``-`` (stdin)."""
+    if text == "-":
+        source = sys.stdin.read()
+    elif text.startswith("@"):
+        source = Path(text[1:]).read_text()
+    else:
+        source = text
+    try:
+        return json.loads(source)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{option} is not JSON: {exc}") from exc
+
+
+def _polygon_arg(text: str) -> list[Any]:
+    polygon = _json_arg(text, "--polygon")
+    if not isinstance(polygon, list):
+        raise argparse.ArgumentTypeError("--polygon must be a JSON list of points: [[x, y], ...]")
+    return polygon
+
+
+def _bbox_arg(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--bbox takes x0,y0,x1,y1 (numbers), got {text!r}") from exc
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"--bbox takes four numbers x0,y0,x1,y1, got {text!r}")
+    return values
+
+
+def cmd_cells_pull(args: argparse.Namespace, out: Output) -> int:
+    bbox = _bbox_arg(args.bbox) if args.bbox else None
+    with _client(args) as client:
+        layer = client.cells.get(
+            args.image, layer=args.layer, model_version=args.model_version, bbox=bbox, page_size=args.page_size
+        )
+    where = f" in {args.bbox}" if args.bbox else ""
+    if args.output is not None:
+        target: Path = args.output
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        partial.write_text(json.dumps({"revision": layer.revision, "cells": [c.raw for c in layer.cells]}))
+        partial.replace(target)
+        out.result(
+            {"file": str(target), "revision": layer.revision, "cells": len(layer.cells)},
+            f"Wrote {len(layer.cells)} {args.layer} cells{where} of image {args.image} "
+            f"(revision {layer.revision}) to {target}",
+        )
+        return EXIT_OK
+    rows = [(c.id, c.class_id, c.source, f"{c.area:.0f}", ",".join(f"{v:g}" for v in c.bbox)) for c in layer.cells]
+    out.result(
+        layer,
+        lambda: (
+            f"Image {args.image}, {args.layer} layer{where}: {len(layer.cells)} cells (revision {layer.revision})\n"
+            + _table(rows, ("id", "class", "source", "area", "bbox x,y,w,h"))
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_cells_patch(args: argparse.Namespace, out: Output) -> int:
+    delta = _json_arg(args.delta, "DELTA")
+    if not isinstance(delta, dict) or set(delta) - {"added", "changed", "deleted"}:
+        raise argparse.ArgumentTypeError(
+            'DELTA must be a JSON object {"added": [...], "changed": [...], "deleted": [...]}'
+        )
+    with _client(args) as client:
+        result = client.cells.patch(
+            args.image,
+            revision=args.revision,
+            added=delta.get("added") or (),
+            changed=delta.get("changed") or (),
+            deleted=delta.get("deleted") or (),
+        )
+    out.result(
+        result,
+        lambda: (
+            f"Saved image {args.image} at revision {result.revision}: {len(result.added)} added "
+            f"({', '.join(str(c.id) for c in result.added) or 'none'}), {len(result.changed)} changed, "
+            f"{len(result.deleted)} deleted"
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_regions_list(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as client:
+        regions = client.regions.list(args.image)
+    rows = [(r.id, r.name, r.status, ",".join(str(v) for v in r.bbox), len(r.polygon)) for r in regions]
+    out.result(regions, lambda: _table(rows, ("id", "name", "status", "bbox x0,y0,x1,y1", "points")))
+    return EXIT_OK
+
+
+def cmd_regions_create(args: argparse.Namespace, out: Output) -> int:
+    polygon = _polygon_arg(args.polygon)
+    with _client(args) as client:
+        region = client.regions.create(args.image, polygon=polygon, name=args.name)
+    out.result(region, f"Region {region.id} ({region.name!r}) on image {region.image}, bbox {region.bbox}")
+    return EXIT_OK
+
+
+def cmd_regions_update(args: argparse.Namespace, out: Output) -> int:
+    polygon = _polygon_arg(args.polygon) if args.polygon else None
+    if polygon is None and args.name is None:
+        raise argparse.ArgumentTypeError("give --name and/or --polygon")
+    with _client(args) as client:
+        region = client.regions.update(args.image, args.region, name=args.name, polygon=polygon)
+    out.result(region, f"Region {region.id} ({region.name!r}) on image {region.image}, bbox {region.bbox}")
+    return EXIT_OK
+
+
+def cmd_regions_delete(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as client:
+        client.regions.delete(args.image, args.region)
+    out.result({"deleted": args.region}, f"Deleted region {args.region} of image {args.image} (its cells stay)")
+    return EXIT_OK
+
+
+def cmd_regions_presegment(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as client:
+        answer = client.regions.presegment(args.image, args.region, model_version=args.model_version)
+        image = client.images.get(args.image)
+    out.result(
+        {**answer, "presegment_tiles_total": image.presegment_tiles_total},
+        f"Region {args.region} of image {args.image}: pre-segmentation {answer.get('presegment_status')} "
+        f"with model version {answer.get('model_version')}, {image.presegment_tiles_total} tiles",
+    )
+    return EXIT_OK
+
+
+def cmd_tiles_download(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as client:
+        image = client.images.get(args.image)
+        grid = image.tile_grid()
+        level = grid.max_level if args.level is None else args.level
+        if not 0 <= level <= grid.max_level:
+            raise argparse.ArgumentTypeError(f"--level must be from 0 to {grid.max_level} for image {args.image}")
+        files = client.tiles.download_level(image, args.output, level=level, progress=out.progress())
+    cols, rows = grid.tile_counts(level)
+    width, height = grid.level_size(level)
+    out.result(
+        {"folder": str(Path(args.output) / str(level)), "level": level, "tiles": len(files), "files": files},
+        f"Wrote {len(files)} tiles ({cols} x {rows}) of level {level} ({width} x {height} px) "
+        f"to {Path(args.output) / str(level)}",
+    )
+    return EXIT_OK
+
+
 # --- the parser ----------------------------------------------------------------------------
 
 _GLOBAL_DEFAULTS: dict[str, Any] = {"url": None, "json": False, "quiet": False, "config_file": None}
@@ -578,6 +731,51 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--project", type=int, required=True)
     rollback.add_argument("--kind", choices=MODEL_KINDS, required=True)
 
+    cells = commands.add_parser("cells", help="an image's cells").add_subparsers(
+        dest="sub", required=True, metavar="ACTION"
+    )
+    pull = command(cells, "pull", cmd_cells_pull, "read a layer's cells, or a slide's viewport (--bbox)")
+    pull.add_argument("--image", type=int, required=True)
+    pull.add_argument("--bbox", metavar="X0,Y0,X1,Y1", help="only cells whose bounding box meets it (image pixels)")
+    pull.add_argument("--layer", choices=("annotation", "proposal", "verified"), default="annotation")
+    pull.add_argument("--model-version", type=int, help="with --layer proposal")
+    pull.add_argument("--page-size", type=int, help="with --bbox: cells per request (server default 5000)")
+    pull.add_argument("-o", "--output", type=Path, help="write {revision, cells} as JSON to this file")
+    patch = command(cells, "patch", cmd_cells_patch, "save a delta (added, changed, deleted cells) of a layer")
+    patch.add_argument("delta", metavar="DELTA", help='{"added": [], "changed": [], "deleted": []}, @file or -')
+    patch.add_argument("--image", type=int, required=True)
+    patch.add_argument("--revision", type=int, required=True, help="the layer's revision the delta is based on")
+
+    regions = commands.add_parser("regions", help="regions of interest").add_subparsers(
+        dest="sub", required=True, metavar="ACTION"
+    )
+    regions_list = command(regions, "list", cmd_regions_list, "an image's regions")
+    regions_list.add_argument("--image", type=int, required=True)
+    create = command(regions, "create", cmd_regions_create, "draw a region")
+    create.add_argument("--image", type=int, required=True)
+    create.add_argument("--polygon", required=True, metavar="JSON", help="[[x, y], ...] (image pixels), or @file.json")
+    create.add_argument("--name")
+    update = command(regions, "update", cmd_regions_update, "rename or redraw a region")
+    update.add_argument("region", type=int)
+    update.add_argument("--image", type=int, required=True)
+    update.add_argument("--polygon", metavar="JSON", help="[[x, y], ...], or @file.json")
+    update.add_argument("--name")
+    delete = command(regions, "delete", cmd_regions_delete, "delete a region (its cells stay)")
+    delete.add_argument("region", type=int)
+    delete.add_argument("--image", type=int, required=True)
+    region_preseg = command(regions, "presegment", cmd_regions_presegment, "pre-segment one region of a slide")
+    region_preseg.add_argument("region", type=int)
+    region_preseg.add_argument("--image", type=int, required=True)
+    region_preseg.add_argument("--model-version", type=int, help="default: the project's pre-segmenter")
+
+    tiles = commands.add_parser("tiles", help="a slide's tile pyramid").add_subparsers(
+        dest="sub", required=True, metavar="ACTION"
+    )
+    tiles_download = command(tiles, "download", cmd_tiles_download, "save a level's tiles as DIR/LEVEL/COL_ROW.jpeg")
+    tiles_download.add_argument("--image", type=int, required=True)
+    tiles_download.add_argument("--level", type=int, help="0 (one pixel) .. the full resolution (the default)")
+    tiles_download.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")
+
     queue = command(commands, "queue", cmd_queue, "what to annotate, review or adjudicate next")
     queue.add_argument("--project", type=int, required=True)
     queue.add_argument("--limit", type=int, default=5)
@@ -598,6 +796,10 @@ def _print_error(exc: BaseException) -> None:
             print(f"  ... and {len(exc.errors) - 50} more", file=sys.stderr)
         return
     print(f"error: {exc}", file=sys.stderr)
+    if isinstance(exc, ConflictError) and exc.conflicts:
+        for conflict in exc.conflicts[:50]:
+            when = f" at revision {conflict.revision}" if conflict.revision is not None else ""
+            print(f"  {conflict.item}: cell {conflict.id} {conflict.reason}{when}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

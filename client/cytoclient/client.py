@@ -4,6 +4,10 @@
 >>> with Client("https://cyto.example.org", token="cyt_...") as cyto:
 ...     project = cyto.projects.get(3)
 ...     cells = cyto.cells.get(image_id)
+
+One module past the usual size because the groups share its helpers (uploads in batches, streamed
+downloads, the cell item shapes) and each is small; the whole-slide groups (regions, tiles,
+prompts) are in ``slides.py``, the shared base in ``_base.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import IO, Any
 import httpx
 
 from cytoclient import endpoints as ep
+from cytoclient._base import Ref, _Api, _id
 from cytoclient._transport import DEFAULT_TIMEOUT, LONG_TIMEOUT, Transport
 from cytoclient.config import settings_resolve
 from cytoclient.errors import (
@@ -38,37 +43,26 @@ from cytoclient.models import (
     Cell,
     CellClass,
     Cells,
+    CellsDelta,
     CocoImportReport,
     ExportJob,
     GeoJsonImportReport,
     HistoryEntry,
     Image,
     Me,
-    Model,
     ModelVersion,
     Project,
     Registry,
+    Revision,
     Rollback,
     TrainingJob,
     WorkQueue,
 )
 from cytoclient.progress import Progress, ProgressCallback
+from cytoclient.slides import Regions, Segment, Tiles
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
 BETHESDA = ("I", "II", "III", "IV", "V", "VI")
-
-Ref = int | Model  # an object or its id
-
-
-def _id(ref: Ref) -> int:
-    if isinstance(ref, Model):
-        value = getattr(ref, "id", None)
-        if not isinstance(value, int):
-            raise TypeError(f"{type(ref).__name__} has no id")
-        return value
-    if isinstance(ref, bool) or not isinstance(ref, int):
-        raise TypeError(f"expected an id or an object with one, got {ref!r}")
-    return ref
 
 
 def bethesda_category(value: str | int | None) -> str | None:
@@ -119,7 +113,10 @@ class Client:
         self.projects = Projects(self.transport)
         self.images = Images(self.transport)
         self.cells = CellsApi(self.transport)
+        self.regions = Regions(self.transport)
+        self.tiles = Tiles(self.transport)
         self.proposals = Proposals(self.transport)
+        self.segment = Segment(self.transport)
         self.review = Review(self.transport)
         self.exports = Exports(self.transport)
         self.imports = Imports(self.transport)
@@ -158,25 +155,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _Api:
-    def __init__(self, transport: Transport) -> None:
-        self.t = transport
-
-    def _pages(
-        self, endpoint: ep.Endpoint, path: Mapping[str, Any], query: Mapping[str, Any] | None = None
-    ) -> Iterator[JSON]:
-        """Every item of a paginated list, page by page (500 a page, the server's most)."""
-        page = 1
-        while True:
-            body = self.t.json(endpoint, path, query={**(query or {}), "page": page, "page_size": 500})
-            if not isinstance(body, Mapping) or not isinstance(body.get("results"), list):
-                raise ProtocolError(f"{endpoint}: expected a page of results")
-            yield from body["results"]
-            if not body.get("next"):
-                return
-            page += 1
 
 
 # --- projects ------------------------------------------------------------------------------
@@ -455,14 +433,145 @@ def _cell_write(cell: Cell | Mapping[str, Any]) -> JSON:
     return out
 
 
-class CellsApi(_Api):
-    """The polygon store: an image's layers, saves with revisions, history and restore."""
+def _cell_added(cell: Cell | Mapping[str, Any]) -> JSON:
+    if isinstance(cell, Cell):
+        return {"class_id": cell.class_id, "polygon": cell.polygon}  # a new cell: the server gives the id
+    if "class_id" not in cell or "polygon" not in cell:
+        raise TypeError("an added cell needs class_id and polygon")
+    return {k: cell[k] for k in ("class_id", "polygon")}
 
-    def get(self, image: Ref, *, layer: str = "annotation", model_version: int | None = None) -> Cells:
-        """A layer (``annotation``, ``proposal`` or ``verified``) and the image's revision."""
-        return Cells.from_api(
-            self.t.json(ep.CELLS_GET, {"image_id": _id(image)}, query={"layer": layer, "model_version": model_version})
-        )
+
+def _cell_changed(cell: Cell | Mapping[str, Any]) -> JSON:
+    if isinstance(cell, Cell):
+        return cell.to_change()
+    out = {k: cell[k] for k in ("id", "revision", "class_id", "polygon") if k in cell and cell[k] is not None}
+    if "id" not in out or not ({"class_id", "polygon"} & set(out)):
+        raise TypeError("a changed cell needs its id and class_id and/or polygon (and revision, as read)")
+    return out
+
+
+def _cell_deleted(cell: int | Cell | Mapping[str, Any]) -> int | JSON:
+    if isinstance(cell, Cell):
+        return {"id": cell.id, "revision": cell.revision} if cell.revision is not None else cell.id
+    if isinstance(cell, Mapping):
+        if "id" not in cell:
+            raise TypeError("a deleted cell is an id, a Cell or {id, revision}")
+        return {k: cell[k] for k in ("id", "revision") if k in cell and cell[k] is not None}
+    return _id(cell)
+
+
+def _bbox(box: str | Sequence[float]) -> str:
+    """``x0,y0,x1,y1`` as the query sends it (the server checks it and names ``bbox``)."""
+    if isinstance(box, str):
+        return box
+    return ",".join(repr(v) if isinstance(v, float) else str(v) for v in box)
+
+
+class CellsApi(_Api):
+    """The polygon store: an image's layers (whole, or a slide's viewport page by page), saves
+    with revisions (the whole layer, or a delta), history and restore."""
+
+    def get(
+        self,
+        image: Ref,
+        *,
+        layer: str = "annotation",
+        model_version: int | None = None,
+        bbox: str | Sequence[float] | None = None,
+        page_size: int | None = None,
+    ) -> Cells:
+        """A layer (``annotation``, ``proposal`` or ``verified``) and the image's revision.
+
+        With ``bbox`` (``(x0, y0, x1, y1)`` in full-resolution pixels, or ``"x0,y0,x1,y1"``) only
+        the cells whose bounding box meets the box (touching edges count): a slide's viewport,
+        read page by page (``page_size`` cells a request; the server's default 5000, at most
+        20000) and returned whole, sorted by id. ``revision`` is then the first page's: a cell
+        saved while the pages were read may be in its newer state, and a delta based on that
+        revision is checked against everything saved since. A bad box is a ValidationError
+        naming ``bbox``. :meth:`pages` yields the pages as they come.
+        """
+        if bbox is None:
+            if page_size is not None:
+                raise TypeError("page_size goes with bbox")
+            query = {"layer": layer, "model_version": model_version}
+            return Cells.from_api(self.t.json(ep.CELLS_GET, {"image_id": _id(image)}, query=query))
+        pages = self.pages(image, bbox=bbox, layer=layer, model_version=model_version, page_size=page_size)
+        first = next(pages)
+        cells = list(first.cells)
+        for page in pages:
+            cells.extend(page.cells)
+        raw = {"revision": first.revision, "cells": [c.raw for c in cells], "next_after": None}
+        return Cells(revision=first.revision, cells=cells, raw=raw)
+
+    def pages(
+        self,
+        image: Ref,
+        *,
+        bbox: str | Sequence[float],
+        layer: str = "annotation",
+        model_version: int | None = None,
+        page_size: int | None = None,
+        after: int | None = None,
+    ) -> Iterator[Cells]:
+        """The pages of a viewport read (see :meth:`get`), each a :class:`Cells` with its
+        ``next_after`` (the last one's is None); ``after`` starts after that cell id."""
+        path = {"image_id": _id(image)}
+        while True:
+            query = {
+                "layer": layer,
+                "model_version": model_version,
+                "bbox": _bbox(bbox),
+                "limit": page_size,
+                "after": after,
+            }
+            page = Cells.from_api(self.t.json(ep.CELLS_GET, path, query=query))
+            yield page
+            if page.next_after is None:
+                return
+            if after is not None and page.next_after <= after:
+                raise ProtocolError(f"{ep.CELLS_GET}: the pages do not move on (next_after {page.next_after})")
+            after = page.next_after
+
+    def patch(
+        self,
+        image: Ref,
+        *,
+        revision: int,
+        added: Iterable[Cell | Mapping[str, Any]] = (),
+        changed: Iterable[Cell | Mapping[str, Any]] = (),
+        deleted: Iterable[int | Cell | Mapping[str, Any]] = (),
+        idempotency_key: str | None = None,
+    ) -> CellsDelta:
+        """Save a delta of the annotation layer, based on ``revision`` (sent as ``base_revision``):
+        for layers too large to send whole (slides), and for scripts that touch a few cells.
+
+        ``added``: new cells (``{class_id, polygon}`` or :class:`Cell`; the server gives the ids).
+        ``changed``: ``{id, revision?, class_id?, polygon?}`` or :class:`Cell` (its ``revision``,
+        as read, is sent: the change is checked against that copy). ``deleted``: ids, cells, or
+        ``{id, revision}``. One new revision, all or nothing; the answer has the added cells with
+        their ids (in the order sent), the changed ones as stored, the deleted ids.
+
+        The delta merges onto what others saved since ``revision`` unless the edits meet (a cell
+        changed or deleted since your copy, or a new outline overlapping one saved since): then
+        nothing is saved and :class:`~cytoclient.errors.ConflictError` carries the layer's
+        ``revision``, the ``conflicts`` (item, id, reason), the server's version of the ``cells``
+        concerned and the ids ``deleted`` since. A bad item is a ValidationError naming it
+        (``changed.3.polygon``, ``added.0.class_id``, ``deleted.1.id``). Like :meth:`save`, it is
+        sent once more with the same ``Idempotency-Key`` when the connection breaks.
+        """
+        body: JSON = {
+            "base_revision": revision,
+            "added": [_cell_added(c) for c in added],
+            "changed": [_cell_changed(c) for c in changed],
+            "deleted": [_cell_deleted(c) for c in deleted],
+        }
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        path = {"image_id": _id(image)}
+        try:
+            answer = self.t.json(ep.CELLS_PATCH, path, json=body, headers=headers)
+        except TransportError:
+            answer = self.t.json(ep.CELLS_PATCH, path, json=body, headers=headers)
+        return CellsDelta.from_api(answer)
 
     def save(
         self,
@@ -493,6 +602,13 @@ class CellsApi(_Api):
         """Every write of the image's annotation layer, newest first."""
         return [HistoryEntry.from_api(h) for h in self._pages(ep.HISTORY, {"image_id": _id(image)})]
 
+    def at_revision(self, image: Ref, revision: int, *, bbox: str | Sequence[float] | None = None) -> Revision:
+        """The annotation layer as it was at ``revision`` (0: empty), or with ``bbox`` only its
+        cells whose bounding box meets the box; a revision that never existed is a NotFoundError."""
+        path = {"image_id": _id(image), "revision": revision}
+        query = {"bbox": _bbox(bbox) if bbox is not None else None}
+        return Revision.from_api(self.t.json(ep.REVISION_GET, path, query=query))
+
     def restore(self, image: Ref, revision: int, *, current_revision: int) -> Cells:
         """Bring back the layer as it was at ``revision`` (a new write, based on ``current_revision``)."""
         return Cells.from_api(
@@ -503,9 +619,15 @@ class CellsApi(_Api):
 class Proposals(_Api):
     """Model pre-segmentation and its proposals."""
 
-    def presegment(self, image: Ref, *, model_version: int | None = None) -> JSON:
-        """Queue the image's pre-segmentation (``{presegment_status, model_version}``)."""
-        body = {"model_version": model_version} if model_version is not None else {}
+    def presegment(self, image: Ref, *, model_version: int | None = None, region: Ref | None = None) -> JSON:
+        """Queue the image's pre-segmentation (``{presegment_status, model_version}``); a tiled
+        image runs tile by tile (``Image.presegment_tiles_done`` of ``presegment_tiles_total``).
+        ``region``: only that region of interest of a tiled image (``regions.presegment``)."""
+        body: JSON = {}
+        if model_version is not None:
+            body["model_version"] = model_version
+        if region is not None:
+            body["region"] = _id(region)
         return dict(self.t.json(ep.PRESEGMENT, {"image_id": _id(image)}, json=body))
 
     def list(self, image: Ref, *, model_version: int | None = None) -> builtins.list[Cell]:

@@ -94,15 +94,28 @@ IMAGE_UPDATE = _e(
 IMAGE_DELETE = _e("delete", "images/{image_id}")
 IMAGE_FILE = _e("get", "images/{image_id}/file", query=("variant",))
 IMAGE_TRANSITION = _e("post", "images/{image_id}/transition", required=("action",))
+# {tile} is "{col}_{row}.{format}"; the client builds it from numbers, never from a server's URL
+TILE = _e("get", "images/{image_id}/tiles/{level}/{tile}")
 
 # cells
-CELLS_GET = _e("get", "images/{image_id}/cells", query=("layer", "model_version"))
+CELLS_GET = _e("get", "images/{image_id}/cells", query=("layer", "model_version", "bbox", "limit", "after"))
 CELLS_SAVE = _e("put", "images/{image_id}/cells", required=("revision", "cells"))
+CELLS_PATCH = _e("patch", "images/{image_id}/cells", body=("added", "changed", "deleted"), required=("base_revision",))
 HISTORY = _e("get", "images/{image_id}/history", query=PAGE)
+REVISION_GET = _e("get", "images/{image_id}/history/{revision}", query=("bbox",))
 RESTORE = _e("post", "images/{image_id}/history/{revision}/restore", required=("revision",))
 
-# proposals
-PRESEGMENT = _e("post", "images/{image_id}/presegment", body=("model_version",))
+# regions of interest
+REGION_LIST = _e("get", "images/{image_id}/regions")
+REGION_CREATE = _e("post", "images/{image_id}/regions", body=("name",), required=("polygon",))
+REGION_GET = _e("get", "images/{image_id}/regions/{region_id}")
+REGION_UPDATE = _e("patch", "images/{image_id}/regions/{region_id}", body=("name", "polygon"))
+REGION_DELETE = _e("delete", "images/{image_id}/regions/{region_id}")
+
+# proposals, click-to-segment and box prompts
+PRESEGMENT = _e("post", "images/{image_id}/presegment", body=("model_version", "region"))
+SEGMENT_CLICK = _e("post", "images/{image_id}/segment/click", body=("negative",), required=("positive",))
+SEGMENT_BOX = _e("post", "images/{image_id}/segment/box", required=("box",))
 PROPOSALS_ACCEPT = _e("post", "images/{image_id}/proposals/accept", body=("ids", "all"), required=("revision",))
 PROPOSALS_REJECT = _e("post", "images/{image_id}/proposals/reject", body=("ids", "all"))
 

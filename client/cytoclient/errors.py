@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cytoclient.models import Cell
+    from cytoclient.models import Cell, CellConflict
 
 
 class CytoError(Exception):
@@ -135,13 +135,18 @@ class ConflictError(ApiError):
 
     For a cell save (or restore, or proposal accept) ``revision`` and ``cells`` are the server's
     current annotation layer: merge your change into them and save again with that revision.
-    For a refused transition ``status`` and ``allowed_actions`` say where the image is.
+    For a delta save (``cells.patch``) ``revision`` is the layer's revision now, ``conflicts`` the
+    edits that met others' (:class:`~cytoclient.models.CellConflict`: item, id, reason, revision),
+    ``cells`` the server's current version of only the cells concerned and ``deleted`` the ids
+    concerned that no longer exist: take those, drop your edits of them, and send the rest again.
+    For a refused transition (or a locked image) ``status`` and ``allowed_actions`` say where the
+    image is.
     """
 
     status_code = 409
 
     def __init__(self, detail: str, **kwargs: Any) -> None:
-        from cytoclient.models import Cell
+        from cytoclient.models import Cell, CellConflict
 
         payload = kwargs.get("payload") or {}
         revision = payload.get("revision")
@@ -149,6 +154,16 @@ class ConflictError(ApiError):
         cells = payload.get("cells")
         self.cells: list[Cell] | None = (
             [Cell.from_api(c) for c in cells if isinstance(c, Mapping)] if isinstance(cells, list) else None
+        )
+        conflicts = payload.get("conflicts")
+        self.conflicts: list[CellConflict] | None = (
+            [CellConflict.from_api(c) for c in conflicts if isinstance(c, Mapping)]
+            if isinstance(conflicts, list)
+            else None
+        )
+        deleted = payload.get("deleted")
+        self.deleted: list[int] | None = (
+            [d for d in deleted if isinstance(d, int)] if isinstance(deleted, list) else None
         )
         status = payload.get("status")
         self.status: str | None = status if isinstance(status, str) else None
@@ -187,6 +202,18 @@ class ServerError(ApiError):
     """HTTP 5xx: the server failed (it logged the traceback; the answer says no more)."""
 
     status_code = 500
+
+
+class UnavailableError(ServerError):
+    """HTTP 503: the work is under way on the server and did not finish in time (a first click
+    waiting for the model's maps); the same request may be sent again after ``retry_after``
+    seconds."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(detail, **kwargs)
 
 
 class JobFailedError(CytoError):
@@ -268,6 +295,8 @@ def error_from_response(
         text = body if isinstance(body, str) else ""
         detail = text.strip()[:500] or f"HTTP {status_code}"
     kwargs: dict[str, Any] = {"status_code": status_code, "payload": payload, "method": method, "url": url}
+    if status_code == 503:
+        return UnavailableError(detail, retry_after=_retry_after((headers or {}).get("Retry-After")), **kwargs)
     if status_code >= 500:
         return ServerError(detail, **kwargs)
     cls = _BY_STATUS.get(status_code, ApiError)

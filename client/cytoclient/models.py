@@ -4,6 +4,8 @@ Each class reads the fields this client relies on; a field the server adds later
 ``raw`` (the answer as it came) and never breaks an older client. A field the class needs and the
 answer lacks raises :class:`~cytoclient.errors.ProtocolError` naming it (the drift test,
 tests/client/test_drift.py, checks every such field against the server's schema).
+
+One module past the usual size: the classes are declarations, read together with the drift test.
 """
 
 from __future__ import annotations
@@ -170,8 +172,109 @@ class Image(Model):
     revision: int
     sha256: str
     presegment_error: str = ""
+    presegment_tiles_done: int = 0
+    presegment_tiles_total: int = 0
     cell_count: int | None = None
+    tiled: bool = False
+    tile_status: str = "none"  # none (an ordinary image), queued, running, done, failed
+    tile_error: str = ""
+    tiles: TilePyramid | None = None  # a tiled image's pyramid, once built
+    mpp_x: float | None = None
+    mpp_y: float | None = None
+    objective_power: float | None = None
     created_at: str | None = None
+
+    def tile_grid(self) -> TileGrid:
+        """The geometry of the image's tile pyramid (levels, tiles per level, each tile's box).
+        ValueError when the image has no built pyramid (not tiled, or ``tile_status`` not done)."""
+        if self.tiles is None:
+            why = "is not tiled" if not self.tiled else f"has no pyramid yet (tile_status {self.tile_status!r})"
+            raise ValueError(f"image {self.id} {why}")
+        return TileGrid(
+            width=self.width,
+            height=self.height,
+            tile_size=self.tiles.tile_size,
+            levels=self.tiles.levels,
+            min_level=self.tiles.min_level,
+            format=self.tiles.format,
+        )
+
+
+@dataclass
+class TilePyramid(Model):
+    """How a tiled image's DeepZoom pyramid is served (the image's ``tiles``): ``levels`` levels,
+    ``levels - 1`` full size, each one below half of it (sides rounded up), down to one pixel;
+    ``min_level`` holds the whole image in one tile. ``url`` is the server's template; the client
+    never uses it (a tile is asked for by image id, level, column and row)."""
+
+    url: str
+    tile_size: int
+    levels: int
+    min_level: int
+    format: str
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The geometry of an image's tile pyramid (``Image.tile_grid()``), as the server cuts it
+    (cytoseg/tiles.py): tile ``(col, row)`` of a level covers that level's pixels
+    ``[col * tile_size, (col + 1) * tile_size)`` in both directions, cut at the image's edge."""
+
+    width: int
+    height: int
+    tile_size: int
+    levels: int
+    min_level: int = 0
+    format: str = "jpeg"
+
+    @property
+    def max_level(self) -> int:
+        """The full-resolution level."""
+        return self.levels - 1
+
+    def _check_level(self, level: int) -> None:
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= self.max_level:
+            raise ValueError(f"level must be an integer from 0 to {self.max_level}, got {level!r}")
+
+    def scale(self, level: int) -> int:
+        """Full-resolution pixels per pixel of ``level``."""
+        self._check_level(level)
+        return 1 << (self.max_level - level)
+
+    def level_size(self, level: int) -> tuple[int, int]:
+        """(width, height) of ``level`` in its own pixels."""
+        factor = self.scale(level)
+        return (-(-self.width // factor), -(-self.height // factor))
+
+    def tile_counts(self, level: int) -> tuple[int, int]:
+        """(columns, rows) of tiles at ``level``."""
+        width, height = self.level_size(level)
+        return (-(-width // self.tile_size), -(-height // self.tile_size))
+
+    def has_tile(self, level: int, col: int, row: int) -> bool:
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= self.max_level:
+            return False
+        cols, rows = self.tile_counts(level)
+        return 0 <= col < cols and 0 <= row < rows
+
+    def tile_box(self, level: int, col: int, row: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the tile in ``level``'s pixels, exclusive ends, cut to the image."""
+        if not self.has_tile(level, col, row):
+            raise ValueError(f"no tile {col},{row} at level {level}")
+        width, height = self.level_size(level)
+        x0, y0 = col * self.tile_size, row * self.tile_size
+        return (x0, y0, min(x0 + self.tile_size, width), min(y0 + self.tile_size, height))
+
+    def tile_box_full(self, level: int, col: int, row: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the tile in full-resolution pixels, cut to the image."""
+        x0, y0, x1, y1 = self.tile_box(level, col, row)
+        factor = self.scale(level)
+        return (x0 * factor, y0 * factor, min(x1 * factor, self.width), min(y1 * factor, self.height))
+
+    def tiles(self, level: int) -> list[tuple[int, int]]:
+        """The (col, row) of every tile of ``level``, row by row."""
+        cols, rows = self.tile_counts(level)
+        return [(col, row) for row in range(rows) for col in range(cols)]
 
 
 @dataclass
@@ -190,21 +293,148 @@ class Cell(Model):
     area: float = 0.0
     provenance: JSON = field(default_factory=dict)
     state: str = ""
+    revision: int | None = None  # annotation layer: the layer's revision that last wrote this cell
+    created_at: str | None = None
+    updated_at: str | None = None
 
     def to_write(self) -> JSON:
         """This cell as a save sends it (``{id, class_id, polygon}``): keeps its id."""
         return {"id": self.id, "class_id": self.class_id, "polygon": self.polygon}
 
+    def to_change(self) -> JSON:
+        """This cell as a delta's ``changed`` item (``{id, revision?, class_id, polygon}``): with
+        the revision it was read at, the server checks the change against that copy."""
+        item: JSON = {"id": self.id, "class_id": self.class_id, "polygon": self.polygon}
+        if self.revision is not None:
+            item["revision"] = self.revision
+        return item
+
 
 @dataclass
 class Cells(Model):
-    """A layer of an image at a revision (the answer of a get, a save, a restore, an accept)."""
+    """A layer of an image at a revision (the answer of a get, a save, a restore, an accept).
+
+    ``next_after``: a page of a viewport read (``bbox``) that was full; the next page starts
+    after this cell id (None: no more)."""
 
     api_sources = (("get", "/api/v1/images/{image_id}/cells", 200),)
 
     revision: int
     cells: list[Cell]
     accepted: list[int] = field(default_factory=list)  # a proposal accept: the annotation cells it made
+    next_after: int | None = None
+
+
+@dataclass
+class CellsDelta(Model):
+    """What a delta save wrote (``PATCH images/{id}/cells``): the layer's new ``revision``, the
+    ``added`` cells with their new ids (in the order sent), the ``changed`` cells as now stored,
+    and the ids ``deleted``."""
+
+    api_sources = (("patch", "/api/v1/images/{image_id}/cells", 200),)
+
+    revision: int
+    added: list[Cell]
+    changed: list[Cell]
+    deleted: list[int]
+
+
+@dataclass
+class CellConflict(Model):
+    """One edit of a refused delta (``ConflictError.conflicts``): ``item`` the delta's item
+    (``changed.0``, ``added.2``, ``deleted.1``), ``id`` the server's cell it meets, ``reason``
+    ``changed`` (saved since your copy), ``deleted`` (deleted since) or ``overlaps`` (your new
+    outline overlaps one saved since), ``revision`` the revision that did it."""
+
+    item: str
+    id: int
+    reason: str
+    revision: int | None = None
+
+
+@dataclass
+class RevisionCell(Model):
+    """A cell of the annotation layer as it was at a past revision."""
+
+    id: int
+    class_id: int
+    polygon: list[list[float]]
+
+
+@dataclass
+class Revision(Model):
+    """The annotation layer as it was at ``revision`` (``GET images/{id}/history/{revision}``)."""
+
+    api_sources = (("get", "/api/v1/images/{image_id}/history/{revision}", 200),)
+
+    revision: int
+    cells: list[RevisionCell]
+
+
+@dataclass
+class Region(Model):
+    """A region of interest of an image: a polygon in full-resolution pixels; ``bbox`` is
+    ``[x0, y0, x1, y1]``, the whole pixels covering it. On a slide it is the unit of
+    pre-segmentation and training; a cell belongs to it when its centroid lies inside."""
+
+    api_sources = (
+        ("get", "/api/v1/images/{image_id}/regions/{region_id}", 200),
+        ("get", "/api/v1/images/{image_id}/regions", 200),
+    )
+
+    id: int
+    image: int
+    name: str
+    polygon: list[list[float]]
+    bbox: list[int]
+    status: str
+    created_by: int | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+# --- click-to-segment and box prompts ------------------------------------------------------
+
+
+@dataclass
+class Outline(Model):
+    """A cell outline the server proposes for a box prompt (nothing is stored: save it as a
+    cell to keep it). ``label`` 1 cell, 2 erythrocyte; ``class_id`` the project's class for it."""
+
+    polygon: list[list[float]]
+    class_id: int | None
+    label: int | None
+    score: float | None
+
+
+@dataclass
+class ClickOutline(Model):
+    """The cell under a click prompt (``polygon`` None: none there, ``reason`` says why).
+    ``source``: ``model`` (the active model's maps) or ``baseline`` (the classical baseline, before
+    a model is trained); ``timings`` the server's milliseconds (``total_ms``, ...)."""
+
+    api_sources = (("post", "/api/v1/images/{image_id}/segment/click", 200),)
+
+    polygon: list[list[float]] | None
+    class_id: int | None
+    label: int | None
+    score: float | None
+    source: str
+    model_version: int | None = None
+    reason: str | None = None
+    timings: JSON = field(default_factory=dict)
+
+
+@dataclass
+class BoxOutlines(Model):
+    """The cells of a box prompt: the instances whose centre lies in the box."""
+
+    api_sources = (("post", "/api/v1/images/{image_id}/segment/box", 200),)
+
+    cells: list[Outline]
+    source: str
+    model_version: int | None = None
+    timings: JSON = field(default_factory=dict)
 
 
 @dataclass

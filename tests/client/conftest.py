@@ -93,6 +93,49 @@ def square(x: float, y: float, size: float = 10) -> list[list[float]]:
     return [[x, y], [x + size, y], [x + size, y + size], [x, y + size]]
 
 
+# A small whole slide (issue #14): 1024 x 768 pixels, tiled because its side exceeds the test's
+# TILED_MIN_SIDE, with a pyramid of 256 px tiles (levels 0 .. 10; 4 x 3 tiles at full size).
+SLIDE_WIDTH, SLIDE_HEIGHT = 1024, 768
+
+
+@pytest.fixture
+def tiled_settings(settings: Any) -> Any:
+    settings.TILED_MIN_SIDE = 512
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 0  # a slide upload lands in a temporary file, as a real one
+    settings.PRESEGMENT_TILE_SIZE = 256
+    settings.PRESEGMENT_TILE_MARGIN = 64
+    settings.PRESEGMENT_TILES_PER_TASK = 4
+    return settings
+
+
+@pytest.fixture(scope="session")
+def slide() -> Any:
+    from cytoseg.slide_synthetic import slide_synthetic
+
+    return slide_synthetic(
+        width=SLIDE_WIDTH, height=SLIDE_HEIGHT, field_width=512, field_height=384, distinct=2, seed=7
+    )
+
+
+@pytest.fixture
+def slide_image(cyto: Any, project: Any, slide: Any, tiled_settings: Any, tmp_path: Path) -> Any:
+    """The slide uploaded through the client as a pyramidal TIFF, its pyramid built (as the worker
+    would; the broker is not used), read back: a ``cytoclient.Image`` with ``tiles``."""
+    from unittest import mock
+
+    from annotations.services.slides import image_pyramid_build
+    from cytoseg.slide_synthetic import slide_write
+
+    folder = tmp_path / "slide-in"
+    folder.mkdir()
+    path = slide_write(slide, folder / "slide.tif", kind="pyramidal-tiff", quality=95)
+    with mock.patch("core.queue.task_send"):
+        uploaded = cyto.images.upload(project.pk, path).images[0]
+    assert uploaded.tiled and uploaded.tile_status == "queued" and uploaded.tiles is None
+    assert "levels" in image_pyramid_build(image_id=uploaded.id)
+    return cyto.images.get(uploaded.id)
+
+
 @dataclass
 class CliResult:
     code: int

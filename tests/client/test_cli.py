@@ -225,3 +225,69 @@ def test_version_and_help(run_cli: Run, live_server: Any) -> None:
     helped = run_cli("--help")
     for command in ("login", "upload", "export", "import", "train", "models", "projects"):
         assert command in helped.stdout
+
+
+def test_slide_regions_cells_and_tiles(run_cli: Run, slide_image: Any, tmp_path: Path) -> None:
+    image = str(slide_image.id)
+    created = run_cli(
+        "regions", "create", "--image", image, "--polygon", "[[40, 40], [500, 40], [500, 500]]", "--name", "Top",
+        "--json",
+    )  # fmt: skip
+    assert created.code == 0, created.stderr
+    region = json.loads(created.stdout)
+    assert region["name"] == "Top" and region["bbox"] == [40, 40, 500, 500]
+    (tmp_path / "outline.json").write_text("[[600, 100], [900, 100], [750, 400]]")
+    second = run_cli("regions", "create", "--image", image, "--polygon", f"@{tmp_path / 'outline.json'}")
+    assert second.code == 0 and "Region 2" in second.stdout, second.stderr
+    listed = run_cli("regions", "list", "--image", image)
+    assert listed.code == 0 and "Top" in listed.stdout and "Region 2" in listed.stdout
+    renamed = run_cli("regions", "update", str(region["id"]), "--image", image, "--name", "Upper")
+    assert renamed.code == 0 and "'Upper'" in renamed.stdout, renamed.stderr
+    refused = run_cli("regions", "create", "--image", image, "--polygon", "[[0, 0], [1, 1]]")
+    assert refused.code == 1 and "(HTTP 400)" in refused.stderr and "\n  polygon: " in refused.stderr
+    deleted = run_cli("regions", "delete", str(region["id"]), "--image", image)
+    assert deleted.code == 0, deleted.stderr
+    assert [r["name"] for r in json.loads(run_cli("regions", "list", "--image", image, "--json").stdout)] == [
+        "Region 2"
+    ]
+
+    class_id = Image.objects.get(pk=slide_image.id).project.classes.get(name="thyroid cell").pk
+    delta = tmp_path / "delta.json"
+    delta.write_text(
+        json.dumps({"added": [{"class_id": class_id, "polygon": square(x, 50, 20)} for x in (50, 250, 900)]})
+    )
+    saved = run_cli("cells", "patch", f"@{delta}", "--image", image, "--revision", "0")
+    assert saved.code == 0, saved.stderr
+    assert saved.stdout.startswith(f"Saved image {image} at revision 1: 3 added")
+
+    pulled = run_cli("cells", "pull", "--image", image, "--bbox", "0,0,300,300", "--page-size", "1", "--json")
+    assert pulled.code == 0, pulled.stderr
+    body = json.loads(pulled.stdout)
+    assert body["revision"] == 1 and [c["bbox"][0] for c in body["cells"]] == [50, 250]
+    out = tmp_path / "viewport" / "cells.json"
+    written = run_cli("cells", "pull", "--image", image, "--bbox", "0,0,300,300", "-o", str(out))
+    assert written.code == 0 and f"Wrote 2 annotation cells in 0,0,300,300 of image {image}" in written.stdout
+    assert json.loads(out.read_text()) == {"revision": 1, "cells": body["cells"]}
+    bad_box = run_cli("cells", "pull", "--image", image, "--bbox", "0,0,300")
+    assert bad_box.code == 2 and "--bbox" in bad_box.stderr
+
+    # a stale delta that meets a later save: exit 1, the server's message and each conflict
+    first = body["cells"][0]
+    change = tmp_path / "change.json"
+    change.write_text(json.dumps({"changed": [{"id": first["id"], "polygon": square(52, 52, 20)}]}))
+    assert run_cli("cells", "patch", f"@{change}", "--image", image, "--revision", "1").code == 0
+    stale = run_cli("cells", "patch", f"@{change}", "--image", image, "--revision", "1")
+    assert stale.code == 1 and "error: 409 " in stale.stderr
+    assert f"\n  changed.0: cell {first['id']} changed at revision 2" in stale.stderr
+
+    tiles = run_cli("tiles", "download", "--image", image, "--level", "9", "-o", str(tmp_path / "tiles"))
+    assert tiles.code == 0, tiles.stderr
+    assert "Wrote 4 tiles (2 x 2) of level 9 (512 x 384 px)" in tiles.stdout
+    assert sorted(p.name for p in (tmp_path / "tiles" / "9").iterdir()) == [
+        "0_0.jpeg",
+        "0_1.jpeg",
+        "1_0.jpeg",
+        "1_1.jpeg",
+    ]
+    too_deep = run_cli("tiles", "download", "--image", image, "--level", "11", "-o", str(tmp_path / "t"))
+    assert too_deep.code == 2 and "from 0 to 10" in too_deep.stderr

@@ -19,6 +19,8 @@ from cytoclient import (
     ProgressBar,
     ServerError,
     ThrottledError,
+    TileGrid,
+    UnavailableError,
     ValidationError,
     bethesda_category,
     check_compatibility,
@@ -59,8 +61,24 @@ def test_error_answers_become_their_exception() -> None:
     throttled = error_from_response(429, {"detail": "slow down"}, headers={"Retry-After": "12"})
     assert isinstance(throttled, ThrottledError) and throttled.retry_after == 12
     assert isinstance(error_from_response(404, {"detail": "No such image."}), NotFoundError)
+    stale_delta = error_from_response(
+        409,
+        {
+            "detail": "1 of your edits meet edits saved meanwhile",
+            "revision": 9,
+            "conflicts": [{"item": "changed.0", "id": 4, "reason": "changed", "revision": 8}],
+            "cells": [],
+            "deleted": [5],
+        },
+    )
+    assert isinstance(stale_delta, ConflictError) and stale_delta.revision == 9 and stale_delta.deleted == [5]
+    assert stale_delta.conflicts is not None and stale_delta.conflicts[0].item == "changed.0"
+    assert stale_delta.conflicts[0].reason == "changed" and stale_delta.conflicts[0].revision == 8
+    assert conflict.conflicts is None and conflict.deleted is None  # a whole-layer save's 409 has neither
     server = error_from_response(502, "<html>Bad gateway</html>")
     assert isinstance(server, ServerError) and server.detail == "<html>Bad gateway</html>"
+    busy = error_from_response(503, {"detail": "computing"}, headers={"Retry-After": "2"})
+    assert isinstance(busy, UnavailableError) and isinstance(busy, ServerError) and busy.retry_after == 2
     odd = error_from_response(418, {})
     assert type(odd) is ApiError and odd.detail == "HTTP 418"
     assert flatten_errors(["one", "two"]) == {"non_field_errors": "one; two"}
@@ -133,3 +151,23 @@ def test_progress_bar_without_a_terminal() -> None:
     lines = stream.getvalue().splitlines()
     assert 5 <= len(lines) <= 12 and lines[-1].startswith("upload") and "100%" in lines[-1]
     assert "\r" not in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "tile_size"), [(1, 1, 256), (1024, 768, 256), (5000, 333, 254), (257, 4097, 512)]
+)
+def test_tile_grid_is_the_servers_geometry(width: int, height: int, tile_size: int) -> None:
+    from cytoseg.tiles import TileGeometry
+
+    server = TileGeometry(width, height, tile_size)
+    grid = TileGrid(width=width, height=height, tile_size=tile_size, levels=server.levels)
+    for level in range(server.levels):
+        assert grid.scale(level) == server.scale(level) and grid.level_size(level) == server.level_size(level)
+        assert grid.tile_counts(level) == server.tile_counts(level)
+        cols, rows = server.tile_counts(level)
+        assert len(grid.tiles(level)) == cols * rows
+        for col, row in grid.tiles(level):
+            assert grid.tile_box_full(level, col, row) == server.tile_box_full(level, col, row)
+        assert not grid.has_tile(level, cols, 0) and not grid.has_tile(level, 0, rows)
+    with pytest.raises(ValueError, match="level"):
+        grid.level_size(server.levels)
