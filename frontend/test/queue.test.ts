@@ -3,7 +3,7 @@ import { firstOther, nextFromQueue, pickNext, preferredKinds, queueReason, queue
 import { parseRoute, routeHash } from '../src/core/router';
 import type { WorkQueue } from '../src/core/types';
 
-const img = (id: number, status = 'new') => ({ id, file_name: `f${id}.png`, status, thumbnail_url: '', reason: 'upload_order', reason_value: null });
+const img = (id: number, status = 'new', region: number | null = null) => ({ id, file_name: `f${id}.png`, status, thumbnail_url: '', reason: 'upload_order', reason_value: null, region, region_name: region ? `Region ${region}` : null, region_status: region ? status : null });
 const queue = (over: Partial<WorkQueue> = {}): WorkQueue => ({
   project: 1,
   order: 'none',
@@ -44,6 +44,19 @@ describe('work queue navigation', () => {
     expect(pickNext(queue(), preferredKinds('annotator'), 4)).toMatchObject({ kind: 'annotate', image: { id: 5 } });
     expect(pickNext(queue({ adjudicate: { count: 1, images: [img(9, 'disputed')] } }), preferredKinds('admin'))).toMatchObject({ kind: 'adjudicate' });
     expect(pickNext(queue({ annotate: { count: 0, images: [] } }), ['annotate'])).toBeNull();
+  });
+
+  it('tells a slide’s regions apart: the other region of the open slide is next, and opens the region’s review', async () => {
+    const regions = queue({ review: { count: 2, images: [img(7, 'in_review', 3), img(7, 'in_review', 4)] } });
+    expect(firstOther(regions.review, 7, 3)).toEqual(img(7, 'in_review', 4));
+    expect(firstOther(regions.review, 7)).toEqual(img(7, 'in_review', 3)); // the slide open whole: its regions are other work
+    const api = { queue: vi.fn(async () => regions) };
+    const next = await nextFromQueue(api, 1, ['review'], 7, 3);
+    expect(next?.route).toEqual({ name: 'review', projectId: 1, imageId: 7, regionId: 4 });
+    expect(routeHash(next!.route)).toBe('#/projects/1/images/7/review?region=4');
+    expect(parseRoute('#/projects/1/images/7/review?region=4')).toEqual({ name: 'review', projectId: 1, imageId: 7, regionId: 4 });
+    expect(parseRoute('#/projects/1/images/7/review?region=x')).toEqual({ name: 'review', projectId: 1, imageId: 7 });
+    expect(queueRoute(1, 'review', 7, null)).toEqual({ name: 'review', projectId: 1, imageId: 7 });
     expect(preferredKinds(null)).toEqual(['annotate']);
   });
 

@@ -17,9 +17,9 @@ export const QUEUE_LABELS: Record<QueueKind, { title: string; verb: string; empt
   assign: { title: 'Need reviewers', verb: 'Assign reviewers', empty: 'Every image in review is staffed' },
 };
 
-/** The screen that works on an image of a queue section. */
-export function queueRoute(projectId: number, kind: QueueKind, imageId: number): Route {
-  if (kind === 'review') return { name: 'review', projectId, imageId };
+/** The screen that works on an image of a queue section (`regionId`: one region of a slide to review). */
+export function queueRoute(projectId: number, kind: QueueKind, imageId: number, regionId?: number | null): Route {
+  if (kind === 'review') return regionId ? { name: 'review', projectId, imageId, regionId } : { name: 'review', projectId, imageId };
   if (kind === 'adjudicate') return { name: 'adjudicate', projectId, imageId };
   return { name: 'editor', projectId, imageId };
 }
@@ -31,10 +31,10 @@ export function preferredKinds(role: Role | null | undefined): QueueKind[] {
   return ['annotate'];
 }
 
-/** The first image of a section that is not `currentId`. */
-export function firstOther(section: { images: QueueImage[] } | undefined, currentId?: number | null): QueueImage | null {
+/** The first entry of a section that is not the current one (`currentId`, and its region when one is open). */
+export function firstOther(section: { images: QueueImage[] } | undefined, currentId?: number | null, currentRegion?: number | null): QueueImage | null {
   if (!section) return null;
-  return section.images.find((i) => i.id !== currentId) ?? null;
+  return section.images.find((i) => i.id !== currentId || (i.region ?? null) !== (currentRegion ?? null)) ?? null;
 }
 
 export interface NextPick {
@@ -43,9 +43,9 @@ export interface NextPick {
 }
 
 /** The next image of the first non-empty section of `kinds` (skipping the current image). */
-export function pickNext(queue: WorkQueue, kinds: QueueKind[], currentId?: number | null): NextPick | null {
+export function pickNext(queue: WorkQueue, kinds: QueueKind[], currentId?: number | null, currentRegion?: number | null): NextPick | null {
   for (const kind of kinds) {
-    const image = firstOther(queue[kind], currentId);
+    const image = firstOther(queue[kind], currentId, currentRegion);
     if (image) return { kind, image };
   }
   return null;
@@ -55,10 +55,10 @@ export function pickNext(queue: WorkQueue, kinds: QueueKind[], currentId?: numbe
  * Asks the server for the queue and picks the next image. The limit is large
  * enough that skipping the current image still leaves one.
  */
-export async function nextFromQueue(api: QueueApi, projectId: number, kinds: QueueKind[], currentId?: number | null): Promise<(NextPick & { route: Route }) | null> {
+export async function nextFromQueue(api: QueueApi, projectId: number, kinds: QueueKind[], currentId?: number | null, currentRegion?: number | null): Promise<(NextPick & { route: Route }) | null> {
   const queue = await api.queue(projectId, 5);
-  const pick = pickNext(queue, kinds, currentId);
-  return pick ? { ...pick, route: queueRoute(projectId, pick.kind, pick.image.id) } : null;
+  const pick = pickNext(queue, kinds, currentId, currentRegion);
+  return pick ? { ...pick, route: queueRoute(projectId, pick.kind, pick.image.id, pick.image.region) } : null;
 }
 
 /**

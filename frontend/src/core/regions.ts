@@ -3,7 +3,8 @@
  * draws, kept in step with the server. A region is a server object of its own (created and
  * deleted at once through the API): it never enters the cells' undo history.
  */
-import type { RegionInfo } from './types';
+import { centroid, pointInRing } from './geometry';
+import type { ApiCell, RegionInfo } from './types';
 import type { Point, Ring } from './types';
 
 /** What the list needs of the API (ApiClient has these methods). */
@@ -12,6 +13,32 @@ export interface RegionApi {
   createRegion(imageId: number, polygon: number[][], name?: string): Promise<RegionInfo>;
   deleteRegion(imageId: number, regionId: number): Promise<void>;
   presegmentRegion(imageId: number, regionId: number): Promise<unknown>;
+  submitRegion(imageId: number, regionId: number): Promise<RegionInfo>;
+}
+
+/** Region states from which a region may be submitted for verification (the server's table). */
+export const REGION_SUBMITTABLE: readonly string[] = ['new', 'pre_segmented', 'annotating'];
+
+/** Whether a region may be submitted for verification now: a slide's region, not yet under review. */
+export function regionSubmittable(region: Pick<RegionInfo, 'status'>, tiled: boolean): boolean {
+  return tiled && REGION_SUBMITTABLE.includes(region.status ?? 'new');
+}
+
+/** Whether `p` lies on the segment a-b (within a rounding error). */
+function onSegment(p: Point, a: Point, b: Point): boolean {
+  const eps = 1e-9 * Math.max(1, Math.abs(a[0]) + Math.abs(a[1]) + Math.abs(b[0]) + Math.abs(b[1]));
+  if (Math.abs(cross(a, b, p)) > eps * Math.hypot(b[0] - a[0], b[1] - a[1])) return false;
+  return p[0] >= Math.min(a[0], b[0]) - eps && p[0] <= Math.max(a[0], b[0]) + eps && p[1] >= Math.min(a[1], b[1]) - eps && p[1] <= Math.max(a[1], b[1]) + eps;
+}
+
+/**
+ * Whether a cell belongs to a region: its area centroid lies inside the region's outline, the
+ * outline included (the server's rule, cytoseg.regions).
+ */
+export function cellInRegion(cell: readonly Point[], region: readonly (readonly number[])[]): boolean {
+  const ring = region.map(([x, y]) => [x, y] as Point);
+  const c = centroid(cell);
+  return pointInRing(c, ring) || ring.some((a, i) => onSegment(c, a, ring[(i + 1) % ring.length]));
 }
 
 function cross(o: Point, a: Point, b: Point): number {
@@ -60,6 +87,26 @@ export function regionRingProblem(ring: Ring, width: number, height: number): st
 export function regionRingClamp(ring: Ring, width: number, height: number): Ring {
   const r = (v: number) => Math.round(v * 100) / 100;
   return ring.map(([x, y]) => [r(Math.min(width, Math.max(0, x))), r(Math.min(height, Math.max(0, y)))] as Point);
+}
+
+/** What reading a region's cells needs of the API (ApiClient has it). */
+export interface RegionCellsApi {
+  getCellsInBox(imageId: number, bbox: readonly number[], opts?: { after?: number; limit?: number }): Promise<{ cells: ApiCell[]; next_after?: number | null }>;
+}
+
+/**
+ * The annotation cells of a region (a review of one region of a slide decides on these only):
+ * the cells meeting its bounding box, page by page, whose centroid lies inside its outline.
+ */
+export async function regionCells(api: RegionCellsApi, imageId: number, region: Pick<RegionInfo, 'bbox' | 'polygon'>, limit = 5000): Promise<ApiCell[]> {
+  const out: ApiCell[] = [];
+  let after: number | undefined;
+  for (;;) {
+    const page = await api.getCellsInBox(imageId, region.bbox, after === undefined ? { limit } : { after, limit });
+    for (const cell of page.cells) if (cellInRegion(cell.polygon as Point[], region.polygon)) out.push(cell);
+    if (page.next_after === undefined || page.next_after === null) return out;
+    after = page.next_after;
+  }
 }
 
 export type RegionsListener = (regions: readonly RegionInfo[]) => void;
@@ -113,4 +160,17 @@ export class RegionList {
   async presegment(regionId: number): Promise<void> {
     await this.api.presegmentRegion(this.imageId, regionId);
   }
+
+  /** Submits the region for verification (its own review round); the list shows its new status. */
+  async submit(regionId: number): Promise<RegionInfo> {
+    const region = await this.api.submitRegion(this.imageId, regionId);
+    this.items = this.items.map((r) => (r.id === regionId ? { ...r, ...pick(region) } : r));
+    this.changed();
+    return region;
+  }
+}
+
+/** The region fields of an answer that may carry more (a transition's allowed actions). */
+function pick(r: RegionInfo): RegionInfo {
+  return { id: r.id, image: r.image, name: r.name, polygon: r.polygon, bbox: r.bbox, status: r.status, created_by: r.created_by, created_at: r.created_at, updated_at: r.updated_at };
 }

@@ -13,7 +13,8 @@ export type Route =
   | { name: 'tokens' }
   | { name: 'images'; projectId: number }
   | { name: 'editor'; projectId: number; imageId: number }
-  | { name: 'review'; projectId: number; imageId: number }
+  /** `regionId`: the review of one region of a slide (its own round), `?region=<id>`. */
+  | { name: 'review'; projectId: number; imageId: number; regionId?: number }
   | { name: 'adjudicate'; projectId: number; imageId: number }
   | { name: 'admin'; projectId: number; tab: AdminTab }
   | { name: 'job'; projectId: number; jobId: number }
@@ -44,7 +45,10 @@ export function parseRoute(hash: string): Route {
       const imageId = posInt(parts[3]);
       if (imageId !== null) {
         if (parts.length === 4) return { name: 'editor', projectId, imageId };
-        if (parts[4] === 'review') return { name: 'review', projectId, imageId };
+        if (parts[4] === 'review') {
+          const regionId = posInt(params.get('region') ?? undefined);
+          return regionId === null ? { name: 'review', projectId, imageId } : { name: 'review', projectId, imageId, regionId };
+        }
         if (parts[4] === 'adjudicate') return { name: 'adjudicate', projectId, imageId };
       }
     }
@@ -73,7 +77,7 @@ export function routeHash(r: Route): string {
     case 'editor':
       return `#/projects/${r.projectId}/images/${r.imageId}`;
     case 'review':
-      return `#/projects/${r.projectId}/images/${r.imageId}/review`;
+      return `#/projects/${r.projectId}/images/${r.imageId}/review${r.regionId ? `?region=${r.regionId}` : ''}`;
     case 'adjudicate':
       return `#/projects/${r.projectId}/images/${r.imageId}/adjudicate`;
     case 'admin':

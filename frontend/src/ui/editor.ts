@@ -4,7 +4,7 @@
  * Its side panel is in editorPanels.ts, its dialogs in editorDialogs.ts.
  */
 import { ApiError, conflictState } from '../core/api';
-import { RegionList } from '../core/regions';
+import { REGION_SUBMITTABLE, RegionList, regionSubmittable } from '../core/regions';
 import { AutosaveController, refusalSentence, type AutosaveState, type Conflict } from '../core/autosave';
 import { LocalBackup, restoreBackup, type Backup } from '../core/backup';
 import { lockReason, submitSummary } from '../core/editorState';
@@ -19,7 +19,7 @@ import type { CellsResponse, Project } from '../core/types';
 import { createTools, type Tool, type ToolId } from '../tools';
 import type { NotifyKind } from '../tools/tool';
 import type { App } from './app';
-import { h, icon, rafThrottle, listen, replaceChildren } from './dom';
+import { formatStatus, h, icon, rafThrottle, listen, replaceChildren, statusTone } from './dom';
 import { conflictDialog, editorHelp, reloginDialog, reviewersDialog } from './editorDialogs';
 import { HistoryPanel } from './editorHistory';
 import { EditorPanels } from './editorPanels';
@@ -246,26 +246,53 @@ export class EditorScreen extends MapScreen {
     return this.regions ?? undefined;
   }
 
-  /** The regions panel: each region with its actions (pre-segment only it on a slide, delete). */
+  /**
+   * The regions panel: each region with its status and actions (on a slide: pre-segment only it,
+   * submit it for verification on its own; delete). A region under review or verified is locked.
+   */
   private renderRegions(): void {
     const regions = this.regions;
     if (!regions) return;
     const tiled = !!this.image?.tiles;
-    const rows = regions.regions.map((r) =>
-      h(
+    const rows = regions.regions.map((r) => {
+      const open = REGION_SUBMITTABLE.includes(r.status ?? 'new');
+      return h(
         'div',
-        { class: 'region-row', dataset: { region: String(r.id) } },
+        { class: 'region-row', dataset: { region: String(r.id), status: r.status ?? 'new' } },
         h('button', { class: 'link-btn region-name', title: 'Show this region', onclick: () => this.view?.fitBox(r.bbox as [number, number, number, number]) }, r.name),
-        h('span', { class: 'region-status' }, r.status),
-        tiled && !this.readOnly
-          ? h('button', { class: 'btn btn-small', dataset: { action: 'presegment-region' }, title: 'Pre-segment only this region', onclick: () => void this.presegmentRegion(r.id) }, 'Pre-segment')
-          : null,
-        !this.readOnly
+        h('span', { class: `region-status pill pill-${statusTone(r.status ?? 'new')}`, title: 'The region’s verification status' }, formatStatus(r.status ?? 'new')),
+        !this.readOnly && open
           ? h('button', { class: 'icon-btn', title: 'Delete this region', 'aria-label': `Delete ${r.name}`, onclick: () => void regions.remove(r.id).catch((e: unknown) => toast(errText(e), 'error')) }, icon('x', 16))
           : null,
-      ),
-    );
+        h(
+          'div',
+          { class: 'region-actions' },
+          tiled && !this.readOnly && open
+            ? h('button', { class: 'btn btn-small', dataset: { action: 'presegment-region' }, title: 'Pre-segment only this region', onclick: () => void this.presegmentRegion(r.id) }, 'Pre-segment')
+            : null,
+          !this.readOnly && regionSubmittable(r, tiled)
+            ? h('button', { class: 'btn btn-small btn-primary', dataset: { action: 'submit-region' }, title: 'Submit this region for verification: experts review the cells inside it', onclick: () => void this.submitRegion(r.id, r.name) }, 'Submit for verification')
+            : null,
+        ),
+      );
+    });
     replaceChildren(this.regionsEl, ...(rows.length ? rows : [h('p', { class: 'muted' }, 'None yet. Draw one with the region tool (G).')]));
+  }
+
+  private async submitRegion(regionId: number, name: string): Promise<void> {
+    // the cells inside are what the experts decide on: unsaved edits go first
+    if (this.autosave && !(await this.autosave.flush())) {
+      toast('Not submitted: your latest edits could not be saved yet', 'error');
+      return;
+    }
+    try {
+      const region = await this.regions?.submit(regionId);
+      const status = region?.status === 'in_review' ? 'experts are reviewing it' : 'waiting for reviewers';
+      toast(`${name} submitted for verification: ${status}`, 'success', 5000);
+    } catch (e) {
+      const detail = e instanceof ApiError ? (e.fieldMessages()[0] ?? e.detail) : errText(e);
+      toast(`Not submitted: ${detail}`, 'error', 8000);
+    }
   }
 
   private async presegmentRegion(regionId: number): Promise<void> {

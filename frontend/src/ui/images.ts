@@ -370,11 +370,11 @@ export class ImagesScreen implements Screen {
         const label = QUEUE_LABELS[kind];
         const body = [
           h('div', { class: 'queue-count' }, String(sec.count)),
-          h('div', { class: 'queue-text' }, h('b', null, label.title), h('span', { class: 'muted small' }, first ? `Next: ${first.file_name}` : label.empty), first ? h('span', { class: 'queue-reason small', dataset: { reason: first.reason }, title: `Why this image comes next: ${queueReason(first)}` }, `Why: ${queueReason(first)}`) : null),
+          h('div', { class: 'queue-text' }, h('b', null, label.title), h('span', { class: 'muted small' }, first ? `Next: ${first.file_name}${first.region_name ? ` / ${first.region_name}` : ''}` : label.empty), first ? h('span', { class: 'queue-reason small', dataset: { reason: first.reason }, title: `Why this image comes next: ${queueReason(first)}` }, `Why: ${queueReason(first)}`) : null),
           first ? h('span', { class: 'queue-go' }, icon('next', 16)) : null,
         ];
         return first
-          ? h('a', { class: 'queue-card card', href: routeHash(queueRoute(this.projectId, kind, first.id)), title: label.verb, dataset: { queue: kind } }, body)
+          ? h('a', { class: 'queue-card card', href: routeHash(queueRoute(this.projectId, kind, first.id, kind === 'review' ? first.region : null)), title: label.verb, dataset: { queue: kind } }, body)
           : h('div', { class: 'queue-card card empty-q', dataset: { queue: kind } }, body);
       }),
     );

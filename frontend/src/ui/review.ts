@@ -4,16 +4,22 @@
  * the image; keyboard driven (N/Tab, A, R, E). The draft is autosaved with
  * `PUT images/{id}/reviews/mine`. Blind: other experts' reviews are only asked
  * for once this review is submitted. The side panel is in reviewPanels.ts.
+ *
+ * With a region (`#/…/review?region=<id>`, a slide's region in review on its own round) the
+ * screen opens on the region, outlined, with only the annotation cells inside it, and reads and
+ * writes the region's review (`images/{id}/regions/{r}/reviews/mine`).
  */
 import { ApiError } from '../core/api';
 import { DraftSaver, type DraftSaverState } from '../core/draftSaver';
+import { nextFromQueue } from '../core/queue';
+import { regionCells } from '../core/regions';
 import { nextKey, readingOrder, ReviewDraft } from '../core/review';
 import { routeHash } from '../core/router';
-import type { ApiCell, Review, ReviewDraftBody, ReviewsOfRound } from '../core/types';
+import type { ApiCell, RegionInfo, Review, ReviewDraftBody, ReviewsOfRound } from '../core/types';
 import { createTools, type Tool, type ToolId } from '../tools';
 import type { CellState } from '../view/styles';
 import type { App } from './app';
-import { formatStatus, h, icon, kbd, listen, rafThrottle, replaceChildren } from './dom';
+import { formatStatus, h, icon, kbd, listen, rafThrottle, replaceChildren, statusTone } from './dom';
 import { MapScreen, type HelpContent, type LoadFailure, type MapScreenLayout } from './mapScreen';
 import { confirmDialog, dialog, toast } from './overlay';
 import { REVIEW_COLORS, ReviewPanels } from './reviewPanels';
@@ -38,7 +44,15 @@ export class ReviewScreen extends MapScreen {
   private saveEl!: HTMLButtonElement;
   private panels!: ReviewPanels;
 
-  constructor(app: App, projectId: number, imageId: number) {
+  /** The slide's region under review (null: the whole image). */
+  private region: RegionInfo | null = null;
+
+  constructor(
+    app: App,
+    projectId: number,
+    imageId: number,
+    readonly regionId: number | null = null,
+  ) {
     super(app, projectId, imageId, createTools().filter((t) => t.id === 'select' || t.id === 'draw'), 'draw');
   }
 
@@ -96,7 +110,7 @@ export class ReviewScreen extends MapScreen {
     return {
       title: notAssigned ? 'No review of yours here' : 'Could not open the review',
       message: notAssigned
-        ? 'You are not assigned to review this image (or its review round is over).'
+        ? `You are not assigned to review this ${this.regionId ? 'region' : 'image'} (or its review round is over).`
         : e instanceof ApiError && e.status === 404
           ? 'This image does not exist or you are not a member of its project.'
           : errText(e),
@@ -114,26 +128,44 @@ export class ReviewScreen extends MapScreen {
     this.image = image;
     this.showHeader(project, image);
     this.renderStatus();
-    const [cells, review] = await Promise.all([api.getCells(this.imageId, 'annotation'), api.myReview(this.imageId)]);
+    const regionId = this.regionId;
+    let cells: ApiCell[];
+    let review: Review;
+    if (regionId) {
+      const region = await api.getRegion(this.imageId, regionId);
+      [cells, review] = await Promise.all([regionCells(api, this.imageId, region), api.myReview(this.imageId, regionId)]);
+      this.region = region;
+      this.titleEl.textContent = `${image.file_name} / ${region.name}`;
+      this.renderStatus();
+    } else {
+      const [all, mine] = await Promise.all([api.getCells(this.imageId, 'annotation'), api.myReview(this.imageId)]);
+      [cells, review] = [all.cells, mine];
+    }
     if (!this.alive) return;
-    this.annotation = cells.cells;
+    this.annotation = cells;
     this.review = review;
     this.activeClass = this.palette.ordered[0]?.id ?? null;
     this.draft.defaultClassId = this.activeClass;
-    this.draft.load(cells.cells, review);
+    this.draft.load(cells, review);
     this.readOnly = review.status !== 'assigned';
     this.readOnlyReason = review.status === 'submitted' ? `Submitted ${relTime(review.submitted_at)}` : review.status === 'cancelled' ? 'This assignment was cancelled' : '';
-    if (!this.readOnly && image.status !== 'in_review') {
+    const status = this.region ? this.region.status : image.status;
+    if (!this.readOnly && status !== 'in_review') {
       this.readOnly = true;
-      this.readOnlyReason = `The image is ${formatStatus(image.status).toLowerCase()}; reviews are written while it is in review`;
+      this.readOnlyReason = `The ${this.region ? 'region' : 'image'} is ${formatStatus(status).toLowerCase()}; reviews are written while it is in review`;
     }
 
-    this.openMap(image, {
+    const view = this.openMap(image, {
       cellStyle: (key, classId, state) => this.cellStyle(key, classId, state),
       canEdit: (key) => !this.readOnly && (key === this.editingKey || this.draft.isAdded(key)),
     });
+    if (this.region) {
+      view.setRegions([this.region]);
+      view.fitBox(this.region.bbox as [number, number, number, number], 0);
+      this.shell.mapEl.dataset.region = String(this.region.id);
+    }
     this.recomputeOrder();
-    this.saver = new DraftSaver({ source: this.draft, save: (body) => api.saveMyReview(this.imageId, body) });
+    this.saver = new DraftSaver({ source: this.draft, save: (body) => api.saveMyReview(this.imageId, body, regionId) });
     if (this.readOnly) this.saver.lock();
     this.begin();
     if (this.review.status === 'submitted') void this.loadOthers();
@@ -148,7 +180,7 @@ export class ReviewScreen extends MapScreen {
     // Blind review: only ever asked for after this expert's own review is submitted.
     if (this.review?.status !== 'submitted') return;
     try {
-      this.others = await this.app.api.reviews(this.imageId, this.review.round);
+      this.others = await this.app.api.reviews(this.imageId, this.review.round, this.regionId);
     } catch (e) {
       this.others = null;
       if (!(e instanceof ApiError && e.status === 403)) toast(`Could not load the other reviews: ${errText(e)}`, 'warn');
@@ -426,7 +458,7 @@ export class ReviewScreen extends MapScreen {
     await this.submitting(async () => {
       try {
         if (!(await saver.flush())) throw new ApiError(0, 'Your latest decisions could not be saved');
-        const res = await this.app.api.submitMyReview(this.imageId, acceptUndecided);
+        const res = await this.app.api.submitMyReview(this.imageId, acceptUndecided, this.regionId);
         saver.lock();
         this.review = res;
         this.readOnly = true;
@@ -434,12 +466,14 @@ export class ReviewScreen extends MapScreen {
         this.setEditing(null);
         this.setTool('select');
         if (this.image) this.image = { ...this.image, status: res.image_status };
+        if (this.region && res.region_status) this.region = { ...this.region, status: res.region_status };
         this.draft.load(this.annotation, res);
         this.renderAll();
+        const outcome = this.region ? res.region_status : res.image_status;
         const what =
-          res.image_status === 'verified'
-            ? 'the image is verified'
-            : res.image_status === 'disputed'
+          outcome === 'verified'
+            ? `the ${this.region ? 'region' : 'image'} is verified`
+            : outcome === 'disputed'
               ? 'the experts disagree on some cells: it goes to adjudication'
               : 'waiting for the other experts';
         toast(`Review submitted — ${what}`, 'success', 5000);
@@ -451,8 +485,22 @@ export class ReviewScreen extends MapScreen {
     });
   }
 
-  protected nextImage(): Promise<void> {
-    return this.nextInQueue('review', 'No other image is waiting for your review');
+  /** The status shown in the header: the region's when the review is of one region of a slide. */
+  protected override renderStatus(): void {
+    super.renderStatus();
+    if (!this.region) return;
+    this.statusPill.className = `pill pill-${statusTone(this.region.status)}`;
+    this.statusPill.textContent = `Region ${formatStatus(this.region.status).toLowerCase()}`;
+  }
+
+  protected async nextImage(): Promise<void> {
+    try {
+      const next = await nextFromQueue(this.app.api, this.projectId, ['review'], this.imageId, this.regionId);
+      if (next) this.app.navigate(next.route);
+      else toast('No other image is waiting for your review', 'success');
+    } catch (e) {
+      toast(errText(e), 'error');
+    }
   }
 
   // ================================================================ rendering
