@@ -8,7 +8,12 @@ pre-segmentation, :func:`image_maps_store`), and computed on demand where there 
 click never waits behind pre-segmentation on ``gpu`` or a training job on ``training``), the
 web waiting for it up to ``INTERACTIVE_MAPS_TIMEOUT`` seconds; with ``INTERACTIVE_MAPS_WORKER``
 off the web computes them itself. Before a model is trained (the active version is a classical
-baseline) a click runs the baseline on a window around it and needs no maps.
+baseline) a click runs the baseline on a window around it and needs no maps. A tiled image (a
+whole slide) is never read whole: a prompt on it is resolved on one block of it, its pixels read
+from the original and its maps kept per block (the "slides" section below).
+
+One module: the maps' storage, the per-process caches, the task's service and the two prompts
+share their keys, locks and windows; apart they would import each other.
 
 Nothing here writes cells: the client adds the returned outline to the annotation layer
 through the usual cells API (undo, revisions and conflicts stay where they are).
@@ -16,7 +21,9 @@ through the usual cells API (undo, revisions and conflicts stay where they are).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +38,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
 from annotations.models import Image
+from annotations.services.regions import image_crop_rgb
 from annotations.services.workflow import annotation_write_check
 from core.errors import ConflictError, ServiceValidationError, UnavailableError
 from core.queue import task_enqueue
@@ -39,7 +47,7 @@ from cytoseg.backends.base import Instance, SegmentationBackend
 from cytoseg.contours import instances_to_polygons
 from cytoseg.device import device_default
 from cytoseg.imaging import read_rgb
-from cytoseg.interactive import box_segment, click_segment, window_maps
+from cytoseg.interactive import WINDOW_MARGIN, box_segment, click_segment, window_maps
 from cytoseg.maps import ImageMaps, maps_dump, maps_load, maps_merge
 from training.models import ModelKind, ModelVersion
 from training.services.artifacts import artifacts_for
@@ -107,6 +115,8 @@ def image_maps_delete(*, image_id: int, project_id: int, keep: str | None = None
         if key != keep:
             default_storage.delete(key)
             deleted += 1
+    if keep is None:
+        deleted += _windows_delete(image_id=image_id, project_id=project_id)
     with _LOCK:
         for cached in [k for k in _MAPS if k[0] == image_id and (keep is None or _key_of(k, project_id) != keep)]:
             _MAPS.pop(cached, None)
@@ -148,6 +158,7 @@ def interactive_cache_clear() -> None:
         _MAPS.clear()
         _IMAGES.clear()
         _CONTEXTS.clear()
+        _BLOCKS.clear()
 
 
 def _image_rgb(image: Image) -> np.ndarray:
@@ -221,6 +232,194 @@ def _stored(key: str) -> ImageMaps | None:
         return maps_load(handle.read())
 
 
+# --- slides: maps and pixels by block ------------------------------------------------------
+#
+# A tiled image (a whole slide) is never decoded whole and has no maps of the whole: a click or
+# box on it is resolved on a *block* of the slide, SLIDE_BLOCK pixels on a side, its pixels read
+# at full resolution from the original (``image_crop_rgb``: OpenSlide or libvips, only that
+# crop) and the model's partial maps of it built window by window as on a plain image
+# (``maps_merge``), kept per block (``maps/<project>/<image>/windows/<version>/<r0>-<r1>-<c0>-<c1>.npz``)
+# and held with the block's pixels in a per-process LRU. Blocks start every SLIDE_BLOCK / 2
+# pixels, so whatever a prompt needs (at most SLIDE_PROMPT_MAX plus its margin on a side) lies
+# inside one block. The outline is shifted back to slide (level-0) pixels.
+
+WINDOWS_FOLDER = "windows"
+SLIDE_BLOCK = 1024
+_SLIDE_STRIDE = SLIDE_BLOCK // 2
+# the largest box, or spread of a click's points, on a slide: what one block holds with margins
+SLIDE_PROMPT_MAX = _SLIDE_STRIDE - 2 * CLICK_MARGIN
+_BLOCKS_MAX = 4  # blocks held per process: pixels and maps, ~13 MB each
+_WINDOW_NAME = re.compile(r"(\d+)-(\d+)-(\d+)-(\d+)\.npz")
+
+
+@dataclass
+class _View:
+    """What a prompt is resolved on: the pixels of rows ``r0:``, columns ``c0:`` of the image
+    (all of a plain image, a block of a slide) and the model's maps of them (None: a classical
+    model, which needs none)."""
+
+    rgb: np.ndarray
+    maps: ImageMaps | None
+    r0: int = 0
+    c0: int = 0
+
+
+_BLOCKS: OrderedDict[tuple[int, int, Region], _View] = OrderedDict()
+
+
+def window_key(*, project_id: int, image_id: int, model_version_id: int, block: Sequence[int]) -> str:
+    """Where the partial maps of one block of a slide by one model version are kept."""
+    r0, r1, c0, c1 = (int(v) for v in block)
+    folder = maps_folder(project_id=project_id, image_id=image_id)
+    return f"{folder}/{WINDOWS_FOLDER}/{model_version_id}/{r0}-{r1}-{c0}-{c1}.npz"
+
+
+def _windows_delete(*, image_id: int, project_id: int, keep_version: int | None = None) -> int:
+    """Delete a slide's kept block maps (of every version but ``keep_version``)."""
+    folder = f"{maps_folder(project_id=project_id, image_id=image_id)}/{WINDOWS_FOLDER}"
+    try:
+        versions, _ = default_storage.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        versions = []
+    deleted = 0
+    for version in versions:
+        if version == str(keep_version):
+            continue
+        try:
+            _, files = default_storage.listdir(f"{folder}/{version}")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in files:
+            default_storage.delete(f"{folder}/{version}/{name}")
+            deleted += 1
+    with _LOCK:
+        for cached in [k for k in _BLOCKS if k[0] == image_id and k[1] != keep_version]:
+            _BLOCKS.pop(cached, None)
+    return deleted
+
+
+def _block_of(image: Image, region: Sequence[int]) -> Region:
+    """The block a prompt's region is resolved on: the one starting at the stride below its
+    top-left corner (it holds the region whole when the region is at most a stride on a side)."""
+    r0, c0 = int(region[0]) // _SLIDE_STRIDE * _SLIDE_STRIDE, int(region[2]) // _SLIDE_STRIDE * _SLIDE_STRIDE
+    return r0, min(image.height, r0 + SLIDE_BLOCK), c0, min(image.width, c0 + SLIDE_BLOCK)
+
+
+def _blocks_around(image: Image, need: Region) -> list[Region]:
+    """The blocks that hold ``need`` whole, its own block first."""
+    own = _block_of(image, need)
+    out = [own]
+    for dr in (0, -_SLIDE_STRIDE):
+        for dc in (0, -_SLIDE_STRIDE):
+            if (dr, dc) == (0, 0) or own[0] + dr < 0 or own[2] + dc < 0:
+                continue
+            r0, c0 = own[0] + dr, own[2] + dc
+            block = (r0, min(image.height, r0 + SLIDE_BLOCK), c0, min(image.width, c0 + SLIDE_BLOCK))
+            if block[1] >= need[1] and block[3] >= need[3]:
+                out.append(block)
+    return out
+
+
+def _slide_crop(image: Image, region: Region) -> np.ndarray:
+    r0, r1, c0, c1 = region
+    return image_crop_rgb(image=image, crop=(c0, r0, c1, r1), polygon=None)
+
+
+def _block_remember(image_id: int, version_id: int, block: Region, view: _View) -> _View:
+    with _LOCK:
+        _BLOCKS[(image_id, version_id, block)] = view
+        _BLOCKS.move_to_end((image_id, version_id, block))
+        while len(_BLOCKS) > _BLOCKS_MAX:
+            _BLOCKS.popitem(last=False)
+    return view
+
+
+def _local(need: Region, block: Region) -> Region:
+    return need[0] - block[0], need[1] - block[0], need[2] - block[2], need[3] - block[2]
+
+
+def _block_held(image: Image, version: ModelVersion, need: Region) -> _View | None:
+    """A block this process holds whose maps cover ``need``."""
+    with _LOCK:
+        for block in _blocks_around(image, need):
+            view = _BLOCKS.get((image.pk, version.pk, block))
+            if view is not None and (view.maps is None or view.maps.covers(*_local(need, block))):
+                _BLOCKS.move_to_end((image.pk, version.pk, block))
+                return view
+    return None
+
+
+def _block_stored(image: Image, version: ModelVersion, need: Region) -> _View | None:
+    """A block whose kept maps cover ``need``, read with its pixels (and then held)."""
+    for block in _blocks_around(image, need):
+        key = window_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk, block=block)
+        maps = _stored(key)
+        if maps is not None and maps.covers(*_local(need, block)):
+            view = _View(rgb=_slide_crop(image, block), maps=maps, r0=block[0], c0=block[2])
+            return _block_remember(image.pk, version.pk, block, view)
+    return None
+
+
+def _slide_maps_compute(image: Image, version: ModelVersion, region: Region) -> bool:
+    """Compute the maps of ``region`` of a slide (a window inside one block) from a crop of the
+    original around it, and merge them into the block's kept maps. False where they cover it."""
+    block = _block_of(image, region)
+    if not (region[1] <= block[1] and region[3] <= block[3]):
+        raise ValueError("the window does not fit one block of the slide")
+    key = window_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk, block=block)
+    kept = _stored(key)
+    local = _local(region, block)
+    if kept is not None and kept.covers(*local):
+        return False
+    r0, r1, c0, c1 = region
+    # the window's context from the slide itself, also beyond the block
+    o0, o1 = max(0, r0 - WINDOW_MARGIN), min(image.height, r1 + WINDOW_MARGIN)
+    p0, p1 = max(0, c0 - WINDOW_MARGIN), min(image.width, c1 + WINDOW_MARGIN)
+    crop = _slide_crop(image, (o0, o1, p0, p1))
+    part = window_maps(_backend(version, window=True), crop, r0=r0 - o0, r1=r1 - o0, c0=c0 - p0, c1=c1 - p0)
+    if part is None:
+        raise ValueError(f"a {version.kind} model has no maps")
+    height, width = block[1] - block[0], block[3] - block[2]
+    maps = maps_merge(kept, part, y0=local[0], x0=local[2], height=height, width=width)
+    if default_storage.exists(key):
+        default_storage.delete(key)
+    saved = default_storage.save(key, ContentFile(maps_dump(maps)))
+    if saved != key:  # a concurrent writer took the name: keep one copy under the name read
+        default_storage.delete(saved)
+    _windows_delete(image_id=image.pk, project_id=image.project_id, keep_version=version.pk)
+    with _LOCK:
+        held = _BLOCKS.get((image.pk, version.pk, block))
+    if held is not None:
+        _block_remember(image.pk, version.pk, block, _View(rgb=held.rgb, maps=maps.compact(), r0=block[0], c0=block[2]))
+    return True
+
+
+def _slide_view(image: Image, version: ModelVersion, need: Region, timings: dict[str, float]) -> _View:
+    """The block of a slide a prompt needing ``need`` is resolved on, with the model's maps of
+    it covering ``need``: held, kept, or computed now for a window around ``need``."""
+    view = _block_held(image, version, need)
+    if view is not None:
+        timings["maps_memory"] = 0.0
+        return view
+    started = time.perf_counter()
+    if version.kind not in MAPS_KINDS:  # a classical model: the block's pixels are all it needs
+        block = _block_of(image, need)
+        view = _View(rgb=_slide_crop(image, block), maps=None, r0=block[0], c0=block[2])
+        timings["image_ms"] = (time.perf_counter() - started) * 1000
+        return _block_remember(image.pk, version.pk, block, view)
+    view = _block_stored(image, version, need)
+    timings["maps_storage_ms"] = (time.perf_counter() - started) * 1000
+    if view is not None:
+        return view
+    started = time.perf_counter()
+    _maps_request(image, version, _grown(image, need, _block_of(image, need)))
+    timings["maps_compute_ms"] = (time.perf_counter() - started) * 1000
+    view = _block_held(image, version, need) or _block_stored(image, version, need)
+    if view is None:
+        raise UnavailableError("The model's maps of this part of the slide are not ready; click again.")
+    return view
+
+
 def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence[int] | None = None) -> MapsResult:
     """Compute and keep the maps of one image by one model version (the interactive task's
     service): of the whole image, or (``region`` ``[r0, r1, c0, c1]``) of that window only,
@@ -233,6 +432,18 @@ def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence
         version = ModelVersion.objects.select_related("project").get(pk=model_version_id)
         if version.project_id != image.project_id:
             raise ValueError("The model version belongs to another project.")
+        if image.tiled:
+            if region is None:
+                raise ValueError("a slide's maps are computed window by window")
+            window = (int(region[0]), int(region[1]), int(region[2]), int(region[3]))
+            computed = _slide_maps_compute(image, version, window)
+            cache.set(ready, {"at": time.time(), "error": None}, timeout=600)
+            return MapsResult(
+                image_id=image_id,
+                model_version_id=model_version_id,
+                computed=computed,
+                seconds=time.perf_counter() - started,
+            )
         key = maps_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk)
         kept = _stored(key)
         whole = (0, image.height, 0, image.width)
@@ -269,22 +480,23 @@ def _need(image: Image, points: Sequence[tuple[float, float]], margin: float) ->
     return max(0, r0), min(image.height, r1), max(0, c0), min(image.width, c1)
 
 
-def _grown(image: Image, need: Region) -> Region:
-    """``need`` widened to ``WINDOW`` pixels on a side (where the image has them): the window
-    computed on demand, so that the next clicks nearby find their maps there."""
+def _grown(image: Image, need: Region, within: Region | None = None) -> Region:
+    """``need`` widened to ``WINDOW`` pixels on a side (where the image, or ``within``, has
+    them): the window computed on demand, so that the next clicks nearby find their maps there."""
     r0, r1, c0, c1 = need
+    b_r0, b_r1, b_c0, b_c1 = within if within is not None else (0, image.height, 0, image.width)
 
-    def widen(lo: int, hi: int, size: int) -> tuple[int, int]:
+    def widen(lo: int, hi: int, start: int, end: int) -> tuple[int, int]:
         extra = max(0, WINDOW - (hi - lo))
         lo, hi = lo - extra // 2, hi + extra - extra // 2
-        if lo < 0:
-            lo, hi = 0, min(size, hi - lo)
-        if hi > size:
-            lo, hi = max(0, lo - (hi - size)), size
+        if lo < start:
+            lo, hi = start, min(end, hi + (start - lo))
+        if hi > end:
+            lo, hi = max(start, lo - (hi - end)), end
         return lo, hi
 
-    r0, r1 = widen(r0, r1, image.height)
-    c0, c1 = widen(c0, c1, image.width)
+    r0, r1 = widen(r0, r1, b_r0, b_r1)
+    c0, c1 = widen(c0, c1, b_c0, b_c1)
     return r0, r1, c0, c1
 
 
@@ -440,15 +652,37 @@ def _project_context(image: Image) -> _ProjectContext:
     return context
 
 
-def _sources(
-    image: Image, need: Region, timings: dict[str, float]
-) -> tuple[ModelVersion, ImageMaps | None, SegmentationBackend]:
-    """The active version, its maps of the image (None for a classical one) and the classical
+def _sources(image: Image, need: Region, timings: dict[str, float]) -> tuple[ModelVersion, _View, SegmentationBackend]:
+    """The active version, the pixels and its maps (None for a classical one) a prompt needing
+    ``need`` is resolved on (the whole of a plain image, a block of a slide), and the classical
     baseline a click falls back to."""
     context = _project_context(image)
     version = context.version
+    if image.tiled:
+        return version, _slide_view(image, version, need, timings), context.baseline
     maps = _maps_load(image, version, need, timings) if version.kind in MAPS_KINDS else None
-    return version, maps, context.baseline
+    started = time.perf_counter()
+    rgb = _image_rgb(image)
+    timings["image_ms"] = (time.perf_counter() - started) * 1000
+    return version, _View(rgb=rgb, maps=maps), context.baseline
+
+
+def _shifted(instance: Instance, view: _View) -> Instance:
+    """An instance found in ``view``'s pixels placed in the image's."""
+    if view.r0 == 0 and view.c0 == 0:
+        return instance
+    return dataclasses.replace(instance, x0=instance.x0 + view.c0, y0=instance.y0 + view.r0)
+
+
+def _spread_check(points: Sequence[tuple[float, float]], name: str) -> None:
+    """On a slide a prompt is resolved on one block: its points (a box's corners) lie within
+    ``SLIDE_PROMPT_MAX`` pixels of each other."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if max(xs) - min(xs) > SLIDE_PROMPT_MAX or max(ys) - min(ys) > SLIDE_PROMPT_MAX:
+        raise ServiceValidationError(
+            f"On a slide a box, or the points of one click, span at most {SLIDE_PROMPT_MAX} pixels.",
+            {name: f"on a slide the points lie within {SLIDE_PROMPT_MAX} pixels of each other"},
+        )
 
 
 def image_click_segment(
@@ -458,26 +692,31 @@ def image_click_segment(
     maps of the image, computed first where there are none) or, before any model is trained or
     where the model sees no cell there, the classical baseline on a window around the clicks.
 
-    ``positive`` (1..20) and ``negative`` (0..20) are ``[x, y]`` image pixels; a point outside
-    the image is a ServiceValidationError naming it (``positive.0``). The image must be open
-    for annotation (its cells editable)."""
+    ``positive`` (1..20) and ``negative`` (0..20) are ``[x, y]`` image pixels (a slide's level-0
+    pixels, its points within ``SLIDE_PROMPT_MAX`` of each other); a point outside the image is a
+    ServiceValidationError naming it (``positive.0``). The image must be open for annotation
+    (its cells editable)."""
     started = time.perf_counter()
     annotation_write_check(image=image)
     pos = _points(positive, image, "positive")
     neg = _points(negative, image, "negative")
+    if image.tiled:
+        _spread_check(pos + neg, "positive")
     timings: dict[str, float] = {}
-    version, maps, baseline = _sources(image, _need(image, pos + neg, CLICK_MARGIN), timings)
+    version, view, baseline = _sources(image, _need(image, pos + neg, CLICK_MARGIN), timings)
     t = time.perf_counter()
-    rgb = _image_rgb(image)
-    timings["image_ms"] = (time.perf_counter() - t) * 1000
-    t = time.perf_counter()
+    maps, rgb = view.maps, view.rgb
+    lpos = [(x - view.c0, y - view.r0) for x, y in pos]
+    lneg = [(x - view.c0, y - view.r0) for x, y in neg]
     source = "model" if maps is not None else "baseline"
-    instance = click_segment(image=rgb, maps=maps, positive=pos, negative=neg, baseline=baseline)
+    instance = click_segment(image=rgb, maps=maps, positive=lpos, negative=lneg, baseline=baseline)
     reason = None
     if instance is None and maps is not None:
         # the model sees no cell there (below even the relaxed thresholds): the baseline may
-        instance = click_segment(image=rgb, maps=None, positive=pos, negative=neg, baseline=baseline)
+        instance = click_segment(image=rgb, maps=None, positive=lpos, negative=lneg, baseline=baseline)
         source = "baseline"
+    if instance is not None:
+        instance = _shifted(instance, view)
     timings["segment_ms"] = (time.perf_counter() - t) * 1000
     t = time.perf_counter()
     outlines = _outlines([instance], _project_context(image).classes) if instance is not None else []
@@ -499,7 +738,8 @@ def image_click_segment(
 
 def image_box_segment(*, image: Image, box: Sequence[float]) -> BoxResult:
     """The outlines of the cells whose centres lie inside ``box`` ``[x0, y0, x1, y1]`` (image
-    pixels, x0 < x1, y0 < y1, inside the image), by the active model's maps or the baseline."""
+    pixels, x0 < x1, y0 < y1, inside the image; on a slide at most ``SLIDE_PROMPT_MAX`` on a
+    side), by the active model's maps or the baseline."""
     started = time.perf_counter()
     annotation_write_check(image=image)
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -508,11 +748,14 @@ def image_box_segment(*, image: Image, box: Sequence[float]) -> BoxResult:
             "The box is empty or not inside the image.",
             {"box": f"[x0, y0, x1, y1] with 0 <= x0 < x1 <= {image.width} and 0 <= y0 < y1 <= {image.height}"},
         )
+    if image.tiled:
+        _spread_check([(x0, y0), (x1, y1)], "box")
     timings: dict[str, float] = {}
-    version, maps, baseline = _sources(image, _need(image, [(x0, y0), (x1, y1)], BOX_MARGIN), timings)
-    rgb = _image_rgb(image)
+    version, view, baseline = _sources(image, _need(image, [(x0, y0), (x1, y1)], BOX_MARGIN), timings)
+    maps = view.maps
     t = time.perf_counter()
-    instances = box_segment(image=rgb, maps=maps, box=(x0, y0, x1, y1), baseline=baseline)
+    local = (x0 - view.c0, y0 - view.r0, x1 - view.c0, y1 - view.r0)
+    instances = [_shifted(i, view) for i in box_segment(image=view.rgb, maps=maps, box=local, baseline=baseline)]
     timings["segment_ms"] = (time.perf_counter() - t) * 1000
     cells = _outlines(instances, _project_context(image).classes)
     timings["total_ms"] = (time.perf_counter() - started) * 1000
