@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -802,6 +803,18 @@ def _print_error(exc: BaseException) -> None:
             print(f"  {conflict.item}: cell {conflict.id} {conflict.reason}{when}", file=sys.stderr)
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
+
+
+def _stdout_discard() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. captured)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cyto`` with ``argv`` (default: the process's arguments); returns the exit code."""
     parser = build_parser()
@@ -844,6 +857,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.close()
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (``cyto ... | head``): stop quietly as Unix tools do. Python flushes
+        # stdout again at exit, so point it at /dev/null first or that flush fails too.
+        _stdout_discard()
+        return EXIT_BROKEN_PIPE
     finally:
         out.close()
     return EXIT_ERROR

@@ -171,3 +171,37 @@ def test_tile_grid_is_the_servers_geometry(width: int, height: int, tile_size: i
         assert not grid.has_tile(level, cols, 0) and not grid.has_tile(level, 0, rows)
     with pytest.raises(ValueError, match="level"):
         grid.level_size(server.levels)
+
+
+def test_output_piped_into_a_reader_that_leaves_ends_quietly() -> None:
+    """``cyto ... | head``: the reader closes the pipe after a line; the command stops with
+    128 + SIGPIPE and no traceback (Python's default printed one, twice)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import argparse, sys\n"
+        "from cytoclient import cli\n"
+        "def handler(args, out):\n"
+        "    for _ in range(200000):\n"
+        "        print('x' * 100)\n"
+        "    return 0\n"
+        "real = cli.build_parser\n"
+        "def build():\n"
+        "    parser = real()\n"
+        "    parser.parse_args = lambda argv=None: argparse.Namespace(handler=handler, json=False, quiet=False)\n"
+        "    return parser\n"
+        "cli.build_parser = build\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    client_dir = Path(__file__).resolve().parents[2] / "client"
+    env = {**os.environ, "PYTHONPATH": str(client_dir)}
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline() == b"x" * 100 + b"\n"
+        process.stdout.close()  # what head does after its line
+        stderr = process.stderr.read().decode()
+        assert process.wait(60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
