@@ -130,6 +130,8 @@ async function callEverything(api: ApiClient): Promise<string[]> {
   await run('reviews', () => api.reviews(1, 2, 3));
   await run('adjudication', () => api.adjudication(1));
   await run('adjudicate', () => api.adjudicate(1, [], 'key'));
+  await run('adjudication', () => api.adjudication(1, 3));
+  await run('adjudicate', () => api.adjudicate(1, [], 'key', 3));
   await run('agreement', () => api.agreement(1, 2));
   await run('corrections', () => api.corrections(1));
   await run('trainingJobs', () => api.trainingJobs(1));

@@ -57,6 +57,10 @@ describe('work queue navigation', () => {
     expect(parseRoute('#/projects/1/images/7/review?region=4')).toEqual({ name: 'review', projectId: 1, imageId: 7, regionId: 4 });
     expect(parseRoute('#/projects/1/images/7/review?region=x')).toEqual({ name: 'review', projectId: 1, imageId: 7 });
     expect(queueRoute(1, 'review', 7, null)).toEqual({ name: 'review', projectId: 1, imageId: 7 });
+    // a disputed region opens its adjudication
+    expect(queueRoute(1, 'adjudicate', 7, 4)).toEqual({ name: 'adjudicate', projectId: 1, imageId: 7, regionId: 4 });
+    expect(routeHash(queueRoute(1, 'adjudicate', 7, 4))).toBe('#/projects/1/images/7/adjudicate?region=4');
+    expect(parseRoute('#/projects/1/images/7/adjudicate?region=4')).toEqual({ name: 'adjudicate', projectId: 1, imageId: 7, regionId: 4 });
     expect(preferredKinds(null)).toEqual(['annotate']);
   });
 

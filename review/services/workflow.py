@@ -194,6 +194,12 @@ def _round_start(*, image: Image, region: Region | None, user: User) -> None:
     """A new round of the image, or of its ``region`` (locked by the caller), with K experts."""
     if region is not None:
         _region_submittable(image=image, region=region)
+    elif image.tiled and image.regions.filter(status__in=LOCKED_STATUSES).exists():
+        # The whole slide's verified layer would replace its regions' results.
+        raise ConflictError(
+            "Regions of this slide are under review or verified on their own; submit regions, not the whole slide.",
+            {"status": image.status},
+        )
     project = image.project
     k = project.experts_required
     rounds = VerificationRound.objects.filter(image=image, region=region)

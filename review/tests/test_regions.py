@@ -218,7 +218,13 @@ def test_submission_is_refused_with_the_field_named(
     with pytest.raises(ServiceValidationError) as whole:
         submit_region(drawn, annotator)
     assert "tiled" in whole.value.detail and "region" in whole.value.errors
-    # the image submitted whole: its regions are not submitted on their own
+    # while a region is under review the slide is not submitted whole (its verified layer would
+    # replace the region's result)
+    with pytest.raises(ConflictError) as whole_slide:
+        image_transition(image=fresh(slide), user=annotator, action="submit")
+    assert "regions" in whole_slide.value.detail and fresh(slide).status == ImageStatus.ANNOTATING
+    # the image submitted whole (no region locked): its regions are not submitted on their own
+    region_transition(region=_region(left), user=project.memberships.get(role="admin").user, action="reopen")
     image_transition(image=fresh(slide), user=annotator, action="submit")
     with pytest.raises(ConflictError):
         submit_region(right, annotator)

@@ -129,3 +129,54 @@ def test_submit_a_region_for_verification_and_review_only_it(live_server: Any, n
     page.wait_for_selector(f".region-row[data-region='{left.pk}'][data-status=verified]")
     assert row.locator(".region-status").inner_text() == "Verified"
     shot(page, "region-verified")
+
+
+def test_an_admin_adjudicates_a_disputed_region_from_the_queue(live_server: Any, new_page: Any, tmp_path: Path) -> None:
+    head = UserFactory(username="dr.head")
+    project = ProjectFactory(name="Slides — adjudication", created_by=head, auto_presegment=False)
+    doctor = member(project, Role.ANNOTATOR, username="dr.region")
+    kim = member(project, Role.EXPERT, username="dr.kim")
+    osei = member(project, Role.EXPERT, username="dr.osei")
+    image = _slide(project, tmp_path)
+    left = region_create(image=image, user=doctor, polygon=LEFT, name="Left field")
+    right = region_create(image=image, user=doctor, polygon=RIGHT, name="Right field")
+    ids = annotate(image, doctor, [square(300, 300, 60), square(500, 600, 60), square(1300, 600, 60)])
+    in_left, in_right = ids[:2], ids[2:]
+    from review.services.workflow import region_transition
+
+    for region in (left, right):
+        region_transition(region=Region.objects.get(pk=region.pk), user=doctor, action="submit")
+    # the experts disagree on one cell of the left region
+    for expert, second in ((kim, "accept"), (osei, "reject")):
+        r = Region.objects.get(pk=left.pk)
+        decisions = [{"cell_id": in_left[0], "decision": "accept"}, {"cell_id": in_left[1], "decision": second}]
+        reviews.review_draft_save(image=image, user=expert, decisions=decisions, added=[], comments=[], region=r)
+        reviews.review_submit(image=image, user=expert, region=r)
+    left.refresh_from_db()
+    assert left.status == ImageStatus.DISPUTED
+
+    page = new_page()
+    login(page, live_server.url, "dr.head")
+    page.goto(f"{live_server.url}/#/projects/{project.pk}")
+    card = page.locator("a[data-queue=adjudicate]")
+    card.wait_for()
+    assert "Left field" in card.inner_text()
+    card.click()
+    page.wait_for_function(
+        "h => location.hash === h", arg=f"#/projects/{project.pk}/images/{image.pk}/adjudicate?region={left.pk}"
+    )
+    wait_editor_ready(page)
+    page.wait_for_selector(f".map[data-region='{left.pk}']")
+    page.wait_for_selector(".current-dispute .option-row")
+    assert page.locator(".dispute-row").count() == 1
+    shot(page, "region-adjudication")
+    page.keyboard.press("1")
+    page.wait_for_function("document.querySelector('.adj-summary .progress-head b')?.textContent.startsWith('1 /')")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(".map-banner.good")
+    left.refresh_from_db()
+    right.refresh_from_db()
+    assert (left.status, right.status) == (ImageStatus.VERIFIED, ImageStatus.IN_REVIEW)
+    verified = Cell.objects.filter(image=image, layer=Layer.VERIFIED)
+    assert {c.provenance["region"] for c in verified} == {left.pk}
+    assert not {c.provenance["origin_cell_id"] for c in verified} & set(in_right)

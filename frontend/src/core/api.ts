@@ -459,14 +459,15 @@ export class ApiClient {
   }
 
   // ---- adjudication ----
-  adjudication(imageId: number): Promise<Adjudication> {
+  // `regionId`: the disputes of that region of a slide (its own round) rather than of the image.
+  adjudication(imageId: number, regionId?: number | null): Promise<Adjudication> {
+    if (regionId) return this.call('get', 'images/{image_id}/regions/{region_id}/adjudication', { image_id: imageId, region_id: regionId });
     return this.call('get', 'images/{image_id}/adjudication', { image_id: imageId });
   }
-  adjudicate(imageId: number, decisions: AdjudicationDecisionIO[], idempotencyKey?: string): Promise<Adjudication> {
-    return this.call('post', 'images/{image_id}/adjudication', { image_id: imageId }, {
-      body: { decisions },
-      headers: idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : undefined,
-    });
+  adjudicate(imageId: number, decisions: AdjudicationDecisionIO[], idempotencyKey?: string, regionId?: number | null): Promise<Adjudication> {
+    const opts = { body: { decisions }, headers: idempotencyKey ? { 'Idempotency-Key': idempotencyKey } : undefined };
+    if (regionId) return this.call('post', 'images/{image_id}/regions/{region_id}/adjudication', { image_id: imageId, region_id: regionId }, opts);
+    return this.call('post', 'images/{image_id}/adjudication', { image_id: imageId }, opts);
   }
 
   // ---- analytics ----

@@ -17,10 +17,10 @@ export const QUEUE_LABELS: Record<QueueKind, { title: string; verb: string; empt
   assign: { title: 'Need reviewers', verb: 'Assign reviewers', empty: 'Every image in review is staffed' },
 };
 
-/** The screen that works on an image of a queue section (`regionId`: one region of a slide to review). */
+/** The screen that works on an image of a queue section (`regionId`: one region of a slide to review or adjudicate). */
 export function queueRoute(projectId: number, kind: QueueKind, imageId: number, regionId?: number | null): Route {
   if (kind === 'review') return regionId ? { name: 'review', projectId, imageId, regionId } : { name: 'review', projectId, imageId };
-  if (kind === 'adjudicate') return { name: 'adjudicate', projectId, imageId };
+  if (kind === 'adjudicate') return regionId ? { name: 'adjudicate', projectId, imageId, regionId } : { name: 'adjudicate', projectId, imageId };
   return { name: 'editor', projectId, imageId };
 }
 

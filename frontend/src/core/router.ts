@@ -15,7 +15,7 @@ export type Route =
   | { name: 'editor'; projectId: number; imageId: number }
   /** `regionId`: the review of one region of a slide (its own round), `?region=<id>`. */
   | { name: 'review'; projectId: number; imageId: number; regionId?: number }
-  | { name: 'adjudicate'; projectId: number; imageId: number }
+  | { name: 'adjudicate'; projectId: number; imageId: number; regionId?: number }
   | { name: 'admin'; projectId: number; tab: AdminTab }
   | { name: 'job'; projectId: number; jobId: number }
   | { name: 'notfound'; path: string };
@@ -49,7 +49,10 @@ export function parseRoute(hash: string): Route {
           const regionId = posInt(params.get('region') ?? undefined);
           return regionId === null ? { name: 'review', projectId, imageId } : { name: 'review', projectId, imageId, regionId };
         }
-        if (parts[4] === 'adjudicate') return { name: 'adjudicate', projectId, imageId };
+        if (parts[4] === 'adjudicate') {
+          const regionId = posInt(params.get('region') ?? undefined);
+          return regionId === null ? { name: 'adjudicate', projectId, imageId } : { name: 'adjudicate', projectId, imageId, regionId };
+        }
       }
     }
     if (parts[2] === 'admin') {
@@ -79,7 +82,7 @@ export function routeHash(r: Route): string {
     case 'review':
       return `#/projects/${r.projectId}/images/${r.imageId}/review${r.regionId ? `?region=${r.regionId}` : ''}`;
     case 'adjudicate':
-      return `#/projects/${r.projectId}/images/${r.imageId}/adjudicate`;
+      return `#/projects/${r.projectId}/images/${r.imageId}/adjudicate${r.regionId ? `?region=${r.regionId}` : ''}`;
     case 'admin':
       return `#/projects/${r.projectId}/admin/${r.tab}`;
     case 'job':

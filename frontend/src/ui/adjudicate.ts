@@ -8,8 +8,10 @@ import { randomKey } from '../core/autosave';
 import { AdjudicationModel, OWN_COLOR, reasonText, type DisputeOption } from '../core/adjudication';
 import { ApiError } from '../core/api';
 import { normalizeRing } from '../core/geometry';
+import { regionCells } from '../core/regions';
 import { routeHash } from '../core/router';
 import type { Cell } from '../core/store';
+import type { ApiCell, RegionInfo } from '../core/types';
 import { createTools, type Tool, type ToolId } from '../tools';
 import type { CellState } from '../view/styles';
 import type { App } from './app';
@@ -44,7 +46,15 @@ export class AdjudicateScreen extends MapScreen {
   private currentEl!: HTMLElement;
   private listEl!: HTMLElement;
 
-  constructor(app: App, projectId: number, imageId: number) {
+  /** The slide's region whose disputes these are (null: the whole image's). */
+  private region: RegionInfo | null = null;
+
+  constructor(
+    app: App,
+    projectId: number,
+    imageId: number,
+    readonly regionId: number | null = null,
+  ) {
     super(app, projectId, imageId, createTools().filter((t) => t.id === 'select' || t.id === 'draw'), 'draw');
   }
 
@@ -66,15 +76,24 @@ export class AdjudicateScreen extends MapScreen {
 
   protected async load(): Promise<void> {
     const api = this.app.api;
+    const regionId = this.regionId;
+    const region = regionId ? await api.getRegion(this.imageId, regionId) : null;
+    // the context: the image's annotation cells, or a region's (those whose centroid lies inside)
+    const context = region
+      ? regionCells(api, this.imageId, region).then((c) => ({ cells: c }))
+      : api.getCells(this.imageId, 'annotation');
     const [project, image, adj, cells] = await Promise.all([
       api.getProject(this.projectId),
       api.getImage(this.imageId),
-      api.adjudication(this.imageId),
-      api.getCells(this.imageId, 'annotation').catch(() => ({ revision: 0, cells: [] })),
+      api.adjudication(this.imageId, regionId),
+      context.catch(() => ({ cells: [] as ApiCell[] })),
     ]);
     if (!this.alive) return;
+    this.region = region;
+    // the status shown and acted on: the region's for a region's disputes (the API sends it)
     this.image = { ...image, status: adj.status };
     this.showHeader(project, image);
+    if (region) this.titleEl.textContent = `${image.file_name} / ${region.name}`;
     this.model.load(adj);
     this.readOnly = !['disputed', 'adjudication'].includes(adj.status);
 
@@ -90,10 +109,15 @@ export class AdjudicateScreen extends MapScreen {
     if (ctx.length) this.store.writeCells(ctx, 'server');
     this.writeOptions();
 
-    this.openMap(image, {
+    const view = this.openMap(image, {
       cellStyle: (key, classId, state) => this.cellStyle(key, classId, state),
       canEdit: (key) => !this.readOnly && key === this.refining,
     });
+    if (region) {
+      view.setRegions([region]);
+      view.fitBox(region.bbox as [number, number, number, number], 0);
+      this.shell.mapEl.dataset.region = String(region.id);
+    }
     this.currentId = this.model.next(null);
     this.begin();
     if (this.currentId !== null) this.focusDispute(this.currentId);
@@ -311,7 +335,7 @@ export class AdjudicateScreen extends MapScreen {
     const key = this.idempotencyKey;
     await this.submitting(async () => {
       try {
-        const res = await this.app.api.adjudicate(this.imageId, decisions, key);
+        const res = await this.app.api.adjudicate(this.imageId, decisions, key, this.regionId);
         this.idempotencyKey = null;
         this.model.load(res);
         this.writeOptions();
@@ -321,7 +345,7 @@ export class AdjudicateScreen extends MapScreen {
         this.view?.syncEditable();
         this.view?.refreshCells();
         this.renderAll();
-        if (res.status === 'verified') toast('All disputes decided — the image is verified', 'success', 5000);
+        if (res.status === 'verified') toast(`All disputes decided — the ${this.region ? 'region' : 'image'} is verified`, 'success', 5000);
         else toast(`${decisions.length} decision(s) saved`, 'success');
         if (!this.readOnly) this.focusDispute(this.model.next(null));
       } catch (e) {
@@ -332,7 +356,7 @@ export class AdjudicateScreen extends MapScreen {
   }
 
   protected async nextImage(): Promise<void> {
-    if (await this.beforeLeave()) await this.nextInQueue('adjudicate', 'No other disputed image');
+    if (await this.beforeLeave()) await this.nextInQueue('adjudicate', 'No other disputed image', this.regionId);
   }
 
   // ================================================================ keyboard

@@ -374,7 +374,7 @@ export class ImagesScreen implements Screen {
           first ? h('span', { class: 'queue-go' }, icon('next', 16)) : null,
         ];
         return first
-          ? h('a', { class: 'queue-card card', href: routeHash(queueRoute(this.projectId, kind, first.id, kind === 'review' ? first.region : null)), title: label.verb, dataset: { queue: kind } }, body)
+          ? h('a', { class: 'queue-card card', href: routeHash(queueRoute(this.projectId, kind, first.id, first.region)), title: label.verb, dataset: { queue: kind } }, body)
           : h('div', { class: 'queue-card card empty-q', dataset: { queue: kind } }, body);
       }),
     );

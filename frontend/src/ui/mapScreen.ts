@@ -403,10 +403,10 @@ export abstract class MapScreen implements Screen {
     }
   }
 
-  /** The next image of the work queue for this screen's role. */
-  protected async nextInQueue(kind: QueueKind, noneLeft: string): Promise<void> {
+  /** The next image of the work queue for this screen's role (`regionId`: the region of this slide open now, skipped). */
+  protected async nextInQueue(kind: QueueKind, noneLeft: string, regionId: number | null = null): Promise<void> {
     try {
-      const next = await nextFromQueue(this.app.api, this.projectId, [kind], this.imageId);
+      const next = await nextFromQueue(this.app.api, this.projectId, [kind], this.imageId, regionId);
       if (next) this.app.navigate(next.route);
       else toast(noneLeft, 'success');
     } catch (e) {

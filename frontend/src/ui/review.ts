@@ -11,7 +11,6 @@
  */
 import { ApiError } from '../core/api';
 import { DraftSaver, type DraftSaverState } from '../core/draftSaver';
-import { nextFromQueue } from '../core/queue';
 import { regionCells } from '../core/regions';
 import { nextKey, readingOrder, ReviewDraft } from '../core/review';
 import { routeHash } from '../core/router';
@@ -493,14 +492,8 @@ export class ReviewScreen extends MapScreen {
     this.statusPill.textContent = `Region ${formatStatus(this.region.status).toLowerCase()}`;
   }
 
-  protected async nextImage(): Promise<void> {
-    try {
-      const next = await nextFromQueue(this.app.api, this.projectId, ['review'], this.imageId, this.regionId);
-      if (next) this.app.navigate(next.route);
-      else toast('No other image is waiting for your review', 'success');
-    } catch (e) {
-      toast(errText(e), 'error');
-    }
+  protected nextImage(): Promise<void> {
+    return this.nextInQueue('review', 'No other image is waiting for your review', this.regionId);
   }
 
   // ================================================================ rendering
