@@ -472,6 +472,42 @@ def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence
     )
 
 
+# how many projects' models the interactive worker loads when it starts (most recently worked on
+# first); the backends' own per-process cache holds cytoseg.backends.CACHE_SIZE
+WARM_MODELS = 2
+
+
+def interactive_models_warm(*, limit: int = WARM_MODELS) -> list[int]:
+    """Load the active models (with maps) of the ``limit`` projects whose images were worked on
+    last, with a window's settings, and run each once on a window-sized image: the interactive
+    worker calls it when it starts, so that the first click of the day waits for a window's
+    network pass, not for the model's files, their loading and torch's first-call set-up. The
+    version ids warmed."""
+    from django.db.models import Max
+
+    projects = (
+        Image.objects.values("project_id").annotate(last=Max("updated_at")).order_by("-last").values_list("project_id")
+    )
+    warmed: list[int] = []
+    side = WINDOW + 2 * WINDOW_MARGIN
+    rng = np.random.default_rng(0)
+    dummy = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
+    for (project_id,) in projects[: 4 * limit]:
+        if len(warmed) >= limit:
+            break
+        image = Image.objects.select_related("project").filter(project_id=project_id).first()
+        if image is None:
+            continue
+        version = model_version_for_project(project=image.project)
+        if version.kind not in MAPS_KINDS or version.pk in warmed:
+            continue
+        started = time.perf_counter()
+        window_maps(_backend(version, window=True), dummy, r0=0, r1=side, c0=0, c1=side, margin=0)
+        logger.info("interactive: %s loaded and warmed in %.1f s", version, time.perf_counter() - started)
+        warmed.append(version.pk)
+    return warmed
+
+
 def _need(image: Image, points: Sequence[tuple[float, float]], margin: float) -> Region:
     """The window of maps a request needs: around its points, at least ``WINDOW`` on a side."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]

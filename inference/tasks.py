@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from typing import Any
 
 from celery import current_app, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready
 from django.conf import settings
-from django.db import OperationalError, close_old_connections
+from django.db import OperationalError, close_old_connections, connection
 
 from annotations.models import Image, PresegmentStatus
-from inference.interactive import INTERACTIVE_QUEUE, image_maps_compute
+from inference.interactive import INTERACTIVE_QUEUE, image_maps_compute, interactive_models_warm
 from inference.services import image_presegment_run, presegment_reap
 from inference.tiled import QUEUE as TILES_QUEUE
 from inference.tiled import STITCH_TASK, TILES_TASK, image_tiles_run, image_tiles_stitch
@@ -133,3 +134,17 @@ def _interactive_preload(**_: Any) -> None:
             importlib.import_module(module)
     except Exception:  # a missing library fails the task later, with its message
         logger.warning("Could not preload the model libraries", exc_info=True)
+        return
+    # the models themselves in a thread: the pool waits a few seconds at most for a child to
+    # start, and a task that comes meanwhile finds the model being loaded (the backends' cache
+    # lock) rather than loading it a second time
+    threading.Thread(target=_interactive_warm, name="interactive-warm", daemon=True).start()
+
+
+def _interactive_warm() -> None:
+    try:
+        interactive_models_warm()
+    except Exception:  # a broken model fails its first task later, with its message
+        logger.warning("Could not load the active models for clicks", exc_info=True)
+    finally:
+        connection.close()  # this thread's own

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from typing import Any
 from unittest import mock
 
@@ -319,3 +320,30 @@ def test_a_first_clicks_window_runs_without_test_time_augmentation_and_as_one_ti
     assert interactive._window_settings("cellpose", {"bsize": 224})["bsize"] == 0
     assert interactive._window_settings("nnunet", {})["use_mirroring"] is False
     assert interactive._window_settings("watershed", {"sigma": 1.0}) == {"sigma": 1.0}
+
+
+def test_the_interactive_worker_loads_the_active_models_when_it_starts(image: Image, project: Any) -> None:
+    """The models the next first clicks need are loaded (and run once) before any click: those
+    of the projects worked on last with a model that has maps; a project without one is passed."""
+    from cytoseg.backends import _cache as loaded
+
+    assert interactive.interactive_models_warm() == []  # only the classical baseline so far
+    version = _cellpose_version(project)
+    loaded.clear()
+    assert interactive.interactive_models_warm() == [version.pk]
+    assert any(key[0] == "cellpose" for key in loaded)
+    # the worker's pool process starts it in a thread of its own (the pool waits for the process
+    # a few seconds only)
+    from inference import tasks
+
+    with (
+        mock.patch("inference.tasks.current_app") as app,
+        mock.patch("inference.tasks.interactive_models_warm") as warm,
+        mock.patch("inference.tasks.connection"),
+    ):
+        app.amqp.queues.consume_from = {"interactive": None}
+        tasks._interactive_preload()
+        for thread in threading.enumerate():
+            if thread.name == "interactive-warm":
+                thread.join(10)
+    warm.assert_called_once_with()
