@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ __all__ = [
     "components_to_instances",
     "folds_available",
     "nnunet_image_maps",
+    "nnunet_logits_batch",
     "nnunet_model_folder_find",
     "nnunet_network_load",
     "nnunet_seeded_instances",
@@ -213,6 +214,116 @@ def nnunet_seeded_instances(maps: NnUNetMaps) -> list[Instance]:
     )
 
 
+def _nnunet_input(image: np.ndarray) -> np.ndarray:
+    """(C, 1, H, W) float32: the layout NaturalImage2DIO gives nnU-Net for an RGB PNG."""
+    img = image_check(image)
+    return np.ascontiguousarray(img.transpose(2, 0, 1)[:, None].astype(np.float32))
+
+
+def nnunet_logits_batch(predictor: Any, datas: Sequence[torch.Tensor], *, batch_size: int) -> list[torch.Tensor]:
+    """nnU-Net's logits (on the CPU) of several preprocessed images (C, 1, H, W), their
+    sliding-window patches run through the network ``batch_size`` at a time.
+
+    This is ``nnUNetPredictor.predict_logits_from_preprocessed_data`` (nnunetv2 2.8, the
+    version ``cytoseg.backends.packages`` pins) for a list of images: every fold's weights in
+    turn, the folds' logits averaged; per fold each image padded to the patch size, its patches
+    laid out by the predictor's own slicers, every patch (mirrored where the predictor mirrors)
+    weighted by the same Gaussian and added into its image's half-precision sum in the
+    predictor's order. Only the network passes differ: a batch of patches from any of the images
+    instead of one patch. On a GPU the images, the sums and the patches stay on the device
+    (``perform_everything_on_device``; on an out-of-memory error the sums move to the host, as
+    nnU-Net does), under autocast as nnU-Net runs it, and the host waits for the device once
+    per fold, not once per patch.
+    """
+    from nnunetv2.configuration import default_num_processes
+    from torch._dynamo import OptimizedModule
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(default_num_processes, threads))
+    try:
+        summed: list[torch.Tensor] | None = None
+        for params in predictor.list_of_parameters:
+            network = predictor.network
+            (network._orig_mod if isinstance(network, OptimizedModule) else network).load_state_dict(params)
+            fold = _logits_fold(predictor, datas, batch_size)
+            if summed is None:
+                summed = fold
+            else:
+                for total, part in zip(summed, fold, strict=True):
+                    total += part
+        assert summed is not None  # the predictor has at least one fold
+        if len(predictor.list_of_parameters) > 1:
+            for total in summed:
+                total /= len(predictor.list_of_parameters)
+        return summed
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.inference_mode()
+def _logits_fold(predictor: Any, datas: Sequence[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
+    """One fold's logits of every image (``predict_sliding_window_return_logits`` for a list)."""
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.utilities.helpers import dummy_context, empty_cache
+
+    device = predictor.device
+    predictor.network = predictor.network.to(device)
+    predictor.network.eval()
+    empty_cache(device)
+    patch = predictor.configuration_manager.patch_size
+    padded, reverts, slicers = [], [], []
+    for data in datas:
+        data_padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+        padded.append(data_padded)
+        reverts.append(revert)
+        slicers.append(predictor._internal_get_sliding_window_slicers(data_padded.shape[1:]))
+    with torch.autocast(device.type, enabled=True) if device.type == "cuda" else dummy_context():
+        if predictor.perform_everything_on_device and device.type != "cpu":
+            try:
+                logits = _windows(predictor, padded, slicers, batch_size, on_device=True)
+            except RuntimeError:  # out of device memory: the sums on the host, as nnU-Net falls back
+                empty_cache(device)
+                logits = _windows(predictor, padded, slicers, batch_size, on_device=False)
+        else:
+            logits = _windows(predictor, padded, slicers, batch_size, on_device=False)
+        empty_cache(device)
+    return [lg[(slice(None), *revert[1:])].to("cpu") for lg, revert in zip(logits, reverts, strict=True)]
+
+
+def _windows(
+    predictor: Any, datas: Sequence[torch.Tensor], slicers: Sequence[list[Any]], batch_size: int, *, on_device: bool
+) -> list[torch.Tensor]:
+    """The Gaussian-weighted mean of every patch's logits, per image (half precision)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    device = predictor.device
+    results_device = device if on_device else torch.device("cpu")
+    images = [d.to(results_device) for d in datas]
+    heads = predictor.label_manager.num_segmentation_heads
+    sums = [torch.zeros((heads, *d.shape[1:]), dtype=torch.half, device=results_device) for d in images]
+    counts = [torch.zeros(d.shape[1:], dtype=torch.half, device=results_device) for d in images]
+    gaussian: torch.Tensor | int = 1
+    if predictor.use_gaussian:
+        patch = tuple(predictor.configuration_manager.patch_size)
+        gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, device=results_device)
+    work = [(i, sl) for i, image_slicers in enumerate(slicers) for sl in image_slicers]
+    for start in range(0, len(work), batch_size):
+        chunk = work[start : start + batch_size]
+        x = torch.stack([images[i][sl] for i, sl in chunk]).to(device)
+        predictions = predictor._internal_maybe_mirror_and_predict(x).to(results_device)
+        for prediction, (i, sl) in zip(predictions, chunk, strict=True):
+            if predictor.use_gaussian:
+                prediction *= gaussian
+            sums[i][sl] += prediction
+            counts[i][sl[1:]] += gaussian
+    for total, count in zip(sums, counts, strict=True):
+        torch.div(total, count, out=total)
+    # one check (one wait for the device) for all the images
+    if sums and bool(torch.stack([torch.isinf(total).any() for total in sums]).any()):
+        raise RuntimeError("nnunet: inf in the predicted logits (the half-precision sum overflowed)")
+    return sums
+
+
 class NnUNetBackend(SegmentationBackend):
     """nnU-Net v2 2D model: semantic map 0/1/2 plus per-class connected components."""
 
@@ -250,6 +361,7 @@ class NnUNetBackend(SegmentationBackend):
             raise BackendError(f"nnunet: cannot load {self.model_folder}: {exc}") from exc
         self.instances_mode = cfg.instances
         self.min_instance_area = cfg.min_instance_area
+        self.batch_size = cfg.batch_size
         labels = json.loads((self.model_folder / "dataset.json").read_text()).get("labels", {})
         # A model trained with a fourth class that tells cells apart (cytoseg.datasets):
         # their rim ("boundary") or their core ("core"); both are parts of the cell class.
@@ -264,10 +376,38 @@ class NnUNetBackend(SegmentationBackend):
     def predict_maps(self, image: np.ndarray) -> NnUNetMaps:
         """Semantic map (0/1/2), class probabilities (3, H, W) and, for a model with a cell-rim
         or cell-core class, that class's probability (H, W), from one network run."""
-        img = image_check(image)
-        # (C, 1, H, W): the layout NaturalImage2DIO gives nnU-Net for RGB PNGs
-        data = np.ascontiguousarray(img.transpose(2, 0, 1)[:, None].astype(np.float32))
-        seg, raw = self.predictor.predict_single_npy_array(data, dict(_SPACING), None, None, True)
+        seg, raw = self.predictor.predict_single_npy_array(_nnunet_input(image), dict(_SPACING), None, None, True)
+        return self._maps_from(seg, raw)
+
+    def predict_maps_batch(self, images: Sequence[np.ndarray]) -> list[NnUNetMaps]:
+        """:meth:`predict_maps` of several images from shared network passes: each image is
+        preprocessed by the model's own preprocessor, the sliding-window patches of all of them
+        run through the network ``batch_size`` at a time (:func:`nnunet_logits_batch`), and each
+        image's logits are resampled back as nnU-Net does. Equal to :meth:`predict_maps` up to
+        the float rounding of a batched convolution."""
+        from nnunetv2.inference.export_prediction import (
+            convert_predicted_logits_to_segmentation_with_correct_shape as logits_to_segmentation,
+        )
+
+        p = self.predictor
+        preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
+        datas, properties = [], []
+        for image in images:
+            data, _, props = preprocessor.run_case_npy(
+                _nnunet_input(image), None, dict(_SPACING), p.plans_manager, p.configuration_manager, p.dataset_json
+            )
+            datas.append(torch.from_numpy(data))
+            properties.append(props)
+        out = []
+        for logits, props in zip(nnunet_logits_batch(p, datas, batch_size=self.batch_size), properties, strict=True):
+            seg, raw = logits_to_segmentation(
+                logits, p.plans_manager, p.configuration_manager, p.label_manager, props, return_probabilities=True
+            )
+            out.append(self._maps_from(seg, raw))
+        return out
+
+    def _maps_from(self, seg: np.ndarray, raw: np.ndarray) -> NnUNetMaps:
+        """The maps of nnU-Net's segmentation and probabilities (C, 1, H, W) of one image."""
         semantic = np.asarray(seg)[0].astype(np.uint8)
         probs = np.asarray(raw, dtype=np.float32)[:, 0]
         extra: dict[str, np.ndarray | None] = {"boundary": None, "core": None}
@@ -291,22 +431,30 @@ class NnUNetBackend(SegmentationBackend):
         maps = self.predict_maps(image)
         return maps.semantic, maps.probabilities
 
-    def predict_with_probabilities(self, image: np.ndarray) -> tuple[Prediction, np.ndarray]:
-        """:meth:`predict` and the softmax map from a single network run."""
+    def _prediction(self, maps: NnUNetMaps, timings: dict[str, float]) -> Prediction:
         t0 = time.perf_counter()
-        maps = self.predict_maps(image)
-        semantic, probs = maps.semantic, maps.probabilities
-        t1 = time.perf_counter()
         instances: list[Instance] = []
         if self.instances_mode == "seeds" and (maps.core is not None or maps.boundary is not None):
             instances = nnunet_seeded_instances(maps)
         elif self.instances_mode in ("components", "seeds"):
-            instances = components_to_instances(semantic, probs, min_area=self.min_instance_area)
-        t2 = time.perf_counter()
-        timings = {"nnunet": t1 - t0, "components": t2 - t1}
-        prediction = Prediction(instances=instances, semantic=semantic, timings=timings, maps=nnunet_image_maps(maps))
-        return prediction, probs
+            instances = components_to_instances(maps.semantic, maps.probabilities, min_area=self.min_instance_area)
+        timings = {**timings, "components": time.perf_counter() - t0}
+        return Prediction(instances=instances, semantic=maps.semantic, timings=timings, maps=nnunet_image_maps(maps))
+
+    def predict_with_probabilities(self, image: np.ndarray) -> tuple[Prediction, np.ndarray]:
+        """:meth:`predict` and the softmax map from a single network run."""
+        t0 = time.perf_counter()
+        maps = self.predict_maps(image)
+        return self._prediction(maps, {"nnunet": time.perf_counter() - t0}), maps.probabilities
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Semantic map and connected-component instances of ``image``."""
         return self.predict_with_probabilities(image)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """:meth:`predict` of several images (the reads of a tiled run) from shared network
+        passes (:meth:`predict_maps_batch`); the network's time is shared out evenly."""
+        t0 = time.perf_counter()
+        batch = self.predict_maps_batch(images)
+        seconds = (time.perf_counter() - t0) / max(1, len(batch))
+        return [self._prediction(maps, {"nnunet": seconds}) for maps in batch]

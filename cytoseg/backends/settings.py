@@ -78,6 +78,9 @@ class NnUNetSettings(_Settings):
     (CUDA only). ``instances``: ``"components"`` (connected components per class), ``"seeds"``
     (cells grown from the model's core or rim class, for a model trained with one; else
     components) or ``"none"``. ``min_instance_area``: smaller components are dropped.
+    ``batch_size``: sliding-window patches per network pass when several images are predicted
+    together (``predict_batch``, the tiles of a tiled run; nnU-Net's own predictor, used for one
+    image, runs one patch per pass).
     ``model_folder`` (path): a model folder instead of the artifacts.
     """
 
@@ -90,6 +93,7 @@ class NnUNetSettings(_Settings):
     perform_everything_on_device: bool = True
     instances: str = "components"
     min_instance_area: int = 15
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
         self._set("model_folder", setting_path("model_folder", self.model_folder))
@@ -107,6 +111,7 @@ class NnUNetSettings(_Settings):
         )
         self._set("instances", setting_choice("instances", self.instances, ("components", "seeds", "none")))
         self._set("min_instance_area", setting_int("min_instance_area", self.min_instance_area, lo=0))
+        self._set("batch_size", setting_int("batch_size", self.batch_size, lo=1, hi=512))
 
 
 def _folds(value: Any) -> tuple[int | str, ...]:

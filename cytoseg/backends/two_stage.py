@@ -177,9 +177,30 @@ class TwoStageBackend(SegmentationBackend):
         t1 = time.perf_counter()
         outputs = self.cellpose.network(img)
         t2 = time.perf_counter()
+        return self._combined(img, maps, outputs, {"nnunet": t1 - t0, "cellpose_net": t2 - t1})
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """:meth:`predict` of several images (the reads of a tiled run): both networks batched
+        across them (``NnUNetBackend.predict_maps_batch``, ``CellposeBackend.networks``), then
+        each image's combination. Each network's time is shared out evenly in the timings."""
+        imgs = [image_check(image) for image in images]
+        n = max(1, len(imgs))
+        t0 = time.perf_counter()
+        maps = self.nnunet.predict_maps_batch(imgs)
+        t1 = time.perf_counter()
+        outputs = self.cellpose.networks(imgs)
+        t2 = time.perf_counter()
+        timings = {"nnunet": (t1 - t0) / n, "cellpose_net": (t2 - t1) / n}
+        return [self._combined(*parts, timings) for parts in zip(imgs, maps, outputs, strict=True)]
+
+    def _combined(
+        self, img: np.ndarray, maps: NnUNetMaps, outputs: CellposeOutputs, timings: dict[str, float]
+    ) -> Prediction:
+        """The combination rule (``combine``) over both networks' outputs of one image."""
+        t2 = time.perf_counter()
         if self.combine_mode == "assign":
             kept = self.assign(img, maps, outputs)
-            t3 = t4 = time.perf_counter()
+            t3 = time.perf_counter()
             stages = {"cellpose_masks": t3 - t2, "assign": 0.0}
         else:
             region = None
@@ -196,7 +217,7 @@ class TwoStageBackend(SegmentationBackend):
         return Prediction(
             instances=kept,
             semantic=maps.semantic,
-            timings={"nnunet": t1 - t0, "cellpose_net": t2 - t1, **stages},
+            timings={**timings, **stages},
             maps=self.image_maps(maps, outputs),
         )
 

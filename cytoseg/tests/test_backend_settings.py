@@ -89,6 +89,9 @@ def test_settings_build_normalises_and_refuses() -> None:
     assert settings_build(TwoStageSettings, {}, backend="two_stage").assign_flow_threshold == 0.8
     assert "assign_flow_threshold" in backend_settings_errors("two_stage", {"assign_flow_threshold": -1})
     assert "must be one of" in backend_settings_errors("nnunet", {"instances": "watershed"})["instances"]
+    # patches per network pass of nnU-Net's batched prediction (cytoseg.tiled's tiles)
+    assert settings_build(NnUNetSettings, {"batch_size": 16}, backend="nnunet").batch_size == 16
+    assert "batch_size must be in [1, 512]" in backend_settings_errors("nnunet", {"batch_size": 0})["batch_size"]
 
 
 def test_the_light_registry_names_each_backends_own_settings() -> None:
