@@ -45,12 +45,19 @@ The scripted doctor
   then up to ``MAX_EXTRA_CLICKS`` (3) more at the centre of the largest error region (positive
   where the result misses ground truth, negative where it spills over), as long as each brings
   the result closer (one that does not is undone: ``undo``, a key, and clicking stops). Then up to
-  ``MAX_STROKES`` (4) **brush strokes** (``stroke``): along the largest remaining error region
-  (its pixels ordered by angle around the cell, one point per 15 degrees), radius its half
-  thickness (1.5 to 6 px), added to the polygon (union) where it misses, removed (difference) where
-  it spills over; the result stays one valid polygon (largest part), as the editor's brush keeps
-  it; a stroke that does not bring it closer is undone and stroking stops. Only then polygon
-  editing of the result, or deleting it and drawing (whichever costs fewer operations).
+  ``MAX_STROKES`` (4) **brush strokes** (``stroke``) at the largest remaining error region,
+  radius its half thickness (1.5 to 6 px), added to the polygon (union) where it misses
+  (brush), removed (difference) where it spills over (eraser). An error along the rim (its
+  pixels on average more than half the cell's radius from the centre) is painted as a careful
+  human paints it: along the cell's edge, the brush's edge on it and its circle on the side
+  where painting does no harm (inside the cell when adding, outside when erasing), one point
+  per 15 degrees, over the arc that holds every error pixel of that kind (cut at its widest
+  gap; all round the cell, the stroke closes where it began): an outline one pixel too wide or
+  too tight all round, made of many small scattered error pieces, is one stroke, as it is for
+  a doctor who sees it. An error in the middle is crossed along its long axis. The result
+  stays one valid polygon (largest part), as the editor's brush keeps it; a stroke that does
+  not bring it closer is undone and stroking stops. Only then polygon editing of the result,
+  or deleting it and drawing (whichever costs fewer operations).
 
 Per-operation times
 -------------------
@@ -457,11 +464,30 @@ def instance_polygon(inst: Instance | None) -> Polygon | None:
     return Polygon(contours[0].points) if contours else None
 
 
-def stroke_path(region: np.ndarray, cell: Cell) -> tuple[list[tuple[float, float]], float]:
-    """The brush stroke a doctor paints over ``region`` (window pixels): its points in image
-    coordinates and the brush radius. A rim-like region (its centre away from the cell's) is
-    followed around the cell, one point per STROKE_STEP_DEGREES; a blob is crossed along its
-    long axis."""
+def _edge_point(edge: LineString, cx: float, cy: float, angle: float, reach: float) -> tuple[float, float]:
+    """Where the ray from (cx, cy) at ``angle`` leaves the outline ``edge`` (its last crossing)."""
+    ray = LineString([(cx, cy), (cx + reach * math.cos(angle), cy + reach * math.sin(angle))])
+    hit = ray.intersection(edge)
+    pts = [(g.x, g.y) for g in getattr(hit, "geoms", [hit]) if isinstance(g, Point) and not g.is_empty]
+    if not pts:  # the ray runs along the outline: its nearest point
+        near = edge.interpolate(edge.project(Point(cx + math.cos(angle), cy + math.sin(angle))))
+        return float(near.x), float(near.y)
+    x, y = max(pts, key=lambda p: math.hypot(p[0] - cx, p[1] - cy))
+    return float(x), float(y)
+
+
+def stroke_path(
+    region: np.ndarray, cell: Cell, missing: bool = True, rim: np.ndarray | None = None
+) -> tuple[list[tuple[float, float]], float]:
+    """The brush stroke a doctor paints over ``region`` (window pixels, the largest error): its
+    points in image coordinates and the brush radius (half the region's thickness, 1.5 to
+    6 px). A rim-like region (its pixels on average over half the cell's radius from its centre:
+    a ring all round counts, though its mean point is the centre) is painted along the cell's edge
+    with the brush's edge on it, the circle on the side where painting does no harm (inside
+    the cell when adding, ``missing``; outside it when erasing), one point per
+    STROKE_STEP_DEGREES, over the arc that holds ``rim`` (every error pixel of the same kind,
+    default ``region``), cut at its widest gap; all round the cell, the stroke ends where it
+    began. A blob is crossed along its long axis."""
     x0, y0 = cell.window[:2]
     rows, cols = np.nonzero(region)
     xs, ys = cols + x0 + 0.5, rows + y0 + 0.5
@@ -471,15 +497,25 @@ def stroke_path(region: np.ndarray, cell: Cell) -> tuple[list[tuple[float, float
     tr, tc = np.nonzero(target)
     cx, cy = tc.mean() + x0 + 0.5, tr.mean() + y0 + 0.5
     cell_radius = math.sqrt(len(tr) / math.pi)
-    if math.hypot(xs.mean() - cx, ys.mean() - cy) > 0.5 * cell_radius:
-        angles = np.arctan2(ys - cy, xs - cx)
-        # cut the circle in the widest gap so that a region straddling +-180 degrees stays whole
+    if float(np.hypot(xs - cx, ys - cy).mean()) > 0.5 * cell_radius:  # its pixels away from the centre
+        rr, rc = np.nonzero(region if rim is None else rim | region)
+        angles = np.arctan2(rr + y0 + 0.5 - cy, rc + x0 + 0.5 - cx)
+        # cut the circle in the widest gap so that an arc straddling +-180 degrees stays whole
         order = np.sort(angles)
         gaps = np.diff(np.concatenate([order, order[:1] + 2 * np.pi]))
-        start = order[(int(np.argmax(gaps)) + 1) % len(order)]
-        rel = np.mod(angles - start, 2 * np.pi)
-        bins = (rel // math.radians(STROKE_STEP_DEGREES)).astype(int)
-        path = [(float(xs[bins == b].mean()), float(ys[bins == b].mean())) for b in np.unique(bins)]
+        widest = int(np.argmax(gaps))
+        start, span = order[(widest + 1) % len(order)], 2 * np.pi - float(gaps[widest])
+        step = math.radians(STROKE_STEP_DEGREES)
+        edge = drawn_polygon(cell).exterior
+        reach = 4.0 * max(target.shape)
+        sign = -1.0 if missing else 1.0
+        path = []
+        for k in range(int(span // step) + 2):
+            a = start + min(k * step, span)
+            ex, ey = _edge_point(edge, cx, cy, a, reach)
+            path.append((ex + sign * radius * math.cos(a), ey + sign * radius * math.sin(a)))
+        if float(gaps[widest]) < 2 * step:
+            path.append(path[0])  # a rim all round the cell: the stroke ends where it began
     else:
         pts = np.stack([xs, ys], axis=1)
         centre = pts.mean(axis=0)
@@ -513,7 +549,9 @@ def strokes_to_truth(poly: Polygon | None, score: float, cell: Cell, t: Tally) -
         region, missing = _largest_error(poly, cell)
         if np.count_nonzero(region) < 2:
             break
-        path, radius = stroke_path(region, cell)
+        target, pred = cell_target(cell), raster(poly, cell.window)
+        rim = (target & ~pred) if missing else (pred & ~target)
+        path, radius = stroke_path(region, cell, missing, rim)
         length = LineString(path).length if len(path) > 1 else 0.0
         candidate = brush(poly, path, radius, add=missing)
         t.add("stroke", extra_seconds=STEERING_B * length / (2 * radius))

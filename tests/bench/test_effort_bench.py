@@ -171,3 +171,22 @@ def test_bad_proposal_one_vertex_off_is_edited_in_c() -> None:
     assert eb.MATCH_IOU <= eb.cell_iou(bad, cell) < eb.REACH_IOU
     tally = eb.mode_click(_field([cell], [(bad, 1)]), lambda pos, neg: None)
     assert dict(tally.ops) == {"move": 1}
+
+
+@pytest.mark.parametrize("grow", [1.0, -1.0])
+def test_outline_off_by_a_pixel_all_round_is_fixed_by_one_stroke_along_the_edge(grow: float) -> None:
+    cell = _disk(30, 30, 7, label=2)  # an erythrocyte: one pixel all round misses REACH_IOU
+    bad = eb.drawn_polygon(cell).buffer(grow, quad_segs=8)
+    assert eb.MATCH_IOU <= eb.cell_iou(bad, cell) < eb.REACH_IOU
+    region, missing = eb._largest_error(bad, cell)
+    assert missing == (grow < 0)
+    tally = eb.Tally()
+    fixed, score = eb.strokes_to_truth(bad, eb.cell_iou(bad, cell), cell, tally)
+    assert score >= eb.REACH_IOU and dict(tally.ops) == {"stroke": 1}
+    # the brush's edge ran along the cell's edge: erasing took (almost) nothing of the cell, adding
+    # spilled (almost) nothing out of it
+    target, got = eb.cell_target(cell), eb.raster(fixed, cell.window)
+    assert np.count_nonzero(target & ~got if grow > 0 else got & ~target) <= 0.05 * np.count_nonzero(target)
+    # the stroke went all round the cell and back to where it began
+    path, radius = eb.stroke_path(region, cell, missing, eb.cell_target(cell) ^ eb.raster(bad, cell.window))
+    assert path[0] == path[-1] and radius == pytest.approx(1.5)
