@@ -223,6 +223,7 @@ class MapsResult:
     model_version_id: int
     computed: bool
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def _stored(key: str) -> ImageMaps | None:
@@ -444,32 +445,57 @@ def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence
                 computed=computed,
                 seconds=time.perf_counter() - started,
             )
+        stages: dict[str, float] = {}
+        lap = _Lap(stages)
         key = maps_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk)
         kept = _stored(key)
+        lap("kept_ms")
         whole = (0, image.height, 0, image.width)
         r0, r1, c0, c1 = region if region is not None else whole
         if kept is not None and kept.covers(r0, r1, c0, c1):
             cache.set(ready, {"at": time.time(), "error": None}, timeout=600)
             return MapsResult(image_id=image_id, model_version_id=model_version_id, computed=False)
         backend = _backend(version, window=region is not None)
+        lap("model_ms")
         rgb = _image_rgb(image)
+        lap("image_ms")
         if region is None:
             maps = backend.maps(rgb)
+            lap("network_ms")
         else:
             part = window_maps(backend, rgb, r0=r0, r1=r1, c0=c0, c1=c1)
+            lap("network_ms")
             maps = (
                 None if part is None else maps_merge(kept, part, y0=r0, x0=c0, height=rgb.shape[0], width=rgb.shape[1])
             )
         if maps is None:
             raise ValueError(f"a {version.kind} model has no maps")
         image_maps_store(image=image, model_version=version, maps=maps)
+        lap("store_ms")
     except Exception as exc:
         cache.set(ready, {"at": time.time(), "error": f"{type(exc).__name__}: {exc}"[:500]}, timeout=600)
         raise
     cache.set(ready, {"at": time.time(), "error": None}, timeout=600)
     return MapsResult(
-        image_id=image_id, model_version_id=model_version_id, computed=True, seconds=time.perf_counter() - started
+        image_id=image_id,
+        model_version_id=model_version_id,
+        computed=True,
+        seconds=time.perf_counter() - started,
+        stages=stages,
     )
+
+
+class _Lap:
+    """Milliseconds since the previous lap, written under a stage's name (the task's result and
+    the worker's log say where a window's time went)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.last = into, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = round((now - self.last) * 1000, 1)
+        self.last = now
 
 
 # how many projects' models the interactive worker loads when it starts (most recently worked on

@@ -98,7 +98,7 @@ def image_maps(image_id: int, model_version_id: int, region: list[int] | None = 
     click-to-segment, on the ``interactive`` queue: its own worker, so that a click never waits
     behind pre-segmentation or training."""
     result = image_maps_compute(image_id=image_id, model_version_id=model_version_id, region=region)
-    return {"computed": result.computed, "seconds": round(result.seconds, 3)}
+    return {"computed": result.computed, "seconds": round(result.seconds, 3), **result.stages}
 
 
 @shared_task(name="inference.watchdog", queue="default", acks_late=True)
