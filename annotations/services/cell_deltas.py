@@ -34,7 +34,13 @@ from annotations import selectors
 from annotations.models import AnnotationRevision, Cell, CellClass, CellSource, Image, Layer
 from annotations.selectors import CELL_FIELDS
 from annotations.services.cells import _snapshot, cell_geometry
-from annotations.services.workflow import annotation_write_check, annotation_write_started, region_write_check
+from annotations.services.workflow import (
+    annotation_write_check,
+    annotation_write_started,
+    region_locked_items,
+    region_locked_message,
+    regions_locked,
+)
 from core.errors import ConflictError, ServiceValidationError
 from cytoseg.geometry import CleanPolygon, GeometryError, polygons_clean
 
@@ -314,15 +320,43 @@ def cells_delta_apply(*, image: Image, user: User, base_revision: int, data: obj
                     "deleted": [pk for pk in concerned if pk not in present],
                 },
             )
-        region_write_check(
-            image_id=image.pk,
-            polygons=(
-                [a.polygon.points for a in delta.added]
-                + [c.polygon.points for c in delta.changed if c.polygon is not None]
-                + [row["polygon"] for row in current.values()]
-            ),
-        )
+        _regions_locked_check(image=image, locked=locked, delta=delta, current=current)
         return _write(image=image, locked=locked, user=user, delta=delta, base=base_revision, current=current)
+
+
+def _regions_locked_check(*, image: Image, locked: Image, delta: Delta, current: dict[int, dict[str, Any]]) -> None:
+    """Refuse the delta (409, shaped as a conflict so that the editor takes the server's version
+    of those cells and saves the rest) when an item adds, changes or deletes a cell whose centroid
+    lies in a region under review or verified (old or new outline). One query without one."""
+    regions = regions_locked(image_id=image.pk)
+    if not regions:
+        return
+    items: list[tuple[str, list[list[float]]]] = [(f"added.{a.index}", a.polygon.points) for a in delta.added]
+    for c in delta.changed:
+        items.append((f"changed.{c.index}", current[c.id]["polygon"]))
+        if c.polygon is not None:
+            items.append((f"changed.{c.index}", c.polygon.points))
+    items += [(f"deleted.{d.index}", current[d.id]["polygon"]) for d in delta.deleted]
+    hits = region_locked_items(locked=regions, items=items)
+    if not hits:
+        return
+    ids = {f"changed.{c.index}": c.id for c in delta.changed} | {f"deleted.{d.index}": d.id for d in delta.deleted}
+    concerned = sorted({ids[key] for key, _, _ in hits if key in ids})
+    _, name, status = hits[0]
+    raise ConflictError(
+        region_locked_message(name, status),
+        {
+            "status": status,
+            "region": name,
+            "revision": locked.revision,
+            "conflicts": [
+                {"item": key, "id": ids.get(key), "reason": "region_locked", "revision": locked.revision}
+                for key, _, _ in hits
+            ],
+            "cells": json.loads(selectors.cells_by_ids_json(image=image, ids=concerned)) if concerned else [],
+            "deleted": [],
+        },
+    )
 
 
 def _write(

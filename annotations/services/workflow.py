@@ -122,24 +122,42 @@ def region_lock(region: Region) -> Region:
     return locked
 
 
+def regions_locked(*, image_id: int) -> list[tuple[str, str, list[list[float]]]]:
+    """The image's regions under review or verified: (name, status, polygon) each. One query."""
+    rows = Region.objects.filter(image_id=image_id, status__in=LOCKED_STATUSES).order_by("id")
+    return [(name, status, polygon) for name, status, polygon in rows.values_list("name", "status", "polygon")]
+
+
+def region_locked_message(name: str, status: str) -> str:
+    return f"The region {name!r} is {status_label(status)}; the cells inside it are locked until an admin reopens it."
+
+
+def region_locked_items(
+    *, locked: list[tuple[str, str, list[list[float]]]], items: Sequence[tuple[str, Sequence[Sequence[float]]]]
+) -> list[tuple[str, str, str]]:
+    """Of ``items`` (key, outline), those whose centroid lies in one of the ``locked`` regions:
+    (key, region name, region status) each, in ``items``' order, each key once."""
+    found: dict[str, tuple[str, str, str]] = {}
+    outlines = [outline for _, outline in items]
+    for name, status, polygon in locked:
+        for (key, _), inside in zip(items, cells_inside(polygon, outlines), strict=True):
+            if inside and key not in found:
+                found[key] = (key, name, status)
+    return [found[key] for key in dict.fromkeys(key for key, _ in items) if key in found]
+
+
 def region_write_check(*, image_id: int, polygons: Iterable[Sequence[Sequence[float]]]) -> None:
     """Refuse (409) an annotation write whose added, changed or deleted cells (``polygons``: their
     outlines before and after) have a centroid inside a region under review or verified: those
     cells are what the experts decide on, as a submitted image's are. One query, and
     ``polygons`` is not even read, when the image has no such region."""
-    locked = list(
-        Region.objects.filter(image_id=image_id, status__in=LOCKED_STATUSES).values_list("name", "status", "polygon")
-    )
+    locked = regions_locked(image_id=image_id)
     if not locked:
         return
-    outlines = list(polygons)
-    for name, status, outline in locked:
-        if outlines and any(cells_inside(outline, outlines)):
-            raise ConflictError(
-                f"The region {name!r} is {status_label(status)}; the cells inside it are locked until an "
-                "admin reopens it.",
-                {"status": status, "region": name},
-            )
+    hits = region_locked_items(locked=locked, items=[(str(i), p) for i, p in enumerate(polygons)])
+    if hits:
+        _, name, status = hits[0]
+        raise ConflictError(region_locked_message(name, status), {"status": status, "region": name})
 
 
 def image_presegmented(*, image: Image) -> None:

@@ -26,7 +26,8 @@ interface Row {
  * polygons here).
  */
 function fakeServer(rows: Row[], revision = 1) {
-  const state = { revision, rows: new Map(rows.map((r) => [r.id, r])), nextId: 1000, deletedAt: new Map<number, number>() };
+  // `locked`: a region under review (a box here): items with a cell inside it are refused as `region_locked`
+  const state = { revision, rows: new Map(rows.map((r) => [r.id, r])), nextId: 1000, deletedAt: new Map<number, number>(), locked: null as Box | null };
   const reads: Box[] = [];
   const deltas: DeltaBody[] = [];
   const cell = (r: Row): ServerCell =>
@@ -42,7 +43,17 @@ function fakeServer(rows: Row[], revision = 1) {
     saveCells: vi.fn(),
     saveCellsDelta: vi.fn(async (_id: number, body: DeltaBody): Promise<DeltaResponse> => {
       deltas.push(structuredClone(body));
-      const conflicts: { item: string; id: number; reason: 'changed' | 'deleted' | 'overlaps'; revision: number }[] = [];
+      const conflicts: { item: string; id: number | null; reason: 'changed' | 'deleted' | 'overlaps' | 'region_locked'; revision: number }[] = [];
+      const locked = state.locked;
+      if (locked) {
+        const inside = (p: Point[]) => boxesMeet(ringBox(p), locked);
+        body.added.forEach((a, i) => inside(a.polygon) && conflicts.push({ item: `added.${i}`, id: null, reason: 'region_locked', revision: state.revision }));
+        body.changed.forEach((c, i) => (inside(c.polygon) || inside(state.rows.get(c.id)!.polygon)) && conflicts.push({ item: `changed.${i}`, id: c.id, reason: 'region_locked', revision: state.revision }));
+        if (conflicts.length) {
+          const ids = conflicts.map((c) => c.id).filter((id): id is number => id !== null);
+          throw new ApiError(409, 'locked', {}, { detail: "The region 'A' is in review; the cells inside it are locked until an admin reopens it.", revision: state.revision, conflicts, cells: ids.map((id) => cell(state.rows.get(id)!)), deleted: [] });
+        }
+      }
       const check = (list: string, i: number, id: number, known: number | undefined) => {
         const row = state.rows.get(id);
         const since = known ?? body.base_revision;
@@ -56,7 +67,7 @@ function fakeServer(rows: Row[], revision = 1) {
           if (r.revision > body.base_revision && boxesMeet(ringBox(r.polygon), ringBox(a.polygon))) conflicts.push({ item: `added.${i}`, id: r.id, reason: 'overlaps', revision: r.revision });
       });
       if (conflicts.length) {
-        const ids = [...new Set(conflicts.map((c) => c.id))];
+        const ids = [...new Set(conflicts.map((c) => c.id!))];
         const cells = ids.filter((id) => state.rows.has(id)).map((id) => cell(state.rows.get(id)!));
         throw new ApiError(409, 'conflict', {}, { detail: 'conflict', revision: state.revision, conflicts, cells, deleted: ids.filter((id) => !state.rows.has(id)) });
       }
@@ -251,6 +262,27 @@ describe('saves by delta', () => {
     store.undo();
     store.undo();
     expect(store.has(serverKey(12))).toBe(true);
+  });
+
+  it('a 409 for a region under review: the edits inside it undone (an added cell dropped), the rest saved', async () => {
+    const { server, store, loader, autosave } = setup();
+    const seen: { keys: string[]; dropped: number; regionLocked: boolean; detail: string }[] = [];
+    autosave.events.on('deltaConflict', (c) => seen.push({ keys: c.keys, dropped: c.dropped, regionLocked: c.regionLocked, detail: c.detail }));
+    await viewAt(loader, [0, 0, 2000, 2000]);
+    server.state.locked = [0, 0, 500, 500]; // cell 1 (100, 100) lies in a region now in review
+    const mine = store.addCell(sq(300, 300, 30), 1);
+    store.updatePolygon(serverKey(1), sq(100, 100, 70));
+    store.updatePolygon(serverKey(2), sq(1100, 100, 70));
+    await vi.advanceTimersByTimeAsync(900);
+    await autosave.flush();
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toMatchObject({ keys: [serverKey(1)], dropped: 2, regionLocked: true });
+    expect(seen[0].detail).toContain('locked');
+    expect(store.has(mine)).toBe(false);
+    expect(store.get(serverKey(1))!.polygon).toEqual(sq(100, 100, 50)); // the server's version
+    expect(server.state.rows.get(2)!.polygon).toEqual(sq(1100, 100, 70)); // the other edit was saved
+    expect(store.isDirty).toBe(false);
+    expect(autosave.state.status).toBe('saved');
   });
 
   it('two editors in different regions both save', async () => {

@@ -153,12 +153,31 @@ def test_two_regions_of_one_slide_are_verified_independently_and_train(
         format="json",
     )
     assert outside.status_code == 200, outside.content
+    # inside a verified region: refused as a conflict the editor resolves (the server's version
+    # of the cells concerned; an added cell there dropped), nothing written
     inside = client.patch(
         f"/api/v1/images/{slide.pk}/cells",
-        {"base_revision": slide.revision + 1, "deleted": [{"id": in_left[1]}]},
+        {
+            "base_revision": slide.revision + 1,
+            "added": [
+                {"class_id": class_id, "polygon": square(400, 100, 20)},  # in the right region
+                {"class_id": class_id, "polygon": square(100, 360, 20)},  # in the draft region: fine
+            ],
+            "deleted": [{"id": in_left[1]}],
+        },
         format="json",
     )
-    assert inside.status_code == 409 and "left" in inside.json()["detail"]
+    assert inside.status_code == 409, inside.content
+    refused = inside.json()
+    assert "right" in refused["detail"] and refused["region"] == "right" and refused["status"] == "verified"
+    assert refused["revision"] == slide.revision + 1
+    assert [(c["item"], c["id"], c["reason"]) for c in refused["conflicts"]] == [
+        ("added.0", None, "region_locked"),
+        ("deleted.0", in_left[1], "region_locked"),
+    ]
+    assert [c["id"] for c in refused["cells"]] == [in_left[1]] and refused["deleted"] == []
+    assert Cell.objects.filter(pk=in_left[1]).exists()
+    assert not Cell.objects.filter(image=slide, layer=Layer.ANNOTATION, bbox_x=100, bbox_y=360).exists()
 
     # training: the slide by its two verified regions, each with the verified cells inside it
     snapshot = snapshots.dataset_snapshot_create(project=project, user=admin_user)

@@ -62,6 +62,8 @@ export interface DeltaConflictResolved {
   /** How many of our edits were dropped. */
   dropped: number;
   detail: string;
+  /** The edits were refused because they lie in a region under review or verified (not others' edits). */
+  regionLocked: boolean;
 }
 
 export interface AutosaveOptions {
@@ -331,7 +333,7 @@ export class AutosaveController {
         this.pending = null;
         this.failures = 0;
         const taken = this.store.takeServerVersion(attempt.snap, deltaConflict.conflicts, deltaConflict.cells);
-        this.events.emit('deltaConflict', { ...taken, detail: err.detail });
+        this.events.emit('deltaConflict', { ...taken, detail: err.detail, regionLocked: deltaConflict.conflicts.some((c) => c.reason === 'region_locked') });
         this.setStatus(this.store.isDirty ? 'unsaved' : 'saved');
       } else if (conflict) {
         this.pending = null;

@@ -782,6 +782,7 @@ export class AnnotationStore {
     const shown: string[] = [];
     const server = new Map(cells.map((c) => [c.id, c]));
     for (const c of conflicts) {
+      if (c.id === null) continue; // an added cell refused in a locked region: dropped above
       const key = this.keyByServerId.get(c.id) ?? serverKey(c.id);
       const found = server.get(c.id);
       if (!found) {

@@ -159,11 +159,15 @@ export interface DeltaBody {
 }
 /** The answer of a delta save: the new revision, the added cells (request order, with ids), the changed ones. */
 export type DeltaResponse = Omit<S['CellsDeltaOut'], 'added' | 'changed'> & { added: ServerCell[]; changed: ServerCell[] };
-/** One conflict of a 409 answer to a delta save: which item of the delta met which server cell. */
+/**
+ * One conflict of a 409 answer to a delta save: which item of the delta met which server cell.
+ * `region_locked`: the item's cell lies in a region under review or verified (`id` null for an
+ * added cell: no server cell is concerned).
+ */
 export interface DeltaConflictItem {
   item: string;
-  id: number;
-  reason: 'changed' | 'deleted' | 'overlaps';
+  id: number | null;
+  reason: 'changed' | 'deleted' | 'overlaps' | 'region_locked';
   revision: number;
 }
 

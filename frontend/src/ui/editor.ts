@@ -376,6 +376,11 @@ export class EditorScreen extends MapScreen {
       as.events.on('refused', (r) => this.onRefused(r.keys, r.reasons)),
       as.events.on('deltaConflict', (c) => {
         const n = c.dropped;
+        if (c.regionLocked) {
+          toast(`${c.detail} ${n === 1 ? 'Your edit there was' : `${n} of your edits there were`} undone; your other edits are being saved.`, 'warn', 10000);
+          if (c.keys.length) this.selection.set(c.keys);
+          return;
+        }
         toast(`${n} of your edit${n === 1 ? '' : 's'} met edits another person saved meanwhile: the server's version of ${n === 1 ? 'that cell is' : 'those cells are'} shown (selected). Your other edits are being saved.`, 'warn', 10000);
         if (c.keys.length) this.selection.set(c.keys);
       }),
