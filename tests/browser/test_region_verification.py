@@ -19,7 +19,16 @@ from cytoseg.slide_synthetic import slide_synthetic, slide_write
 from review.models import Review, ReviewStatus
 from review.services import reviews
 from tests.browser.conftest import shot
-from tests.browser.helpers import ProjectFactory, UserFactory, annotate, login, member, wait_editor_ready
+from tests.browser.helpers import (
+    ProjectFactory,
+    UserFactory,
+    annotate,
+    login,
+    member,
+    screen_of,
+    wait_editor_ready,
+    wait_saved,
+)
 from tests.factories import square
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -83,6 +92,21 @@ def test_submit_a_region_for_verification_and_review_only_it(live_server: Any, n
     assert row.locator("[data-action=presegment-region]").count() == 0
     assert page.locator(f".region-row[data-region='{right.pk}'] .region-status").inner_text() == "New"
     shot(page, "region-submitted-for-verification")
+    # a cell inside the region under review is locked: the doctor's class change there is undone
+    # (the server's version back, said why) and a change outside it is saved
+    erythrocyte = project.classes.get(model_label=2).pk
+    outside_id = Cell.objects.get(image=image, layer=Layer.ANNOTATION, bbox_x=1500).pk
+    for x, y in ((330, 330), (1530, 930)):  # a left-region cell, then one outside every locked region
+        sx, sy = screen_of(page, x, y, image)
+        page.mouse.click(sx, sy)
+        page.wait_for_selector(".selection-box select")
+        page.keyboard.press("2")
+        page.keyboard.press("Escape")
+    page.wait_for_selector(".toast-warn:has-text('locked until an admin reopens it')")
+    wait_saved(page)
+    assert Cell.objects.get(pk=left_cells[0]).cell_class_id != erythrocyte
+    assert Cell.objects.get(pk=outside_id).cell_class_id == erythrocyte
+    shot(page, "region-locked-edit-undone")
     left.refresh_from_db()
     assert left.status == ImageStatus.IN_REVIEW
     image.refresh_from_db()
