@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--training-nice", type=int, default=10, help="niceness of the training run (default 10, as bin/run's workers)"
     )
     p.add_argument("--web-workers", type=int, default=2)
+    p.add_argument(
+        "--interactive-threads",
+        type=int,
+        default=None,
+        help="INTERACTIVE_TORCH_THREADS of the interactive worker (default: the setting's, 1; 0: one per core)",
+    )
     p.add_argument("--seed", type=int, default=7)
     return p.parse_args(argv)
 
@@ -338,6 +344,21 @@ def first_click(api: Api, image: int, point: list[float]) -> dict[str, Any]:
     }
 
 
+def worker_tasks(log: Path) -> list[dict[str, Any]]:
+    """The interactive worker's window tasks as its log has them: seconds in the task and
+    where they went (``inference.image_maps``'s result: kept maps, model, image, network, store)."""
+    import ast
+    import re
+
+    out = []
+    pattern = re.compile(r"inference\.image_maps\[[^\]]*\] succeeded in ([0-9.]+)s: (\{.*\})")
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        match = pattern.search(line)
+        if match:
+            out.append({"task_s": float(match.group(1)), **ast.literal_eval(match.group(2))})
+    return out
+
+
 def summary(results: dict[str, Any], args: argparse.Namespace) -> None:
     def ms(value: float) -> str:
         return f"{value:.1f} ms"
@@ -362,11 +383,14 @@ def summary(results: dict[str, Any], args: argparse.Namespace) -> None:
         ),
         ("box 192x192: p50 / p95", f"{ms(results['box']['p50_ms'])} / {ms(results['box']['p95_ms'])}"),
     ]
+    for task in results.get("worker_tasks", []):
+        rows.append(("  window task (worker)", ", ".join(f"{k} {v}" for k, v in task.items())))
     load = "no training load" if args.no_training_load else "while a training run loads the CPU"
     where = f"{results['cpus']} CPUs, broker {results['broker']}"
     print(f"\nClick-to-segment through the API, 1024x768 fields, {where}, {load}")
     for name, value in rows:
         print(f"  {name:<38} {value}")
+    print(f"  load average at the end (1, 5, 15 min): {results.get('load_average')}")
     print(f"  (all numbers: {args.workdir / 'results.json'})")
 
 
@@ -406,11 +430,14 @@ def main(argv: list[str] | None = None) -> int:
              "--workers", str(args.web_workers), "--threads", "4", "--timeout", "120"],
             logs, env,
         )  # fmt: skip
+        worker_env = env
+        if args.interactive_threads is not None:
+            worker_env = env | {"INTERACTIVE_TORCH_THREADS": str(args.interactive_threads)}
         procs["interactive"] = start(
             "interactive",
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "interactive", "--concurrency", "1",
              "--prefetch-multiplier", "1", "-n", f"clickbench-{os.getpid()}@%h", "--loglevel", "INFO"],
-            logs, env,
+            logs, worker_env,
         )  # fmt: skip
         import requests
 
@@ -486,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in procs.values():
             stop(proc)
+    results["worker_tasks"] = worker_tasks(logs / "interactive.log")
+    results["load_average"] = os.getloadavg()
     (args.workdir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     summary(results, args)
     return 0

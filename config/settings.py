@@ -375,6 +375,11 @@ PRESEGMENT_MIN_AREA = env_float("PRESEGMENT_MIN_AREA", 20.0)
 INTERACTIVE_MAPS_CACHE_MB = env_int("INTERACTIVE_MAPS_CACHE_MB", 128, minimum=8)
 INTERACTIVE_MAPS_WORKER = env_bool("INTERACTIVE_MAPS_WORKER", True)
 INTERACTIVE_MAPS_TIMEOUT = env_int("INTERACTIVE_MAPS_TIMEOUT", 30, minimum=1)
+# torch's intra-op threads in the interactive worker's pool process (0: torch's default, one per
+# core). One by default: on a CPU that a training job or another worker keeps busy, two threads
+# wait for each other at every barrier and a window's nnU-Net pass took 2.8 s instead of 0.15 s
+# (docs/architecture.md, "Click-to-segment").
+INTERACTIVE_TORCH_THREADS = env_int("INTERACTIVE_TORCH_THREADS", 1, minimum=0)
 # Liveness of pre-segmentation (inference.services): a running image's worker writes a
 # heartbeat every PRESEGMENT_HEARTBEAT_SECONDS; the watchdog re-queues an image whose heartbeat
 # is older than PRESEGMENT_HEARTBEAT_TIMEOUT (its worker died) up to PRESEGMENT_MAX_ATTEMPTS

@@ -135,6 +135,10 @@ def _interactive_preload(**_: Any) -> None:
     except Exception:  # a missing library fails the task later, with its message
         logger.warning("Could not preload the model libraries", exc_info=True)
         return
+    if settings.INTERACTIVE_TORCH_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.INTERACTIVE_TORCH_THREADS)
     # the models themselves in a thread: the pool waits a few seconds at most for a child to
     # start, and a task that comes meanwhile finds the model being loaded (the backends' cache
     # lock) rather than loading it a second time

@@ -340,6 +340,7 @@ def test_the_interactive_worker_loads_the_active_models_when_it_starts(image: Im
         mock.patch("inference.tasks.current_app") as app,
         mock.patch("inference.tasks.interactive_models_warm") as warm,
         mock.patch("inference.tasks.connection"),
+        mock.patch("torch.set_num_threads") as threads,
     ):
         app.amqp.queues.consume_from = {"interactive": None}
         tasks._interactive_preload()
@@ -347,3 +348,4 @@ def test_the_interactive_worker_loads_the_active_models_when_it_starts(image: Im
             if thread.name == "interactive-warm":
                 thread.join(10)
     warm.assert_called_once_with()
+    threads.assert_called_once_with(1)  # INTERACTIVE_TORCH_THREADS: one, as the worker runs beside others
