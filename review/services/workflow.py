@@ -90,8 +90,16 @@ def transitions_allowed(*, user: User, image: Image, region: Region | None = Non
         if status in sources
         and _transition_allowed(user=user, image=image, action=action, region=region) is None
         and (action != "close_review" or _quorum_reached(image, region))
-        and (region is None or action != "submit" or (image.tiled and image.status not in LOCKED_STATUSES))
+        and (action != "submit" or _submittable(image, region))
     ]
+
+
+def _submittable(image: Image, region: Region | None) -> bool:
+    """A region only on a slide that is not under review whole; a slide whole only while none of
+    its regions is under review or verified (one query, for a slide only)."""
+    if region is not None:
+        return image.tiled and image.status not in LOCKED_STATUSES
+    return not (image.tiled and image.regions.filter(status__in=LOCKED_STATUSES).exists())
 
 
 def _quorum_reached(image: Image, region: Region | None = None) -> bool:
@@ -194,7 +202,7 @@ def _round_start(*, image: Image, region: Region | None, user: User) -> None:
     """A new round of the image, or of its ``region`` (locked by the caller), with K experts."""
     if region is not None:
         _region_submittable(image=image, region=region)
-    elif image.tiled and image.regions.filter(status__in=LOCKED_STATUSES).exists():
+    elif not _submittable(image, None):
         # The whole slide's verified layer would replace its regions' results.
         raise ConflictError(
             "Regions of this slide are under review or verified on their own; submit regions, not the whole slide.",

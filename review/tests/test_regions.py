@@ -15,7 +15,7 @@ from review.models import CorrectionRecord, Dispute, Review, ReviewStatus, Round
 from review.selectors import round_current, work_queue
 from review.services.adjudication import adjudication_decide
 from review.services.reviews import review_draft_save, review_submit
-from review.services.workflow import image_transition, region_transition, review_assign
+from review.services.workflow import image_transition, region_transition, review_assign, transitions_allowed
 from review.tests.support import annotate, fresh, rect
 
 pytestmark = pytest.mark.django_db
@@ -220,11 +220,13 @@ def test_submission_is_refused_with_the_field_named(
     assert "tiled" in whole.value.detail and "region" in whole.value.errors
     # while a region is under review the slide is not submitted whole (its verified layer would
     # replace the region's result)
+    assert "submit" not in transitions_allowed(user=annotator, image=fresh(slide))
     with pytest.raises(ConflictError) as whole_slide:
         image_transition(image=fresh(slide), user=annotator, action="submit")
     assert "regions" in whole_slide.value.detail and fresh(slide).status == ImageStatus.ANNOTATING
     # the image submitted whole (no region locked): its regions are not submitted on their own
     region_transition(region=_region(left), user=project.memberships.get(role="admin").user, action="reopen")
+    assert "submit" in transitions_allowed(user=annotator, image=fresh(slide))
     image_transition(image=fresh(slide), user=annotator, action="submit")
     with pytest.raises(ConflictError):
         submit_region(right, annotator)
