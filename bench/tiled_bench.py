@@ -19,9 +19,20 @@ files; CPU). A trained model's ``predict`` is slower per pixel and its tiles bat
 the classical numbers measure the tiling's own overhead (margins read and segmented twice, the
 stitch) against the whole-image pass.
 
+**Batching** (``--batching``): the tiled path of a learned backend (``--backend cellpose``,
+``nnunet`` or ``two_stage``) twice, each in its own process: tile by tile (``--batch 1``: one
+``predict`` per read, what a backend without ``predict_batch`` gets) and batched (``--batch``
+reads per ``predict_batch`` call: the network tiles or patches of all of them in shared network
+passes), on ``--device`` (default cpu). Prints seconds per tile of both and whether the stitched
+cells are identical (a digest of them). The model: ``--artifacts`` (a folder with ``nnunet/`` and
+``cellpose/``, as the two-stage backend reads it), or, without it, the tests' tiny models
+(``cytoseg.tests.tiny_models``; full Cellpose network, small nnU-Net) trained once into the
+work folder. Backend settings: ``--settings`` (JSON).
+
     .venv/bin/python bench/tiled_bench.py                       # 8000 x 6000 JPEG
     .venv/bin/python bench/tiled_bench.py --quick               # 2048 x 1536
     .venv/bin/python bench/tiled_bench.py --kind pyramidal-tiff --tile 512
+    .venv/bin/python bench/tiled_bench.py --batching --backend two_stage --size 2048x2048 --tile 512
 
 ``slide_bench.py`` may call :func:`tiled_bench` with the slide it built.
 """
@@ -79,12 +90,27 @@ def run_single(path: Path, backend_name: str) -> dict[str, Any]:
     }
 
 
-def run_tiled(path: Path, backend_name: str, tile: int, margin: int, batch: int) -> dict[str, Any]:
+def _backend_artifacts(name: str, artifacts: str | None) -> Path | None:
+    """Where a backend of ``name`` finds its model in a two-stage artifacts folder."""
+    if artifacts is None:
+        return None
+    folder = Path(artifacts)
+    return folder / name if name in ("nnunet", "cellpose") else folder
+
+
+def run_tiled(
+    path: Path, backend_name: str, tile: int, margin: int, batch: int, *,
+    artifacts: str | None = None, settings: dict[str, Any] | None = None, device: str = "cpu",
+) -> dict[str, Any]:  # fmt: skip
     """The tiled path over the file at ``path``."""
+    import hashlib
+
     from cytoseg.backends import backend_get
     from cytoseg.tiled import TilePlan, cells_stitch, region_reader, stitch_summary, tiles_segment
 
-    backend = backend_get(name=backend_name, artifacts=None, settings={}, device="cpu")
+    backend = backend_get(
+        name=backend_name, artifacts=_backend_artifacts(backend_name, artifacts), settings=settings or {}, device=device
+    )
     started = time.perf_counter()
     reader = region_reader(path)
     plan = TilePlan(reader.width, reader.height, tile=tile, margin=margin)
@@ -96,7 +122,10 @@ def run_tiled(path: Path, backend_name: str, tile: int, margin: int, batch: int)
     stitched = cells_stitch(kept)
     done = time.perf_counter()
     reader.close()
+    digest = hashlib.sha1(json.dumps(sorted(json.dumps(c.to_json()) for c in stitched)).encode()).hexdigest()
     return {
+        "batch": batch,
+        "cells_digest": digest,
         "seconds": done - started,
         "open_s": opened - started,
         "tiles_s": segmented - opened,
@@ -116,6 +145,47 @@ def _child(args: list[str]) -> dict[str, Any]:
     return result
 
 
+def tiny_artifacts(workdir: Path) -> Path:
+    """The tests' tiny nnU-Net and Cellpose (``cytoseg.tests.tiny_models``), trained once into
+    ``workdir/models`` as a two-stage artifacts folder."""
+    import shutil
+
+    art = workdir / "models" / "tiny"
+    if (art / "nnunet" / "plans.json").is_file() and (art / "cellpose" / "cellpose.pth").is_file():
+        return art
+    from cytoseg.tests.tiny_models import cellpose_trained, nnunet_trained
+
+    base = workdir / "models" / "tiny-jobs"
+    base.mkdir(parents=True, exist_ok=True)
+    nn = nnunet_trained(base)
+    cp, _ = cellpose_trained(base)
+    shutil.rmtree(art, ignore_errors=True)
+    shutil.copytree(nn.model_folder, art / "nnunet")
+    shutil.copytree(cp.model_file.parent, art / "cellpose")
+    return art
+
+
+def batching_bench(
+    path: Path, *, width: int, height: int, backend: str, artifacts: Path, settings: dict[str, Any],
+    tile: int, margin: int, batch: int, device: str = "cpu",
+) -> dict[str, Any]:  # fmt: skip
+    """The tiled path of a learned backend tile by tile and batched (each in a process of its
+    own): seconds per tile of both, and whether their stitched cells are identical."""
+    out: dict[str, Any] = {
+        "size": f"{width}x{height}", "megapixels": round(width * height / 1e6, 2), "backend": backend,
+        "device": device, "settings": settings,
+    }  # fmt: skip
+    for name, size in (("per_tile", 1), ("batched", batch)):
+        spec = {
+            "kind": "tiled", "path": str(path), "backend": backend, "tile": tile, "margin": margin,
+            "batch": size, "artifacts": str(artifacts), "settings": settings, "device": device,
+        }  # fmt: skip
+        out[name] = _child(["--_run", json.dumps(spec)])
+    out["identical_cells"] = out["per_tile"]["cells_digest"] == out["batched"]["cells_digest"]
+    out["speedup"] = out["per_tile"]["tiles_s"] / out["batched"]["tiles_s"]
+    return out
+
+
 def tiled_bench(
     path: Path, *, width: int, height: int, backend: str = "watershed", tile: int = 1024, margin: int = 80,
     batch: int = 4, single: bool = True,
@@ -124,11 +194,12 @@ def tiled_bench(
     False skips the whole-image pass (a slide too large to decode whole)."""
     megapixels = width * height / 1e6
     out: dict[str, Any] = {"size": f"{width}x{height}", "megapixels": round(megapixels, 2), "backend": backend}
-    tiled = _child(["--_run", "tiled", str(path), backend, str(tile), str(margin), str(batch)])
+    spec = {"kind": "tiled", "path": str(path), "backend": backend, "tile": tile, "margin": margin, "batch": batch}
+    tiled = _child(["--_run", json.dumps(spec)])
     tiled["seconds_per_mp"] = tiled["seconds"] / megapixels
     out["tiled"] = tiled
     if single:
-        whole = _child(["--_run", "single", str(path), backend])
+        whole = _child(["--_run", json.dumps({"kind": "single", "path": str(path), "backend": backend})])
         whole["seconds_per_mp"] = whole["seconds"] / megapixels
         out["single"] = whole
     return out
@@ -144,6 +215,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--margin", type=int, default=80, help="margin in pixels (default 80: two 40 px cells)")
     p.add_argument("--batch", type=int, default=4, help="tiles per backend call (default 4)")
     p.add_argument("--no-single", action="store_true", help="skip the whole-image pass")
+    p.add_argument("--batching", action="store_true", help="a learned backend's tiles one by one against batched")
+    p.add_argument("--artifacts", type=Path, help="--batching: folder with nnunet/, cellpose/ (default: tiny models)")
+    p.add_argument("--settings", type=json.loads, default={}, help="--batching: the backend's settings (JSON)")
+    p.add_argument("--device", default="cpu", help="--batching: torch device (default cpu)")
     p.add_argument("--workdir", type=Path, default=BENCH_DIR)
     return p.parse_args(argv)
 
@@ -151,11 +226,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--_run"]:  # a child: one path, JSON on its last line
-        kind, path, backend = argv[1], Path(argv[2]), argv[3]
-        if kind == "single":
+        spec = json.loads(argv[1])
+        path, backend = Path(spec["path"]), spec["backend"]
+        if spec["kind"] == "single":
             result = run_single(path, backend)
         else:
-            result = run_tiled(path, backend, int(argv[4]), int(argv[5]), int(argv[6]))
+            result = run_tiled(
+                path, backend, spec["tile"], spec["margin"], spec["batch"],
+                artifacts=spec.get("artifacts"), settings=spec.get("settings"), device=spec.get("device", "cpu"),
+            )  # fmt: skip
         print(json.dumps(result))
         return 0
     args = parse_args(argv)
@@ -170,6 +249,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         slide = slide_synthetic(width=width, height=height, seed=1)
         slide_write(slide, path, kind=args.kind)
         print(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s")
+    if args.batching:
+        if args.backend not in ("cellpose", "nnunet", "two_stage"):
+            raise SystemExit("--batching needs a learned backend: cellpose, nnunet or two_stage")
+        artifacts = (args.artifacts or tiny_artifacts(args.workdir)).resolve()
+        result = batching_bench(
+            path, width=width, height=height, backend=args.backend, artifacts=artifacts, settings=args.settings,
+            tile=args.tile, margin=args.margin, batch=args.batch, device=args.device,
+        )  # fmt: skip
+        print(f"\n{result['size']} ({result['megapixels']} MP) {args.kind}, backend {args.backend}, {args.device}")
+        print(f"{'path':<9} {'batch':>5} {'tiles':>6} {'s / tile':>9} {'tiles s':>8} {'cells':>7}")
+        for name in ("per_tile", "batched"):
+            row = result[name]
+            print(
+                f"{name:<9} {row['batch']:5d} {row['tiles']:6d} {row['seconds_per_tile']:9.2f} "
+                f"{row['tiles_s']:8.1f} {row['cells']:7d}"
+            )
+        print(f"batched / per tile: {result['speedup']:.2f}x faster; identical cells: {result['identical_cells']}")
+        print(json.dumps(result))
+        return 0
     result = tiled_bench(
         path, width=width, height=height, backend=args.backend, tile=args.tile, margin=args.margin,
         batch=args.batch, single=not args.no_single,

@@ -5,7 +5,8 @@ and splits prediction into the network pass (flows + cell probability) and the
 mask reconstruction (``dynamics.resize_and_compute_masks``: pixels follow the
 flows, pixels converging together form a cell), timed separately. The
 ``two_stage`` backend reuses both halves to restrict reconstruction to nnU-Net's
-foreground.
+foreground. Several images at once (``predict_batch``, a tiled run's reads) share the network's
+passes (:meth:`CellposeBackend.networks`), then each gets its own masks.
 
 Artifacts: a folder with ``cellpose.pth`` (and ``cellpose.json``, written by
 ``cytoseg.trainers.cellpose``), or one with a ``cellpose/`` subfolder holding

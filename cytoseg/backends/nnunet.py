@@ -4,7 +4,9 @@ Loads a trained model folder once (``plans.json``, ``dataset.json``,
 ``fold_<f>/checkpoint_final.pth``, as written by
 ``cytoseg.trainers.nnunet.nnunet_train``) and predicts in-process with
 ``nnUNetPredictor.predict_single_npy_array`` (no worker processes, so it runs in
-Celery prefork children). nnU-Net is a semantic model: its instances here are the
+Celery prefork children); several images at once (``predict_batch``, a tiled run's reads) go
+through :func:`nnunet_logits_batch`, nnU-Net's sliding window with the patches of all of them in
+shared network passes. nnU-Net is a semantic model: its instances here are the
 connected components of each class, so touching cells merge into one instance;
 the ``two_stage`` backend separates them with Cellpose.
 
