@@ -95,29 +95,30 @@ Result: a table of mode x model -> operations per ground-truth cell, seconds per
     .venv/bin/python bench/effort_bench.py --quick   # smoke run: one 128x128 field, baseline only, ~10 s
 
 Training the fast preset's model (nnU-Net 12 x 25 iterations, Cellpose 120 epochs of 16 crops of
-128 px, 4 training fields) took 10 + 69 min on the 2-core machine while it ran other jobs (load
-about 8); idle it is a fraction of that. At load 13 to 16 (niced) it did not fit a session: after
-48 min Cellpose was at epoch 30 of 120 and nnU-Net (started later) at epoch 4 of 12.
-``--quick --models fast`` trains a throwaway model to smoke-test that path (about a minute idle).
+128 px, 4 training fields) took 1,184 s + 569 s (29 min wall in all) on the 2-core machine at
+nice 5 beside other jobs (load 6 to 14), once; it is cached and deterministic (the same seed gave
+the same proposals as an earlier session's run). ``--quick --models fast`` trains a throwaway
+model to smoke-test that path (about a minute idle).
 
-Measured (3 test fields of 256x256, 87 cells; operations per cell, seconds per cell):
+Measured (3 test fields of 256x256, 87 cells; operations per cell, seconds per cell; 2-core CPU):
 
 ====================================  ============  ===========  ===========  =====
 model, doctor                         (a) draw      (b) edit     (c) click    a/c
 ====================================  ============  ===========  ===========  =====
+fast preset, brush along the edge     12.46, 16.5   3.32, 7.1    2.03, 3.9    6.1x
 fast preset, brush through the error  12.46         3.32         2.77         4.5x
-baseline, brush through the error     12.46, 16.5   7.16, 10.2   8.86, 11.9   1.4x
 baseline, brush along the edge        12.46, 16.5   7.16, 10.2   8.36, 11.2   1.5x
+baseline, brush through the error     12.46, 16.5   7.16, 10.2   8.86, 11.9   1.4x
 ====================================  ============  ===========  ===========  =====
 
-"Brush through the error": the strokes before the current rule (a stroke through the middle of the
-largest error piece only). The fast preset's row is that model's run of the earlier session
-(operations only; its cache was gone and could not be retrained in this one); 43 of 85 proposals
-reached IoU 0.85 as they were, the bad ones (matched below it) over-sized (median area ratio 1.14;
-for a cell of the median 600 px a pixel all round is 1.15). What the edge rule does to such
-outlines, with every ground-truth outline grown by one pixel as the proposals (clicks finding
-nothing): (c) 2.87 ops and 6.8 s per cell -> 1.56 and 3.5 s ((b) 2.98, 7.5 s); shrunk by one
-pixel: 4.54, 8.2 s -> 1.72, 3.7 s ((b) 5.76, 11.5 s).
+"Along the edge" is the rule above; "through the error" the strokes before it (one stroke through
+the middle of the largest error piece only, of which a pixel-wide rim has many). The fast model's
+(c) operations with the edge rule: vertex 8, close 1, accept 66, reject 6, undo 8, move 29,
+insert 3, click 17, stroke 39; 43 of its 85 proposals reached IoU 0.85 as they were, the bad ones
+(matched below it) mostly over-sized (median area ratio 1.14; for a cell of the median 600 px a
+pixel all round is 1.15), which one stroke along the rim fixes. With every ground-truth outline
+grown by one pixel as the proposals (clicks finding nothing): (c) 2.87 ops and 6.8 s per cell ->
+1.56 and 3.5 s ((b) 2.98, 7.5 s); shrunk by one pixel: 4.54, 8.2 s -> 1.72, 3.7 s ((b) 5.76, 11.5 s).
 
 This script is one piece (over 600 lines) for the reason ``paper_table.py`` is: one story from
 data to table, read top to bottom, with the doctor's rules next to their definition above.
