@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import watershed as sk_watershed
 
-from cytoseg.backends.base import Instance, SegmentationBackend
+from cytoseg.backends.base import Instance, SegmentationBackend, image_check
 from cytoseg.crops import label_map_from_instances
 from cytoseg.maps import ImageMaps, maps_dump, maps_load, maps_merge
 
@@ -48,6 +49,7 @@ __all__ = [
     "maps_dump",
     "maps_load",
     "maps_merge",
+    "window_context",
     "window_maps",
 ]
 
@@ -536,6 +538,33 @@ def box_segment(
     return out
 
 
+def window_context(side: int, margin: int = WINDOW_MARGIN) -> int:
+    """The context around a window of ``side`` pixels: ``margin`` less what would take the crop
+    past a multiple of 16 (Cellpose runs a window as one tile padded up to one: a 97 px window
+    with 24 px on each side would be a 160 px tile, with 23 a 144 px one, a fifth fewer pixels)."""
+    spill = (side + 2 * margin) % 16
+    return max(0, margin - (spill + 1) // 2)
+
+
+def _network_maps(backend: SegmentationBackend, image: np.ndarray) -> ImageMaps | None:
+    """``backend.maps(image)``; a two-stage model's two networks side by side when torch runs
+    one thread per operation (the interactive worker's default): on two cores the window waits
+    for the slower network instead of both, and no thread waits for another at a barrier."""
+    from cytoseg.backends.two_stage import TwoStageBackend
+
+    if not isinstance(backend, TwoStageBackend):
+        return backend.maps(image)
+    import torch
+
+    img = image_check(image)
+    if torch.get_num_threads() != 1:
+        return backend.maps(img)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        semantic = pool.submit(backend.nnunet.predict_maps, img)
+        outputs = backend.cellpose.network(img)
+        return backend.image_maps(semantic.result(), outputs)
+
+
 def window_maps(
     backend: SegmentationBackend, image: np.ndarray, *, r0: int, r1: int, c0: int, c1: int, margin: int = WINDOW_MARGIN
 ) -> ImageMaps | None:
@@ -546,7 +575,7 @@ def window_maps(
     height, width = image.shape[:2]
     o0, o1 = max(0, r0 - margin), min(height, r1 + margin)
     p0, p1 = max(0, c0 - margin), min(width, c1 + margin)
-    maps = backend.maps(np.ascontiguousarray(image[o0:o1, p0:p1]))
+    maps = _network_maps(backend, np.ascontiguousarray(image[o0:o1, p0:p1]))
     if maps is None:
         return None
     sl = (slice(r0 - o0, r1 - o0), slice(c0 - p0, c1 - p0))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import threading
 import time
@@ -47,7 +48,7 @@ from cytoseg.backends.base import Instance, SegmentationBackend
 from cytoseg.contours import instances_to_polygons
 from cytoseg.device import device_default
 from cytoseg.imaging import read_rgb
-from cytoseg.interactive import WINDOW_MARGIN, box_segment, click_segment, window_maps
+from cytoseg.interactive import DEFAULT_DIAMETER, box_segment, click_segment, window_context, window_maps
 from cytoseg.maps import ImageMaps, maps_dump, maps_load, maps_merge
 from training.models import ModelKind, ModelVersion
 from training.services.artifacts import artifacts_for
@@ -60,10 +61,11 @@ INTERACTIVE_QUEUE = "interactive"
 # kinds whose backend has maps; the others (the classical baselines) answer a click themselves
 MAPS_KINDS = (ModelKind.TWO_STAGE, ModelKind.CELLPOSE, ModelKind.NNUNET)
 MAX_POINTS = 20
-# the side of the window of maps a first click on an image without maps computes (a network
-# pass over it rather than the whole field; pre-segmentation keeps the whole field's)
-WINDOW = 160
-CLICK_MARGIN = 64  # maps needed around a click's points: the cell under it fits
+# maps needed around a click's points: click_segment looks max(48, 1.5 x diameter) around them
+CLICK_MARGIN = 48
+# the largest side of the window of maps a first click computes (a network pass over a window
+# rather than the whole field; pre-segmentation keeps the whole field's): see _window_side
+WINDOW_MAX = 256
 BOX_MARGIN = 24
 _POLL_SECONDS = 0.02
 _CONTEXT_SECONDS = 5.0
@@ -159,6 +161,7 @@ def interactive_cache_clear() -> None:
         _IMAGES.clear()
         _CONTEXTS.clear()
         _BLOCKS.clear()
+        _DIAMETERS.clear()
 
 
 def _image_rgb(image: Image) -> np.ndarray:
@@ -248,7 +251,7 @@ WINDOWS_FOLDER = "windows"
 SLIDE_BLOCK = 1024
 _SLIDE_STRIDE = SLIDE_BLOCK // 2
 # the largest box, or spread of a click's points, on a slide: what one block holds with margins
-SLIDE_PROMPT_MAX = _SLIDE_STRIDE - 2 * CLICK_MARGIN
+SLIDE_PROMPT_MAX = 384  # plus a box's or a click's margin on each side: at most a stride
 _BLOCKS_MAX = 4  # blocks held per process: pixels and maps, ~13 MB each
 _WINDOW_NAME = re.compile(r"(\d+)-(\d+)-(\d+)-(\d+)\.npz")
 
@@ -361,25 +364,32 @@ def _block_stored(image: Image, version: ModelVersion, need: Region) -> _View | 
     return None
 
 
-def _slide_maps_compute(image: Image, version: ModelVersion, region: Region) -> bool:
-    """Compute the maps of ``region`` of a slide (a window inside one block) from a crop of the
-    original around it, and merge them into the block's kept maps. False where they cover it."""
-    block = _block_of(image, region)
-    if not (region[1] <= block[1] and region[3] <= block[3]):
+def _slide_maps_compute(image: Image, version: ModelVersion, need: Region) -> bool:
+    """Compute the maps of a window around ``need`` of a slide (inside one block) from a crop of
+    the original around it, and merge them into the block's kept maps. False where they cover
+    ``need`` already."""
+    block = _block_of(image, need)
+    if not (need[1] <= block[1] and need[3] <= block[3]):
         raise ValueError("the window does not fit one block of the slide")
     key = window_key(project_id=image.project_id, image_id=image.pk, model_version_id=version.pk, block=block)
     kept = _stored(key)
-    local = _local(region, block)
-    if kept is not None and kept.covers(*local):
+    if kept is not None and kept.covers(*_local(need, block)):
         return False
+    region = _grown(image, need, _window_side(version.pk), block)
+    local = _local(region, block)
     r0, r1, c0, c1 = region
     # the window's context from the slide itself, also beyond the block
-    o0, o1 = max(0, r0 - WINDOW_MARGIN), min(image.height, r1 + WINDOW_MARGIN)
-    p0, p1 = max(0, c0 - WINDOW_MARGIN), min(image.width, c1 + WINDOW_MARGIN)
+    context = window_context(max(r1 - r0, c1 - c0))
+    o0, o1 = max(0, r0 - context), min(image.height, r1 + context)
+    p0, p1 = max(0, c0 - context), min(image.width, c1 + context)
     crop = _slide_crop(image, (o0, o1, p0, p1))
-    part = window_maps(_backend(version, window=True), crop, r0=r0 - o0, r1=r1 - o0, c0=c0 - p0, c1=c1 - p0)
+    part = window_maps(
+        _backend(version, window=True), crop, r0=r0 - o0, r1=r1 - o0, c0=c0 - p0, c1=c1 - p0, margin=context
+    )
     if part is None:
         raise ValueError(f"a {version.kind} model has no maps")
+    if part.diameter:
+        _DIAMETERS[version.pk] = part.diameter
     height, width = block[1] - block[0], block[3] - block[2]
     maps = maps_merge(kept, part, y0=local[0], x0=local[2], height=height, width=width)
     if default_storage.exists(key):
@@ -413,7 +423,7 @@ def _slide_view(image: Image, version: ModelVersion, need: Region, timings: dict
     if view is not None:
         return view
     started = time.perf_counter()
-    _maps_request(image, version, _grown(image, need, _block_of(image, need)))
+    _maps_request(image, version, need)
     timings["maps_compute_ms"] = (time.perf_counter() - started) * 1000
     view = _block_held(image, version, need) or _block_stored(image, version, need)
     if view is None:
@@ -451,10 +461,11 @@ def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence
         kept = _stored(key)
         lap("kept_ms")
         whole = (0, image.height, 0, image.width)
-        r0, r1, c0, c1 = region if region is not None else whole
-        if kept is not None and kept.covers(r0, r1, c0, c1):
+        need = (int(region[0]), int(region[1]), int(region[2]), int(region[3])) if region is not None else whole
+        if kept is not None and kept.covers(*need):
             cache.set(ready, {"at": time.time(), "error": None}, timeout=600)
             return MapsResult(image_id=image_id, model_version_id=model_version_id, computed=False)
+        r0, r1, c0, c1 = need if region is None else _grown(image, need, _window_side(version.pk))
         backend = _backend(version, window=region is not None)
         lap("model_ms")
         rgb = _image_rgb(image)
@@ -463,8 +474,11 @@ def image_maps_compute(*, image_id: int, model_version_id: int, region: Sequence
             maps = backend.maps(rgb)
             lap("network_ms")
         else:
-            part = window_maps(backend, rgb, r0=r0, r1=r1, c0=c0, c1=c1)
+            context = window_context(max(r1 - r0, c1 - c0))
+            part = window_maps(backend, rgb, r0=r0, r1=r1, c0=c0, c1=c1, margin=context)
             lap("network_ms")
+            if part is not None and part.diameter:
+                _DIAMETERS[version.pk] = part.diameter
             maps = (
                 None if part is None else maps_merge(kept, part, y0=r0, x0=c0, height=rgb.shape[0], width=rgb.shape[1])
             )
@@ -515,7 +529,7 @@ def interactive_models_warm(*, limit: int = WARM_MODELS) -> list[int]:
         Image.objects.values("project_id").annotate(last=Max("updated_at")).order_by("-last").values_list("project_id")
     )
     warmed: list[int] = []
-    side = WINDOW + 2 * WINDOW_MARGIN
+    side = _window_side(0) + 2 * window_context(_window_side(0))  # a window's crop for the default diameter
     rng = np.random.default_rng(0)
     dummy = rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)
     for (project_id,) in projects[: 4 * limit]:
@@ -528,28 +542,44 @@ def interactive_models_warm(*, limit: int = WARM_MODELS) -> list[int]:
         if version.kind not in MAPS_KINDS or version.pk in warmed:
             continue
         started = time.perf_counter()
-        window_maps(_backend(version, window=True), dummy, r0=0, r1=side, c0=0, c1=side, margin=0)
+        maps = window_maps(_backend(version, window=True), dummy, r0=0, r1=side, c0=0, c1=side, margin=0)
+        if maps is not None and maps.diameter:
+            _DIAMETERS[version.pk] = maps.diameter
         logger.info("interactive: %s loaded and warmed in %.1f s", version, time.perf_counter() - started)
         warmed.append(version.pk)
     return warmed
 
 
 def _need(image: Image, points: Sequence[tuple[float, float]], margin: float) -> Region:
-    """The window of maps a request needs: around its points, at least ``WINDOW`` on a side."""
+    """The window of maps a request needs: around its points, ``margin`` on each side."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     r0, r1 = int(min(ys) - margin), int(max(ys) + margin) + 1
     c0, c1 = int(min(xs) - margin), int(max(xs) + margin) + 1
     return max(0, r0), min(image.height, r1), max(0, c0), min(image.width, c1)
 
 
-def _grown(image: Image, need: Region, within: Region | None = None) -> Region:
-    """``need`` widened to ``WINDOW`` pixels on a side (where the image, or ``within``, has
-    them): the window computed on demand, so that the next clicks nearby find their maps there."""
+# per model version, the cell diameter its maps gave last in this process (the window's size)
+_DIAMETERS: dict[int, float] = {}
+
+
+def _window_side(version_id: int) -> int:
+    """The side of the window a first click computes: what a click on a cell of the model's
+    diameter reads around it (``click_segment``: max(48, 1.5 diameters) on each side), 97 px
+    for 30 px cells. Small, because a window's network pass (Cellpose's above all) costs in
+    proportion to its pixels while the doctor waits; the next click beside it computes the
+    next window."""
+    diameter = _DIAMETERS.get(version_id) or DEFAULT_DIAMETER
+    return min(WINDOW_MAX, 2 * math.ceil(max(float(CLICK_MARGIN), 1.5 * diameter)) + 1)
+
+
+def _grown(image: Image, need: Region, side: int, within: Region | None = None) -> Region:
+    """``need`` widened to ``side`` pixels on a side (where the image, or ``within``, has
+    them): the window computed on demand."""
     r0, r1, c0, c1 = need
     b_r0, b_r1, b_c0, b_c1 = within if within is not None else (0, image.height, 0, image.width)
 
     def widen(lo: int, hi: int, start: int, end: int) -> tuple[int, int]:
-        extra = max(0, WINDOW - (hi - lo))
+        extra = max(0, side - (hi - lo))
         lo, hi = lo - extra // 2, hi + extra - extra // 2
         if lo < start:
             lo, hi = start, min(end, hi + (start - lo))
@@ -579,7 +609,7 @@ def _maps_load(image: Image, version: ModelVersion, need: Region, timings: dict[
         if maps.covers(*need):
             return maps
     started = time.perf_counter()
-    _maps_request(image, version, _grown(image, need))
+    _maps_request(image, version, need)
     timings["maps_compute_ms"] = (time.perf_counter() - started) * 1000
     maps = _maps_cached(cached_key)  # a compute in this process left them here
     if maps is None or not maps.covers(*need):

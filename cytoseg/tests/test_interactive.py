@@ -239,6 +239,34 @@ def test_backends_give_their_maps(two_stage_artifacts: Path) -> None:
         got = click_segment(image=f.image, maps=maps, positive=[(inst.x0 + x, inst.y0 + y)])
         found += got is not None
     assert found >= min(3, len(pred.instances))
+    # a window's two networks side by side (one torch thread each) give the same maps
+    import torch
+
+    from cytoseg.interactive import _network_maps
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        crop = np.ascontiguousarray(f.image[:100, :120])
+        alone, side_by_side = backend.maps(crop), _network_maps(backend, crop)
+    finally:
+        torch.set_num_threads(threads)
+    assert side_by_side is not None
+    for name in ("flows", "cellprob", "foreground", "semantic"):
+        assert np.array_equal(getattr(alone, name), getattr(side_by_side, name)), name
+
+
+def test_a_windows_context_keeps_its_crop_within_a_multiple_of_16() -> None:
+    from cytoseg.interactive import WINDOW_MARGIN, window_context
+
+    # a 97 px window: 23 px each side (a 143 px crop, one 144 px Cellpose tile, not 160)
+    assert window_context(97) == 23 and (97 + 2 * 23) <= 144
+    assert window_context(112) == WINDOW_MARGIN  # 160 already
+    for side in range(40, 300):
+        context = window_context(side)
+        crop = side + 2 * context
+        assert WINDOW_MARGIN - 8 <= context <= WINDOW_MARGIN
+        assert crop <= (side + 2 * WINDOW_MARGIN) // 16 * 16  # never past the multiple of 16 below
 
 
 class _EchoBackend:

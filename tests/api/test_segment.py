@@ -166,7 +166,9 @@ def test_image_without_maps_gets_them_on_demand(project: Any) -> None:
     with default_storage.open(key, "rb") as handle:
         kept = interactive.maps_load(handle.read())
     x, y = int(point[0]), int(point[1])
-    assert kept.known is not None and kept.known[y, x] and kept.known.sum() == interactive.WINDOW**2
+    # a window the side of what a click on a cell of the model's diameter reads (97 px for 30 px)
+    side = interactive._window_side(version.pk)
+    assert side == 97 and kept.known is not None and kept.known[y, x] and kept.known.sum() == side**2
     # a second click nearby needs no computing; a box elsewhere adds another window
     again = (
         client_for(annotator)
@@ -210,8 +212,15 @@ def test_the_interactive_worker_computes_missing_maps(image: Image, synthetic: S
     assert [(name, args[:2], queue) for name, args, queue in sent] == [
         ("inference.image_maps", [image.pk, version.pk], "interactive")
     ]
-    r0, r1, c0, c1 = sent[0][1][2]  # a window around the click (here all of this small image)
-    assert (r1 - r0, c1 - c0) == (min(interactive.WINDOW, H), min(interactive.WINDOW, W))
+    # what the click needs is sent (the worker widens it to its model's window); it is kept
+    r0, r1, c0, c1 = sent[0][1][2]
+    point = _inside(_big_cell(synthetic))
+    assert r0 <= point[1] < r1 and c0 <= point[0] < c1
+    assert r1 - r0 <= 2 * interactive.CLICK_MARGIN + 1 and c1 - c0 <= 2 * interactive.CLICK_MARGIN + 1
+    key = interactive.maps_key(project_id=project.pk, image_id=image.pk, model_version_id=version.pk)
+    with default_storage.open(key, "rb") as handle:
+        kept = interactive.maps_load(handle.read())
+    assert kept.covers(r0, r1, c0, c1)
     # a worker that does not answer in time: 503 with Retry-After, nothing else changes
     interactive.interactive_cache_clear()
     interactive.image_maps_delete(image_id=image.pk, project_id=project.pk)

@@ -192,12 +192,13 @@ def test_a_click_on_a_slide_computes_the_maps_of_a_window_around_it(
         assert _iou(body["polygon"], cell) >= 0.7  # in slide pixels, at the clicked place
         assert _small(crops)
         # the window's maps are kept in its block's file, marked known around the click
-        block = interactive._block_of(tiled, (int(point[1]) - 64, 0, int(point[0]) - 64, 0))
+        margin = interactive.CLICK_MARGIN
+        block = interactive._block_of(tiled, (int(point[1]) - margin, 0, int(point[0]) - margin, 0))
         key = interactive.window_key(project_id=project.pk, image_id=tiled.pk, model_version_id=version.pk, block=block)
         with default_storage.open(key, "rb") as handle:
             kept = interactive.maps_load(handle.read())
         assert kept.known is not None and kept.known[int(point[1]) - block[0], int(point[0]) - block[2]]
-        assert kept.known.sum() == interactive.WINDOW**2 and kept.height <= interactive.SLIDE_BLOCK
+        assert kept.known.sum() == interactive._window_side(version.pk) ** 2 and kept.height <= interactive.SLIDE_BLOCK
         # a second click there is answered from the held block; another process reads the kept file
         again = client_for(annotator).post(url, {"positive": [point]}, format="json").json()
         assert "maps_memory" in again["timings"] and again["polygon"] == body["polygon"]
