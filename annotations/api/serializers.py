@@ -24,6 +24,7 @@ from annotations.models import (
     Split,
     TileStatus,
 )
+from annotations.services.regions import NAME_MAX as REGION_NAME_MAX
 from annotations.services.slides import tile_geometry
 from core.api.parsing import StrictSerializer
 from cytoseg.slides import TILE_SUFFIX
@@ -331,6 +332,23 @@ class CellChangedIn(serializers.Serializer):
     polygon = serializers.ListField(child=serializers.ListField(child=serializers.FloatField()), required=False)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "description": "A cell id (checked against base_revision)."},
+            {
+                "type": "object",
+                "properties": {"id": {"type": "integer"}, "revision": {"type": "integer"}},
+                "required": ["id"],
+                "description": "A cell id with the cell's revision as read (checked instead of base_revision).",
+            },
+        ]
+    }
+)
+class CellDeletedField(serializers.JSONField):
+    """One deleted cell as the delta service takes it: an id, or ``{id, revision}``."""
+
+
 class CellsDeltaIn(serializers.Serializer):
     base_revision = serializers.IntegerField(
         required=False, help_text="The revision the delta is based on (or If-Match)."
@@ -338,7 +356,7 @@ class CellsDeltaIn(serializers.Serializer):
     added = CellAddedIn(many=True, required=False)
     changed = CellChangedIn(many=True, required=False)
     deleted = serializers.ListField(
-        child=serializers.IntegerField(), required=False, help_text="Cell ids (or {id, revision} objects)."
+        child=CellDeletedField(), required=False, help_text="Cell ids (or {id, revision} objects)."
     )
 
 
@@ -427,10 +445,10 @@ class RegionOut(serializers.ModelSerializer):
 
 class RegionIn(serializers.Serializer):
     # Shapes only: the service checks the geometry against the image and names the field.
-    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    name = serializers.CharField(required=False, allow_blank=True, max_length=REGION_NAME_MAX)
     polygon = serializers.JSONField(help_text="[[x, y], ...]: at least 3 points inside the image, a simple polygon.")
 
 
 class RegionPatchIn(serializers.Serializer):
-    name = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    name = serializers.CharField(required=False, allow_blank=True, max_length=REGION_NAME_MAX)
     polygon = serializers.JSONField(required=False)

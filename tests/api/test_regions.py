@@ -85,6 +85,7 @@ def test_regions_are_created_listed_changed_and_deleted(project: Any, annotator:
         ({"polygon": [[0, 0], ["a", 1], [5, 5]]}, "polygon", "point 1"),
         ({"polygon": "square"}, "polygon", "list"),
         ({"polygon": [[0, 0], [10, 0], [0, 10]], "name": "  "}, "name", "non-empty"),
+        ({"polygon": [[0, 0], [10, 0], [0, 10]], "name": "x" * 101}, "name", "100"),
         ({}, "polygon", ""),
     ],
 )

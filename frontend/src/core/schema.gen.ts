@@ -2239,7 +2239,10 @@ export interface components {
             added?: components["schemas"]["CellAddedInRequest"][];
             changed?: components["schemas"]["CellChangedInRequest"][];
             /** @description Cell ids (or {id, revision} objects). */
-            deleted?: number[];
+            deleted?: (number | {
+                id: number;
+                revision?: number;
+            })[];
         };
         PatchedImagePatchInRequest: {
             bethesda?: components["schemas"]["BethesdaEnum"] | components["schemas"]["BlankEnum"];
