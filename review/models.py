@@ -55,8 +55,10 @@ class VerificationRound(models.Model):
     """
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="verification_rounds")
+    # RESTRICT: deleting a region would take its reviews, disputes and agreement with it; a region
+    # with verification history stays (renamed at most). The image's deletion still takes both.
     region = models.ForeignKey(
-        Region, null=True, blank=True, on_delete=models.CASCADE, related_name="verification_rounds"
+        Region, null=True, blank=True, on_delete=models.RESTRICT, related_name="verification_rounds"
     )
     number = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=RoundStatus.choices, default=RoundStatus.OPEN)

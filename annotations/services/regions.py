@@ -21,6 +21,7 @@ import numpy as np
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import RestrictedError
 
 from annotations.models import LOCKED_STATUSES, Cell, Image, Region
 from annotations.selectors import cells_in_box_filter
@@ -110,7 +111,9 @@ def region_update(*, region: Region, user: User | None, data: dict[str, Any]) ->
 
 
 def region_delete(*, region: Region, user: User | None) -> None:
-    """Delete a region (its cells stay: they belong to the image). Refused while it is locked."""
+    """Delete a region (its cells stay: they belong to the image). Refused while it is locked,
+    and once it has been through verification: its reviews, disputes and agreement would go with
+    it (the review app's rows protect it)."""
     with transaction.atomic():
         locked = Region.objects.select_for_update().get(pk=region.pk)
         _writable(locked)
@@ -122,7 +125,14 @@ def region_delete(*, region: Region, user: User | None) -> None:
             target=locked.name,
             before={"region": locked.pk, "polygon": locked.polygon},
         )
-        locked.delete()
+        try:
+            with transaction.atomic():
+                locked.delete()
+        except RestrictedError as exc:
+            raise ConflictError(
+                "The region has been through verification; its reviews are kept, so it cannot be deleted.",
+                {"status": locked.status},
+            ) from exc
 
 
 def region_cell_ids(*, region: Region, layer: str, model_version_id: int | None = None) -> list[int]:

@@ -231,3 +231,36 @@ def test_the_work_queue_costs_the_same_queries_with_more_regions_in_review(
     five, body = queries()
     assert body["review"]["count"] == 5 and len(body["review"]["images"]) == 5
     assert five == one
+
+
+def test_a_region_with_verification_history_is_kept_and_the_slide_can_still_be_deleted(
+    project: Any, slide: Image, annotator: Any, admin_user: Any
+) -> None:
+    """Deleting a region would take its reviews with it: once reviewed (even reopened) it stays;
+    a region never submitted is deleted; deleting the slide takes regions and rounds together."""
+    from annotations.models import Region
+    from review.models import VerificationRound
+
+    for i in range(2):
+        member(project, Role.EXPERT, username=f"expert{i}")
+    class_id = project.classes.get(model_label=1).pk
+    client = client_for(annotator)
+    url = f"/api/v1/images/{slide.pk}/regions"
+    reviewed = _ok(client.post(url, {"name": "reviewed", "polygon": LEFT}, format="json"), 201)
+    spare = _ok(client.post(url, {"name": "spare", "polygon": RIGHT}, format="json"), 201)
+    _put_cells(slide, annotator, [square(20, 20, 30)], class_id)
+    _ok(client.post(f"{url}/{reviewed['id']}/transition", {"action": "submit"}, format="json"))
+    admin = client_for(admin_user)
+    _ok(admin.post(f"{url}/{reviewed['id']}/transition", {"action": "reopen"}, format="json"))
+    assert Region.objects.get(pk=reviewed["id"]).status not in ("submitted", "in_review", "verified")
+
+    refused = admin.delete(f"{url}/{reviewed['id']}")
+    assert refused.status_code == 409, refused.content
+    assert "verification" in refused.json()["detail"]
+    assert Region.objects.filter(pk=reviewed["id"]).exists()
+    assert VerificationRound.objects.filter(region_id=reviewed["id"]).exists()
+    assert client.delete(f"{url}/{spare['id']}").status_code == 204
+
+    assert admin.delete(f"/api/v1/images/{slide.pk}").status_code == 204
+    assert not Region.objects.filter(image_id=slide.pk).exists()
+    assert not VerificationRound.objects.filter(image_id=slide.pk).exists()
