@@ -11,10 +11,10 @@ import pytest
 
 from annotations.models import AuditEvent, Cell, Image, ImageStatus, Layer, PresegmentStatus, Region
 from cytoseg.regions import cells_inside
-from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic, slide_write
+from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic
 from inference import tiled
 from inference.models import PresegmentTile
-from tests.api.conftest import client_for
+from tests.api.conftest import client_for, slide_upload
 from tests.factories import image_create, square
 from training import snapshots
 from training.services.registry import model_version_baseline
@@ -42,15 +42,7 @@ def slide() -> SyntheticSlide:
 
 @pytest.fixture
 def slide_image(slide: SyntheticSlide, project: Any, admin_user: Any, tmp_path: Path) -> Image:
-    project.auto_presegment = False
-    project.save(update_fields=["auto_presegment"])
-    path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff", quality=95)
-    with path.open("rb") as handle, mock.patch("core.queue.task_send"):
-        response = client_for(admin_user).post(
-            f"/api/v1/projects/{project.pk}/images", {"files": [handle]}, format="multipart"
-        )
-    assert response.status_code == 201, response.content
-    return Image.objects.get(pk=response.json()[0]["id"])
+    return slide_upload(slide=slide, project=project, user=admin_user, folder=tmp_path)
 
 
 def test_regions_are_created_listed_changed_and_deleted(project: Any, annotator: Any) -> None:

@@ -18,9 +18,9 @@ from django.test import override_settings
 from annotations.models import Image, Role
 from cytoseg.contours import polygon_rasterize
 from cytoseg.maps import ImageMaps
-from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic, slide_write
+from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic
 from inference import interactive
-from tests.api.conftest import client_for
+from tests.api.conftest import client_for, slide_upload
 from tests.factories import member, model_version_files
 from training.models import ModelStatus
 
@@ -45,15 +45,7 @@ def slide() -> SyntheticSlide:
 
 @pytest.fixture
 def tiled(slide: SyntheticSlide, project: Any, admin_user: Any, tmp_path: Path) -> Image:
-    project.auto_presegment = False
-    project.save(update_fields=["auto_presegment"])
-    path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff", quality=95)
-    with path.open("rb") as handle, mock.patch("core.queue.task_send"):
-        response = client_for(admin_user).post(
-            f"/api/v1/projects/{project.pk}/images", {"files": [handle]}, format="multipart"
-        )
-    assert response.status_code == 201, response.content
-    image = Image.objects.get(pk=response.json()[0]["id"])
+    image = slide_upload(slide=slide, project=project, user=admin_user, folder=tmp_path)
     assert image.tiled and not image.display and (image.width, image.height) == (WIDTH, HEIGHT)
     return image
 

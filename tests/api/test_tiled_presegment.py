@@ -18,11 +18,11 @@ from annotations.models import Cell, Image, Layer, PresegmentStatus
 from core.models import OutboxMessage
 from cytoseg.backends import backend_get
 from cytoseg.contours import instances_to_polygons
-from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic, slide_write
+from cytoseg.slide_synthetic import SyntheticSlide, slide_synthetic
 from inference import tiled
 from inference.models import PresegmentTile, TileRunStatus
 from inference.services import presegment_reap
-from tests.api.conftest import client_for
+from tests.api.conftest import client_for, slide_upload
 from training.services.registry import model_version_baseline
 
 pytestmark = pytest.mark.django_db
@@ -46,14 +46,8 @@ def slide() -> SyntheticSlide:
 
 @pytest.fixture
 def queued(slide: SyntheticSlide, project: Any, admin_user: Any, tmp_path: Path) -> tuple[Image, int]:
-    project.auto_presegment = False
-    project.save(update_fields=["auto_presegment"])
-    path = slide_write(slide, tmp_path / "slide.tif", kind="pyramidal-tiff", quality=95)
+    image_id = slide_upload(slide=slide, project=project, user=admin_user, folder=tmp_path).pk
     client = client_for(admin_user)
-    with path.open("rb") as handle, mock.patch("core.queue.task_send"):
-        response = client.post(f"/api/v1/projects/{project.pk}/images", {"files": [handle]}, format="multipart")
-    assert response.status_code == 201, response.content
-    image_id = response.json()[0]["id"]
     version = model_version_baseline(project=project)
     # the messages stay in the outbox (the test's transaction never commits)
     answer = client.post(f"/api/v1/images/{image_id}/presegment", {"model_version": version.pk}, format="json")
